@@ -1,0 +1,17 @@
+"""jaxparams: pure, jit-compiled transformations of model parameters in JAX.
+
+Areas (one sub-package each): ``tree`` (paths and selection), ``io``
+(checkpoints), ``models`` (reference Flax models with HF adapters), ``merge``,
+``quant``, ``edit``, ``scale``, and ``kernels`` (Pallas kernels).
+
+Example:
+  >>> import jaxparams as jp
+  >>> sorted(jp.tree.flatten({'a': {'b': 1}, 'c': 2}))
+  ['a/b', 'c']
+"""
+
+from jaxparams import tree
+
+__version__ = "0.1.0"
+
+__all__ = ["tree", "__version__"]
