@@ -10,8 +10,8 @@ Example:
   ['a/b', 'c']
 """
 
-from jaxparams import tree
+from jaxparams import io, tree
 
 __version__ = "0.1.0"
 
-__all__ = ["tree", "__version__"]
+__all__ = ["io", "tree", "__version__"]

@@ -1,1 +1,46 @@
-"""TODO"""
+"""Checkpoint I/O: lazy safetensors (HF names, sharded), atomic writes, orbax.
+
+Example:
+  >>> import numpy as np, tempfile, os
+  >>> import jaxparams as jp
+  >>> out = os.path.join(tempfile.mkdtemp(), 'ckpt')
+  >>> jp.io.save_safetensors({'w': np.ones((2, 2), np.float32)}, out)
+  >>> with jp.io.open_checkpoint(out) as ckpt:
+  ...   ckpt.spec('w').shape
+  (2, 2)
+"""
+
+import numpy as np
+
+from jaxparams.io.atomic import atomic_dir, check_output_dir
+from jaxparams.io.dtypes import to_numpy_dtype, to_safetensors_dtype
+from jaxparams.io.orbax_io import restore_orbax, save_orbax
+from jaxparams.io.pickle_guard import refuse_pickle
+from jaxparams.io.safetensors_reader import (INDEX_NAME, SafetensorsFile, SafetensorsReader,
+                                             TensorSpec, open_checkpoint)
+from jaxparams.io.safetensors_writer import (TOKENIZER_FILES, SafetensorsWriter, save_safetensors,
+                                             write_safetensors_file)
+
+
+def load_safetensors(path):
+  """Reads every tensor of a checkpoint into memory as ``{name: np.ndarray}``.
+
+  Prefer :func:`open_checkpoint` for large models (one tensor at a time).
+
+  Example:
+    >>> import numpy as np, tempfile, os
+    >>> out = os.path.join(tempfile.mkdtemp(), 'c')
+    >>> save_safetensors({'w': np.ones(2, np.float32)}, out)
+    >>> load_safetensors(out)['w'].tolist()
+    [1.0, 1.0]
+  """
+  with open_checkpoint(path) as ckpt:
+    return {n: np.array(a) for n, a in ckpt.items()}
+
+
+__all__ = [
+    "INDEX_NAME", "SafetensorsFile", "SafetensorsReader", "SafetensorsWriter", "TOKENIZER_FILES",
+    "TensorSpec", "atomic_dir", "check_output_dir", "load_safetensors", "open_checkpoint",
+    "refuse_pickle", "restore_orbax", "save_orbax", "save_safetensors", "to_numpy_dtype",
+    "to_safetensors_dtype", "write_safetensors_file",
+]

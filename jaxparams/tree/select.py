@@ -142,7 +142,7 @@ def resolve_rules(tree: PyTree | dict[str, Any], rules: Sequence[tuple[Any, Any]
 
   Example:
     >>> resolve_rules({'a': {'w': 1, 'b': 2}}, [('*/b', 'bias'), ('**', 'w')])
-    {'a/w': 'w', 'a/b': 'bias'}
+    {'a/b': 'bias', 'a/w': 'w'}
   """
   leaves = tree if flat else flatten(tree)
   paths = list(leaves)

@@ -1,0 +1,187 @@
+"""Atomic, sharded safetensors writing with a Hugging Face index."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+
+from jaxparams.io.atomic import atomic_dir
+from jaxparams.io.dtypes import to_safetensors_dtype
+from jaxparams.io.safetensors_reader import INDEX_NAME
+
+__all__ = ["SafetensorsWriter", "save_safetensors", "write_safetensors_file", "TOKENIZER_FILES"]
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "vocab.txt", "tokenizer.model", "merges.txt", "vocab.json",
+                   "added_tokens.json", "generation_config.json")
+
+
+def write_safetensors_file(path: str | Path, tensors: Mapping[str, np.ndarray],
+                           metadata: Mapping[str, str] | None = None) -> int:
+  """Writes one safetensors file; returns the number of data bytes.
+
+  Example:
+    >>> import tempfile, os
+    >>> p = os.path.join(tempfile.mkdtemp(), 'x.safetensors')
+    >>> write_safetensors_file(p, {'a': np.zeros(4, np.float32)})
+    16
+  """
+  header: dict[str, Any] = {}
+  if metadata:
+    header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
+  offset = 0
+  arrays = []
+  for name, arr in tensors.items():
+    a = np.ascontiguousarray(arr)
+    header[name] = {"dtype": to_safetensors_dtype(a.dtype, where=f"{path}: tensor {name!r}"),
+                    "shape": list(a.shape), "data_offsets": [offset, offset + a.nbytes]}
+    offset += a.nbytes
+    arrays.append(a)
+  raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
+  raw += b" " * (-len(raw) % 8)
+  with open(path, "wb") as f:
+    f.write(struct.pack("<Q", len(raw)))
+    f.write(raw)
+    for a in arrays:
+      f.write(memoryview(a.reshape(-1)).cast("B") if a.size else b"")
+  return offset
+
+
+class SafetensorsWriter:
+  """Writes a checkpoint folder tensor by tensor, atomically, sharded.
+
+  Tensors are buffered up to ``max_shard_bytes`` and written shard by shard
+  into a temporary sibling folder; on a clean exit shards are named
+  ``model-0000k-of-0000n.safetensors`` with ``model.safetensors.index.json``
+  (or a single ``model.safetensors``) and the folder is renamed into place.
+  On an exception or Ctrl-C nothing is left behind.
+
+  Args:
+    out_dir: the folder to create.
+    max_shard_bytes: shard size limit (a larger single tensor gets its own shard).
+    overwrite: replace an existing folder (only at the final rename).
+    metadata: safetensors ``__metadata__``; ``{'format': 'pt'}`` by default, which
+      HF transformers requires.
+
+  Example:
+    >>> import tempfile, os
+    >>> out = os.path.join(tempfile.mkdtemp(), 'ckpt')
+    >>> with SafetensorsWriter(out, max_shard_bytes=8) as w:
+    ...   w.add('a', np.zeros(2, np.float32)); w.add('b', np.ones(2, np.float32))
+    >>> sorted(os.listdir(out))[0]
+    'model-00001-of-00002.safetensors'
+  """
+
+  def __init__(self, out_dir: str | Path, *, max_shard_bytes: float = 5e9, overwrite: bool = False,
+               metadata: Mapping[str, str] | None = None):
+    self.out_dir = Path(out_dir)
+    self.max_shard_bytes = int(max_shard_bytes)
+    self.metadata = dict(metadata) if metadata is not None else {"format": "pt"}
+    self._ctx = atomic_dir(self.out_dir, overwrite=overwrite)
+    self.folder_tmp: Path | None = None
+    self._pending: dict[str, np.ndarray] = {}
+    self._pending_bytes = 0
+    self._shards: list[tuple[str, list[str]]] = []
+    self._names: set[str] = set()
+    self.total_bytes = 0
+
+  def __enter__(self) -> "SafetensorsWriter":
+    self.folder_tmp = self._ctx.__enter__()
+    return self
+
+  def add(self, name: str, array: Any) -> None:
+    """Queues one tensor (any array-like; jax arrays are copied to host)."""
+    if self.folder_tmp is None:
+      raise ValueError("SafetensorsWriter.add called outside its `with` block.")
+    if name in self._names:
+      raise ValueError(f"{self.out_dir}: tensor {name!r} written twice.")
+    a = np.asarray(array)
+    if self._pending and self._pending_bytes + a.nbytes > self.max_shard_bytes:
+      self._flush()
+    self._names.add(name)
+    self._pending[name] = a
+    self._pending_bytes += a.nbytes
+
+  def _flush(self) -> None:
+    if not self._pending:
+      return
+    tmp_name = f"shard-{len(self._shards):05d}.safetensors"
+    self.total_bytes += write_safetensors_file(self.folder_tmp / tmp_name, self._pending,
+                                               self.metadata)
+    self._shards.append((tmp_name, list(self._pending)))
+    self._pending, self._pending_bytes = {}, 0
+
+  def write_json(self, filename: str, obj: Any) -> None:
+    """Writes ``obj`` as JSON into the output folder."""
+    (self.folder_tmp / filename).write_text(json.dumps(obj, indent=2) + "\n")
+
+  def copy_from(self, src_folder: str | Path | None, filenames: Iterable[str] = TOKENIZER_FILES
+                ) -> list[str]:
+    """Copies the named files that exist in ``src_folder``; returns those copied."""
+    if src_folder is None:
+      return []
+    copied = []
+    for fn in filenames:
+      src = Path(src_folder) / fn
+      if src.is_file():
+        shutil.copyfile(src, self.folder_tmp / fn)
+        copied.append(fn)
+    return copied
+
+  def _finish(self) -> None:
+    self._flush()
+    n = len(self._shards)
+    if n == 0:
+      write_safetensors_file(self.folder_tmp / "model.safetensors", {}, self.metadata)
+      return
+    if n == 1:
+      (self.folder_tmp / self._shards[0][0]).rename(self.folder_tmp / "model.safetensors")
+      return
+    weight_map = {}
+    for i, (tmp_name, names) in enumerate(self._shards):
+      final = f"model-{i + 1:05d}-of-{n:05d}.safetensors"
+      (self.folder_tmp / tmp_name).rename(self.folder_tmp / final)
+      weight_map.update({name: final for name in names})
+    self.write_json(INDEX_NAME, {"metadata": {"total_size": self.total_bytes},
+                                 "weight_map": weight_map})
+
+  def __exit__(self, exc_type, exc, tb) -> bool:
+    if exc_type is None:
+      try:
+        self._finish()
+      except BaseException as e:  # clean up the temporary folder, then re-raise
+        self._ctx.__exit__(type(e), e, e.__traceback__)
+        raise
+    return bool(self._ctx.__exit__(exc_type, exc, tb))
+
+
+def save_safetensors(flat: Mapping[str, Any], out_dir: str | Path, *,
+                     config: Mapping[str, Any] | None = None, copy_from: str | Path | None = None,
+                     **writer_kwargs: Any) -> None:
+  """Writes a ``{name: array}`` dict as an HF-style safetensors folder.
+
+  Args:
+    flat: tensors by name (use ``jp.tree.flatten`` for a pytree).
+    out_dir: folder to create (atomically).
+    config: optional ``config.json`` content.
+    copy_from: optional folder whose tokenizer files are copied.
+    **writer_kwargs: ``max_shard_bytes``, ``overwrite``, ``metadata``.
+
+  Example:
+    >>> import tempfile, os
+    >>> out = os.path.join(tempfile.mkdtemp(), 'm')
+    >>> save_safetensors({'w': np.eye(2, dtype=np.float32)}, out, config={'model_type': 'x'})
+    >>> sorted(os.listdir(out))
+    ['config.json', 'model.safetensors']
+  """
+  with SafetensorsWriter(out_dir, **writer_kwargs) as w:
+    for name, arr in flat.items():
+      w.add(name, arr)
+    if config is not None:
+      w.write_json("config.json", dict(config))
+    w.copy_from(copy_from)

@@ -1,0 +1,1 @@
+"""Pallas kernels of jaxparams (installed as ``jaxparams.kernels``)."""
