@@ -48,7 +48,7 @@ def write_safetensors_file(path: str | Path, tensors: Mapping[str, np.ndarray],
     f.write(struct.pack("<Q", len(raw)))
     f.write(raw)
     for a in arrays:
-      f.write(memoryview(a.reshape(-1)).cast("B") if a.size else b"")
+      f.write(a.reshape(-1).view(np.uint8).data if a.size else b"")
   return offset
 
 

@@ -56,18 +56,18 @@ NF4_CODEBOOK = (
 FP8_DTYPES = {"fp8_e4m3": jnp.float8_e4m3fn, "fp8_e5m2": jnp.float8_e5m2}
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class QArray:
   """A quantized 2-D weight ``W[K, N]``; see the module docstring for the layout."""
 
   codes: jax.Array
   scale: jax.Array
   zero: jax.Array | None
-  shape: tuple[int, int] = dataclasses.field(metadata=dict(static=True), default=(0, 0))
-  bits: int = dataclasses.field(metadata=dict(static=True), default=4)
-  group_size: int = dataclasses.field(metadata=dict(static=True), default=0)
-  kind: str = dataclasses.field(metadata=dict(static=True), default="int")
-  dtype: str = dataclasses.field(metadata=dict(static=True), default="float32")
+  shape: tuple[int, int]
+  bits: int
+  group_size: int
+  kind: str
+  dtype: str
   g_idx: jax.Array | None = None
 
   # ---------------------------------------------------------------- properties

@@ -47,7 +47,7 @@ class Summary:
     """Returns a ``rich.table.Table``."""
     from rich.table import Table  # pylint: disable=g-import-not-at-top
     t = Table(title=title, show_footer=True)
-    t.add_column("path", footer="total")
+    t.add_column("path", footer="total", overflow="fold")
     t.add_column("shape")
     t.add_column("dtype")
     t.add_column("params", justify="right", footer=f"{self.params:,}")

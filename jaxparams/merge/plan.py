@@ -1,0 +1,298 @@
+"""Turn a recipe plus the input checkpoints' headers into per-tensor merge tasks.
+
+Mirrors mergekit 0.1.5's planner (``mergekit/plan.py``) on HF tensor names:
+``models:`` becomes one slice spanning every layer; each output layer of a
+slice reads layer ``start + offset`` of every source and is evaluated at
+``t = offset / (n - 1)`` (``t = 1`` for a one-layer slice); embeddings and the
+other non-layer tensors come from the first slice's sources (the final norm
+and LM head from the last slice's) and are evaluated at ``t = 0``. Layers are
+found by name (``...layers.<i>.`` / ``h.<i>.`` / ``blocks.<i>.``), so any
+architecture with that naming works without a per-architecture table.
+
+Example:
+  >>> import numpy as np, tempfile, os
+  >>> from jaxparams.io import save_safetensors, open_checkpoint
+  >>> from jaxparams.merge.recipe import parse_recipe
+  >>> d = tempfile.mkdtemp()
+  >>> for m in 'ab':
+  ...   save_safetensors({'model.layers.0.w': np.ones(2, np.float32),
+  ...                     'model.layers.1.w': np.ones(2, np.float32)}, os.path.join(d, m))
+  >>> r = parse_recipe({'merge_method': 'passthrough', 'slices': [
+  ...     {'sources': [{'model': 'a', 'layer_range': [0, 2]}]},
+  ...     {'sources': [{'model': 'b', 'layer_range': [1, 2]}]}]})
+  >>> readers = {m: open_checkpoint(os.path.join(d, m)) for m in 'ab'}
+  >>> [t.name for t in plan_merge(r, readers, method=None)]
+  ['model.layers.0.w', 'model.layers.1.w', 'model.layers.2.w']
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any, Mapping, Protocol, Sequence
+
+from jaxparams.merge.recipe import UNSET, Recipe, resolve_setting
+
+__all__ = ["TensorTask", "plan_merge", "split_layer_name", "is_vocab_tensor",
+           "BASE_IGNORED_METHODS", "count_layers"]
+
+#: Methods for which mergekit ignores the base model's role (it is an ordinary input).
+BASE_IGNORED_METHODS = frozenset({"linear", "karcher", "passthrough"})
+
+_LAYER_RE = re.compile(r"^(.*?(?:^|\.)(?:layers|layer|h|blocks)\.)(\d+)\.(.+)$")
+_VOCAB_RE = re.compile(r"(^|\.)(embed_tokens|lm_head|wte|word_embeddings|embed_in|embed_out|"
+                       r"tok_embeddings)(\.|$)")
+_POST_RE = re.compile(r"(^|\.)(norm|final_layernorm|final_layer_norm|ln_f|lm_head|embed_out|"
+                      r"output|score|classifier)(\.|$)")
+
+
+class _Reader(Protocol):
+
+  def names(self) -> list[str]:
+    ...
+
+  def spec(self, name: str) -> Any:
+    ...
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorTask:
+  """One output tensor: where its inputs come from and its resolved parameters.
+
+  Attributes:
+    name: the output tensor name.
+    base: ``(model, tensor name)`` of the base input, or ``None``.
+    models: ``(model, tensor name)`` of the other inputs, in recipe order.
+    model_params: per-model values aligned with ``models`` (only the
+      parameters the recipe sets).
+    global_params: method-wide values the recipe sets for this tensor.
+    t: the position used for gradients.
+    vocab: whether rows are indexed by the vocabulary (embeddings, LM head).
+  """
+  name: str
+  base: tuple[str, str] | None
+  models: tuple[tuple[str, str], ...]
+  model_params: Mapping[str, tuple[Any, ...]]
+  global_params: Mapping[str, Any]
+  t: float
+  vocab: bool
+
+  @property
+  def inputs(self) -> tuple[tuple[str, str], ...]:
+    """Every input, base first."""
+    return ((self.base,) if self.base else ()) + self.models
+
+
+def split_layer_name(name: str) -> tuple[str, int, str] | None:
+  """``'model.layers.3.mlp.w'`` -> ``('model.layers.', 3, 'mlp.w')``; ``None`` off-layer.
+
+  Example:
+    >>> split_layer_name('model.layers.12.self_attn.q_proj.weight')
+    ('model.layers.', 12, 'self_attn.q_proj.weight')
+    >>> split_layer_name('lm_head.weight') is None
+    True
+  """
+  m = _LAYER_RE.match(name)
+  return (m.group(1), int(m.group(2)), m.group(3)) if m else None
+
+
+def is_vocab_tensor(name: str) -> bool:
+  """Whether a (non-layer) tensor is indexed by token id along axis 0.
+
+  Example:
+    >>> is_vocab_tensor('model.embed_tokens.weight'), is_vocab_tensor('model.norm.weight')
+    (True, False)
+  """
+  return split_layer_name(name) is None and _VOCAB_RE.search(name) is not None
+
+
+def count_layers(names: Sequence[str]) -> int:
+  """Number of layers (largest layer index + 1) among tensor names."""
+  idx = [s[1] for s in map(split_layer_name, names) if s is not None]
+  return max(idx) + 1 if idx else 0
+
+
+def _layer_table(names: Sequence[str]) -> tuple[dict[int, list[tuple[str, str]]], list[str],
+                                                list[str]]:
+  layers: dict[int, list[tuple[str, str]]] = {}
+  pre, post = [], []
+  for n in names:
+    s = split_layer_name(n)
+    if s is None:
+      (post if _POST_RE.search(n) else pre).append(n)
+    else:
+      layers.setdefault(s[1], []).append((s[0], s[2]))
+  return layers, pre, post
+
+
+def _shape(reader: _Reader, name: str) -> tuple[int, ...]:
+  return tuple(reader.spec(name).shape)
+
+
+def plan_merge(recipe: Recipe, readers: Mapping[str, _Reader], method: Any) -> list[TensorTask]:
+  """Plans every output tensor of ``recipe`` over opened checkpoints.
+
+  Args:
+    recipe: a parsed recipe.
+    readers: an opened checkpoint (anything with ``names()`` and ``spec(name)``)
+      for every model reference of the recipe.
+    method: the :class:`~jaxparams.merge.registry.MergeMethod` (its
+      ``needs_base``, ``model_params``, ``global_params`` are used), or
+      ``None`` to plan without parameter checks (passthrough-like).
+
+  Raises:
+    ValueError: unknown parameter (valid ones listed); a base model missing
+      for a method that needs one; models with different tensor sets or shapes
+      (tensor and models named); vocabulary sizes that differ without a
+      ``tokenizer_source``; a ``layer_range`` past a model's last layer.
+  """
+  name = recipe.merge_method
+  model_keys = dict(getattr(method, "model_params", {}) or {})
+  global_keys = dict(getattr(method, "global_params", {}) or {})
+  needs_base = bool(getattr(method, "needs_base", False))
+  if method is not None:
+    unknown = recipe.parameter_names() - set(model_keys) - set(global_keys)
+    if unknown:
+      raise ValueError(
+          f"{recipe.source or 'recipe'}: unknown parameter(s) {sorted(unknown)} for merge_method "
+          f"{name!r}; valid: {sorted(set(model_keys) | set(global_keys))}.")
+  ignore_base = name in BASE_IGNORED_METHODS
+  src = recipe.source or "recipe"
+
+  if recipe.models is not None:
+    # models: -> one slice over every layer (base appended when not listed, as mergekit does).
+    entries = [(m.model, m.parameters) for m in recipe.models]
+    if recipe.base_model and recipe.base_model not in [e[0] for e in entries]:
+      entries.append((recipe.base_model, {}))
+    ref = recipe.base_model or entries[0][0]
+    ref_names = readers[ref].names()
+    ref_set = set(ref_names)
+    for model, _ in entries:
+      if model == ref:
+        continue
+      other = set(readers[model].names())
+      missing, extra = sorted(ref_set - other), sorted(other - ref_set)
+      if missing or extra:
+        what = (f"tensor {missing[0]!r} is in {ref!r} but missing from {model!r}" if missing else
+                f"tensor {extra[0]!r} is in {model!r} but missing from {ref!r}")
+        n = len(missing) + len(extra)
+        raise ValueError(f"{src}: the models have different tensor sets: {what}"
+                         f"{f' ({n - 1} more differ)' if n > 1 else ''}.")
+    nl = count_layers(ref_names)
+    slices = [((tuple((m, (0, nl), p) for m, p in entries)), recipe.base_model, {})]
+  else:
+    slices = [(tuple((s.model, s.layer_range, s.parameters) for s in sl.sources),
+               sl.base_model or recipe.base_model, sl.parameters) for sl in recipe.slices]
+
+  tasks: list[TensorTask] = []
+  out_names: set[str] = set()
+  name_sets: dict[str, set[str]] = {}
+
+  def has(model: str, n: str) -> bool:
+    if model not in name_sets:
+      name_sets[model] = set(readers[model].names())
+    return n in name_sets[model]
+
+  def add(out_name: str, sources, base_ref, slice_params, in_names: Sequence[str],
+          t: float) -> None:
+    if out_name in out_names:
+      raise ValueError(f"{src}: output tensor {out_name!r} would be written twice.")
+    out_names.add(out_name)
+    vocab = is_vocab_tensor(out_name)
+    for (model, _, _), n in zip(sources, in_names):
+      if not has(model, n):
+        raise ValueError(f"{src}: tensor {n!r} is missing from model {model!r} "
+                         f"(needed for output tensor {out_name!r}).")
+    shapes = [_shape(readers[m], n) for (m, _, _), n in zip(sources, in_names)]
+    for (model, _, _), shp in zip(sources[1:], shapes[1:]):
+      if shp == shapes[0]:
+        continue
+      m0 = sources[0][0]
+      if vocab and shp[1:] == shapes[0][1:]:
+        if recipe.tokenizer_source is None:
+          raise ValueError(
+              f"{src}: vocabulary sizes differ for tensor {in_names[0]!r}: {shapes[0][0]} rows in "
+              f"{m0!r} but {shp[0]} in {model!r}; set tokenizer_source: base|union|<model> so "
+              "the rows can be aligned to one vocabulary.")
+        continue
+      raise ValueError(f"{src}: tensor {in_names[0]!r} has shape {shapes[0]} in model {m0!r} "
+                       f"but {shp} in model {model!r}.")
+    base_i = None
+    if base_ref is not None and not ignore_base:
+      for i, (m, _, _) in enumerate(sources):
+        if m == base_ref:
+          base_i = i
+          break
+    if needs_base and base_i is None:
+      raise ValueError(f"{src}: merge_method {name!r} needs a base model for tensor {out_name!r}"
+                       f"{'' if base_ref else '; set base_model'}"
+                       f"{'' if base_ref is None else f' ({base_ref!r} is not among the inputs)'}.")
+    others = [i for i in range(len(sources)) if i != base_i]
+    gparams = {}
+    for k in global_keys:
+      v = resolve_setting(k, [slice_params, recipe.parameters], out_name, t)
+      if v is not UNSET:
+        gparams[k] = v
+    mparams = {}
+    for k, default in model_keys.items():
+      vals = [resolve_setting(k, [sources[i][2], slice_params, recipe.parameters], in_names[i], t)
+              for i in others]
+      if all(v is UNSET for v in vals):
+        continue
+      filled = []
+      for i, v in zip(others, vals):
+        if v is UNSET:
+          if default is None or not isinstance(default, (bool, int, float, str)):
+            raise ValueError(f"{src}: parameter {k!r} is set for some models but not for "
+                             f"{sources[i][0]!r} (tensor {in_names[i]!r}); it has no default.")
+          v = default
+        filled.append(v)
+      mparams[k] = tuple(filled)
+    tasks.append(TensorTask(
+        name=out_name,
+        base=(sources[base_i][0], in_names[base_i]) if base_i is not None else None,
+        models=tuple((sources[i][0], in_names[i]) for i in others),
+        model_params=mparams, global_params=gparams, t=t, vocab=vocab))
+
+  tables = {}
+  for sl in slices:
+    for model, lr, _ in sl[0]:
+      if model not in tables:
+        names = readers[model].names()
+        tables[model] = _layer_table(names)
+        nl = count_layers(names)
+        if lr[1] > nl:
+          raise ValueError(f"{src}: layer_range {list(lr)} of model {model!r} goes past its "
+                           f"{nl} layers.")
+      elif lr[1] > count_layers(readers[model].names()):
+        raise ValueError(f"{src}: layer_range {list(lr)} of model {model!r} goes past its "
+                         f"{count_layers(readers[model].names())} layers.")
+
+  def first_model(sl) -> str:
+    base_ref = sl[1]
+    for m, _, _ in sl[0]:
+      if m == base_ref:
+        return m
+    return sl[0][0][0]
+
+  # Pre-layer tensors (embeddings) from the first slice's sources.
+  first = slices[0]
+  _, pre, _ = tables[first_model(first)]
+  for n in pre:
+    add(n, first[0], first[1], first[2], [n] * len(first[0]), 0.0)
+  out_layer = 0
+  for sources, base_ref, sparams in slices:
+    layers, _, _ = tables[first_model((sources, base_ref, sparams))]
+    ref_lr = [lr for m, lr, _ in sources if m == first_model((sources, base_ref, sparams))][0]
+    n_layers = ref_lr[1] - ref_lr[0]
+    for off in range(n_layers):
+      t = off / (n_layers - 1) if n_layers > 1 else 1.0
+      for prefix, rest in layers.get(ref_lr[0] + off, []):
+        in_names = [f"{prefix}{lr[0] + off}.{rest}" for _, lr, _ in sources]
+        add(f"{prefix}{out_layer}.{rest}", sources, base_ref, sparams, in_names, t)
+      out_layer += 1
+  last = slices[-1]
+  _, _, post = tables[first_model(last)]
+  for n in post:
+    add(n, last[0], last[1], last[2], [n] * len(last[0]), 0.0)
+  return tasks

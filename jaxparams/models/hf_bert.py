@@ -1,0 +1,59 @@
+"""HF <-> Flax name map for BERT checkpoints (``BertModel`` tensor names).
+
+Checkpoints of ``BertFor*`` models prefix names with ``bert.``; :func:`strip_prefix` removes it.
+
+Example:
+  >>> from jaxparams.models.bert import BertConfig
+  >>> cfg = BertConfig(vocab_size=8, hidden_size=4, num_hidden_layers=1, num_attention_heads=2,
+  ...                  intermediate_size=8)
+  >>> name_map(cfg)['layers_0/attn/query/kernel']
+  ('encoder.layer.0.attention.self.query.weight', True)
+"""
+
+from __future__ import annotations
+
+import re
+
+from jaxparams.models.bert import BertConfig
+
+__all__ = ["name_map", "IGNORED", "strip_prefix"]
+
+IGNORED = (re.compile(r"embeddings\.position_ids"),)
+
+
+def name_map(config: BertConfig) -> dict[str, tuple[str, bool]]:
+  """``{flax_path: (hf_name, transpose)}``; ``transpose`` is True for Linear kernels."""
+  m = {
+      "embeddings/word_embeddings/embedding": ("embeddings.word_embeddings.weight", False),
+      "embeddings/position_embeddings/embedding": ("embeddings.position_embeddings.weight", False),
+      "embeddings/token_type_embeddings/embedding":
+          ("embeddings.token_type_embeddings.weight", False),
+      "embeddings/layer_norm/scale": ("embeddings.LayerNorm.weight", False),
+      "embeddings/layer_norm/bias": ("embeddings.LayerNorm.bias", False),
+  }
+  linears = {"attn/query": "attention.self.query", "attn/key": "attention.self.key",
+             "attn/value": "attention.self.value", "attn/output": "attention.output.dense",
+             "mlp/intermediate": "intermediate.dense", "mlp/output": "output.dense"}
+  norms = {"attn_norm": "attention.output.LayerNorm", "mlp_norm": "output.LayerNorm"}
+  for i in range(config.num_hidden_layers):
+    f, h = f"layers_{i}", f"encoder.layer.{i}"
+    for fl, hl in linears.items():
+      m[f"{f}/{fl}/kernel"] = (f"{h}.{hl}.weight", True)
+      m[f"{f}/{fl}/bias"] = (f"{h}.{hl}.bias", False)
+    for fl, hl in norms.items():
+      m[f"{f}/{fl}/scale"] = (f"{h}.{hl}.weight", False)
+      m[f"{f}/{fl}/bias"] = (f"{h}.{hl}.bias", False)
+  if config.add_pooling_layer:
+    m["pooler/kernel"] = ("pooler.dense.weight", True)
+    m["pooler/bias"] = ("pooler.dense.bias", False)
+  return m
+
+
+def strip_prefix(name: str) -> str:
+  """``'bert.encoder...' -> 'encoder...'``."""
+  return name[len("bert."):] if name.startswith("bert.") else name
+
+
+def ignored(config: BertConfig, hf_name: str) -> bool:
+  """Whether a checkpoint tensor is not a model parameter and may be skipped."""
+  return any(p.fullmatch(hf_name) for p in IGNORED)

@@ -1,0 +1,105 @@
+"""Shared checks and small helpers for the quantization methods.
+
+Every method takes a weight ``W[K, N]`` (flax layout), a ``name=`` used in error
+messages (the tree path), and validates bits / group size / finiteness up
+front, outside of jit.
+
+Example:
+  >>> resolve_group_size(256, 64)
+  64
+  >>> resolve_group_size(256, None)
+  256
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = ["resolve_group_size", "as_matrix", "check_finite", "check_bits", "is_concrete",
+           "minmax_params", "quantize_codes"]
+
+
+def _where(name: str) -> str:
+  return f" in {name!r}" if name else ""
+
+
+def is_concrete(x: Any) -> bool:
+  """False for tracers (inside jit), where value checks must be skipped."""
+  return not isinstance(x, jax.core.Tracer)
+
+
+def check_bits(bits: int, allowed, *, name: str = "", method: str = "") -> int:
+  if not isinstance(bits, (int, np.integer)) or int(bits) not in tuple(allowed):
+    m = f"{method}: " if method else ""
+    raise ValueError(f"{m}unsupported bits={bits!r}{_where(name)}; supported: {sorted(allowed)}")
+  return int(bits)
+
+
+def resolve_group_size(k: int, group_size: int | None, *, name: str = "") -> int:
+  """Maps ``None``/``-1``/``0`` to per-channel (``K``); checks that G divides K."""
+  if group_size is None or group_size in (-1, 0):
+    return int(k)
+  if not isinstance(group_size, (int, np.integer)) or group_size < 1:
+    raise ValueError(f"group_size must be a positive int, -1 or None{_where(name)}; got {group_size!r}")
+  g = int(group_size)
+  if k % g:
+    raise ValueError(f"group_size={g} does not divide the input axis K={k}{_where(name)}; "
+                     f"use a divisor of {k} or -1 for per-channel")
+  return g
+
+
+def as_matrix(w: jax.Array, *, name: str = "") -> jax.Array:
+  """Returns ``w`` as a 2-D ``(prod(shape[:-1]), shape[-1])`` view; rejects scalars/vectors."""
+  w = jnp.asarray(w) if not hasattr(w, "shape") else w
+  if w.ndim < 2:
+    raise ValueError(f"expected a weight matrix (>= 2 dims){_where(name)}, got shape {tuple(w.shape)}")
+  if not jnp.issubdtype(w.dtype, jnp.floating):
+    raise ValueError(f"expected a floating weight{_where(name)}, got dtype {w.dtype}")
+  if w.ndim > 2:
+    w = w.reshape(-1, w.shape[-1])
+  return w
+
+
+def check_finite(x: jax.Array, *, name: str = "", what: str = "weight") -> None:
+  """Raises ValueError if a concrete array holds NaN/inf (skipped under jit)."""
+  if x is None or not is_concrete(x):
+    return
+  if not bool(jnp.all(jnp.isfinite(x))):
+    n_bad = int(jnp.sum(~jnp.isfinite(x)))
+    raise ValueError(f"{what}{_where(name)} contains {n_bad} non-finite value(s) (NaN/inf); "
+                     f"shape {tuple(x.shape)}")
+
+
+def minmax_params(wmin: jax.Array, wmax: jax.Array, bits: int, symmetric: bool):
+  """GPTQ-reference (``quant.py``) grid from per-group min/max.
+
+  The range always contains 0; an all-zero group gets [-1, 1]. Asymmetric:
+  ``scale = (max - min) / maxq``, ``zero = round(-min / scale)``; symmetric:
+  ``max = -min = absmax`` and ``zero = (maxq + 1) / 2``.
+
+  Returns ``(scale, zero)`` as float32 arrays.
+  """
+  maxq = float(2 ** bits - 1)
+  xmin = jnp.minimum(wmin, 0.0)
+  xmax = jnp.maximum(wmax, 0.0)
+  if symmetric:
+    xmax = jnp.maximum(jnp.abs(xmin), xmax)
+    xmin = jnp.where(xmin < 0, -xmax, xmin)
+  both0 = (xmin == 0) & (xmax == 0)
+  xmin = jnp.where(both0, -1.0, xmin)
+  xmax = jnp.where(both0, 1.0, xmax)
+  scale = (xmax - xmin) / maxq
+  if symmetric:
+    zero = jnp.full_like(scale, (maxq + 1) / 2)
+  else:
+    zero = jnp.round(-xmin / scale)
+  return scale.astype(jnp.float32), zero.astype(jnp.float32)
+
+
+def quantize_codes(w: jax.Array, scale: jax.Array, zero: jax.Array, bits: int) -> jax.Array:
+  """``clamp(round(w / scale) + zero, 0, 2**bits - 1)`` as float (shapes broadcast)."""
+  return jnp.clip(jnp.round(w / scale) + zero, 0.0, float(2 ** bits - 1))

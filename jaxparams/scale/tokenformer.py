@@ -1,0 +1,384 @@
+"""TokenFormer: projections as attention over parameter tokens, grown by appending tokens.
+
+Wang et al., "TokenFormer: Rethinking Transformer Scaling with Tokenized Model
+Parameters" (ICLR 2025, arXiv 2410.23168; reference code Haiyang-W/TokenFormer).
+Every linear projection of a transformer (Q, K, V, output projection, FFN) is
+replaced by *Pattention*: the input tokens attend to ``n`` learnable key/value
+parameter tokens,
+
+  A = X K_Pᵀ,   Θ(A)_ij = GeLU(A_ij · τ / ‖A_i,:‖₂),   out = Θ(A) V_P,
+
+with ``K_P ∈ ℝ^{n×d_in}``, ``V_P ∈ ℝ^{n×d_out}`` (the ``l2_norm_gelu``
+normalisation that all of the paper's configs use).
+
+Growth appends ``m`` new key/value tokens. New keys are zero, so their scores
+are 0, GeLU(0) = 0 and they add nothing to the output; zero scores also leave
+the row norm ‖A_i,:‖₂ unchanged. The output is therefore *exactly* unchanged
+as long as τ is unchanged. This module keeps τ fixed in the config (default
+τ = √n of the model as first built) and `grow` writes the old τ into the new
+config. The released PyTorch code recomputes τ = √n_current from the tensor
+shape, which rescales every pre-activation by √(n_new/n_old) at the growth
+step (about 24% relative output change for 128 → 192 tokens); pass
+``rescale_tau=True`` to `grow` to get that variant.
+
+New *value* tokens are drawn from N(0, value_std²) by default (like LoRA's
+non-zero factor): with both new keys and new values zero, the new tokens sit at
+a saddle where their gradients vanish and they would never train. The choice
+does not affect function preservation (Θ of a zero key is exactly 0).
+
+Example:
+  >>> import jax, jax.numpy as jnp
+  >>> from jaxparams.scale import tokenformer as tf
+  >>> cfg = tf.TokenFormerConfig(vocab_size=32, d_model=16, n_layers=1, n_heads=2,
+  ...                            qkv_tokens=8, out_tokens=8, ffn_tokens=16, max_len=8)
+  >>> model = tf.TokenFormer(cfg)
+  >>> ids = jnp.zeros((1, 4), jnp.int32)
+  >>> params = model.init(jax.random.PRNGKey(0), ids)['params']
+  >>> big_params, big_cfg = tf.grow(params, cfg, 8)
+  >>> bool(jnp.allclose(model.apply({'params': params}, ids),
+  ...                   tf.TokenFormer(big_cfg).apply({'params': big_params}, ids)))
+  True
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+__all__ = [
+    "KINDS", "Pattention", "TokenFormer", "TokenFormerBlock", "TokenFormerConfig", "grow",
+    "l2_norm_gelu", "pattention_paths",
+]
+
+KINDS = ("qkv", "out", "ffn")
+"""Groups of Pattention layers that share a token count and τ."""
+
+_MODULE_KIND = {"query": "qkv", "key": "qkv", "value": "qkv", "out": "out", "ffn": "ffn"}
+
+
+def l2_norm_gelu(scores: jax.Array, tau: float, eps: float = 1e-5) -> jax.Array:
+  """The paper's default Θ: ``GeLU(A · τ / ‖A_row‖₂)`` over the last axis.
+
+  Args:
+    scores: ``[..., n]`` scores of the input tokens against n parameter tokens.
+    tau: fixed temperature (the paper uses √n of the initial model).
+    eps: added under the square root (the JAX reference port uses 1e-5).
+
+  Returns:
+    Same shape as ``scores``.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> l2_norm_gelu(jnp.array([[3.0, 4.0, 0.0]]), tau=5.0, eps=0.0).shape
+    (1, 3)
+  """
+  norm = jnp.sqrt(jnp.sum(jnp.square(scores), axis=-1, keepdims=True) + eps)
+  return nn.gelu(scores * (tau / norm), approximate=False)
+
+
+class Pattention(nn.Module):
+  """Token-parameter attention: ``Θ(X K_Pᵀ) V_P`` (replaces a Dense layer).
+
+  Attributes:
+    num_tokens: number n of key/value parameter tokens.
+    features: output width d_out (the input width comes from the input).
+    tau: fixed temperature τ of the normalisation; ``None`` means √num_tokens.
+    init_std: std of the normal initialiser of both token tables.
+    eps: numerical epsilon inside the row norm.
+    dtype: compute dtype (parameters stay ``param_dtype``).
+    param_dtype: parameter dtype.
+
+  Params: ``key_tokens`` ``[n, d_in]`` and ``value_tokens`` ``[n, d_out]``.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> layer = Pattention(num_tokens=4, features=3)
+    >>> x = jnp.ones((2, 5))
+    >>> p = layer.init(jax.random.PRNGKey(0), x)
+    >>> layer.apply(p, x).shape
+    (2, 3)
+  """
+  num_tokens: int
+  features: int
+  tau: float | None = None
+  init_std: float = 0.02
+  eps: float = 1e-5
+  dtype: Any = None
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    init = nn.initializers.normal(self.init_std)
+    keys = self.param("key_tokens", init, (self.num_tokens, x.shape[-1]), self.param_dtype)
+    values = self.param("value_tokens", init, (self.num_tokens, self.features), self.param_dtype)
+    dtype = self.dtype or jnp.result_type(x, keys)
+    x, keys, values = x.astype(dtype), keys.astype(dtype), values.astype(dtype)
+    tau = math.sqrt(self.num_tokens) if self.tau is None else self.tau
+    weights = l2_norm_gelu(x @ keys.T, tau, self.eps)
+    return weights @ values
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TokenFormerConfig:
+  """Shape of a TokenFormer language model.
+
+  Attributes:
+    vocab_size: number of token ids.
+    d_model: hidden width.
+    n_layers: number of blocks.
+    n_heads: attention heads (``d_model % n_heads == 0``).
+    qkv_tokens: parameter tokens of each of the Q, K, V Pattention layers.
+    out_tokens: parameter tokens of the attention output Pattention layer.
+    ffn_tokens: parameter tokens of the FFN Pattention layer.
+    max_len: number of learned positions.
+    qkv_tau, out_tau, ffn_tau: fixed temperatures; ``None`` means √tokens of
+      this config. `grow` writes the resolved old values here so growth keeps
+      the function.
+    init_std: std of the token and embedding initialisers.
+    eps: epsilon inside the Pattention row norm.
+    dtype: compute dtype name (``'float32'``, ``'bfloat16'``).
+  """
+  vocab_size: int = 256
+  d_model: int = 64
+  n_layers: int = 2
+  n_heads: int = 4
+  qkv_tokens: int = 64
+  out_tokens: int = 64
+  ffn_tokens: int = 256
+  max_len: int = 128
+  qkv_tau: float | None = None
+  out_tau: float | None = None
+  ffn_tau: float | None = None
+  init_std: float = 0.02
+  eps: float = 1e-5
+  dtype: str = "float32"
+
+  def __post_init__(self):
+    for name in ("vocab_size", "d_model", "n_layers", "n_heads", "qkv_tokens", "out_tokens",
+                 "ffn_tokens", "max_len"):
+      if int(getattr(self, name)) <= 0:
+        raise ValueError(f"TokenFormerConfig.{name} must be positive, found {getattr(self, name)}")
+    if self.d_model % self.n_heads:
+      raise ValueError(f"TokenFormerConfig: d_model={self.d_model} is not divisible by "
+                       f"n_heads={self.n_heads}")
+
+  def tokens(self, kind: str) -> int:
+    """Token count of one Pattention group (``'qkv'``, ``'out'`` or ``'ffn'``)."""
+    _check_kind(kind)
+    return getattr(self, f"{kind}_tokens")
+
+  def tau(self, kind: str) -> float:
+    """Resolved τ of one Pattention group: the fixed value or √tokens."""
+    _check_kind(kind)
+    value = getattr(self, f"{kind}_tau")
+    return math.sqrt(self.tokens(kind)) if value is None else float(value)
+
+
+def _check_kind(kind: str) -> None:
+  if kind not in KINDS:
+    raise ValueError(f"unknown Pattention kind {kind!r}; valid kinds: {', '.join(KINDS)}")
+
+
+def _pattention(config: TokenFormerConfig, kind: str, features: int, name: str) -> Pattention:
+  return Pattention(num_tokens=config.tokens(kind), features=features, tau=config.tau(kind),
+                    init_std=config.init_std, eps=config.eps, dtype=jnp.dtype(config.dtype),
+                    name=name)
+
+
+class TokenFormerBlock(nn.Module):
+  """Pre-LN block: causal multi-head attention and FFN, all projections Pattention.
+
+  Param names: ``ln_attn``, ``query``, ``key``, ``value``, ``out``, ``ln_ffn``, ``ffn``.
+  """
+  config: TokenFormerConfig
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    cfg = self.config
+    d, h = cfg.d_model, cfg.n_heads
+    hd = d // h
+    y = nn.LayerNorm(name="ln_attn")(x)
+    split = lambda t: t.reshape(t.shape[:-1] + (h, hd))
+    q = split(_pattention(cfg, "qkv", d, "query")(y))
+    k = split(_pattention(cfg, "qkv", d, "key")(y))
+    v = split(_pattention(cfg, "qkv", d, "value")(y))
+    t = x.shape[-2]
+    mask = jnp.tril(jnp.ones((t, t), bool))
+    scores = jnp.einsum("...qhd,...khd->...hqk", q, k) / math.sqrt(hd)
+    scores = jnp.where(mask, scores, jnp.finfo(scores.dtype).min)
+    att = jax.nn.softmax(scores, axis=-1)
+    o = jnp.einsum("...hqk,...khd->...qhd", att, v).reshape(x.shape[:-1] + (d,))
+    x = x + _pattention(cfg, "out", d, "out")(o)
+    y = nn.LayerNorm(name="ln_ffn")(x)
+    return x + _pattention(cfg, "ffn", d, "ffn")(y)
+
+
+class TokenFormer(nn.Module):
+  """Decoder-only TokenFormer language model (learned positions, tied LM head).
+
+  Call with int token ids ``[batch, time]`` (time ≤ ``max_len``); returns logits
+  ``[batch, time, vocab_size]``. Param tree: ``embed``, ``pos_embed``,
+  ``blocks_0`` … ``blocks_{L-1}``, ``ln_final``.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> cfg = TokenFormerConfig(vocab_size=11, d_model=8, n_layers=1, n_heads=2,
+    ...                         qkv_tokens=4, out_tokens=4, ffn_tokens=8, max_len=6)
+    >>> ids = jnp.ones((2, 6), jnp.int32)
+    >>> p = TokenFormer(cfg).init(jax.random.PRNGKey(0), ids)
+    >>> TokenFormer(cfg).apply(p, ids).shape
+    (2, 6, 11)
+  """
+  config: TokenFormerConfig
+
+  @nn.compact
+  def __call__(self, ids: jax.Array) -> jax.Array:
+    cfg = self.config
+    if ids.shape[-1] > cfg.max_len:
+      raise ValueError(f"TokenFormer: sequence length {ids.shape[-1]} exceeds max_len={cfg.max_len}")
+    init = nn.initializers.normal(cfg.init_std)
+    embed = nn.Embed(cfg.vocab_size, cfg.d_model, embedding_init=init, name="embed")
+    pos = self.param("pos_embed", init, (cfg.max_len, cfg.d_model))
+    x = embed(ids) + pos[: ids.shape[-1]]
+    x = x.astype(jnp.dtype(cfg.dtype))
+    for i in range(cfg.n_layers):
+      x = TokenFormerBlock(cfg, name=f"blocks_{i}")(x)
+    x = nn.LayerNorm(name="ln_final")(x)
+    return embed.attend(x.astype(jnp.float32))
+
+
+def pattention_paths(params: Mapping[str, Any]) -> dict[str, str]:
+  """Map every Pattention module path in a TokenFormer param tree to its kind.
+
+  Example:
+    >>> pattention_paths({'blocks_0': {'ffn': {'key_tokens': 0, 'value_tokens': 0}}})
+    {'blocks_0/ffn': 'ffn'}
+  """
+  found: dict[str, str] = {}
+
+  def walk(node: Any, prefix: str) -> None:
+    if not isinstance(node, Mapping):
+      return
+    if "key_tokens" in node and "value_tokens" in node:
+      name = prefix.rsplit("/", 1)[-1]
+      if name not in _MODULE_KIND:
+        raise ValueError(f"grow: Pattention at {prefix!r} has an unknown module name {name!r}; "
+                         f"expected one of {sorted(_MODULE_KIND)}")
+      found[prefix] = _MODULE_KIND[name]
+      return
+    for k, v in node.items():
+      walk(v, f"{prefix}/{k}" if prefix else str(k))
+
+  walk(params, "")
+  return found
+
+
+def _as_counts(n_new_tokens: int | Mapping[str, int]) -> dict[str, int]:
+  if isinstance(n_new_tokens, Mapping):
+    unknown = sorted(set(n_new_tokens) - set(KINDS))
+    if unknown:
+      raise ValueError(f"grow: unknown Pattention kinds {unknown}; valid kinds: {', '.join(KINDS)}")
+    counts = {k: int(n_new_tokens.get(k, 0)) for k in KINDS}
+  else:
+    counts = {k: int(n_new_tokens) for k in KINDS}
+  for k, n in counts.items():
+    if n < 0:
+      raise ValueError(f"grow: n_new_tokens for {k!r} must be >= 0 (growth cannot remove tokens), "
+                       f"found {n}")
+  return counts
+
+
+def grow(params: Mapping[str, Any], config: TokenFormerConfig,
+         n_new_tokens: int | Mapping[str, int], *, key: jax.Array | None = None,
+         value_init: str = "normal", value_std: float | None = None,
+         rescale_tau: bool = False) -> tuple[dict[str, Any], TokenFormerConfig]:
+  """Append parameter tokens to every Pattention layer; keeps the function exactly.
+
+  New key tokens are zero; τ of the new config is frozen at the old model's
+  resolved τ, so the grown model computes the same outputs (see module doc).
+
+  Args:
+    params: TokenFormer params (the ``'params'`` collection). Any tree with the
+      same structure works, e.g. Adam moment trees with ``value_init='zeros'``.
+    config: the config the params belong to.
+    n_new_tokens: tokens to add to every Pattention layer, or a mapping
+      ``{'qkv': m1, 'out': m2, 'ffn': m3}`` (missing kinds add 0).
+    key: PRNG key for the new value tokens (default ``PRNGKey(0)``).
+    value_init: ``'normal'`` (default; N(0, value_std²), trainable) or
+      ``'zeros'`` (new tokens get zero gradients until something else moves them).
+    value_std: std of new values; default ``config.init_std``.
+    rescale_tau: if True, reproduce the reference PyTorch behaviour τ = √n_new
+      (NOT function-preserving: pre-activations scale by √(n_new/n_old)).
+
+  Returns:
+    ``(new_params, new_config)``.
+
+  Raises:
+    ValueError: on negative counts, unknown kinds or value_init, or params whose
+      token tables do not match ``config``.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> cfg = TokenFormerConfig(vocab_size=8, d_model=4, n_layers=1, n_heads=1,
+    ...                         qkv_tokens=2, out_tokens=2, ffn_tokens=2, max_len=4)
+    >>> p = TokenFormer(cfg).init(jax.random.PRNGKey(0), jnp.zeros((1, 4), jnp.int32))['params']
+    >>> p2, cfg2 = grow(p, cfg, {'ffn': 6})
+    >>> p2['blocks_0']['ffn']['key_tokens'].shape, cfg2.ffn_tokens, cfg2.ffn_tau == cfg.tau('ffn')
+    ((8, 4), 8, True)
+  """
+  if value_init not in ("normal", "zeros"):
+    raise ValueError(f"grow: value_init must be 'normal' or 'zeros', found {value_init!r}")
+  counts = _as_counts(n_new_tokens)
+  std = config.init_std if value_std is None else float(value_std)
+  key = jax.random.PRNGKey(0) if key is None else key
+  paths = pattention_paths(params)
+  if not paths:
+    raise ValueError("grow: no Pattention layers (dicts with 'key_tokens' and 'value_tokens') "
+                     "found in params")
+
+  def rebuild(node: Any, prefix: str) -> Any:
+    if prefix in paths:
+      kind = paths[prefix]
+      keys, values = node["key_tokens"], node["value_tokens"]
+      n_old = config.tokens(kind)
+      if keys.shape[0] != n_old or values.shape[0] != n_old:
+        raise ValueError(f"grow: {prefix} has {keys.shape[0]} key / {values.shape[0]} value tokens "
+                         f"but config.{kind}_tokens={n_old}")
+      m = counts[kind]
+      if m == 0:
+        return dict(node)
+      new_keys = jnp.zeros((m, keys.shape[1]), keys.dtype)
+      if value_init == "zeros":
+        new_values = jnp.zeros((m, values.shape[1]), values.dtype)
+      else:
+        sub = jax.random.fold_in(key, _stable_hash(prefix))
+        new_values = (std * jax.random.normal(sub, (m, values.shape[1]), jnp.float32)
+                      ).astype(values.dtype)
+      out = dict(node)
+      out["key_tokens"] = jnp.concatenate([keys, new_keys], axis=0)
+      out["value_tokens"] = jnp.concatenate([values, new_values], axis=0)
+      return out
+    if isinstance(node, Mapping):
+      return {k: rebuild(v, f"{prefix}/{k}" if prefix else str(k)) for k, v in node.items()}
+    return node
+
+  new_params = rebuild(params, "")
+  changes: dict[str, Any] = {}
+  for kind in KINDS:
+    changes[f"{kind}_tokens"] = config.tokens(kind) + counts[kind]
+    changes[f"{kind}_tau"] = None if rescale_tau else config.tau(kind)
+  return new_params, dataclasses.replace(config, **changes)
+
+
+def _stable_hash(text: str) -> int:
+  """Deterministic 31-bit hash (Python's hash() is salted per process)."""
+  h = 0
+  for ch in text.encode():
+    h = (h * 131 + ch) % (2**31 - 1)
+  return h

@@ -1,0 +1,213 @@
+"""Pure-jnp reference of the fused sparsify + sign-election + disjoint-mean merge.
+
+This file is the specification the Pallas kernels are tested against, and the
+``implementation='xla'`` path of :mod:`api`.
+
+Pipeline for ``N`` models over one flattened tensor of ``n`` elements (all
+math in float32):
+
+1. ``delta_i = model_i - base``.
+2. Keep mask per model: ``lo_i <= bits(|delta_i|) < hi_i`` (magnitude windows
+   given as float32 bit patterns; a non-negative float's bit pattern is
+   monotone in its value) and, for random methods, ``u_i(e) < p_i(e)`` where
+   ``u_i(e)`` is a counter-based hash of ``(seed_i, e)`` mapped to [0, 1) so
+   every implementation and every tiling draws the same numbers.
+3. Rescale: ``'l1'`` multiplies the kept values by
+   ``sum|delta_i| / sum|kept_i|`` (mergekit; skipped when either is < 1e-7),
+   ``'inverse'`` divides by ``p`` (the DARE/DELLA papers).
+4. ``D_i = w_i * kept_i``; with consensus the sign is elected on ``sum_i D_i``
+   (0 counts as +), ``sel_i = sign(D_i) == elected``, the merged delta is
+   ``sum sel_i D_i`` and the divisor ``sum sel_i w_i`` (0 -> 1); without
+   consensus the merged delta is ``sum D_i`` and the divisor ``sum w_i``
+   (``|.| < 1e-8`` -> 1).
+5. ``out = base + lam * merged / divisor`` (division only with ``normalize``).
+
+Top-k thresholds never sort: :func:`kth_largest_key` finds the exact k-th
+largest ``uint32`` key with 8 counting passes (4 bits per pass, 15 candidate
+thresholds counted at once).
+
+Example:
+  >>> import jax.numpy as jnp
+  >>> x = jnp.array([0.1, -3.0, 2.0, 0.5])
+  >>> t = kth_largest_key(magnitude_bits(x), 2)
+  >>> (magnitude_bits(x) >= t).tolist()
+  [False, True, True, False]
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = [
+    "KEY_MAX", "magnitude_bits", "float_keys", "key_to_float", "kth_largest_key", "candidate_keys",
+    "hash_uniform", "della_probabilities", "sparsify_merge_reference", "keep_mask",
+]
+
+KEY_MAX = np.uint32(0xFFFFFFFF)  # an exclusive upper bound above every magnitude key
+_DIGIT_BITS = 4
+_SHIFTS = tuple(range(32 - _DIGIT_BITS, -1, -_DIGIT_BITS))  # 28, 24, ..., 0
+
+
+def magnitude_bits(x: jax.Array) -> jax.Array:
+  """uint32 keys of ``|x|`` (float32), monotone in the magnitude."""
+  return jax.lax.bitcast_convert_type(jnp.abs(x.astype(jnp.float32)), jnp.uint32)
+
+
+def float_keys(x: jax.Array) -> jax.Array:
+  """Order-preserving uint32 keys of signed float32 values."""
+  b = jax.lax.bitcast_convert_type(x.astype(jnp.float32), jnp.uint32)
+  neg = (b >> 31) == 1
+  return jnp.where(neg, ~b, b | np.uint32(0x80000000))
+
+
+def key_to_float(k: jax.Array) -> jax.Array:
+  """Inverse of :func:`float_keys`."""
+  pos = (k >> 31) == 1
+  b = jnp.where(pos, k & np.uint32(0x7FFFFFFF), ~k)
+  return jax.lax.bitcast_convert_type(b, jnp.float32)
+
+
+def candidate_keys(prefix: jax.Array, shift: int) -> jax.Array:
+  """The 15 candidate thresholds ``prefix | d << shift`` for d = 1..15."""
+  d = jnp.arange(1, 1 << _DIGIT_BITS, dtype=jnp.uint32)
+  return prefix | (d << np.uint32(shift))
+
+
+def kth_largest_key(keys: jax.Array | Sequence[jax.Array], k) -> jax.Array:
+  """The largest uint32 ``T`` with ``count(keys >= T) >= k`` (the k-th largest key).
+
+  ``keys`` may be a list of arrays (counted together, e.g. a whole model).
+  ``k`` is an int32 scalar (may be traced). For ``k <= 0`` the result is
+  ``0xFFFFFFFF``; callers wanting "keep nothing" must treat k <= 0 themselves.
+
+  Example:
+    >>> int(kth_largest_key(jnp.array([5, 1, 9, 7], jnp.uint32), 3))
+    5
+  """
+  parts = [keys] if not isinstance(keys, (list, tuple)) else list(keys)
+  parts = [jnp.ravel(p) for p in parts]
+  k = jnp.asarray(k, jnp.int32)
+  prefix = jnp.uint32(0)
+  for shift in _SHIFTS:
+    cands = candidate_keys(prefix, shift)
+    counts = sum(jnp.sum(p[:, None] >= cands[None, :], axis=0, dtype=jnp.int32) for p in parts)
+    digit = jnp.sum(counts >= k, dtype=jnp.uint32)
+    prefix = prefix | (digit << np.uint32(shift))
+  return prefix
+
+
+def _mix32(x: jax.Array) -> jax.Array:
+  # "lowbias32" integer finalizer (public domain, C. Wellons).
+  x = x ^ (x >> 16)
+  x = x * np.uint32(0x7FEB352D)
+  x = x ^ (x >> 15)
+  x = x * np.uint32(0x846CA68B)
+  return x ^ (x >> 16)
+
+
+def hash_uniform(seed: jax.Array, index: jax.Array) -> jax.Array:
+  """Counter-based uniform numbers in [0, 1): a pure function of (seed, index).
+
+  Example:
+    >>> u = hash_uniform(jnp.uint32(7), jnp.arange(4, dtype=jnp.uint32))
+    >>> bool(((u >= 0) & (u < 1)).all())
+    True
+  """
+  s = _mix32(seed.astype(jnp.uint32) + np.uint32(0x9E3779B9))
+  x = _mix32(index.astype(jnp.uint32) ^ s)
+  x = _mix32(x + s)
+  return (x >> 8).astype(jnp.float32) * np.float32(1.0 / (1 << 24))
+
+
+def della_probabilities(delta: jax.Array, density, epsilon) -> jax.Array:
+  """DELLA keep probabilities (mergekit ``della_magprune``): per row (axis 1).
+
+  ``p = (density - eps) + 2 eps * rank_norm`` with ``rank_norm`` the
+  magnitude rank within the row scaled to [0, 1]. ``density >= 1`` keeps all
+  (p = 1), ``density <= 0`` none (p = 0). Ranking is a per-row sort (ranks are
+  intrinsically sort-based). Returns float32 of ``delta.shape``.
+  """
+  shape = delta.shape
+  x = delta.reshape(1, -1) if delta.ndim < 2 else delta
+  mag = jnp.abs(x.astype(jnp.float32))
+  order = jnp.argsort(mag, axis=1, stable=True)
+  ranks = jnp.argsort(order, axis=1, stable=True).astype(jnp.float32)  # 0..m-1
+  m = x.shape[1]
+  rank_norm = ranks / np.float32(max(m - 1, 1))
+  density = jnp.asarray(density, jnp.float32)
+  epsilon = jnp.asarray(epsilon, jnp.float32)
+  p = (density - epsilon) + rank_norm * (2 * epsilon)
+  p = jnp.where(density >= 1, 1.0, jnp.where(density <= 0, 0.0, p))
+  return p.reshape(shape)
+
+
+def keep_mask(delta: jax.Array, lo, hi, p=None, seed=None) -> jax.Array:
+  """Keep mask of one flattened model delta (see module docstring, step 2)."""
+  bits = magnitude_bits(delta)
+  keep = (bits >= lo) & (bits < hi)
+  if p is not None:
+    idx = jnp.arange(delta.size, dtype=jnp.uint32).reshape(delta.shape)
+    keep = keep & (hash_uniform(seed, idx) < p)
+  return keep
+
+
+def sparsify_merge_reference(base: jax.Array, models: jax.Array, *, weights: jax.Array,
+                             lo: jax.Array, hi: jax.Array, lam=1.0, p: jax.Array | None = None,
+                             seeds: jax.Array | None = None, rescale: str | None = None,
+                             consensus: bool = True, normalize: bool = True) -> jax.Array:
+  """Reference fused merge over flattened tensors.
+
+  Args:
+    base: (n,) base tensor.
+    models: (N, n) model tensors.
+    weights: (N,) float weights.
+    lo, hi: (N,) uint32 magnitude-key window per model (keep ``lo <= key < hi``).
+    lam: scalar multiplier of the merged delta.
+    p: None, (N,) or (N, n) keep probabilities (random sparsification).
+    seeds: (N,) uint32 hash seeds (with ``p``).
+    rescale: None, ``'l1'`` or ``'inverse'``.
+    consensus: TIES sign election + disjoint mean.
+    normalize: divide by the (selected) weight sum.
+
+  Returns:
+    (n,) float32 merged tensor.
+  """
+  base32 = base.astype(jnp.float32)
+  delta = models.astype(jnp.float32) - base32[None]
+  n_models = models.shape[0]
+  keep = jnp.stack([
+      keep_mask(delta[i], lo[i], hi[i],
+                None if p is None else (p[i] if jnp.ndim(p) == 2 else p[i]),
+                None if seeds is None else seeds[i]) for i in range(n_models)])
+  kept = delta * keep.astype(jnp.float32)
+  if rescale == "l1":
+    before = jnp.sum(jnp.abs(delta), axis=1, keepdims=True)
+    after = jnp.sum(jnp.abs(kept), axis=1, keepdims=True)
+    ok = (before >= 1e-7) & (after >= 1e-7)
+    kept = jnp.where(ok, kept * (before / jnp.where(ok, after, 1.0)), kept)
+  elif rescale == "inverse":
+    pp = jnp.asarray(p, jnp.float32)
+    pp = pp[:, None] if pp.ndim == 1 else pp
+    kept = jnp.where(keep, kept / jnp.where(keep, pp, 1.0), 0.0)
+  elif rescale is not None:
+    raise ValueError(f"rescale must be None, 'l1' or 'inverse', got {rescale!r}")
+  w = jnp.asarray(weights, jnp.float32)[:, None]
+  d = kept * w
+  if consensus:
+    elected = jnp.where(jnp.sum(d, axis=0) >= 0, 1.0, -1.0)
+    sel = (jnp.sign(d) == elected[None]).astype(jnp.float32)
+    mixed = jnp.sum(d * sel, axis=0)
+    div = jnp.sum(w * sel, axis=0)
+    div = jnp.where(div == 0, 1.0, div)
+  else:
+    mixed = jnp.sum(d, axis=0)
+    div = jnp.sum(w)
+    div = jnp.where(jnp.abs(div) < 1e-8, 1.0, div)
+  if normalize:
+    mixed = mixed / div
+  mixed = mixed * jnp.asarray(lam, jnp.float32)
+  return base32 + mixed

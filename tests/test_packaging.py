@@ -1,0 +1,43 @@
+"""Packaging: kernels/ ships as jaxparams.kernels, never as a top-level module."""
+
+import pathlib
+import subprocess
+import sys
+import tomllib
+import zipfile
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _packages_on_disk():
+  found = set()
+  for base, prefix in ((ROOT / "jaxparams", "jaxparams"), (ROOT / "kernels", "jaxparams.kernels")):
+    for init in base.rglob("__init__.py"):
+      rel = init.parent.relative_to(base).parts
+      found.add(".".join((prefix,) + rel))
+  return found
+
+
+def test_every_package_folder_is_listed_in_pyproject():
+  listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+  assert _packages_on_disk() - listed == set(), "add these to [tool.setuptools] packages"
+  assert listed - _packages_on_disk() == set(), "pyproject lists packages that do not exist"
+
+
+def test_kernels_importable_under_jaxparams():
+  import jaxparams.kernels  # noqa: F401
+  r = subprocess.run([sys.executable, "-c", "import kernels"], capture_output=True, cwd="/")
+  assert r.returncode != 0, "a top-level `kernels` module must not be installed"
+
+
+@pytest.mark.slow
+def test_wheel_layout(tmp_path):
+  subprocess.run([sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps",
+                  "--no-build-isolation", "-q", "-w", str(tmp_path)], check=True)
+  (wheel,) = tmp_path.glob("jaxparams-*.whl")
+  names = zipfile.ZipFile(wheel).namelist()
+  assert "jaxparams/kernels/__init__.py" in names
+  assert not any(n.startswith("kernels/") for n in names)
+  assert any(n.startswith("jaxparams/kernels/dequant_matmul/") for n in names)
