@@ -2,7 +2,8 @@
 
 Areas (one sub-package each): ``tree`` (paths and selection), ``io``
 (checkpoints), ``models`` (reference Flax models with HF adapters), ``merge``,
-``quant``, ``edit``, ``scale``, and ``kernels`` (Pallas kernels).
+``quant``, ``scale`` and ``kernels`` (Pallas kernels, each beside its jnp
+reference).
 
 Example:
   >>> import jaxparams as jp
@@ -10,8 +11,8 @@ Example:
   ['a/b', 'c']
 """
 
-from jaxparams import io, tree
+from jaxparams import io, models, tree
 
 __version__ = "0.1.0"
 
-__all__ = ["io", "tree", "__version__"]
+__all__ = ["io", "models", "tree", "__version__"]
