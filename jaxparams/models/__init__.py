@@ -23,9 +23,12 @@ Example:
 from jaxparams.models.bert import Bert, BertConfig, l2_normalize, mean_pool, sentence_embeddings
 from jaxparams.models.layers import Embed, LayerNorm, Linear, RMSNorm
 from jaxparams.models.llama import Llama, LlamaConfig
+from jaxparams.models.hf import from_hf, hf_name_map, model_for_config, to_hf
+from jaxparams.models.minilm import embed, load_minilm, minilm_path
 from jaxparams.models.mlp import MLP
 
 __all__ = [
     "Llama", "LlamaConfig", "Bert", "BertConfig", "MLP", "Linear", "Embed", "RMSNorm",
-    "LayerNorm", "mean_pool", "l2_normalize", "sentence_embeddings",
+    "LayerNorm", "mean_pool", "l2_normalize", "sentence_embeddings", "from_hf", "to_hf",
+    "hf_name_map", "model_for_config", "load_minilm", "minilm_path", "embed",
 ]

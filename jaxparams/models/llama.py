@@ -55,7 +55,7 @@ class LlamaConfig:
   Example:
     >>> cfg = LlamaConfig.from_hf_dict({'vocab_size': 8, 'hidden_size': 4,
     ...     'intermediate_size': 8, 'num_hidden_layers': 1, 'num_attention_heads': 2})
-    >>> (cfg.num_key_value_heads, cfg.head_dim_)
+    >>> (cfg.num_key_value_heads, cfg.head_dim)
     (2, 2)
     >>> LlamaConfig.from_hf_dict(cfg.to_hf_dict()) == cfg
     True
@@ -83,6 +83,8 @@ class LlamaConfig:
   def __post_init__(self):
     if self.num_key_value_heads is None:
       object.__setattr__(self, "num_key_value_heads", self.num_attention_heads)
+    if self.head_dim is None:
+      object.__setattr__(self, "head_dim", self.hidden_size // self.num_attention_heads)
     if isinstance(self.rope_scaling, dict):
       object.__setattr__(self, "rope_scaling", _freeze(self.rope_scaling))
     if isinstance(self.eos_token_id, list):
@@ -96,7 +98,7 @@ class LlamaConfig:
   @property
   def head_dim_(self) -> int:
     """The effective head dimension (``head_dim`` or ``hidden_size // num_attention_heads``)."""
-    return self.head_dim or self.hidden_size // self.num_attention_heads
+    return self.head_dim
 
   @property
   def rope_scaling_dict(self) -> dict | None:

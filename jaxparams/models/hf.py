@@ -1,0 +1,241 @@
+"""Hugging Face safetensors checkpoints <-> Flax params for the reference models.
+
+``from_hf`` reads ``config.json``, dispatches on ``model_type`` (``'llama'``, ``'bert'``), and
+streams tensors one at a time through :func:`jaxparams.io.open_checkpoint`, transposing Linear
+weights (HF ``[out, in]`` -> Flax ``[in, out]``). ``to_hf`` writes HF names through
+:class:`jaxparams.io.SafetensorsWriter` (atomic, sharded) plus ``config.json``.
+
+Example:
+  >>> import jax, jax.numpy as jnp, tempfile, os
+  >>> import jaxparams as jp
+  >>> cfg = jp.models.LlamaConfig(vocab_size=16, hidden_size=8, intermediate_size=16,
+  ...     num_hidden_layers=1, num_attention_heads=2)
+  >>> params = jp.models.Llama(cfg).init(jax.random.key(0), jnp.zeros((1, 2), int))['params']
+  >>> out = os.path.join(tempfile.mkdtemp(), 'tiny')
+  >>> jp.models.to_hf(params, cfg, out)
+  >>> module, params2, cfg2 = jp.models.from_hf(out)
+  >>> cfg2 == cfg and jp.tree.allclose(params, params2, rtol=0)
+  True
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxparams import io as jio
+from jaxparams import tree as jtree
+from jaxparams.models import hf_bert, hf_llama
+from jaxparams.models.bert import Bert, BertConfig
+from jaxparams.models.llama import Llama, LlamaConfig
+
+__all__ = ["from_hf", "to_hf", "hf_name_map", "model_for_config", "ARCHITECTURES",
+           "SENTENCE_TRANSFORMERS_FILES"]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Arch:
+  config_cls: type
+  module_cls: type
+  name_map: Callable[[Any], dict[str, tuple[str, bool]]]
+  ignored: Callable[[Any, str], bool]
+  normalize: Callable[[str], str] = staticmethod(lambda n: n)
+
+
+ARCHITECTURES = {
+    "llama": _Arch(LlamaConfig, Llama, hf_llama.name_map, hf_llama.ignored),
+    "bert": _Arch(BertConfig, Bert, hf_bert.name_map, hf_bert.ignored, hf_bert.strip_prefix),
+}
+
+# sentence-transformers side files (copied by ``to_hf(..., copy_from=...)`` when present).
+SENTENCE_TRANSFORMERS_FILES = ("modules.json", "sentence_bert_config.json",
+                               "config_sentence_transformers.json", "1_Pooling/config.json")
+
+
+def _arch_for_config(config: Any) -> _Arch:
+  for arch in ARCHITECTURES.values():
+    if isinstance(config, arch.config_cls):
+      return arch
+  raise ValueError(f"unsupported config type {type(config).__name__}; expected one of "
+                   f"{[a.config_cls.__name__ for a in ARCHITECTURES.values()]}")
+
+
+def hf_name_map(config: LlamaConfig | BertConfig) -> dict[str, tuple[str, bool]]:
+  """Maps each Flax param path to ``(hf_tensor_name, transpose)`` for this config.
+
+  ``transpose`` is True for Linear kernels (Flax ``[in, out]`` = HF ``weight.T``).
+
+  Example:
+    >>> from jaxparams.models import LlamaConfig
+    >>> cfg = LlamaConfig(vocab_size=8, hidden_size=4, intermediate_size=8,
+    ...                   num_hidden_layers=1, num_attention_heads=2, tie_word_embeddings=True)
+    >>> hf_name_map(cfg)['layers_0/mlp/down_proj/kernel']
+    ('model.layers.0.mlp.down_proj.weight', True)
+  """
+  return _arch_for_config(config).name_map(config)
+
+
+def model_for_config(config: LlamaConfig | BertConfig, *, dot: Callable | None = None):
+  """The Flax module for a config (``Llama`` or ``Bert``)."""
+  return _arch_for_config(config).module_cls(config, dot=dot)
+
+
+def _abstract_params(module) -> dict[str, jax.ShapeDtypeStruct]:
+  ids = jnp.zeros((1, 2), jnp.int32)
+  shapes = jax.eval_shape(lambda: module.init(jax.random.key(0), ids))
+  return jtree.flatten(shapes["params"])
+
+
+def _nest(flat: dict[str, Any]) -> dict[str, Any]:
+  out: dict[str, Any] = {}
+  for path, leaf in flat.items():
+    node = out
+    *parents, last = path.split("/")
+    for p in parents:
+      node = node.setdefault(p, {})
+    node[last] = leaf
+  return out
+
+
+def _read_config(reader, path: Path) -> dict:
+  cfg = reader.config()
+  if cfg is None and path.is_file() and (path.parent / "config.json").is_file():
+    cfg = json.loads((path.parent / "config.json").read_text())
+  if cfg is None:
+    raise ValueError(f"{path}: no config.json next to the weights; from_hf needs the HF config "
+                     "to know the architecture (model_type).")
+  return cfg
+
+
+def from_hf(path: str | Path, *, dtype: Any = None, strict: bool = True,
+            dot: Callable | None = None, **config_overrides: Any):
+  """Loads an HF safetensors checkpoint into a reference Flax model.
+
+  Args:
+    path: HF folder (``config.json`` + ``model.safetensors`` or sharded index) or a
+      ``.safetensors`` file with ``config.json`` beside it.
+    dtype: cast every parameter to this dtype; ``None`` keeps the stored dtypes.
+    strict: raise on checkpoint tensors the model does not use (else skip them).
+    dot: matmul injected into the module's Linear layers.
+    **config_overrides: config fields to override (e.g. ``dtype='bfloat16'`` for compute).
+
+  Returns:
+    ``(module, params, config)`` where ``params`` is the ``'params'`` collection (nested dict of
+    ``jax.Array``); run with ``module.apply({'params': params}, input_ids)``.
+
+  Raises:
+    ValueError: unknown ``model_type``; a missing, unexpected or wrongly-shaped tensor (named,
+      with its file).
+  """
+  path = Path(path)
+  with jio.open_checkpoint(path) as reader:
+    cfg_dict = _read_config(reader, path)
+    model_type = cfg_dict.get("model_type")
+    if model_type not in ARCHITECTURES:
+      raise ValueError(f"{path}: config.json model_type {model_type!r} is not supported; "
+                       f"supported: {sorted(ARCHITECTURES)}")
+    arch = ARCHITECTURES[model_type]
+    by_norm = {arch.normalize(n): n for n in reader.names()}
+    if model_type == "bert" and "add_pooling_layer" not in config_overrides:
+      config_overrides["add_pooling_layer"] = "pooler.dense.weight" in by_norm
+    config = arch.config_cls.from_hf_dict(cfg_dict, **config_overrides)
+    module = arch.module_cls(config, dot=dot)
+    nmap = arch.name_map(config)
+    expected = _abstract_params(module)
+
+    missing = [hf for hf, _ in nmap.values() if hf not in by_norm]
+    if missing:
+      raise ValueError(f"{path}: checkpoint is missing {len(missing)} tensor(s) needed by "
+                       f"{type(module).__name__}: {missing[:8]}"
+                       + (" ..." if len(missing) > 8 else ""))
+    used = {hf for hf, _ in nmap.values()}
+    unexpected = [by_norm[n] for n in by_norm if n not in used and not arch.ignored(config, n)]
+    if unexpected and strict:
+      files = sorted({str(reader.spec(n).file) for n in unexpected})
+      raise ValueError(f"{', '.join(files)}: unexpected tensor(s) {unexpected[:8]}"
+                       + (" ..." if len(unexpected) > 8 else "")
+                       + " not used by the model (pass strict=False to skip them)")
+
+    # Check every shape from the headers before reading any data.
+    for fpath, (hf, transpose) in nmap.items():
+      spec = reader.spec(by_norm[hf])
+      shape = tuple(spec.shape[::-1]) if transpose else tuple(spec.shape)
+      want = tuple(expected[fpath].shape)
+      if shape != want:
+        want_hf = want[::-1] if transpose else want
+        raise ValueError(f"{spec.file}: tensor {by_norm[hf]!r} has shape {tuple(spec.shape)}, "
+                         f"expected {want_hf} for Flax path {fpath!r} (config {model_type})")
+
+    flat = {}
+    for fpath, (hf, transpose) in nmap.items():
+      a = reader.read(by_norm[hf])
+      if transpose:
+        a = a.T
+      arr = jnp.asarray(a) if dtype is None else jnp.asarray(a, dtype=dtype)
+      flat[fpath] = arr
+  return module, _nest(flat), config
+
+
+def to_hf(params: Any, config: LlamaConfig | BertConfig, out_dir: str | Path, *,
+          max_shard_bytes: float = 5e9, copy_from: str | Path | None = None,
+          overwrite: bool = False, dtype: Any = None) -> None:
+  """Writes Flax params as an HF checkpoint folder (safetensors + ``config.json``).
+
+  Args:
+    params: the ``'params'`` collection (or ``{'params': ...}``) of a reference model.
+    config: its :class:`LlamaConfig` / :class:`BertConfig`.
+    out_dir: output folder, created atomically.
+    max_shard_bytes: shard size limit (HF index written when sharded).
+    copy_from: a folder whose tokenizer (and sentence-transformers) files are copied.
+    overwrite: replace an existing ``out_dir``.
+    dtype: cast every tensor to this dtype before writing (``None`` keeps dtypes).
+
+  Raises:
+    ValueError: a parameter is missing, extra, not a plain array (e.g. a quantized ``QArray``:
+      dequantize first), or has the wrong shape.
+  """
+  arch = _arch_for_config(config)
+  if isinstance(params, dict) and set(params) == {"params"}:
+    params = params["params"]
+  flat = jtree.flatten(params)
+  nmap = arch.name_map(config)
+  expected = _abstract_params(arch.module_cls(config))
+  missing = [p for p in nmap if p not in flat]
+  if missing:
+    hint = ""
+    if any(any(k.startswith(p + "/") for k in flat) for p in missing):
+      hint = " (some are not plain arrays, e.g. quantized QArray leaves: dequantize them first)"
+    raise ValueError(f"to_hf({out_dir}): params lack {len(missing)} leaf/leaves: {missing[:8]}"
+                     + hint)
+  extra = [p for p in flat if p not in nmap]
+  if extra:
+    raise ValueError(f"to_hf({out_dir}): params have leaves with no HF name for this config: "
+                     f"{extra[:8]}")
+  for p, (hf, _) in nmap.items():
+    if tuple(np.shape(flat[p])) != tuple(expected[p].shape):
+      raise ValueError(f"to_hf({out_dir}): leaf {p!r} (HF {hf!r}) has shape "
+                       f"{tuple(np.shape(flat[p]))}, expected {tuple(expected[p].shape)}")
+  with jio.SafetensorsWriter(out_dir, max_shard_bytes=max_shard_bytes,
+                             overwrite=overwrite) as w:
+    for p, (hf, transpose) in nmap.items():
+      a = np.asarray(jax.device_get(flat[p]))
+      if dtype is not None:
+        a = a.astype(dtype)
+      w.add(hf, np.ascontiguousarray(a.T) if transpose else a)
+    cfg = config.to_hf_dict()
+    first = flat[next(iter(nmap))]
+    cfg["torch_dtype"] = str(np.dtype(dtype) if dtype is not None else np.asarray(first).dtype)
+    w.write_json("config.json", cfg)
+    if copy_from is not None:
+      w.copy_from(copy_from)
+      src = Path(copy_from)
+      for fn in SENTENCE_TRANSFORMERS_FILES:
+        if (src / fn).is_file():
+          (w.folder_tmp / fn).parent.mkdir(parents=True, exist_ok=True)
+          w.copy_from(src, [fn])
