@@ -29,7 +29,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
   p.add_argument("recipe", help="mergekit YAML recipe (or a .py ml-collections config)")
   p.add_argument("out_dir", help="output folder (must not exist unless --overwrite)")
   p.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it exists")
-  p.add_argument("--seed", type=int, default=0,
+  p.add_argument("--seed", "--random-seed", dest="seed", type=int, default=0,
                  help="PRNG seed of random methods (dare_*, della*); default 0")
   p.add_argument("--max-shard-size", "--out-shard-size", dest="max_shard_size", default="5GB",
                  help="output shard size in bytes, e.g. 5GB, 500M (default 5GB)")
@@ -39,6 +39,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                  help="don't copy tokenizer files into OUT_DIR")
   p.add_argument("--prefetch", type=int, default=2,
                  help="tensors the reader thread may read ahead (default 2)")
+  p.add_argument("--prefetch-bytes", default="2GB",
+                 help="bytes the reader thread may read ahead (default 2GB; one tensor always)")
+  p.add_argument("--shard", action="store_true", default=None,
+                 help="split large tensors across all devices (default: only with several "
+                 "GPUs/TPUs)")
+  p.add_argument("--dry-run", action="store_true",
+                 help="print the per-tensor plan (inputs, layer position t, parameters after "
+                 "filters and gradients) and exit without merging")
   p.add_argument("--quiet", action="store_true", help="no progress bar")
   p.set_defaults(func=run)
 
@@ -49,15 +57,42 @@ def run(args: argparse.Namespace) -> int:
 
   from jaxparams.merge.stream import merge_checkpoints  # pylint: disable=import-outside-toplevel
   console = Console(stderr=True)
+  if getattr(args, "dry_run", False):
+    return _dry_run(args.recipe)
   summary = merge_checkpoints(
       args.recipe, args.out_dir, seed=args.seed, overwrite=args.overwrite,
       max_shard_bytes=args.max_shard_size, allow_nonfinite=args.allow_nonfinite,
-      copy_tokenizer=args.copy_tokenizer, prefetch=args.prefetch, progress=not args.quiet,
-      console=console)
+      copy_tokenizer=args.copy_tokenizer, prefetch=args.prefetch,
+      prefetch_bytes=args.prefetch_bytes, progress=not args.quiet,
+      console=console, shard=args.shard)
   if not args.quiet:
     gb = summary["bytes_read"] / 1e9
     console.print(f"[green]merged[/] {summary['tensors']} tensors ({gb:.2f} GB read) into "
                   f"{summary['out_dir']} in {summary['seconds']:.1f} s")
+  return 0
+
+
+def _fmt(v):
+  if isinstance(v, list):
+    return "[" + ", ".join(_fmt(x) for x in v) + "]"
+  return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _dry_run(recipe: str) -> int:
+  from rich.console import Console  # pylint: disable=import-outside-toplevel
+  from rich.table import Table  # pylint: disable=import-outside-toplevel
+
+  from jaxparams.merge.stream import plan_checkpoints  # pylint: disable=import-outside-toplevel
+  tasks = plan_checkpoints(recipe)
+  table = Table(title=f"{recipe}: {len(tasks)} output tensors")
+  for col in ("output tensor", "base", "models", "layer pos", "parameters"):
+    table.add_column(col)
+  for t in tasks:
+    params = {**t.global_params, **{k: list(v) for k, v in t.model_params.items()}}
+    table.add_row(t.name, f"{t.base[0]}" if t.base else "-",
+                  ", ".join(f"{m}:{n}" if n != t.name else m for m, n in t.models),
+                  f"{t.t:.3g}", " ".join(f"{k}={_fmt(v)}" for k, v in params.items()))
+  Console(width=None if sys.stdout.isatty() else 240).print(table)  # full names in pipes/logs
   return 0
 
 

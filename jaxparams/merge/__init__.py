@@ -1,1 +1,35 @@
-"""TODO"""
+"""Model merging: every mergekit 0.1.5 method as a pure, jit-compiled transform.
+
+Two drivers share one per-tensor definition per method:
+
+* the registry (:func:`get_method`, :class:`MergeMethod`.merge_tensor), used by
+  the streaming driver over checkpoints, and
+* the tree API on in-memory pytrees, one function per method (``linear``,
+  ``ties``, ...), jit-able, vmap-able over weights, differentiable in the
+  continuous coefficients where the math allows it.
+
+Example:
+  >>> import jax.numpy as jnp, jaxparams as jp
+  >>> base = {'w': jnp.zeros(3)}
+  >>> a, b = {'w': jnp.array([1., -1., 2.])}, {'w': jnp.array([1., 1., -4.])}
+  >>> jp.merge.task_arithmetic(base, [a, b], weights=[0.5, 0.5])['w'].tolist()
+  [1.0, 0.0, -1.0]
+"""
+
+from jaxparams.merge.registry import REQUIRED, MergeMethod, get_method, method_names, tensor_key
+from jaxparams.merge.task_vectors import apply_task_vectors, port_patch, task_vector
+from jaxparams.merge.tree_api import (arcee_fusion, breadcrumbs, breadcrumbs_ties, dare_linear,
+                                      dare_ties, della, della_linear, karcher, linear, merge_trees,
+                                      model_stock, multislerp, nearswap, nuslerp, passthrough, ram,
+                                      ramplus_tl, sce, slerp, task_arithmetic, ties)
+
+__all__ = [
+    # registry (per-tensor)
+    "REQUIRED", "MergeMethod", "get_method", "method_names", "tensor_key",
+    # tree API: one function per mergekit method
+    "arcee_fusion", "breadcrumbs", "breadcrumbs_ties", "dare_linear", "dare_ties", "della",
+    "della_linear", "karcher", "linear", "model_stock", "multislerp", "nearswap", "nuslerp",
+    "passthrough", "ram", "ramplus_tl", "sce", "slerp", "task_arithmetic", "ties", "merge_trees",
+    # task vectors
+    "apply_task_vectors", "port_patch", "task_vector",
+]

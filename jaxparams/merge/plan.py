@@ -156,7 +156,8 @@ def plan_merge(recipe: Recipe, readers: Mapping[str, _Reader], method: Any) -> l
       raise ValueError(
           f"{recipe.source or 'recipe'}: unknown parameter(s) {sorted(unknown)} for merge_method "
           f"{name!r}; valid: {sorted(set(model_keys) | set(global_keys))}.")
-  ignore_base = name in BASE_IGNORED_METHODS
+  policy = getattr(method, "base_policy", None)
+  ignore_base = policy == "ignored" if policy is not None else name in BASE_IGNORED_METHODS
   src = recipe.source or "recipe"
 
   if recipe.models is not None:

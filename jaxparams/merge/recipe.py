@@ -341,6 +341,10 @@ def parse_recipe(data: Mapping[str, Any], *, source: str | None = None) -> Recip
                                 _check_params(s.get("parameters"), w)))
     slices = tuple(slices)
 
+  chat = data.get("chat_template")
+  if chat is not None and (not isinstance(chat, str) or ("{{" not in chat and "{%" not in chat)):
+    raise ValueError(_where(source, f"chat_template {chat!r}: only a literal Jinja template is "
+                            "supported (mergekit's named templates such as 'chatml' are not)."))
   tok = data.get("tokenizer_source")
   if tok is not None:
     tok = _model_ref(tok, _where(source, "tokenizer_source"))

@@ -1,5 +1,9 @@
 """Quantization: packed ``QArray`` pytrees and weight quantizers (RTN, NF4, FP8, HQQ, GPTQ, AWQ, decoupleQ).
 
+Every method is a pure function of one weight matrix ``W[K, N]`` (flax layout)
+with a frozen config; calibrated ones take :class:`ActStats` from
+:func:`gptq_hessian`. See :mod:`jaxparams.quant.methods` for the registry.
+
 Example:
   >>> import jax, jaxparams as jp
   >>> w = jax.random.normal(jax.random.key(0), (64, 8))
@@ -8,11 +12,39 @@ Example:
   (64, 8)
 """
 
+from jaxparams.quant.awq import AWQConfig, AWQResult, awq
+from jaxparams.quant.calibrate import LayerStats, capture_inputs, collect_stats, quantize_model
+from jaxparams.quant.checkpoint import (dequantize_flat, export_gptq, import_gptq, load_quantized,
+                                        load_quantized_orbax, save_quantized, save_quantized_orbax)
+from jaxparams.quant.decoupleq import DecoupleQConfig, decoupleq
+from jaxparams.quant.dot import dot, dot_general, kernel_supported
+from jaxparams.quant.fp8 import FP8Config, fp8
+from jaxparams.quant.gptq import GPTQConfig, gptq
+from jaxparams.quant.hqq import HQQConfig, hqq
+from jaxparams.quant.interop import from_qwix, to_qwix, to_qwix_fields
+from jaxparams.quant.methods import (Quantizer, get_quantizer, make_config, quantize_matrix,
+                                     quantizer_names)
+from jaxparams.quant.nf4 import NF4Config, nf4
 from jaxparams.quant.packing import codes_per_word, pack, packed_rows, unpack
 from jaxparams.quant.qarray import KINDS, NF4_CODEBOOK, QArray, dequantize, is_qarray
 from jaxparams.quant.rtn import RTNConfig, rtn
+from jaxparams.quant.rules import (DEFAULT_KEEP, QuantEntry, QuantReport, layer_error, plan_tree,
+                                   quantize_leaf, quantize_tree)
+from jaxparams.quant.stats import ActStats, accumulate_stats, gptq_hessian
 
 __all__ = [
-    "KINDS", "NF4_CODEBOOK", "QArray", "RTNConfig", "codes_per_word", "dequantize", "is_qarray",
-    "pack", "packed_rows", "rtn", "unpack",
+    # layout and methods (quant-methods)
+    "AWQConfig", "AWQResult", "ActStats", "DecoupleQConfig", "FP8Config", "GPTQConfig",
+    "HQQConfig", "KINDS", "NF4Config", "NF4_CODEBOOK", "QArray", "Quantizer", "RTNConfig",
+    "accumulate_stats", "awq", "codes_per_word", "decoupleq", "dequantize", "fp8", "from_qwix",
+    "get_quantizer", "gptq", "gptq_hessian", "hqq", "is_qarray", "make_config", "nf4", "pack",
+    "packed_rows", "quantize_matrix", "quantizer_names", "rtn", "to_qwix", "to_qwix_fields",
+    "unpack",
+    # inference (quant-kernels)
+    "dot", "dot_general", "kernel_supported",
+    # trees, calibration, checkpoints (quant-pipeline)
+    "DEFAULT_KEEP", "LayerStats", "QuantEntry", "QuantReport", "capture_inputs", "collect_stats",
+    "dequantize_flat", "export_gptq", "import_gptq", "layer_error", "load_quantized",
+    "load_quantized_orbax", "plan_tree", "quantize_leaf", "quantize_model", "quantize_tree",
+    "save_quantized", "save_quantized_orbax",
 ]

@@ -68,8 +68,12 @@ def check_finite(x: jax.Array, *, name: str = "", what: str = "weight") -> None:
   """Raises ValueError if a concrete array holds NaN/inf (skipped under jit)."""
   if x is None or not is_concrete(x):
     return
-  if not bool(jnp.all(jnp.isfinite(x))):
-    n_bad = int(jnp.sum(~jnp.isfinite(x)))
+  a = np.asarray(x)
+  if a.dtype.kind != "f" or a.dtype.itemsize < 4:
+    a = a.astype(np.float32)
+  bad = ~np.isfinite(a)
+  if bad.any():
+    n_bad = int(bad.sum())
     raise ValueError(f"{what}{_where(name)} contains {n_bad} non-finite value(s) (NaN/inf); "
                      f"shape {tuple(x.shape)}")
 

@@ -21,6 +21,8 @@ Example:
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -62,10 +64,16 @@ def pack(q: jax.Array, bits: int) -> jax.Array:
   Returns:
     uint32 array of shape ``(ceil(K / P), ...)``.
   """
+  codes_per_word(bits)
+  return _pack_jit(jnp.asarray(q), bits)
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _pack_jit(q: jax.Array, bits: int) -> jax.Array:
   p = codes_per_word(bits)
   k = q.shape[0]
   rows = -(-k // p)
-  q = jnp.asarray(q).astype(jnp.uint32) & jnp.uint32((1 << bits) - 1)
+  q = q.astype(jnp.uint32) & jnp.uint32((1 << bits) - 1)
   if rows * p != k:
     pad = [(0, rows * p - k)] + [(0, 0)] * (q.ndim - 1)
     q = jnp.pad(q, pad)
@@ -93,6 +101,13 @@ def unpack(codes: jax.Array, bits: int, k: int, dtype=jnp.int32) -> jax.Array:
   rows = codes.shape[0]
   if rows != -(-k // p):
     raise ValueError(f"packed codes have {rows} rows; K={k} at {bits} bits needs {-(-k // p)}")
+  return _unpack_jit(codes, bits, k, jnp.dtype(dtype))
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2, 3))
+def _unpack_jit(codes: jax.Array, bits: int, k: int, dtype) -> jax.Array:
+  p = codes_per_word(bits)
+  rows = codes.shape[0]
   shifts = (jnp.arange(p, dtype=jnp.uint32) * jnp.uint32(bits)).reshape((1, p) + (1,) * (codes.ndim - 1))
   q = (codes[:, None] >> shifts) & jnp.uint32((1 << bits) - 1)
   q = q.reshape((rows * p,) + codes.shape[1:])[:k]

@@ -34,6 +34,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -111,21 +112,12 @@ class QArray:
 
   def dequantize(self, dtype=None) -> jax.Array:
     """Returns ``W ~= (q - zero) * scale`` as ``[K, N]`` in ``dtype`` (default: original)."""
-    out_dtype = jnp.dtype(dtype if dtype is not None else self.dtype)
-    scale = self.expand(self.scale.astype(jnp.float32))
-    if self.kind == "int":
-      q = self.unpacked_codes().astype(jnp.float32)
-      if self.zero is not None:
-        q = q - self.expand(self.zero.astype(jnp.float32))
-      w = q * scale
-    elif self.kind == "nf4":
-      book = jnp.asarray(NF4_CODEBOOK, jnp.float32)
-      w = book[self.unpacked_codes()] * scale
-    elif self.kind in FP8_DTYPES:
-      w = self.codes.astype(jnp.float32) * scale
-    else:
+    if self.kind not in KINDS:
       raise ValueError(f"unknown QArray kind {self.kind!r}; valid: {list(KINDS)}")
-    return w.astype(out_dtype)
+    out_dtype = jnp.dtype(dtype if dtype is not None else self.dtype)
+    return _dequantize_jit(self.codes, self.scale, self.zero, self.g_idx, kind=self.kind,
+                           bits=self.bits, group_size=self.group_size, k=self.shape[0],
+                           dtype=out_dtype)
 
   def __jax_array__(self):  # lets jnp functions accept a QArray as its dequantized value
     return self.dequantize()
@@ -136,6 +128,27 @@ class QArray:
     return (f"QArray(shape={self.shape}, kind={self.kind!r}, bits={self.bits}, "
             f"group_size={self.group_size}, dtype={self.dtype!r}, codes={tuple(self.codes.shape)}"
             f":{self.codes.dtype}, scale={tuple(self.scale.shape)}, zero={z}{gi})")
+
+
+@functools.partial(jax.jit, static_argnames=("kind", "bits", "group_size", "k", "dtype"))
+def _dequantize_jit(codes, scale, zero, g_idx, *, kind, bits, group_size, k, dtype):
+  def expand(a):
+    if g_idx is not None:
+      return jnp.take(a, g_idx, axis=0)
+    return jnp.repeat(a, group_size, axis=0, total_repeat_length=k)
+
+  scale = expand(scale.astype(jnp.float32))
+  if kind == "int":
+    q = packing.unpack(codes, bits, k).astype(jnp.float32)
+    if zero is not None:
+      q = q - expand(zero.astype(jnp.float32))
+    w = q * scale
+  elif kind == "nf4":
+    book = jnp.asarray(NF4_CODEBOOK, jnp.float32)
+    w = book[packing.unpack(codes, 4, k)] * scale
+  else:
+    w = codes.astype(jnp.float32) * scale
+  return w.astype(dtype)
 
 
 jax.tree_util.register_dataclass(

@@ -80,6 +80,9 @@ def rtn_params(w: jax.Array, cfg: RTNConfig, group_size: int):
   return q, scale[:, 0, :], zero[:, 0, :]
 
 
+_rtn_jit = jax.jit(rtn_params, static_argnums=(1, 2))
+
+
 def rtn(w: jax.Array, cfg: RTNConfig = RTNConfig(), *, name: str = "") -> QArray:
   """Round-to-nearest quantization of ``w[K, N]`` into a packed :class:`QArray`.
 
@@ -101,7 +104,7 @@ def rtn(w: jax.Array, cfg: RTNConfig = RTNConfig(), *, name: str = "") -> QArray
   common.check_finite(w, name=name)
   k = w.shape[0]
   g = k if cfg.per_tensor else common.resolve_group_size(k, cfg.group_size, name=name)
-  q, scale, zero = rtn_params(w, dataclasses.replace(cfg, bits=bits), g)
+  q, scale, zero = _rtn_jit(w, dataclasses.replace(cfg, bits=bits), g)
   return make_int_qarray(q.astype(jnp.int32), scale, zero, bits=bits, group_size=g, dtype=w.dtype)
 
 

@@ -43,7 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 
 __all__ = [
-    "DEEPER_ACTIVATIONS", "deepen_llama", "net2deeper_mlp", "net2wider_mlp", "widen_llama_ffn",
+    "DEEPER_ACTIVATIONS", "deepen_llama", "mlp_features", "net2deeper_mlp", "net2wider_mlp", "widen_llama_ffn",
     "widen_llama_heads", "wider_mapping",
 ]
 
@@ -108,6 +108,18 @@ def _split(x: jax.Array, g: np.ndarray, counts: np.ndarray, axis: int) -> jax.Ar
   shape[axis] = -1
   c = jnp.asarray(counts, jnp.float32).reshape(shape)
   return (_take(x, g, axis).astype(jnp.float32) / c).astype(x.dtype)
+
+
+def mlp_features(params: Mapping[str, Any], layer_names: Sequence[str] | None = None
+                 ) -> tuple[int, ...]:
+  """Output widths of a Dense stack in order: the ``features`` of `jaxparams.models.MLP`.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> mlp_features({'layers_0': {'kernel': jnp.ones((3, 5))}, 'layers_1': {'kernel': jnp.ones((5, 2))}})
+    (5, 2)
+  """
+  return tuple(int(params[n]["kernel"].shape[-1]) for n in _layer_names(params, layer_names))
 
 
 def _layer_names(params: Mapping[str, Any], layer_names: Sequence[str] | None) -> list[str]:
@@ -175,13 +187,18 @@ def net2wider_mlp(params: Mapping[str, Any], *, layer: str | int, new_width: int
                      f"has {n} outputs")
   map_key, noise_key = (None, None) if key is None else jax.random.split(key)
   g, counts = wider_mapping(n, int(new_width), map_key)
+
+  def body(first, second, noise_key):
+    layer_in = dict(first)
+    layer_in["kernel"] = _noisy(_take(first["kernel"], g, 1), n, 1, noise, noise_key)
+    if "bias" in layer_in:
+      layer_in["bias"] = _take(layer_in["bias"], g, 0)
+    layer_out = dict(second)
+    layer_out["kernel"] = _split(second["kernel"], g, counts, 0)
+    return layer_in, layer_out
+
   out = dict(params)
-  layer_in = dict(params[name])
-  layer_in["kernel"] = _noisy(_take(w_in, g, 1), n, 1, noise, noise_key)
-  if "bias" in layer_in:
-    layer_in["bias"] = _take(layer_in["bias"], g, 0)
-  layer_out = dict(params[nxt])
-  layer_out["kernel"] = _split(w_out, g, counts, 0)
+  layer_in, layer_out = jax.jit(body)(params[name], params[nxt], noise_key)
   out[name], out[nxt] = layer_in, layer_out
   return out
 
@@ -199,8 +216,9 @@ def net2deeper_mlp(params: Mapping[str, Any], *, after: str | int, activation: s
     after: name or index of the layer after which to insert (must be a hidden
       layer, i.e. followed by the activation).
     activation: the MLP's hidden activation name.
-    name: name of the new layer (default: layers are renamed ``Dense_0..``
-      in the new order when they follow that scheme, else ``<after>_identity``).
+    name: name of the new layer (default: when all layers are ``<prefix><int>``
+      -- ``layers_0`` of `jaxparams.models.MLP`, ``Dense_0`` of flax -- they are
+      renumbered in the new order, else ``<after>_identity``).
     layer_names: layer order (default: inferred).
 
   Returns:
@@ -236,11 +254,12 @@ def net2deeper_mlp(params: Mapping[str, Any], *, after: str | int, activation: s
   if "bias" in params[prev]:
     new_layer["bias"] = jnp.zeros((width,), dtype)
   rest = {k: v for k, v in params.items() if k not in names}
-  dense_scheme = all(re.fullmatch(r"Dense_\d+", n) for n in names) and name is None
   layers = [params[n] for n in names]
   layers.insert(i + 1, new_layer)
-  if dense_scheme:
-    order = [f"Dense_{j}" for j in range(len(layers))]
+  prefixes = {m.group(1) if (m := re.fullmatch(r"(.*?)(\d+)", n)) else None for n in names}
+  if name is None and len(prefixes) == 1 and None not in prefixes:
+    prefix = prefixes.pop()                      # e.g. 'layers_' or 'Dense_': renumber
+    order = [f"{prefix}{j}" for j in range(len(layers))]
   else:
     order = list(names)
     order.insert(i + 1, name or f"{prev}_identity")
@@ -308,25 +327,36 @@ def widen_llama_ffn(params: Mapping[str, Any], config: Any, new_intermediate_siz
   if q < n:
     raise ValueError(f"widen_llama_ffn: new_intermediate_size={q} < intermediate_size={n} "
                      f"(Net2WiderNet cannot shrink)")
-  out = dict(params)
-  for idx, name in enumerate(_llama_layers(params, config)):
-    mlp = params[name]["mlp"]
-    if mlp["gate_proj"]["kernel"].shape[-1] != n:
-      raise ValueError(f"widen_llama_ffn: {name}/mlp/gate_proj/kernel has "
-                       f"{mlp['gate_proj']['kernel'].shape[-1]} units, config says {n}")
+  names = _llama_layers(params, config)
+  plan = []
+  for idx, name in enumerate(names):
+    units = params[name]["mlp"]["gate_proj"]["kernel"].shape[-1]
+    if units != n:
+      raise ValueError(f"widen_llama_ffn: {name}/mlp/gate_proj/kernel has {units} units, config "
+                       f"says {n}")
     lkey = None if key is None else jax.random.fold_in(key, idx)
     map_key, noise_key = (None, None) if lkey is None else jax.random.split(lkey)
-    g, counts = wider_mapping(n, q, map_key)
-    copy = lambda x: _take(x, g, -1)
-    new_mlp = dict(mlp)
-    for j, proj in enumerate(("gate_proj", "up_proj")):
-      nk = None if noise_key is None else jax.random.fold_in(noise_key, j)
-      new_mlp[proj] = _with_bias(mlp[proj], lambda k, nk=nk: _noisy(copy(k), n, 1, noise, nk), copy)
-    new_mlp["down_proj"] = _with_bias(mlp["down_proj"], lambda k: _split(k, g, counts, 0),
-                                      lambda b: b)
-    block = dict(params[name])
-    block["mlp"] = new_mlp
-    out[name] = block
+    plan.append((name, *wider_mapping(n, q, map_key), noise_key))
+
+  def body(blocks):
+    out = {}
+    for name, g, counts, noise_key in plan:
+      mlp = blocks[name]["mlp"]
+      copy = lambda x, g=g: _take(x, g, -1)
+      new_mlp = dict(mlp)
+      for j, proj in enumerate(("gate_proj", "up_proj")):
+        nk = None if noise_key is None else jax.random.fold_in(noise_key, j)
+        new_mlp[proj] = _with_bias(mlp[proj], lambda k, nk=nk, copy=copy: _noisy(copy(k), n, 1,
+                                                                                 noise, nk), copy)
+      new_mlp["down_proj"] = _with_bias(mlp["down_proj"],
+                                        lambda k, g=g, c=counts: _split(k, g, c, 0), lambda b: b)
+      block = dict(blocks[name])
+      block["mlp"] = new_mlp
+      out[name] = block
+    return out
+
+  out = dict(params)
+  out.update(jax.jit(body)({name: params[name] for name in names}))   # one compiled program
   return out, dataclasses.replace(config, intermediate_size=q)
 
 
@@ -379,23 +409,32 @@ def widen_llama_heads(params: Mapping[str, Any], config: Any, new_num_heads: int
   cols = lambda src: (src[:, None] * hd + np.arange(hd)[None, :]).reshape(-1)
   q_cols, kv_cols = cols(head_src), cols(gkv)
   row_counts = np.repeat(head_counts, hd)
-  out = dict(params)
-  for name in _llama_layers(params, config):
-    attn = params[name]["attn"]
-    if attn["q_proj"]["kernel"].shape[-1] != nh * hd:
-      raise ValueError(f"widen_llama_heads: {name}/attn/q_proj/kernel has "
-                       f"{attn['q_proj']['kernel'].shape[-1]} columns, expected {nh}*{hd}")
-    new_attn = dict(attn)
+  names = _llama_layers(params, config)
+  for name in names:
+    cols_found = params[name]["attn"]["q_proj"]["kernel"].shape[-1]
+    if cols_found != nh * hd:
+      raise ValueError(f"widen_llama_heads: {name}/attn/q_proj/kernel has {cols_found} columns, "
+                       f"expected {nh}*{hd}")
+
+  def body(blocks):
+    out = {}
     take_q = lambda x: _take(x, q_cols, -1)
     take_kv = lambda x: _take(x, kv_cols, -1)
-    new_attn["q_proj"] = _with_bias(attn["q_proj"], take_q, take_q)
-    new_attn["k_proj"] = _with_bias(attn["k_proj"], take_kv, take_kv)
-    new_attn["v_proj"] = _with_bias(attn["v_proj"], take_kv, take_kv)
-    new_attn["o_proj"] = _with_bias(attn["o_proj"], lambda k: _split(k, q_cols, row_counts, 0),
-                                    lambda b: b)
-    block = dict(params[name])
-    block["attn"] = new_attn
-    out[name] = block
+    for name in names:
+      attn = blocks[name]["attn"]
+      new_attn = dict(attn)
+      new_attn["q_proj"] = _with_bias(attn["q_proj"], take_q, take_q)
+      new_attn["k_proj"] = _with_bias(attn["k_proj"], take_kv, take_kv)
+      new_attn["v_proj"] = _with_bias(attn["v_proj"], take_kv, take_kv)
+      new_attn["o_proj"] = _with_bias(attn["o_proj"], lambda k: _split(k, q_cols, row_counts, 0),
+                                      lambda b: b)
+      block = dict(blocks[name])
+      block["attn"] = new_attn
+      out[name] = block
+    return out
+
+  out = dict(params)
+  out.update(jax.jit(body)({name: params[name] for name in names}))   # one compiled program
   new_config = dataclasses.replace(config, num_attention_heads=new_nh, num_key_value_heads=new_nkv,
                                    head_dim=hd)
   return out, new_config
@@ -445,9 +484,10 @@ def deepen_llama(params: Mapping[str, Any], config: Any, positions: Sequence[int
                      f"(num_hidden_layers={n_layers})")
   names = _llama_layers(params, config)
   blocks: list[Any] = []
+  make_identity = jax.jit(lambda block: _identity_block(block, init))   # compiled once per call
   for i in range(n_layers + 1):
     for _ in range(sum(1 for p in positions if int(p) == i)):
-      blocks.append(_identity_block(params[names[max(i - 1, 0)]], init))
+      blocks.append(make_identity(params[names[max(i - 1, 0)]]))
     if i < n_layers:
       blocks.append(params[names[i]])
   out = {k: v for k, v in params.items() if k not in names}

@@ -53,6 +53,7 @@ import jax.numpy as jnp
 
 __all__ = [
     "KINDS", "Pattention", "TokenFormer", "TokenFormerBlock", "TokenFormerConfig", "grow",
+    "grow_optimizer_state",
     "l2_norm_gelu", "pattention_paths",
 ]
 
@@ -342,7 +343,7 @@ def grow(params: Mapping[str, Any], config: TokenFormerConfig,
     raise ValueError("grow: no Pattention layers (dicts with 'key_tokens' and 'value_tokens') "
                      "found in params")
 
-  def rebuild(node: Any, prefix: str) -> Any:
+  def rebuild(node: Any, prefix: str, key: jax.Array) -> Any:
     if prefix in paths:
       kind = paths[prefix]
       keys, values = node["key_tokens"], node["value_tokens"]
@@ -365,10 +366,11 @@ def grow(params: Mapping[str, Any], config: TokenFormerConfig,
       out["value_tokens"] = jnp.concatenate([values, new_values], axis=0)
       return out
     if isinstance(node, Mapping):
-      return {k: rebuild(v, f"{prefix}/{k}" if prefix else str(k)) for k, v in node.items()}
+      return {k: rebuild(v, f"{prefix}/{k}" if prefix else str(k), key) for k, v in node.items()}
     return node
 
-  new_params = rebuild(params, "")
+  # One compiled program for the whole tree (no per-leaf eager compiles; shardings propagate).
+  new_params = jax.jit(lambda p, k: rebuild(p, "", k))(dict(params), key)
   changes: dict[str, Any] = {}
   for kind in KINDS:
     changes[f"{kind}_tokens"] = config.tokens(kind) + counts[kind]
@@ -382,3 +384,43 @@ def _stable_hash(text: str) -> int:
   for ch in text.encode():
     h = (h * 131 + ch) % (2**31 - 1)
   return h
+
+
+def grow_optimizer_state(opt_state: Any, config: TokenFormerConfig,
+                         n_new_tokens: int | Mapping[str, int]) -> Any:
+  """Grow every param-shaped tree inside an optax state with zero rows (e.g. Adam's mu, nu).
+
+  Walks tuples, namedtuples, lists and dicts; any mapping that holds
+  Pattention tables (``key_tokens``/``value_tokens``) is grown with zeros, other
+  leaves (step counts, scalars) are kept. Use the *old* config, the same
+  ``n_new_tokens`` as for `grow`. New tokens start with zero moments, the
+  optimizer's step count continues.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, optax
+    >>> cfg = TokenFormerConfig(vocab_size=8, d_model=4, n_layers=1, n_heads=1,
+    ...                         qkv_tokens=2, out_tokens=2, ffn_tokens=2, max_len=4)
+    >>> p = TokenFormer(cfg).init(jax.random.PRNGKey(0), jnp.zeros((1, 4), jnp.int32))['params']
+    >>> state = optax.adam(1e-3).init(p)
+    >>> new = grow_optimizer_state(state, cfg, 3)
+    >>> new[0].mu['blocks_0']['ffn']['key_tokens'].shape
+    (5, 4)
+  """
+
+  def walk(node: Any) -> Any:
+    if isinstance(node, Mapping):
+      try:
+        has_tables = bool(pattention_paths(node))
+      except ValueError:
+        has_tables = False
+      if has_tables:
+        return grow(node, config, n_new_tokens, value_init="zeros")[0]
+      return type(node)({k: walk(v) for k, v in node.items()}) if isinstance(node, dict) else {
+          k: walk(v) for k, v in node.items()}
+    if isinstance(node, tuple) and hasattr(node, "_fields"):
+      return type(node)(*[walk(v) for v in node])
+    if isinstance(node, (tuple, list)):
+      return type(node)(walk(v) for v in node)
+    return node
+
+  return walk(opt_state)

@@ -84,7 +84,7 @@ def load_corpus(*, root: str | pathlib.Path | None = None, max_bytes: int = 4_00
     split = "eval" if zlib.crc32(path.name.encode()) % 100 < eval_percent else "train"
     if sizes[split] >= limits[split]:
       continue
-    raw = path.read_bytes()[: limits[split] - sizes[split]] + b"\0"
+    raw = (path.read_bytes() + b"\0")[: limits[split] - sizes[split]]
     splits[split].append(raw)
     names[split].append(path.name)
     sizes[split] += len(raw)

@@ -1,0 +1,160 @@
+"""sce, ram, ramplus_tl and arcee_fusion (mergekit 0.1.5 semantics, float32 math).
+
+Example:
+  >>> import jax.numpy as jnp
+  >>> ram_tensor(jnp.zeros(3), [jnp.array([1., 2., 0.]), jnp.array([0., 4., 0.])]).tolist()
+  [1.0, 3.0, 0.0]
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxparams.kernels.merge_sparsify import api as kapi
+from jaxparams.kernels.merge_sparsify.reference import float_keys, key_to_float, magnitude_bits
+from jaxparams.merge.registry import MergeMethod
+
+__all__ = ["sce_tensor", "ram_tensor", "ramplus_tl_tensor", "arcee_fusion_tensor", "METHODS"]
+
+_f32 = jnp.float32
+
+
+def _sign_consensus(tv: jax.Array) -> jax.Array:
+  elected = jnp.where(jnp.sum(tv, axis=0) >= 0, 1.0, -1.0)
+  return jnp.sign(tv) == elected[None]
+
+
+@functools.partial(jax.jit, static_argnames=("select",))
+def sce_tensor(base: jax.Array, models: Sequence[jax.Array], select_topk: jax.Array = 1.0, *,
+               select: bool = False) -> jax.Array:
+  """mergekit ``sce``: select the top ``select_topk`` fraction of positions by
+  variance across models (``select=True`` when ``select_topk < 1``), sign
+  consensus, and weights ``mean(tau_i^2)`` normalized over models."""
+  b = base.astype(_f32)
+  tv = jnp.stack([m.astype(_f32) - b for m in models])
+  n_models = tv.shape[0]
+  if select:
+    topk = jnp.asarray(select_topk, _f32)
+    var = jnp.var(tv, axis=0)
+    nonzero = jnp.sum(var != 0, dtype=jnp.int32)
+    k = jnp.floor(nonzero.astype(_f32) * topk).astype(jnp.int32)
+    thr = kapi.topk_threshold(var, jnp.maximum(k, 1))
+    mask = (magnitude_bits(var) >= thr) & (k > 0)
+    mask = jnp.where(topk <= 0, False, mask)
+    tv = tv * mask[None].astype(_f32)
+  erase = _sign_consensus(tv).astype(_f32)
+  w = jnp.mean(jnp.square(tv).reshape(n_models, -1), axis=1)
+  ws = jnp.sum(w)
+  w = jnp.where(jnp.abs(ws) < 1e-6, 1.0 / n_models, w / jnp.where(ws == 0, 1.0, ws))
+  ew = w.reshape((-1,) + (1,) * (tv.ndim - 1)) * erase
+  merged = jnp.sum(tv * ew, axis=0) / jnp.maximum(jnp.sum(ew, axis=0), 1e-6)
+  return (b + merged).astype(base.dtype)
+
+
+def _ram_prep(base, models, epsilon):
+  b = base.astype(_f32)
+  tv = jnp.stack([m.astype(_f32).reshape(-1) - b.reshape(-1) for m in models])
+  nz = jnp.abs(tv) > epsilon
+  counts = jnp.sum(nz, axis=0, keepdims=True)
+  return b, tv, nz, counts, counts > 1, counts == 1
+
+
+@jax.jit
+def ram_tensor(base: jax.Array, models: Sequence[jax.Array], epsilon: jax.Array = 1e-5
+               ) -> jax.Array:
+  """mergekit ``ram``: deltas unique to one model are kept, shared ones averaged."""
+  b, tv, nz, counts, overlap, unique = _ram_prep(base, models, jnp.asarray(epsilon, _f32))
+  z = tv * nz
+  merged = jnp.sum(z * unique + z * overlap / jnp.maximum(counts, 1), axis=0)
+  return (b + merged.reshape(b.shape)).astype(base.dtype)
+
+
+@jax.jit
+def ramplus_tl_tensor(base: jax.Array, models: Sequence[jax.Array], r: jax.Array = 0.1,
+                      alpha: jax.Array = 0.2, epsilon: jax.Array = 1e-5) -> jax.Array:
+  """mergekit ``ramplus_tl``: RAM with unique deltas scaled by
+  ``1 + r * clip(shared_i / unique_i, 0, alpha)`` (counts within the tensor)."""
+  epsilon = jnp.asarray(epsilon, _f32)
+  b, tv, nz, counts, overlap, unique = _ram_prep(base, models, epsilon)
+  shared_c = jnp.sum(nz & overlap, axis=1).astype(_f32)
+  unique_c = jnp.sum(nz & unique, axis=1).astype(_f32)
+  rho = shared_c / jnp.maximum(unique_c, epsilon)
+  lam = 1 + jnp.asarray(r, _f32) * jnp.clip(rho, 0.0, jnp.asarray(alpha, _f32))
+  z = tv * nz
+  merged = jnp.sum(z * unique * lam[:, None] + z * overlap / jnp.maximum(counts, 1), axis=0)
+  return (b + merged.reshape(b.shape)).astype(base.dtype)
+
+
+def _quantile_sorted_index(q: float, n: int) -> int:
+  # mergekit: (float32(q) * (n - 1)).long()
+  return int(np.float32(q) * np.float32(n - 1))
+
+
+@jax.jit
+def arcee_fusion_tensor(base: jax.Array, other: jax.Array) -> jax.Array:
+  """mergekit ``arcee_fusion``: keep the model's delta where
+  ``|delta| * KL(softmax(model) || softmax(base))`` (per row, last axis) is at
+  least ``median + 1.5 IQR``. Quantiles are exact over the whole tensor (mergekit
+  samples 1M elements with replacement for larger tensors, which is random)."""
+  b, m = base.astype(_f32), other.astype(_f32)
+  if b.ndim == 0:
+    b, m = b[None], m[None]
+  diff = jnp.abs(m - b)
+  p = jax.nn.softmax(m, axis=-1) + 1e-8
+  q = jax.nn.softmax(b, axis=-1) + 1e-8
+  kl = jnp.sum(p * jnp.log(p / q), axis=-1, keepdims=True)
+  imp = (diff * kl).reshape(-1)
+  n = imp.size
+  keys = float_keys(imp)
+  # ascending index j == (n - j)-th largest
+  q1, med, q3 = (key_to_float(kapi.key_threshold(keys, n - _quantile_sorted_index(qq, n)))
+                 for qq in (0.25, 0.5, 0.75))
+  thr = med + 1.5 * (q3 - q1)
+  mask = (imp >= thr).reshape(b.shape).astype(_f32)
+  return (b + (m - b) * mask).reshape(base.shape).astype(base.dtype)
+
+
+def _c_sce(base, models, mp, gp, key):
+  topk = gp["select_topk"]
+  select = isinstance(topk, jax.core.Tracer) or float(topk) < 1
+  return sce_tensor(base, tuple(models), jnp.asarray(topk, _f32), select=select)
+
+
+def _c_ram(base, models, mp, gp, key):
+  return ram_tensor(base, tuple(models), jnp.asarray(gp["epsilon"], _f32))
+
+
+def _c_ramplus(base, models, mp, gp, key):
+  return ramplus_tl_tensor(base, tuple(models), jnp.asarray(gp["r"], _f32),
+                           jnp.asarray(gp["alpha"], _f32), jnp.asarray(gp["epsilon"], _f32))
+
+
+def _c_fusion(base, models, mp, gp, key):
+  return arcee_fusion_tensor(base, models[0])
+
+
+def _base_if_empty(fn):
+  def wrapped(base, models, mp, gp, key):
+    return base if not models else fn(base, models, mp, gp, key)
+  return wrapped
+
+
+METHODS = (
+    MergeMethod("sce", True, {}, {"int8_mask": False, "select_topk": 1.0}, False, min_models=0,
+                description="SCE: select by variance, calculate weights, erase sign conflicts",
+                compute=_base_if_empty(_c_sce)),
+    MergeMethod("ram", True, {}, {"epsilon": 1e-5}, False, min_models=0,
+                description="Reinforced Agent Merging: keep unique deltas, average shared",
+                compute=_base_if_empty(_c_ram)),
+    MergeMethod("ramplus_tl", True, {}, {"r": 0.1, "alpha": 0.2, "epsilon": 1e-5}, False,
+                min_models=0, description="RAM+ (tensor-local): boost unique deltas",
+                compute=_base_if_empty(_c_ramplus)),
+    MergeMethod("arcee_fusion", True, {}, {}, False, max_models=1,
+                description="Arcee Fusion: keep important deltas (KL x |delta| > median+1.5IQR)",
+                compute=_c_fusion),
+)

@@ -1,0 +1,387 @@
+"""Sparse upcycling: dense FFN → mixture of experts that computes the same function at init.
+
+Komatsuzaki et al. "Sparse Upcycling" (2022); the role of mergekit-moe. A dense
+SwiGLU FFN ``f`` becomes E experts (copies of ``f`` or FFNs of several
+fine-tuned models) and a linear router. For a token x the router gives
+softmax probabilities p = softmax(x R); the top-k experts are kept and their
+gates renormalised to sum to 1:
+
+  y = Σ_{e ∈ topk(p)} (p_e / Σ_{e' ∈ topk} p_e') · f_e(x).
+
+With identical experts y = f(x) · Σ gates = f(x) for *any* router, so the
+upcycled model equals the dense model at initialisation (up to float
+rounding). ``normalize_gates=False`` (Switch/GShard style unnormalised top-k)
+would scale the output by Σ_topk p_e < 1 and is not function-preserving.
+
+Param layout of one MoE FFN (experts stacked on a leading axis E)::
+
+  router/kernel               [d, E]
+  experts/gate_proj/kernel    [E, d, I]   (+ bias [E, I])
+  experts/up_proj/kernel      [E, d, I]
+  experts/down_proj/kernel    [E, I, d]   (+ bias [E, d])
+
+This is the dense formulation (every expert runs on every token, gates zero
+outside the top k): exact and simple for growth and tests, not a dispatching
+kernel for large-scale training.
+
+Example:
+  >>> import jax, jax.numpy as jnp
+  >>> dense = {'gate_proj': {'kernel': jnp.ones((4, 6))}, 'up_proj': {'kernel': jnp.ones((4, 6))},
+  ...          'down_proj': {'kernel': jnp.ones((6, 4))}}
+  >>> moe = upcycle_ffn(dense, num_experts=4, key=jax.random.PRNGKey(0))
+  >>> x = jnp.ones((3, 4))
+  >>> bool(jnp.allclose(moe_ffn(moe, x, top_k=2), swiglu_ffn(dense, x)))
+  True
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+__all__ = [
+    "MoEFFN", "MoELlama", "MoELlamaConfig", "experts_from_models", "extract_expert",
+    "extract_llama", "moe_ffn", "route", "router_from_hidden", "swiglu_ffn", "upcycle_ffn",
+    "upcycle_llama",
+]
+
+
+def swiglu_ffn(params: Mapping[str, Any], x: jax.Array) -> jax.Array:
+  """Dense SwiGLU FFN ``down(silu(gate(x)) · up(x))`` on Llama-style params.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> p = {'gate_proj': {'kernel': jnp.zeros((2, 3))}, 'up_proj': {'kernel': jnp.ones((2, 3))},
+    ...      'down_proj': {'kernel': jnp.ones((3, 2))}}
+    >>> swiglu_ffn(p, jnp.ones((1, 2))).tolist()
+    [[0.0, 0.0]]
+  """
+  def lin(name, h):
+    y = h @ params[name]["kernel"].astype(h.dtype)
+    return y + params[name]["bias"].astype(h.dtype) if "bias" in params[name] else y
+
+  return lin("down_proj", jax.nn.silu(lin("gate_proj", x)) * lin("up_proj", x))
+
+
+def route(logits: jax.Array, top_k: int, normalize_gates: bool = True) -> jax.Array:
+  """Top-k gates ``[..., E]`` from router logits (zero outside the top k).
+
+  Args:
+    logits: ``[..., E]`` router logits.
+    top_k: experts per token (1 ≤ top_k ≤ E).
+    normalize_gates: renormalise the kept softmax probabilities to sum to 1.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> [round(float(g), 3) for g in route(jnp.array([0.0, 1.0, 2.0]), 2)]
+    [0.0, 0.269, 0.731]
+  """
+  n = logits.shape[-1]
+  if not 1 <= top_k <= n:
+    raise ValueError(f"route: top_k={top_k} must be in [1, num_experts={n}]")
+  probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+  _, idx = jax.lax.top_k(probs, top_k)          # exactly k experts, ties broken by index
+  mask = jnp.any(jax.nn.one_hot(idx, n, dtype=jnp.bool_), axis=-2)
+  gates = jnp.where(mask, probs, 0.0)
+  if normalize_gates:
+    gates = gates / jnp.sum(gates, axis=-1, keepdims=True)
+  return gates
+
+
+def moe_ffn(params: Mapping[str, Any], x: jax.Array, *, top_k: int = 2,
+            normalize_gates: bool = True,
+            expert_fn: Callable[[Mapping[str, Any], jax.Array], jax.Array] = swiglu_ffn
+            ) -> jax.Array:
+  """Apply a mixture-of-experts FFN (layout in the module doc).
+
+  Args:
+    params: ``{'router': {'kernel': [d, E]}, 'experts': stacked expert params}``.
+    x: ``[..., d]`` tokens.
+    top_k: experts per token.
+    normalize_gates: renormalise the top-k gates (needed for exact upcycling).
+    expert_fn: the dense FFN of one expert, ``expert_fn(expert_params, x)``.
+
+  Returns:
+    ``[..., d]``.
+  """
+  gates = route(x @ params["router"]["kernel"].astype(x.dtype), top_k, normalize_gates)
+  outs = jax.vmap(expert_fn, in_axes=(0, None), out_axes=-2)(params["experts"], x)   # [..., E, d]
+  return jnp.einsum("...e,...ed->...d", gates.astype(outs.dtype), outs)
+
+
+def _num_experts(experts: Mapping[str, Any]) -> int:
+  sizes = {leaf.shape[0] for leaf in jax.tree_util.tree_leaves(experts)}
+  if len(sizes) != 1:
+    raise ValueError(f"experts: leading (expert) axis sizes differ across leaves: {sorted(sizes)}")
+  return sizes.pop()
+
+
+def _router(d: int, num_experts: int, key: jax.Array | None, std: float, dtype) -> dict:
+  if key is None or std == 0.0:
+    return {"kernel": jnp.zeros((d, num_experts), dtype)}
+  return {"kernel": (std * jax.random.normal(key, (d, num_experts), jnp.float32)).astype(dtype)}
+
+
+def _hidden_size(ffn: Mapping[str, Any]) -> int:
+  try:
+    return ffn["gate_proj"]["kernel"].shape[0]
+  except (KeyError, TypeError) as e:
+    raise ValueError(f"expected a SwiGLU FFN with gate_proj/up_proj/down_proj kernels, found keys "
+                     f"{sorted(ffn) if isinstance(ffn, Mapping) else type(ffn)}") from e
+
+
+def upcycle_ffn(ffn: Mapping[str, Any], num_experts: int, *, key: jax.Array | None = None,
+                router_std: float = 0.02) -> dict[str, Any]:
+  """Dense FFN params → MoE params with ``num_experts`` identical copies and a router.
+
+  Args:
+    ffn: dense FFN params (``gate_proj``/``up_proj``/``down_proj``).
+    num_experts: E ≥ 1.
+    key: PRNG key for the router (``None`` → zero router: uniform routing).
+    router_std: std of the random router init.
+
+  Returns:
+    ``{'router': ..., 'experts': ...}`` (exactly the dense function under
+    `moe_ffn` with normalised gates, for any router).
+  """
+  if num_experts < 1:
+    raise ValueError(f"upcycle_ffn: num_experts must be >= 1, found {num_experts}")
+  d = _hidden_size(ffn)
+  experts = jax.tree_util.tree_map(lambda w: jnp.stack([jnp.asarray(w)] * num_experts), dict(ffn))
+  dtype = ffn["gate_proj"]["kernel"].dtype
+  return {"router": _router(d, num_experts, key, router_std, dtype), "experts": experts}
+
+
+def experts_from_models(ffns: Sequence[Mapping[str, Any]], *, router: jax.Array | None = None,
+                        key: jax.Array | None = None, router_std: float = 0.02) -> dict[str, Any]:
+  """Stack the FFNs of several (fine-tuned) dense models as experts (mergekit-moe's use).
+
+  Args:
+    ffns: one dense FFN param tree per expert, identical structure and shapes.
+    router: optional router kernel ``[d, E]`` (e.g. from `router_from_hidden`).
+    key, router_std: random router when ``router`` is None (zero if key is None).
+
+  Raises:
+    ValueError: on an empty list, or trees with different structure/shapes.
+  """
+  if not ffns:
+    raise ValueError("experts_from_models: need at least one FFN")
+  first = jax.tree_util.tree_structure(dict(ffns[0]))
+  shapes0 = [w.shape for w in jax.tree_util.tree_leaves(dict(ffns[0]))]
+  for i, f in enumerate(ffns[1:], 1):
+    if jax.tree_util.tree_structure(dict(f)) != first:
+      raise ValueError(f"experts_from_models: FFN {i} has structure "
+                       f"{jax.tree_util.tree_structure(dict(f))}, expected {first}")
+    shapes = [w.shape for w in jax.tree_util.tree_leaves(dict(f))]
+    if shapes != shapes0:
+      raise ValueError(f"experts_from_models: FFN {i} shapes {shapes} differ from FFN 0 {shapes0}")
+  d = _hidden_size(ffns[0])
+  experts = jax.tree_util.tree_map(lambda *ws: jnp.stack([jnp.asarray(w) for w in ws]),
+                                   *[dict(f) for f in ffns])
+  if router is None:
+    router_p = _router(d, len(ffns), key, router_std, ffns[0]["gate_proj"]["kernel"].dtype)
+  else:
+    if router.shape != (d, len(ffns)):
+      raise ValueError(f"experts_from_models: router has shape {router.shape}, expected "
+                       f"{(d, len(ffns))}")
+    router_p = {"kernel": jnp.asarray(router)}
+  return {"router": router_p, "experts": experts}
+
+
+def router_from_hidden(hidden_per_expert: Sequence[jax.Array], *, scale: float = 1.0) -> jax.Array:
+  """Router kernel from hidden states of prompts for each expert (mergekit-moe 'hidden' mode).
+
+  Column e is the unit-normalised mean hidden state of expert e's prompts times
+  ``scale``, so tokens resembling those prompts route to expert e.
+
+  Args:
+    hidden_per_expert: for each expert an array ``[n_e, d]`` (or ``[..., d]``).
+
+  Returns:
+    ``[d, E]`` router kernel.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> router_from_hidden([jnp.array([[2.0, 0.0]]), jnp.array([[0.0, 3.0]])]).tolist()
+    [[1.0, 0.0], [0.0, 1.0]]
+  """
+  cols = []
+  for h in hidden_per_expert:
+    m = jnp.mean(jnp.reshape(h, (-1, h.shape[-1])).astype(jnp.float32), axis=0)
+    cols.append(m / jnp.maximum(jnp.linalg.norm(m), 1e-12))
+  return scale * jnp.stack(cols, axis=1)
+
+
+def extract_expert(moe_params: Mapping[str, Any], i: int) -> dict[str, Any]:
+  """Expert ``i`` of one MoE FFN back as dense FFN params.
+
+  Raises:
+    ValueError: if ``i`` is out of range.
+  """
+  n = _num_experts(moe_params["experts"])
+  if not 0 <= i < n:
+    raise ValueError(f"extract_expert: expert index {i} out of range [0, {n})")
+  return jax.tree_util.tree_map(lambda w: w[i], dict(moe_params["experts"]))
+
+
+class MoEFFN(nn.Module):
+  """Flax MoE SwiGLU FFN with the param layout of the module doc.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> m = MoEFFN(num_experts=4, top_k=2, intermediate_size=8)
+    >>> p = m.init(jax.random.PRNGKey(0), jnp.ones((2, 5)))
+    >>> p['params']['experts']['gate_proj']['kernel'].shape
+    (4, 5, 8)
+  """
+  num_experts: int
+  top_k: int
+  intermediate_size: int
+  use_bias: bool = False
+  normalize_gates: bool = True
+  init_std: float = 0.02
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    e, d, i = self.num_experts, x.shape[-1], self.intermediate_size
+    std = self.init_std
+
+    def init_router(rng):
+      return {"kernel": std * jax.random.normal(rng, (d, e), jnp.float32)}
+
+    def init_experts(rng):
+      keys = jax.random.split(rng, 3)
+      out = {}
+      for k, (name, shape) in zip(keys, (("gate_proj", (e, d, i)), ("up_proj", (e, d, i)),
+                                         ("down_proj", (e, i, d)))):
+        out[name] = {"kernel": std * jax.random.normal(k, shape, jnp.float32)}
+        if self.use_bias:
+          out[name]["bias"] = jnp.zeros((e, shape[-1]), jnp.float32)
+      return out
+
+    params = {"router": self.param("router", init_router),
+              "experts": self.param("experts", init_experts)}
+    return moe_ffn(params, x, top_k=self.top_k, normalize_gates=self.normalize_gates)
+
+
+# ----------------------------------------------------------------------------- Llama-level
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class MoELlamaConfig:
+  """A `LlamaConfig` plus MoE fields (every layer's FFN becomes a MoE).
+
+  Attributes:
+    llama: the dense `jaxparams.models.LlamaConfig`.
+    num_experts: experts per layer.
+    top_k: experts per token.
+    normalize_gates: renormalise top-k gates (True keeps upcycling exact).
+  """
+  llama: Any
+  num_experts: int
+  top_k: int = 2
+  normalize_gates: bool = True
+
+  def __post_init__(self):
+    if not 1 <= self.top_k <= self.num_experts:
+      raise ValueError(f"MoELlamaConfig: top_k={self.top_k} must be in [1, num_experts="
+                       f"{self.num_experts}]")
+
+
+class MoELlama(nn.Module):
+  """`jaxparams.models.Llama` with a `MoEFFN` in every layer (same attention/norm params).
+
+  Param tree: as Llama, with ``layers_{i}/mlp`` holding ``router/kernel`` and
+  ``experts/{gate,up,down}_proj/{kernel,bias}`` stacked over experts.
+  """
+  config: MoELlamaConfig
+
+  @nn.compact
+  def __call__(self, input_ids: jax.Array) -> jax.Array:
+    from jaxparams.models.layers import Embed, Linear, RMSNorm
+    from jaxparams.models.llama import LlamaAttention
+
+    mc, c = self.config, self.config.llama
+    b, t = input_ids.shape
+    embed = Embed(c.vocab_size, c.hidden_size, name="embed_tokens")
+    x = embed(input_ids).astype(jnp.dtype(c.dtype))
+    positions = jnp.broadcast_to(jnp.arange(t), (b, t))
+    mask = jnp.tril(jnp.ones((t, t), dtype=bool))[None]
+    for i in range(c.num_hidden_layers):
+      x = _MoEBlock(mc, name=f"layers_{i}")(x, mask, positions, LlamaAttention, RMSNorm)
+    x = RMSNorm(c.rms_norm_eps, name="norm")(x)
+    if c.tie_word_embeddings:
+      return embed.attend(x)
+    return Linear(c.vocab_size, name="lm_head")(x)
+
+
+class _MoEBlock(nn.Module):
+  config: MoELlamaConfig
+
+  @nn.compact
+  def __call__(self, x, mask, positions, attention_cls, norm_cls):
+    mc, c = self.config, self.config.llama
+    h = norm_cls(c.rms_norm_eps, name="input_layernorm")(x)
+    x = x + attention_cls(c, name="attn")(h, mask, positions)
+    h = norm_cls(c.rms_norm_eps, name="post_attention_layernorm")(x)
+    return x + MoEFFN(mc.num_experts, mc.top_k, c.intermediate_size, use_bias=c.mlp_bias,
+                      normalize_gates=mc.normalize_gates, name="mlp")(h)
+
+
+def upcycle_llama(params: Mapping[str, Any], config: Any, num_experts: int, *, top_k: int = 2,
+                  key: jax.Array | None = None, router_std: float = 0.02
+                  ) -> tuple[dict[str, Any], MoELlamaConfig]:
+  """Upcycle every FFN of a `jaxparams.models.Llama` into E experts (same outputs at init).
+
+  Returns:
+    ``(moe_params, MoELlamaConfig)`` for `MoELlama`.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from jaxparams.models.llama import Llama, LlamaConfig
+    >>> cfg = LlamaConfig(vocab_size=16, hidden_size=8, intermediate_size=8,
+    ...                   num_hidden_layers=1, num_attention_heads=2)
+    >>> ids = jnp.zeros((1, 3), jnp.int32)
+    >>> p = Llama(cfg).init(jax.random.key(0), ids)['params']
+    >>> mp, mcfg = upcycle_llama(p, cfg, 4, key=jax.random.key(1))
+    >>> bool(jnp.allclose(Llama(cfg).apply({'params': p}, ids),
+    ...                   MoELlama(mcfg).apply({'params': mp}, ids), atol=1e-5))
+    True
+  """
+  mcfg = MoELlamaConfig(llama=config, num_experts=num_experts, top_k=top_k)
+  names = [f"layers_{i}" for i in range(config.num_hidden_layers)]
+  for name in names:
+    if name not in params:
+      raise ValueError(f"upcycle_llama: missing {name} (config.num_hidden_layers="
+                       f"{config.num_hidden_layers})")
+
+  def body(blocks, key):
+    out = {}
+    for i, name in enumerate(names):
+      lkey = None if key is None else jax.random.fold_in(key, i)
+      block = dict(blocks[name])
+      block["mlp"] = upcycle_ffn(blocks[name]["mlp"], num_experts, key=lkey,
+                                 router_std=router_std)
+      out[name] = block
+    return out
+
+  out = dict(params)
+  out.update(jax.jit(body)({n: params[n] for n in names}, key))   # one compiled program
+  return out, mcfg
+
+
+def extract_llama(moe_params: Mapping[str, Any], config: MoELlamaConfig, i: int
+                  ) -> tuple[dict[str, Any], Any]:
+  """Dense Llama params using expert ``i`` in every layer (inverse of `upcycle_llama`)."""
+  out = dict(moe_params)
+  for layer in range(config.llama.num_hidden_layers):
+    name = f"layers_{layer}"
+    block = dict(moe_params[name])
+    block["mlp"] = extract_expert(moe_params[name]["mlp"], i)
+    out[name] = block
+  return out, config.llama

@@ -1,0 +1,132 @@
+"""``dequant_matmul``: the public entry point; picks the Pallas kernel or the XLA reference.
+
+``implementation``:
+  * ``None``: the Pallas kernel for the current backend when the shape/dtype fits
+    (TPU: :mod:`.pallas_tpu`; NVIDIA Hopper GPU: :mod:`.pallas_gpu`), else ``'xla'``.
+  * ``'xla'``: :func:`.reference.dequant_matmul_reference` (XLA fuses the dequant).
+  * ``'pallas'``: the kernel for the current backend; on CPU the TPU kernel in
+    interpret mode. Raises ``ValueError`` when the shape does not tile.
+  * ``'pallas_tpu'`` / ``'pallas_gpu'``: force one kernel (e.g. to lower it with
+    ``jax.export(..., platforms=[...])`` from a CPU host).
+
+Example:
+  >>> import jax, jax.numpy as jnp
+  >>> codes = jax.random.bits(jax.random.key(0), (16, 128), jnp.uint32)  # K=128 at 4 bits
+  >>> scale = jnp.full((1, 128), 0.1); zero = jnp.full((1, 128), 8.0)
+  >>> x = jnp.ones((2, 3, 128), jnp.bfloat16)
+  >>> dequant_matmul(x, codes, scale, zero, bits=4, group_size=128).shape
+  (2, 3, 128)
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from jaxparams.kernels.dequant_matmul import reference
+
+__all__ = ["IMPLEMENTATIONS", "dequant_matmul", "check_layout"]
+
+IMPLEMENTATIONS = ("xla", "pallas", "pallas_tpu", "pallas_gpu")
+
+
+def check_layout(k: int, codes, scale, zero, *, bits: int, group_size: int) -> int:
+  """Validates the packed layout for an input width ``k``; returns N. Raises ``ValueError``."""
+  if bits not in (4, 8):
+    raise ValueError(f"dequant_matmul supports bits 4 and 8, got bits={bits!r}")
+  p = 32 // bits
+  if codes.ndim != 2 or scale.ndim != 2:
+    raise ValueError(f"codes and scale must be 2-D, got codes {codes.shape}, scale {scale.shape}")
+  n = codes.shape[1]
+  if group_size <= 0 or k % group_size:
+    raise ValueError(f"group_size={group_size} must divide K={k}")
+  if codes.shape != (-(-k // p), n):
+    raise ValueError(f"codes shape {codes.shape} does not match K={k} at {bits} bits: expected "
+                     f"{(-(-k // p), n)}")
+  if scale.shape != (k // group_size, n):
+    raise ValueError(f"scale shape {scale.shape}, expected {(k // group_size, n)} "
+                     f"(K={k}, group_size={group_size})")
+  if zero is not None and zero.shape != scale.shape:
+    raise ValueError(f"zero shape {zero.shape} must equal scale shape {scale.shape}")
+  return n
+
+
+def _is_hopper() -> bool:
+  try:
+    return str(getattr(jax.devices()[0], "compute_capability", "")).startswith("9")
+  except Exception:  # noqa: BLE001 - no device info: be conservative
+    return False
+
+
+def _pallas(x2, codes, scale, zero, *, bits, group_size, backend, interpret):
+  if backend == "gpu":
+    from jaxparams.kernels.dequant_matmul import pallas_gpu
+    return pallas_gpu.dequant_matmul_gpu(x2, codes, scale, zero, bits=bits,
+                                         group_size=group_size, interpret=interpret)
+  from jaxparams.kernels.dequant_matmul import pallas_tpu
+  return pallas_tpu.dequant_matmul_tpu(x2, codes, scale, zero, bits=bits, group_size=group_size,
+                                       interpret=False if interpret is None else interpret)
+
+
+def _fits(m, k, n, *, bits, group_size, dtype, backend) -> bool:
+  try:
+    if backend == "gpu":
+      from jaxparams.kernels.dequant_matmul import pallas_gpu
+      pallas_gpu.plan_tiles(m, k, n, bits=bits, group_size=group_size, dtype=dtype)
+    else:
+      from jaxparams.kernels.dequant_matmul import pallas_tpu
+      pallas_tpu.plan_blocks(m, k, n, bits=bits, group_size=group_size, dtype=dtype)
+  except ValueError:
+    return False
+  return True
+
+
+def dequant_matmul(x: jax.Array, codes: jax.Array, scale: jax.Array, zero: jax.Array | None, *,
+                   bits: int, group_size: int, implementation: str | None = None,
+                   interpret=None) -> jax.Array:
+  """``x @ W`` for a packed integer weight ``W[K, N] = (q - zero) * scale`` (groups along K).
+
+  Args:
+    x: ``[..., K]`` bf16 or f32 (f16 works too).
+    codes: uint32 words ``[K / P, N]`` (``P = 32 // bits``; HF GPTQ ``qweight`` layout).
+    scale: ``[K // group_size, N]`` float; zero: same shape (code units) or None.
+    bits: 4 or 8.
+    group_size: rows per group along K (K for per-channel).
+    implementation: None, 'xla', 'pallas', 'pallas_tpu' or 'pallas_gpu' (module docstring).
+    interpret: for the Pallas paths: None (CPU: ``pltpu.InterpretParams()``), True/False, or a
+      ``pltpu.InterpretParams`` / GPU interpret params object.
+
+  Returns:
+    ``[..., N]`` in ``x.dtype``, accumulated in f32.
+  """
+  if implementation not in (None,) + IMPLEMENTATIONS:
+    raise ValueError(f"unknown implementation {implementation!r}; valid: "
+                     f"{[None, *IMPLEMENTATIONS]}")
+  k = x.shape[-1]
+  n = check_layout(k, codes, scale, zero, bits=bits, group_size=group_size)
+  if implementation == "xla":
+    return reference.dequant_matmul_reference(x, codes, scale, zero, bits=bits,
+                                              group_size=group_size)
+  platform = jax.default_backend()
+  if implementation == "pallas_tpu":
+    backend = "tpu"
+  elif implementation == "pallas_gpu":
+    backend = "gpu"
+  else:
+    backend = platform if platform in ("tpu", "gpu") else "cpu"
+  lead = x.shape[:-1]
+  m = 1
+  for d in lead:
+    m *= int(d)
+  if implementation is None:
+    if backend == "cpu" or (backend == "gpu" and not _is_hopper()) or not _fits(
+        m, k, n, bits=bits, group_size=group_size, dtype=x.dtype, backend=backend):
+      return reference.dequant_matmul_reference(x, codes, scale, zero, bits=bits,
+                                                group_size=group_size)
+  if backend == "cpu" and interpret is None:
+    from jax.experimental.pallas import tpu as pltpu
+    interpret = pltpu.InterpretParams()
+  x2 = x.reshape(m, k)
+  y = _pallas(x2, codes, scale, zero, bits=bits, group_size=group_size,
+              backend="gpu" if backend == "gpu" else "tpu", interpret=interpret)
+  return y.reshape(*lead, n)

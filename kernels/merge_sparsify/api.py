@@ -1,0 +1,124 @@
+"""Dispatcher of the fused sparsify + sign-election + disjoint-mean merge.
+
+``implementation``: ``None`` (Pallas on TPU/GPU when available, XLA
+otherwise), ``'xla'`` (the jnp reference), ``'pallas'`` (Pallas; on CPU it
+runs in interpret mode, which is slow and meant for tests).
+
+Example:
+  >>> import jax.numpy as jnp
+  >>> base = jnp.zeros(4); models = jnp.array([[1., -2., 3., 0.], [1., 2., -1., 0.]])
+  >>> out = sparsify_merge(base, models, weights=jnp.ones(2),
+  ...                      lo=jnp.zeros(2, jnp.uint32), hi=jnp.full(2, KEY_MAX))
+  >>> out.tolist()  # TIES: column 1 sums to 0, elected +, the +2 wins
+  [1.0, 2.0, 3.0, 0.0]
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+
+from jaxparams.kernels.merge_sparsify import reference as ref
+from jaxparams.kernels.merge_sparsify.reference import KEY_MAX
+
+__all__ = ["KEY_MAX", "topk_threshold", "topk_thresholds", "key_threshold", "key_thresholds", "sparsify_merge", "resolve_implementation"]
+
+_IMPLEMENTATIONS = (None, "xla", "pallas")
+
+
+def resolve_implementation(implementation: str | None) -> str:
+  """Maps ``None`` to the best implementation for the default backend."""
+  if implementation not in _IMPLEMENTATIONS:
+    raise ValueError(f"implementation must be one of {_IMPLEMENTATIONS}, got {implementation!r}")
+  if implementation is None:
+    return "pallas" if jax.default_backend() in ("tpu", "gpu") else "xla"
+  return implementation
+
+
+def _interpret() -> bool:
+  return jax.default_backend() not in ("tpu", "gpu")
+
+
+def _pallas():
+  """The Pallas module for the default backend (TPU layout for CPU interpret)."""
+  if jax.default_backend() == "gpu":
+    from jaxparams.kernels.merge_sparsify import pallas_gpu
+    return pallas_gpu
+  from jaxparams.kernels.merge_sparsify import pallas_tpu
+  return pallas_tpu
+
+
+def key_thresholds(keys: jax.Array, k: jax.Array, *, implementation: str | None = None
+                   ) -> jax.Array:
+  """Batched: the k[m]-th largest key of each row of keys (M, n) -> (M,) uint32."""
+  impl = resolve_implementation(implementation)
+  keys = keys.reshape(keys.shape[0], -1)
+  if impl == "xla":
+    k = jnp.broadcast_to(jnp.asarray(k, jnp.int32), (keys.shape[0],))
+    return jnp.stack([ref.kth_largest_key_histogram(keys[m], k[m]) for m in range(keys.shape[0])])
+  return _pallas().kth_largest_keys(keys, k, interpret=_interpret())
+
+
+def key_threshold(keys: jax.Array | Sequence[jax.Array], k, *, implementation: str | None = None
+                  ) -> jax.Array:
+  """The k-th largest uint32 key (no sort): histogram radix select on XLA,
+  the 8-pass counting kernel on Pallas; see :mod:`reference`."""
+  impl = resolve_implementation(implementation)
+  if impl == "xla":
+    return ref.kth_largest_key_histogram(keys, k)
+  parts = list(keys) if isinstance(keys, (list, tuple)) else [keys]
+  flat = jnp.concatenate([jnp.ravel(p) for p in parts])[None]
+  return _pallas().kth_largest_keys(flat, jnp.reshape(k, (1,)), interpret=_interpret())[0]
+
+
+def topk_threshold(x: jax.Array | Sequence[jax.Array], k, *, implementation: str | None = None
+                   ) -> jax.Array:
+  """Magnitude key of the k-th largest ``|x|`` (over all arrays given).
+
+  Keep mask: ``magnitude_bits(x) >= topk_threshold(x, k)`` (exact top-k up
+  to ties at the threshold, which are all kept).
+  """
+  parts = list(x) if isinstance(x, (list, tuple)) else [x]
+  return key_threshold([ref.magnitude_bits(jax.lax.stop_gradient(p)) for p in parts], k,
+                       implementation=implementation)
+
+
+def topk_thresholds(x: jax.Array, k: jax.Array, *, implementation: str | None = None
+                    ) -> jax.Array:
+  """Batched :func:`topk_threshold` over the rows of x (M, ...) with k (M,)."""
+  keys = ref.magnitude_bits(jax.lax.stop_gradient(x)).reshape(x.shape[0], -1)
+  return key_thresholds(keys, k, implementation=implementation)
+
+
+def sparsify_merge(base: jax.Array, models: jax.Array | Sequence[jax.Array], *, weights: jax.Array,
+                   lo: jax.Array, hi: jax.Array, lam=1.0, p: jax.Array | None = None,
+                   seeds: jax.Array | None = None, rescale: str | None = None,
+                   consensus: bool = True, normalize: bool = True,
+                   implementation: str | None = None) -> jax.Array:
+  """Fused merge of one tensor; returns float32 of ``base.shape``.
+
+  Arguments as in :func:`reference.sparsify_merge_reference`, but ``models``
+  may be a list of arrays shaped like ``base`` and ``p`` may be (N,) or
+  (N, *base.shape).
+  """
+  shape = base.shape
+  if isinstance(models, (list, tuple)):
+    models = jnp.stack([jnp.ravel(m) for m in models])
+  else:
+    models = models.reshape(models.shape[0], -1)
+  flat_base = jnp.ravel(base)
+  if p is not None:
+    p = jnp.asarray(p, jnp.float32)
+    if p.ndim > 1:
+      p = p.reshape(p.shape[0], -1)
+  impl = resolve_implementation(implementation)
+  kwargs = dict(weights=jnp.asarray(weights, jnp.float32), lo=jnp.asarray(lo, jnp.uint32),
+                hi=jnp.asarray(hi, jnp.uint32), lam=lam, p=p, seeds=seeds, rescale=rescale,
+                consensus=consensus, normalize=normalize)
+  if impl == "xla":
+    out = ref.sparsify_merge_reference(flat_base, models, **kwargs)
+  else:
+    out = _pallas().sparsify_merge(flat_base, models, interpret=_interpret(), **kwargs)
+  return out.reshape(shape)

@@ -1,0 +1,111 @@
+"""Sparse upcycling: MoE from copies equals the dense model; experts from models; extraction."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxparams.models.llama import Llama, LlamaConfig, LlamaMLP
+from jaxparams.scale import upcycle as up
+
+CFG = LlamaConfig(vocab_size=40, hidden_size=16, intermediate_size=24, num_hidden_layers=2,
+                  num_attention_heads=2, mlp_bias=True)
+
+
+@jax.jit
+def _ffn_init(key, shift):
+  p = LlamaMLP(CFG).init(key, jnp.ones((1, CFG.hidden_size)))["params"]
+  return jax.tree_util.tree_map(lambda w: w + 0.1 * shift, p)
+
+
+def _ffn(seed):
+  return _ffn_init(jax.random.PRNGKey(seed), jnp.float32(seed))
+
+
+_dense = jax.jit(lambda p, x: LlamaMLP(CFG).apply({"params": p}, x))
+_moe = jax.jit(up.moe_ffn, static_argnames=("top_k", "normalize_gates"))
+
+
+def _rel(a, b):
+  return float(jnp.linalg.norm(a - b) / jnp.linalg.norm(a))
+
+
+@pytest.mark.parametrize("top_k", [1, 2, 4])
+def test_upcycled_ffn_equals_dense(top_k):
+  dense = _ffn(1)
+  x = np.random.default_rng(2).normal(size=(3, 7, CFG.hidden_size)).astype(np.float32)
+  moe = up.upcycle_ffn(dense, 4, key=jax.random.PRNGKey(3), router_std=1.0)
+  assert moe["experts"]["down_proj"]["kernel"].shape == (4, 24, 16)
+  want = _dense(dense, x)
+  assert _rel(want, _moe(moe, x, top_k=top_k)) <= 1e-6
+  if top_k < 4:   # unnormalised top-k gates scale the output by Σ_topk p < 1
+    assert _rel(want, _moe(moe, x, top_k=top_k, normalize_gates=False)) > 1e-3
+
+
+def test_experts_from_models_routing_matches_manual():
+  ffns = [_ffn(s) for s in (1, 2, 3)]
+  rng = np.random.default_rng(4)
+  x = rng.normal(size=(5, CFG.hidden_size)).astype(np.float32)
+  router = rng.normal(size=(CFG.hidden_size, 3)).astype(np.float32)
+  moe = up.experts_from_models(ffns, router=router)
+  got = _moe(moe, x, top_k=2)
+  logits = x.astype(np.float64) @ router.astype(np.float64)
+  probs = np.exp(logits - logits.max(-1, keepdims=True))
+  probs /= probs.sum(-1, keepdims=True)
+  outs = np.stack([np.asarray(_dense(f, x)) for f in ffns], 1)
+  want = np.zeros((5, CFG.hidden_size))
+  for t in range(5):
+    top = np.argsort(-probs[t])[:2]
+    w = probs[t, top] / probs[t, top].sum()
+    want[t] = (w[:, None] * outs[t, top]).sum(0)
+  np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-5)
+  for i, f in enumerate(ffns):
+    chex.assert_trees_all_equal(up.extract_expert(moe, i), f)
+
+
+def test_router_from_hidden_sends_prompts_to_their_expert():
+  ffns = [_ffn(s) for s in (1, 2)]
+  centres = 3.0 * jnp.eye(CFG.hidden_size)[:2]
+  rng = np.random.default_rng(0)
+  hidden = [c + 0.1 * rng.normal(size=(8, CFG.hidden_size)).astype(np.float32) for c in centres]
+  moe = up.experts_from_models(ffns, router=up.router_from_hidden(hidden, scale=10.0))
+  for i, h in enumerate(hidden):
+    want = _dense(ffns[i], h)
+    assert _rel(want, _moe(moe, h, top_k=1)) <= 1e-6
+
+
+def test_moe_module_and_llama_upcycling():
+  ids = jax.random.randint(jax.random.PRNGKey(6), (2, 9), 0, CFG.vocab_size)
+  params = jax.jit(Llama(CFG).init)(jax.random.PRNGKey(7), ids)["params"]
+  dense = jax.jit(lambda p: Llama(CFG).apply({"params": p}, ids))(params)
+  moe_params, mcfg = up.upcycle_llama(params, CFG, 4, top_k=2, key=jax.random.PRNGKey(8),
+                                      router_std=1.0)
+  moe = jax.jit(lambda p: up.MoELlama(mcfg).apply({"params": p}, ids))(moe_params)
+  assert _rel(dense, moe) <= 1e-6
+  # Module init gives the same layout as upcycling.
+  init = jax.eval_shape(up.MoELlama(mcfg).init, jax.random.PRNGKey(0), ids)["params"]
+  chex.assert_trees_all_equal_shapes(init, moe_params)
+  back, cfg = up.extract_llama(moe_params, mcfg, 3)
+  assert cfg == CFG
+  chex.assert_trees_all_equal(back, params)
+
+
+def test_upcycle_errors():
+  ffn = _ffn(1)
+  with pytest.raises(ValueError, match="top_k"):
+    up.moe_ffn(up.upcycle_ffn(ffn, 2), jnp.ones((1, 16)), top_k=3)
+  with pytest.raises(ValueError, match="num_experts"):
+    up.upcycle_ffn(ffn, 0)
+  with pytest.raises(ValueError, match="out of range"):
+    up.extract_expert(up.upcycle_ffn(ffn, 2), 2)
+  other = jax.eval_shape(LlamaMLP(LlamaConfig(**{**CFG.__dict__, "intermediate_size": 8})).init,
+                         jax.random.PRNGKey(0), jnp.ones((1, 16)))["params"]
+  with pytest.raises(ValueError, match="differ"):
+    up.experts_from_models([ffn, other])
+  with pytest.raises(ValueError, match="router has shape"):
+    up.experts_from_models([ffn, ffn], router=jnp.ones((16, 3)))
+  with pytest.raises(ValueError, match="gate_proj"):
+    up.upcycle_ffn({"w": jnp.ones((2, 2))}, 2)
+  with pytest.raises(ValueError, match="top_k"):
+    up.MoELlamaConfig(llama=CFG, num_experts=2, top_k=3)
