@@ -45,6 +45,8 @@ def fields(method: str, bits: int, group: int) -> dict | None:
   f = {"bits": bits, "group_size": group}
   if method == "gptq":
     f["act_order"] = True          # as the reference GPTQ numbers (desc_act, asymmetric)
+  if method == "decoupleq" and bits > 3:
+    return None                    # a 2/3-bit method, and the slowest: skip 4/8 bits
   return f
 
 
@@ -139,7 +141,8 @@ def main(argv=None) -> int:
       + ("recaptured block by block (sequential)" if args.sequential else
          "captured once from the full-precision model and shared by the calibrated methods")
       + f". GPTQ uses act-order, asymmetric grid; RTN/AWQ/HQQ/decoupleQ asymmetric; NF4 only at "
-      f"4 bits (block = group). `bits/w` counts codes + float32 scales + zeros. Total run "
+      f"4 bits (block = group); decoupleQ (a 2/3-bit method, the slowest) only at 3 and 2 "
+      f"bits. `bits/w` counts codes + float32 scales + zeros. Total run "
       f"{total / 60:.1f} min.",
       "",
       "| method | bits | group | mean cos | min cos | bits/w | seconds |",

@@ -47,6 +47,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
   p.add_argument("--dry-run", action="store_true",
                  help="print the per-tensor plan (inputs, layer position t, parameters after "
                  "filters and gradients) and exit without merging")
+  p.add_argument("--compile-cache", default=None,
+                 help="persistent XLA compilation cache folder, so repeated merges skip "
+                 "compilation (default: $JAXPARAMS_COMPILE_CACHE or ~/.cache/jaxparams/xla; "
+                 "'none' disables)")
   p.add_argument("--quiet", action="store_true", help="no progress bar")
   p.set_defaults(func=run)
 
@@ -59,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
   console = Console(stderr=True)
   if getattr(args, "dry_run", False):
     return _dry_run(args.recipe)
+  enable_compile_cache(getattr(args, "compile_cache", None))
   summary = merge_checkpoints(
       args.recipe, args.out_dir, seed=args.seed, overwrite=args.overwrite,
       max_shard_bytes=args.max_shard_size, allow_nonfinite=args.allow_nonfinite,
@@ -70,6 +75,25 @@ def run(args: argparse.Namespace) -> int:
     console.print(f"[green]merged[/] {summary['tensors']} tensors ({gb:.2f} GB read) into "
                   f"{summary['out_dir']} in {summary['seconds']:.1f} s")
   return 0
+
+
+def enable_compile_cache(folder: str | None) -> str | None:
+  """Turns on jax's persistent compilation cache (every kernel, however fast to compile).
+
+  ``folder`` ``None`` means ``$JAXPARAMS_COMPILE_CACHE`` or ``~/.cache/jaxparams/xla``;
+  ``'none'`` leaves the cache off. Returns the folder used.
+  """
+  import os  # pylint: disable=import-outside-toplevel
+
+  import jax  # pylint: disable=import-outside-toplevel
+  folder = folder or os.environ.get("JAXPARAMS_COMPILE_CACHE") or os.path.join(
+      os.path.expanduser("~"), ".cache", "jaxparams", "xla")
+  if folder.lower() == "none":
+    return None
+  jax.config.update("jax_compilation_cache_dir", folder)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+  return folder
 
 
 def _fmt(v):

@@ -116,6 +116,7 @@ class Recipe:
   dtype: str | None = None
   out_dtype: str | None = None
   tokenizer_source: str | None = None
+  pad_to_multiple_of: int | None = None
   chat_template: str | None = None
   source: str | None = None  # the file it was read from, for messages and relative paths
 
@@ -272,9 +273,27 @@ def parse_recipe(data: Mapping[str, Any], *, source: str | None = None) -> Recip
   if data.get("modules"):
     raise ValueError(_where(source, "'modules:' (multi-module models) is not supported; "
                             "use 'models:' or 'slices:'."))
-  if data.get("tokenizer"):
-    raise ValueError(_where(source, "the 'tokenizer:' block is not supported; use "
-                            "'tokenizer_source: base|union|<model>'."))
+  pad_to = None
+  tok_block = data.get("tokenizer")
+  if tok_block is not None:
+    # mergekit's newer form: {source: union|base|<model> (default union), pad_to_multiple_of: N}.
+    if not isinstance(tok_block, Mapping):
+      raise ValueError(_where(source, f"'tokenizer' must be a mapping, found {tok_block!r}."))
+    extra = set(tok_block) - {"source", "pad_to_multiple_of", "tokens"}
+    if extra:
+      raise ValueError(_where(source, f"tokenizer: unknown key(s) {sorted(extra)}; valid: "
+                              "['pad_to_multiple_of', 'source', 'tokens']."))
+    if tok_block.get("tokens"):
+      raise ValueError(_where(source, "tokenizer.tokens (per-token embedding overrides) is not "
+                              "supported; use tokenizer.source and pad_to_multiple_of."))
+    if data.get("tokenizer_source") is not None:
+      raise ValueError(_where(source, "give either 'tokenizer_source' or 'tokenizer', not both."))
+    pad_to = tok_block.get("pad_to_multiple_of")
+    if pad_to is not None and (not isinstance(pad_to, int) or isinstance(pad_to, bool)
+                               or pad_to < 1):
+      raise ValueError(_where(source, f"tokenizer.pad_to_multiple_of must be a positive integer, "
+                              f"found {pad_to!r}."))
+    data = dict(data, tokenizer_source=tok_block.get("source") or "union")
   method = data.get("merge_method")
   if not isinstance(method, str) or not method:
     raise ValueError(_where(source, "'merge_method' is required (e.g. merge_method: ties)."))
@@ -353,7 +372,8 @@ def parse_recipe(data: Mapping[str, Any], *, source: str | None = None) -> Recip
       parameters=_check_params(data.get("parameters"), _where(source, "parameters")),
       dtype=_check_dtype(data.get("dtype"), _where(source, "dtype")),
       out_dtype=_check_dtype(data.get("out_dtype"), _where(source, "out_dtype")),
-      tokenizer_source=tok, chat_template=data.get("chat_template"), source=source)
+      tokenizer_source=tok, pad_to_multiple_of=pad_to, chat_template=data.get("chat_template"),
+      source=source)
   if tok is not None and tok not in TOKENIZER_SOURCES and tok not in recipe.model_names():
     raise ValueError(_where(source, f"tokenizer_source {tok!r} is neither 'base', 'union' nor "
                             f"one of the recipe's models {recipe.model_names()}."))

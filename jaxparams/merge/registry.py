@@ -183,26 +183,36 @@ class MergeMethod:
     mp, gp = self.resolve_params(len(models), model_params, global_params, name=name)
     if self.check is not None:
       self.check(len(models), mp, gp, name)
+    base = None if base is None else jnp.asarray(base)
+    models = [jnp.asarray(m) for m in models]
     ref = base if base is not None else models[0]
     shapes = [("base", base)] if base is not None else []
     shapes += [(f"model {i}", m) for i, m in enumerate(models)]
     for label, t in shapes:
-      if tuple(np.shape(t)) != tuple(np.shape(ref)):
+      if tuple(t.shape) != tuple(ref.shape):
         raise ValueError(f"tensor {name!r}: shape mismatch between inputs: "
-                         + ", ".join(f"{lb} {tuple(np.shape(x))}" for lb, x in shapes))
+                         + ", ".join(f"{lb} {tuple(x.shape)}" for lb, x in shapes))
     if check_finite:
-      for label, t in shapes:
-        if not bool(jnp.all(jnp.isfinite(jnp.asarray(t)))):
-          raise ValueError(f"tensor {name!r}: {label} contains NaN or Inf values")
+      flags = np.asarray(_finite_flags(tuple(t for _, t in shapes)))
+      bad = [label for (label, _), ok in zip(shapes, flags) if not ok]
+      if bad:
+        raise ValueError(f"tensor {name!r}: {bad[0]} contains NaN or Inf values"
+                         + (f" (also {', '.join(bad[1:])})" if len(bad) > 1 else ""))
     if self.random and key is None and _random_active(self, mp):
       raise ValueError(f"merge method {self.name!r} is random: pass key= (e.g. "
                        f"jaxparams.merge.tensor_key(jax.random.key(seed), {name!r}))")
     out = self.compute(base, models, mp, gp, key)
-    if check_finite and not bool(jnp.all(jnp.isfinite(out))):
+    if check_finite and not bool(_finite_flags((out,))[0]):
       raise ValueError(f"tensor {name!r}: merge method {self.name!r} produced NaN/Inf "
                        f"(inputs are finite; e.g. multislerp of vectors whose weighted sum is "
                        f"zero, or an ill-conditioned parameter)")
     return out
+
+
+@jax.jit
+def _finite_flags(arrays: tuple[jax.Array, ...]) -> jax.Array:
+  # One dispatch and one host sync for all inputs of a tensor.
+  return jnp.stack([jnp.all(jnp.isfinite(a)) for a in arrays])
 
 
 def _random_active(method: MergeMethod, mp: Mapping[str, Sequence[Any]]) -> bool:

@@ -374,7 +374,8 @@ def merge_checkpoints(recipe: str | Path | Mapping[str, Any] | Recipe, out_dir: 
     align = None
     if recipe.tokenizer_source is not None:
       from jaxparams.merge.vocab import build_alignment  # pylint: disable=import-outside-toplevel
-      align = build_alignment(recipe.tokenizer_source, folders, base_ref)
+      align = build_alignment(recipe.tokenizer_source, folders, base_ref,
+                              recipe.pad_to_multiple_of)
     compiler = _Compiler(method, tasks, check_finite=not allow_nonfinite)
     sharding = _make_sharding(shard, shard_min_bytes)
     random = bool(getattr(method, "random", False))
@@ -502,7 +503,7 @@ def _write_side_files(writer: SafetensorsWriter, recipe: Recipe, folders, align,
         if k in cfg:
           cfg[k] = n_layers
     if align is not None and "vocab_size" in cfg:
-      cfg["vocab_size"] = align.size
+      cfg["vocab_size"] = align.rows
     out_dt = recipe.out_dtype or recipe.dtype
     if out_dt:
       for k in ("torch_dtype", "dtype"):

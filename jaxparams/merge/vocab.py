@@ -16,8 +16,9 @@ lacks, the row is the base model's (if the base has it), else the only donor's
 (if one model has it), else the mean of the models that have it, else zeros.
 
 Only ``tokenizer.json`` (HF fast tokenizers, read with the ``tokenizers``
-package) is supported; per-token overrides (mergekit's ``tokenizer:`` block)
-and ``pad_to_multiple_of`` are not.
+package) is supported. mergekit's ``tokenizer: {source, pad_to_multiple_of}``
+block is (padding rows get the mean embedding); its per-token ``tokens:``
+overrides are not.
 
 Example:
   >>> import numpy as np
@@ -57,6 +58,12 @@ class VocabAlignment:
   size: int
   perms: Mapping[str, np.ndarray]
   tokenizer: Any = None
+  padded_size: int | None = None
+
+  @property
+  def rows(self) -> int:
+    """Output rows: ``size``, or more with ``pad_to_multiple_of`` (extra rows = mean row)."""
+    return self.padded_size or self.size
 
   def align(self, arrays: Mapping[str, np.ndarray], base: str | None) -> dict[str, np.ndarray]:
     """Rebuilds each model's rows (axis 0) in the output vocabulary.
@@ -89,7 +96,11 @@ class VocabAlignment:
     out = {}
     for m in models:
       own = present[m].reshape((-1,) + (1,) * len(tail))
-      out[m] = np.where(own, gathered[m], default).astype(dtype)
+      rows = np.where(own, gathered[m], default)
+      if self.rows > self.size:  # padding rows: the mean embedding (as mergekit does)
+        pad = np.broadcast_to(rows.mean(axis=0), (self.rows - self.size,) + tail)
+        rows = np.concatenate([rows, pad])
+      out[m] = rows.astype(dtype)
     return out
 
 
@@ -119,7 +130,8 @@ def _config_vocab_size(folder: Path) -> int | None:
   return None
 
 
-def build_alignment(source: str, folders: Mapping[str, Path], base: str | None) -> VocabAlignment:
+def build_alignment(source: str, folders: Mapping[str, Path], base: str | None,
+                    pad_to_multiple_of: int | None = None) -> VocabAlignment:
   """Builds the output vocabulary and per-model row maps.
 
   Args:
@@ -127,6 +139,7 @@ def build_alignment(source: str, folders: Mapping[str, Path], base: str | None) 
     folders: model reference -> local folder (with ``tokenizer.json`` and
       ``config.json``), in recipe order.
     base: the base model reference (defaults to the first model).
+    pad_to_multiple_of: round the row count up to a multiple of this.
 
   Example:
     >>> build_alignment  # doctest: +ELLIPSIS
@@ -183,4 +196,8 @@ def build_alignment(source: str, folders: Mapping[str, Path], base: str | None) 
       if j is not None:
         p[i] = j
     perms[m] = p
-  return VocabAlignment(vocab=vocab_out, size=size, perms=perms, tokenizer=out_tok)
+  padded = None
+  if pad_to_multiple_of and size % pad_to_multiple_of:
+    padded = (size // pad_to_multiple_of + 1) * pad_to_multiple_of
+  return VocabAlignment(vocab=vocab_out, size=size, perms=perms, tokenizer=out_tok,
+                        padded_size=padded)

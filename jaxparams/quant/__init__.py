@@ -1,4 +1,6 @@
-"""Quantization: packed ``QArray`` pytrees and weight quantizers (RTN, NF4, FP8, HQQ, GPTQ, AWQ, decoupleQ).
+"""Quantization: packed ``QArray`` pytrees and weight quantizers.
+
+Methods: RTN, NF4, FP8, HQQ, GPTQ, AWQ, decoupleQ.
 
 Every method is a pure function of one weight matrix ``W[K, N]`` (flax layout)
 with a frozen config; calibrated ones take :class:`ActStats` from

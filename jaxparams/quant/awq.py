@@ -165,7 +165,8 @@ def awq(w: jax.Array, x_stats: ActStats | jax.Array, cfg: AWQConfig = AWQConfig(
                        f"{tuple(x.shape)}, expected (..., {k})")
     x_stats = gptq_hessian(x)
   if x_stats.abs_mean.shape != (k,):
-    raise ValueError(f"awq: activation stats for {name or 'weight'!r} have {x_stats.abs_mean.shape} "
+    raise ValueError(f"awq: activation stats for {name or 'weight'!r} have "
+                     f"{x_stats.abs_mean.shape} "
                      f"channels, expected ({k},)")
   common.check_finite(x_stats.hessian, name=name, what="activation statistics")
   g = common.resolve_group_size(k, cfg.group_size, name=name)

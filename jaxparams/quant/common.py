@@ -44,7 +44,8 @@ def resolve_group_size(k: int, group_size: int | None, *, name: str = "") -> int
   if group_size is None or group_size in (-1, 0):
     return int(k)
   if not isinstance(group_size, (int, np.integer)) or group_size < 1:
-    raise ValueError(f"group_size must be a positive int, -1 or None{_where(name)}; got {group_size!r}")
+    raise ValueError(f"group_size must be a positive int, -1 or None{_where(name)}; "
+                     f"got {group_size!r}")
   g = int(group_size)
   if k % g:
     raise ValueError(f"group_size={g} does not divide the input axis K={k}{_where(name)}; "
@@ -56,7 +57,8 @@ def as_matrix(w: jax.Array, *, name: str = "") -> jax.Array:
   """Returns ``w`` as a 2-D ``(prod(shape[:-1]), shape[-1])`` view; rejects scalars/vectors."""
   w = jnp.asarray(w) if not hasattr(w, "shape") else w
   if w.ndim < 2:
-    raise ValueError(f"expected a weight matrix (>= 2 dims){_where(name)}, got shape {tuple(w.shape)}")
+    raise ValueError(f"expected a weight matrix (>= 2 dims){_where(name)}, "
+                     f"got shape {tuple(w.shape)}")
   if not jnp.issubdtype(w.dtype, jnp.floating):
     raise ValueError(f"expected a floating weight{_where(name)}, got dtype {w.dtype}")
   if w.ndim > 2:

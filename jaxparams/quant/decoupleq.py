@@ -1,6 +1,7 @@
 """decoupleQ (Guo et al. 2024, arXiv 2404.12759): integer part and float part solved apart.
 
-Each weight column ``n`` (an output channel) is written ``W_hat[k, n] = s[g, n] * q[k, n] + z[g, n]``
+Each weight column ``n`` (an output channel) is written
+``W_hat[k, n] = s[g, n] * q[k, n] + z[g, n]``
 (group ``g`` of row ``k``), with integer ``q`` in ``[0, 2**bits - 1]``, and the
 layer-output objective ``sum_n (W_hat - W)[:, n]^T H (W_hat - W)[:, n]`` (``H = 2 X^T X / n``)
 is minimised by alternating (stage 1 of the paper, fixed iteration counts, one jit):
@@ -262,8 +263,8 @@ def decoupleq(w: jax.Array, hessian: ActStats | jax.Array,
   chunk = n
   while chunk > 1 and k * ng * chunk > (1 << 24) and chunk % 2 == 0:
     chunk //= 2
-  q, s, zero, _, tries = _decoupleq_jit(w, h, cfg=dataclasses.replace(cfg, bits=bits, block_size=min(
-      cfg.block_size, k)), group=g, chunk=chunk)
+  run_cfg = dataclasses.replace(cfg, bits=bits, block_size=min(cfg.block_size, k))
+  q, s, zero, _, tries = _decoupleq_jit(w, h, cfg=run_cfg, group=g, chunk=chunk)
   if common.is_concrete(tries) and int(tries) > 0:
     if int(tries) > 4:
       raise ValueError(f"decoupleq: Hessian of {name or 'weight'!r} is not positive definite even "

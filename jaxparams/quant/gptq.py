@@ -286,22 +286,26 @@ def gptq(w: jax.Array, hessian: ActStats | jax.Array, cfg: GPTQConfig = GPTQConf
   q, scale, zero, g_idx, _, tries = _gptq_jit(
       w, h, jnp.float32(cfg.damp_percent), bits=bits, group=g, sym=bool(cfg.symmetric),
       act_order=bool(cfg.act_order), static_groups=bool(cfg.static_groups) and not per_channel,
-      per_channel=per_channel, block=min(int(cfg.block_size), k), max_retries=int(cfg.max_damp_retries))
+      per_channel=per_channel, block=min(int(cfg.block_size), k),
+      max_retries=int(cfg.max_damp_retries))
   if common.is_concrete(tries):
     t = int(tries)
     if t > cfg.max_damp_retries:
       raise ValueError(f"gptq: Hessian of {name or 'weight'!r} is not positive definite even with "
-                       f"dampening {cfg.damp_percent * 10 ** cfg.max_damp_retries:g} x mean(diag H) "
+                       f"dampening {cfg.damp_percent * 10 ** cfg.max_damp_retries:g} x "
+                       f"mean(diag H) "
                        f"({cfg.max_damp_retries} retries); check the calibration inputs")
     if t > 0:
       warnings.warn(f"gptq: Hessian of {name or 'weight'!r} is singular at damp_percent="
-                    f"{cfg.damp_percent:g}; retried with damp_percent={cfg.damp_percent * 10 ** t:g}",
+                    f"{cfg.damp_percent:g}; retried with "
+                    f"damp_percent={cfg.damp_percent * 10 ** t:g}",
                     RuntimeWarning, stacklevel=2)
   use_gidx = cfg.act_order and not cfg.static_groups and not per_channel
   return make_int_qarray(q, scale, zero, bits=bits, group_size=g, dtype=w.dtype,
                          g_idx=g_idx if use_gidx else None)
 
 
-def gptq_fake(w: jax.Array, hessian, cfg: GPTQConfig = GPTQConfig(), *, name: str = "") -> jax.Array:
+def gptq_fake(w: jax.Array, hessian, cfg: GPTQConfig = GPTQConfig(), *,
+              name: str = "") -> jax.Array:
   """GPTQ quantize-dequantize: returns the float ``[K, N]`` approximation."""
   return gptq(w, hessian, cfg, name=name).dequantize(jnp.float32)

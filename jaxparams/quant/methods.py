@@ -110,7 +110,8 @@ def quantize_matrix(method: str, w: jax.Array, cfg: Any = None, stats: Any = Non
   if cfg is None:
     cfg = q.config_cls()
   if not isinstance(cfg, q.config_cls):
-    raise ValueError(f"method {method!r} expects a {q.config_cls.__name__}, got {type(cfg).__name__}")
+    raise ValueError(f"method {method!r} expects a {q.config_cls.__name__}, "
+                     f"got {type(cfg).__name__}")
   if q.needs == "none":
     return q.fn(w, cfg, name=name)
   if stats is None:

@@ -78,7 +78,8 @@ def _pack_jit(q: jax.Array, bits: int) -> jax.Array:
     pad = [(0, rows * p - k)] + [(0, 0)] * (q.ndim - 1)
     q = jnp.pad(q, pad)
   q = q.reshape((rows, p) + q.shape[1:])
-  shifts = (jnp.arange(p, dtype=jnp.uint32) * jnp.uint32(bits)).reshape((1, p) + (1,) * (q.ndim - 2))
+  shifts = jnp.arange(p, dtype=jnp.uint32) * jnp.uint32(bits)
+  shifts = shifts.reshape((1, p) + (1,) * (q.ndim - 2))
   # Fields do not overlap, so a sum is an OR.
   return jnp.sum(q << shifts, axis=1, dtype=jnp.uint32)
 
@@ -108,7 +109,8 @@ def unpack(codes: jax.Array, bits: int, k: int, dtype=jnp.int32) -> jax.Array:
 def _unpack_jit(codes: jax.Array, bits: int, k: int, dtype) -> jax.Array:
   p = codes_per_word(bits)
   rows = codes.shape[0]
-  shifts = (jnp.arange(p, dtype=jnp.uint32) * jnp.uint32(bits)).reshape((1, p) + (1,) * (codes.ndim - 1))
+  shifts = jnp.arange(p, dtype=jnp.uint32) * jnp.uint32(bits)
+  shifts = shifts.reshape((1, p) + (1,) * (codes.ndim - 1))
   q = (codes[:, None] >> shifts) & jnp.uint32((1 << bits) - 1)
   q = q.reshape((rows * p,) + codes.shape[1:])[:k]
   return q.astype(dtype)

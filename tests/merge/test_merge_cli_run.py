@@ -24,6 +24,7 @@ dtype: float32
 
 def test_cli_merges_mergekit_yaml_and_refuses_existing_output(tmp_path, monkeypatch, capsys):
   monkeypatch.chdir(tmp_path)
+  monkeypatch.setenv("JAXPARAMS_COMPILE_CACHE", "none")  # keep the session's jax config as is
   write_llama(tmp_path / "base", cfg=CFG, seed=0)
   write_llama(tmp_path / "ft", like=tmp_path / "base", noise=0.1, seed=3)
   (tmp_path / "ta.yml").write_text(YAML)
@@ -60,3 +61,4 @@ def test_add_parser_sets_func_and_options():
   assert args.func is cli_merge.run
   assert (args.overwrite, args.seed, args.max_shard_size, args.copy_tokenizer) == (
       True, 5, "500M", False)
+  assert cli_merge.enable_compile_cache("none") is None

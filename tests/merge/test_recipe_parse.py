@@ -163,6 +163,11 @@ def test_ml_collections_config_equals_yaml(tmp_path):
      "empty list"),
     ({"merge_method": "linear", "models": [{"model": "a", "parameters": {"weight": float("nan")}}]},
      "not finite"),
+    ({"merge_method": "linear", "models": [{"model": "a"}],
+      "tokenizer": {"source": "base", "tokens": {"<x>": {"source": "a"}}}},
+     "tokenizer.tokens (per-token embedding overrides) is not supported"),
+    ({"merge_method": "linear", "models": [{"model": "a"}], "tokenizer_source": "base",
+      "tokenizer": {"source": "base"}}, "either 'tokenizer_source' or 'tokenizer'"),
     ({"merge_method": "linear", "models": [{"model": "a"}], "chat_template": "chatml"},
      "only a literal Jinja template is supported"),
 ])

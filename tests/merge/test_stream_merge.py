@@ -280,3 +280,31 @@ def test_layer_range_past_end(ckpts, tmp_path):
   with pytest.raises(ValueError, match=r"layer_range \[2, 5\] of model '.*/a' goes past its 3 "
                      "layers"):
     merge_checkpoints(recipe, tmp_path / "o", progress=False)
+
+
+def test_reader_thread_error_reaches_caller_and_leaves_nothing(ckpts, tmp_path, monkeypatch):
+  from jaxparams.merge import stream  # pylint: disable=import-outside-toplevel
+  calls = {"n": 0}
+
+  class FlakyFile:
+
+    def __init__(self, path, mode):
+      self.f = open(path, mode)  # pylint: disable=consider-using-with
+
+    def seek(self, offset):
+      return self.f.seek(offset)
+
+    def readinto(self, buf):
+      calls["n"] += 1
+      if calls["n"] == 9:  # mid-merge, in the reader thread
+        raise OSError("disk error in the reader thread")
+      return self.f.readinto(buf)
+
+    def close(self):
+      self.f.close()
+
+  monkeypatch.setattr(stream, "open", FlakyFile, raising=False)
+  out = tmp_path / "out"
+  with pytest.raises(OSError, match="disk error in the reader thread"):
+    merge_checkpoints(_lin(ckpts["a"], ckpts["b"]), out, progress=False, max_shard_bytes=1024)
+  assert calls["n"] == 9 and not out.exists() and not _leftovers(tmp_path)

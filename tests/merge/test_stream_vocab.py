@@ -84,3 +84,15 @@ def test_base_and_model_sources(models, tmp_path):
   vocab = tokenizers.Tokenizer.from_file(str(tmp_path / "b" / "tokenizer.json")).get_vocab()
   assert vocab == {w: i for i, w in enumerate(B_TOKENS)}
   np.testing.assert_allclose(got[vocab["new2"]], r("b", "new2"), atol=1e-6)
+
+
+def test_tokenizer_block_pad_to_multiple_of(models, tmp_path):
+  recipe = _recipe(models, None)
+  del recipe["tokenizer_source"]
+  recipe["tokenizer"] = {"source": "union", "pad_to_multiple_of": 8}
+  merge_checkpoints(recipe, tmp_path / "p", progress=False)
+  got = load_safetensors(tmp_path / "p")["lm_head.weight"]
+  assert got.shape == (24, 16)  # 18 tokens padded to 24 rows
+  assert json.loads((tmp_path / "p" / "config.json").read_text())["vocab_size"] == 24
+  # every input's padding rows are its mean row, so the merged padding is the merged mean
+  np.testing.assert_allclose(got[18:], np.broadcast_to(got[:18].mean(0), (6, 16)), atol=1e-6)

@@ -9,6 +9,7 @@ import pytest
 from jaxparams.quant import methods
 from jaxparams.quant.awq import AWQConfig, awq
 from jaxparams.quant.decoupleq import DecoupleQConfig, decoupleq
+from jaxparams.quant.gptq import GPTQConfig, gptq
 from jaxparams.quant.hqq import HQQConfig, hqq
 from jaxparams.quant.rtn import RTNConfig, rtn
 from jaxparams.quant.stats import gptq_hessian
@@ -137,6 +138,9 @@ def test_decoupleq_2bit_beats_rtn(layer):
                                                         pgd_iters=30))
   e_dq = _out_err(x, qa.dequantize(), w)
   e_rtn = _out_err(x, rtn(jnp.asarray(w), RTNConfig(bits=2, group_size=32)).dequantize(), w)
-  assert e_dq < 0.5 * e_rtn, (e_dq, e_rtn)
+  e_gptq = _out_err(x, gptq(jnp.asarray(w), stats, GPTQConfig(bits=2, group_size=32,
+                                                             act_order=True)).dequantize(), w)
+  print(f"2-bit g32 output MSE: rtn {e_rtn:.4g} gptq {e_gptq:.4g} decoupleq {e_dq:.4g}")
+  assert e_dq < 0.5 * e_rtn and e_dq < e_gptq, (e_dq, e_gptq, e_rtn)
   q = np.asarray(qa.unpacked_codes())
   assert qa.bits == 2 and q.min() >= 0 and q.max() <= 3

@@ -42,9 +42,10 @@ def test_quantized_models_run_unchanged_with_qarray_weights(arch):
                                             ("**", ("rtn", {"bits": 4, "group_size": 16}))])
   assert report.num_quantized == (7 if arch == "llama" else 6)
   y_q = jax.jit(make(dot).apply)({"params": q}, ids)
-  y_ref = jax.jit(make().apply)({"params": _dense(q)}, ids)
+  apply = jax.jit(make().apply)
+  y_ref = apply({"params": _dense(q)}, ids)
   np.testing.assert_allclose(np.asarray(y_q), np.asarray(y_ref), rtol=1e-4, atol=1e-4)
-  y_fp = jax.jit(make().apply)({"params": params}, ids)
+  y_fp = apply({"params": params}, ids)
   assert not np.allclose(np.asarray(y_q), np.asarray(y_fp), atol=1e-4)  # really quantized
 
 
