@@ -58,6 +58,8 @@ def main(argv=None) -> int:
   ap.add_argument("--settings", default=",".join(f"{b}g{g}" for b, g in SETTINGS))
   ap.add_argument("--sequential", action="store_true",
                   help="recapture calibration block by block for every calibrated run")
+  ap.add_argument("--gptq-sequential", default="4g128",
+                  help="settings at which GPTQ also runs sequentially (extra rows; '' for none)")
   ap.add_argument("--max-length", type=int, default=64)
   ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "quant_quality.md"))
   args = ap.parse_args(argv)
@@ -121,6 +123,12 @@ def main(argv=None) -> int:
                                       calibration=stats if calibrated else None)
       jax.block_until_ready(jax.tree_util.tree_leaves(q))
       record(m, bits, group, q, rep, time.perf_counter() - t0)
+    if "gptq" in methods and f"{bits}g{group}" in args.gptq_sequential.split(",") and (
+        not args.sequential):
+      t0 = time.perf_counter()
+      q, rep = quantize_model(module, params, rules_for("gptq", fields("gptq", bits, group)),
+                              batches)
+      record("gptq (sequential)", bits, group, q, rep, time.perf_counter() - t0)
 
   total = time.perf_counter() - t_start
   out = Path(args.out)
@@ -140,6 +148,8 @@ def main(argv=None) -> int:
       f"{n_tokens} tokens), statistics "
       + ("recaptured block by block (sequential)" if args.sequential else
          "captured once from the full-precision model and shared by the calibrated methods")
+      + "; `gptq (sequential)` rows recapture them block by block from the partially quantized "
+      "model (GPTQ's procedure)"
       + f". GPTQ uses act-order, asymmetric grid; RTN/AWQ/HQQ/decoupleQ asymmetric; NF4 only at "
       f"4 bits (block = group); decoupleQ (a 2/3-bit method, the slowest) only at 3 and 2 "
       f"bits. `bits/w` counts codes + float32 scales + zeros. Total run "

@@ -42,14 +42,30 @@ def rel(a, b):
   return float(np.linalg.norm(a - b) / np.linalg.norm(a))
 
 
+def random_params(module, *args, std=0.02, seed=0):
+  """N(0, std) params of the module's shapes, norm scales 1 (numpy: nothing to compile)."""
+  rng = np.random.default_rng(seed)
+  shapes = jax.eval_shape(module.init, jax.random.PRNGKey(0), *args)["params"]
+
+  def leaf(path, s):
+    name = jax.tree_util.keystr(path)
+    if "scale" in name:
+      return jnp.ones(s.shape, s.dtype)
+    if "bias" in name:
+      return jnp.zeros(s.shape, s.dtype)
+    return jnp.asarray(std * rng.normal(size=s.shape), s.dtype)
+
+  return jax.tree_util.tree_map_with_path(leaf, shapes)
+
+
 # %% [markdown]
 # ## 1. Net2Net on Llama
 
 # %%
 cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2)
-ids = jax.random.randint(jax.random.PRNGKey(1), (2, 12), 0, cfg.vocab_size)
-params = jax.jit(Llama(cfg).init)(jax.random.PRNGKey(0), ids)["params"]
+ids = np.random.default_rng(1).integers(0, cfg.vocab_size, (2, 12))
+params = random_params(Llama(cfg), ids, std=0.2)
 forward = lambda c, p: jax.jit(lambda p: Llama(c).apply({"params": p}, ids))(p)
 ref = forward(cfg, params)
 
@@ -67,9 +83,8 @@ for name, c, p in [("original", cfg, params), ("FFN 48->96", c1, p1), ("heads 4-
 # %%
 tcfg = tf.TokenFormerConfig(vocab_size=256, d_model=64, n_layers=2, n_heads=4, qkv_tokens=32,
                             out_tokens=32, ffn_tokens=128, max_len=64)
-x = jax.random.randint(jax.random.PRNGKey(4), (2, 32), 0, 256)
-tparams = jax.jit(tf.TokenFormer(tcfg).init)(jax.random.PRNGKey(5), x)["params"]
-tparams = jax.tree_util.tree_map(lambda w: w * 10 if w.ndim == 2 else w, tparams)  # trained-like scale
+x = np.random.default_rng(4).integers(0, 256, (2, 32))
+tparams = random_params(tf.TokenFormer(tcfg), x, std=0.2)  # trained-like scale, not the 0.02 init
 tf_forward = lambda c, p: jax.jit(lambda p: tf.TokenFormer(c).apply({"params": p}, x))(p)
 tref = tf_forward(tcfg, tparams)
 add = {"qkv": 32, "out": 32, "ffn": 128}
@@ -120,10 +135,10 @@ def make_step(cfg, opt):
   return step, jax.jit(loss_fn)
 
 
-small = tf.TokenFormerConfig(vocab_size=256, d_model=64, n_layers=2, n_heads=4, qkv_tokens=16,
+small = tf.TokenFormerConfig(vocab_size=256, d_model=64, n_layers=1, n_heads=4, qkv_tokens=16,
                              out_tokens=16, ffn_tokens=64, max_len=seq)
 opt = optax.adam(3e-3)
-params = jax.jit(tf.TokenFormer(small).init)(jax.random.PRNGKey(0), eval_x)["params"]
+params = random_params(tf.TokenFormer(small), eval_x, std=small.init_std)
 state = opt.init(params)
 step, eval_loss = make_step(small, opt)
 steps_before, steps_after = 40, 40

@@ -19,7 +19,7 @@ import numpy as np
 __all__ = ["add_parser", "run", "dequantize_checkpoint"]
 
 _COPY = ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json",
-         "README.md")
+         "README.md", "1_Pooling/config.json")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -76,7 +76,10 @@ def dequantize_checkpoint(qdir: str | Path, out: str | Path, *, dtype: Any = Non
         cfg["torch_dtype"] = str(np.dtype(dtype))
       w.write_json("config.json", cfg)
     w.copy_from(qdir)
-    w.copy_from(qdir, _COPY)
+    for fn in _COPY:
+      if (qdir / fn).is_file():
+        (w.folder_tmp / fn).parent.mkdir(parents=True, exist_ok=True)
+        w.copy_from(qdir, [fn])
   return {"layout": layout, "tensors": len(dense), "dequantized": n_q}
 
 

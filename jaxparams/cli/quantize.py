@@ -30,7 +30,7 @@ __all__ = ["add_parser", "run", "quantize_checkpoint", "method_fields", "read_ru
 
 METHODS = ("rtn", "nf4", "hqq", "gptq", "awq", "decoupleq")
 _ST_FILES = ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json",
-             "README.md")
+             "README.md", "1_Pooling/config.json")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -11,8 +11,11 @@ mergekit semantics kept: per-tensor trimming with ``k = max(1, int(density * n))
 the sign is elected on the *weighted* sum; disjoint weighted mean divided by
 the selected weights; L1 rescaling; ``density`` defaults to 1.0; defaults of
 ``normalize``/``rescale`` per method as in mergekit 0.1.5. Differences: math is
-always float32 (mergekit computes in the input dtype, e.g. bf16); exact ties at
-the top-k threshold are all kept (mergekit keeps an arbitrary subset); random
+always float32 (mergekit computes in the input dtype, e.g. bf16); exactly k
+values are kept as in mergekit, but ties at the top-k threshold are taken
+lowest flat index first (mergekit's unstable argsort takes an arbitrary
+subset, so masks can differ on exactly tied magnitudes, which are common in
+quantized deltas); random
 masks come from an explicit key (counter-based hash), not torch's RNG.
 
 Paper variants (explicit options): ``rescale='inverse'`` divides kept values
@@ -118,10 +121,10 @@ def _window_counts_traced(kind, density, gamma, n):
   return k, jnp.zeros_like(k)
 
 
-def _thresholds(deltas, ks, implementation):
-  # One threshold search per model, vmapped (one compiled search for all models).
+def _cuts(deltas, ks, implementation):
+  # Exact top-k per model: (threshold key, tie cut) so exactly k are kept.
   stacked = jnp.stack([jnp.ravel(d) for d in deltas])
-  return kapi.topk_thresholds(stacked, jnp.maximum(ks, 1), implementation=implementation)
+  return kapi.topk_cuts(stacked, jnp.maximum(ks, 1), implementation=implementation)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
@@ -130,14 +133,17 @@ def _gta_core(base, models, weights, lam, k_hi, k_lo, density, epsilon, lo_given
   n_models = len(models)
   deltas = [m.astype(jnp.float32) - base.astype(jnp.float32) for m in models]
   lo = jnp.zeros((n_models,), jnp.uint32)
+  lo_cut = jnp.full((n_models,), KEY_MAX, jnp.uint32)
   hi = jnp.full((n_models,), KEY_MAX, jnp.uint32)
+  hi_cut = jnp.zeros((n_models,), jnp.uint32)
   if cfg.given_lo:
-    lo = lo_given
+    lo = lo_given  # whole-model trim: all ties at the global threshold kept
   elif cfg.search_lo:
-    lo = _thresholds(deltas, k_hi, cfg.implementation)
+    lo, lo_cut = _cuts(deltas, k_hi, cfg.implementation)
     lo = jnp.where(k_hi >= n, jnp.uint32(0), jnp.where(k_hi <= 0, KEY_MAX, lo))
+    lo_cut = jnp.where(k_hi >= n, KEY_MAX, lo_cut)
   if cfg.search_hi:
-    hi = _thresholds(deltas, k_lo, cfg.implementation)
+    hi, hi_cut = _cuts(deltas, k_lo, cfg.implementation)
     hi = jnp.where(k_lo <= 0, KEY_MAX, hi)
   p = seeds = None
   if cfg.sparsify == "random":
@@ -148,7 +154,8 @@ def _gta_core(base, models, weights, lam, k_hi, k_lo, density, epsilon, lo_given
   if p is not None:
     seeds = (jax.random.bits(key, (n_models,), jnp.uint32) if key is not None
              else jnp.zeros((n_models,), jnp.uint32))
-  out = kapi.sparsify_merge(base, list(models), weights=weights, lo=lo, hi=hi, lam=lam, p=p,
+  out = kapi.sparsify_merge(base, list(models), weights=weights, lo=lo, hi=hi, lo_cut=lo_cut,
+                            hi_cut=hi_cut, lam=lam, p=p,
                             seeds=seeds, rescale=cfg.rescale, consensus=cfg.consensus,
                             normalize=cfg.normalize, implementation=cfg.implementation)
   return out.astype(base.dtype)

@@ -16,7 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxparams.kernels.merge_sparsify import api as kapi
-from jaxparams.kernels.merge_sparsify.reference import float_keys, key_to_float, magnitude_bits
+from jaxparams.kernels.merge_sparsify.reference import (float_keys, in_top, key_to_float,
+                                                        magnitude_bits)
 from jaxparams.merge.registry import MergeMethod
 
 __all__ = ["sce_tensor", "ram_tensor", "ramplus_tl_tensor", "arcee_fusion_tensor", "METHODS"]
@@ -43,8 +44,9 @@ def sce_tensor(base: jax.Array, models: Sequence[jax.Array], select_topk: jax.Ar
     var = jnp.var(tv, axis=0)
     nonzero = jnp.sum(var != 0, dtype=jnp.int32)
     k = jnp.floor(nonzero.astype(_f32) * topk).astype(jnp.int32)
-    thr = kapi.topk_threshold(var, jnp.maximum(k, 1))
-    mask = (magnitude_bits(var) >= thr) & (k > 0)
+    thr, cut = kapi.topk_cuts(var[None], jnp.maximum(k, 1)[None])
+    idx = jnp.arange(var.size, dtype=jnp.uint32).reshape(var.shape)
+    mask = in_top(magnitude_bits(var), idx, thr[0], cut[0]) & (k > 0)
     mask = jnp.where(topk <= 0, False, mask)
     tv = tv * mask[None].astype(_f32)
   erase = _sign_consensus(tv).astype(_f32)

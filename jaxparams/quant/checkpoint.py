@@ -239,7 +239,10 @@ def save_quantized(tree: Any, out_dir: str | Path, *, transpose: Mapping[str, bo
       w.write_json(fn, obj)
     if copy_from is not None:
       w.copy_from(copy_from)
-      w.copy_from(copy_from, list(extra_files))
+      for fn in extra_files:  # may sit in a sub-folder (sentence-transformers' 1_Pooling/)
+        if (Path(copy_from) / fn).is_file():
+          (w.folder_tmp / fn).parent.mkdir(parents=True, exist_ok=True)
+          w.copy_from(copy_from, [fn])
 
 
 def _read_layout(folder: Path) -> dict[str, Any]:

@@ -51,7 +51,7 @@ from jaxparams.quant.qarray import QArray
 
 __all__ = [
     "DEFAULT_KEEP", "KEEP", "QuantEntry", "QuantReport", "quantize_tree", "normalize_rules",
-    "parse_spec", "quantize_leaf", "plan_tree", "layer_error",
+    "parse_spec", "quantize_leaf", "plan_tree", "layer_error", "effective_weight",
 ]
 
 # Leaves kept in full precision unless ``keep=`` says otherwise: (pattern, reason).

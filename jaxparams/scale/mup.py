@@ -271,10 +271,10 @@ def coord_check(widths: Sequence[int], init_fn: Callable[[int, jax.Array], Any],
 
   Args:
     widths: model widths.
-    init_fn: ``(width, key) -> params`` (jit-compiled with width static).
+    init_fn: ``(width, key) -> params`` (traced inside the compiled run).
     apply_fn: ``(params, x, width) -> (output, {name: activation})``.
-    optimizer_fn: ``(width, params) -> optax transform``.
-    batches: ``[(x, y), ...]``.
+    optimizer_fn: ``(width, params) -> optax transform`` (params are ShapeDtypeStructs).
+    batches: ``[(x, y), ...]`` (all of the same shapes; run as one ``lax.scan``).
     key: PRNG key (default ``PRNGKey(0)``).
     loss: ``(output, y) -> scalar`` (default mean squared error).
     seeds: average over this many init seeds.
@@ -283,27 +283,33 @@ def coord_check(widths: Sequence[int], init_fn: Callable[[int, jax.Array], Any],
     ``{name: float64[len(widths)]}`` (also ``'output'``).
   """
   loss = loss or (lambda out, y: jnp.mean(jnp.square(out - y)))
+  xs = jnp.stack([jnp.asarray(x) for x, _ in batches])
+  ys = jnp.stack([jnp.asarray(y) for _, y in batches])
   key = jax.random.PRNGKey(0) if key is None else key
   result: dict[str, list[float]] = {}
   for wi, width in enumerate(widths):
-    init = jax.jit(lambda k, width=width: init_fn(width, k))
-    params = init(key)
-    opt = optimizer_fn(width, params)
+    abstract = jax.eval_shape(lambda k, width=width: init_fn(width, k), key)
+    opt = optimizer_fn(width, abstract)
 
     @jax.jit
-    def run(params, width=width, opt=opt):
-      """All training steps and the final forward in one compiled function."""
-      state = opt.init(params)
-      for x, y in batches:
+    def run(key, width=width, opt=opt):
+      """Init, all training steps (a scan) and the final forward: one compiled function."""
+      params = init_fn(width, key)
+
+      def step(carry, batch):
+        params, state = carry
+        x, y = batch
         grads = jax.grad(lambda p: loss(apply_fn(p, x, width)[0], y))(params)
         updates, state = opt.update(grads, state, params)
-        params = optax.apply_updates(params, updates)
-      out, acts = apply_fn(params, batches[-1][0], width)
+        return (optax.apply_updates(params, updates), state), None
+
+      (params, _), _ = jax.lax.scan(step, (params, opt.init(params)), (xs, ys))
+      out, acts = apply_fn(params, xs[-1], width)
       return {name: jnp.mean(jnp.abs(a)) for name, a in {"output": out, **acts}.items()}
 
     acc: dict[str, float] = {}
     for s in range(seeds):
-      stats = run(params if s == 0 else init(jax.random.fold_in(key, s)))
+      stats = run(jax.random.fold_in(key, s))
       for name, v in stats.items():
         acc[name] = acc.get(name, 0.0) + float(v) / seeds
     for name, v in acc.items():

@@ -78,10 +78,17 @@ def wider_mapping(n: int, q: int, key: jax.Array | None = None) -> tuple[np.ndar
   if key is None:
     extra = np.arange(q - n) % n
   else:
-    extra = np.asarray(jax.random.randint(key, (q - n,), 0, n))
+    extra = _host_rng(key).integers(0, n, q - n)
   g = np.concatenate([np.arange(n), extra]).astype(np.int32)
   counts = np.bincount(g, minlength=n)[g]
   return g, counts
+
+
+def _host_rng(key: jax.Array) -> np.random.Generator:
+  """A numpy generator seeded by a JAX key (no device compile for a few host integers)."""
+  if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+    key = jax.random.key_data(key)
+  return np.random.default_rng(np.asarray(key, np.uint32).ravel().tolist())
 
 
 def _noisy(x: jax.Array, n_old: int, axis: int, noise: float, key: jax.Array | None) -> jax.Array:

@@ -37,6 +37,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -114,6 +115,21 @@ def moe_ffn(params: Mapping[str, Any], x: jax.Array, *, top_k: int = 2,
   return jnp.einsum("...e,...ed->...d", gates.astype(outs.dtype), outs)
 
 
+@functools.partial(jax.jit, static_argnums=1)
+def _broadcast_experts(ffn: Any, num_experts: int) -> Any:
+  return jax.tree_util.tree_map(lambda w: jnp.broadcast_to(w, (num_experts,) + w.shape), ffn)
+
+
+@jax.jit
+def _stack_experts(ffns: list) -> Any:
+  return jax.tree_util.tree_map(lambda *ws: jnp.stack(ws), *ffns)
+
+
+@jax.jit
+def _take_expert(experts: Any, i: jax.Array) -> Any:
+  return jax.tree_util.tree_map(lambda w: w[i], experts)
+
+
 def _num_experts(experts: Mapping[str, Any]) -> int:
   sizes = {leaf.shape[0] for leaf in jax.tree_util.tree_leaves(experts)}
   if len(sizes) != 1:
@@ -152,7 +168,7 @@ def upcycle_ffn(ffn: Mapping[str, Any], num_experts: int, *, key: jax.Array | No
   if num_experts < 1:
     raise ValueError(f"upcycle_ffn: num_experts must be >= 1, found {num_experts}")
   d = _hidden_size(ffn)
-  experts = jax.tree_util.tree_map(lambda w: jnp.stack([jnp.asarray(w)] * num_experts), dict(ffn))
+  experts = _broadcast_experts(dict(ffn), num_experts)
   dtype = ffn["gate_proj"]["kernel"].dtype
   return {"router": _router(d, num_experts, key, router_std, dtype), "experts": experts}
 
@@ -181,8 +197,7 @@ def experts_from_models(ffns: Sequence[Mapping[str, Any]], *, router: jax.Array 
     if shapes != shapes0:
       raise ValueError(f"experts_from_models: FFN {i} shapes {shapes} differ from FFN 0 {shapes0}")
   d = _hidden_size(ffns[0])
-  experts = jax.tree_util.tree_map(lambda *ws: jnp.stack([jnp.asarray(w) for w in ws]),
-                                   *[dict(f) for f in ffns])
+  experts = _stack_experts([dict(f) for f in ffns])
   if router is None:
     router_p = _router(d, len(ffns), key, router_std, ffns[0]["gate_proj"]["kernel"].dtype)
   else:
@@ -210,11 +225,14 @@ def router_from_hidden(hidden_per_expert: Sequence[jax.Array], *, scale: float =
     >>> router_from_hidden([jnp.array([[2.0, 0.0]]), jnp.array([[0.0, 3.0]])]).tolist()
     [[1.0, 0.0], [0.0, 1.0]]
   """
-  cols = []
-  for h in hidden_per_expert:
-    m = jnp.mean(jnp.reshape(h, (-1, h.shape[-1])).astype(jnp.float32), axis=0)
-    cols.append(m / jnp.maximum(jnp.linalg.norm(m), 1e-12))
-  return scale * jnp.stack(cols, axis=1)
+  def body(hs):
+    cols = []
+    for h in hs:
+      m = jnp.mean(jnp.reshape(h, (-1, h.shape[-1])).astype(jnp.float32), axis=0)
+      cols.append(m / jnp.maximum(jnp.linalg.norm(m), 1e-12))
+    return scale * jnp.stack(cols, axis=1)
+
+  return jax.jit(body)([jnp.asarray(h) for h in hidden_per_expert])
 
 
 def extract_expert(moe_params: Mapping[str, Any], i: int) -> dict[str, Any]:
@@ -226,7 +244,7 @@ def extract_expert(moe_params: Mapping[str, Any], i: int) -> dict[str, Any]:
   n = _num_experts(moe_params["experts"])
   if not 0 <= i < n:
     raise ValueError(f"extract_expert: expert index {i} out of range [0, {n})")
-  return jax.tree_util.tree_map(lambda w: w[i], dict(moe_params["experts"]))
+  return _take_expert(dict(moe_params["experts"]), i)
 
 
 class MoEFFN(nn.Module):
@@ -378,10 +396,19 @@ def upcycle_llama(params: Mapping[str, Any], config: Any, num_experts: int, *, t
 def extract_llama(moe_params: Mapping[str, Any], config: MoELlamaConfig, i: int
                   ) -> tuple[dict[str, Any], Any]:
   """Dense Llama params using expert ``i`` in every layer (inverse of `upcycle_llama`)."""
+  n = config.num_experts
+  if not 0 <= i < n:
+    raise ValueError(f"extract_llama: expert index {i} out of range [0, {n})")
+  names = [f"layers_{layer}" for layer in range(config.llama.num_hidden_layers)]
+
+  def body(blocks):
+    out = {}
+    for name in names:
+      block = dict(blocks[name])
+      block["mlp"] = jax.tree_util.tree_map(lambda w: w[i], dict(blocks[name]["mlp"]["experts"]))
+      out[name] = block
+    return out
+
   out = dict(moe_params)
-  for layer in range(config.llama.num_hidden_layers):
-    name = f"layers_{layer}"
-    block = dict(moe_params[name])
-    block["mlp"] = extract_expert(moe_params[name]["mlp"], i)
-    out[name] = block
+  out.update(jax.jit(body)({n_: moe_params[n_] for n_ in names}))
   return out, config.llama

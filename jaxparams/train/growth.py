@@ -47,7 +47,6 @@ import inspect
 from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 __all__ = ["GrowthHook", "get_hook", "hook_names", "apply_hook", "transfer_opt_state",
@@ -168,7 +167,8 @@ def transfer_opt_state(old_state: Any, fresh_state: Any, *, mode: str = "pad") -
     mode: ``'pad'`` or ``'reinit'``.
 
   Returns:
-    A state with the structure of ``fresh_state``.
+    A state with the structure of ``fresh_state`` (grown leaves as host numpy arrays; place them
+    with ``jax.device_put`` or the trainer's shardings).
 
   Raises:
     ValueError: unknown mode, or an old leaf that is larger than its new counterpart.
@@ -195,5 +195,7 @@ def transfer_opt_state(old_state: Any, fresh_state: Any, *, mode: str = "pad") -
       raise ValueError(f"optimizer state leaf {key}: old shape {np.shape(prev)} does not fit in "
                        f"the grown shape {np.shape(new)} (growth must not shrink a parameter)")
     index = tuple(slice(0, s) for s in np.shape(prev))
-    out.append(jnp.asarray(new).at[index].set(jnp.asarray(prev, dtype=new.dtype)))
+    grown = np.array(new, copy=True)  # host work: no per-shape compilation
+    grown[index] = np.asarray(prev, dtype=grown.dtype)
+    out.append(grown)
   return jax.tree_util.tree_unflatten(treedef, out)

@@ -13,13 +13,16 @@ Example:
 """
 
 from jaxparams.kernels.merge_sparsify.api import (KEY_MAX, key_threshold, resolve_implementation,
-                                                  sparsify_merge, topk_threshold)
+                                                  sparsify_merge, topk_cuts, topk_threshold,
+                                                  topk_thresholds)
 from jaxparams.kernels.merge_sparsify.reference import (della_probabilities, float_keys, hash_uniform,
-                                                        key_to_float, kth_largest_key, magnitude_bits,
-                                                        sparsify_merge_reference)
+                                                        in_top, key_to_float, kth_largest_key,
+                                                        kth_largest_key_histogram, magnitude_bits,
+                                                        sparsify_merge_reference, tie_cut)
 
 __all__ = [
-    "KEY_MAX", "della_probabilities", "float_keys", "hash_uniform", "key_threshold", "key_to_float",
-    "kth_largest_key", "magnitude_bits", "resolve_implementation", "sparsify_merge",
-    "sparsify_merge_reference", "topk_threshold",
+    "KEY_MAX", "della_probabilities", "float_keys", "hash_uniform", "in_top", "key_threshold",
+    "key_to_float", "kth_largest_key", "kth_largest_key_histogram", "magnitude_bits",
+    "resolve_implementation", "sparsify_merge", "sparsify_merge_reference", "tie_cut",
+    "topk_cuts", "topk_threshold", "topk_thresholds",
 ]

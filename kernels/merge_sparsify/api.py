@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import jax
@@ -23,7 +24,7 @@ import jax.numpy as jnp
 from jaxparams.kernels.merge_sparsify import reference as ref
 from jaxparams.kernels.merge_sparsify.reference import KEY_MAX
 
-__all__ = ["KEY_MAX", "topk_threshold", "topk_thresholds", "key_threshold", "key_thresholds", "sparsify_merge", "resolve_implementation"]
+__all__ = ["KEY_MAX", "topk_threshold", "topk_thresholds", "key_threshold", "key_thresholds", "topk_cuts", "sparsify_merge", "resolve_implementation"]
 
 _IMPLEMENTATIONS = (None, "xla", "pallas")
 
@@ -50,6 +51,7 @@ def _pallas():
   return pallas_tpu
 
 
+@functools.partial(jax.jit, static_argnames=("implementation",))
 def key_thresholds(keys: jax.Array, k: jax.Array, *, implementation: str | None = None
                    ) -> jax.Array:
   """Batched: the k[m]-th largest key of each row of keys (M, n) -> (M,) uint32."""
@@ -85,6 +87,7 @@ def topk_threshold(x: jax.Array | Sequence[jax.Array], k, *, implementation: str
                        implementation=implementation)
 
 
+@functools.partial(jax.jit, static_argnames=("implementation",))
 def topk_thresholds(x: jax.Array, k: jax.Array, *, implementation: str | None = None
                     ) -> jax.Array:
   """Batched :func:`topk_threshold` over the rows of x (M, ...) with k (M,)."""
@@ -92,10 +95,29 @@ def topk_thresholds(x: jax.Array, k: jax.Array, *, implementation: str | None = 
   return key_thresholds(keys, k, implementation=implementation)
 
 
+@functools.partial(jax.jit, static_argnames=("implementation",))
+def topk_cuts(x: jax.Array, k: jax.Array, *, implementation: str | None = None
+              ) -> tuple[jax.Array, jax.Array]:
+  """Exact top-k of ``|x[m]|`` per row m: (threshold key, tie cut index), both (M,).
+
+  The set ``in_top(magnitude_bits(x[m]), flat_index, t[m], cut[m])`` has
+  exactly ``k[m]`` elements (ties at the threshold taken lowest index first).
+  """
+  keys = ref.magnitude_bits(jax.lax.stop_gradient(x)).reshape(x.shape[0], -1)
+  k = jnp.broadcast_to(jnp.asarray(k, jnp.int32), (keys.shape[0],))
+  t = key_thresholds(keys, k, implementation=implementation)
+  if resolve_implementation(implementation) == "xla":
+    cut = jnp.stack([ref.tie_cut(keys[m], t[m], k[m]) for m in range(keys.shape[0])])
+  else:
+    cut = _pallas().tie_cuts(keys, t, k, interpret=_interpret())
+  return t, cut
+
+
 def sparsify_merge(base: jax.Array, models: jax.Array | Sequence[jax.Array], *, weights: jax.Array,
                    lo: jax.Array, hi: jax.Array, lam=1.0, p: jax.Array | None = None,
                    seeds: jax.Array | None = None, rescale: str | None = None,
                    consensus: bool = True, normalize: bool = True,
+                   lo_cut: jax.Array | None = None, hi_cut: jax.Array | None = None,
                    implementation: str | None = None) -> jax.Array:
   """Fused merge of one tensor; returns float32 of ``base.shape``.
 
@@ -116,7 +138,7 @@ def sparsify_merge(base: jax.Array, models: jax.Array | Sequence[jax.Array], *, 
   impl = resolve_implementation(implementation)
   kwargs = dict(weights=jnp.asarray(weights, jnp.float32), lo=jnp.asarray(lo, jnp.uint32),
                 hi=jnp.asarray(hi, jnp.uint32), lam=lam, p=p, seeds=seeds, rescale=rescale,
-                consensus=consensus, normalize=normalize)
+                consensus=consensus, normalize=normalize, lo_cut=lo_cut, hi_cut=hi_cut)
   if impl == "xla":
     out = ref.sparsify_merge_reference(flat_base, models, **kwargs)
   else:

@@ -35,7 +35,7 @@ __all__ = ["Target", "TPU", "GPU", "count_ge", "kth_largest_keys", "sparsify_mer
 
 _N_CAND = 15
 _LANES = 128
-_NPAR = 4  # scalars per model in each parameter vector
+_NPAR = 8  # scalars per model in each parameter vector
 
 
 @dataclasses.dataclass(frozen=True)
@@ -175,6 +175,21 @@ def kth_largest_keys(keys: jax.Array, k: jax.Array, *, target: Target, interpret
   return jax.lax.fori_loop(0, 8, one_pass, jnp.zeros(keys.shape[0], jnp.uint32))
 
 
+@functools.partial(jax.jit, static_argnames=("target", "interpret"))
+def tie_cuts(keys: jax.Array, t: jax.Array, k: jax.Array, *, target: Target,
+             interpret: bool = False) -> jax.Array:
+  """Batched :func:`reference.tie_cut` with the counting kernel: the tie cut is
+  ``~(need-th largest of ~index over the tied keys)``."""
+  k = jnp.asarray(k, jnp.int32).reshape(-1)
+  idx = jnp.arange(keys.shape[1], dtype=jnp.uint32)[None]
+  tied = keys == t[:, None]
+  need = k - jnp.sum(keys > t[:, None], axis=1, dtype=jnp.int32)
+  n_eq = jnp.sum(tied, axis=1, dtype=jnp.int32)
+  inv = jnp.where(tied, ~idx, jnp.uint32(0))
+  cut = ~kth_largest_keys(inv, jnp.maximum(need, 1), target=target, interpret=interpret)
+  return jnp.where(need < n_eq, cut, ref.KEY_MAX)
+
+
 # -- shared per-tile math ----------------------------------------------------------------------
 
 @dataclasses.dataclass(frozen=True)
@@ -190,7 +205,8 @@ class _Flags:
 def _kept(i, base, models_ref, p_ref, fp_ref, up_ref, idx, flags):
   delta = models_ref[i].astype(jnp.float32) - base
   bits = jax.lax.bitcast_convert_type(jnp.abs(delta), jnp.uint32)
-  keep = (bits >= up_ref[_NPAR * i]) & (bits < up_ref[_NPAR * i + 1])
+  keep = (ref.in_top(bits, idx, up_ref[_NPAR * i], up_ref[_NPAR * i + 3])
+          & ~ref.in_top(bits, idx, up_ref[_NPAR * i + 1], up_ref[_NPAR * i + 4]))
   p = None
   if flags.random:
     p = p_ref[i] if flags.elementwise_p else fp_ref[_NPAR * i + 2]
@@ -202,7 +218,7 @@ def _stats_kernel(fp_ref, up_ref, base_ref, models_ref, *rest, flags: _Flags, ta
   p_ref = rest[0] if flags.elementwise_p else None
   out_ref = rest[-1]
   base = base_ref[...].astype(jnp.float32)
-  idx = _flat_index(target, base.shape) if flags.random else None
+  idx = _flat_index(target, base.shape)
   sums = []
   for i in range(flags.n_models):
     delta, keep, _ = _kept(i, base, models_ref, p_ref, fp_ref, up_ref, idx, flags)
@@ -215,7 +231,7 @@ def _combine_kernel(fp_ref, up_ref, base_ref, models_ref, *rest, flags: _Flags, 
   p_ref = rest[0] if flags.elementwise_p else None
   out_ref = rest[-1]
   base = base_ref[...].astype(jnp.float32)
-  idx = _flat_index(target, base.shape) if flags.random else None
+  idx = _flat_index(target, base.shape)
   ds, ws = [], []
   for i in range(flags.n_models):
     delta, keep, p = _kept(i, base, models_ref, p_ref, fp_ref, up_ref, idx, flags)
@@ -271,7 +287,8 @@ def _call(kernel, flags, target, interpret, out_shape, out_spec, fp, up, base_t,
                                              "interpret"))
 def sparsify_merge(base: jax.Array, models: jax.Array, *, weights, lo, hi, lam=1.0, p=None,
                    seeds=None, rescale=None, consensus=True, normalize=True,
-                   target: Target, interpret: bool = False) -> jax.Array:
+                   lo_cut=None, hi_cut=None, target: Target, interpret: bool = False
+                   ) -> jax.Array:
   """Pallas version of :func:`reference.sparsify_merge_reference` (flat inputs)."""
   target = target.for_mode(interpret)
   n = base.shape[0]
@@ -285,7 +302,10 @@ def sparsify_merge(base: jax.Array, models: jax.Array, *, weights, lo, hi, lam=1
   seeds = jnp.zeros((n_models,), jnp.uint32) if seeds is None else seeds
   p_scalar = (jnp.asarray(p, jnp.float32) if random and not elementwise_p
               else jnp.ones((n_models,), jnp.float32))
-  up = _smem_vec([v for i in range(n_models) for v in (lo[i], hi[i], seeds[i], 0)], jnp.uint32)
+  lo_cut = jnp.full((n_models,), ref.KEY_MAX) if lo_cut is None else lo_cut
+  hi_cut = jnp.zeros((n_models,), jnp.uint32) if hi_cut is None else hi_cut
+  up = _smem_vec([v for i in range(n_models)
+                  for v in (lo[i], hi[i], seeds[i], lo_cut[i], hi_cut[i], 0, 0, 0)], jnp.uint32)
   base_t = _tile(base.astype(jnp.float32)[None], target)[0]
   models_t = _tile(models.astype(jnp.float32), target)
   p_t = _tile(p.astype(jnp.float32), target) if elementwise_p else None
@@ -294,7 +314,7 @@ def sparsify_merge(base: jax.Array, models: jax.Array, *, weights, lo, hi, lam=1
 
   scale = jnp.ones((n_models,), jnp.float32)
   if rescale == "l1":
-    fp0 = _smem_vec([v for i in range(n_models) for v in (weights[i], 1.0, p_scalar[i], 0.0)]
+    fp0 = _smem_vec([v for i in range(n_models) for v in (weights[i], 1.0, p_scalar[i], 0, 0, 0, 0, 0)]
                     + [lam], jnp.float32)
     pshape = target.partial_shape()
     partial = _call(_stats_kernel, flags, target, interpret,
@@ -305,7 +325,7 @@ def sparsify_merge(base: jax.Array, models: jax.Array, *, weights, lo, hi, lam=1
     before, after = sums[0:2 * n_models:2], sums[1:2 * n_models:2]
     ok = (before >= 1e-7) & (after >= 1e-7)
     scale = jnp.where(ok, before / jnp.where(ok, after, 1.0), 1.0)
-  fp = _smem_vec([v for i in range(n_models) for v in (weights[i], scale[i], p_scalar[i], 0.0)]
+  fp = _smem_vec([v for i in range(n_models) for v in (weights[i], scale[i], p_scalar[i], 0, 0, 0, 0, 0)]
                  + [lam], jnp.float32)
   out = _call(_combine_kernel, flags, target, interpret,
               lambda nb: jax.ShapeDtypeStruct(base_t.shape, jnp.float32),

@@ -16,7 +16,7 @@ import jax
 
 from jaxparams.kernels.merge_sparsify import pallas_common as _c
 
-__all__ = ["TARGET", "kth_largest_keys", "sparsify_merge", "count_ge"]
+__all__ = ["TARGET", "kth_largest_keys", "tie_cuts", "sparsify_merge", "count_ge"]
 
 TARGET = _c.GPU
 
@@ -29,6 +29,12 @@ def count_ge(keys: jax.Array, cands: jax.Array, *, interpret: bool = False) -> j
 def kth_largest_keys(keys: jax.Array, k: jax.Array, *, interpret: bool = False) -> jax.Array:
   """Batched exact k-th largest uint32 key per row (8 counting passes, no sort)."""
   return _c.kth_largest_keys(keys, k, target=TARGET, interpret=interpret)
+
+
+def tie_cuts(keys: jax.Array, t: jax.Array, k: jax.Array, *, interpret: bool = False
+             ) -> jax.Array:
+  """Per row: flat-index cut making the top set (t, cut) exactly k elements."""
+  return _c.tie_cuts(keys, t, k, target=TARGET, interpret=interpret)
 
 
 def sparsify_merge(base: jax.Array, models: jax.Array, *, interpret: bool = False, **kwargs

@@ -7,9 +7,11 @@ Pipeline for ``N`` models over one flattened tensor of ``n`` elements (all
 math in float32):
 
 1. ``delta_i = model_i - base``.
-2. Keep mask per model: ``lo_i <= bits(|delta_i|) < hi_i`` (magnitude windows
-   given as float32 bit patterns; a non-negative float's bit pattern is
-   monotone in its value) and, for random methods, ``u_i(e) < p_i(e)`` where
+2. Keep mask per model: inside the top set ``(lo_i, lo_cut_i)`` and outside
+   the top set ``(hi_i, hi_cut_i)`` of ``bits(|delta_i|)`` (float32 bit
+   patterns; a non-negative float's bit pattern is monotone in its value; a
+   top-k set is ``key > t`` plus the ties ``key == t`` with flat index <= cut,
+   so it has exactly k elements) and, for random methods, ``u_i(e) < p_i(e)`` where
    ``u_i(e)`` is a counter-based hash of ``(seed_i, e)`` mapped to [0, 1) so
    every implementation and every tiling draws the same numbers.
 3. Rescale: ``'l1'`` multiplies the kept values by
@@ -47,7 +49,7 @@ import numpy as np
 
 __all__ = [
     "KEY_MAX", "magnitude_bits", "float_keys", "key_to_float", "kth_largest_key",
-    "kth_largest_key_histogram", "candidate_keys",
+    "kth_largest_key_histogram", "tie_cut", "in_top", "candidate_keys",
     "hash_uniform", "della_probabilities", "sparsify_merge_reference", "keep_mask",
 ]
 
@@ -137,6 +139,38 @@ def kth_largest_key_histogram(keys: jax.Array | Sequence[jax.Array], k) -> jax.A
   return jnp.where(k <= 0, KEY_MAX, out)
 
 
+def tie_cut(keys: jax.Array, t: jax.Array, k) -> jax.Array:
+  """Flat-index cut ``I`` so that ``in_top(keys, idx, t, I)`` has exactly k elements.
+
+  With ``t`` the k-th largest key, all keys > t are in the top-k and the ties
+  (keys == t) are taken in flat-index order up to k (lowest index first):
+  ``I`` is the index of the last tie taken, ``0xFFFFFFFF`` when all ties fit.
+  mergekit's ``argsort`` breaks ties in an unspecified (unstable-sort) order;
+  both keep exactly k elements.
+
+  Example:
+    >>> keys = jnp.array([3, 1, 3, 3], jnp.uint32)
+    >>> int(tie_cut(keys, jnp.uint32(3), 2))
+    2
+  """
+  keys = jnp.ravel(keys)
+  k = jnp.asarray(k, jnp.int32)
+  eq = keys == t
+  need = k - jnp.sum(keys > t, dtype=jnp.int32)
+  n_eq = jnp.sum(eq, dtype=jnp.int32)
+
+  def cut(_):
+    c = jnp.cumsum(eq.astype(jnp.int32))
+    return jnp.argmax(c >= need).astype(jnp.uint32)
+
+  return jax.lax.cond(need < n_eq, cut, lambda _: KEY_MAX, None)
+
+
+def in_top(bits: jax.Array, idx: jax.Array, t, cut) -> jax.Array:
+  """Membership in a top-k set given by (threshold key, tie cut index)."""
+  return (bits > t) | ((bits == t) & (idx <= cut))
+
+
 def _mix32(x: jax.Array) -> jax.Array:
   # "lowbias32" integer finalizer (public domain, C. Wellons).
   x = x ^ (x >> 16)
@@ -172,8 +206,11 @@ def della_probabilities(delta: jax.Array, density, epsilon) -> jax.Array:
   x = delta.reshape(1, -1) if delta.ndim < 2 else delta
   mag = jnp.abs(x.astype(jnp.float32))
   order = jnp.argsort(mag, axis=1, stable=True)
-  ranks = jnp.argsort(order, axis=1, stable=True).astype(jnp.float32)  # 0..m-1
   m = x.shape[1]
+  # inverse permutation by a scatter (one sort, not two): ranks 0..m-1
+  rows = jnp.arange(x.shape[0])[:, None]
+  ranks = jnp.zeros(x.shape, jnp.float32).at[rows, order].set(
+      jnp.broadcast_to(jnp.arange(m, dtype=jnp.float32), x.shape), unique_indices=True)
   rank_norm = ranks / np.float32(max(m - 1, 1))
   density = jnp.asarray(density, jnp.float32)
   epsilon = jnp.asarray(epsilon, jnp.float32)
@@ -182,12 +219,13 @@ def della_probabilities(delta: jax.Array, density, epsilon) -> jax.Array:
   return p.reshape(shape)
 
 
-def keep_mask(delta: jax.Array, lo, hi, p=None, seed=None) -> jax.Array:
+def keep_mask(delta: jax.Array, lo, hi, p=None, seed=None, lo_cut=KEY_MAX, hi_cut=0
+              ) -> jax.Array:
   """Keep mask of one flattened model delta (see module docstring, step 2)."""
   bits = magnitude_bits(delta)
-  keep = (bits >= lo) & (bits < hi)
+  idx = jnp.arange(delta.size, dtype=jnp.uint32).reshape(delta.shape)
+  keep = in_top(bits, idx, lo, lo_cut) & ~in_top(bits, idx, hi, hi_cut)
   if p is not None:
-    idx = jnp.arange(delta.size, dtype=jnp.uint32).reshape(delta.shape)
     keep = keep & (hash_uniform(seed, idx) < p)
   return keep
 
@@ -195,14 +233,19 @@ def keep_mask(delta: jax.Array, lo, hi, p=None, seed=None) -> jax.Array:
 def sparsify_merge_reference(base: jax.Array, models: jax.Array, *, weights: jax.Array,
                              lo: jax.Array, hi: jax.Array, lam=1.0, p: jax.Array | None = None,
                              seeds: jax.Array | None = None, rescale: str | None = None,
-                             consensus: bool = True, normalize: bool = True) -> jax.Array:
+                             consensus: bool = True, normalize: bool = True,
+                             lo_cut: jax.Array | None = None, hi_cut: jax.Array | None = None
+                             ) -> jax.Array:
   """Reference fused merge over flattened tensors.
 
   Args:
     base: (n,) base tensor.
     models: (N, n) model tensors.
     weights: (N,) float weights.
-    lo, hi: (N,) uint32 magnitude-key window per model (keep ``lo <= key < hi``).
+    lo, hi: (N,) uint32 magnitude-key window per model: keep the top set
+      ``(lo, lo_cut)`` minus the top set ``(hi, hi_cut)`` (see :func:`in_top`).
+    lo_cut, hi_cut: (N,) uint32 tie cuts (default: all ties of ``lo`` kept,
+      none of ``hi`` excluded, i.e. ``lo <= key < hi``).
     lam: scalar multiplier of the merged delta.
     p: None, (N,) or (N, n) keep probabilities (random sparsification).
     seeds: (N,) uint32 hash seeds (with ``p``).
@@ -217,13 +260,15 @@ def sparsify_merge_reference(base: jax.Array, models: jax.Array, *, weights: jax
   n_models = models.shape[0]
   w = jnp.asarray(weights, jnp.float32)
   lam = jnp.asarray(lam, jnp.float32)
-  idx = jnp.arange(base.size, dtype=jnp.uint32).reshape(base.shape) if p is not None else None
+  idx = jnp.arange(base.size, dtype=jnp.uint32).reshape(base.shape)
+  lo_cut = jnp.full((n_models,), KEY_MAX) if lo_cut is None else lo_cut
+  hi_cut = jnp.zeros((n_models,), jnp.uint32) if hi_cut is None else hi_cut
   # Written model by model (element-wise chains fuse into one XLA loop; no (N, n) temporaries).
   ds = []
   for i in range(n_models):
     delta = models[i].astype(jnp.float32) - base32
     bits = magnitude_bits(delta)
-    keep = (bits >= lo[i]) & (bits < hi[i])
+    keep = in_top(bits, idx, lo[i], lo_cut[i]) & ~in_top(bits, idx, hi[i], hi_cut[i])
     pi = None
     if p is not None:
       pi = p[i]

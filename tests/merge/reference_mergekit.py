@@ -30,7 +30,7 @@ def magnitude(t, density, rescale=False):
   if density <= 0 or t.size == 0:
     return np.zeros_like(t)
   k = max(1, int(density * t.size))
-  order = np.argsort(-np.abs(t).reshape(-1), kind="stable")
+  order = np.argsort(-np.abs(t).reshape(-1), kind="stable")  # ties: lowest index first
   mask = np.zeros(t.size)
   mask[order[:k]] = 1
   masked = t * mask.reshape(t.shape)
@@ -43,7 +43,11 @@ def magnitude_outliers(t, density, gamma, rescale=False):
   n = t.size
   target, n_top = int(density * n), int(gamma * n)
   n_bot = max(0, n - target - n_top)
-  order = np.argsort(np.abs(t).reshape(-1), kind="stable")
+  # ascending magnitude; among equal magnitudes the higher index first, so the
+  # kept window is consistent with "ties: lowest index ranks highest" (mergekit's
+  # unstable argsort leaves the tie order unspecified).
+  flat = np.abs(t).reshape(-1)
+  order = np.lexsort((-np.arange(n), flat))
   mask = np.zeros(n)
   mask[order[n_bot:n_bot + target]] = 1
   masked = t * mask.reshape(t.shape)

@@ -48,17 +48,18 @@ def test_threshold_mask_equals_mergekit_topk(density):
 
 def _case(mode, n, n_models=3):
   base = jnp.asarray(RNG.standard_normal(n), jnp.float32)
-  models = base + 0.1 * jnp.asarray(RNG.standard_normal((n_models, n)), jnp.float32)
+  # rounded deltas: many exact ties at the top-k thresholds
+  models = base + jnp.round(4 * jnp.asarray(RNG.standard_normal((n_models, n)), jnp.float32)) / 40
   deltas = models - base
   kw = dict(weights=jnp.array([0.9, 0.4, -0.6][:n_models]), lam=0.8)
-  lo = api.topk_thresholds(deltas, jnp.array([max(1, n // 2)] * n_models))
+  lo, lo_cut = api.topk_cuts(deltas, jnp.array([max(1, n // 2)] * n_models))
   hi = jnp.full((n_models,), api.KEY_MAX)
   seeds = jnp.array([3, 5, 7][:n_models], jnp.uint32)
   if mode == "ties":
-    kw.update(lo=lo, hi=hi)
+    kw.update(lo=lo, hi=hi, lo_cut=lo_cut)
   elif mode == "breadcrumbs_l1":
-    hi = api.topk_thresholds(deltas, jnp.array([max(1, n // 20)] * n_models))
-    kw.update(lo=lo, hi=hi, rescale="l1", consensus=False)
+    hi, hi_cut = api.topk_cuts(deltas, jnp.array([max(1, n // 20)] * n_models))
+    kw.update(lo=lo, hi=hi, lo_cut=lo_cut, hi_cut=hi_cut, rescale="l1", consensus=False)
   elif mode == "dare_ties_l1":
     kw.update(lo=jnp.zeros((n_models,), jnp.uint32), hi=hi, p=jnp.array([0.3, 0.5, 0.8]),
               seeds=seeds, rescale="l1")
@@ -74,7 +75,10 @@ def _case(mode, n, n_models=3):
 def test_fused_merge_equals_reference(target, mode, n):
   base, models, kw = _case(mode, n)
   got = MODS[target].sparsify_merge(base, models, interpret=True, **kw)
-  want = ref.sparsify_merge_reference(base, models, **kw)
+  static = {k: kw.pop(k) for k in ("rescale", "consensus", "normalize") if k in kw}
+  want = jax.jit(lambda b, m, kw: ref.sparsify_merge_reference(b, m, **kw, **static))(
+      base, models, kw)
+  kw.update(static)
   np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=2e-6, atol=2e-6)
 
 
@@ -89,6 +93,19 @@ def test_merge_methods_through_pallas_equal_xla():
     a = fn(base, ms, weights=[0.7, 0.5], implementation="pallas", **kw)["w"]
     b = fn(base, ms, weights=[0.7, 0.5], implementation="xla", **kw)["w"]
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-6, atol=2e-6)
+
+
+@pytest.mark.parametrize("target", ["tpu", "gpu"])
+def test_tie_cuts_equal_reference_and_keep_exactly_k(target):
+  keys = jnp.asarray(RNG.integers(0, 6, size=(2, 700)).astype(np.uint32))
+  k = jnp.array([100, 333])
+  t = jax.vmap(ref.kth_largest_key)(keys, k)
+  want = jax.vmap(ref.tie_cut)(keys, t, k)
+  got = MODS[target].tie_cuts(keys, t, k, interpret=True)
+  np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+  idx = jnp.arange(700, dtype=jnp.uint32)
+  for m in range(2):
+    assert int(jnp.sum(ref.in_top(keys[m], idx, t[m], want[m]))) == int(k[m])
 
 
 def test_histogram_select_edge_cases():

@@ -177,3 +177,20 @@ def test_ties_whole_model_trim_matches_paper_variant():
   # trimmed deltas as "models" with density 1 -> the rest of TIES unchanged
   _check(out, lambda p: R.gta(BASE[p], [BASE[p] + trimmed[i][p].reshape(SHAPES[p])
                                         for i in range(3)], W, consensus=True, normalize=True))
+
+
+def test_exact_k_with_tied_magnitudes():
+  # Quantized deltas (as from bf16 checkpoints) tie massively at the threshold:
+  # exactly k values are kept, ties lowest index first (as the reference).
+  qbase = {p: np.zeros(s, np.float32) for p, s in SHAPES.items()}
+  qmodels = [{p: np.round(RNG.standard_normal(s) * 3).astype(np.float32) / 4
+              for p, s in SHAPES.items()} for _ in range(3)]
+  out = jp.merge.ties(T(qbase), [T(m) for m in qmodels], weights=W, density=DENS)
+  _check(out, lambda p: R.gta(qbase[p], [m[p] for m in qmodels], W, sparsify="magnitude",
+                              consensus=True, normalize=True, density=DENS))
+  one = jp.merge.ties(T(qbase), [T(qmodels[0])], weights=[1.0], density=0.3)
+  assert int(np.sum(np.asarray(one["blk"]["kernel"]) != 0)) == int(0.3 * 240)
+  out = jp.merge.breadcrumbs(T(qbase), [T(m) for m in qmodels], weights=W, density=DENS,
+                             gamma=0.1)
+  _check(out, lambda p: R.gta(qbase[p], [m[p] for m in qmodels], W,
+                              sparsify="magnitude_outliers", density=DENS, gamma=[0.1] * 3))

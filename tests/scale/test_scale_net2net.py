@@ -89,18 +89,19 @@ CFG = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidde
                   num_attention_heads=4, num_key_value_heads=2, attention_bias=True, mlp_bias=True)
 
 
+def _random_params(module, *args, seed=0, std=0.2):
+  """Random params of a module's shapes (numpy: no init compile); norm scales around 1."""
+  rng = np.random.default_rng(seed)
+  shapes = jax.eval_shape(module.init, jax.random.PRNGKey(0), *args)["params"]
+  return jax.tree_util.tree_map_with_path(
+      lambda path, s: jnp.asarray((1.0 if "scale" in jax.tree_util.keystr(path) else 0.0)
+                                  + std * rng.normal(size=s.shape), jnp.float32), shapes)
+
+
 @pytest.fixture(scope="module")
 def llama():
-  ids = jax.random.randint(jax.random.PRNGKey(1), (2, 10), 0, CFG.vocab_size)
-  params = jax.jit(Llama(CFG).init)(jax.random.PRNGKey(0), ids)["params"]
-  # Random non-trivial biases and norm scales so every copied tensor matters.
-  @jax.jit
-  def perturb(params, key):
-    leaves, tree = jax.tree_util.tree_flatten(params)
-    keys = jax.random.split(key, len(leaves))
-    return tree.unflatten([l + 0.2 * jax.random.normal(k, l.shape) for l, k in zip(leaves, keys)])
-
-  params = perturb(params, jax.random.PRNGKey(3))
+  ids = np.random.default_rng(1).integers(0, CFG.vocab_size, (2, 10)).astype(np.int32)
+  params = _random_params(Llama(CFG), ids)
   return ids, params, _apply(CFG, params, ids)
 
 

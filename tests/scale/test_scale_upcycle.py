@@ -28,7 +28,8 @@ _moe = jax.jit(up.moe_ffn, static_argnames=("top_k", "normalize_gates"))
 
 
 def _rel(a, b):
-  return float(jnp.linalg.norm(a - b) / jnp.linalg.norm(a))
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  return float(np.linalg.norm(a - b) / np.linalg.norm(a))
 
 
 @pytest.mark.parametrize("top_k", [1, 2, 4])
@@ -66,7 +67,7 @@ def test_experts_from_models_routing_matches_manual():
 
 def test_router_from_hidden_sends_prompts_to_their_expert():
   ffns = [_ffn(s) for s in (1, 2)]
-  centres = 3.0 * jnp.eye(CFG.hidden_size)[:2]
+  centres = 3.0 * np.eye(CFG.hidden_size, dtype=np.float32)[:2]
   rng = np.random.default_rng(0)
   hidden = [c + 0.1 * rng.normal(size=(8, CFG.hidden_size)).astype(np.float32) for c in centres]
   moe = up.experts_from_models(ffns, router=up.router_from_hidden(hidden, scale=10.0))
@@ -76,8 +77,11 @@ def test_router_from_hidden_sends_prompts_to_their_expert():
 
 
 def test_moe_module_and_llama_upcycling():
-  ids = jax.random.randint(jax.random.PRNGKey(6), (2, 9), 0, CFG.vocab_size)
-  params = jax.jit(Llama(CFG).init)(jax.random.PRNGKey(7), ids)["params"]
+  ids = np.random.default_rng(6).integers(0, CFG.vocab_size, (2, 9)).astype(np.int32)
+  rng = np.random.default_rng(7)
+  shapes = jax.eval_shape(Llama(CFG).init, jax.random.PRNGKey(0), ids)["params"]
+  params = jax.tree_util.tree_map(lambda s: jnp.asarray(0.2 * rng.normal(size=s.shape), jnp.float32),
+                                  shapes)
   dense = jax.jit(lambda p: Llama(CFG).apply({"params": p}, ids))(params)
   moe_params, mcfg = up.upcycle_llama(params, CFG, 4, top_k=2, key=jax.random.PRNGKey(8),
                                       router_std=1.0)

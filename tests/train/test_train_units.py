@@ -100,3 +100,23 @@ def test_learning_rate_schedule():
   np.testing.assert_allclose(lrs[12], 0.2 + 1.8 * 0.5 * (1 + np.cos(np.pi * 0.5)))
   np.testing.assert_allclose(lrs[20], 0.2)
   assert all(a >= b for a, b in zip(lrs[4:], lrs[5:]))
+
+
+def test_pad_transfer_matches_tokenformer_grow_optimizer_state():
+  """Independent check: for TokenFormer, 'pad' equals the scale helper's moment growth."""
+  import chex
+  import jax
+  from jaxparams.scale import tokenformer as tf
+  from jaxparams.train import trainer
+  cfg = tf.TokenFormerConfig(vocab_size=16, d_model=8, n_layers=1, n_heads=2, qkv_tokens=4,
+                             out_tokens=4, ffn_tokens=8, max_len=8)
+  init = jax.jit(lambda k: tf.TokenFormer(cfg).init(k, jnp.zeros((1, 8), jnp.int32))["params"])
+  params = init(jax.random.PRNGKey(0))
+  tx = trainer._make_optimizer((1.0, 0.9, 0.95, 0.1))  # pylint: disable=protected-access
+  grads = jax.tree.map(lambda p: jnp.full(p.shape, 0.5, p.dtype), params)
+  state = jax.jit(lambda g, p: tx.update(g, tx.init(p), p)[1])(grads, params)
+  n_new = {"qkv": 2, "out": 4, "ffn": 8}
+  grown, _ = tf.grow(params, cfg, n_new, key=jax.random.PRNGKey(1))
+  ours = growth.transfer_opt_state(state, jax.jit(tx.init)(grown), mode="pad")
+  theirs = tf.grow_optimizer_state(state, cfg, n_new)
+  chex.assert_trees_all_equal(ours, theirs)
