@@ -11,8 +11,8 @@ Example:
   ['a/b', 'c']
 """
 
-from jaxparams import io, models, tree
+from jaxparams import io, merge, models, quant, scale, tree
 
 __version__ = "0.1.0"
 
-__all__ = ["io", "models", "tree", "__version__"]
+__all__ = ["io", "merge", "models", "quant", "scale", "tree", "__version__"]

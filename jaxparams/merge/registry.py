@@ -183,8 +183,8 @@ class MergeMethod:
     mp, gp = self.resolve_params(len(models), model_params, global_params, name=name)
     if self.check is not None:
       self.check(len(models), mp, gp, name)
-    base = None if base is None else jnp.asarray(base)
-    models = [jnp.asarray(m) for m in models]
+    base = None if base is None else _to_device(base)
+    models = [_to_device(m) for m in models]
     ref = base if base is not None else models[0]
     shapes = [("base", base)] if base is not None else []
     shapes += [(f"model {i}", m) for i, m in enumerate(models)]
@@ -207,6 +207,11 @@ class MergeMethod:
                        f"(inputs are finite; e.g. multislerp of vectors whose weighted sum is "
                        f"zero, or an ill-conditioned parameter)")
     return out
+
+
+def _to_device(x: Any) -> jax.Array:
+  # device_put of a numpy array is cheaper than jnp.asarray on CPU (no extra copy).
+  return x if isinstance(x, jax.Array) else jax.device_put(np.asarray(x))
 
 
 @jax.jit

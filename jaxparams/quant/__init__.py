@@ -15,9 +15,11 @@ Example:
 """
 
 from jaxparams.quant.awq import AWQConfig, AWQResult, awq
-from jaxparams.quant.calibrate import LayerStats, capture_inputs, collect_stats, quantize_model
-from jaxparams.quant.checkpoint import (dequantize_flat, export_gptq, import_gptq, load_quantized,
-                                        load_quantized_orbax, save_quantized, save_quantized_orbax)
+from jaxparams.quant.calibrate import (LayerStats, capture_inputs, collect_stats, quantize_model,
+                                       text_batches)
+from jaxparams.quant.checkpoint import (dequantize_flat, detect_layout, export_gptq, import_gptq,
+                                        load_quantized, load_quantized_flat, load_quantized_orbax,
+                                        save_quantized, save_quantized_orbax)
 from jaxparams.quant.decoupleq import DecoupleQConfig, decoupleq
 from jaxparams.quant.dot import dot, dot_general, kernel_supported
 from jaxparams.quant.fp8 import FP8Config, fp8
@@ -30,8 +32,8 @@ from jaxparams.quant.nf4 import NF4Config, nf4
 from jaxparams.quant.packing import codes_per_word, pack, packed_rows, unpack
 from jaxparams.quant.qarray import KINDS, NF4_CODEBOOK, QArray, dequantize, is_qarray
 from jaxparams.quant.rtn import RTNConfig, rtn
-from jaxparams.quant.rules import (DEFAULT_KEEP, QuantEntry, QuantReport, layer_error, plan_tree,
-                                   quantize_leaf, quantize_tree)
+from jaxparams.quant.rules import (DEFAULT_KEEP, QuantEntry, QuantReport, effective_weight,
+                                   layer_error, plan_tree, quantize_leaf, quantize_tree)
 from jaxparams.quant.stats import ActStats, accumulate_stats, gptq_hessian
 
 __all__ = [
@@ -48,5 +50,6 @@ __all__ = [
     "DEFAULT_KEEP", "LayerStats", "QuantEntry", "QuantReport", "capture_inputs", "collect_stats",
     "dequantize_flat", "export_gptq", "import_gptq", "layer_error", "load_quantized",
     "load_quantized_orbax", "plan_tree", "quantize_leaf", "quantize_model", "quantize_tree",
-    "save_quantized", "save_quantized_orbax",
+    "save_quantized", "save_quantized_orbax", "text_batches", "load_quantized_flat",
+    "detect_layout", "effective_weight",
 ]

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxparams.kernels.dequant_matmul import dequant_matmul
+from jaxparams.quant.awq import AWQResult
 from jaxparams.quant.qarray import QArray
 
 __all__ = ["dot", "dot_general", "kernel_supported"]
@@ -49,6 +50,8 @@ def dot(x: jax.Array, w, *, implementation: str | None = None) -> jax.Array:
     w: ``[K, N]`` array or ``QArray``.
     implementation: forwarded to the dequant-matmul dispatcher (None, 'xla', 'pallas', ...).
   """
+  if isinstance(w, AWQResult):  # activation-aware: y = (x / s) @ Q(W * s)
+    return dot(x / w.input_scale.astype(x.dtype), w.qarray, implementation=implementation)
   if isinstance(w, QArray):
     if x.shape[-1] != w.shape[0]:
       raise ValueError(f"dot: x has {x.shape[-1]} input features, QArray weight has shape "

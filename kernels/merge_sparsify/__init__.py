@@ -1,8 +1,28 @@
 """Fused sparsify + sign-election + disjoint-mean merge (TIES/DARE/breadcrumbs/DELLA).
 
-``api`` dispatches between the jnp reference (``reference``) and Pallas
-kernels (``pallas_tpu`` for TPU Mosaic, ``pallas_gpu`` for GPU); top-k
-thresholds come from a counting search over float bit patterns, never a sort.
+``api`` dispatches (``implementation=None|'xla'|'pallas'``) between the jnp
+reference (``reference``) and Pallas kernels (``pallas_tpu``: Mosaic TPU,
+``pallas_gpu``: Mosaic GPU via ``jax.experimental.pallas.mosaic_gpu``; both
+built from ``pallas_common``). Top-k thresholds never sort: the exact k-th
+largest magnitude key comes from a counting search over float32 bit patterns
+(8 kernel passes; on XLA two 65536-bin histogram passes), ties at the
+threshold are cut by flat index so exactly k values are kept. DARE/DELLA masks
+use a counter-based hash of (seed, flat index): identical on every backend and
+tiling, reproducible under the caller's key.
+
+Status of the hardware paths (checked on a CPU-only jax 0.10.2):
+* both Pallas builds run in interpret mode on CPU and equal the reference
+  (tests/merge/test_kernel_merge_sparsify.py);
+* ``jax.export(..., platforms=['tpu'])`` and ``['cuda']`` lower every kernel
+  (Mosaic TPU custom calls / Mosaic GPU modules). Export stops at the
+  serialized Mosaic module: its compilation for the chip happens on the
+  device and has not been run here (no TPU/GPU in this environment);
+* Mosaic GPU specifics: tiles are (16, 128) because its async copies move at
+  most 256 elements per dimension; SMEM scalar vectors are padded to 128
+  bytes; iotas carry an explicit ``WG_STRIDED`` register layout (not in
+  interpret mode, where the layout primitive has no CPU rule). jax warns that
+  ``pl.pallas_call`` for Mosaic GPU is deprecated in favour of
+  ``plgpu.kernel``.
 
 Example:
   >>> import jax.numpy as jnp

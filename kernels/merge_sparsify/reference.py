@@ -154,14 +154,26 @@ def tie_cut(keys: jax.Array, t: jax.Array, k) -> jax.Array:
     2
   """
   keys = jnp.ravel(keys)
+  n = keys.size
   k = jnp.asarray(k, jnp.int32)
   eq = keys == t
   need = k - jnp.sum(keys > t, dtype=jnp.int32)
   n_eq = jnp.sum(eq, dtype=jnp.int32)
+  width = min(4096, max(n, 1))
+  rows = -(-n // width)
 
   def cut(_):
-    c = jnp.cumsum(eq.astype(jnp.int32))
-    return jnp.argmax(c >= need).astype(jnp.uint32)
+    # Two-level scan (XLA's cumsum over n elements is slow on CPU): count the
+    # ties per block of `width`, find the block holding the need-th tie, then
+    # scan inside that block only.
+    blocks = jnp.pad(eq, (0, rows * width - n)).reshape(rows, width).astype(jnp.int32)
+    per_block = jnp.sum(blocks, axis=1)
+    csum = jnp.cumsum(per_block)
+    r = jnp.argmax(csum >= need)
+    before = csum[r] - per_block[r]
+    inner = jnp.cumsum(jax.lax.dynamic_index_in_dim(blocks, r, 0, keepdims=False)) + before
+    j = jnp.argmax(inner >= need)
+    return (r * width + j).astype(jnp.uint32)
 
   return jax.lax.cond(need < n_eq, cut, lambda _: KEY_MAX, None)
 

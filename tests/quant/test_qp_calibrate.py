@@ -93,13 +93,14 @@ def test_sequential_gptq_beats_rtn_and_uses_quantized_prefix(monkeypatch):
   for p, v in jp.tree.flatten(q_gptq, is_leaf=lambda x: isinstance(x, QArray)).items():
     if p.startswith("layers_0/") and isinstance(v, QArray):
       prefix[p] = v.dequantize()
+  runner = calibrate._stats_runner(model, ["layers_1/attn/q_proj/kernel"])
   want = calibrate.collect_stats(model, jp.tree.unflatten(prefix, like=params), batches,
-                                 paths=["layers_1/attn/q_proj/kernel"])
+                                 runner=runner)
   got = seen["layers_1/attn/q_proj/kernel"]
   np.testing.assert_allclose(np.asarray(got.hessian_matrix()),
                              np.asarray(want["layers_1/attn/q_proj/kernel"].hessian_matrix()),
                              rtol=1e-4, atol=1e-5)
-  fp = calibrate.collect_stats(model, params, batches, paths=["layers_1/attn/q_proj/kernel"])
+  fp = calibrate.collect_stats(model, params, batches, runner=runner)
   assert not np.allclose(np.asarray(got.hessian_matrix()),
                          np.asarray(fp["layers_1/attn/q_proj/kernel"].hessian_matrix()),
                          rtol=1e-4, atol=1e-5)

@@ -15,7 +15,6 @@ from jaxparams.quant.fp8 import FP8Config, fp8
 from jaxparams.quant.gptq import GPTQConfig, gptq
 from jaxparams.quant.hqq import HQQConfig, hqq
 from jaxparams.quant.nf4 import NF4Config, nf4
-from jaxparams.quant.qarray import QArray
 from jaxparams.quant.rtn import RTNConfig, rtn
 from jaxparams.quant.stats import gptq_hessian
 

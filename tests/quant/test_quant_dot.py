@@ -76,3 +76,17 @@ def test_dot_shape_mismatch_is_an_error():
   qw = rtn(_w(), RTNConfig(bits=4, group_size=128))
   with pytest.raises(ValueError, match="input features"):
     dot(jnp.ones((2, 128)), qw)
+
+
+def test_dot_accepts_awq_results():
+  """Models injected with jp.quant.dot run AWQ-quantized kernels: (x / s) @ Q(W * s)."""
+  import jax
+  import numpy as np
+  from jaxparams.quant.awq import AWQConfig, awq
+  from jaxparams.quant.dot import dot as qdot
+  w = jax.random.normal(jax.random.key(0), (64, 32))
+  x = jax.random.normal(jax.random.key(1), (128, 64)) * jax.numpy.linspace(0.1, 5.0, 64)
+  res = awq(w, x, AWQConfig(bits=4, group_size=32))
+  got = qdot(x, res)
+  want = x @ res.dequantize(jax.numpy.float32)
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-4, atol=1e-4)
