@@ -266,10 +266,12 @@ def report(rows, info, size) -> str:
                  f"{r['jaxparams_rss_gb']:.2f} | {ab} | {rel} |")
   for r in rows:
     if r.get("referee"):
+      why = ("both are the bf16 rounding of the output" if r["set"].startswith("bf16") else
+             "the fp32 differences come from summation order in the whole-tensor dot product "
+             "and norms")
       lines += ["", f"slerp ({r['set']}) against the same formula evaluated in float64: max abs "
                 f"error jaxparams {r['referee']['jaxparams']:.1e}, mergekit "
-                f"{r['referee']['mergekit']:.1e} (the fp32 differences come from summation order "
-                "in the whole-tensor dot product and norms)."]
+                f"{r['referee']['mergekit']:.1e} ({why})."]
   lines += ["", "Max relative diff = max over tensors of max|jaxparams - mergekit| / "
             "max|mergekit|. bf16: mergekit's task-vector methods compute in bf16, jaxparams in "
             "fp32 (then rounds to bf16), so differences of a bf16 ulp are expected there.", ""]

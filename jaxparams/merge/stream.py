@@ -47,26 +47,13 @@ from jaxparams.io.safetensors_writer import TOKENIZER_FILES
 from jaxparams.merge.plan import TensorTask, plan_merge
 from jaxparams.merge.recipe import Recipe, load_recipe
 
+from jaxparams.merge.registry import tensor_key  # re-exported: one key rule for both drivers
+
 __all__ = ["merge_checkpoints", "plan_checkpoints", "tensor_key", "parse_size"]
 
 _EXTRA_FILES = ("chat_template.jinja",)
 _TRACE_ERRORS = (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError,
                  jax.errors.TracerIntegerConversionError, jax.errors.TracerBoolConversionError)
-
-
-def tensor_key(key: jax.Array, name: str) -> jax.Array:
-  """The PRNG key of one tensor, the same as the tree driver's for that name.
-
-  ``jaxparams.merge.registry.tensor_key`` (``fold_in(key, crc32(name))``).
-
-  Example:
-    >>> k = tensor_key(jax.random.key(0), 'lm_head.weight')
-    >>> bool(jnp.all(jax.random.key_data(k) == jax.random.key_data(
-    ...     tensor_key(jax.random.key(0), 'lm_head.weight'))))
-    True
-  """
-  from jaxparams.merge.registry import tensor_key as _tk  # pylint: disable=import-outside-toplevel
-  return _tk(key, name)
 
 
 def parse_size(size: str | int | float) -> int:
