@@ -16,8 +16,12 @@ Example:
   [1.0, 0.0, -1.0]
 """
 
+from jaxparams.merge.plan import TensorTask, plan_merge
+from jaxparams.merge.recipe import Recipe, load_recipe, parse_recipe
 from jaxparams.merge.registry import REQUIRED, MergeMethod, get_method, method_names, tensor_key
+from jaxparams.merge.stream import merge_checkpoints, parse_size, plan_checkpoints
 from jaxparams.merge.task_vectors import apply_task_vectors, port_patch, task_vector
+from jaxparams.merge.vocab import VocabAlignment, build_alignment
 from jaxparams.merge.tree_api import (arcee_fusion, breadcrumbs, breadcrumbs_ties, dare_linear,
                                       dare_ties, della, della_linear, karcher, linear, merge_trees,
                                       model_stock, multislerp, nearswap, nuslerp, passthrough, ram,
@@ -32,4 +36,7 @@ __all__ = [
     "passthrough", "ram", "ramplus_tl", "sce", "slerp", "task_arithmetic", "ties", "merge_trees",
     # task vectors
     "apply_task_vectors", "port_patch", "task_vector",
+    # recipes and the streaming driver (HF checkpoints on disk)
+    "Recipe", "TensorTask", "VocabAlignment", "build_alignment", "load_recipe", "merge_checkpoints",
+    "parse_recipe", "parse_size", "plan_checkpoints", "plan_merge",
 ]
