@@ -121,20 +121,9 @@ def _dry_run(recipe: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-  """Runs ``jaxparams merge`` alone (same error handling as the main command)."""
-  parser = argparse.ArgumentParser(prog="jaxparams")
-  sub = parser.add_subparsers(dest="command")
-  add_parser(sub)
-  args = parser.parse_args(["merge"] + list(sys.argv[1:] if argv is None else argv))
-  try:
-    return int(args.func(args) or 0)
-  except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError) as e:
-    msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-    print(f"jaxparams merge: error: {msg}", file=sys.stderr)
-    return 2
-  except KeyboardInterrupt:
-    print("jaxparams merge: interrupted; no partial output was left.", file=sys.stderr)
-    return 130
+  """Runs ``jaxparams merge`` alone (``python -m jaxparams.cli.merge``), same error handling."""
+  from jaxparams.cli.main import main as jaxparams_main  # pylint: disable=import-outside-toplevel
+  return jaxparams_main(["merge"] + list(sys.argv[1:] if argv is None else argv))
 
 
 if __name__ == "__main__":
