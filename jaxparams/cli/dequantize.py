@@ -16,10 +16,11 @@ from typing import Any
 
 import numpy as np
 
+from jaxparams import io as jio
+
 __all__ = ["add_parser", "run", "dequantize_checkpoint"]
 
-_COPY = ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json",
-         "README.md", "1_Pooling/config.json")
+_COPY = jio.SENTENCE_TRANSFORMERS_FILES + ("README.md",)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -42,7 +43,6 @@ def dequantize_checkpoint(qdir: str | Path, out: str | Path, *, dtype: Any = Non
     ValueError: not a quantized checkpoint, or a mismatched layout.
   """
   # pylint: disable=g-import-not-at-top
-  from jaxparams import io as jio
   from jaxparams.quant import checkpoint as qckpt
   qdir, out = Path(qdir), Path(out)
   if not qdir.is_dir():
@@ -76,10 +76,7 @@ def dequantize_checkpoint(qdir: str | Path, out: str | Path, *, dtype: Any = Non
         cfg["torch_dtype"] = str(np.dtype(dtype))
       w.write_json("config.json", cfg)
     w.copy_from(qdir)
-    for fn in _COPY:
-      if (qdir / fn).is_file():
-        (w.folder_tmp / fn).parent.mkdir(parents=True, exist_ok=True)
-        w.copy_from(qdir, [fn])
+    w.copy_from(qdir, _COPY)
   return {"layout": layout, "tensors": len(dense), "dequantized": n_q}
 
 

@@ -26,11 +26,12 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from jaxparams import io as jio
+
 __all__ = ["add_parser", "run", "quantize_checkpoint", "method_fields", "read_rules"]
 
 METHODS = ("rtn", "nf4", "hqq", "gptq", "awq", "decoupleq")
-_ST_FILES = ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json",
-             "README.md", "1_Pooling/config.json")
+_ST_FILES = jio.SENTENCE_TRANSFORMERS_FILES + ("README.md",)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -153,7 +154,6 @@ def quantize_checkpoint(src: str | Path, out: str | Path, rules: Any, *,
       matching nothing, a method the GPTQ layout cannot hold, ...
   """
   # pylint: disable=g-import-not-at-top
-  from jaxparams import io as jio
   from jaxparams import tree as jtree
   from jaxparams.models.hf import from_hf, hf_name_map
   from jaxparams.quant import checkpoint as qckpt

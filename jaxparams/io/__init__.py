@@ -18,7 +18,8 @@ from jaxparams.io.orbax_io import restore_orbax, save_orbax
 from jaxparams.io.pickle_guard import refuse_pickle
 from jaxparams.io.safetensors_reader import (INDEX_NAME, SafetensorsFile, SafetensorsReader,
                                              TensorSpec, open_checkpoint)
-from jaxparams.io.safetensors_writer import (TOKENIZER_FILES, SafetensorsWriter, save_safetensors,
+from jaxparams.io.safetensors_writer import (SENTENCE_TRANSFORMERS_FILES, TOKENIZER_FILES,
+                                             SafetensorsWriter, save_safetensors,
                                              write_safetensors_file)
 
 
@@ -39,7 +40,8 @@ def load_safetensors(path):
 
 
 __all__ = [
-    "INDEX_NAME", "SafetensorsFile", "SafetensorsReader", "SafetensorsWriter", "TOKENIZER_FILES",
+    "INDEX_NAME", "SENTENCE_TRANSFORMERS_FILES", "SafetensorsFile", "SafetensorsReader",
+    "SafetensorsWriter", "TOKENIZER_FILES",
     "TensorSpec", "atomic_dir", "check_output_dir", "load_safetensors", "open_checkpoint",
     "refuse_pickle", "restore_orbax", "save_orbax", "save_safetensors", "to_numpy_dtype",
     "to_safetensors_dtype", "write_safetensors_file",

@@ -14,11 +14,15 @@ from jaxparams.io.atomic import atomic_dir
 from jaxparams.io.dtypes import to_safetensors_dtype
 from jaxparams.io.safetensors_reader import INDEX_NAME
 
-__all__ = ["SafetensorsWriter", "save_safetensors", "write_safetensors_file", "TOKENIZER_FILES"]
+__all__ = ["SafetensorsWriter", "save_safetensors", "write_safetensors_file", "TOKENIZER_FILES",
+           "SENTENCE_TRANSFORMERS_FILES"]
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "vocab.txt", "tokenizer.model", "merges.txt", "vocab.json",
                    "added_tokens.json", "generation_config.json")
+# What sentence-transformers needs beside the weights (pooling, normalisation), one level deep.
+SENTENCE_TRANSFORMERS_FILES = ("modules.json", "sentence_bert_config.json",
+                               "config_sentence_transformers.json", "1_Pooling/config.json")
 
 
 def write_safetensors_file(path: str | Path, tensors: Mapping[str, np.ndarray],
@@ -122,13 +126,17 @@ class SafetensorsWriter:
 
   def copy_from(self, src_folder: str | Path | None, filenames: Iterable[str] = TOKENIZER_FILES
                 ) -> list[str]:
-    """Copies the named files that exist in ``src_folder``; returns those copied."""
+    """Copies the named files that exist in ``src_folder``; returns those copied.
+
+    Names may contain a sub-folder (``'1_Pooling/config.json'``), created as needed.
+    """
     if src_folder is None:
       return []
     copied = []
     for fn in filenames:
       src = Path(src_folder) / fn
       if src.is_file():
+        (self.folder_tmp / fn).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src, self.folder_tmp / fn)
         copied.append(fn)
     return copied

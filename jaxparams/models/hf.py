@@ -54,8 +54,7 @@ ARCHITECTURES = {
 }
 
 # sentence-transformers side files (copied by ``to_hf(..., copy_from=...)`` when present).
-SENTENCE_TRANSFORMERS_FILES = ("modules.json", "sentence_bert_config.json",
-                               "config_sentence_transformers.json", "1_Pooling/config.json")
+SENTENCE_TRANSFORMERS_FILES = jio.SENTENCE_TRANSFORMERS_FILES
 
 
 def _arch_for_config(config: Any) -> _Arch:
@@ -234,8 +233,4 @@ def to_hf(params: Any, config: LlamaConfig | BertConfig, out_dir: str | Path, *,
     w.write_json("config.json", cfg)
     if copy_from is not None:
       w.copy_from(copy_from)
-      src = Path(copy_from)
-      for fn in SENTENCE_TRANSFORMERS_FILES:
-        if (src / fn).is_file():
-          (w.folder_tmp / fn).parent.mkdir(parents=True, exist_ok=True)
-          w.copy_from(src, [fn])
+      w.copy_from(copy_from, SENTENCE_TRANSFORMERS_FILES)

@@ -187,4 +187,8 @@ def test_copies_config_and_tokenizer(tmp_path):
   with jp.io.SafetensorsWriter(tmp_path / "o") as w:
     w.add("x", np.ones(1, np.float32))
     assert w.copy_from(src) == ["tokenizer.json", "vocab.txt"]
+    (src / "1_Pooling").mkdir()
+    (src / "1_Pooling" / "config.json").write_text('{"pooling_mode_mean_tokens": true}')
+    assert w.copy_from(src, jp.io.SENTENCE_TRANSFORMERS_FILES) == ["1_Pooling/config.json"]
   assert (tmp_path / "o" / "vocab.txt").read_text() == "a\n"
+  assert "mean_tokens" in (tmp_path / "o" / "1_Pooling" / "config.json").read_text()
