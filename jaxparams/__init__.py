@@ -11,8 +11,11 @@ Example:
   ['a/b', 'c']
 """
 
-from jaxparams import io, merge, models, quant, scale, tree
+from jaxparams import adapt, calib, edit, io, merge, models, prune, quant, scale, transform, tree
 
 __version__ = "0.1.0"
 
-__all__ = ["io", "merge", "models", "quant", "scale", "tree", "__version__"]
+__all__ = [
+    "adapt", "calib", "edit", "io", "merge", "models", "prune", "quant", "scale", "transform",
+    "tree", "__version__",
+]

@@ -1,0 +1,7 @@
+"""Pruning and sparsity: being built.
+
+Example:
+  >>> import jaxparams.prune
+"""
+
+__all__: list[str] = []
