@@ -1,0 +1,67 @@
+"""Phi-3 (``Phi3ForCausalLM``): the :class:`~jaxparams.models.Llama` module with fused
+projections and Phi-3's rope.
+
+The Flax model keeps HF's fused ``qkv_proj`` ``[hidden, (nh + 2 nkv) head_dim]`` and
+``gate_up_proj`` ``[hidden, 2 intermediate]`` (gate first) as single Linear layers, so the name
+map stays one tensor per leaf: quantizers calibrate and write the fused tensors as GPTQ/AWQ
+checkpoints of Phi-3 store them, and PEFT adapters target ``qkv_proj``/``gate_up_proj`` as well.
+Rope: ``longrope`` (old name ``su``) short/long factors with their attention factor, and
+``partial_rotary_factor``; other scaling types are refused by name. ``sliding_window`` applies to
+every layer when set.
+
+Example:
+  >>> import jax, jax.numpy as jnp
+  >>> from jaxparams.models.llama import Llama
+  >>> cfg = Phi3Config(vocab_size=16, hidden_size=8, intermediate_size=16,
+  ...                  num_hidden_layers=1, num_attention_heads=2)
+  >>> p = Llama(cfg).init(jax.random.key(0), jnp.zeros((1, 3), int))['params']
+  >>> p['layers_0']['attn']['qkv_proj']['kernel'].shape, p['layers_0']['mlp']['gate_up_proj']['kernel'].shape
+  ((8, 24), (8, 32))
+  >>> Phi3Config.from_hf_dict(cfg.to_hf_dict()) == cfg
+  True
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import ClassVar
+
+from jaxparams.models.llama import LlamaConfig
+
+__all__ = ["Phi3Config"]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Phi3Config(LlamaConfig):
+  """Phi-3 hyperparameters (HF ``config.json`` names); see the module docstring."""
+  model_type: ClassVar[str] = "phi3"
+  fused_projections: bool = True
+  rms_norm_eps: float = 1e-5
+  original_max_position_embeddings: int | None = None   # None: max_position_embeddings
+
+  def __post_init__(self):
+    super().__post_init__()
+    if self.original_max_position_embeddings is None:
+      object.__setattr__(self, "original_max_position_embeddings", self.max_position_embeddings)
+
+  @classmethod
+  def _family_from_hf(cls, d: dict) -> dict:
+    out = {"fused_projections": True, "sliding_window": d.get("sliding_window")}
+    if "partial_rotary_factor" in d:
+      out.setdefault("partial_rotary_factor", d["partial_rotary_factor"])
+    return out
+
+  def to_hf_dict(self) -> dict:
+    d = LlamaConfig.to_hf_dict(self)
+    rope = {"rope_theta": self.rope_theta, "rope_type": "default", **(self.rope_scaling_dict or {}),
+            "partial_rotary_factor": self.partial_rotary_factor}
+    if rope["rope_type"] == "su":
+      rope["rope_type"] = "longrope"
+    d.update(model_type="phi3", architectures=["Phi3ForCausalLM"],
+             sliding_window=self.sliding_window, rope_parameters=rope,
+             rope_scaling=None if rope["rope_type"] == "default" else rope,
+             partial_rotary_factor=self.partial_rotary_factor)
+    d["original_max_position_embeddings"] = self.original_max_position_embeddings
+    for k in ("attention_bias", "mlp_bias", "head_dim"):
+      del d[k]
+    return d
