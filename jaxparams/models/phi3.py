@@ -26,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 from typing import ClassVar
 
-from jaxparams.models.llama import LlamaConfig
+from jaxparams.models.llama import LlamaConfig, _freeze
 
 __all__ = ["Phi3Config"]
 
@@ -43,6 +43,10 @@ class Phi3Config(LlamaConfig):
     super().__post_init__()
     if self.original_max_position_embeddings is None:
       object.__setattr__(self, "original_max_position_embeddings", self.max_position_embeddings)
+    scaling = self.rope_scaling_dict
+    if scaling is not None and "original_max_position_embeddings" not in scaling:
+      scaling["original_max_position_embeddings"] = self.original_max_position_embeddings
+      object.__setattr__(self, "rope_scaling", _freeze(scaling))
 
   @classmethod
   def _family_from_hf(cls, d: dict) -> dict:
