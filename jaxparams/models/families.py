@@ -85,7 +85,8 @@ def model_types() -> tuple[str, ...]:
 def family(model_type: str) -> Family:
   """The record of an HF ``model_type``; unknown types raise listing the known ones."""
   if model_type not in FAMILIES:
-    raise ValueError(f"model_type {model_type!r} is not supported; supported: {list(model_types())}")
+    raise ValueError(f"model_type {model_type!r} is not supported; supported: "
+                     f"{list(model_types())}")
   return FAMILIES[model_type]
 
 

@@ -41,7 +41,8 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from jaxparams.models.attention import FULL, LAYER_TYPES, SLIDING, decoder_mask, gqa_attention, sliding
+from jaxparams.models.attention import (FULL, LAYER_TYPES, SLIDING, decoder_mask, gqa_attention,
+                                        sliding)
 from jaxparams.models.layers import Embed, Linear
 from jaxparams.models.llama import _freeze
 from jaxparams.models.rope import apply_rotary, rope_cos_sin, rope_type

@@ -36,7 +36,8 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from jaxparams.models.attention import FULL, LAYER_TYPES, SLIDING, decoder_mask, gqa_attention, sliding
+from jaxparams.models.attention import (FULL, LAYER_TYPES, SLIDING, decoder_mask, gqa_attention,
+                                        sliding)
 from jaxparams.models.layers import Embed, Linear, RMSNorm
 from jaxparams.models.rope import apply_rotary, rope_cos_sin, rope_type
 
@@ -149,7 +150,8 @@ class LlamaConfig:
         kw["partial_rotary_factor"] = rope["partial_rotary_factor"]
       kind = rope.get("rope_type", rope.get("type", "default"))
       if kind not in (None, "default"):
-        scaling = {k: v for k, v in rope.items() if k not in ("rope_theta", "partial_rotary_factor")}
+        scaling = {k: v for k, v in rope.items()
+                   if k not in ("rope_theta", "partial_rotary_factor")}
         if "original_max_position_embeddings" in d:
           scaling.setdefault("original_max_position_embeddings",
                              d["original_max_position_embeddings"])
@@ -189,7 +191,8 @@ class LlamaConfig:
 
 
 class LlamaAttention(nn.Module):
-  """Grouped-query self-attention with RoPE; projections ``q_proj``/``k_proj``/``v_proj``/``o_proj``."""
+  """Grouped-query self-attention with RoPE; projections ``q_proj``/``k_proj``/``v_proj``/``o_proj``
+  (or one fused ``qkv_proj``), optional q/k RMSNorm, the layer's mask (sliding or full)."""
   config: LlamaConfig
   dot: Callable | None = None
 

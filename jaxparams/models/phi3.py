@@ -15,7 +15,8 @@ Example:
   >>> cfg = Phi3Config(vocab_size=16, hidden_size=8, intermediate_size=16,
   ...                  num_hidden_layers=1, num_attention_heads=2)
   >>> p = Llama(cfg).init(jax.random.key(0), jnp.zeros((1, 3), int))['params']
-  >>> p['layers_0']['attn']['qkv_proj']['kernel'].shape, p['layers_0']['mlp']['gate_up_proj']['kernel'].shape
+  >>> layer = p['layers_0']
+  >>> layer['attn']['qkv_proj']['kernel'].shape, layer['mlp']['gate_up_proj']['kernel'].shape
   ((8, 24), (8, 32))
   >>> Phi3Config.from_hf_dict(cfg.to_hf_dict()) == cfg
   True

@@ -151,3 +151,67 @@ def test_unsupported_rope_type_is_refused_by_name(tmp_path):
   (src / "config.json").write_text(json.dumps(cfg))
   with pytest.raises(ValueError, match=r"config\.json.*'yarn' is not supported.*longrope"):
     jm.from_hf(src)
+
+
+def _edited(tmp_path, name, edit):
+  src = tmp_path / name
+  shutil.copytree(FIXTURES / name, src)
+  cfg = json.loads((src / "config.json").read_text())
+  edit(cfg)
+  (src / "config.json").write_text(json.dumps(cfg))
+  return src
+
+
+def test_qwen_sliding_layers_derived_as_transformers_does(tmp_path):
+  # transformers: sliding_window counts only with use_sliding_window, and then layers
+  # i >= max_window_layers slide (when config.json does not list layer_types).
+  _, _, saved = jm.from_hf(FIXTURES / "qwen2_tiny")
+  assert saved.layer_types == ("full_attention", "sliding_attention")
+  _, _, derived = jm.from_hf(_edited(tmp_path, "qwen2_tiny", lambda c: c.pop("layer_types")))
+  assert derived == saved
+  off = jm.Qwen2Config.from_hf_dict({**saved.to_hf_dict(), "use_sliding_window": False})
+  assert off.sliding_window is None and off.layer_type(1) == "full_attention"
+  d = {k: v for k, v in saved.to_hf_dict().items() if k != "layer_types"}
+  none = jm.Qwen3Config.from_hf_dict({**d, "max_window_layers": 5})
+  assert [none.layer_type(i) for i in range(2)] == ["full_attention"] * 2
+
+
+def test_gemma3_transformers4_config_layout(tmp_path):
+  # Hub configs written by transformers 4: rope_theta / rope_local_base_freq / rope_scaling at
+  # the top level and sliding_window_pattern instead of layer_types.
+  _, _, cfg5 = jm.from_hf(FIXTURES / "gemma3_tiny")
+
+  def to_v4(c):
+    for k in ("rope_parameters", "layer_types"):
+      c.pop(k)
+    c.update(rope_theta=1e6, rope_local_base_freq=10000.0, sliding_window_pattern=6,
+             rope_scaling={"rope_type": "linear", "factor": 8.0})
+  _, _, cfg4 = jm.from_hf(_edited(tmp_path, "gemma3_tiny", to_v4))
+  assert cfg4 == cfg5
+  assert cfg5.layer_types.count("full_attention") == 1 and cfg5.layer_types[5] == "full_attention"
+  assert cfg5.rope_for("sliding_attention") == (10000.0, None)
+  assert cfg5.rope_for("full_attention") == (1e6, {"rope_type": "linear", "factor": 8.0})
+
+
+def test_phi3_transformers4_su_rope_layout(tmp_path):
+  _, _, cfg5 = jm.from_hf(FIXTURES / "phi3_tiny")
+
+  def to_v4(c):
+    rp = c.pop("rope_parameters")
+    c.update(rope_theta=rp["rope_theta"], partial_rotary_factor=rp["partial_rotary_factor"],
+             rope_scaling={"type": "su", "short_factor": rp["short_factor"],
+                           "long_factor": rp["long_factor"]})
+  module, params, cfg4 = jm.from_hf(_edited(tmp_path, "phi3_tiny", to_v4))
+  exp = np.load(FIXTURES / "phi3_tiny" / "expected.npz")
+  np.testing.assert_allclose(_logits(module, params, exp), exp["logits"], atol=1e-4)
+  assert cfg4.partial_rotary_factor == cfg5.partial_rotary_factor == 0.75
+
+
+def test_registry_names_every_family():
+  assert jm.families() == ("BERT", "Gemma 2", "Gemma 3", "Llama", "Mistral", "Phi-3",
+                           "Qwen2 / Qwen2.5", "Qwen3")
+  for t in jm.model_types():
+    f = jm.family(t)
+    assert f.model_type == t and f.config_cls.__name__.endswith("Config")
+  with pytest.raises(ValueError, match=r"'gpt2' is not supported; supported: \['bert'"):
+    jm.family("gpt2")
