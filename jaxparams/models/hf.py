@@ -85,13 +85,17 @@ def _nest(flat: dict[str, Any]) -> dict[str, Any]:
   return out
 
 
-def _read_config(reader, path: Path) -> dict:
-  cfg = reader.config()
-  if cfg is None and path.is_file() and (path.parent / "config.json").is_file():
-    cfg = json.loads((path.parent / "config.json").read_text())
-  if cfg is None:
+def _read_config(reader, path: Path) -> Any:
+  file = (path if path.is_dir() else path.parent) / "config.json"
+  if not file.is_file():
     raise ValueError(f"{path}: no config.json next to the weights; from_hf needs the HF config "
                      "to know the architecture (model_type).")
+  cfg = reader.config()
+  if cfg is None:
+    try:
+      cfg = json.loads(file.read_text())
+    except ValueError as e:
+      raise ValueError(f"{file}: invalid JSON ({e}).") from None
   return cfg
 
 
@@ -112,15 +116,18 @@ def from_hf(path: str | Path, *, dtype: Any = None, strict: bool = True,
     ``jax.Array``); run with ``module.apply({'params': params}, input_ids)``.
 
   Raises:
-    ValueError: unknown ``model_type``; a missing, unexpected or wrongly-shaped tensor (named,
-      with its file).
+    ValueError: unknown ``model_type``; a ``config.json`` field of the wrong type or size, or
+      one the checkpoint's headers contradict (checked before any model is built, see
+      :func:`jaxparams.models.config_check.check_hf_config`); a missing, unexpected or
+      wrongly-shaped tensor (named, with its file).
   """
   path = Path(path)
   with jio.open_checkpoint(path) as reader:
     cfg_dict = _read_config(reader, path)
     where = str((path if path.is_dir() else path.parent) / "config.json")
     if not isinstance(cfg_dict, dict):
-      raise ValueError(f"{where}: must be a JSON object, found {type(cfg_dict).__name__}")
+      kind = "null" if cfg_dict is None else type(cfg_dict).__name__
+      raise ValueError(f"{where}: must be a JSON object, found {kind}")
     model_type = cfg_dict.get("model_type")
     if not isinstance(model_type, str) or model_type not in ARCHITECTURES:
       raise ValueError(f"{where}: model_type {model_type!r:.60} is not supported; "

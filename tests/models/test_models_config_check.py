@@ -66,8 +66,8 @@ def test_hostile_field_is_named_with_config_json(tmp_path, monkeypatch, field, v
 def test_config_that_is_not_an_object(tmp_path, monkeypatch, cfg):
   src = _folder(tmp_path, lambda c: cfg)
   _nothing_built(monkeypatch)
-  err = r"no config\.json" if cfg is None else r"config\.json: must be a JSON object"
-  with pytest.raises(ValueError, match=err):
+  with pytest.raises(ValueError, match=r"config\.json: must be a JSON object, found "
+                                       + ("null" if cfg is None else type(cfg).__name__)):
     jm.from_hf(src)
 
 
