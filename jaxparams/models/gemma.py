@@ -39,6 +39,7 @@ from typing import Any, Callable, ClassVar
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import linen as nn
 
 from jaxparams.models.attention import (FULL, LAYER_TYPES, SLIDING, decoder_mask, gqa_attention,
@@ -47,7 +48,7 @@ from jaxparams.models.layers import Embed, Linear
 from jaxparams.models.llama import _freeze
 from jaxparams.models.rope import apply_rotary, rope_cos_sin, rope_type
 
-__all__ = ["Gemma2Config", "Gemma3Config", "Gemma", "GemmaRMSNorm"]
+__all__ = ["Gemma2Config", "Gemma3Config", "Gemma", "GemmaRMSNorm", "scale_embeddings"]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -247,6 +248,18 @@ class Gemma3Config(Gemma2Config):
     return {"rope_parameters": {FULL: full, SLIDING: local}}
 
 
+def scale_embeddings(x: jax.Array, hidden_size: int) -> jax.Array:
+  """``x * sqrt(hidden_size)`` with the factor rounded to float32, then to ``x.dtype``, as HF
+  does (a float32 buffer cast to the embedding's dtype).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> float(scale_embeddings(jnp.ones((1,), jnp.bfloat16), 640)[0])   # sqrt(640) = 25.298
+    25.25
+  """
+  return x * jnp.asarray(np.float32(hidden_size ** 0.5), x.dtype)
+
+
 class GemmaRMSNorm(nn.Module):
   """Gemma RMSNorm: ``x / rms(x) * (1 + scale)`` in float32, cast back (``scale`` init 0).
 
@@ -340,8 +353,7 @@ class Gemma(nn.Module):
     c = self.config
     b, t = input_ids.shape
     embed = Embed(c.vocab_size, c.hidden_size, name="embed_tokens")
-    x = embed(input_ids)
-    x = (x * jnp.asarray(c.hidden_size ** 0.5, x.dtype)).astype(jnp.dtype(c.dtype))
+    x = scale_embeddings(embed(input_ids), c.hidden_size).astype(jnp.dtype(c.dtype))
     if positions is None:
       positions = jnp.broadcast_to(jnp.arange(t), (b, t))
     masks = {FULL: decoder_mask(t, attention_mask, b)}
