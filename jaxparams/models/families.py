@@ -23,7 +23,7 @@ from jaxparams.models.bert import Bert, BertConfig
 from jaxparams.models.gemma import Gemma, Gemma2Config, Gemma3Config
 from jaxparams.models.llama import Llama, LlamaConfig
 from jaxparams.models.mistral import MistralConfig
-from jaxparams.models.phi3 import Phi3Config
+from jaxparams.models.phi3 import Phi3Config, fuse_projections
 from jaxparams.models.qwen import Qwen2Config, Qwen3Config
 
 __all__ = ["Family", "FAMILIES", "families", "family", "family_for_config", "model_types"]
@@ -43,6 +43,8 @@ class Family:
     normalize: maps a stored tensor name to the name-map form (e.g. strips ``bert.``).
     layer_prefix: how HF names a layer's tensors, ``{i}`` = layer index (config checks count the
       layers in the checkpoint headers with it before any model is built).
+    before_write: optional ``(params, config) -> (params, config)`` that ``to_hf`` applies first
+      (Phi-3: fuses projections that :func:`~jaxparams.models.phi3.split_projections` split).
   """
   name: str
   model_type: str
@@ -52,11 +54,16 @@ class Family:
   ignored: Callable[[Any, str], bool]
   normalize: Callable[[str], str] = staticmethod(lambda n: n)
   layer_prefix: str = "model.layers.{i}."
+  before_write: Callable[[Any, Any], tuple[Any, Any]] | None = None
 
 
-def _decoder(name: str, config_cls: type) -> Family:
+def _decoder(name: str, config_cls: type, **kw) -> Family:
   return Family(name, config_cls.model_type, config_cls, Llama, hf_llama.name_map,
-                hf_llama.ignored)
+                hf_llama.ignored, **kw)
+
+
+def _fuse_phi3(params: Any, config: Phi3Config) -> tuple[Any, Phi3Config]:
+  return (params, config) if config.fused_projections else fuse_projections(params, config)
 
 
 FAMILIES: dict[str, Family] = {f.model_type: f for f in (
@@ -64,7 +71,7 @@ FAMILIES: dict[str, Family] = {f.model_type: f for f in (
     _decoder("Mistral", MistralConfig),
     _decoder("Qwen2 / Qwen2.5", Qwen2Config),
     _decoder("Qwen3", Qwen3Config),
-    _decoder("Phi-3", Phi3Config),
+    _decoder("Phi-3", Phi3Config, before_write=_fuse_phi3),
     Family("Gemma 2", "gemma2", Gemma2Config, Gemma, hf_gemma.name_map, hf_gemma.ignored),
     Family("Gemma 3", "gemma3_text", Gemma3Config, Gemma, hf_gemma.name_map, hf_gemma.ignored),
     Family("BERT", "bert", BertConfig, Bert, hf_bert.name_map, hf_bert.ignored,

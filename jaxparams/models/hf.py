@@ -203,6 +203,8 @@ def to_hf(params: Any, config: Any, out_dir: str | Path, *,
   arch = _arch_for_config(config)
   if isinstance(params, dict) and set(params) == {"params"}:
     params = params["params"]
+  if arch.before_write is not None:
+    params, config = arch.before_write(params, config)
   flat = jtree.flatten(params)
   nmap = arch.name_map(config)
   expected = _abstract_params(arch.module_cls(config))

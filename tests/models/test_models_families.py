@@ -215,3 +215,20 @@ def test_registry_names_every_family():
     assert f.model_type == t and f.config_cls.__name__.endswith("Config")
   with pytest.raises(ValueError, match=r"'gpt2' is not supported; supported: \['bert'"):
     jm.family("gpt2")
+
+
+def test_phi3_split_projections_same_logits_and_fused_on_write(tmp_path):
+  module, params, config = jm.from_hf(FIXTURES / "phi3_tiny")
+  exp = np.load(FIXTURES / "phi3_tiny" / "expected.npz")
+  sp, scfg = jm.phi3.split_projections(params, config)
+  attn = sp["layers_0"]["attn"]
+  assert attn["q_proj"]["kernel"].shape == (64, 64) and attn["k_proj"]["kernel"].shape == (64, 64)
+  assert sp["layers_0"]["mlp"]["gate_proj"]["kernel"].shape == (64, 96)
+  np.testing.assert_allclose(_logits(type(module)(scfg), sp, exp), exp["logits"], atol=1e-4)
+  jm.to_hf(sp, scfg, tmp_path / "out")   # written fused, as HF Phi-3 stores it
+  want = jp.io.load_safetensors(FIXTURES / "phi3_tiny")
+  got = jp.io.load_safetensors(tmp_path / "out")
+  assert sorted(got) == sorted(want)
+  for k in want:
+    np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+  assert jm.from_hf(tmp_path / "out")[2] == config
