@@ -1,6 +1,10 @@
 """Reference Flax (linen) models with Hugging Face weight adapters.
 
-* :class:`Llama` / :class:`LlamaConfig`: Llama-family decoder (RMSNorm, RoPE, GQA, SwiGLU).
+* :class:`Llama` / :class:`LlamaConfig`: Llama-family decoder (RMSNorm, RoPE, GQA, SwiGLU);
+  the same module runs :class:`MistralConfig`, :class:`Qwen2Config`, :class:`Qwen3Config` and
+  :class:`Phi3Config` (config switches: q/k/v bias, q/k norm, sliding window, fused projections).
+* :class:`Gemma` / :class:`Gemma2Config` / :class:`Gemma3Config`: Gemma 2 and Gemma 3 (text).
+* :func:`families` / :func:`family`: the registry of families ``from_hf``/``to_hf`` know.
 * :class:`Bert` / :class:`BertConfig`: BERT encoder (all-MiniLM-L6-v2 architecture) and
   :func:`sentence_embeddings` (mean pooling + L2 normalisation).
 * :class:`MLP`: small perceptron for demos.
@@ -23,6 +27,12 @@ Example:
 from jaxparams.models.bert import Bert, BertConfig, l2_normalize, mean_pool, sentence_embeddings
 from jaxparams.models.layers import Embed, LayerNorm, Linear, RMSNorm
 from jaxparams.models.llama import Llama, LlamaConfig
+from jaxparams.models.gemma import Gemma, Gemma2Config, Gemma3Config
+from jaxparams.models.mistral import MistralConfig
+from jaxparams.models.phi3 import Phi3Config
+from jaxparams.models.qwen import Qwen2Config, Qwen3Config
+from jaxparams.models.families import Family, families, family, model_types
+from jaxparams.models.tokenizer import load_tokenizer
 from jaxparams.models.hf import from_hf, hf_name_map, model_for_config, to_hf
 from jaxparams.models.minilm import embed, load_minilm, minilm_path
 from jaxparams.models.mlp import MLP
@@ -31,4 +41,6 @@ __all__ = [
     "Llama", "LlamaConfig", "Bert", "BertConfig", "MLP", "Linear", "Embed", "RMSNorm",
     "LayerNorm", "mean_pool", "l2_normalize", "sentence_embeddings", "from_hf", "to_hf",
     "hf_name_map", "model_for_config", "load_minilm", "minilm_path", "embed",
+    "Gemma", "Gemma2Config", "Gemma3Config", "MistralConfig", "Phi3Config", "Qwen2Config",
+    "Qwen3Config", "Family", "families", "family", "model_types", "load_tokenizer",
 ]

@@ -1,6 +1,7 @@
 """Hugging Face safetensors checkpoints <-> Flax params for the reference models.
 
-``from_hf`` reads ``config.json``, dispatches on ``model_type`` (``'llama'``, ``'bert'``), and
+``from_hf`` reads ``config.json``, checks it against the checkpoint headers, dispatches on
+``model_type`` through the family registry (:mod:`jaxparams.models.families`), and
 streams tensors one at a time through :func:`jaxparams.io.open_checkpoint`, transposing Linear
 weights (HF ``[out, in]`` -> Flax ``[in, out]``). ``to_hf`` writes HF names through
 :class:`jaxparams.io.SafetensorsWriter` (atomic, sharded) plus ``config.json``.
@@ -20,7 +21,6 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 from typing import Any, Callable
@@ -31,41 +31,24 @@ import numpy as np
 
 from jaxparams import io as jio
 from jaxparams import tree as jtree
-from jaxparams.models import hf_bert, hf_llama
-from jaxparams.models.bert import Bert, BertConfig
-from jaxparams.models.llama import Llama, LlamaConfig
+from jaxparams.models.config_check import check_hf_config
+from jaxparams.models.families import FAMILIES, Family, family, family_for_config, model_types
 
 __all__ = ["from_hf", "to_hf", "hf_name_map", "model_for_config", "ARCHITECTURES",
            "SENTENCE_TRANSFORMERS_FILES"]
 
-
-@dataclasses.dataclass(frozen=True)
-class _Arch:
-  config_cls: type
-  module_cls: type
-  name_map: Callable[[Any], dict[str, tuple[str, bool]]]
-  ignored: Callable[[Any, str], bool]
-  normalize: Callable[[str], str] = staticmethod(lambda n: n)
-
-
-ARCHITECTURES = {
-    "llama": _Arch(LlamaConfig, Llama, hf_llama.name_map, hf_llama.ignored),
-    "bert": _Arch(BertConfig, Bert, hf_bert.name_map, hf_bert.ignored, hf_bert.strip_prefix),
-}
+# model_type -> Family record (the registry lives in jaxparams.models.families).
+ARCHITECTURES = FAMILIES
 
 # sentence-transformers side files (copied by ``to_hf(..., copy_from=...)`` when present).
 SENTENCE_TRANSFORMERS_FILES = jio.SENTENCE_TRANSFORMERS_FILES
 
 
-def _arch_for_config(config: Any) -> _Arch:
-  for arch in ARCHITECTURES.values():
-    if isinstance(config, arch.config_cls):
-      return arch
-  raise ValueError(f"unsupported config type {type(config).__name__}; expected one of "
-                   f"{[a.config_cls.__name__ for a in ARCHITECTURES.values()]}")
+def _arch_for_config(config: Any) -> Family:
+  return family_for_config(config)
 
 
-def hf_name_map(config: LlamaConfig | BertConfig) -> dict[str, tuple[str, bool]]:
+def hf_name_map(config: Any) -> dict[str, tuple[str, bool]]:
   """Maps each Flax param path to ``(hf_tensor_name, transpose)`` for this config.
 
   ``transpose`` is True for Linear kernels (Flax ``[in, out]`` = HF ``weight.T``).
@@ -80,8 +63,8 @@ def hf_name_map(config: LlamaConfig | BertConfig) -> dict[str, tuple[str, bool]]
   return _arch_for_config(config).name_map(config)
 
 
-def model_for_config(config: LlamaConfig | BertConfig, *, dot: Callable | None = None):
-  """The Flax module for a config (``Llama`` or ``Bert``)."""
+def model_for_config(config: Any, *, dot: Callable | None = None):
+  """The Flax module for a config of any registered family (``Llama``, ``Gemma``, ``Bert``)."""
   return _arch_for_config(config).module_cls(config, dot=dot)
 
 
@@ -102,13 +85,17 @@ def _nest(flat: dict[str, Any]) -> dict[str, Any]:
   return out
 
 
-def _read_config(reader, path: Path) -> dict:
-  cfg = reader.config()
-  if cfg is None and path.is_file() and (path.parent / "config.json").is_file():
-    cfg = json.loads((path.parent / "config.json").read_text())
-  if cfg is None:
+def _read_config(reader, path: Path) -> Any:
+  file = (path if path.is_dir() else path.parent) / "config.json"
+  if not file.is_file():
     raise ValueError(f"{path}: no config.json next to the weights; from_hf needs the HF config "
                      "to know the architecture (model_type).")
+  cfg = reader.config()
+  if cfg is None:
+    try:
+      cfg = json.loads(file.read_text())
+    except ValueError as e:
+      raise ValueError(f"{file}: invalid JSON ({e}).") from None
   return cfg
 
 
@@ -129,29 +116,43 @@ def from_hf(path: str | Path, *, dtype: Any = None, strict: bool = True,
     ``jax.Array``); run with ``module.apply({'params': params}, input_ids)``.
 
   Raises:
-    ValueError: unknown ``model_type``; a missing, unexpected or wrongly-shaped tensor (named,
-      with its file).
+    ValueError: unknown ``model_type``; a ``config.json`` field of the wrong type or size, or
+      one the checkpoint's headers contradict (checked before any model is built, see
+      :func:`jaxparams.models.config_check.check_hf_config`); a missing, unexpected or
+      wrongly-shaped tensor (named, with its file).
   """
   path = Path(path)
   with jio.open_checkpoint(path) as reader:
     cfg_dict = _read_config(reader, path)
+    where = str((path if path.is_dir() else path.parent) / "config.json")
+    if not isinstance(cfg_dict, dict):
+      kind = "null" if cfg_dict is None else type(cfg_dict).__name__
+      raise ValueError(f"{where}: must be a JSON object, found {kind}")
     model_type = cfg_dict.get("model_type")
-    if model_type not in ARCHITECTURES:
-      raise ValueError(f"{path}: config.json model_type {model_type!r} is not supported; "
-                       f"supported: {sorted(ARCHITECTURES)}")
-    arch = ARCHITECTURES[model_type]
+    if not isinstance(model_type, str) or model_type not in ARCHITECTURES:
+      raise ValueError(f"{where}: model_type {model_type!r:.60} is not supported; "
+                       f"supported: {list(model_types())}")
+    arch = family(model_type)
     by_norm = {arch.normalize(n): n for n in reader.names()}
+    # The config against the headers first: nothing below may grow with a hostile config.
+    check_hf_config(cfg_dict, arch, {n: reader.spec(n).shape for n in reader.names()}, where)
     if model_type == "bert" and "add_pooling_layer" not in config_overrides:
       config_overrides["add_pooling_layer"] = "pooler.dense.weight" in by_norm
-    config = arch.config_cls.from_hf_dict(cfg_dict, **config_overrides)
+    try:
+      config = arch.config_cls.from_hf_dict(cfg_dict, **config_overrides)
+    except (TypeError, ValueError, KeyError, ZeroDivisionError, OverflowError) as e:
+      raise ValueError(f"{where}: invalid {model_type} config: {e}") from None
     module = arch.module_cls(config, dot=dot)
     nmap = arch.name_map(config)
-    expected = _abstract_params(module)
+    try:
+      expected = _abstract_params(module)
+    except (TypeError, ValueError, KeyError, ZeroDivisionError, OverflowError) as e:
+      raise ValueError(f"{where}: invalid {model_type} config: {e}") from None
 
     missing = [hf for hf, _ in nmap.values() if hf not in by_norm]
     if missing:
       raise ValueError(f"{path}: checkpoint is missing {len(missing)} tensor(s) needed by "
-                       f"{type(module).__name__}: {missing[:8]}"
+                       f"{type(module).__name__} ({arch.name}): {missing[:8]}"
                        + (" ..." if len(missing) > 8 else ""))
     used = {hf for hf, _ in nmap.values()}
     unexpected = [by_norm[n] for n in by_norm if n not in used and not arch.ignored(config, n)]
@@ -181,14 +182,14 @@ def from_hf(path: str | Path, *, dtype: Any = None, strict: bool = True,
   return module, _nest(flat), config
 
 
-def to_hf(params: Any, config: LlamaConfig | BertConfig, out_dir: str | Path, *,
+def to_hf(params: Any, config: Any, out_dir: str | Path, *,
           max_shard_bytes: float = 5e9, copy_from: str | Path | None = None,
           overwrite: bool = False, dtype: Any = None) -> None:
   """Writes Flax params as an HF checkpoint folder (safetensors + ``config.json``).
 
   Args:
     params: the ``'params'`` collection (or ``{'params': ...}``) of a reference model.
-    config: its :class:`LlamaConfig` / :class:`BertConfig`.
+    config: its config (any registered family, e.g. :class:`LlamaConfig`, ``Qwen2Config``).
     out_dir: output folder, created atomically.
     max_shard_bytes: shard size limit (HF index written when sharded).
     copy_from: a folder whose tokenizer (and sentence-transformers) files are copied.
@@ -202,6 +203,8 @@ def to_hf(params: Any, config: LlamaConfig | BertConfig, out_dir: str | Path, *,
   arch = _arch_for_config(config)
   if isinstance(params, dict) and set(params) == {"params"}:
     params = params["params"]
+  if arch.before_write is not None:
+    params, config = arch.before_write(params, config)
   flat = jtree.flatten(params)
   nmap = arch.name_map(config)
   expected = _abstract_params(arch.module_cls(config))

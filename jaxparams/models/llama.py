@@ -4,9 +4,14 @@ Parameter paths (``jp.tree.flatten`` of ``params``)::
 
   embed_tokens/embedding                 [vocab, hidden]
   layers_{i}/input_layernorm/scale       [hidden]
-  layers_{i}/attn/{q,k,v,o}_proj/kernel  [in, out]   (+ /bias when attention_bias)
+  layers_{i}/attn/{q,k,v,o}_proj/kernel  [in, out]   (+ /bias when attention_bias; q/k/v
+                                                     only when qkv_bias)
+  layers_{i}/attn/{q,k}_norm/scale       [head_dim]  (qk_norm)
+  layers_{i}/attn/qkv_proj/kernel        [in, (nh + 2 nkv) head_dim]  (fused_projections,
+                                                     replaces q/k/v_proj)
   layers_{i}/post_attention_layernorm/scale
   layers_{i}/mlp/{gate,up,down}_proj/kernel           (+ /bias when mlp_bias)
+  layers_{i}/mlp/gate_up_proj/kernel     [in, 2 intermediate]  (fused_projections, gate first)
   norm/scale
   lm_head/kernel                         [hidden, vocab]   (absent when tie_word_embeddings)
 
@@ -25,15 +30,21 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from jaxparams.models.layers import Embed, Linear, RMSNorm, apply_rope, rope_frequencies
+from jaxparams.models.attention import (FULL, LAYER_TYPES, SLIDING, decoder_mask, gqa_attention,
+                                        sliding)
+from jaxparams.models.layers import Embed, Linear, RMSNorm
+from jaxparams.models.rope import apply_rotary, rope_cos_sin, rope_type
 
 __all__ = ["LlamaConfig", "Llama", "LlamaBlock", "LlamaAttention", "LlamaMLP"]
+
+
+_FAMILY_FIELDS = ("qkv_bias", "qk_norm", "sliding_window", "layer_types", "fused_projections")
 
 
 def _freeze(obj: Any) -> Any:
@@ -60,6 +71,7 @@ class LlamaConfig:
     >>> LlamaConfig.from_hf_dict(cfg.to_hf_dict()) == cfg
     True
   """
+  model_type: ClassVar[str] = "llama"
   vocab_size: int
   hidden_size: int
   intermediate_size: int
@@ -75,6 +87,13 @@ class LlamaConfig:
   attention_bias: bool = False
   mlp_bias: bool = False
   hidden_act: str = "silu"
+  # Switches used by the families built on this decoder (Qwen2/3, Mistral, Phi-3); off for Llama.
+  qkv_bias: bool = False              # bias on q/k/v only (Qwen2); attention_bias: on all four
+  qk_norm: bool = False               # RMSNorm over head_dim on q and k before RoPE (Qwen3)
+  sliding_window: int | None = None   # window of the 'sliding_attention' layers (Mistral, Qwen)
+  layer_types: tuple | None = None    # per layer 'full_attention'/'sliding_attention'
+  partial_rotary_factor: float = 1.0  # fraction of head_dim that rotates
+  fused_projections: bool = False     # one qkv_proj and one gate_up_proj Linear (Phi-3)
   bos_token_id: int | None = 1
   eos_token_id: int | tuple | None = 2
   pad_token_id: int | None = None
@@ -94,6 +113,20 @@ class LlamaConfig:
                        f"num_key_value_heads ({self.num_key_value_heads})")
     if self.hidden_act not in ("silu", "swish"):
       raise ValueError(f"hidden_act {self.hidden_act!r} not supported; supported: 'silu'")
+    if isinstance(self.layer_types, list):
+      object.__setattr__(self, "layer_types", tuple(self.layer_types))
+    if self.layer_types is not None:
+      if len(self.layer_types) != self.num_hidden_layers or any(
+          t not in LAYER_TYPES for t in self.layer_types):
+        raise ValueError(f"layer_types must list {self.num_hidden_layers} entries from "
+                         f"{list(LAYER_TYPES)}, found {list(self.layer_types)[:8]}")
+    rope_type(self.rope_scaling_dict)  # refuses unsupported rope types by name
+
+  def layer_type(self, i: int) -> str:
+    """``'sliding_attention'`` or ``'full_attention'`` for layer ``i``."""
+    if self.sliding_window is None:
+      return FULL
+    return self.layer_types[i] if self.layer_types is not None else SLIDING
 
   @property
   def head_dim_(self) -> int:
@@ -107,17 +140,31 @@ class LlamaConfig:
   @classmethod
   def from_hf_dict(cls, d: dict, **overrides) -> "LlamaConfig":
     """Builds a config from an HF ``config.json`` dict (transformers 4 and 5 rope layouts)."""
-    names = {f.name for f in dataclasses.fields(cls)}
+    names = {f.name for f in dataclasses.fields(cls)} - set(_FAMILY_FIELDS)
     kw = {k: v for k, v in d.items() if k in names and k not in ("dtype", "rope_scaling")}
     rope = d.get("rope_parameters") or d.get("rope_scaling")
     if isinstance(rope, dict):
       if "rope_theta" in rope:
         kw["rope_theta"] = rope["rope_theta"]
+      if "partial_rotary_factor" in rope:
+        kw["partial_rotary_factor"] = rope["partial_rotary_factor"]
       kind = rope.get("rope_type", rope.get("type", "default"))
       if kind not in (None, "default"):
-        kw["rope_scaling"] = {k: v for k, v in rope.items() if k != "rope_theta"}
+        scaling = {k: v for k, v in rope.items()
+                   if k not in ("rope_theta", "partial_rotary_factor")}
+        if "original_max_position_embeddings" in d:
+          scaling.setdefault("original_max_position_embeddings",
+                             d["original_max_position_embeddings"])
+        kw["rope_scaling"] = scaling
+    kw.update(cls._family_from_hf(d))
     kw.update(overrides)
     return cls(**kw)
+
+  @classmethod
+  def _family_from_hf(cls, d: dict) -> dict:
+    """Family switches read from an HF config dict (none for Llama)."""
+    del d
+    return {}
 
   def to_hf_dict(self) -> dict:
     """The HF ``config.json`` dict (``model_type='llama'``), loadable by transformers 4 and 5."""
@@ -144,7 +191,8 @@ class LlamaConfig:
 
 
 class LlamaAttention(nn.Module):
-  """Grouped-query self-attention with RoPE; projections ``q_proj``/``k_proj``/``v_proj``/``o_proj``."""
+  """Grouped-query self-attention with RoPE; projections ``q_proj``/``k_proj``/``v_proj``/``o_proj``
+  (or one fused ``qkv_proj``), optional q/k RMSNorm, the layer's mask (sliding or full)."""
   config: LlamaConfig
   dot: Callable | None = None
 
@@ -153,18 +201,25 @@ class LlamaAttention(nn.Module):
     c = self.config
     b, t, _ = x.shape
     hd, nh, nkv = c.head_dim_, c.num_attention_heads, c.num_key_value_heads
-    lin = lambda n, name: Linear(n, use_bias=c.attention_bias, dot=self.dot, name=name)
-    q = lin(nh * hd, "q_proj")(x).reshape(b, t, nh, hd)
-    k = lin(nkv * hd, "k_proj")(x).reshape(b, t, nkv, hd)
-    v = lin(nkv * hd, "v_proj")(x).reshape(b, t, nkv, hd)
-    inv_freq = rope_frequencies(hd, c.rope_theta, c.rope_scaling_dict)
-    q, k = apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
-    q = q.reshape(b, t, nkv, nh // nkv, hd)
-    scores = jnp.einsum("bqkgd,bskd->bkgqs", q, k).astype(jnp.float32) * (hd ** -0.5)
-    scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgqs,bskd->bqkgd", probs, v).reshape(b, t, nh * hd)
-    return lin(c.hidden_size, "o_proj")(out)
+    qkv_bias = c.attention_bias or c.qkv_bias
+    lin = lambda n, name, bias=qkv_bias: Linear(n, use_bias=bias, dot=self.dot, name=name)
+    if c.fused_projections:
+      qkv = lin((nh + 2 * nkv) * hd, "qkv_proj")(x)
+      q, k, v = jnp.split(qkv, [nh * hd, (nh + nkv) * hd], axis=-1)
+    else:
+      q, k, v = (lin(nh * hd, "q_proj")(x), lin(nkv * hd, "k_proj")(x),
+                 lin(nkv * hd, "v_proj")(x))
+    q, k, v = q.reshape(b, t, nh, hd), k.reshape(b, t, nkv, hd), v.reshape(b, t, nkv, hd)
+    if c.qk_norm:
+      q = RMSNorm(c.rms_norm_eps, name="q_norm")(q)
+      k = RMSNorm(c.rms_norm_eps, name="k_norm")(k)
+    cos, sin = rope_cos_sin(positions, head_dim=hd, theta=c.rope_theta,
+                            scaling=c.rope_scaling_dict,
+                            partial_rotary_factor=c.partial_rotary_factor,
+                            max_position_embeddings=c.max_position_embeddings, dtype=x.dtype)
+    q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+    out = gqa_attention(q, k, v, mask, scale=hd ** -0.5)
+    return lin(c.hidden_size, "o_proj", c.attention_bias)(out)
 
 
 class LlamaMLP(nn.Module):
@@ -176,9 +231,11 @@ class LlamaMLP(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     c = self.config
     lin = lambda n, name: Linear(n, use_bias=c.mlp_bias, dot=self.dot, name=name)
-    h = jax.nn.silu(lin(c.intermediate_size, "gate_proj")(x)) * lin(c.intermediate_size,
-                                                                       "up_proj")(x)
-    return lin(c.hidden_size, "down_proj")(h)
+    if c.fused_projections:
+      gate, up = jnp.split(lin(2 * c.intermediate_size, "gate_up_proj")(x), 2, axis=-1)
+    else:
+      gate, up = lin(c.intermediate_size, "gate_proj")(x), lin(c.intermediate_size, "up_proj")(x)
+    return lin(c.hidden_size, "down_proj")(jax.nn.silu(gate) * up)
 
 
 class LlamaBlock(nn.Module):
@@ -223,11 +280,11 @@ class Llama(nn.Module):
     x = embed(input_ids).astype(dtype)
     if positions is None:
       positions = jnp.broadcast_to(jnp.arange(t), (b, t))
-    mask = jnp.tril(jnp.ones((t, t), dtype=bool))[None]
-    if attention_mask is not None:
-      mask = mask & attention_mask.astype(bool)[:, None, :]
+    masks = {FULL: decoder_mask(t, attention_mask, b)}
+    if c.sliding_window is not None:
+      masks[SLIDING] = sliding(masks[FULL], c.sliding_window)
     for i in range(c.num_hidden_layers):
-      x = LlamaBlock(c, self.dot, name=f"layers_{i}")(x, mask, positions)
+      x = LlamaBlock(c, self.dot, name=f"layers_{i}")(x, masks[c.layer_type(i)], positions)
     x = RMSNorm(c.rms_norm_eps, name="norm")(x)
     if return_hidden:
       return x

@@ -1,0 +1,54 @@
+"""The tokenizer of an HF checkpoint folder through the ``tokenizers`` library.
+
+Every family ships a ``tokenizer.json`` (fast tokenizer); :func:`load_tokenizer` opens it, with
+padding set to the checkpoint's pad token (``pad_token_id`` of ``config.json``, else a token
+named like a pad/end token, else id 0) so batches come out right-padded with an
+``attention_mask``, as the models expect.
+
+Example:
+  >>> import json, os, tempfile
+  >>> from tokenizers import Tokenizer, models, pre_tokenizers
+  >>> tok = Tokenizer(models.WordLevel({'<pad>': 0, 'a': 1, 'b': 2, '<unk>': 3}, unk_token='<unk>'))
+  >>> tok.pre_tokenizer = pre_tokenizers.Whitespace()
+  >>> d = tempfile.mkdtemp(); tok.save(os.path.join(d, 'tokenizer.json'))
+  >>> t = load_tokenizer(d)
+  >>> [e.ids for e in t.encode_batch(['a b a', 'b'])]
+  [[1, 2, 1], [2, 0, 0]]
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+__all__ = ["load_tokenizer"]
+
+_PAD_NAMES = ("<pad>", "[PAD]", "<|endoftext|>", "</s>", "<eos>")
+
+
+def load_tokenizer(path: str | Path, *, max_length: int | None = None):
+  """``tokenizers.Tokenizer`` from ``path/tokenizer.json`` with padding (and truncation) on.
+
+  Raises:
+    FileNotFoundError: the folder has no ``tokenizer.json``.
+  """
+  from tokenizers import Tokenizer  # pylint: disable=g-import-not-at-top
+  path = Path(path)
+  file = path / "tokenizer.json" if path.is_dir() else path
+  if not file.is_file():
+    raise FileNotFoundError(f"{file}: no tokenizer.json (only fast tokenizers are supported)")
+  tok = Tokenizer.from_file(str(file))
+  pad_id = None
+  cfg = file.parent / "config.json"
+  if cfg.is_file():
+    try:
+      v = json.loads(cfg.read_text()).get("pad_token_id")
+      pad_id = v if isinstance(v, int) and not isinstance(v, bool) else None
+    except (ValueError, AttributeError):
+      pad_id = None
+  if pad_id is None or tok.id_to_token(pad_id) is None:
+    pad_id = next((tok.token_to_id(t) for t in _PAD_NAMES if tok.token_to_id(t) is not None), 0)
+  tok.enable_padding(pad_id=pad_id, pad_token=tok.id_to_token(pad_id) or "<pad>")
+  if max_length is not None:
+    tok.enable_truncation(max_length=max_length)
+  return tok
