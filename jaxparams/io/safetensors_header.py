@@ -1,0 +1,259 @@
+"""Strict safetensors header parsing, exactly as the format (and its official reader) specifies.
+
+The file is ``8-byte little-endian N`` + ``N bytes of UTF-8 JSON`` + the data
+buffer. The JSON must be an object whose keys are tensor names (values:
+``{"dtype": str, "shape": [uint64, ...], "data_offsets": [begin, end]}``) plus
+an optional ``"__metadata__"`` map of str to str. Sorted by offsets, the tensors
+must tile the data buffer exactly: contiguous, non-overlapping, each covering
+``prod(shape) * bits(dtype) / 8`` bytes, the last one ending at the end of the
+file. Numbers must be integers in ``[0, 2**64)``; NaN/Infinity, lone
+surrogates, nesting deeper than the official reader's limit and duplicate keys
+are refused (duplicate keys are refused even where the official reader keeps
+the last one: which tensor is meant would be ambiguous).
+
+Parsing is linear in the header size (no per-entry quadratic work), and every
+error is one ``ValueError`` naming the file, never echoing raw file bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from typing import Any, NamedTuple
+
+__all__ = ["DTYPE_BITS", "MAX_HEADER_BYTES", "HeaderEntry", "parse_header", "read_header_length"]
+
+# Every dtype the official reader (safetensors 0.8) accepts, with its size in bits.
+DTYPE_BITS = {
+    "BOOL": 8, "F4": 4, "F6_E2M3": 6, "F6_E3M2": 6, "U8": 8, "I8": 8, "F8_E5M2": 8,
+    "F8_E4M3": 8, "F8_E8M0": 8, "F8_E4M3FNUZ": 8, "F8_E5M2FNUZ": 8, "I16": 16, "U16": 16,
+    "F16": 16, "BF16": 16, "I32": 32, "U32": 32, "F32": 32, "C64": 64, "F64": 64, "I64": 64,
+    "U64": 64,
+}
+MAX_HEADER_BYTES = 100_000_000  # the official reader's limit
+_U64 = 2**64 - 1
+_MAX_DEPTH = 127  # containers; the official reader (serde_json) refuses deeper nesting
+_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]")
+_FIELDS = ("dtype", "shape", "data_offsets")
+
+
+class HeaderEntry(NamedTuple):
+  """One tensor of a validated header (offsets relative to the data buffer)."""
+  name: str
+  dtype: str
+  shape: tuple[int, ...]
+  start: int
+  end: int
+
+
+def _short(name: Any) -> str:
+  """A name for an error message: repr'd (escapes control characters), truncated."""
+  r = repr(name)
+  return r if len(r) <= 80 else r[:77] + "..."
+
+
+class _HeaderError(ValueError):
+  pass
+
+
+def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+  d = dict(pairs)
+  if len(d) != len(pairs):
+    seen = set()
+    for k, _ in pairs:
+      if k in seen:
+        raise _HeaderError(f"duplicate key {_short(k)}")
+      seen.add(k)
+  return d
+
+
+def _constant(s: str) -> Any:
+  raise _HeaderError(f"{s} is not allowed in a safetensors header")
+
+
+def _float(s: str) -> float:
+  v = float(s)
+  if not math.isfinite(v):
+    raise _HeaderError("number out of range")
+  return v
+
+
+def _neg_zero_int(s: str) -> Any:
+  return -0.0 if s == "-0" else int(s)  # JSON -0 is a float for the official reader
+
+
+def read_header_length(head: bytes, file_size: int, where: str) -> int:
+  """Validates the 8-byte length prefix against the file size; returns N.
+
+  The message never repeats the 8 bytes themselves (they may be any file's content).
+
+  Example:
+    >>> read_header_length((16).to_bytes(8, 'little'), 24, 'f')
+    16
+  """
+  if len(head) < 8:
+    raise ValueError(f"{where}: not a safetensors file: {file_size} bytes, shorter than the "
+                     "8-byte header length.")
+  n = int.from_bytes(head[:8], "little")
+  if n > MAX_HEADER_BYTES or 8 + n > file_size:
+    raise ValueError(f"{where}: not a safetensors file (or truncated): its 8-byte header "
+                     f"length does not fit the file ({file_size} bytes) and the "
+                     f"{MAX_HEADER_BYTES}-byte header limit.")
+  if n < 2:
+    raise ValueError(f"{where}: not a safetensors file: empty header.")
+  return n
+
+
+def _check_values(value: Any, where: str, depth: int) -> None:
+  """Walks free JSON (unknown fields) for nesting depth and numbers out of range."""
+  stack = [(value, depth)]
+  while stack:
+    v, d = stack.pop()
+    if isinstance(v, (dict, list)):
+      if d > _MAX_DEPTH:
+        raise ValueError(f"{where}: corrupt safetensors header: nesting deeper than "
+                         f"{_MAX_DEPTH} levels.")
+      stack.extend((x, d + 1) for x in (v.values() if isinstance(v, dict) else v))
+    elif type(v) is int and abs(v) > _U64:  # pylint: disable=unidiomatic-typecheck
+      try:
+        float(v)
+      except OverflowError:
+        raise ValueError(f"{where}: corrupt safetensors header: number out of range.") from None
+
+
+def _check_strings(value: Any, where: str) -> None:
+  """Refuses lone surrogates anywhere (they are not valid UTF-8 text)."""
+  stack = [value]
+  while stack:
+    v = stack.pop()
+    if isinstance(v, str):
+      try:
+        v.encode("utf-8")
+      except UnicodeEncodeError:
+        raise ValueError(f"{where}: corrupt safetensors header: a string holds a lone UTF-16 "
+                         "surrogate (not valid UTF-8 text).") from None
+    elif isinstance(v, dict):
+      stack.extend(v.keys())
+      stack.extend(v.values())
+    elif isinstance(v, list):
+      stack.extend(v)
+
+
+def _uint(v: Any) -> bool:
+  return type(v) is int and 0 <= v <= _U64  # pylint: disable=unidiomatic-typecheck
+
+
+def parse_header(raw: bytes, data_size: int, where: str
+                 ) -> tuple[dict[str, str], list[HeaderEntry]]:
+  """Parses and validates header bytes; returns ``(metadata, entries in header order)``.
+
+  Args:
+    raw: the N header bytes (after the 8-byte length).
+    data_size: bytes after the header (file size - 8 - N).
+    where: the file, for messages.
+
+  Raises:
+    ValueError: anything the format forbids, naming ``where`` (and the tensor).
+
+  Example:
+    >>> meta, entries = parse_header(
+    ...     b'{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}', 8, 'f.safetensors')
+    >>> entries[0].shape, entries[0].end
+    ((2,), 8)
+  """
+  try:
+    text = raw.decode("utf-8")
+  except UnicodeDecodeError:
+    raise ValueError(f"{where}: corrupt safetensors header: not valid UTF-8.") from None
+  try:
+    header = json.loads(text, object_pairs_hook=_pairs, parse_constant=_constant,
+                        parse_float=_float, parse_int=_neg_zero_int if "-0" in text else None)
+  except _HeaderError as e:
+    raise ValueError(f"{where}: corrupt safetensors header: {e}.") from None
+  except RecursionError:
+    raise ValueError(f"{where}: corrupt safetensors header: nesting too deep.") from None
+  except ValueError as e:  # JSONDecodeError; int() digit limits
+    msg = e.msg if isinstance(e, json.JSONDecodeError) else "number out of range"
+    pos = f" at byte {e.pos}" if isinstance(e, json.JSONDecodeError) else ""
+    raise ValueError(f"{where}: corrupt safetensors header: invalid JSON ({msg}{pos}).") from None
+  if not isinstance(header, dict):
+    raise ValueError(f"{where}: corrupt safetensors header: not a JSON object.")
+  if _SURROGATE.search(raw):
+    _check_strings(header, where)
+
+  metadata = header.pop("__metadata__", None)
+  if metadata is None:
+    metadata = {}
+  elif not isinstance(metadata, dict) or not all(type(v) is str for v in metadata.values()):  # pylint: disable=unidiomatic-typecheck
+    raise ValueError(f"{where}: corrupt safetensors header: '__metadata__' must be a map of "
+                     "strings to strings.")
+
+  entries: list[HeaderEntry] = []
+  sizes: list[int] = []
+  ordered = True
+  last = (0, 0)
+  for name, info in header.items():
+    if type(info) is not dict:  # pylint: disable=unidiomatic-typecheck
+      raise ValueError(f"{where}: tensor {_short(name)}: header entry is not an object "
+                       "with dtype, shape and data_offsets.")
+    try:
+      dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+    except KeyError as e:
+      raise ValueError(f"{where}: tensor {_short(name)}: header entry lacks {e.args[0]!r}."
+                       ) from None
+    if len(info) > 3:
+      _check_values({k: v for k, v in info.items() if k not in _FIELDS}, where, 2)
+    bits = DTYPE_BITS.get(dtype) if type(dtype) is str else None  # pylint: disable=unidiomatic-typecheck
+    if bits is None:
+      raise ValueError(f"{where}: tensor {_short(name)}: unknown safetensors dtype "
+                       f"{_short(dtype)}; the format defines {', '.join(DTYPE_BITS)}.")
+    if type(shape) is not list or not all(_uint(d) for d in shape):  # pylint: disable=unidiomatic-typecheck
+      raise ValueError(f"{where}: tensor {_short(name)}: shape must be a list of integers in "
+                       "[0, 2**64).")
+    if (type(offsets) is not list or len(offsets) != 2  # pylint: disable=unidiomatic-typecheck
+        or not _uint(offsets[0]) or not _uint(offsets[1])):
+      raise ValueError(f"{where}: tensor {_short(name)}: data_offsets must be two integers "
+                       "in [0, 2**64).")
+    n = 1
+    for d in shape:
+      n *= d
+      if n > _U64:
+        raise ValueError(f"{where}: tensor {_short(name)}: shape {_short(shape)} overflows "
+                         "64 bits.")
+    nbits = n * bits
+    if nbits > _U64:
+      raise ValueError(f"{where}: tensor {_short(name)}: shape x dtype size overflows 64 bits.")
+    if nbits % 8:
+      raise ValueError(f"{where}: tensor {_short(name)}: {n} x {bits}-bit {dtype} values do "
+                       "not fill whole bytes.")
+    start, end = offsets
+    key = (start, end)
+    if key < last:
+      ordered = False
+    last = key
+    entries.append(HeaderEntry(name, dtype, tuple(shape), start, end))
+    sizes.append(nbits >> 3)
+
+  order = range(len(entries)) if ordered else sorted(
+      range(len(entries)), key=lambda i: (entries[i].start, entries[i].end))
+  pos = 0
+  for i in order:
+    e = entries[i]
+    if e.start != pos or e.end < e.start:
+      raise ValueError(f"{where}: tensor {_short(e.name)}: data_offsets [{e.start}, {e.end}] "
+                       f"are not contiguous with the previous tensor (expected to start at "
+                       f"{pos}): overlapping, out of order or leaving a gap.")
+    if e.end - e.start != sizes[i]:
+      raise ValueError(f"{where}: tensor {_short(e.name)}: data_offsets cover "
+                       f"{e.end - e.start} bytes but shape {e.shape} of {e.dtype} needs "
+                       f"{sizes[i]}.")
+    pos = e.end
+  if pos > data_size:
+    e = next(e for e in entries if e.end > data_size)
+    raise ValueError(f"{where}: tensor {_short(e.name)}: truncated file: its data ends at byte "
+                     f"{e.end} of the data buffer, which holds only {data_size} bytes.")
+  if pos != data_size:
+    raise ValueError(f"{where}: the tensors cover {pos} data bytes but the file holds "
+                     f"{data_size} after the header (truncated, or trailing bytes).")
+  return metadata, entries
