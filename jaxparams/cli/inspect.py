@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -87,8 +88,8 @@ def _row(name, shape, dtype, nbytes, array) -> tuple:
   return row + (st.mean, st.std, st.absmax, st.zeros)
 
 
-def _table(first: bool, stats: bool, title: Text | None) -> Table:
-  t = Table(title=title if first else None, show_header=first, box=None, pad_edge=False)
+def _table(first: bool, stats: bool) -> Table:
+  t = Table(show_header=first, box=None, pad_edge=False)
   t.add_column("path", overflow="fold", ratio=3)
   t.add_column("shape", overflow="fold", ratio=1)
   t.add_column("dtype", ratio=1)
@@ -100,13 +101,13 @@ def _table(first: bool, stats: bool, title: Text | None) -> Table:
 
 
 def run(args: argparse.Namespace) -> int:
-  console = Console(highlight=False)
+  console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
   path = Path(args.path)
   if not path.exists():
     raise FileNotFoundError(f"{path}: no such file or folder.")
-  title = plain(path)
+  console.print(plain(path), soft_wrap=True)
   total_params = total_bytes = count = 0
-  table = _table(True, args.stats, title)
+  table = _table(True, args.stats)
   for row in _rows(path, args.stats, args.where):
     name, shape, dtype, params, nbytes = row[:5]
     cells = [plain(name), plain(shape), plain(dtype), Text(f"{params:,}"), Text(_human(nbytes))]
@@ -120,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
     count += 1
     if count % _BLOCK == 0:
       console.print(table)
-      table = _table(False, args.stats, None)
+      table = _table(False, args.stats)
   if table.row_count:
     console.print(table)
   console.print(Text(f"total: {count:,} tensors, {total_params:,} params, "

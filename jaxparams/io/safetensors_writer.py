@@ -50,11 +50,16 @@ def write_safetensors_file(path: str | Path, tensors: Mapping[str, np.ndarray],
     arrays.append(a)
   raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
   raw += b" " * (-len(raw) % 8)
-  with open(path, "wb") as f:
-    f.write(struct.pack("<Q", len(raw)))
-    f.write(raw)
-    for a in arrays:
-      f.write(a.reshape(-1).view(np.uint8).data if a.size else b"")
+  try:
+    with open(path, "wb") as f:
+      f.write(struct.pack("<Q", len(raw)))
+      f.write(raw)
+      for a in arrays:
+        f.write(a.reshape(-1).view(np.uint8).data if a.size else b"")
+  except OSError as e:  # disk full, file too large...: name the file
+    if e.filename is not None or not e.errno:
+      raise
+    raise OSError(e.errno, e.strerror, str(path)) from None
   return offset
 
 

@@ -210,7 +210,11 @@ def compare_with_official(tmp_path, data: bytes) -> str:
     assert (s.dtype_name, list(s.shape)) == (t["dtype"], list(t["shape"]))
     got = data[s.offset:s.offset + s.nbytes]
     if s.dtype_name not in jp.io.dtypes.SUB_BYTE:
-      got = f.read(name).reshape(-1).view(np.uint8).tobytes()
+      try:
+        got = f.read(name).reshape(-1).view(np.uint8).tobytes()
+      except ValueError as e:  # a zero-size shape numpy cannot represent: refused by name
+        assert s.nbytes == 0 and "cannot be held in memory" in str(e) and str(path) in str(e)
+        COUNTS["accepted; zero-size shape too large for numpy, read refused by name"] += 1
     assert got == bytes(t["data"]), name
   f.close()
   COUNTS["accepted, equal to official"] += 1
