@@ -22,8 +22,9 @@ from jaxparams.io.paths import resolve_inside
 from jaxparams.io.pickle_guard import refuse_pickle
 from jaxparams.io.safetensors_header import DTYPE_BITS, parse_header
 from jaxparams.io.safetensors_reader import (INDEX_NAME, SafetensorsFile, SafetensorsReader,
-                                             TensorSpec, open_checkpoint, read_json)
+                                             TensorSpec, open_checkpoint)
 from jaxparams.io.sizes import parse_size
+from jaxparams.io.text_files import read_json, read_text
 from jaxparams.io.safetensors_writer import (SENTENCE_TRANSFORMERS_FILES, TOKENIZER_FILES,
                                              SafetensorsWriter, save_safetensors,
                                              write_safetensors_file)
@@ -46,11 +47,11 @@ def load_safetensors(path):
 
 
 __all__ = [
-    "DTYPE_BITS", "INDEX_NAME", "SENTENCE_TRANSFORMERS_FILES", "SafetensorsFile",
-    "SafetensorsReader", "SafetensorsWriter", "TOKENIZER_FILES",
-    "TensorSpec", "atomic_dir", "check_output_dir", "check_writable", "finish_before_interrupt",
-    "is_orbax_dir", "load_any", "load_safetensors", "open_checkpoint", "parse_dtype",
-    "parse_header", "parse_size", "publish_dir", "read_json", "refuse_pickle", "resolve_inside",
-    "restore_orbax", "save_orbax", "save_safetensors", "sweep_stale", "to_numpy_dtype",
-    "to_safetensors_dtype", "write_safetensors_file",
+    "DTYPE_BITS", "INDEX_NAME", "SENTENCE_TRANSFORMERS_FILES", "TOKENIZER_FILES",
+    "SafetensorsFile", "SafetensorsReader", "SafetensorsWriter", "TensorSpec", "atomic_dir",
+    "check_output_dir", "check_writable", "finish_before_interrupt", "is_orbax_dir", "load_any",
+    "load_safetensors", "open_checkpoint", "parse_dtype", "parse_header", "parse_size",
+    "publish_dir", "read_json", "read_text", "refuse_pickle", "resolve_inside", "restore_orbax",
+    "save_orbax", "save_safetensors", "sweep_stale", "to_numpy_dtype", "to_safetensors_dtype",
+    "write_safetensors_file",
 ]

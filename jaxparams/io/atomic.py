@@ -84,7 +84,7 @@ def sweep_stale(out_dir: str | Path) -> list[Path]:
   Example:
     >>> import tempfile, pathlib
     >>> d = pathlib.Path(tempfile.mkdtemp())
-    >>> (d / '.out.tmp-00000000-999999999-0a0b0c0d').mkdir()  # no such pid
+    >>> (d / f'.out.tmp-{_host()}-999999999-0a0b0c0d').mkdir()  # this host, no such pid
     >>> sweep_stale(d / 'out'), sorted(p.name for p in d.iterdir())
     ([], [])
   """

@@ -20,9 +20,9 @@ from __future__ import annotations
 import json
 import math
 import re
-from typing import Any, NamedTuple
+from typing import Any
 
-__all__ = ["DTYPE_BITS", "MAX_HEADER_BYTES", "HeaderEntry", "parse_header", "read_header_length"]
+__all__ = ["DTYPE_BITS", "MAX_HEADER_BYTES", "parse_header", "read_header_length"]
 
 # Every dtype the official reader (safetensors 0.8) accepts, with its size in bits.
 DTYPE_BITS = {
@@ -36,15 +36,6 @@ _U64 = 2**64 - 1
 _MAX_DEPTH = 127  # containers; the official reader (serde_json) refuses deeper nesting
 _SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]")
 _FIELDS = ("dtype", "shape", "data_offsets")
-
-
-class HeaderEntry(NamedTuple):
-  """One tensor of a validated header (offsets relative to the data buffer)."""
-  name: str
-  dtype: str
-  shape: tuple[int, ...]
-  start: int
-  end: int
 
 
 def _short(name: Any) -> str:
@@ -144,9 +135,67 @@ def _uint(v: Any) -> bool:
   return type(v) is int and 0 <= v <= _U64  # pylint: disable=unidiomatic-typecheck
 
 
+def _loads(text: str, raw: bytes, where: str) -> Any:
+  """Strict JSON: duplicate keys, NaN/Infinity, out-of-range numbers and -0 refused."""
+  parse_int = _neg_zero_int if "-0" in text else None
+  try:
+    header = json.loads(text, parse_constant=_constant, parse_float=_float, parse_int=parse_int)
+    if isinstance(header, dict):
+      # Fast duplicate-key check: every key is followed by one ':' outside strings; if the text
+      # has no more ':' than the parsed objects have keys, no key was dropped as a duplicate.
+      keys = len(header) + sum(map(len, (v for v in header.values() if type(v) is dict)))  # pylint: disable=unidiomatic-typecheck
+      if raw.count(b":") != keys:
+        header = json.loads(text, object_pairs_hook=_pairs, parse_constant=_constant,
+                            parse_float=_float, parse_int=parse_int)
+    return header
+  except _HeaderError as e:
+    raise ValueError(f"{where}: corrupt safetensors header: {e}.") from None
+  except RecursionError:
+    raise ValueError(f"{where}: corrupt safetensors header: nesting too deep.") from None
+  except ValueError as e:  # JSONDecodeError; int() digit limits
+    msg = e.msg if isinstance(e, json.JSONDecodeError) else "number out of range"
+    pos = f" at byte {e.pos}" if isinstance(e, json.JSONDecodeError) else ""
+    raise ValueError(f"{where}: corrupt safetensors header: invalid JSON ({msg}{pos}).") from None
+
+
+def _bad_entry(where: str, name: str, info: Any) -> ValueError:
+  """The precise complaint about an entry the fast path did not accept."""
+  if type(info) is not dict:  # pylint: disable=unidiomatic-typecheck
+    return ValueError(f"{where}: tensor {_short(name)}: header entry is not an object with "
+                      "dtype, shape and data_offsets.")
+  for field in _FIELDS:
+    if field not in info:
+      return ValueError(f"{where}: tensor {_short(name)}: header entry lacks {field!r}.")
+  dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+  if type(dtype) is not str or dtype not in DTYPE_BITS:  # pylint: disable=unidiomatic-typecheck
+    return ValueError(f"{where}: tensor {_short(name)}: unknown safetensors dtype "
+                      f"{_short(dtype)}; the format defines {', '.join(DTYPE_BITS)}.")
+  if type(shape) is not list or not all(_uint(d) for d in shape):  # pylint: disable=unidiomatic-typecheck
+    return ValueError(f"{where}: tensor {_short(name)}: shape must be a list of integers in "
+                      "[0, 2**64).")
+  if (type(offsets) is not list or len(offsets) != 2  # pylint: disable=unidiomatic-typecheck
+      or not _uint(offsets[0]) or not _uint(offsets[1])):
+    return ValueError(f"{where}: tensor {_short(name)}: data_offsets must be two integers in "
+                      "[0, 2**64).")
+  n = 1
+  for d in shape:
+    n *= d
+    if n > _U64:
+      return ValueError(f"{where}: tensor {_short(name)}: shape {_short(shape)} overflows "
+                        "64 bits.")
+  bits = DTYPE_BITS[dtype]
+  if n * bits > _U64:
+    return ValueError(f"{where}: tensor {_short(name)}: shape x dtype size overflows 64 bits.")
+  return ValueError(f"{where}: tensor {_short(name)}: {n} x {bits}-bit {dtype} values do not "
+                    "fill whole bytes.")
+
+
 def parse_header(raw: bytes, data_size: int, where: str
-                 ) -> tuple[dict[str, str], list[HeaderEntry]]:
-  """Parses and validates header bytes; returns ``(metadata, entries in header order)``.
+                 ) -> tuple[dict[str, str], dict[str, dict[str, Any]]]:
+  """Parses and validates header bytes; returns ``(metadata, {name: entry})`` in header order.
+
+  Each entry is the header's own object: ``{"dtype": str, "shape": [int],
+  "data_offsets": [begin, end]}`` (offsets relative to the data buffer), validated.
 
   Args:
     raw: the N header bytes (after the 8-byte length).
@@ -159,24 +208,14 @@ def parse_header(raw: bytes, data_size: int, where: str
   Example:
     >>> meta, entries = parse_header(
     ...     b'{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}', 8, 'f.safetensors')
-    >>> entries[0].shape, entries[0].end
-    ((2,), 8)
+    >>> entries['a']['shape'], entries['a']['data_offsets']
+    ([2], [0, 8])
   """
   try:
     text = raw.decode("utf-8")
   except UnicodeDecodeError:
     raise ValueError(f"{where}: corrupt safetensors header: not valid UTF-8.") from None
-  try:
-    header = json.loads(text, object_pairs_hook=_pairs, parse_constant=_constant,
-                        parse_float=_float, parse_int=_neg_zero_int if "-0" in text else None)
-  except _HeaderError as e:
-    raise ValueError(f"{where}: corrupt safetensors header: {e}.") from None
-  except RecursionError:
-    raise ValueError(f"{where}: corrupt safetensors header: nesting too deep.") from None
-  except ValueError as e:  # JSONDecodeError; int() digit limits
-    msg = e.msg if isinstance(e, json.JSONDecodeError) else "number out of range"
-    pos = f" at byte {e.pos}" if isinstance(e, json.JSONDecodeError) else ""
-    raise ValueError(f"{where}: corrupt safetensors header: invalid JSON ({msg}{pos}).") from None
+  header = _loads(text, raw, where)
   if not isinstance(header, dict):
     raise ValueError(f"{where}: corrupt safetensors header: not a JSON object.")
   if _SURROGATE.search(raw):
@@ -189,71 +228,68 @@ def parse_header(raw: bytes, data_size: int, where: str
     raise ValueError(f"{where}: corrupt safetensors header: '__metadata__' must be a map of "
                      "strings to strings.")
 
-  entries: list[HeaderEntry] = []
-  sizes: list[int] = []
-  ordered = True
-  last = (0, 0)
+  # One pass: validate each entry and, while the entries come in offset order (the usual
+  # case), check that they tile the data buffer. Plain loops, no objects: linear and fast.
+  u64, bits_of, int_, list_, dict_ = _U64, DTYPE_BITS.get, int, list, dict
+  pos = 0
+  in_order = True
   for name, info in header.items():
-    if type(info) is not dict:  # pylint: disable=unidiomatic-typecheck
-      raise ValueError(f"{where}: tensor {_short(name)}: header entry is not an object "
-                       "with dtype, shape and data_offsets.")
-    try:
-      dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
-    except KeyError as e:
-      raise ValueError(f"{where}: tensor {_short(name)}: header entry lacks {e.args[0]!r}."
-                       ) from None
-    if len(info) > 3:
-      _check_values({k: v for k, v in info.items() if k not in _FIELDS}, where, 2)
-    bits = DTYPE_BITS.get(dtype) if type(dtype) is str else None  # pylint: disable=unidiomatic-typecheck
-    if bits is None:
-      raise ValueError(f"{where}: tensor {_short(name)}: unknown safetensors dtype "
-                       f"{_short(dtype)}; the format defines {', '.join(DTYPE_BITS)}.")
-    if type(shape) is not list or not all(_uint(d) for d in shape):  # pylint: disable=unidiomatic-typecheck
-      raise ValueError(f"{where}: tensor {_short(name)}: shape must be a list of integers in "
-                       "[0, 2**64).")
-    if (type(offsets) is not list or len(offsets) != 2  # pylint: disable=unidiomatic-typecheck
-        or not _uint(offsets[0]) or not _uint(offsets[1])):
-      raise ValueError(f"{where}: tensor {_short(name)}: data_offsets must be two integers "
-                       "in [0, 2**64).")
+    if type(info) is not dict_ or len(info) < 3:  # pylint: disable=unidiomatic-typecheck
+      raise _bad_entry(where, name, info)
+    dtype = info.get("dtype")
+    shape = info.get("shape")
+    offsets = info.get("data_offsets")
+    bits = bits_of(dtype) if type(dtype) is str else None  # pylint: disable=unidiomatic-typecheck
+    if bits is None or type(shape) is not list_ or type(offsets) is not list_ or len(offsets) != 2:  # pylint: disable=unidiomatic-typecheck
+      raise _bad_entry(where, name, info)
     n = 1
     for d in shape:
+      if type(d) is not int_ or d < 0 or d > u64:  # pylint: disable=unidiomatic-typecheck
+        raise _bad_entry(where, name, info)
       n *= d
-      if n > _U64:
-        raise ValueError(f"{where}: tensor {_short(name)}: shape {_short(shape)} overflows "
-                         "64 bits.")
-    nbits = n * bits
-    if nbits > _U64:
-      raise ValueError(f"{where}: tensor {_short(name)}: shape x dtype size overflows 64 bits.")
-    if nbits % 8:
-      raise ValueError(f"{where}: tensor {_short(name)}: {n} x {bits}-bit {dtype} values do "
-                       "not fill whole bytes.")
+      if n > u64:
+        raise _bad_entry(where, name, info)
     start, end = offsets
-    key = (start, end)
-    if key < last:
-      ordered = False
-    last = key
-    entries.append(HeaderEntry(name, dtype, tuple(shape), start, end))
-    sizes.append(nbits >> 3)
-
-  order = range(len(entries)) if ordered else sorted(
-      range(len(entries)), key=lambda i: (entries[i].start, entries[i].end))
-  pos = 0
-  for i in order:
-    e = entries[i]
-    if e.start != pos or e.end < e.start:
-      raise ValueError(f"{where}: tensor {_short(e.name)}: data_offsets [{e.start}, {e.end}] "
-                       f"are not contiguous with the previous tensor (expected to start at "
-                       f"{pos}): overlapping, out of order or leaving a gap.")
-    if e.end - e.start != sizes[i]:
-      raise ValueError(f"{where}: tensor {_short(e.name)}: data_offsets cover "
-                       f"{e.end - e.start} bytes but shape {e.shape} of {e.dtype} needs "
-                       f"{sizes[i]}.")
-    pos = e.end
+    if (type(start) is not int_ or type(end) is not int_ or start < 0 or end < 0  # pylint: disable=unidiomatic-typecheck
+        or start > u64 or end > u64):
+      raise _bad_entry(where, name, info)
+    nbits = n * bits
+    if nbits > u64 or nbits & 7:
+      raise _bad_entry(where, name, info)
+    if len(info) > 3:
+      _check_values({k: v for k, v in info.items() if k not in _FIELDS}, where, 2)
+    if in_order:
+      if start == pos and (end - start) << 3 == nbits:
+        pos = end
+      else:
+        in_order = False
+  if not in_order:
+    pos = _check_tiling(header, where)
   if pos > data_size:
-    e = next(e for e in entries if e.end > data_size)
-    raise ValueError(f"{where}: tensor {_short(e.name)}: truncated file: its data ends at byte "
-                     f"{e.end} of the data buffer, which holds only {data_size} bytes.")
+    name = next(n for n, e in header.items() if e["data_offsets"][1] > data_size)
+    raise ValueError(f"{where}: tensor {_short(name)}: truncated file: its data ends at byte "
+                     f"{header[name]['data_offsets'][1]} of the data buffer, which holds only "
+                     f"{data_size} bytes.")
   if pos != data_size:
     raise ValueError(f"{where}: the tensors cover {pos} data bytes but the file holds "
-                     f"{data_size} after the header (truncated, or trailing bytes).")
-  return metadata, entries
+                     f"{data_size} after the header (trailing bytes).")
+  return metadata, header
+
+
+def _check_tiling(header: dict[str, dict[str, Any]], where: str) -> int:
+  """Sorted by offsets, tensors must be contiguous and of their size; returns the end."""
+  entries = [(e["data_offsets"][0], e["data_offsets"][1],
+              math.prod(e["shape"]) * DTYPE_BITS[e["dtype"]] >> 3, name)
+             for name, e in header.items()]
+  entries.sort(key=lambda x: (x[0], x[1]))
+  pos = 0
+  for start, end, size, name in entries:
+    if start != pos or end < start:
+      raise ValueError(f"{where}: tensor {_short(name)}: data_offsets [{start}, {end}] are not "
+                       f"contiguous with the previous tensor (expected to start at {pos}): "
+                       "overlapping, out of order or leaving a gap.")
+    if end - start != size:
+      raise ValueError(f"{where}: tensor {_short(name)}: data_offsets cover {end - start} bytes "
+                       f"but its shape and dtype need {size}.")
+    pos = end
+  return pos

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import json
 import os
 from pathlib import Path
 from typing import Any, Iterator
@@ -26,9 +25,9 @@ from jaxparams.io.dtypes import SUB_BYTE, to_numpy_dtype
 from jaxparams.io.paths import resolve_inside
 from jaxparams.io.pickle_guard import refuse_pickle
 from jaxparams.io.safetensors_header import parse_header, read_header_length
+from jaxparams.io.text_files import read_json
 
-__all__ = ["TensorSpec", "SafetensorsFile", "SafetensorsReader", "open_checkpoint", "INDEX_NAME",
-           "read_json"]
+__all__ = ["TensorSpec", "SafetensorsFile", "SafetensorsReader", "open_checkpoint", "INDEX_NAME"]
 
 INDEX_NAME = "model.safetensors.index.json"
 _MAX_OPEN_FILES = 32  # shards a reader keeps open at once
@@ -45,29 +44,6 @@ class TensorSpec:
   offset: int  # absolute byte offset in ``file``
   nbytes: int
   dtype_name: str = ""  # the safetensors name ('BF16', 'F4', ...)
-
-
-def read_json(path: str | Path, *, what: str = "JSON file") -> Any:
-  """Reads a JSON file with one-line errors naming it (bad UTF-8, bad JSON, too deep).
-
-  Example:
-    >>> import tempfile, os
-    >>> p = os.path.join(tempfile.mkdtemp(), 'c.json')
-    >>> _ = open(p, 'w').write('{"a": 1}')
-    >>> read_json(p)
-    {'a': 1}
-  """
-  path = Path(path)
-  try:
-    text = path.read_bytes().decode("utf-8")
-  except UnicodeDecodeError:
-    raise ValueError(f"{path}: {what} is not valid UTF-8 text.") from None
-  try:
-    return json.loads(text)
-  except RecursionError:
-    raise ValueError(f"{path}: {what}: JSON nested too deeply.") from None
-  except ValueError as e:
-    raise ValueError(f"{path}: {what} is not valid JSON ({e}).") from None
 
 
 def _read_exact(fd: int, buf: memoryview, offset: int) -> int:
@@ -107,25 +83,24 @@ class SafetensorsFile:
       raise ValueError(f"{self.path}: short read of the header (the file changed while "
                        "being opened).")
     self._identity = (st.st_dev, st.st_ino, size)
-    self.metadata, entries = parse_header(raw, size - 8 - n, str(self.path))
+    self.metadata, self._entries = parse_header(raw, size - 8 - n, str(self.path))
     self._data_start = 8 + n
-    self._entries = entries
-    self._index = {e.name: i for i, e in enumerate(entries)}
     self._fd: int | None = None
 
   def names(self) -> list[str]:
-    return list(self._index)
+    return list(self._entries)
 
   def __contains__(self, name: str) -> bool:
-    return name in self._index
+    return name in self._entries
 
   def spec(self, name: str) -> TensorSpec:
     try:
-      e = self._entries[self._index[name]]
+      e = self._entries[name]
     except KeyError:
       raise KeyError(f"{self.path}: no tensor named {name!r}.") from None
-    return TensorSpec(e.name, e.shape, to_numpy_dtype(e.dtype), self.path,
-                      self._data_start + e.start, e.end - e.start, e.dtype)
+    start, end = e["data_offsets"]
+    return TensorSpec(name, tuple(e["shape"]), to_numpy_dtype(e["dtype"]), self.path,
+                      self._data_start + start, end - start, e["dtype"])
 
   def _open(self) -> int:
     if self._fd is None:
