@@ -13,10 +13,6 @@ import sys
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
-
 from jaxparams import io as jio
 
 _BLOCK = 500  # rows per printed block
@@ -36,17 +32,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
   p.set_defaults(func=run)
 
 
-def plain(text: object) -> Text:
-  """Text shown literally: no rich markup, non-printable characters escaped.
+def plain(text: object) -> str:
+  """Text shown literally: non-printable characters (escape sequences, bells) escaped.
+
+  Rows are written as plain text, never through rich markup, so ``[/]`` or
+  ``[link=...]`` in a name is shown as is.
 
   Example:
-    >>> plain('ckpt[v2]\\x1b[31m').plain
-    'ckpt[v2]\\\\x1b[31m'
+    >>> plain('ckpt[v2]\x1b[31m')
+    'ckpt[v2]\\x1b[31m'
   """
   s = str(text)
   if not s.isprintable():
     s = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in s)
-  return Text(s)
+  return s
 
 
 def _human(n: float) -> str:
@@ -88,42 +87,50 @@ def _row(name, shape, dtype, nbytes, array) -> tuple:
   return row + (st.mean, st.std, st.absmax, st.zeros)
 
 
-def _table(first: bool, stats: bool) -> Table:
-  t = Table(show_header=first, box=None, pad_edge=False)
-  t.add_column("path", overflow="fold", ratio=3)
-  t.add_column("shape", overflow="fold", ratio=1)
-  t.add_column("dtype", ratio=1)
-  t.add_column("params", justify="right", ratio=1)
-  t.add_column("bytes", justify="right", ratio=1)
-  for c in _STATS if stats else ():
-    t.add_column(c, justify="right", ratio=1)
-  return t
+def _widths(block: list[list[str]], header: list[str]) -> list[int]:
+  return [min(max(len(r[i]) for r in block + [header]), 120 if i == 0 else 40)
+          for i in range(len(header))]
+
+
+def _line(cells: list[str], widths: list[int]) -> str:
+  out = [cells[0].ljust(widths[0])] + [c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in
+                                      enumerate(zip(cells[1:], widths[1:]))]
+  return "  ".join(out).rstrip()
 
 
 def run(args: argparse.Namespace) -> int:
-  console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
   path = Path(args.path)
   if not path.exists():
     raise FileNotFoundError(f"{path}: no such file or folder.")
-  console.print(plain(path), soft_wrap=True)
+  out = sys.stdout
+  out.write(plain(path) + "\n")
+  header = list(_COLUMNS) + (list(_STATS) if args.stats else [])
+  widths: list[int] | None = None
+  block: list[list[str]] = []
   total_params = total_bytes = count = 0
-  table = _table(True, args.stats)
+
+  def flush() -> None:
+    nonlocal widths
+    if widths is None:
+      widths = _widths(block, header)
+      out.write(_line(header, widths) + "\n")
+    out.write("".join(_line(r, widths) + "\n" for r in block))
+    out.flush()
+    block.clear()
+
   for row in _rows(path, args.stats, args.where):
     name, shape, dtype, params, nbytes = row[:5]
-    cells = [plain(name), plain(shape), plain(dtype), Text(f"{params:,}"), Text(_human(nbytes))]
+    cells = [plain(name), plain(shape), plain(dtype), f"{params:,}", _human(nbytes)]
     if args.stats:
       mean, std, absmax, zeros = row[5:]
-      cells += [Text(f"{mean:.4g}"), Text(f"{std:.4g}"), Text(f"{absmax:.4g}"),
-                Text(f"{zeros:.2%}")]
-    table.add_row(*cells)
+      cells += [f"{mean:.4g}", f"{std:.4g}", f"{absmax:.4g}", f"{zeros:.2%}"]
+    block.append(cells)
     total_params += params
     total_bytes += nbytes
     count += 1
-    if count % _BLOCK == 0:
-      console.print(table)
-      table = _table(False, args.stats)
-  if table.row_count:
-    console.print(table)
-  console.print(Text(f"total: {count:,} tensors, {total_params:,} params, "
-                     f"{_human(total_bytes)}"))
+    if len(block) == _BLOCK:
+      flush()
+  if block or widths is None:
+    flush()
+  out.write(f"total: {count:,} tensors, {total_params:,} params, {_human(total_bytes)}\n")
   return 0

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import signal
-import sys
 import threading
 from typing import Iterator
 
@@ -16,8 +15,9 @@ def finish_before_interrupt(what: str) -> Iterator[None]:
   """Defers Ctrl-C (SIGINT) until the block ends, then raises ``KeyboardInterrupt``.
 
   For a writer whose threads keep writing after an interrupt: cleaning up its
-  folder while it writes would leave data behind, so the block finishes first.
-  A second Ctrl-C stops at once. Outside the main thread it does nothing.
+  folder while it writes would leave data behind, so the block (``what``)
+  finishes first. A second Ctrl-C stops at once. Outside the main thread it
+  does nothing.
 
   Example:
     >>> with finish_before_interrupt('the orbax write'):
@@ -31,9 +31,7 @@ def finish_before_interrupt(what: str) -> Iterator[None]:
   def handler(signum, frame):  # pylint: disable=unused-argument
     if pending:
       raise KeyboardInterrupt
-    pending.append(signum)
-    print(f"jaxparams: interrupt received; finishing {what} before cleaning up "
-          "(Ctrl-C again to stop now).", file=sys.stderr, flush=True)
+    pending.append(signum)  # silent: the command prints one line when the block is done
 
   previous = signal.signal(signal.SIGINT, handler)
   try:
