@@ -15,6 +15,8 @@ Parsing is linear in the header size (no per-entry quadratic work), and every
 error is one ``ValueError`` naming the file, never echoing raw file bytes.
 """
 
+# Exact JSON types are checked with `type(x) is int` (a bool is not an int here).
+# pylint: disable=unidiomatic-typecheck
 from __future__ import annotations
 
 import json
@@ -106,7 +108,7 @@ def _check_values(value: Any, where: str, depth: int) -> None:
         raise ValueError(f"{where}: corrupt safetensors header: nesting deeper than "
                          f"{_MAX_DEPTH} levels.")
       stack.extend((x, d + 1) for x in (v.values() if isinstance(v, dict) else v))
-    elif type(v) is int and abs(v) > _U64:  # pylint: disable=unidiomatic-typecheck
+    elif type(v) is int and abs(v) > _U64:
       try:
         float(v)
       except OverflowError:
@@ -132,7 +134,7 @@ def _check_strings(value: Any, where: str) -> None:
 
 
 def _uint(v: Any) -> bool:
-  return type(v) is int and 0 <= v <= _U64  # pylint: disable=unidiomatic-typecheck
+  return type(v) is int and 0 <= v <= _U64
 
 
 def _loads(text: str, raw: bytes, where: str) -> Any:
@@ -143,7 +145,7 @@ def _loads(text: str, raw: bytes, where: str) -> Any:
     if isinstance(header, dict):
       # Fast duplicate-key check: every key is followed by one ':' outside strings; if the text
       # has no more ':' than the parsed objects have keys, no key was dropped as a duplicate.
-      keys = len(header) + sum(map(len, (v for v in header.values() if type(v) is dict)))  # pylint: disable=unidiomatic-typecheck
+      keys = len(header) + sum(map(len, (v for v in header.values() if type(v) is dict)))
       if raw.count(b":") != keys:
         header = json.loads(text, object_pairs_hook=_pairs, parse_constant=_constant,
                             parse_float=_float, parse_int=parse_int)
@@ -160,20 +162,20 @@ def _loads(text: str, raw: bytes, where: str) -> Any:
 
 def _bad_entry(where: str, name: str, info: Any) -> ValueError:
   """The precise complaint about an entry the fast path did not accept."""
-  if type(info) is not dict:  # pylint: disable=unidiomatic-typecheck
+  if type(info) is not dict:
     return ValueError(f"{where}: tensor {_short(name)}: header entry is not an object with "
                       "dtype, shape and data_offsets.")
   for field in _FIELDS:
     if field not in info:
       return ValueError(f"{where}: tensor {_short(name)}: header entry lacks {field!r}.")
   dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
-  if type(dtype) is not str or dtype not in DTYPE_BITS:  # pylint: disable=unidiomatic-typecheck
+  if type(dtype) is not str or dtype not in DTYPE_BITS:
     return ValueError(f"{where}: tensor {_short(name)}: unknown safetensors dtype "
                       f"{_short(dtype)}; the format defines {', '.join(DTYPE_BITS)}.")
-  if type(shape) is not list or not all(_uint(d) for d in shape):  # pylint: disable=unidiomatic-typecheck
+  if type(shape) is not list or not all(_uint(d) for d in shape):
     return ValueError(f"{where}: tensor {_short(name)}: shape must be a list of integers in "
                       "[0, 2**64).")
-  if (type(offsets) is not list or len(offsets) != 2  # pylint: disable=unidiomatic-typecheck
+  if (type(offsets) is not list or len(offsets) != 2
       or not _uint(offsets[0]) or not _uint(offsets[1])):
     return ValueError(f"{where}: tensor {_short(name)}: data_offsets must be two integers in "
                       "[0, 2**64).")
@@ -224,7 +226,7 @@ def parse_header(raw: bytes, data_size: int, where: str
   metadata = header.pop("__metadata__", None)
   if metadata is None:
     metadata = {}
-  elif not isinstance(metadata, dict) or not all(type(v) is str for v in metadata.values()):  # pylint: disable=unidiomatic-typecheck
+  elif not isinstance(metadata, dict) or not all(type(v) is str for v in metadata.values()):
     raise ValueError(f"{where}: corrupt safetensors header: '__metadata__' must be a map of "
                      "strings to strings.")
 
@@ -234,23 +236,23 @@ def parse_header(raw: bytes, data_size: int, where: str
   pos = 0
   in_order = True
   for name, info in header.items():
-    if type(info) is not dict_ or len(info) < 3:  # pylint: disable=unidiomatic-typecheck
+    if type(info) is not dict_ or len(info) < 3:
       raise _bad_entry(where, name, info)
     dtype = info.get("dtype")
     shape = info.get("shape")
     offsets = info.get("data_offsets")
-    bits = bits_of(dtype) if type(dtype) is str else None  # pylint: disable=unidiomatic-typecheck
-    if bits is None or type(shape) is not list_ or type(offsets) is not list_ or len(offsets) != 2:  # pylint: disable=unidiomatic-typecheck
+    bits = bits_of(dtype) if type(dtype) is str else None
+    if bits is None or type(shape) is not list_ or type(offsets) is not list_ or len(offsets) != 2:
       raise _bad_entry(where, name, info)
     n = 1
     for d in shape:
-      if type(d) is not int_ or d < 0 or d > u64:  # pylint: disable=unidiomatic-typecheck
+      if type(d) is not int_ or d < 0 or d > u64:
         raise _bad_entry(where, name, info)
       n *= d
       if n > u64:
         raise _bad_entry(where, name, info)
     start, end = offsets
-    if (type(start) is not int_ or type(end) is not int_ or start < 0 or end < 0  # pylint: disable=unidiomatic-typecheck
+    if (type(start) is not int_ or type(end) is not int_ or start < 0 or end < 0
         or start > u64 or end > u64):
       raise _bad_entry(where, name, info)
     nbits = n * bits

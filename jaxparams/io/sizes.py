@@ -11,7 +11,7 @@ _UNITS = {"K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12,
 
 
 def parse_size(size: str | int | float, *, what: str = "size") -> int:
-  """Bytes from ``'5GB'``, ``'500M'``, ``'2GiB'``, ``'5e9'``, mergekit's ``'5B'`` (billion) or a number.
+  """Bytes from ``'5GB'``, ``'500M'``, ``'2GiB'``, ``'5e9'``, mergekit's ``'5B'`` or a number.
 
   Args:
     size: the text or number.
@@ -21,8 +21,8 @@ def parse_size(size: str | int | float, *, what: str = "size") -> int:
     ValueError: not a finite, positive size (``inf``, ``nan``, ``-1``, ``abc``), naming ``what``.
 
   Example:
-    >>> parse_size('500M'), parse_size('2GB'), parse_size('5B'), parse_size('1KiB'), parse_size(1024)
-    (500000000, 2000000000, 5000000000, 1024, 1024)
+    >>> parse_size('500M'), parse_size('2GB'), parse_size('5B'), parse_size('1KiB')
+    (500000000, 2000000000, 5000000000, 1024)
   """
   if isinstance(size, bool):
     value = math.nan

@@ -1,4 +1,4 @@
-"""Text and JSON files given by users or found in model folders, with one-line errors naming them."""
+"""Text and JSON files from users or model folders, with one-line errors naming them."""
 
 from __future__ import annotations
 
