@@ -39,7 +39,8 @@ def main(n: int = 1_000_000) -> None:
   assert k_official == k_ours == n
   script = str(Path(sys.executable).parent / "jaxparams")
   t = time.perf_counter()
-  proc = subprocess.Popen([script, "inspect", str(p)], stdout=subprocess.PIPE)
+  proc = subprocess.Popen([script, "inspect", str(p)], stdout=subprocess.PIPE,
+                          stderr=subprocess.DEVNULL)
   first = None
   for i, _ in enumerate(proc.stdout):
     if i == 2 and first is None:
