@@ -34,13 +34,19 @@ __all__ = ["atomic_dir", "check_output_dir", "check_writable", "publish_dir", "s
 _log = logging.getLogger("jaxparams")
 _RENAME_NOREPLACE, _RENAME_EXCHANGE = 1, 2
 _AT_FDCWD = -100
+_REPORT_AFTER_S = 24 * 3600
 _OURS = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old)-(?P<host>[0-9a-f]{8})-(?P<pid>\d+)-"
                    r"[0-9a-f]{8}$")
 _LEGACY = re.compile(r"^\.(?P<name>.+)\.(?:tmp|old)-[A-Za-z0-9_]{8}$")  # mkdtemp names of v0.1
 
 
 def _host() -> str:
-  return hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
+  """This host and PID namespace (containers sharing a folder have different tags)."""
+  try:
+    pidns = os.readlink("/proc/self/ns/pid")
+  except OSError:
+    pidns = ""
+  return hashlib.sha1(f"{socket.gethostname()}/{pidns}".encode()).hexdigest()[:8]
 
 
 def _temp_path(out: Path, kind: str) -> Path:
@@ -59,6 +65,13 @@ def _alive(pid: int) -> bool:
   return True
 
 
+def _age(p: Path) -> float:
+  try:
+    return time.time() - p.stat().st_mtime
+  except OSError:
+    return 0.0
+
+
 def _renameat2(src: Path, dst: Path, flags: int) -> bool:
   """Linux ``renameat2``; False where it is unavailable (other OS, old kernel, some filesystems)."""
   fn = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
@@ -75,11 +88,11 @@ def _renameat2(src: Path, dst: Path, flags: int) -> bool:
 def sweep_stale(out_dir: str | Path) -> list[Path]:
   """Removes dead runs' temporary folders for ``out_dir``; returns (and logs) those kept.
 
-  A folder ``.<name>.tmp-<host>-<pid>-*`` of this host whose process no longer
-  runs is removed; a dead run's ``.<name>.old-*`` (the previous output, set
+  A folder ``.<name>.tmp-<host>-<pid>-*`` of this host (and PID namespace)
+  whose process no longer runs is removed; a dead run's ``.<name>.old-*`` (the previous output, set
   aside by an overwrite that was killed) is moved back if the output is
-  missing. Folders of other hosts or of the older ``mkdtemp`` naming are only
-  reported.
+  missing. Folders of other hosts, of the older ``mkdtemp`` naming, or of a
+  live pid older than a day are only reported.
 
   Example:
     >>> import tempfile, pathlib
@@ -110,6 +123,8 @@ def sweep_stale(out_dir: str | Path) -> list[Path]:
       kept.append(p)
       continue
     if _alive(int(m["pid"])):
+      if _age(p) > _REPORT_AFTER_S:  # a run for a day, or the pid was reused: say so
+        kept.append(p)
       continue  # a run in progress
     if m["kind"] == "old" and not os.path.lexists(out):
       os.replace(p, out)
@@ -118,8 +133,8 @@ def sweep_stale(out_dir: str | Path) -> list[Path]:
       continue
     shutil.rmtree(p, ignore_errors=True)
   for p in kept:
-    _log.warning("%s: left by an earlier jaxparams run that may still be writing (other host or "
-                 "older naming); remove it if no run is writing %s.", p, out)
+    _log.warning("%s: left by an earlier jaxparams run that may still be writing (other host, "
+                 "older naming or a day old); remove it if no run is writing %s.", p, out)
   return kept
 
 

@@ -6,6 +6,7 @@ import os
 import stat
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -92,14 +93,17 @@ def test_dead_runs_temp_folders_are_swept_live_and_foreign_ones_kept(tmp_path, c
   foreign = tmp_path / ".out.tmp-ffffffff-1-00000003"
   legacy = tmp_path / ".out.tmp-k2j4h5g6"  # mkdtemp naming of earlier versions: no pid
   other = tmp_path / ".other.tmp-k2j4h5g6"
-  for d in (dead, alive, foreign, legacy, other):
+  old_alive = tmp_path / f".out.tmp-{host}-{os.getppid()}-00000004"  # pid alive, but 2 days old
+  for d in (dead, alive, foreign, legacy, other, old_alive):
     d.mkdir()
     (d / "shard.safetensors").write_bytes(b"x" * 100)
+  os.utime(old_alive, (time.time() - 2 * 86400,) * 2)
   with caplog.at_level(logging.WARNING, logger="jaxparams"):
     jp.io.save_safetensors({"a": np.ones(1, np.float32)}, out)  # the next run
   assert not dead.exists() and alive.exists() and foreign.exists() and legacy.exists()
   assert other.exists()
-  assert str(legacy) in caplog.text and str(foreign) in caplog.text
+  assert old_alive.exists() and str(old_alive) in caplog.text
+  assert str(legacy) in caplog.text and str(foreign) in caplog.text and str(alive) not in caplog.text
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o027, 0o002])
