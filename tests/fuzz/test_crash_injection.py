@@ -73,3 +73,20 @@ def test_kill_at_random_moments_loses_nothing_and_leaves_no_temp(tmp_path, targe
     Path(f"{report}.{target}.json").write_text(json.dumps(counts | {"leftovers": leftovers}))
   assert leftovers == [] and counts["outputs_lost"] == 0 and counts["incomplete_outputs"] == 0
   assert counts["tracebacks"] == 0
+
+
+@pytest.mark.slow
+def test_two_identical_concurrent_runs_never_both_replace(tmp_path):
+  src = tmp_path / "src"
+  jp.io.save_safetensors({f"w{i}": np.full((256, 256), i, np.float32) for i in range(16)}, src)
+  argv = [JAXPARAMS, "convert", str(src), str(tmp_path / "out"), "--to", "safetensors"]
+  procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           for _ in range(2)]
+  results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
+  codes = sorted(code for code, _ in results)
+  assert codes == [0, 2], results
+  err = next(e for code, e in results if code == 2)
+  assert "appeared while this run was writing" in err or "already exists" in err, err
+  kept = [p for p in tmp_path.iterdir() if p.name.startswith("out.new-")]
+  assert len(kept) == ("appeared while" in err)  # the second result is kept and named
+  assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]
