@@ -11,6 +11,10 @@ Example:
   ['a/b', 'c']
 """
 
+from jaxparams.cli.startup import quiet_interrupt_at_startup as _quiet_interrupt_at_startup
+
+_quiet_interrupt_at_startup()  # the `jaxparams` command only: Ctrl-C while importing -> exit 130
+
 from jaxparams import adapt, calib, edit, io, merge, models, prune, quant, scale, transform, tree
 
 __version__ = "0.1.0"

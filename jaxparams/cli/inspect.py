@@ -1,15 +1,23 @@
-"""``jaxparams inspect PATH``: a checkpoint's tensors from headers, optional stats."""
+"""``jaxparams inspect PATH``: a checkpoint's tensors from headers, optional stats.
+
+Rows are printed as they are produced, a block at a time (a million-tensor
+header starts printing at once). Names come from files and are shown as plain
+text: never as rich markup, control characters escaped.
+"""
 
 from __future__ import annotations
 
 import argparse
+import math
+import sys
 from pathlib import Path
-
-from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from typing import Iterable, Iterator
 
 from jaxparams import io as jio
-from jaxparams import tree as jtree
+
+_BLOCK = 500  # rows per printed block
+_COLUMNS = ("path", "shape", "dtype", "params", "bytes")
+_STATS = ("mean", "std", "absmax", "zeros")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -19,42 +27,110 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                      "a time for mean/std/abs-max/zeros.")
   p.add_argument("path", help="a .safetensors file, an HF folder, or a jaxparams/orbax folder")
   p.add_argument("--stats", action="store_true", help="read every tensor for statistics")
-  p.add_argument("--where", default=None, help="glob of tensor names to show (e.g. '*attn*')")
+  p.add_argument("--where", default=None,
+                 help="glob of tensor names to show (e.g. '*attn*'), or 're:<regex>'")
   p.set_defaults(func=run)
 
 
-def is_orbax_dir(path: Path) -> bool:
-  """True for an orbax checkpoint folder (or a converted folder with ``params/``)."""
-  if (path / "params").is_dir():
-    path = path / "params"
-  return path.is_dir() and any((path / n).exists() for n in (
-      "_CHECKPOINT_METADATA", "_METADATA", "manifest.ocdbt", "checkpoint"))
+def plain(text: object) -> str:
+  """Text shown literally: non-printable characters (escape sequences, bells) escaped.
+
+  Rows are written as plain text, never through rich markup, so ``[/]`` or
+  ``[link=...]`` in a name is shown as is.
+
+  Example:
+    >>> plain('ckpt[v2]\x1b[31m')
+    'ckpt[v2]\\x1b[31m'
+  """
+  s = str(text)
+  if not s.isprintable():
+    s = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in s)
+  return s
+
+
+def _human(n: float) -> str:
+  for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+    if abs(n) < 1024 or unit == "TiB":
+      return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+    n /= 1024
+  return str(n)
+
+
+def _select(names: list[str], where: str | None) -> list[str]:
+  if where is None:
+    return names
+  from jaxparams import tree as jtree  # pylint: disable=import-outside-toplevel
+  return jtree.select({n: None for n in names}, where, flat=True)
+
+
+def _rows(path: Path, stats: bool, where: str | None) -> Iterator[tuple]:
+  """(name, shape, dtype name, params, bytes[, mean, std, absmax, zeros]) per tensor."""
+  if jio.is_orbax_dir(path):
+    flat, _ = jio.load_any(path)
+    items: Iterable = ((n, flat[n]) for n in _select(list(flat), where))
+    for n, a in items:
+      yield _row(n, tuple(a.shape), str(a.dtype), int(a.nbytes), a if stats else None)
+    return
+  with jio.open_checkpoint(path) as ck:
+    for n in _select(ck.names(), where):
+      s = ck.spec(n)
+      yield _row(n, s.shape, str(s.dtype), s.nbytes,
+                 ck.read(n) if stats else None)
+
+
+def _row(name, shape, dtype, nbytes, array) -> tuple:
+  row = (name, shape, dtype, math.prod(shape), nbytes)
+  if array is None:
+    return row
+  from jaxparams import tree as jtree  # pylint: disable=import-outside-toplevel
+  st = jtree.leaf_stats(name, array)
+  return row + (st.mean, st.std, st.absmax, st.zeros)
+
+
+def _widths(block: list[list[str]], header: list[str]) -> list[int]:
+  return [min(max(len(r[i]) for r in block + [header]), 120 if i == 0 else 40)
+          for i in range(len(header))]
+
+
+def _line(cells: list[str], widths: list[int]) -> str:
+  out = [cells[0].ljust(widths[0])] + [c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in
+                                      enumerate(zip(cells[1:], widths[1:]))]
+  return "  ".join(out).rstrip()
 
 
 def run(args: argparse.Namespace) -> int:
-  console = Console()
   path = Path(args.path)
   if not path.exists():
     raise FileNotFoundError(f"{path}: no such file or folder.")
-  if is_orbax_dir(path):
-    from jaxparams.cli.convert import load_any  # pylint: disable=g-import-not-at-top
-    flat, _ = load_any(path)
-    s = jtree.summary(flat, where=args.where, stats=args.stats)
-    console.print(s.to_table(title=str(path)))
-    return 0
-  with jio.open_checkpoint(path) as ck:
-    names = jtree.select({n: None for n in ck.names()}, args.where, flat=True)
-    if not args.stats:
-      specs = [(n, ck.spec(n).shape, ck.spec(n).dtype, ck.spec(n).nbytes) for n in names]
-      console.print(jtree.summary_from_specs(specs).to_table(title=str(path)))
-      return 0
-    rows = []
-    with Progress(TextColumn("{task.description}"), BarColumn(),
-                  TextColumn("{task.completed}/{task.total} tensors"), TimeRemainingColumn(),
-                  console=console, transient=True) as bar:
-      task = bar.add_task("reading", total=len(names))
-      for n in names:
-        rows.append(jtree.leaf_stats(n, ck.read(n)))
-        bar.advance(task)
-    console.print(jtree.Summary(tuple(rows)).to_table(title=str(path)))
+  out = sys.stdout
+  out.write(plain(path) + "\n")
+  header = list(_COLUMNS) + (list(_STATS) if args.stats else [])
+  widths: list[int] | None = None
+  block: list[list[str]] = []
+  total_params = total_bytes = count = 0
+
+  def flush() -> None:
+    nonlocal widths
+    if widths is None:
+      widths = _widths(block, header)
+      out.write(_line(header, widths) + "\n")
+    out.write("".join(_line(r, widths) + "\n" for r in block))
+    out.flush()
+    block.clear()
+
+  for row in _rows(path, args.stats, args.where):
+    name, shape, dtype, params, nbytes = row[:5]
+    cells = [plain(name), plain(shape), plain(dtype), f"{params:,}", _human(nbytes)]
+    if args.stats:
+      mean, std, absmax, zeros = row[5:]
+      cells += [f"{mean:.4g}", f"{std:.4g}", f"{absmax:.4g}", f"{zeros:.2%}"]
+    block.append(cells)
+    total_params += params
+    total_bytes += nbytes
+    count += 1
+    if len(block) == _BLOCK:
+      flush()
+  if block or widths is None:
+    flush()
+  out.write(f"total: {count:,} tensors, {total_params:,} params, {_human(total_bytes)}\n")
   return 0

@@ -1,16 +1,21 @@
 """The ``jaxparams`` command: one sub-command module per job.
 
 Each module in ``SUBCOMMANDS`` defines ``add_parser(subparsers)`` (which sets
-``func`` on its parser) and raises ``ValueError``/``FileNotFoundError``/
-``FileExistsError`` on bad input; ``main`` turns those into one clear line on
-stderr and exit code 2.
+``func`` on its parser) and raises ``ValueError``/``OSError`` (missing files,
+existing outputs, permissions, full disks) on bad input; ``main`` turns every
+such error into one line on stderr naming the file/tensor/parameter, exit code
+2. Ctrl-C at any moment (start-up included) prints one line, exit code 130.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import re
+import signal
 import sys
+import threading
 from typing import Sequence
 
 # Sub-command modules, in the order ``--help`` lists them.
@@ -29,22 +34,61 @@ def build_parser() -> argparse.ArgumentParser:
   return parser
 
 
+def error_line(e: BaseException) -> str:
+  """One line for an error: the message's first line, naming the file for ``OSError``.
+
+  Example:
+    >>> error_line(PermissionError(13, 'Permission denied', '/out'))
+    "/out: Permission denied"
+    >>> error_line(ValueError('--dtype: unknown dtype'))
+    '--dtype: unknown dtype'
+  """
+  if isinstance(e, OSError) and e.strerror:
+    names = [str(f) for f in (e.filename, e.filename2) if f is not None]
+    msg = f"{' -> '.join(names)}: {e.strerror}" if names else e.strerror
+  elif isinstance(e, re.error):
+    msg = f"invalid regular expression {e.pattern!r}: {e.msg}" if e.pattern else str(e)
+  elif isinstance(e, KeyError) and len(e.args) == 1 and isinstance(e.args[0], str):
+    msg = e.args[0]
+  elif isinstance(e, RecursionError):
+    msg = "input nested too deeply"
+  else:
+    msg = str(e)
+  lines = [ln for ln in msg.splitlines() if ln.strip()]
+  return lines[0] if lines else type(e).__name__
+
+
+# What a bad input raises: one line and exit 2. Anything else is a bug: traceback.
+USER_ERRORS = (ValueError, OSError, re.error, KeyError, RecursionError, OverflowError,
+               UnicodeError, MemoryError)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
   """Entry point of the ``jaxparams`` console script.
 
   Example:
     >>> main(['--help'])  # doctest: +SKIP
   """
-  parser = build_parser()
-  args = parser.parse_args(argv)
+  in_main_thread = threading.current_thread() is threading.main_thread()
+  if in_main_thread:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+  command = "jaxparams"
   try:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    command = f"jaxparams {args.command}"
     return int(args.func(args) or 0)
-  except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError) as e:
-    msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-    print(f"jaxparams {args.command}: error: {msg}", file=sys.stderr)
+  except USER_ERRORS as e:
+    if isinstance(e, KeyError) and ": " not in error_line(e):
+      raise  # a KeyError of ours names the file; any other is a bug: keep its traceback
+    print(f"{command}: error: {error_line(e)}", file=sys.stderr)
     return 2
   except KeyboardInterrupt:
-    print(f"jaxparams {args.command}: interrupted; no partial output was left.", file=sys.stderr)
+    print(f"{command}: interrupted; no partial output was left.", file=sys.stderr)
+    if argv is None and in_main_thread:  # the real command: exit now, skipping the shutdown
+      sys.stdout.flush()                 # of jax/orbax threads that a Ctrl-C may have upset
+      sys.stderr.flush()
+      os._exit(130)  # pylint: disable=protected-access
     return 130
 
 

@@ -12,12 +12,19 @@ Example:
 
 import numpy as np
 
-from jaxparams.io.atomic import atomic_dir, check_output_dir
-from jaxparams.io.dtypes import to_numpy_dtype, to_safetensors_dtype
+from jaxparams.io.any_checkpoint import is_orbax_dir, load_any
+from jaxparams.io.atomic import (atomic_dir, check_output_dir, check_writable, publish_dir,
+                                 sweep_stale)
+from jaxparams.io.dtypes import parse_dtype, to_numpy_dtype, to_safetensors_dtype
+from jaxparams.io.interrupt import finish_before_interrupt
 from jaxparams.io.orbax_io import restore_orbax, save_orbax
+from jaxparams.io.paths import resolve_inside
 from jaxparams.io.pickle_guard import refuse_pickle
+from jaxparams.io.safetensors_header import DTYPE_BITS, parse_header
 from jaxparams.io.safetensors_reader import (INDEX_NAME, SafetensorsFile, SafetensorsReader,
                                              TensorSpec, open_checkpoint)
+from jaxparams.io.sizes import parse_size
+from jaxparams.io.text_files import read_json, read_text
 from jaxparams.io.safetensors_writer import (SENTENCE_TRANSFORMERS_FILES, TOKENIZER_FILES,
                                              SafetensorsWriter, save_safetensors,
                                              write_safetensors_file)
@@ -40,9 +47,11 @@ def load_safetensors(path):
 
 
 __all__ = [
-    "INDEX_NAME", "SENTENCE_TRANSFORMERS_FILES", "SafetensorsFile", "SafetensorsReader",
-    "SafetensorsWriter", "TOKENIZER_FILES",
-    "TensorSpec", "atomic_dir", "check_output_dir", "load_safetensors", "open_checkpoint",
-    "refuse_pickle", "restore_orbax", "save_orbax", "save_safetensors", "to_numpy_dtype",
-    "to_safetensors_dtype", "write_safetensors_file",
+    "DTYPE_BITS", "INDEX_NAME", "SENTENCE_TRANSFORMERS_FILES", "TOKENIZER_FILES",
+    "SafetensorsFile", "SafetensorsReader", "SafetensorsWriter", "TensorSpec", "atomic_dir",
+    "check_output_dir", "check_writable", "finish_before_interrupt", "is_orbax_dir", "load_any",
+    "load_safetensors", "open_checkpoint", "parse_dtype", "parse_header", "parse_size",
+    "publish_dir", "read_json", "read_text", "refuse_pickle", "resolve_inside", "restore_orbax",
+    "save_orbax", "save_safetensors", "sweep_stale", "to_numpy_dtype", "to_safetensors_dtype",
+    "write_safetensors_file",
 ]

@@ -9,6 +9,7 @@ import jax
 import numpy as np
 
 from jaxparams.io.atomic import check_output_dir
+from jaxparams.io.interrupt import finish_before_interrupt
 
 __all__ = ["save_orbax", "restore_orbax"]
 
@@ -16,7 +17,9 @@ __all__ = ["save_orbax", "restore_orbax"]
 def save_orbax(tree: Any, path: str | Path, *, overwrite: bool = False) -> None:
   """Saves a pytree of arrays with orbax (a folder; atomic via orbax's own rename).
 
-  Sharded ``jax.Array`` leaves are written shard by shard by each host.
+  Sharded ``jax.Array`` leaves are written shard by shard by each host. Ctrl-C
+  is deferred until orbax's background writer has finished, so a caller
+  cleaning up on ``KeyboardInterrupt`` never races it.
 
   Example:
     >>> import tempfile, os, jax.numpy as jnp
@@ -28,7 +31,7 @@ def save_orbax(tree: Any, path: str | Path, *, overwrite: bool = False) -> None:
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   path = check_output_dir(path, overwrite).absolute()
   tree = jax.tree.map(lambda x: x if isinstance(x, jax.Array) else np.asarray(x), tree)
-  with ocp.StandardCheckpointer() as ckptr:
+  with finish_before_interrupt("the orbax write"), ocp.StandardCheckpointer() as ckptr:
     ckptr.save(path, tree, force=overwrite)
     ckptr.wait_until_finished()
 

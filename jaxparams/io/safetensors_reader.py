@@ -1,29 +1,37 @@
-"""Lazy safetensors reading: headers first, one tensor at a time through mmap.
+"""Lazy safetensors reading: strict headers first, one tensor at a time through ``pread``.
 
 Reads a single ``.safetensors`` file or a Hugging Face folder (one
 ``model.safetensors`` or shards listed by ``model.safetensors.index.json``).
-Names, shapes, dtypes and metadata come from the headers alone; ``read(name)``
-maps just that tensor's bytes. Errors name the file and the tensor.
+Names, shapes, dtypes and metadata come from the headers alone (validated as
+strictly as the official reader: :mod:`jaxparams.io.safetensors_header`);
+``read(name)`` copies just that tensor's bytes with positional reads, never
+through ``mmap``: a file truncated or rewritten while it is open gives a clear
+error naming it instead of a ``SIGBUS``. Shard names from an index must stay
+inside the model folder (:func:`jaxparams.io.resolve_inside`). Errors name the
+file and the tensor and never echo raw file bytes.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
-import json
-import mmap
-import struct
+import os
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 
-from jaxparams.io.dtypes import to_numpy_dtype
+from jaxparams.io.dtypes import SUB_BYTE, to_numpy_dtype
+from jaxparams.io.paths import resolve_inside
 from jaxparams.io.pickle_guard import refuse_pickle
+from jaxparams.io.safetensors_header import parse_header, read_header_length
+from jaxparams.io.text_files import read_json
 
 __all__ = ["TensorSpec", "SafetensorsFile", "SafetensorsReader", "open_checkpoint", "INDEX_NAME"]
 
 INDEX_NAME = "model.safetensors.index.json"
-_MAX_HEADER = 100 * 1024 * 1024
+_MAX_OPEN_FILES = 32  # shards a reader keeps open at once
+_CHUNK = 1 << 30  # bytes per pread call (Linux caps one call near 2 GiB)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,10 +43,21 @@ class TensorSpec:
   file: Path
   offset: int  # absolute byte offset in ``file``
   nbytes: int
+  dtype_name: str = ""  # the safetensors name ('BF16', 'F4', ...)
+
+
+def _read_exact(fd: int, buf: memoryview, offset: int) -> int:
+  got = 0
+  while got < len(buf):
+    n = os.preadv(fd, [buf[got:got + _CHUNK]], offset + got)
+    if n == 0:
+      break
+    got += n
+  return got
 
 
 class SafetensorsFile:
-  """One safetensors file: parsed header plus lazy, mmapped tensor reads.
+  """One safetensors file: strictly validated header plus lazy positional tensor reads.
 
   Example:
     >>> import numpy as np, tempfile, os
@@ -55,69 +74,78 @@ class SafetensorsFile:
     refuse_pickle(self.path)
     if not self.path.is_file():
       raise FileNotFoundError(f"{self.path}: no such safetensors file.")
-    size = self.path.stat().st_size
     with open(self.path, "rb") as f:
-      head = f.read(8)
-      if len(head) < 8:
-        raise ValueError(f"{self.path}: truncated file ({size} bytes): no safetensors header.")
-      (n,) = struct.unpack("<Q", head)
-      if n > _MAX_HEADER or 8 + n > size:
-        raise ValueError(f"{self.path}: corrupt or truncated header: header length {n} bytes "
-                         f"but the file has {size} bytes.")
+      st = os.fstat(f.fileno())
+      size = st.st_size
+      n = read_header_length(f.read(8), size, str(self.path))
       raw = f.read(n)
-    try:
-      header = json.loads(raw.decode("utf-8"))
-      if not isinstance(header, dict):
-        raise ValueError("header is not a JSON object")
-    except (UnicodeDecodeError, ValueError) as e:
-      raise ValueError(f"{self.path}: corrupt safetensors header ({e}).") from None
-    self.metadata: dict[str, str] = dict(header.pop("__metadata__", None) or {})
-    data_start = 8 + n
-    data_size = size - data_start
-    self._specs: dict[str, TensorSpec] = {}
-    for name, info in header.items():
-      where = f"{self.path}: tensor {name!r}"
-      try:
-        dtype = to_numpy_dtype(info["dtype"], where=where)
-        shape = tuple(int(s) for s in info["shape"])
-        start, end = (int(o) for o in info["data_offsets"])
-      except (KeyError, TypeError, ValueError) as e:
-        if isinstance(e, ValueError) and "unsupported" in str(e):
-          raise
-        raise ValueError(f"{where}: corrupt header entry {info!r}.") from None
-      expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-      if end - start != expected or start < 0:
-        raise ValueError(f"{where}: header says {end - start} bytes for shape {shape} "
-                         f"{dtype}, expected {expected}.")
-      if end > data_size:
-        raise ValueError(f"{where}: truncated file: tensor ends at byte {data_start + end} "
-                         f"but the file has {size} bytes.")
-      self._specs[name] = TensorSpec(name, shape, dtype, self.path, data_start + start, expected)
-    self._mm: mmap.mmap | None = None
+    if len(raw) != n:
+      raise ValueError(f"{self.path}: short read of the header (the file changed while "
+                       "being opened).")
+    self._identity = (st.st_dev, st.st_ino, size)
+    self.metadata, self._entries = parse_header(raw, size - 8 - n, str(self.path))
+    self._data_start = 8 + n
+    self._fd: int | None = None
 
   def names(self) -> list[str]:
-    return list(self._specs)
+    return list(self._entries)
+
+  def __contains__(self, name: str) -> bool:
+    return name in self._entries
 
   def spec(self, name: str) -> TensorSpec:
     try:
-      return self._specs[name]
+      e = self._entries[name]
     except KeyError:
       raise KeyError(f"{self.path}: no tensor named {name!r}.") from None
+    start, end = e["data_offsets"]
+    return TensorSpec(name, tuple(e["shape"]), to_numpy_dtype(e["dtype"]), self.path,
+                      self._data_start + start, end - start, e["dtype"])
+
+  def _open(self) -> int:
+    if self._fd is None:
+      try:
+        fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+      except OSError as e:
+        raise ValueError(f"{self.path}: cannot reopen for reading ({e.strerror}).") from None
+      st = os.fstat(fd)
+      if (st.st_dev, st.st_ino, st.st_size) != self._identity:
+        os.close(fd)
+        raise ValueError(f"{self.path}: the file was replaced, truncated or rewritten since its "
+                         "header was read; reopen the checkpoint.")
+      self._fd = fd
+    return self._fd
 
   def read(self, name: str) -> np.ndarray:
-    """Returns one tensor as a read-only array backed by the file's mmap."""
+    """Returns one tensor as a fresh (writable) array, read with ``pread``."""
     s = self.spec(name)
+    where = f"{self.path}: tensor {name!r}"
+    if s.dtype_name in SUB_BYTE:
+      raise ValueError(f"{where}: dtype {s.dtype_name} stores several values per byte; jaxparams "
+                       "reads its header but not its data.")
+    try:
+      out = np.empty(s.shape, s.dtype)
+    except (ValueError, OverflowError, MemoryError) as e:
+      raise ValueError(f"{where}: shape {s.shape} of {s.dtype_name} cannot be held in memory "
+                       f"({e}).") from None
     if s.nbytes == 0:
-      return np.zeros(s.shape, s.dtype)
-    if self._mm is None:
-      with open(self.path, "rb") as f:
-        self._mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-    count = s.nbytes // s.dtype.itemsize
-    return np.frombuffer(self._mm, dtype=s.dtype, count=count, offset=s.offset).reshape(s.shape)
+      return out
+    got = _read_exact(self._open(), memoryview(out.reshape(-1).view(np.uint8)), s.offset)
+    if got != s.nbytes:
+      raise ValueError(f"{where}: short read ({got} of {s.nbytes} bytes): the file was truncated "
+                       "or rewritten while open.")
+    return out
 
   def close(self) -> None:
-    # Arrays handed out keep the mapping alive through their buffer; just drop our handle.
-    self._mm = None
+    if self._fd is not None:
+      os.close(self._fd)
+      self._fd = None
+
+  def __del__(self):
+    try:
+      self.close()
+    except Exception:  # pylint: disable=broad-except
+      pass
 
 
 class SafetensorsReader:
@@ -132,6 +160,7 @@ class SafetensorsReader:
                folder: Path | None, metadata: dict[str, Any]):
     self._files = files
     self._owner = owner  # tensor name -> file key
+    self._recent: collections.OrderedDict[str, None] = collections.OrderedDict()
     self.folder = folder
     self.metadata = metadata
 
@@ -155,7 +184,13 @@ class SafetensorsReader:
     return self._file(name).spec(name)
 
   def read(self, name: str) -> np.ndarray:
-    return self._file(name).read(name)
+    f = self._file(name)
+    key = self._owner[name]
+    self._recent[key] = None
+    self._recent.move_to_end(key)
+    while len(self._recent) > _MAX_OPEN_FILES:
+      self._files[self._recent.popitem(last=False)[0]].close()
+    return f.read(name)
 
   def items(self) -> Iterator[tuple[str, np.ndarray]]:
     for name in self._owner:
@@ -169,11 +204,8 @@ class SafetensorsReader:
     """The ``config.json`` beside the weights, if any."""
     if self.folder is None or not (self.folder / "config.json").is_file():
       return None
-    path = self.folder / "config.json"
-    try:
-      return json.loads(path.read_text())
-    except ValueError as e:
-      raise ValueError(f"{path}: invalid JSON ({e}).") from None
+    path = resolve_inside(self.folder, "config.json", where=str(self.folder))
+    return read_json(path, what="config.json")
 
   def close(self) -> None:
     for f in self._files.values():
@@ -220,26 +252,12 @@ def open_checkpoint(path: str | Path) -> SafetensorsReader:
                              dict(f.metadata))
   index = path / INDEX_NAME
   if index.is_file():
-    try:
-      idx = json.loads(index.read_text())
-      weight_map = idx["weight_map"]
-    except (ValueError, KeyError) as e:
-      raise ValueError(f"{index}: not a valid safetensors index ({e}).") from None
-    files: dict[str, SafetensorsFile] = {}
-    for shard in dict.fromkeys(weight_map.values()):
-      shard_path = path / shard
-      if not shard_path.is_file():
-        raise FileNotFoundError(f"{index}: shard {shard!r} is missing from {path}.")
-      files[shard] = SafetensorsFile(shard_path)
-    for name, shard in weight_map.items():
-      if name not in files[shard]._specs:  # pylint: disable=protected-access
-        raise ValueError(f"{index}: tensor {name!r} is mapped to {shard!r}, which has no such "
-                         "tensor.")
-    return SafetensorsReader(files, dict(weight_map), path, dict(idx.get("metadata") or {}))
+    return _open_index(path, index)
   shards = sorted(path.glob("*.safetensors"))
   if not shards:
     raise FileNotFoundError(f"{path}: no .safetensors files (and no {INDEX_NAME}).")
-  files = {p.name: SafetensorsFile(p) for p in shards}
+  files = {p.name: SafetensorsFile(resolve_inside(path, p.name, where=str(path)))
+           for p in shards}
   owner: dict[str, str] = {}
   for key, f in files.items():
     for n in f.names():
@@ -248,3 +266,30 @@ def open_checkpoint(path: str | Path) -> SafetensorsReader:
       owner[n] = key
   meta = dict(files[shards[0].name].metadata)
   return SafetensorsReader(files, owner, path, meta)
+
+
+def _open_index(path: Path, index: Path) -> SafetensorsReader:
+  """A sharded checkpoint: every shard named by the index, each inside ``path``."""
+  idx = read_json(resolve_inside(path, INDEX_NAME, where=str(path)), what="safetensors index")
+  weight_map = idx.get("weight_map") if isinstance(idx, dict) else None
+  if not isinstance(weight_map, dict):
+    raise ValueError(f"{index}: not a valid safetensors index: expected an object with a "
+                     "'weight_map' object of tensor name -> shard file.")
+  bad = next(((k, v) for k, v in weight_map.items() if not isinstance(v, str)), None)
+  if bad is not None:
+    raise ValueError(f"{index}: weight_map[{bad[0]!r}] must be a shard file name (a string), "
+                     f"found {type(bad[1]).__name__}.")
+  meta = idx.get("metadata")
+  if meta is not None and not isinstance(meta, dict):
+    raise ValueError(f"{index}: 'metadata' must be an object, found {type(meta).__name__}.")
+  files: dict[str, SafetensorsFile] = {}
+  for shard in dict.fromkeys(weight_map.values()):
+    shard_path = resolve_inside(path, shard, where=str(index), what="shard")
+    if not shard_path.is_file():
+      raise FileNotFoundError(f"{index}: shard {shard!r} is missing from {path}.")
+    files[shard] = SafetensorsFile(shard_path)
+  for name, shard in weight_map.items():
+    if name not in files[shard]:
+      raise ValueError(f"{index}: tensor {name!r} is mapped to {shard!r}, which has no such "
+                       "tensor.")
+  return SafetensorsReader(files, dict(weight_map), path, dict(meta or {}))

@@ -12,7 +12,9 @@ import numpy as np
 
 from jaxparams.io.atomic import atomic_dir
 from jaxparams.io.dtypes import to_safetensors_dtype
+from jaxparams.io.paths import resolve_inside
 from jaxparams.io.safetensors_reader import INDEX_NAME
+from jaxparams.io.sizes import parse_size
 
 __all__ = ["SafetensorsWriter", "save_safetensors", "write_safetensors_file", "TOKENIZER_FILES",
            "SENTENCE_TRANSFORMERS_FILES"]
@@ -48,11 +50,16 @@ def write_safetensors_file(path: str | Path, tensors: Mapping[str, np.ndarray],
     arrays.append(a)
   raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
   raw += b" " * (-len(raw) % 8)
-  with open(path, "wb") as f:
-    f.write(struct.pack("<Q", len(raw)))
-    f.write(raw)
-    for a in arrays:
-      f.write(a.reshape(-1).view(np.uint8).data if a.size else b"")
+  try:
+    with open(path, "wb") as f:
+      f.write(struct.pack("<Q", len(raw)))
+      f.write(raw)
+      for a in arrays:
+        f.write(a.reshape(-1).view(np.uint8).data if a.size else b"")
+  except OSError as e:  # disk full, file too large...: name the file
+    if e.filename is not None or not e.errno:
+      raise
+    raise OSError(e.errno, e.strerror, str(path)) from None
   return offset
 
 
@@ -67,7 +74,8 @@ class SafetensorsWriter:
 
   Args:
     out_dir: the folder to create.
-    max_shard_bytes: shard size limit (a larger single tensor gets its own shard).
+    max_shard_bytes: shard size limit (a larger single tensor gets its own shard): bytes or
+      text such as ``'5GB'`` (:func:`jaxparams.io.parse_size`).
     overwrite: replace an existing folder (only at the final rename).
     metadata: safetensors ``__metadata__``; ``{'format': 'pt'}`` by default, which
       HF transformers requires.
@@ -81,10 +89,11 @@ class SafetensorsWriter:
     'model-00001-of-00002.safetensors'
   """
 
-  def __init__(self, out_dir: str | Path, *, max_shard_bytes: float = 5e9, overwrite: bool = False,
+  def __init__(self, out_dir: str | Path, *, max_shard_bytes: float | str = 5e9,
+               overwrite: bool = False,
                metadata: Mapping[str, str] | None = None):
     self.out_dir = Path(out_dir)
-    self.max_shard_bytes = int(max_shard_bytes)
+    self.max_shard_bytes = parse_size(max_shard_bytes, what="max_shard_bytes")
     self.metadata = dict(metadata) if metadata is not None else {"format": "pt"}
     self._ctx = atomic_dir(self.out_dir, overwrite=overwrite)
     self.folder_tmp: Path | None = None
@@ -134,7 +143,7 @@ class SafetensorsWriter:
       return []
     copied = []
     for fn in filenames:
-      src = Path(src_folder) / fn
+      src = resolve_inside(src_folder, fn, where=str(src_folder))
       if src.is_file():
         (self.folder_tmp / fn).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src, self.folder_tmp / fn)

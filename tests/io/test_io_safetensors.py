@@ -64,7 +64,8 @@ def test_reads_one_tensor_without_loading_others(tmp_path):
   jp.io.save_safetensors(t, tmp_path / "ck")
   with jp.io.open_checkpoint(tmp_path / "ck") as ck:
     small = ck.read("small")
-    assert not small.flags.owndata and not small.flags.writeable  # an mmap view
+    # A fresh copy read with pread (no mmap: a file truncated while open cannot SIGBUS).
+    assert small.flags.owndata and small.flags.writeable and small.tolist() == [1.0] * 3
     assert ck.spec("big").nbytes == 256 * 1024 * 4
 
 
@@ -101,7 +102,7 @@ def test_truncated_file_names_file_and_tensor(tmp_path):
   with pytest.raises(ValueError, match=r"m\.safetensors: tensor 'b': truncated file"):
     jp.io.open_checkpoint(p)
   p.write_bytes(b"\x01\x02")
-  with pytest.raises(ValueError, match=r"m\.safetensors: truncated file"):
+  with pytest.raises(ValueError, match=r"m\.safetensors: not a safetensors file: 2 bytes"):
     jp.io.open_checkpoint(p)
 
 
@@ -113,15 +114,15 @@ def test_corrupt_header(tmp_path):
   with pytest.raises(ValueError, match=r"m\.safetensors: corrupt safetensors header"):
     jp.io.open_checkpoint(p)
   p.write_bytes(struct.pack("<Q", 10**6) + b"{}")
-  with pytest.raises(ValueError, match=r"m\.safetensors: corrupt or truncated header"):
+  with pytest.raises(ValueError, match=r"m\.safetensors: not a safetensors file \(or truncated\)"):
     jp.io.open_checkpoint(p)
 
 
 def test_unsupported_dtype_names_tensor(tmp_path):
-  header = json.dumps({"z": {"dtype": "C64", "shape": [1], "data_offsets": [0, 8]}}).encode()
+  header = json.dumps({"z": {"dtype": "C128", "shape": [1], "data_offsets": [0, 16]}}).encode()
   p = tmp_path / "c.safetensors"
-  p.write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 8)
-  with pytest.raises(ValueError, match=r"c\.safetensors: tensor 'z': unsupported safetensors dtype 'C64'"):
+  p.write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 16)
+  with pytest.raises(ValueError, match=r"c\.safetensors: tensor 'z': unknown safetensors dtype 'C128'"):
     jp.io.open_checkpoint(p)
 
 
