@@ -26,9 +26,12 @@ from jaxparams.models.llama import Llama, LlamaConfig
 from jaxparams.models.hf import from_hf, hf_name_map, model_for_config, to_hf
 from jaxparams.models.minilm import embed, load_minilm, minilm_path
 from jaxparams.models.mlp import MLP
+from jaxparams.models.moe_llama import MoEFFN, MoELlama, MoELlamaConfig
+from jaxparams.models.tokenformer import Pattention, TokenFormer, TokenFormerConfig
 
 __all__ = [
     "Llama", "LlamaConfig", "Bert", "BertConfig", "MLP", "Linear", "Embed", "RMSNorm",
     "LayerNorm", "mean_pool", "l2_normalize", "sentence_embeddings", "from_hf", "to_hf",
     "hf_name_map", "model_for_config", "load_minilm", "minilm_path", "embed",
 ]
+__all__ += ["MoEFFN", "MoELlama", "MoELlamaConfig", "Pattention", "TokenFormer", "TokenFormerConfig"]
