@@ -25,14 +25,15 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 
+from jaxparams.kernels.dispatch import choose, with_reference_vjp
 from jaxparams.kernels.merge_sparsify import reference as ref
 from jaxparams.kernels.merge_sparsify.reference import KEY_MAX
-from jaxparams.kernels.dispatch import choose, with_reference_vjp
 
 __all__ = [
     "KEY_MAX", "topk_threshold", "topk_thresholds", "key_threshold", "key_thresholds", "topk_cuts",
     "sparsify_merge", "resolve_implementation",
 ]
+
 
 def resolve_implementation(implementation: str | None) -> str:
   """``'xla'`` or ``'pallas'``: what ``implementation`` runs on the default backend."""
