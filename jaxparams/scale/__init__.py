@@ -2,12 +2,14 @@
 
 Growth (each ``params, config -> params, config``, the function unchanged):
 
-- `tokenformer`: `Pattention` layer, `TokenFormer` LM, `grow` (append zero-key parameter tokens,
-  τ frozen).
-- `net2net`: Net2WiderNet / Net2DeeperNet for Dense stacks and `jaxparams.models.Llama`
-  (`widen_llama_ffn`, `widen_llama_heads`, `deepen_llama`).
-- `upcycle`: dense FFN -> mixture of experts (`upcycle_llama`, `MoELlama`, `moe_ffn`,
-  `experts_from_models`, `extract_expert`).
+- `tokenformer`: `grow` a TokenFormer (append zero-key parameter tokens, τ frozen); the model
+  (`Pattention`, `TokenFormer`) is `jaxparams.models.tokenformer`, re-exported here.
+- `net2net`: Net2WiderNet / Net2DeeperNet for Dense stacks; `llama_growth` the same for
+  `jaxparams.models.Llama` (`widen_llama_ffn`, `widen_llama_heads`, `deepen_llama`);
+  `unit_mapping` the unit mappings both use.
+- `upcycle`: dense FFN -> mixture of experts (`upcycle_llama`, `experts_from_models`,
+  `extract_expert`); the model (`MoELlama`, `moe_ffn`) is `jaxparams.models.moe_llama`,
+  re-exported here.
 - `vocab_trim`: keep the tokens a corpus uses (`trim_vocab`, `write_tokenizer`).
 
 Rules: `mup` (μP init/LR multipliers as optax transforms, coordinate check), `steplaw`
@@ -21,7 +23,8 @@ Example:
   0.00163
 """
 
-from jaxparams.scale import compound, mup, net2net, steplaw, tokenformer, upcycle, vocab_trim
+from jaxparams.scale import (compound, llama_growth, mup, net2net, steplaw, tokenformer,
+                             unit_mapping, upcycle, vocab_trim)
 from jaxparams.scale.compound import compound_scale, fast_exponents, scale_llama
 from jaxparams.scale.mup import coord_check, mup_adam, mup_adamw, mup_sgd
 from jaxparams.scale.net2net import (deepen_llama, mlp_features, net2deeper_mlp, net2wider_mlp,

@@ -173,11 +173,17 @@ def output_multiplier(info: Mapping[str, MuInfo], readout: str | None = None) ->
     info: `infer` output.
     readout: the readout kernel path (default: the single ``readout`` leaf).
 
+  At the base width (no dimension differs from the base, so no leaf can be told apart as the
+  readout without ``delta_shapes``) every fan-in multiplier is 1, and so is this one.
+
   Raises:
-    ValueError: if there is no readout leaf, or several and ``readout`` is None.
+    ValueError: if there is no readout leaf while some width differs from the base, or several
+      and ``readout`` is None.
   """
   if readout is None:
     cands = [p for p, i in info.items() if i.kind == "readout"]
+    if not cands and all(i.fan_in_mult == 1.0 for i in info.values()):
+      return 1.0
     if len(cands) != 1:
       raise ValueError(f"output_multiplier: expected one readout leaf (fan-in infinite, fan-out "
                        f"finite), found {cands}; pass readout=")

@@ -1,5 +1,8 @@
 """Sparse upcycling: dense FFN → mixture of experts that computes the same function at init.
 
+The MoE model (:class:`MoELlama`, :func:`moe_ffn`, routing) is in :mod:`jaxparams.models.moe_llama`;
+this module holds the growth functions that build its parameters from dense models.
+
 Komatsuzaki et al. "Sparse Upcycling" (2022); the role of mergekit-moe. A dense
 SwiGLU FFN ``f`` becomes E experts (copies of ``f`` or FFNs of several
 fine-tuned models) and a linear router. For a token x the router gives
@@ -36,83 +39,22 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+# The model lives in jaxparams.models.moe_llama; re-exported here (old import paths keep working).
+from jaxparams.models.moe_llama import (MoEFFN, MoELlama, MoELlamaConfig, moe_ffn, route,
+                                        swiglu_ffn)
 
 __all__ = [
     "MoEFFN", "MoELlama", "MoELlamaConfig", "experts_from_models", "extract_expert",
     "extract_llama", "moe_ffn", "route", "router_from_hidden", "swiglu_ffn", "upcycle_ffn",
     "upcycle_llama",
 ]
-
-
-def swiglu_ffn(params: Mapping[str, Any], x: jax.Array) -> jax.Array:
-  """Dense SwiGLU FFN ``down(silu(gate(x)) · up(x))`` on Llama-style params.
-
-  Example:
-    >>> import jax.numpy as jnp
-    >>> p = {'gate_proj': {'kernel': jnp.zeros((2, 3))}, 'up_proj': {'kernel': jnp.ones((2, 3))},
-    ...      'down_proj': {'kernel': jnp.ones((3, 2))}}
-    >>> swiglu_ffn(p, jnp.ones((1, 2))).tolist()
-    [[0.0, 0.0]]
-  """
-  def lin(name, h):
-    y = h @ params[name]["kernel"].astype(h.dtype)
-    return y + params[name]["bias"].astype(h.dtype) if "bias" in params[name] else y
-
-  return lin("down_proj", jax.nn.silu(lin("gate_proj", x)) * lin("up_proj", x))
-
-
-def route(logits: jax.Array, top_k: int, normalize_gates: bool = True) -> jax.Array:
-  """Top-k gates ``[..., E]`` from router logits (zero outside the top k).
-
-  Args:
-    logits: ``[..., E]`` router logits.
-    top_k: experts per token (1 ≤ top_k ≤ E).
-    normalize_gates: renormalise the kept softmax probabilities to sum to 1.
-
-  Example:
-    >>> import jax.numpy as jnp
-    >>> [round(float(g), 3) for g in route(jnp.array([0.0, 1.0, 2.0]), 2)]
-    [0.0, 0.269, 0.731]
-  """
-  n = logits.shape[-1]
-  if not 1 <= top_k <= n:
-    raise ValueError(f"route: top_k={top_k} must be in [1, num_experts={n}]")
-  probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
-  _, idx = jax.lax.top_k(probs, top_k)          # exactly k experts, ties broken by index
-  mask = jnp.any(jax.nn.one_hot(idx, n, dtype=jnp.bool_), axis=-2)
-  gates = jnp.where(mask, probs, 0.0)
-  if normalize_gates:
-    gates = gates / jnp.sum(gates, axis=-1, keepdims=True)
-  return gates
-
-
-def moe_ffn(params: Mapping[str, Any], x: jax.Array, *, top_k: int = 2,
-            normalize_gates: bool = True,
-            expert_fn: Callable[[Mapping[str, Any], jax.Array], jax.Array] = swiglu_ffn
-            ) -> jax.Array:
-  """Apply a mixture-of-experts FFN (layout in the module doc).
-
-  Args:
-    params: ``{'router': {'kernel': [d, E]}, 'experts': stacked expert params}``.
-    x: ``[..., d]`` tokens.
-    top_k: experts per token.
-    normalize_gates: renormalise the top-k gates (needed for exact upcycling).
-    expert_fn: the dense FFN of one expert, ``expert_fn(expert_params, x)``.
-
-  Returns:
-    ``[..., d]``.
-  """
-  gates = route(x @ params["router"]["kernel"].astype(x.dtype), top_k, normalize_gates)
-  outs = jax.vmap(expert_fn, in_axes=(0, None), out_axes=-2)(params["experts"], x)   # [..., E, d]
-  return jnp.einsum("...e,...ed->...d", gates.astype(outs.dtype), outs)
 
 
 @functools.partial(jax.jit, static_argnums=1)
@@ -245,110 +187,6 @@ def extract_expert(moe_params: Mapping[str, Any], i: int) -> dict[str, Any]:
   if not 0 <= i < n:
     raise ValueError(f"extract_expert: expert index {i} out of range [0, {n})")
   return _take_expert(dict(moe_params["experts"]), i)
-
-
-class MoEFFN(nn.Module):
-  """Flax MoE SwiGLU FFN with the param layout of the module doc.
-
-  Example:
-    >>> import jax, jax.numpy as jnp
-    >>> m = MoEFFN(num_experts=4, top_k=2, intermediate_size=8)
-    >>> p = m.init(jax.random.PRNGKey(0), jnp.ones((2, 5)))
-    >>> p['params']['experts']['gate_proj']['kernel'].shape
-    (4, 5, 8)
-  """
-  num_experts: int
-  top_k: int
-  intermediate_size: int
-  use_bias: bool = False
-  normalize_gates: bool = True
-  init_std: float = 0.02
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    e, d, i = self.num_experts, x.shape[-1], self.intermediate_size
-    std = self.init_std
-
-    def init_router(rng):
-      return {"kernel": std * jax.random.normal(rng, (d, e), jnp.float32)}
-
-    def init_experts(rng):
-      keys = jax.random.split(rng, 3)
-      out = {}
-      for k, (name, shape) in zip(keys, (("gate_proj", (e, d, i)), ("up_proj", (e, d, i)),
-                                         ("down_proj", (e, i, d)))):
-        out[name] = {"kernel": std * jax.random.normal(k, shape, jnp.float32)}
-        if self.use_bias:
-          out[name]["bias"] = jnp.zeros((e, shape[-1]), jnp.float32)
-      return out
-
-    params = {"router": self.param("router", init_router),
-              "experts": self.param("experts", init_experts)}
-    return moe_ffn(params, x, top_k=self.top_k, normalize_gates=self.normalize_gates)
-
-
-# ----------------------------------------------------------------------------- Llama-level
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class MoELlamaConfig:
-  """A `LlamaConfig` plus MoE fields (every layer's FFN becomes a MoE).
-
-  Attributes:
-    llama: the dense `jaxparams.models.LlamaConfig`.
-    num_experts: experts per layer.
-    top_k: experts per token.
-    normalize_gates: renormalise top-k gates (True keeps upcycling exact).
-  """
-  llama: Any
-  num_experts: int
-  top_k: int = 2
-  normalize_gates: bool = True
-
-  def __post_init__(self):
-    if not 1 <= self.top_k <= self.num_experts:
-      raise ValueError(f"MoELlamaConfig: top_k={self.top_k} must be in [1, num_experts="
-                       f"{self.num_experts}]")
-
-
-class MoELlama(nn.Module):
-  """`jaxparams.models.Llama` with a `MoEFFN` in every layer (same attention/norm params).
-
-  Param tree: as Llama, with ``layers_{i}/mlp`` holding ``router/kernel`` and
-  ``experts/{gate,up,down}_proj/{kernel,bias}`` stacked over experts.
-  """
-  config: MoELlamaConfig
-
-  @nn.compact
-  def __call__(self, input_ids: jax.Array) -> jax.Array:
-    from jaxparams.models.layers import Embed, Linear, RMSNorm
-    from jaxparams.models.llama import LlamaAttention
-
-    mc, c = self.config, self.config.llama
-    b, t = input_ids.shape
-    embed = Embed(c.vocab_size, c.hidden_size, name="embed_tokens")
-    x = embed(input_ids).astype(jnp.dtype(c.dtype))
-    positions = jnp.broadcast_to(jnp.arange(t), (b, t))
-    mask = jnp.tril(jnp.ones((t, t), dtype=bool))[None]
-    for i in range(c.num_hidden_layers):
-      x = _MoEBlock(mc, name=f"layers_{i}")(x, mask, positions, LlamaAttention, RMSNorm)
-    x = RMSNorm(c.rms_norm_eps, name="norm")(x)
-    if c.tie_word_embeddings:
-      return embed.attend(x)
-    return Linear(c.vocab_size, name="lm_head")(x)
-
-
-class _MoEBlock(nn.Module):
-  config: MoELlamaConfig
-
-  @nn.compact
-  def __call__(self, x, mask, positions, attention_cls, norm_cls):
-    mc, c = self.config, self.config.llama
-    h = norm_cls(c.rms_norm_eps, name="input_layernorm")(x)
-    x = x + attention_cls(c, name="attn")(h, mask, positions)
-    h = norm_cls(c.rms_norm_eps, name="post_attention_layernorm")(x)
-    return x + MoEFFN(mc.num_experts, mc.top_k, c.intermediate_size, use_bias=c.mlp_bias,
-                      normalize_gates=mc.normalize_gates, name="mlp")(h)
 
 
 def upcycle_llama(params: Mapping[str, Any], config: Any, num_experts: int, *, top_k: int = 2,

@@ -63,13 +63,16 @@ class VocabTrimConfig:
   """Which tokens to keep.
 
   Attributes:
-    min_frequency: keep ids seen at least this often in the corpus (VT default 2).
+    min_frequency: keep ids seen at least this often in the corpus. Default 1: every token of
+      the texts is kept, so the texts tokenise (and embed) exactly as before. The
+      vocabulary-trimming paper's tool defaults to 2, which turns tokens seen once into
+      ``[UNK]`` and changes those texts' own embeddings; pass 2 for that.
     target_vocab_size: optional final vocabulary size (special and forced
       tokens included); the most frequent corpus tokens fill the rest.
     keep_special: keep every special/added token of the tokenizer.
     tokens_to_keep: extra token strings to keep regardless of frequency.
   """
-  min_frequency: int = 2
+  min_frequency: int = 1
   target_vocab_size: int | None = None
   keep_special: bool = True
   tokens_to_keep: tuple[str, ...] = ()

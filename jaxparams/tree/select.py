@@ -4,7 +4,10 @@ A selector is one of:
 
 * ``None`` -- every leaf;
 * a glob string (``layers/*/mlp/*``): ``*`` matches within one path
-  component, ``**`` across components, ``?`` one character, ``[ab]`` a set;
+  component, ``?`` one character, ``[ab]``/``[!ab]`` a set; a whole ``**``
+  component matches zero or more components (``**/kernel`` matches a top-level
+  ``kernel`` too, as in pathlib's ``full_match``); ``**`` inside a component
+  (``**embed**``) matches any characters, ``/`` included;
 * a compiled regex (``re.compile(r'layers/\\d+/mlp/.*')``) or a string
   prefixed ``re:``: full match against the path;
 * a list of selectors (strings or regexes): their union;
@@ -42,12 +45,12 @@ class NoMatchError(ValueError):
   """A selector or rule matched no leaf."""
 
 
-@functools.lru_cache(maxsize=1024)
-def _glob_regex(glob: str) -> "re.Pattern[str]":
+def _segment_regex(seg: str) -> str:
+  """One path component of a glob: ``*``, ``?``, ``[ab]``/``[!ab]``; ``**`` inside it crosses ``/``."""
   out, i = [], 0
-  while i < len(glob):
-    c = glob[i]
-    if glob.startswith("**", i):
+  while i < len(seg):
+    c = seg[i]
+    if seg.startswith("**", i):
       out.append(".*")
       i += 2
       continue
@@ -56,19 +59,30 @@ def _glob_regex(glob: str) -> "re.Pattern[str]":
     elif c == "?":
       out.append("[^/]")
     elif c == "[":
-      j = glob.find("]", i)
+      start = i + 2 if seg.startswith("[!", i) else i + 1
+      start += seg.startswith("]", start)  # a leading ']' is a member, as in fnmatch
+      j = seg.find("]", start)
       if j < 0:
         out.append(re.escape(c))
       else:
-        body = glob[i + 1:j]
+        body = seg[i + 1:j]
         if body.startswith("!"):
-          body = "^" + body[1:]
+          body = "^/" + body[1:]
         out.append(f"[{body}]")
         i = j
     else:
       out.append(re.escape(c))
     i += 1
-  return re.compile("".join(out))
+  return "".join(out)
+
+
+@functools.lru_cache(maxsize=1024)
+def _glob_regex(glob: str) -> "re.Pattern[str]":
+  """Glob -> regex matched against ``'/' + path``. A whole ``**`` component matches zero or more
+  components (``**/kernel`` matches ``kernel`` and ``a/b/kernel``), as in pathlib and gitignore."""
+  parts = ["(?:/[^/]+)*" if seg == "**" else "/" + _segment_regex(seg)
+           for seg in glob.split("/")]
+  return re.compile("".join(parts), re.DOTALL)
 
 
 def compile_pattern(pattern: Any) -> Callable[[str], bool]:
@@ -80,6 +94,8 @@ def compile_pattern(pattern: Any) -> Callable[[str], bool]:
     (True, False)
     >>> compile_pattern(r're:layers/\\d+/.*')('layers/10/x')
     True
+    >>> [compile_pattern('**/kernel')(p) for p in ('kernel', 'a/b/kernel', 'a/kernel2')]
+    [True, True, False]
   """
   if isinstance(pattern, re.Pattern):
     return lambda p: pattern.fullmatch(p) is not None
@@ -88,7 +104,7 @@ def compile_pattern(pattern: Any) -> Callable[[str], bool]:
       rx = re.compile(pattern[3:])
       return lambda p: rx.fullmatch(p) is not None
     rx = _glob_regex(pattern)
-    return lambda p: rx.fullmatch(p) is not None
+    return lambda p: rx.fullmatch("/" + p) is not None
   raise TypeError(f"Expected a glob string or a compiled regex, got {type(pattern).__name__}: {pattern!r}")
 
 

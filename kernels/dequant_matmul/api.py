@@ -1,13 +1,10 @@
 """``dequant_matmul``: the public entry point; picks the Pallas kernel or the XLA reference.
 
-``implementation``:
-  * ``None``: the Pallas kernel for the current backend when the shape/dtype fits
-    (TPU: :mod:`.pallas_tpu`; NVIDIA Hopper GPU: :mod:`.pallas_gpu`), else ``'xla'``.
-  * ``'xla'``: :func:`.reference.dequant_matmul_reference` (XLA fuses the dequant).
-  * ``'pallas'``: the kernel for the current backend; on CPU the TPU kernel in
-    interpret mode. Raises ``ValueError`` when the shape does not tile.
-  * ``'pallas_tpu'`` / ``'pallas_gpu'``: force one kernel (e.g. to lower it with
-    ``jax.export(..., platforms=[...])`` from a CPU host).
+``implementation`` follows :mod:`jaxparams.kernels.dispatch` (one convention and one fallback rule
+for every op): ``None`` (the kernel for the backend when the shapes tile, else ``'xla'``),
+``'xla'``, ``'pallas'`` (CPU: the TPU kernel interpreted), ``'pallas_tpu'`` / ``'pallas_gpu'``
+(force one kernel, e.g. for ``jax.export``). Gradients (w.r.t. ``x``, ``scale``, ``zero``) are
+the reference's on every implementation.
 
 Example:
   >>> import jax, jax.numpy as jnp
@@ -24,10 +21,9 @@ import jax
 import jax.numpy as jnp
 
 from jaxparams.kernels.dequant_matmul import reference
+from jaxparams.kernels.dispatch import IMPLEMENTATIONS, choose, with_reference_vjp
 
 __all__ = ["IMPLEMENTATIONS", "dequant_matmul", "check_layout"]
-
-IMPLEMENTATIONS = ("xla", "pallas", "pallas_tpu", "pallas_gpu")
 
 
 def check_layout(k: int, codes, scale, zero, *, bits: int, group_size: int) -> int:
@@ -51,13 +47,6 @@ def check_layout(k: int, codes, scale, zero, *, bits: int, group_size: int) -> i
   return n
 
 
-def _is_hopper() -> bool:
-  try:
-    return str(getattr(jax.devices()[0], "compute_capability", "")).startswith("9")
-  except Exception:  # noqa: BLE001 - no device info: be conservative
-    return False
-
-
 def _pallas(x2, codes, scale, zero, *, bits, group_size, backend, interpret):
   if backend == "gpu":
     from jaxparams.kernels.dequant_matmul import pallas_gpu
@@ -68,17 +57,16 @@ def _pallas(x2, codes, scale, zero, *, bits, group_size, backend, interpret):
                                        interpret=False if interpret is None else interpret)
 
 
-def _fits(m, k, n, *, bits, group_size, dtype, backend) -> bool:
-  try:
-    if backend == "gpu":
+def _plan(m, k, n, *, bits, group_size, dtype):
+  """``plan(target)`` for :func:`dispatch.choose`: raises ValueError when the shapes do not tile."""
+  def plan(target):
+    if target == "gpu":
       from jaxparams.kernels.dequant_matmul import pallas_gpu
       pallas_gpu.plan_tiles(m, k, n, bits=bits, group_size=group_size, dtype=dtype)
     else:
       from jaxparams.kernels.dequant_matmul import pallas_tpu
       pallas_tpu.plan_blocks(m, k, n, bits=bits, group_size=group_size, dtype=dtype)
-  except ValueError:
-    return False
-  return True
+  return plan
 
 
 def dequant_matmul(x: jax.Array, codes: jax.Array, scale: jax.Array, zero: jax.Array | None, *,
@@ -92,41 +80,33 @@ def dequant_matmul(x: jax.Array, codes: jax.Array, scale: jax.Array, zero: jax.A
     scale: ``[K // group_size, N]`` float; zero: same shape (code units) or None.
     bits: 4 or 8.
     group_size: rows per group along K (K for per-channel).
-    implementation: None, 'xla', 'pallas', 'pallas_tpu' or 'pallas_gpu' (module docstring).
+    implementation: None, 'xla', 'pallas', 'pallas_tpu' or 'pallas_gpu'
+      (:mod:`jaxparams.kernels.dispatch`).
     interpret: for the Pallas paths: None (CPU: ``pltpu.InterpretParams()``), True/False, or a
       ``pltpu.InterpretParams`` / GPU interpret params object.
 
   Returns:
     ``[..., N]`` in ``x.dtype``, accumulated in f32.
   """
-  if implementation not in (None,) + IMPLEMENTATIONS:
-    raise ValueError(f"unknown implementation {implementation!r}; valid: "
-                     f"{[None, *IMPLEMENTATIONS]}")
   k = x.shape[-1]
   n = check_layout(k, codes, scale, zero, bits=bits, group_size=group_size)
-  if implementation == "xla":
-    return reference.dequant_matmul_reference(x, codes, scale, zero, bits=bits,
-                                              group_size=group_size)
-  platform = jax.default_backend()
-  if implementation == "pallas_tpu":
-    backend = "tpu"
-  elif implementation == "pallas_gpu":
-    backend = "gpu"
-  else:
-    backend = platform if platform in ("tpu", "gpu") else "cpu"
   lead = x.shape[:-1]
   m = 1
   for d in lead:
     m *= int(d)
-  if implementation is None:
-    if backend == "cpu" or (backend == "gpu" and not _is_hopper()) or not _fits(
-        m, k, n, bits=bits, group_size=group_size, dtype=x.dtype, backend=backend):
-      return reference.dequant_matmul_reference(x, codes, scale, zero, bits=bits,
-                                                group_size=group_size)
-  if backend == "cpu" and interpret is None:
+  choice = choose(implementation, op="dequant_matmul",
+                  plan=_plan(m, k, n, bits=bits, group_size=group_size, dtype=x.dtype))
+  ref = lambda x, codes, scale, zero: reference.dequant_matmul_reference(
+      x, codes, scale, zero, bits=bits, group_size=group_size)
+  if choice.implementation == "xla":
+    return ref(x, codes, scale, zero)
+  if interpret is None and choice.interpret:
     from jax.experimental.pallas import tpu as pltpu
     interpret = pltpu.InterpretParams()
-  x2 = x.reshape(m, k)
-  y = _pallas(x2, codes, scale, zero, bits=bits, group_size=group_size,
-              backend="gpu" if backend == "gpu" else "tpu", interpret=interpret)
-  return y.reshape(*lead, n)
+
+  def kernel(x, codes, scale, zero):
+    y = _pallas(x.reshape(m, k), codes, scale, zero, bits=bits, group_size=group_size,
+                backend=choice.target, interpret=interpret)
+    return y.reshape(*lead, n)
+
+  return with_reference_vjp(kernel, ref)(x, codes, scale, zero)

@@ -1,9 +1,10 @@
 """Fused sparsify + sign-election + disjoint-mean merge (TIES/DARE/breadcrumbs/DELLA).
 
-``api`` dispatches (``implementation=None|'xla'|'pallas'``) between the jnp
-reference (``reference``) and Pallas kernels (``pallas_tpu``: Mosaic TPU,
-``pallas_gpu``: Mosaic GPU via ``jax.experimental.pallas.mosaic_gpu``; both
-built from ``pallas_common``). Top-k thresholds never sort: the exact k-th
+``api`` dispatches (``implementation=``, the convention of
+:mod:`jaxparams.kernels.dispatch`) between the jnp reference (``reference``)
+and the Pallas kernels (``pallas``: one source, ``target='tpu'`` for Mosaic
+TPU, ``target='gpu'`` for Mosaic GPU via ``jax.experimental.pallas.mosaic_gpu``).
+Top-k thresholds never sort: the exact k-th
 largest magnitude key comes from a counting search over float32 bit patterns
 (8 kernel passes; on XLA two 65536-bin histogram passes), ties at the
 threshold are cut by flat index so exactly k values are kept. DARE/DELLA masks
@@ -12,7 +13,7 @@ tiling, reproducible under the caller's key.
 
 Status of the hardware paths (checked on a CPU-only jax 0.10.2):
 * both Pallas builds run in interpret mode on CPU and equal the reference
-  (tests/merge/test_kernel_merge_sparsify.py);
+  (tests/kernels/test_merge_sparsify.py);
 * ``jax.export(..., platforms=['tpu'])`` and ``['cuda']`` lower every kernel
   (Mosaic TPU custom calls / Mosaic GPU modules). Export stops at the
   serialized Mosaic module: its compilation for the chip happens on the

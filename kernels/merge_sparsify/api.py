@@ -1,8 +1,12 @@
 """Dispatcher of the fused sparsify + sign-election + disjoint-mean merge.
 
-``implementation``: ``None`` (Pallas on TPU/GPU when available, XLA
-otherwise), ``'xla'`` (the jnp reference), ``'pallas'`` (Pallas; on CPU it
-runs in interpret mode, which is slow and meant for tests).
+``implementation`` follows :mod:`jaxparams.kernels.dispatch` (the convention and fallback rule
+of every op): ``None`` (Pallas on TPU / Hopper GPU, XLA otherwise), ``'xla'`` (the jnp
+reference), ``'pallas'`` (on CPU: the TPU tiling in interpret mode, slow, for tests),
+``'pallas_tpu'`` / ``'pallas_gpu'`` (force one target, e.g. for ``jax.export``). Every shape is
+accepted (tensors are padded to whole tiles), so ``None`` never falls back for shape reasons.
+Gradients of :func:`sparsify_merge` (w.r.t. base, models, weights, ``lam``, ``p``) are the
+reference's on every implementation; the thresholds are integer keys (no gradient).
 
 Example:
   >>> import jax.numpy as jnp
@@ -21,58 +25,54 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 
+from jaxparams.kernels.dispatch import choose, with_reference_vjp
 from jaxparams.kernels.merge_sparsify import reference as ref
 from jaxparams.kernels.merge_sparsify.reference import KEY_MAX
 
-__all__ = ["KEY_MAX", "topk_threshold", "topk_thresholds", "key_threshold", "key_thresholds", "topk_cuts", "sparsify_merge", "resolve_implementation"]
-
-_IMPLEMENTATIONS = (None, "xla", "pallas")
+__all__ = [
+    "KEY_MAX", "topk_threshold", "topk_thresholds", "key_threshold", "key_thresholds", "topk_cuts",
+    "sparsify_merge", "resolve_implementation",
+]
 
 
 def resolve_implementation(implementation: str | None) -> str:
-  """Maps ``None`` to the best implementation for the default backend."""
-  if implementation not in _IMPLEMENTATIONS:
-    raise ValueError(f"implementation must be one of {_IMPLEMENTATIONS}, got {implementation!r}")
-  if implementation is None:
-    return "pallas" if jax.default_backend() in ("tpu", "gpu") else "xla"
-  return implementation
+  """``'xla'`` or ``'pallas'``: what ``implementation`` runs on the default backend."""
+  return choose(implementation, op="merge_sparsify").implementation
 
 
-def _interpret() -> bool:
-  return jax.default_backend() not in ("tpu", "gpu")
+def _kernels(implementation: str | None):
+  """(Choice, bound Pallas functions) for ``implementation``."""
+  choice = choose(implementation, op="merge_sparsify")
+  return choice, functools.partial(_bind, target=choice.target, interpret=choice.interpret)
 
 
-def _pallas():
-  """The Pallas module for the default backend (TPU layout for CPU interpret)."""
-  if jax.default_backend() == "gpu":
-    from jaxparams.kernels.merge_sparsify import pallas_gpu
-    return pallas_gpu
-  from jaxparams.kernels.merge_sparsify import pallas_tpu
-  return pallas_tpu
+def _bind(fn_name: str, *, target, interpret):
+  from jaxparams.kernels.merge_sparsify import pallas
+  return functools.partial(getattr(pallas, fn_name), target=target, interpret=interpret)
 
 
 @functools.partial(jax.jit, static_argnames=("implementation",))
 def key_thresholds(keys: jax.Array, k: jax.Array, *, implementation: str | None = None
                    ) -> jax.Array:
   """Batched: the k[m]-th largest key of each row of keys (M, n) -> (M,) uint32."""
-  impl = resolve_implementation(implementation)
+  choice, kernel = _kernels(implementation)
   keys = keys.reshape(keys.shape[0], -1)
-  if impl == "xla":
+  if choice.implementation == "xla":
     k = jnp.broadcast_to(jnp.asarray(k, jnp.int32), (keys.shape[0],))
     return jnp.stack([ref.kth_largest_key_histogram(keys[m], k[m]) for m in range(keys.shape[0])])
-  return _pallas().kth_largest_keys(keys, k, interpret=_interpret())
+  return kernel("kth_largest_keys")(keys, k)
 
 
 def key_threshold(keys: jax.Array | Sequence[jax.Array], k, *, implementation: str | None = None
                   ) -> jax.Array:
   """The k-th largest uint32 key (no sort): histogram radix select on XLA,
   the 8-pass counting kernel on Pallas; see :mod:`reference`."""
-  impl = resolve_implementation(implementation)
-  if impl == "xla":
+  choice, kernel = _kernels(implementation)
+  if choice.implementation == "xla":
     return ref.kth_largest_key_histogram(keys, k)
   parts = list(keys) if isinstance(keys, (list, tuple)) else [keys]
   flat = jnp.concatenate([jnp.ravel(p) for p in parts])[None]
-  return _pallas().kth_largest_keys(flat, jnp.reshape(k, (1,)), interpret=_interpret())[0]
+  return kernel("kth_largest_keys")(flat, jnp.reshape(k, (1,)))[0]
 
 
 def topk_threshold(x: jax.Array | Sequence[jax.Array], k, *, implementation: str | None = None
@@ -106,10 +106,11 @@ def topk_cuts(x: jax.Array, k: jax.Array, *, implementation: str | None = None
   keys = ref.magnitude_bits(jax.lax.stop_gradient(x)).reshape(x.shape[0], -1)
   k = jnp.broadcast_to(jnp.asarray(k, jnp.int32), (keys.shape[0],))
   t = key_thresholds(keys, k, implementation=implementation)
-  if resolve_implementation(implementation) == "xla":
+  choice, kernel = _kernels(implementation)
+  if choice.implementation == "xla":
     cut = jnp.stack([ref.tie_cut(keys[m], t[m], k[m]) for m in range(keys.shape[0])])
   else:
-    cut = _pallas().tie_cuts(keys, t, k, interpret=_interpret())
+    cut = kernel("tie_cuts")(keys, t, k)
   return t, cut
 
 
@@ -135,12 +136,16 @@ def sparsify_merge(base: jax.Array, models: jax.Array | Sequence[jax.Array], *, 
     p = jnp.asarray(p, jnp.float32)
     if p.ndim > 1:
       p = p.reshape(p.shape[0], -1)
-  impl = resolve_implementation(implementation)
-  kwargs = dict(weights=jnp.asarray(weights, jnp.float32), lo=jnp.asarray(lo, jnp.uint32),
-                hi=jnp.asarray(hi, jnp.uint32), lam=lam, p=p, seeds=seeds, rescale=rescale,
-                consensus=consensus, normalize=normalize, lo_cut=lo_cut, hi_cut=hi_cut)
-  if impl == "xla":
-    out = ref.sparsify_merge_reference(flat_base, models, **kwargs)
+  choice, kernel = _kernels(implementation)
+  arrays = dict(weights=jnp.asarray(weights, jnp.float32), lo=jnp.asarray(lo, jnp.uint32),
+                hi=jnp.asarray(hi, jnp.uint32), lam=lam, p=p, seeds=seeds, lo_cut=lo_cut,
+                hi_cut=hi_cut)
+  static = dict(rescale=rescale, consensus=consensus, normalize=normalize)
+  reference = lambda b, m, a: ref.sparsify_merge_reference(b, m, **a, **static)
+  if choice.implementation == "xla":
+    out = reference(flat_base, models, arrays)
   else:
-    out = _pallas().sparsify_merge(flat_base, models, interpret=_interpret(), **kwargs)
+    fused = kernel("sparsify_merge")
+    out = with_reference_vjp(lambda b, m, a: fused(b, m, **a, **static), reference)(
+        flat_base, models, arrays)
   return out.reshape(shape)

@@ -1,4 +1,12 @@
-"""Dequant-matmul kernels vs the jnp reference (CPU: interpret mode + TPU/CUDA export lowering)."""
+"""Dequant-matmul kernels vs the jnp reference (CPU: interpret mode + TPU/CUDA export lowering).
+
+The checks every op shares (interpret == reference, api implementations, gradients, export
+lowering) come from ``kernel_contract.py``; this file adds the dequant-specific ones.
+"""
+
+import importlib.util
+import pathlib
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -28,6 +36,82 @@ def rel_err(out, ref):
 
 
 TOL = {F32: 2e-5, BF16: 1e-2}
+
+_spec = importlib.util.spec_from_file_location(
+    "kernel_contract", pathlib.Path(__file__).with_name("kernel_contract.py"))
+_contract = sys.modules.setdefault("kernel_contract", importlib.util.module_from_spec(_spec))
+_spec.loader.exec_module(_contract)
+KernelContract, Case, _ = _contract.load()
+
+
+def _case(m, k, n, *, bits, group_size, dtype, zero=True, seed=0):
+  x, codes, scale, z = make(m, k, n, bits=bits, group_size=group_size, dtype=dtype, zero=zero,
+                            seed=seed)
+  return Case({"x": x, "codes": codes, "scale": scale, "zero": z},
+              {"bits": bits, "group_size": group_size})
+
+
+# bits x group size (None = per-channel) x dtype; zeros on for most of them. K=256 -> 16/32-word
+# K blocks: 2 K steps; 4 groups per step at g32, 2 steps per group per-channel 8-bit.
+_CASES = {}
+for _b in (4, 8):
+  for _g in (32, 128, None):
+    for _d in (F32, BF16):
+      _gs = 256 if _g is None else _g
+      _CASES[f"w{_b}-g{_g or 'channel'}-{jnp.dtype(_d).name}"] = _case(
+          5, 256, 128, bits=_b, group_size=_gs, dtype=_d,
+          zero=(_b + _gs) % 3 != 0 or _d == BF16)
+
+EXPORT_CASES = [  # (m, k, n, bits, group, zero, dtype); cuda takes bf16 only
+    (1, 4096, 512, 4, 128, True, BF16),   # decode, Marlin-style g128
+    (5, 1024, 256, 4, 32, True, BF16),    # many groups per K step
+    (100, 2048, 256, 8, 1024, True, BF16),  # group > K step, 2 M tiles on GPU
+    (16, 4096, 128, 8, 1024, True, F32),  # TPU only (the GPU kernel takes bf16/f16)
+]
+
+
+class TestContract(KernelContract):
+  CASES = _CASES
+  INTERPRET_TARGETS = ("tpu",)  # the GPU interpreter is private and slow: see the slow test below
+  API_CASE = "w8-g32-float32"
+  DIFF = ("x", "scale", "zero")
+  TOL = TOL[F32]
+
+  def _close(self, out, ref):
+    self.TOL = TOL[jnp.dtype(out.dtype).type]
+    super()._close(out, ref)
+
+  def reference(self, case):
+    a = case.arrays
+    return reference.dequant_matmul_reference(a["x"], a["codes"], a["scale"], a["zero"],
+                                              **case.static)
+
+  def kernel(self, case, target):
+    from jax._src.pallas.mosaic.interpret import interpret_pallas_call as ipc
+    a = case.arrays
+    races = a["x"].dtype == BF16  # race detection (DMAs, VMEM, parallel grid) on half the cases
+    bkw = 32 if case.static["bits"] == 8 else 16
+    out = pallas_tpu.dequant_matmul_tpu(a["x"], a["codes"], a["scale"], a["zero"], block_kw=bkw,
+                                        interpret=pltpu.InterpretParams(detect_races=races),
+                                        **case.static)
+    if races:
+      assert ipc.races is not None and not ipc.races.races_found
+    return out
+
+  def api(self, case, implementation):
+    a = case.arrays
+    return api.dequant_matmul(a["x"], a["codes"], a["scale"], a["zero"],
+                              implementation=implementation, **case.static)
+
+  def export(self, platform):
+    cases = [c for c in EXPORT_CASES if platform == "tpu" or c[-1] == BF16]
+    impl = "pallas_tpu" if platform == "tpu" else "pallas_gpu"
+    args = [make(m, k, n, bits=b, group_size=g, dtype=d, zero=z) for m, k, n, b, g, z, d in cases]
+
+    def fn(*flat):
+      return [api.dequant_matmul(*flat[4 * i:4 * i + 4], bits=c[3], group_size=c[4],
+                                 implementation=impl) for i, c in enumerate(cases)]
+    return fn, tuple(a for group in args for a in group)
 
 
 # --------------------------------------------------------------------------- reference
@@ -69,29 +153,6 @@ def test_reference_matmul_equals_explicit_formula():
 
 
 # --------------------------------------------------------------------------- TPU kernel
-# bits x group size (None = per-channel) x dtype; zeros on for half of them.
-TPU_CASES = [(b, g, d) for b in (4, 8) for g in (32, 128, None) for d in (F32, BF16)]
-
-
-@pytest.mark.parametrize("bits,group,dtype", TPU_CASES)
-def test_tpu_kernel_interpret_matches_reference(bits, group, dtype):
-  from jax._src.pallas.mosaic.interpret import interpret_pallas_call as ipc
-  k, n, m = 256, 128, 5
-  g = k if group is None else group
-  with_zero = (bits + g) % 3 != 0 or dtype == BF16
-  x, codes, scale, z = make(m, k, n, bits=bits, group_size=g, dtype=dtype, zero=with_zero)
-  # Race detection (TPU semantics: DMAs, VMEM, "parallel" grid dims) on half the cases.
-  params = pltpu.InterpretParams(detect_races=dtype == BF16)
-  # 16/32-word K blocks: 2 K steps; 4 groups per step at g32, 2 steps per group per-channel 8-bit.
-  out = pallas_tpu.dequant_matmul_tpu(x, codes, scale, z, bits=bits, group_size=g,
-                                      block_kw=32 if bits == 8 else 16, interpret=params)
-  ref = reference.dequant_matmul_reference(x, codes, scale, z, bits=bits, group_size=g)
-  assert out.dtype == dtype and out.shape == (m, n)
-  assert rel_err(out, ref) < TOL[dtype]
-  if dtype == BF16:
-    assert ipc.races is not None and not ipc.races.races_found
-
-
 @pytest.mark.parametrize("m,k,n,bits,g,kw", [
     (16, 1024, 256, 4, 128, None),   # default blocks: 128 words -> one K step, 2 N blocks
     (3, 1024, 128, 4, 1024, 32),     # per-channel, 4 K steps, scale block (1, bn)
@@ -114,46 +175,7 @@ def test_tpu_plan_rejects_untileable_shapes():
     pallas_tpu.plan_blocks(8, 512, 128, bits=2, group_size=128, dtype=F32)
 
 
-def _export(fn, platform, *args):
-  exp = jax.export.export(jax.jit(fn), platforms=[platform])(*args)
-  return exp.mlir_module()
-
-
-EXPORT_CASES = [  # (m, k, n, bits, group, zero, dtype)
-    (1, 4096, 512, 4, 128, True, BF16),
-    (5, 1024, 256, 4, 32, True, F32),
-    (16, 4096, 128, 8, 1024, True, F32),
-]
-
-
-@pytest.mark.parametrize("m,k,n,bits,g,zero,dtype", EXPORT_CASES)
-def test_tpu_export_lowering(m, k, n, bits, g, zero, dtype):
-  """Mosaic front-end lowering (block-shape rules, op support) without a TPU."""
-  x, codes, scale, z = make(m, k, n, bits=bits, group_size=g, dtype=dtype, zero=zero)
-  fn = lambda x, c, s, z: api.dequant_matmul(x, c, s, z, bits=bits, group_size=g,
-                                             implementation="pallas_tpu")
-  text = _export(fn, "tpu", x, codes, scale, z)
-  assert "tpu_custom_call" in text
-
-
 # --------------------------------------------------------------------------- GPU kernel
-GPU_EXPORT_CASES = [  # (m, k, n, bits, group, zero)
-    (1, 4096, 512, 4, 128, True),     # decode, Marlin-style g128
-    (8, 512, 128, 8, 32, True),       # 8 groups per K step
-    (100, 2048, 256, 8, 1024, True),  # group > K step, 2 M tiles
-]
-
-
-@pytest.mark.parametrize("m,k,n,bits,g,zero", GPU_EXPORT_CASES)
-def test_gpu_export_lowering(m, k, n, bits, g, zero):
-  """Full Mosaic GPU lowering (layouts, SMEM budget, TMA shapes) runs on a CPU-only jaxlib."""
-  x, codes, scale, z = make(m, k, n, bits=bits, group_size=g, dtype=BF16, zero=zero)
-  fn = lambda x, c, s, z: api.dequant_matmul(x, c, s, z, bits=bits, group_size=g,
-                                             implementation="pallas_gpu")
-  text = _export(fn, "cuda", x, codes, scale, z)
-  assert "mosaic_gpu" in text
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("m,k,bits,g,zero", [
     (5, 512, 4, 128, True),     # 1 K step of 4 groups (iota-select path)
@@ -186,27 +208,27 @@ def test_gpu_plan_limits():
 
 
 # --------------------------------------------------------------------------- dispatcher
-def test_api_default_on_cpu_is_reference_and_keeps_batch_dims():
+def test_api_keeps_batch_dims_on_every_implementation():
   x, codes, scale, z = make(6, 256, 128, bits=4, group_size=32, dtype=F32)
-  xb = x.reshape(2, 3, 256)
-  y = jax.jit(lambda x: api.dequant_matmul(x, codes, scale, z, bits=4, group_size=32))(xb)
   ref = reference.dequant_matmul_reference(x, codes, scale, z, bits=4, group_size=32)
-  assert y.shape == (2, 3, 128)
-  np.testing.assert_allclose(y.reshape(6, 128), ref, rtol=1e-6, atol=1e-5)
+  for impl in (None, "xla", "pallas"):
+    y = jax.jit(lambda x: api.dequant_matmul(x, codes, scale, z, bits=4, group_size=32,
+                                             implementation=impl))(x.reshape(2, 3, 256))
+    assert y.shape == (2, 3, 128)
+    assert rel_err(y.reshape(6, 128), ref) < TOL[F32]
 
 
-def test_api_pallas_on_cpu_interprets():
-  x, codes, scale, z = make(3, 256, 128, bits=8, group_size=128, dtype=BF16)
-  y = api.dequant_matmul(x[None], codes, scale, z, bits=8, group_size=128,
-                         implementation="pallas")
-  ref = reference.dequant_matmul_reference(x, codes, scale, z, bits=8, group_size=128)
-  assert y.shape == (1, 3, 128) and rel_err(y[0], ref) < TOL[BF16]
+def test_api_pallas_refuses_untileable_shapes_and_none_falls_back():
+  x, codes, scale, z = make(2, 96, 128, bits=4, group_size=12, dtype=F32)
+  with pytest.raises(ValueError, match="cannot run these shapes on tpu.*multiples of 8"):
+    api.dequant_matmul(x, codes, scale, z, bits=4, group_size=12, implementation="pallas")
+  y = api.dequant_matmul(x, codes, scale, z, bits=4, group_size=12)
+  assert rel_err(y, reference.dequant_matmul_reference(x, codes, scale, z, bits=4,
+                                                       group_size=12)) < TOL[F32]
 
 
 def test_api_errors():
   x, codes, scale, z = make(2, 256, 128, bits=4, group_size=128, dtype=F32)
-  with pytest.raises(ValueError, match="unknown implementation"):
-    api.dequant_matmul(x, codes, scale, z, bits=4, group_size=128, implementation="triton")
   with pytest.raises(ValueError, match="codes shape"):
     api.dequant_matmul(x[:, :128], codes, scale, z, bits=4, group_size=64)
   with pytest.raises(ValueError, match="bits 4 and 8"):

@@ -62,9 +62,16 @@ def test_errors():
     mup.infer(BASE_SHAPES, {"x": jnp.ones(3)})
   with pytest.raises(ValueError, match="optimizer"):
     mup.lr_multipliers({}, "lion")
-  info = mup.infer(BASE_SHAPES, BASE_SHAPES)
+  two = {"a/kernel": mup.MuInfo("readout", 2.0, 1.0), "b/kernel": mup.MuInfo("readout", 2.0, 1.0)}
   with pytest.raises(ValueError, match="one readout"):
-    mup.output_multiplier(info)
+    mup.output_multiplier(two)
+
+
+def test_output_multiplier_at_base_width_is_one_without_delta_shapes():
+  """At the base width nothing is infinite, so no leaf is classed as readout; it used to raise."""
+  info = mup.infer(BASE_SHAPES, BASE_SHAPES)
+  assert mup.output_multiplier(info) == 1.0
+  assert mup.output_multiplier(info, readout="out/kernel") == 1.0
 
 
 def test_coord_check_flat_under_mup_not_sp():

@@ -113,9 +113,9 @@ def test_widen_llama_ffn_heads_and_deepen_exact(llama):
   ids, params, logits = llama
   p1, c1 = n2n.widen_llama_ffn(params, CFG, 80, jax.random.PRNGKey(5))
   assert c1.intermediate_size == 80 and p1["layers_1"]["mlp"]["down_proj"]["kernel"].shape == (80, 32)
-  p2, c2 = n2n.widen_llama_heads(p1, c1, 10, jax.random.PRNGKey(6))
-  assert (c2.num_attention_heads, c2.num_key_value_heads, c2.head_dim_) == (10, 5, 8)
-  assert p2["layers_0"]["attn"]["k_proj"]["kernel"].shape == (32, 40)
+  p2, c2 = n2n.widen_llama_heads(p1, c1, 8, jax.random.PRNGKey(6))
+  assert (c2.num_attention_heads, c2.num_key_value_heads, c2.head_dim_) == (8, 4, 8)
+  assert p2["layers_0"]["attn"]["k_proj"]["kernel"].shape == (32, 32)
   p3, c3 = n2n.deepen_llama(p2, c2, [0, 2, 2])
   assert c3.num_hidden_layers == 5
   chex.assert_trees_all_equal(p3["layers_1"], p2["layers_0"])
@@ -138,6 +138,10 @@ def test_llama_errors(llama):
     n2n.widen_llama_heads(params, CFG, 2)
   with pytest.raises(ValueError, match="multiple of the GQA group"):
     n2n.widen_llama_heads(params, CFG, 7)
+  # 6 is a multiple of the group size 2 but does not divide hidden_size 32: transformers refuses
+  # LlamaConfig(hidden_size=32, num_attention_heads=6, ...) whatever its head_dim.
+  with pytest.raises(ValueError, match="does not divide hidden_size=32"):
+    n2n.widen_llama_heads(params, CFG, 6)
   with pytest.raises(ValueError, match="out of range"):
     n2n.deepen_llama(params, CFG, [3])
   with pytest.raises(ValueError, match="num_hidden_layers"):

@@ -150,3 +150,22 @@ def test_grow_optimizer_state(model_and_params):
   np.testing.assert_array_equal(np.asarray(mu[64:]), 0.0)
   np.testing.assert_array_equal(np.asarray(mu[:64]), np.asarray(state[0].mu["blocks_1"]["ffn"]["value_tokens"]))
   assert int(new_state[0].count) == int(state[0].count)
+
+
+def test_tokenformer_attention_mask_hides_padded_keys():
+  """A masked (padding) token never influences the other positions; unmasked, it does."""
+  from jaxparams.models import TokenFormer, TokenFormerConfig
+  cfg = TokenFormerConfig(vocab_size=32, d_model=16, n_layers=2, n_heads=2, qkv_tokens=8,
+                          out_tokens=8, ffn_tokens=16, max_len=8)
+  model = TokenFormer(cfg)
+  ids = jax.random.randint(jax.random.PRNGKey(0), (1, 6), 1, 32)
+  other = ids.at[0, 0].set(0)  # change only the padded position
+  params = model.init(jax.random.PRNGKey(1), ids)
+  mask = jnp.ones((1, 6)).at[0, 0].set(0)
+  apply = jax.jit(model.apply)
+  np.testing.assert_allclose(np.asarray(apply(params, ids, mask)[:, 1:]),
+                             np.asarray(apply(params, other, mask)[:, 1:]), rtol=1e-6, atol=1e-6)
+  assert not np.allclose(np.asarray(apply(params, ids)[:, 1:]), np.asarray(apply(params, other)[:, 1:]),
+                         atol=1e-4)
+  np.testing.assert_array_equal(np.asarray(apply(params, ids, jnp.ones((1, 6)))),
+                                np.asarray(apply(params, ids)))

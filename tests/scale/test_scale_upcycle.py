@@ -113,3 +113,68 @@ def test_upcycle_errors():
     up.upcycle_ffn({"w": jnp.ones((2, 2))}, 2)
   with pytest.raises(ValueError, match="top_k"):
     up.MoELlamaConfig(llama=CFG, num_experts=2, top_k=3)
+
+
+# ----------------------------------------------------------------- the MoE model of models/
+def _upcycled_llama():
+  import jaxparams as jp
+  cfg = LlamaConfig(vocab_size=48, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                    num_attention_heads=4, num_key_value_heads=2)
+  ids = jnp.zeros((1, 4), jnp.int32)
+  params = Llama(cfg).init(jax.random.key(0), ids)["params"]
+  mparams, mcfg = up.upcycle_llama(params, cfg, 3, top_k=2, key=jax.random.key(1), router_std=1.0)
+  # distinct experts, so routing (and the router's dot) matters
+  noise = lambda path, w: (w + 0.05 * jax.random.normal(jax.random.key(len(path)), w.shape)
+                           if "experts" in jp.tree.path_str(path) else w)
+  mparams = jax.jit(lambda p: jax.tree_util.tree_map_with_path(noise, p))(mparams)
+  return mparams, mcfg
+
+
+def test_moe_llama_is_models_llama_with_dot_and_quantized_experts():
+  """An upcycled model runs quantized: every linear (attention, router, experts, head) gets
+  a packed QArray through ``dot=``, equal to the model on the dequantized weights."""
+  import jaxparams as jp
+  from jaxparams.models import MoELlama
+  from jaxparams.quant.rtn import RTNConfig, rtn
+  assert up.MoELlama is MoELlama and issubclass(MoELlama, Llama)
+  mparams, mcfg = _upcycled_llama()
+  q = lambda w: rtn(w, RTNConfig(bits=4, group_size=32))
+
+  def quantize(path, w):
+    if not jp.tree.path_str(path).endswith("kernel"):
+      return w
+    if w.ndim == 3:  # experts stacked on axis 0: one QArray per expert, stacked leaf-wise
+      return jax.tree.map(lambda *a: jnp.stack(a), *[q(w[e]) for e in range(w.shape[0])])
+    return q(w)
+
+  qparams = jax.tree_util.tree_map_with_path(quantize, mparams)
+  deq = jax.tree.map(
+      lambda x: (jax.vmap(lambda a: a.dequantize())(x) if x.codes.ndim == 3 else x.dequantize())
+      if isinstance(x, jp.quant.QArray) else x, qparams,
+      is_leaf=lambda x: isinstance(x, jp.quant.QArray))
+  ids = jax.random.randint(jax.random.key(2), (2, 6), 0, 48)
+  got = jax.jit(MoELlama(mcfg, dot=jp.quant.dot).apply)({"params": qparams}, ids)
+  want = jax.jit(MoELlama(mcfg).apply)({"params": deq}, ids)
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-4, atol=1e-4)
+  calls = []
+  counting = lambda x, w: (calls.append(1), x @ w.astype(x.dtype))[1]
+  jax.eval_shape(MoELlama(mcfg, dot=counting).apply, {"params": mparams}, ids)
+  # per layer: q, k, v, o, router, gate/up/down (vmapped over experts: traced once) + lm_head
+  assert len(calls) == 8 + 1
+
+
+def test_moe_llama_padding_mask_equals_unpadded_run():
+  from jaxparams.models import MoELlama
+  mparams, mcfg = _upcycled_llama()
+  model = MoELlama(mcfg)
+  apply = jax.jit(model.apply)
+  seq = jax.random.randint(jax.random.key(3), (1, 5), 0, 48)
+  pad = 3
+  ids = jnp.concatenate([jnp.zeros((1, pad), seq.dtype), seq], axis=1)  # left padding
+  mask = jnp.concatenate([jnp.zeros((1, pad)), jnp.ones((1, 5))], axis=1)
+  positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0).astype(jnp.int32)
+  want = apply({"params": mparams}, seq)
+  got = apply({"params": mparams}, ids, attention_mask=mask, positions=positions)
+  np.testing.assert_allclose(np.asarray(got[:, pad:]), np.asarray(want), rtol=1e-5, atol=1e-5)
+  unmasked = apply({"params": mparams}, ids, positions=positions)
+  assert not np.allclose(np.asarray(unmasked[:, pad:]), np.asarray(want), atol=1e-3)

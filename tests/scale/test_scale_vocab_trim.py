@@ -29,6 +29,14 @@ def test_select_vocab_rules():
   assert vt.remap_ids(np.array([1, 3]), 5).tolist() == [-1, 0, -1, 1, -1]
 
 
+def test_default_config_keeps_every_token_of_the_text():
+  """Tokens seen once stay (a default of 2 turned them into [UNK] in the trimmed tokenizer)."""
+  counts = np.array([0, 5, 1, 3, 0, 1])
+  kept = vt.select_vocab(counts, vt.VocabTrimConfig(), special_ids=[0])
+  assert set(np.flatnonzero(counts).tolist()) <= set(kept.tolist())
+  assert kept.tolist() == [0, 1, 2, 3, 5]
+
+
 def test_trim_params_axes_and_errors():
   params = {"embed_tokens": {"embedding": np.arange(12.0).reshape(6, 2)},
             "lm_head": {"kernel": np.arange(12.0).reshape(2, 6)}, "norm": {"scale": np.ones(2)}}

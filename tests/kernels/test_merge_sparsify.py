@@ -1,11 +1,14 @@
 """The fused merge kernel (jaxparams.kernels.merge_sparsify): Pallas == reference.
 
-Pallas kernels run in interpret mode on CPU (both the TPU and the GPU tiling);
-lowering for real hardware is checked with ``jax.export`` for ``tpu`` (Mosaic
-TPU) and ``cuda`` (Mosaic GPU). Export only lowers (the serialized Mosaic
-module is compiled on the device), so it proves every op has a lowering rule
-and the block shapes/layouts are accepted, not that the device compile passes.
+The checks every op shares come from ``kernel_contract.py``: the Pallas kernels in interpret
+mode on CPU (both the TPU and the GPU tiling) equal the reference on every merge mode, the api's
+implementations, gradients through the fused merge, and ``jax.export`` lowering for ``tpu``
+(Mosaic TPU) and ``cuda`` (Mosaic GPU). This file adds the top-k search and hash checks.
 """
+
+import importlib.util
+import pathlib
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -14,18 +17,23 @@ import pytest
 
 import jaxparams as jp
 import jaxparams.merge  # noqa: F401  (jp.merge)
-from jaxparams.kernels.merge_sparsify import api, pallas_gpu, pallas_tpu
+from jaxparams.kernels.merge_sparsify import api, pallas
 from jaxparams.kernels.merge_sparsify import reference as ref
 
-MODS = {"tpu": pallas_tpu, "gpu": pallas_gpu}
 RNG = np.random.default_rng(11)
+
+_spec = importlib.util.spec_from_file_location(
+    "kernel_contract", pathlib.Path(__file__).with_name("kernel_contract.py"))
+_contract = sys.modules.setdefault("kernel_contract", importlib.util.module_from_spec(_spec))
+_spec.loader.exec_module(_contract)
+KernelContract, Case, _ = _contract.load()
 
 
 @pytest.mark.parametrize("target,n", [("tpu", 1), ("tpu", 9000), ("gpu", 300)])
 def test_kth_largest_keys_equals_reference(target, n):
   keys = jnp.asarray(RNG.integers(0, 2 ** 32, size=(3, n), dtype=np.uint64).astype(np.uint32))
   k = jnp.array([1, max(1, n // 3), n])
-  got = MODS[target].kth_largest_keys(keys, k, interpret=True)
+  got = pallas.kth_largest_keys(keys, k, target=target, interpret=True)
   want = jax.vmap(ref.kth_largest_key)(keys, k)
   np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
   hist = api.key_thresholds(keys, k, implementation="xla")  # XLA path: histogram radix select
@@ -70,16 +78,64 @@ def _case(mode, n, n_models=3):
   return base, models, kw
 
 
-@pytest.mark.parametrize("target,n", [("tpu", 200), ("tpu", 8300), ("gpu", 2100)])
-@pytest.mark.parametrize("mode", ["ties", "breadcrumbs_l1", "dare_ties_l1", "della_inverse"])
-def test_fused_merge_equals_reference(target, mode, n):
+_STATIC = ("rescale", "consensus", "normalize")
+
+
+def _contract_case(mode, n):
   base, models, kw = _case(mode, n)
-  got = MODS[target].sparsify_merge(base, models, interpret=True, **kw)
-  static = {k: kw.pop(k) for k in ("rescale", "consensus", "normalize") if k in kw}
-  want = jax.jit(lambda b, m, kw: ref.sparsify_merge_reference(b, m, **kw, **static))(
-      base, models, kw)
-  kw.update(static)
-  np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=2e-6, atol=2e-6)
+  return Case({"base": base, "models": models, **{k: v for k, v in kw.items() if k not in _STATIC}},
+              {k: kw[k] for k in _STATIC if k in kw})
+
+
+class TestContract(KernelContract):
+  # 200: one TPU tile; 8300: several TPU tiles + padding; 2100: several GPU (16 x 128) tiles
+  CASES = {f"{mode}-{n}": _contract_case(mode, n)
+           for mode in ("ties", "breadcrumbs_l1", "dare_ties_l1", "della_inverse")
+           for n in (200, 2100, 8300)}
+  INTERPRET_TARGETS = ("tpu", "gpu")
+  INTERPRET_PAIRS = [(f"{mode}-{n}", t) for mode in ("ties", "breadcrumbs_l1", "dare_ties_l1",
+                                                     "della_inverse")
+                     for n, t in ((200, "tpu"), (8300, "tpu"), (2100, "gpu"))]
+  API_CASE = "dare_ties_l1-200"
+  DIFF = ("base", "models", "weights", "lam")
+  TOL = 2e-6
+
+  @staticmethod
+  def _split(case):
+    a = dict(case.arrays)
+    return a.pop("base"), a.pop("models"), {**a, **case.static}
+
+  def reference(self, case):
+    base, models, kw = self._split(case)
+    static = {k: kw.pop(k) for k in _STATIC if k in kw}
+    return jax.jit(lambda b, m, kw: ref.sparsify_merge_reference(b, m, **kw, **static))(
+        base, models, kw)
+
+  def kernel(self, case, target):
+    base, models, kw = self._split(case)
+    return pallas.sparsify_merge(base, models, target=target, interpret=True, **kw)
+
+  def api(self, case, implementation):
+    base, models, kw = self._split(case)
+    return api.sparsify_merge(base, models, implementation=implementation, **kw)
+
+  def export(self, platform):
+    target = "pallas_tpu" if platform == "tpu" else "pallas_gpu"
+    n = 5000
+
+    def f(b, m, p):
+      lo, lo_cut = api.topk_cuts(m - b, jnp.array([100, 200, 300]), implementation=target)
+      hi = jnp.full((3,), api.KEY_MAX)
+      merge = lambda **kw: api.sparsify_merge(b, m, lo=lo, hi=hi, implementation=target, **kw)
+      ties = merge(weights=jnp.array([1.0, 0.5, -0.7]), lo_cut=lo_cut)
+      dare = merge(weights=jnp.ones(3), p=jnp.array([.3, .5, .8]),
+                   seeds=jnp.arange(3, dtype=jnp.uint32), rescale="l1")
+      della = merge(weights=jnp.ones(3), p=p, seeds=jnp.arange(3, dtype=jnp.uint32),
+                    rescale="inverse", consensus=False)
+      return ties, dare, della
+
+    return f, (jax.ShapeDtypeStruct((n,), jnp.float32), jax.ShapeDtypeStruct((3, n), jnp.float32),
+               jax.ShapeDtypeStruct((3, n), jnp.float32))
 
 
 def test_merge_methods_through_pallas_equal_xla():
@@ -101,7 +157,7 @@ def test_tie_cuts_equal_reference_and_keep_exactly_k(target):
   k = jnp.array([100, 333])
   t = jax.vmap(ref.kth_largest_key)(keys, k)
   want = jax.vmap(ref.tie_cut)(keys, t, k)
-  got = MODS[target].tie_cuts(keys, t, k, interpret=True)
+  got = pallas.tie_cuts(keys, t, k, target=target, interpret=True)
   np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
   idx = jnp.arange(700, dtype=jnp.uint32)
   for m in range(2):
@@ -124,29 +180,3 @@ def test_dare_keep_fraction_and_uniforms():
   assert abs(np.mean(u < 0.3) - 0.3) < 0.01
   u2 = np.asarray(ref.hash_uniform(jnp.uint32(10), jnp.arange(100_000, dtype=jnp.uint32)))
   assert abs(np.corrcoef(u, u2)[0, 1]) < 0.02
-
-
-@pytest.mark.filterwarnings("ignore:Using ``pl.pallas_call`` for Mosaic GPU:DeprecationWarning")
-@pytest.mark.parametrize("platform", ["tpu", "cuda"])
-def test_export_lowers_for_hardware(platform):
-  mod = pallas_tpu if platform == "tpu" else pallas_gpu
-  n = 5000
-
-  def f(b, m, p):
-    lo = mod.kth_largest_keys(ref.magnitude_bits(m - b), jnp.array([100, 200, 300]))
-    hi = jnp.full((3,), api.KEY_MAX)
-    ties = mod.sparsify_merge(b, m, weights=jnp.array([1.0, 0.5, -0.7]), lo=lo, hi=hi)
-    dare = mod.sparsify_merge(b, m, weights=jnp.ones(3), lo=lo, hi=hi, p=jnp.array([.3, .5, .8]),
-                              seeds=jnp.arange(3, dtype=jnp.uint32), rescale="l1")
-    della = mod.sparsify_merge(b, m, weights=jnp.ones(3), lo=lo, hi=hi, p=p,
-                               seeds=jnp.arange(3, dtype=jnp.uint32), rescale="inverse",
-                               consensus=False)
-    return ties, dare, della
-
-  args = (jax.ShapeDtypeStruct((n,), jnp.float32), jax.ShapeDtypeStruct((3, n), jnp.float32),
-          jax.ShapeDtypeStruct((3, n), jnp.float32))
-  exported = jax.export.export(jax.jit(f), platforms=[platform])(*args)
-  text = exported.mlir_module()
-  marker = "tpu_custom_call" if platform == "tpu" else "mosaic_gpu"
-  assert marker in text
-  assert exported.platforms == (platform,)

@@ -1,4 +1,4 @@
-"""Pallas kernels of the fused merge, shared by the TPU and GPU targets.
+"""Pallas kernels of the fused merge: one source for both targets (``target='tpu'|'gpu'``).
 
 Three kernels, each a single pass over the tensor:
 
@@ -16,7 +16,16 @@ live in SMEM. The tensor is flattened and zero-padded to whole tiles
 Targets: tiles are (rows, 128) on both ``'tpu'`` (Mosaic TPU, 64 rows) and
 ``'gpu'`` (Mosaic GPU, ``jax.experimental.pallas.mosaic_gpu``, 16 rows: its
 async copies move at most 256 elements per dimension). ``interpret=True`` runs
-either on CPU.
+either on CPU. The kernels are the same code for both targets, so there is one file
+(not a ``pallas_tpu.py`` and a ``pallas_gpu.py`` that would be copies of each other);
+only :class:`Target` differs.
+
+Example:
+  >>> import jax.numpy as jnp
+  >>> keys = jnp.arange(1, 11, dtype=jnp.uint32)[None]
+  >>> [int(kth_largest_keys(keys, jnp.array([3]), target=t, interpret=True)[0])
+  ...  for t in ('tpu', 'gpu')]
+  [8, 8]
 """
 
 from __future__ import annotations
@@ -31,7 +40,8 @@ from jax.experimental import pallas as pl
 
 from jaxparams.kernels.merge_sparsify import reference as ref
 
-__all__ = ["Target", "TPU", "GPU", "count_ge", "kth_largest_keys", "sparsify_merge"]
+__all__ = ["Target", "TPU", "GPU", "TARGETS", "get_target", "count_ge", "kth_largest_keys",
+           "tie_cuts", "sparsify_merge"]
 
 _N_CAND = 15
 _LANES = 128
@@ -72,6 +82,16 @@ class Target:
 
 TPU = Target("tpu", 64 * _LANES)
 GPU = Target("gpu", 16 * _LANES)  # Mosaic GPU async copies: <= 256 per dimension
+TARGETS = {"tpu": TPU, "gpu": GPU}
+
+
+def get_target(target: "Target | str") -> Target:
+  """``'tpu'``/``'gpu'`` (or a :class:`Target`) -> :class:`Target`; ValueError otherwise."""
+  if isinstance(target, Target):
+    return target
+  if target not in TARGETS:
+    raise ValueError(f"unknown target {target!r}; valid: {sorted(TARGETS)}")
+  return TARGETS[target]
 
 
 def _pad_len(n: int, target: Target) -> int:
@@ -136,10 +156,10 @@ def _count_kernel(cand_ref, keys_ref, out_ref, *, target: Target):
   out_ref[0, 0] = _lane_vector(counts, target, jnp.int32)
 
 
-def count_ge(keys: jax.Array, cands: jax.Array, *, target: Target, interpret: bool = False
+def count_ge(keys: jax.Array, cands: jax.Array, *, target: Target | str, interpret: bool = False
              ) -> jax.Array:
   """counts[m, d] = #(keys[m] >= cands[m, d]) for keys (M, n) uint32, cands (M, 15)."""
-  target = target.for_mode(interpret)
+  target = get_target(target).for_mode(interpret)
   m_rows = keys.shape[0]
   tiled = _tile(keys, target)
   n_blocks = tiled.shape[1] // target.tile_shape()[0]
@@ -160,7 +180,7 @@ def count_ge(keys: jax.Array, cands: jax.Array, *, target: Target, interpret: bo
 
 
 @functools.partial(jax.jit, static_argnames=("target", "interpret"))
-def kth_largest_keys(keys: jax.Array, k: jax.Array, *, target: Target, interpret: bool = False
+def kth_largest_keys(keys: jax.Array, k: jax.Array, *, target: Target | str, interpret: bool = False
                      ) -> jax.Array:
   """Batched :func:`reference.kth_largest_key`: keys (M, n) uint32, k (M,) -> (M,)."""
   k = jnp.asarray(k, jnp.int32).reshape(-1)
@@ -176,7 +196,7 @@ def kth_largest_keys(keys: jax.Array, k: jax.Array, *, target: Target, interpret
 
 
 @functools.partial(jax.jit, static_argnames=("target", "interpret"))
-def tie_cuts(keys: jax.Array, t: jax.Array, k: jax.Array, *, target: Target,
+def tie_cuts(keys: jax.Array, t: jax.Array, k: jax.Array, *, target: Target | str,
              interpret: bool = False) -> jax.Array:
   """Batched :func:`reference.tie_cut` with the counting kernel: the tie cut is
   ``~(need-th largest of ~index over the tied keys)``."""
@@ -287,10 +307,10 @@ def _call(kernel, flags, target, interpret, out_shape, out_spec, fp, up, base_t,
                                              "interpret"))
 def sparsify_merge(base: jax.Array, models: jax.Array, *, weights, lo, hi, lam=1.0, p=None,
                    seeds=None, rescale=None, consensus=True, normalize=True,
-                   lo_cut=None, hi_cut=None, target: Target, interpret: bool = False
+                   lo_cut=None, hi_cut=None, target: Target | str, interpret: bool = False
                    ) -> jax.Array:
   """Pallas version of :func:`reference.sparsify_merge_reference` (flat inputs)."""
-  target = target.for_mode(interpret)
+  target = get_target(target).for_mode(interpret)
   n = base.shape[0]
   n_models = models.shape[0]
   random = p is not None

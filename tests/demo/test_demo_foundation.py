@@ -2,7 +2,7 @@
 
 import rich.console
 
-from jaxparams.cli import demo_foundation
+from jaxparams.demo import foundation as demo_foundation
 
 
 def test_foundation_step():
