@@ -38,6 +38,8 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Collection, Mapping, Sequence
@@ -296,40 +298,98 @@ def stream_checkpoints(tasks: Sequence[StreamTask], sources: Mapping[str, Any],
                                    "overwrite": overwrite}
   if metadata is not None:
     writer_kwargs["metadata"] = metadata
-  with SafetensorsWriter(out_dir, **writer_kwargs) as writer:
+  with _DeferredInterrupt() as interrupt, SafetensorsWriter(out_dir, **writer_kwargs) as writer:
     # The prefetcher is stopped and joined before the writer cleans up (inner `with`).
     with Prefetcher(tasks, sources, max_items=prefetch, max_bytes=int(prefetch_bytes),
                     prepare=prepare) as reader:
+      inflight: list = []
       for task, arrays, nbytes in reader:
+        interrupt.check()
         try:
-          outs = _run_task(task, [arrays[i] for i in task.inputs], compiled, key, shard)
+          outs = _run_task(task, [arrays[i] for i in task.inputs], compiled, key, shard,
+                           inflight)
         except ValueError as e:
           raise type(e)(f"{prefix}{e}") from None
+        except BaseException:
+          # Ctrl-C while XLA still computes: let the computation finish (its inputs alive)
+          # before anything is torn down; an interpreter exit under a running computation
+          # can crash the process.
+          _drain(inflight)
+          raise
         del arrays
         for name, value in outs:
           writer.add(name, value)
         bytes_read += nbytes
         done += 1
+        interrupt.check()
         if progress is not None:
           progress(done, len(tasks), bytes_read)
+    interrupt.check()
     if finalize is not None:
       finalize(writer)
   return {"tensors": done, "bytes_read": bytes_read, "bytes_written": writer.total_bytes,
           "seconds": time.perf_counter() - t0, "out_dir": str(out_dir)}
 
 
-def _run_task(task: StreamTask, arrays: list, compiled: _Compiled, key, shard
+class _DeferredInterrupt:
+  """Ctrl-C is honoured between tensors, never inside a JAX call.
+
+  A ``KeyboardInterrupt`` raised while JAX/XLA is dispatching or computing can leave
+  native state that crashes the interpreter at exit (a segfault after the clean-up
+  message). In the main thread, the first SIGINT only sets a flag that :meth:`check`
+  turns into ``KeyboardInterrupt`` at the next tensor boundary; a second one interrupts
+  at once. Elsewhere (a worker thread, a custom handler installed) nothing changes.
+  """
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def _handler(self, signum, frame):  # pylint: disable=unused-argument
+    if self.requested:
+      raise KeyboardInterrupt
+    self.requested = True
+
+  def __enter__(self) -> "_DeferredInterrupt":
+    if (threading.current_thread() is threading.main_thread()
+        and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
+      self._previous = signal.signal(signal.SIGINT, self._handler)
+    return self
+
+  def check(self) -> None:
+    """Raises ``KeyboardInterrupt`` if Ctrl-C was pressed."""
+    if self.requested:
+      raise KeyboardInterrupt
+
+  def __exit__(self, *exc) -> None:
+    if self._previous is not None:
+      signal.signal(signal.SIGINT, self._previous)
+      self._previous = None
+
+
+def _drain(inflight: list) -> None:
+  try:
+    jax.block_until_ready(inflight)
+  except Exception:  # pylint: disable=broad-except
+    pass
+  inflight.clear()
+
+
+def _run_task(task: StreamTask, arrays: list, compiled: _Compiled, key, shard, inflight: list
               ) -> list[tuple[str, np.ndarray]]:
   if task.record is None:
     return [(task.name, arrays[0])]
   record = task.record
   k = tensor_key(key, task.name) if (key is not None and record.needs_key is not False) else None
   placed = _place(arrays, shard)
+  inflight[:] = [placed]
   out, flags, ctx = compiled(task, placed, k)
+  inflight[:] = [placed, out, flags]
   if isinstance(out, Mapping):
     outs = [(task.output_name(s), np.asarray(v)) for s, v in out.items()]
   else:
     outs = [(task.name, np.asarray(out))]
   if flags.shape[0]:
     record.verify(np.asarray(flags), ctx, compiled.skip)
+  inflight.clear()
   return outs

@@ -248,3 +248,22 @@ def test_registry_and_config_errors():
     jt.apply_tree(MIX, _trees()[0], [])
   with pytest.raises(ValueError, match="requires a base model"):
     jt.apply_tree(MIX, None, _trees()[1:])
+
+
+def test_stream_sigint_is_deferred_to_a_tensor_boundary(tmp_path):
+  import signal  # pylint: disable=import-outside-toplevel
+  trees = _trees()
+  _save(tmp_path, trees)
+  cfg = MIX.make_config()
+  seen = []
+
+  def progress(done, total, nbytes):
+    seen.append(done)
+    if done == 1:
+      os.kill(os.getpid(), signal.SIGINT)  # handled: a flag, raised before the next tensor
+
+  with pytest.raises(KeyboardInterrupt):
+    _stream(tmp_path, _mix_tasks(trees[0], {n: cfg for n in trees[0]}), progress=progress)
+  assert seen == [1]
+  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+  assert not [p for p in os.listdir(tmp_path) if "out" in p]
