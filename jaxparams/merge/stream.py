@@ -43,6 +43,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxparams.io import check_output_dir, open_checkpoint
+from jaxparams.merge.model_card import model_card, recipe_yaml
 from jaxparams.merge.plan import TensorTask, count_layers, plan_merge
 from jaxparams.merge.progress import progress_bar
 from jaxparams.merge.recipe import Recipe, load_recipe
@@ -129,7 +130,8 @@ def merge_checkpoints(recipe: str | Path | Mapping[str, Any] | Recipe, out_dir: 
                       copy_tokenizer: bool = True, prefetch: int = 2,
                       prefetch_bytes: int | float | str = 2e9, progress: bool = True,
                       console: Any = None, method: Any = None, shard: bool | None = None,
-                      shard_min_bytes: int = 1 << 24) -> dict[str, Any]:
+                      shard_min_bytes: int = 1 << 24, write_model_card: bool = True
+                      ) -> dict[str, Any]:
   """Merges HF safetensors checkpoints as a mergekit recipe says, streaming.
 
   Args:
@@ -152,6 +154,8 @@ def merge_checkpoints(recipe: str | Path | Mapping[str, Any] | Recipe, out_dir: 
     shard: split tensors of at least ``shard_min_bytes`` along axis 0 across
       all devices (``None``: only when there are several GPUs/TPUs).
     shard_min_bytes: smallest tensor (bytes) worth sharding.
+    write_model_card: write ``README.md`` (a model card) and the recipe as
+      ``mergekit_config.yml``, as mergekit does.
 
   Returns:
     A summary dict: ``tensors``, ``bytes_read``, ``bytes_written``, ``seconds``,
@@ -165,6 +169,7 @@ def merge_checkpoints(recipe: str | Path | Mapping[str, Any] | Recipe, out_dir: 
       differing non-float tensors, pickle checkpoints.
   """
   t0 = time.perf_counter()
+  original = recipe
   recipe = load_recipe(recipe)
   where = recipe.source or "recipe"
   out_dir = Path(out_dir)
@@ -193,6 +198,11 @@ def merge_checkpoints(recipe: str | Path | Mapping[str, Any] | Recipe, out_dir: 
 
     def finalize(writer) -> None:
       write_side_files(writer, recipe, folders, align, n_layers, copy_tokenizer)
+      if write_model_card:
+        text = recipe_yaml(recipe, original)
+        (writer.folder_tmp / "mergekit_config.yml").write_text(text, encoding="utf-8")
+        (writer.folder_tmp / "README.md").write_text(model_card(recipe, text, out_dir.name),
+                                                    encoding="utf-8")
 
     with progress_bar(console, progress, recipe.merge_method, len(jobs)) as update:
       try:
