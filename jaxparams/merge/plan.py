@@ -122,6 +122,15 @@ def _layer_table(names: Sequence[str]) -> tuple[dict[int, list[tuple[str, str]]]
   return layers, pre, post
 
 
+def _stack_sizes(layers: Mapping[int, list[tuple[str, str]]]) -> dict[str, int]:
+  """Layer count of every layer stack (prefix such as ``'model.layers.'``)."""
+  out: dict[str, int] = {}
+  for i, entries in layers.items():
+    for prefix, _ in entries:
+      out[prefix] = max(out.get(prefix, 0), i + 1)
+  return out
+
+
 def _shape(reader: _Reader, name: str) -> tuple[int, ...]:
   return tuple(reader.spec(name).shape)
 
@@ -285,9 +294,13 @@ def plan_merge(recipe: Recipe, readers: Mapping[str, _Reader], method: Any = Non
     layers, _, _ = tables[first_model((sources, base_ref, sparams))]
     ref_lr = [lr for m, lr, _ in sources if m == first_model((sources, base_ref, sparams))][0]
     n_layers = ref_lr[1] - ref_lr[0]
+    # models: one slice over every layer; with several layer stacks (a vision and a text
+    # tower) each stack is its own module with its own layer count, as in mergekit.
+    per_stack = _stack_sizes(layers) if recipe.models is not None else {}
     for off in range(n_layers):
-      t = off / (n_layers - 1) if n_layers > 1 else 1.0
       for prefix, rest in layers.get(ref_lr[0] + off, []):
+        n = per_stack.get(prefix, n_layers)
+        t = off / (n - 1) if n > 1 else 1.0
         in_names = [f"{prefix}{lr[0] + off}.{rest}" for _, lr, _ in sources]
         add(f"{prefix}{out_layer}.{rest}", sources, base_ref, sparams, in_names, t)
       out_layer += 1
