@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jaxparams.merge.checks import weights_sum_nonzero
 from jaxparams.merge.params import global_param, model_param

@@ -60,10 +60,9 @@ def _traced(x: Any) -> bool:
 
 
 def merge_trees(method: str, base: PyTree | None, models: Sequence[PyTree], *,
-                model_params: Mapping[str, Any] | None = None,
-                global_params: Mapping[str, Any] | None = None, key: jax.Array | None = None,
-                where: jtree.Selector = None, implementation: str | None = None,
-                trim_scope: str = "tensor") -> PyTree:
+                model_params: Mapping[str, Any] | None = None, global_params: Mapping[str,
+                Any] | None = None, key: jax.Array | None = None, where: jtree.Selector = None,
+                implementation: str | None = None, trim_scope: str = "tensor") -> PyTree:
   """Merges pytrees with the registry method ``method`` (mergekit names/params).
 
   Runs the method's record with the transform layer's tree driver
@@ -147,10 +146,12 @@ def _model_thresholds(flat_base, model_flats, chosen, densities, implementation)
 
 
 # Defaults of the wrappers below are read from the records' config classes (defined once there).
-_LIN, _NUS, _MSL = methods_interp.LinearConfig, methods_interp.NuslerpConfig, methods_interp.MultislerpConfig
+_LIN, _NUS = methods_interp.LinearConfig, methods_interp.NuslerpConfig
+_MSL = methods_interp.MultislerpConfig
 _KAR, _MST = methods_interp.KarcherConfig, methods_interp.ModelStockConfig
 _TA, _TIES, _DARE = methods_gta.TaskArithmeticConfig, methods_gta.TiesConfig, methods_gta.DareConfig
-_BC, _DEL, _DELL = methods_gta.BreadcrumbsConfig, methods_gta.DellaConfig, methods_gta.DellaLinearConfig
+_BC, _DEL = methods_gta.BreadcrumbsConfig, methods_gta.DellaConfig
+_DELL = methods_gta.DellaLinearConfig
 _SCE, _RAM, _RPL = methods_other.SceConfig, methods_other.RamConfig, methods_other.RamplusConfig
 
 
@@ -187,8 +188,7 @@ def slerp(base: PyTree, other: PyTree | Sequence[PyTree], t: Any, *,
 
 def nuslerp(base: PyTree | None, models: Sequence[PyTree], *, weights: Any = None,
             nuslerp_flatten: bool = _NUS.nuslerp_flatten,
-            nuslerp_row_wise: bool = _NUS.nuslerp_row_wise,
-            where: jtree.Selector = None) -> PyTree:
+            nuslerp_row_wise: bool = _NUS.nuslerp_row_wise, where: jtree.Selector = None) -> PyTree:
   """SLERP of two models (task vectors if ``base``) at t = w1 / (w0 + w1)."""
   models = _as_list(models)
   return merge_trees("nuslerp", base, models, model_params={"weight": _ones(models, weights)},
@@ -225,8 +225,8 @@ def _gta(name, base, models, weights, key, where, implementation, trim_scope="te
 
 
 def task_arithmetic(base: PyTree, models: Sequence[PyTree], *, weights: Any = None,
-                    lam: Any = _TA.lam, normalize: bool = _TA.normalize, where: jtree.Selector = None,
-                    implementation: str | None = None) -> PyTree:
+                    lam: Any = _TA.lam, normalize: bool = _TA.normalize,
+                    where: jtree.Selector = None, implementation: str | None = None) -> PyTree:
   """``base + lam * sum w_i (m_i - base)`` (divided by ``sum w`` if normalize).
 
   Negative weights subtract a task ("forgetting by negation")."""
@@ -234,10 +234,11 @@ def task_arithmetic(base: PyTree, models: Sequence[PyTree], *, weights: Any = No
               normalize=normalize)
 
 
-def ties(base: PyTree, models: Sequence[PyTree], *, weights: Any = None, density: Any = _TIES.density,
-         lam: Any = _TIES.lam, normalize: bool = _TIES.normalize, rescale: bool | str = _TIES.rescale,
-         trim_scope: str = "tensor", key: jax.Array | None = None,
-         where: jtree.Selector = None, implementation: str | None = None) -> PyTree:
+def ties(base: PyTree, models: Sequence[PyTree], *, weights: Any = None,
+         density: Any = _TIES.density, lam: Any = _TIES.lam, normalize: bool = _TIES.normalize,
+         rescale: bool | str = _TIES.rescale, trim_scope: str = "tensor",
+         key: jax.Array | None = None, where: jtree.Selector = None,
+         implementation: str | None = None) -> PyTree:
   """TIES: keep the top ``density`` fraction of each task vector by magnitude
   (per tensor as mergekit, or ``trim_scope='model'`` as the paper), elect the
   sign on the weighted sum, average the agreeing values (weighted).
@@ -256,28 +257,29 @@ def ties(base: PyTree, models: Sequence[PyTree], *, weights: Any = None, density
 
 
 def dare_linear(base: PyTree, models: Sequence[PyTree], *, weights: Any = None,
-                density: Any = _DARE.density, lam: Any = _DARE.lam, normalize: bool = _DARE.normalize,
-                rescale: bool | str = _DARE.rescale, key: jax.Array | None = None,
-                where: jtree.Selector = None, implementation: str | None = None) -> PyTree:
+                density: Any = _DARE.density, lam: Any = _DARE.lam,
+                normalize: bool = _DARE.normalize, rescale: bool | str = _DARE.rescale,
+                key: jax.Array | None = None, where: jtree.Selector = None,
+                implementation: str | None = None) -> PyTree:
   """DARE: drop each delta with probability ``1 - density`` and rescale (L1 as
   mergekit; ``rescale='inverse'`` for the paper's 1/(1-p)). Needs ``key``."""
   return _gta("dare_linear", base, models, weights, key, where, implementation, density=density,
               lam=lam, normalize=normalize, rescale=rescale)
 
 
-def dare_ties(base: PyTree, models: Sequence[PyTree], *, weights: Any = None, density: Any = _DARE.density,
-              lam: Any = _DARE.lam, normalize: bool = _DARE.normalize, rescale: bool | str = _DARE.rescale,
-              key: jax.Array | None = None, where: jtree.Selector = None,
-              implementation: str | None = None) -> PyTree:
+def dare_ties(base: PyTree, models: Sequence[PyTree], *, weights: Any = None,
+              density: Any = _DARE.density, lam: Any = _DARE.lam, normalize: bool = _DARE.normalize,
+              rescale: bool | str = _DARE.rescale, key: jax.Array | None = None,
+              where: jtree.Selector = None, implementation: str | None = None) -> PyTree:
   """DARE sparsification followed by TIES sign election. Needs ``key``."""
   return _gta("dare_ties", base, models, weights, key, where, implementation, density=density,
               lam=lam, normalize=normalize, rescale=rescale)
 
 
 def breadcrumbs(base: PyTree, models: Sequence[PyTree], *, weights: Any = None,
-                density: Any = _BC.density, gamma: Any = _BC.gamma, lam: Any = _BC.lam, normalize: bool = _BC.normalize,
-                rescale: bool = _BC.rescale, where: jtree.Selector = None,
-                implementation: str | None = None) -> PyTree:
+                density: Any = _BC.density, gamma: Any = _BC.gamma, lam: Any = _BC.lam,
+                normalize: bool = _BC.normalize, rescale: bool = _BC.rescale,
+                where: jtree.Selector = None, implementation: str | None = None) -> PyTree:
   """Model Breadcrumbs: drop the ``gamma`` largest and the smallest deltas."""
   return _gta("breadcrumbs", base, models, weights, None, where, implementation,
               density=density, gamma=gamma, lam=lam, normalize=normalize, rescale=rescale)
@@ -292,10 +294,11 @@ def breadcrumbs_ties(base: PyTree, models: Sequence[PyTree], *, weights: Any = N
               density=density, gamma=gamma, lam=lam, normalize=normalize, rescale=rescale)
 
 
-def della(base: PyTree, models: Sequence[PyTree], *, weights: Any = None, density: Any = _DEL.density,
-          epsilon: Any = _DEL.epsilon, lam: Any = _DEL.lam, normalize: bool = _DEL.normalize,
-          rescale: bool | str = _DEL.rescale, key: jax.Array | None = None,
-          where: jtree.Selector = None, implementation: str | None = None) -> PyTree:
+def della(base: PyTree, models: Sequence[PyTree], *, weights: Any = None,
+          density: Any = _DEL.density, epsilon: Any = _DEL.epsilon, lam: Any = _DEL.lam,
+          normalize: bool = _DEL.normalize, rescale: bool | str = _DEL.rescale,
+          key: jax.Array | None = None, where: jtree.Selector = None,
+          implementation: str | None = None) -> PyTree:
   """DELLA: per-row magnitude-ranked keep probabilities in
   ``[density - epsilon, density + epsilon]``, rescale, TIES. Needs ``key``."""
   return _gta("della", base, models, weights, key, where, implementation, density=density,
@@ -326,8 +329,9 @@ def ram(base: PyTree, models: Sequence[PyTree], *, epsilon: float = _RAM.epsilon
                      where=where)
 
 
-def ramplus_tl(base: PyTree, models: Sequence[PyTree], *, r: float = _RPL.r, alpha: float = _RPL.alpha,
-               epsilon: float = _RPL.epsilon, where: jtree.Selector = None) -> PyTree:
+def ramplus_tl(base: PyTree, models: Sequence[PyTree], *, r: float = _RPL.r,
+               alpha: float = _RPL.alpha, epsilon: float = _RPL.epsilon,
+               where: jtree.Selector = None) -> PyTree:
   """RAM+ (tensor-local): unique deltas scaled up by the shared/unique ratio."""
   return merge_trees("ramplus_tl", base, _as_list(models),
                      global_params={"r": r, "alpha": alpha, "epsilon": epsilon}, where=where)

@@ -34,7 +34,8 @@ from jaxparams.transform.stream_driver import StreamTask, make_sharding, stream_
 from jaxparams.transform.tree_driver import apply_tree, check_same_leaves
 
 __all__ = [
-    "Check", "CheckContext", "NonFiniteError", "Prefetcher", "Registry", "StreamTask", "Transform", "apply_tree",
+    "Check", "CheckContext", "NonFiniteError", "Prefetcher", "Registry", "StreamTask", "Transform",
+    "apply_tree",
     "check_same_leaves", "finite", "float_inputs", "in_range", "is_traced", "make_sharding",
     "param_fields", "read_tensor", "same_shapes", "stream_checkpoints", "tensor_key",
 ]

@@ -187,11 +187,12 @@ class _Compiled:
     config = record.coerce_config(task.config)
     labels = task.labels or tuple(s for s, _ in task.inputs)
     if record.inputs == "one":
-      arranged = record._arrange((arrays[0],), task.name)  # pylint: disable=protected-access
+      args: tuple[Any, ...] = (arrays[0],)
     elif task.has_base:
-      arranged = record._arrange((arrays[0], arrays[1:]), task.name)  # pylint: disable=protected-access
+      args = (arrays[0], arrays[1:])
     else:
-      arranged = record._arrange((None, arrays), task.name)  # pylint: disable=protected-access
+      args = (None, arrays)
+    arranged = record._arrange(args, task.name)  # pylint: disable=protected-access
     compute = None if task.compute_dtype is None else jnp.dtype(task.compute_dtype)
     out_dtype = None if task.out_dtype is None else jnp.dtype(task.out_dtype)
     ctx = record.context(arranged, config, task.name, labels)

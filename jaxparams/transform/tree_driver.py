@@ -34,7 +34,7 @@ Example:
   >>> apply_tree(scale, {'a': jnp.array([jnp.inf])})
   Traceback (most recent call last):
   ...
-  ValueError: tensor 'a': input contains NaN or Inf
+  jaxparams.transform.checks.NonFiniteError: tensor 'a': input contains NaN or Inf
 """
 
 from __future__ import annotations

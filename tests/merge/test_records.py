@@ -31,7 +31,8 @@ def test_every_method_is_a_record_and_the_cli_lists_the_registry():
     assert isinstance(METHODS.get(n), Transform)
     assert get_method(n).record is METHODS.get(n)
   from jaxparams.cli.main import build_parser  # pylint: disable=import-outside-toplevel
-  sub = build_parser()._subparsers._group_actions[0].choices["merge"]  # pylint: disable=protected-access
+  actions = build_parser()._subparsers._group_actions  # pylint: disable=protected-access
+  sub = actions[0].choices["merge"]
   assert f"Methods: {', '.join(names)}." in sub.description
 
 
