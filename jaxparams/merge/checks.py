@@ -7,7 +7,14 @@
   same in both drivers: :func:`copy_non_float` returns the first input, and
   this check (fused into the computation) refuses differing ones, naming them.
 * :func:`weights_sum_nonzero` -- normalising by a zero weight sum.
-* :func:`finite_params` -- NaN/Inf hyperparameters (per-model or global).
+
+Hyperparameter ranges (``in_range`` checks on each record, both drivers): NaN/Inf
+weights, ``lambda``, ``t`` ... are refused; ``density``, ``gamma``, ``select_topk`` must
+be in [0, 1], ``epsilon``/``r``/``alpha``/nearswap ``t`` >= 0, slerp ``t`` in [0, 1].
+mergekit clamps density outside [0, 1] and extrapolates slerp outside [0, 1] silently;
+here a typo such as ``density: 5`` is an error. Kept from mergekit on purpose: negative
+weights (task negation), ``density: 0`` keeps nothing, ``density: 1`` keeps all,
+``lambda`` any finite value. Under ``jax.jit``/``vmap`` traced values cannot be checked.
 
 Example:
   >>> import jax.numpy as jnp
