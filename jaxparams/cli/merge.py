@@ -13,19 +13,31 @@ from __future__ import annotations
 import argparse
 import sys
 
-__all__ = ["add_parser", "run"]
+__all__ = ["add_parser", "run", "MERGEKIT_NOTES"]
+
+#: mergekit command-line flags accepted for pasted commands, and what they mean here.
+MERGEKIT_NOTES = (
+    ("cuda", "--cuda: JAX computes on a GPU/TPU whenever one is present; nothing to set."),
+    ("lazy-unpickle", "--lazy-unpickle: pickle checkpoints are refused; safetensors are "
+     "always read lazily, one tensor at a time."),
+    ("allow-crimes", "--allow-crimes: architectures are not compared; tensor names and "
+     "shapes must match (or be aligned by slices/tokenizer_source)."),
+    ("trust-remote-code", "--trust-remote-code: no model code is ever run; only "
+     "config.json and safetensors are read."),
+    ("low-cpu-memory", "--low-cpu-memory: the streaming merge already holds only a few "
+     "tensors per input in host memory."),
+)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
   """Registers the ``merge`` sub-command (sets ``func=run``)."""
+  from jaxparams.merge.registry import method_names  # pylint: disable=import-outside-toplevel
   p = sub.add_parser(
       "merge", help="Merge HF safetensors checkpoints from a mergekit YAML recipe.",
       description="Runs a mergekit recipe (YAML unchanged, or an ml-collections .py config) "
       "tensor by tensor over local HF safetensors checkpoints: jit-compiled merge methods, "
       "reading overlapped with compute, atomic sharded output with config.json and tokenizer "
-      "files. Methods: linear, slerp, nuslerp, multislerp, karcher, task_arithmetic, ties, "
-      "dare_linear, dare_ties, breadcrumbs, breadcrumbs_ties, della, della_linear, sce, ram, "
-      "ramplus_tl, model_stock, nearswap, arcee_fusion, passthrough.")
+      f"files. Methods: {', '.join(method_names())}.")
   p.add_argument("recipe", help="mergekit YAML recipe (or a .py ml-collections config)")
   p.add_argument("out_dir", help="output folder (must not exist unless --overwrite)")
   p.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it exists")
@@ -35,8 +47,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                  help="output shard size in bytes, e.g. 5GB, 500M (default 5GB)")
   p.add_argument("--allow-nonfinite", action="store_true",
                  help="don't refuse NaN/Inf values in inputs or outputs")
-  p.add_argument("--no-copy-tokenizer", dest="copy_tokenizer", action="store_false",
-                 help="don't copy tokenizer files into OUT_DIR")
+  p.add_argument("--copy-tokenizer", action=argparse.BooleanOptionalAction, default=True,
+                 help="copy tokenizer files into OUT_DIR (default; mergekit's flag)")
+  p.add_argument("--write-model-card", action=argparse.BooleanOptionalAction, default=True,
+                 help="write README.md (model card) and mergekit_config.yml (default, as "
+                 "mergekit)")
+  # mergekit flags without a separate meaning here: accepted, with a one-line note.
+  for flag, _ in MERGEKIT_NOTES:
+    p.add_argument(f"--{flag}", action=argparse.BooleanOptionalAction, default=None,
+                   help=argparse.SUPPRESS)
   p.add_argument("--prefetch", type=int, default=2,
                  help="tensors the reader thread may read ahead (default 2)")
   p.add_argument("--prefetch-bytes", default="2GB",
@@ -61,6 +80,9 @@ def run(args: argparse.Namespace) -> int:
 
   from jaxparams.merge.stream import merge_checkpoints  # pylint: disable=import-outside-toplevel
   console = Console(stderr=True)
+  for flag, note in MERGEKIT_NOTES:
+    if getattr(args, flag.replace("-", "_"), None) is not None:
+      console.print(f"note: {note}", highlight=False)
   if getattr(args, "dry_run", False):
     return _dry_run(args.recipe)
   enable_compile_cache(getattr(args, "compile_cache", None))
@@ -69,7 +91,8 @@ def run(args: argparse.Namespace) -> int:
       max_shard_bytes=args.max_shard_size, allow_nonfinite=args.allow_nonfinite,
       copy_tokenizer=args.copy_tokenizer, prefetch=args.prefetch,
       prefetch_bytes=args.prefetch_bytes, progress=not args.quiet,
-      console=console, shard=args.shard)
+      console=console, shard=args.shard,
+      write_model_card=getattr(args, "write_model_card", True))
   if not args.quiet:
     gb = summary["bytes_read"] / 1e9
     console.print(f"[green]merged[/] {summary['tensors']} tensors ({gb:.2f} GB read) into "

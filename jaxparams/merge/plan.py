@@ -32,12 +32,9 @@ import re
 from typing import Any, Mapping, Protocol, Sequence
 
 from jaxparams.merge.recipe import UNSET, Recipe, resolve_setting
+from jaxparams.merge.registry import get_method
 
-__all__ = ["TensorTask", "plan_merge", "split_layer_name", "is_vocab_tensor",
-           "BASE_IGNORED_METHODS", "count_layers"]
-
-#: Methods for which mergekit ignores the base model's role (it is an ordinary input).
-BASE_IGNORED_METHODS = frozenset({"linear", "karcher", "passthrough"})
+__all__ = ["TensorTask", "plan_merge", "split_layer_name", "is_vocab_tensor", "count_layers"]
 
 _LAYER_RE = re.compile(r"^(.*?(?:^|\.)(?:layers|layer|h|blocks)\.)(\d+)\.(.+)$")
 _VOCAB_RE = re.compile(r"(^|\.)(embed_tokens|lm_head|wte|word_embeddings|embed_in|embed_out|"
@@ -125,20 +122,30 @@ def _layer_table(names: Sequence[str]) -> tuple[dict[int, list[tuple[str, str]]]
   return layers, pre, post
 
 
+def _stack_sizes(layers: Mapping[int, list[tuple[str, str]]]) -> dict[str, int]:
+  """Layer count of every layer stack (prefix such as ``'model.layers.'``)."""
+  out: dict[str, int] = {}
+  for i, entries in layers.items():
+    for prefix, _ in entries:
+      out[prefix] = max(out.get(prefix, 0), i + 1)
+  return out
+
+
 def _shape(reader: _Reader, name: str) -> tuple[int, ...]:
   return tuple(reader.spec(name).shape)
 
 
-def plan_merge(recipe: Recipe, readers: Mapping[str, _Reader], method: Any) -> list[TensorTask]:
+def plan_merge(recipe: Recipe, readers: Mapping[str, _Reader], method: Any = None
+               ) -> list[TensorTask]:
   """Plans every output tensor of ``recipe`` over opened checkpoints.
 
   Args:
     recipe: a parsed recipe.
     readers: an opened checkpoint (anything with ``names()`` and ``spec(name)``)
       for every model reference of the recipe.
-    method: the :class:`~jaxparams.merge.registry.MergeMethod` (its
-      ``needs_base``, ``model_params``, ``global_params`` are used), or
-      ``None`` to plan without parameter checks (passthrough-like).
+    method: the :class:`~jaxparams.merge.registry.MergeMethod` (its record's
+      base policy and parameters are used); ``None``: the registry's method
+      named by ``recipe.merge_method``.
 
   Raises:
     ValueError: unknown parameter (valid ones listed); a base model missing
@@ -147,17 +154,18 @@ def plan_merge(recipe: Recipe, readers: Mapping[str, _Reader], method: Any) -> l
       ``tokenizer_source``; a ``layer_range`` past a model's last layer.
   """
   name = recipe.merge_method
-  model_keys = dict(getattr(method, "model_params", {}) or {})
-  global_keys = dict(getattr(method, "global_params", {}) or {})
-  needs_base = bool(getattr(method, "needs_base", False))
-  if method is not None:
-    unknown = recipe.parameter_names() - set(model_keys) - set(global_keys)
-    if unknown:
-      raise ValueError(
-          f"{recipe.source or 'recipe'}: unknown parameter(s) {sorted(unknown)} for merge_method "
-          f"{name!r}; valid: {sorted(set(model_keys) | set(global_keys))}.")
-  policy = getattr(method, "base_policy", None)
-  ignore_base = policy == "ignored" if policy is not None else name in BASE_IGNORED_METHODS
+  if method is None:
+    method = get_method(name)
+  model_keys = dict(method.model_params)
+  global_keys = dict(method.global_params)
+  needs_base = method.needs_base
+  unknown = recipe.parameter_names() - set(model_keys) - set(global_keys)
+  if unknown:
+    raise ValueError(
+        f"{recipe.source or 'recipe'}: unknown parameter(s) {sorted(unknown)} for merge_method "
+        f"{name!r}; valid: {sorted(set(model_keys) | set(global_keys))}.")
+  # The base model's role comes from the record ('ignored': an ordinary input, as mergekit).
+  ignore_base = method.base_policy == "ignored"
   src = recipe.source or "recipe"
 
   if recipe.models is not None:
@@ -286,9 +294,13 @@ def plan_merge(recipe: Recipe, readers: Mapping[str, _Reader], method: Any) -> l
     layers, _, _ = tables[first_model((sources, base_ref, sparams))]
     ref_lr = [lr for m, lr, _ in sources if m == first_model((sources, base_ref, sparams))][0]
     n_layers = ref_lr[1] - ref_lr[0]
+    # models: one slice over every layer; with several layer stacks (a vision and a text
+    # tower) each stack is its own module with its own layer count, as in mergekit.
+    per_stack = _stack_sizes(layers) if recipe.models is not None else {}
     for off in range(n_layers):
-      t = off / (n_layers - 1) if n_layers > 1 else 1.0
       for prefix, rest in layers.get(ref_lr[0] + off, []):
+        n = per_stack.get(prefix, n_layers)
+        t = off / (n - 1) if n > 1 else 1.0
         in_names = [f"{prefix}{lr[0] + off}.{rest}" for _, lr, _ in sources]
         add(f"{prefix}{out_layer}.{rest}", sources, base_ref, sparams, in_names, t)
       out_layer += 1

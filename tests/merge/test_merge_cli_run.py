@@ -6,7 +6,7 @@ import numpy as np
 
 from jaxparams.cli import merge as cli_merge
 from jaxparams.io import load_safetensors
-from jaxparams.merge.testing import llama_config, write_llama
+from jaxparams.demo.tiny_llama import llama_config, write_llama
 
 CFG = llama_config(vocab_size=16, hidden_size=16, intermediate_size=16, num_hidden_layers=2,
                    num_attention_heads=4, num_key_value_heads=4)
@@ -62,3 +62,29 @@ def test_add_parser_sets_func_and_options():
   assert (args.overwrite, args.seed, args.max_shard_size, args.copy_tokenizer) == (
       True, 5, "500M", False)
   assert cli_merge.enable_compile_cache("none") is None
+
+
+def test_mergekit_flags_model_card_and_recipe_written(tmp_path, monkeypatch, capsys):
+  # issue 9: a pasted mergekit command runs; the output has README.md + mergekit_config.yml
+  monkeypatch.chdir(tmp_path)
+  monkeypatch.setenv("JAXPARAMS_COMPILE_CACHE", "none")
+  write_llama(tmp_path / "base", cfg=CFG, seed=0)
+  write_llama(tmp_path / "ft", like=tmp_path / "base", noise=0.1, seed=3)
+  (tmp_path / "ta.yml").write_text(YAML)
+  flags = ["--cuda", "--copy-tokenizer", "--lazy-unpickle", "--allow-crimes",
+           "--trust-remote-code", "--write-model-card", "--low-cpu-memory"]
+  assert cli_merge.main(["ta.yml", "merged", "--quiet"] + flags) == 0
+  err = capsys.readouterr().err
+  for flag in ("--cuda", "--lazy-unpickle", "--allow-crimes", "--trust-remote-code",
+               "--low-cpu-memory"):
+    assert f"note: {flag}:" in err
+  assert (tmp_path / "merged" / "mergekit_config.yml").read_text() == YAML
+  card = (tmp_path / "merged" / "README.md").read_text()
+  assert card.startswith("---\nbase_model: []\nlibrary_name: transformers\ntags:\n- mergekit\n"
+                         "- merge\n---\n# merged\n")
+  assert "merged using the [Task Arithmetic](https://arxiv.org/abs/2212.04089) merge method " \
+         "using ./base as a base." in card
+  assert "* ./ft" in card and "```yaml\n" + YAML + "```" in card
+  assert cli_merge.main(["ta.yml", "nocard", "--quiet", "--no-write-model-card"]) == 0
+  assert not (tmp_path / "nocard" / "README.md").exists()
+  assert not (tmp_path / "nocard" / "mergekit_config.yml").exists()
