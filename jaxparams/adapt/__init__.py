@@ -23,7 +23,7 @@ from jaxparams.adapt.lora import (delta, dora_merge_tensor, dora_norm, dora_unme
                                   init_tensor, merge_tensor, scaling, unmerge_tensor)
 from jaxparams.adapt.tree_api import (LoraWeight, dot, dora_norms, entries, init, inject, merge,
                                       scale_adapter, trainable_mask, unmerge)
-from jaxparams.adapt.peft_io import (PeftAdapter, from_tree, load_peft, read_peft, save_peft,
+from jaxparams.adapt.peft_io import (PeftAdapter, apply_overrides, from_tree, load_peft, read_peft, save_peft,
                                      to_tree, write_peft)
 from jaxparams.adapt.extract import choose_rank, extract_checkpoint, extract_tensor, extract_tree
 
@@ -31,6 +31,7 @@ __all__ = [
     "delta", "dora_merge_tensor", "dora_norm", "dora_unmerge_tensor", "init_tensor",
     "merge_tensor", "scaling", "unmerge_tensor", "LoraWeight", "dot", "dora_norms", "entries",
     "init", "inject", "merge", "scale_adapter", "trainable_mask", "unmerge", "PeftAdapter",
+    "apply_overrides",
     "from_tree", "load_peft", "read_peft", "save_peft", "to_tree", "write_peft", "choose_rank",
     "extract_checkpoint", "extract_tensor", "extract_tree",
 ]

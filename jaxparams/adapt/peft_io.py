@@ -48,6 +48,7 @@ from jaxparams.adapt import lora as L
 from jaxparams.adapt.tree_api import entries
 
 __all__ = ["PeftAdapter", "read_peft", "write_peft", "to_tree", "from_tree", "load_peft",
+           "apply_overrides",
            "save_peft", "pattern_value", "module_map", "PREFIX", "CONFIG_NAME", "WEIGHTS_NAME"]
 
 PREFIX = "base_model.model."
@@ -82,10 +83,17 @@ class PeftAdapter:
       ``lora_embedding_A [r, vocab]`` and ``B`` is ``lora_embedding_B [dim, r]``).
     modules_to_save: ``{hf_tensor_name: array}`` full replacement tensors.
     config: the ``adapter_config.json`` dict (filled by :func:`write_peft` when empty).
+    stored_keys: for tensors read from a file, ``{modules_to_save name: key in the file}``
+      (PEFT stores ``save_embedding_layers`` tables as ``<module>.base_layer.weight``).
   """
   modules: dict[str, dict[str, Any]]
   modules_to_save: dict[str, Any] = dataclasses.field(default_factory=dict)
   config: dict[str, Any] = dataclasses.field(default_factory=dict)
+  stored_keys: dict[str, str] = dataclasses.field(default_factory=dict)
+
+  def stored_key(self, tensor: str) -> str:
+    """The key under which a ``modules_to_save`` tensor is stored in the adapter file."""
+    return self.stored_keys.get(tensor, PREFIX + tensor)
 
   def delta_hf(self, module: str) -> np.ndarray:
     """``scale * B @ A`` in the HF weight's orientation (``[out, in]``; embeddings ``[vocab, dim]``)."""
@@ -159,6 +167,7 @@ def read_peft(path: str | Path) -> PeftAdapter:
   _check_config(cfg, str(cfg_file))
   modules: dict[str, dict[str, Any]] = collections.defaultdict(dict)
   mts: dict[str, Any] = {}
+  stored: dict[str, str] = {}
   mts_names = cfg.get("modules_to_save") or []
   with jio.open_checkpoint(weights) as reader:
     for key in reader.names():
@@ -175,6 +184,7 @@ def read_peft(path: str | Path) -> PeftAdapter:
       else:
         if ".base_layer." in name:  # PEFT's save_embedding_layers: the (base) table itself
           mts[name.replace(".base_layer.", ".")] = np.asarray(reader.read(key))
+          stored[name.replace(".base_layer.", ".")] = key
           continue
         owner = name.rsplit(".", 1)[0]
         if any(owner == m or owner.endswith("." + m) for m in mts_names):
@@ -200,7 +210,7 @@ def read_peft(path: str | Path) -> PeftAdapter:
       raise ValueError(f"{weights}: module {mod!r} has lora_B.bias but lora_bias is false")
     m["scale"] = L.scaling(r, alpha, rs)
     out[mod] = dict(m)
-  return PeftAdapter(modules=out, modules_to_save=mts, config=cfg)
+  return PeftAdapter(modules=out, modules_to_save=mts, config=cfg, stored_keys=stored)
 
 
 def _most_common(values):
@@ -280,7 +290,11 @@ def _normalize(name: str) -> str:
 
 def to_tree(ad: PeftAdapter, config: Any) -> tuple[dict, dict[str, np.ndarray]]:
   """``(adapter_tree, overrides)`` for a model config: LoRA modules as an adapter tree (Flax
-  orientation: ``a = A.T``, ``b = B.T``) and ``modules_to_save`` as ``{flax_path: array}``."""
+  orientation: ``a = A.T``, ``b = B.T``) and ``modules_to_save`` as ``{flax_path: array}``.
+
+  As in PEFT, overrides replace the base tensors *before* the adapter applies (a saved embedding
+  table under ``save_embedding_layers`` is the base of that table's LoRA): use
+  ``merge(apply_overrides(params, overrides), adapter)``."""
   from jaxparams.models import hf_name_map
   mm = module_map(config)
   flat = {}
@@ -331,6 +345,25 @@ def from_tree(adapter: Any, config: Any, *, overrides: Mapping[str, Any] | None 
     hf, t = names[fp]
     mts[hf] = np.asarray(arr).T if t else np.asarray(arr)
   return PeftAdapter(modules=modules, modules_to_save=mts)
+
+
+def apply_overrides(params: Any, overrides: Mapping[str, Any]) -> Any:
+  """``params`` with the ``modules_to_save`` tensors of :func:`to_tree` put in (dtype kept).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> apply_overrides({'n': {'scale': jnp.ones(2)}}, {'n/scale': [3.0, 4.0]})['n']['scale'].tolist()
+    [3.0, 4.0]
+  """
+  flat = dict(jtree.flatten(params))
+  for path, arr in overrides.items():
+    if path not in flat:
+      raise ValueError(f"override {path!r} is not a parameter")
+    if tuple(np.shape(arr)) != tuple(flat[path].shape):
+      raise ValueError(f"override {path!r}: shape {np.shape(arr)} vs parameter "
+                       f"{tuple(flat[path].shape)}")
+    flat[path] = jnp.asarray(arr, flat[path].dtype)
+  return jtree.unflatten(flat, like=params)
 
 
 def load_peft(path: str | Path, config: Any) -> tuple[dict, dict[str, np.ndarray]]:

@@ -164,20 +164,31 @@ def _apply_bias(flat: dict, path: str, e: Mapping[str, Any], weight: Any, sign: 
               ).astype(flat[bp].dtype)
 
 
+def _run(record, path: str, w, models, scale) -> jax.Array:
+  """One record call on one tensor (its checks run; value checks read unless traced)."""
+  from jaxparams.adapt.records import LoraMergeConfig
+  cfg = LoraMergeConfig(scale=scale)
+  out, flags = record.apply(w, tuple(models), config=cfg, path=path)
+  if not isinstance(flags, jax.core.Tracer):
+    ctx = record.context((w, tuple(models)), cfg, path)
+    record.verify(flags, ctx)
+  return out
+
+
 def merge(params: Any, adapter: Any, *, weight: jax.Array | float = 1.0) -> Any:
   """Params with the adapter merged in: ``w + weight * scale * a @ b`` (DoRA: rescaled columns).
 
-  ``weight`` multiplies every module's scale (a traced array is fine: vmap a sweep over it).
-  DoRA modules use ``weight`` on the delta only (the magnitude is the trained one).
+  Runs the ``lora_merge`` record (:mod:`jaxparams.adapt.records`) per module. ``weight``
+  multiplies every module's scale (a traced array is fine: vmap a sweep over it). DoRA modules use
+  ``weight`` on the delta only (the magnitude is the trained one).
   """
+  from jaxparams.adapt.records import LORA_MERGE
   flat = dict(jtree.flatten(params))
   for path, e in entries(adapter).items():
     w = _check_target(flat, path, e)
     s = jnp.asarray(e["scale"], jnp.float32) * weight
-    if "magnitude" in e:
-      flat[path] = L.dora_merge_tensor(w, e["a"], e["b"], s, e["magnitude"])[0]
-    else:
-      flat[path] = L.merge_tensor(w, e["a"], e["b"], s)
+    models = (e["a"], e["b"]) + ((e["magnitude"],) if "magnitude" in e else ())
+    flat[path] = _run(LORA_MERGE, path, w, models, s)
     _apply_bias(flat, path, e, weight, 1.0)
   return jtree.unflatten(flat, like=params)
 
@@ -192,17 +203,18 @@ def dora_norms(params: Any, adapter: Any, *, weight: jax.Array | float = 1.0) ->
 def unmerge(merged: Any, adapter: Any, *, weight: jax.Array | float = 1.0,
             norms: Mapping[str, jax.Array] | None = None) -> Any:
   """Inverse of :func:`merge` (exact up to rounding; DoRA needs ``norms`` from :func:`dora_norms`)."""
+  from jaxparams.adapt.records import LORA_UNMERGE
   flat = dict(jtree.flatten(merged))
   for path, e in entries(adapter).items():
     w = _check_target(flat, path, e)
     s = jnp.asarray(e["scale"], jnp.float32) * weight
+    models = (e["a"], e["b"])
     if "magnitude" in e:
       if norms is None or path not in norms:
         raise ValueError(f"unmerge: DoRA module {path!r} needs its pre-merge norm; pass "
                          "norms=dora_norms(params, adapter) computed before merging")
-      flat[path] = L.dora_unmerge_tensor(w, e["a"], e["b"], s, e["magnitude"], norms[path])
-    else:
-      flat[path] = L.unmerge_tensor(w, e["a"], e["b"], s)
+      models += (e["magnitude"], norms[path])
+    flat[path] = _run(LORA_UNMERGE, path, w, models, s)
     _apply_bias(flat, path, e, weight, -1.0)
   return jtree.unflatten(flat, like=merged)
 

@@ -49,7 +49,7 @@ def test_forward_and_merge_match_peft(name, outputs, bases):
   for k in keys:
     fp, t = by_hf[k[len(prefix):]]
     ours = np.asarray(flat[fp]).T if t else np.asarray(flat[fp])
-    np.testing.assert_allclose(ours, outputs[k], rtol=0, atol=1e-6, err_msg=k)
+    np.testing.assert_allclose(ours, outputs[k], rtol=1e-6, atol=1e-6, err_msg=k)
   if name == "llama_rslora":  # save_embedding_layers wrote the base tables: identical overrides
     assert set(overrides) == {"embed_tokens/embedding", "lm_head/kernel"}
     np.testing.assert_array_equal(overrides["lm_head/kernel"], np.asarray(params["lm_head"]["kernel"]))
