@@ -8,7 +8,8 @@ import pytest
 
 import jaxparams
 
-PACKAGES = ["jaxparams.tree", "jaxparams.io", "jaxparams.quant", "jaxparams.scale", "jaxparams.transform"]
+PACKAGES = ["jaxparams.tree", "jaxparams.io", "jaxparams.quant", "jaxparams.scale", "jaxparams.transform",
+            "jaxparams.adapt"]
 
 
 def _modules():

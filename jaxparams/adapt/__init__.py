@@ -4,7 +4,7 @@
 * :mod:`~jaxparams.adapt.tree_api`: adapter trees (``init``, ``merge``, ``unmerge``, ``inject`` +
   ``dot`` for the unmerged forward, ``trainable_mask``).
 * :mod:`~jaxparams.adapt.peft_io`: PEFT's ``adapter_config.json`` + ``adapter_model.safetensors``.
-* :mod:`~jaxparams.adapt.combine`: PEFT's ``add_weighted_adapter`` types and an exact ``linear``.
+* :mod:`~jaxparams.adapt.combining`: PEFT's ``add_weighted_adapter`` types and an exact ``linear``.
 * :mod:`~jaxparams.adapt.extract`: LoRA extraction by truncated SVD (``mergekit-extract-lora``).
 * :mod:`~jaxparams.adapt.stream`: merge a PEFT adapter into an HF checkpoint on disk, streamed.
 
@@ -25,6 +25,8 @@ from jaxparams.adapt.tree_api import (LoraWeight, dot, dora_norms, entries, init
                                       scale_adapter, trainable_mask, unmerge)
 from jaxparams.adapt.peft_io import (PeftAdapter, apply_overrides, from_tree, load_peft, read_peft, save_peft,
                                      to_tree, write_peft)
+from jaxparams.adapt.combining import COMBINATION_TYPES, combine
+from jaxparams.adapt.stream import merge_checkpoint
 from jaxparams.adapt.extract import choose_rank, extract_checkpoint, extract_tensor, extract_tree
 
 __all__ = [
@@ -33,5 +35,6 @@ __all__ = [
     "init", "inject", "merge", "scale_adapter", "trainable_mask", "unmerge", "PeftAdapter",
     "apply_overrides",
     "from_tree", "load_peft", "read_peft", "save_peft", "to_tree", "write_peft", "choose_rank",
-    "extract_checkpoint", "extract_tensor", "extract_tree",
+    "extract_checkpoint", "extract_tensor", "extract_tree", "COMBINATION_TYPES", "combine",
+    "merge_checkpoint",
 ]

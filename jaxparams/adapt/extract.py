@@ -25,7 +25,7 @@ GPU/TPU when present). The streaming driver holds one (base, fine-tuned) pair at
 Example:
   >>> import jax, jax.numpy as jnp
   >>> d = jax.random.normal(jax.random.key(0), (6, 2)) @ jax.random.normal(jax.random.key(1), (2, 5))
-  >>> a, b, info = extract_tensor(d, max_rank=4)
+  >>> a, b, info = extract_tensor(d, max_rank=4, sv_epsilon=1e-4)
   >>> a.shape, b.shape, bool(jnp.allclose(a @ b, d, atol=1e-5)), info['rank']
   ((6, 2), (2, 5), True, 2)
 """
