@@ -7,6 +7,8 @@
 * :mod:`~jaxparams.adapt.combining`: PEFT's ``add_weighted_adapter`` types and an exact ``linear``.
 * :mod:`~jaxparams.adapt.extract`: LoRA extraction by truncated SVD (``mergekit-extract-lora``).
 * :mod:`~jaxparams.adapt.stream`: merge a PEFT adapter into an HF checkpoint on disk, streamed.
+* :mod:`~jaxparams.adapt.records`: the ``lora_merge`` / ``lora_unmerge`` transform records.
+* :mod:`~jaxparams.adapt.finetune`: LoRA/DoRA training through :mod:`jaxparams.train`.
 
 Example:
   >>> import jax, jax.numpy as jnp
@@ -27,6 +29,8 @@ from jaxparams.adapt.peft_io import (PeftAdapter, apply_overrides, from_tree, lo
                                      to_tree, write_peft)
 from jaxparams.adapt.combining import COMBINATION_TYPES, combine
 from jaxparams.adapt.stream import merge_checkpoint
+from jaxparams.adapt.finetune import (LoraFinetuneConfig, full_adapter, split_trainable,
+                                      train_lora)
 from jaxparams.adapt.extract import choose_rank, extract_checkpoint, extract_tensor, extract_tree
 
 __all__ = [
@@ -36,5 +40,5 @@ __all__ = [
     "apply_overrides",
     "from_tree", "load_peft", "read_peft", "save_peft", "to_tree", "write_peft", "choose_rank",
     "extract_checkpoint", "extract_tensor", "extract_tree", "COMBINATION_TYPES", "combine",
-    "merge_checkpoint",
+    "merge_checkpoint", "LoraFinetuneConfig", "full_adapter", "split_trainable", "train_lora",
 ]
