@@ -107,14 +107,16 @@ def test_vmap_and_grad_over_scales(setup):
     return model.apply({"params": jp.adapt.inject(params, ad, weight=wt)}, ids)
 
   sweep = jax.jit(jax.vmap(logits))(jnp.array([0.0, 0.5, 1.0]))
-  base = jp.models.Llama(config).apply({"params": params}, ids)
+  base = jax.jit(lambda p: jp.models.Llama(config).apply({"params": p}, ids))(params)
   np.testing.assert_allclose(sweep[0], base, atol=1e-5)
-  merged = jp.models.Llama(config).apply({"params": jp.adapt.merge(params, ad, weight=0.5)}, ids)
+  merged = jax.jit(lambda p: jp.models.Llama(config).apply({"params": p}, ids))(
+      jp.adapt.merge(params, ad, weight=0.5))
   np.testing.assert_allclose(sweep[1], merged, atol=1e-4)
   # d/dw of the unmerged forward = the finite difference of the merged one
   f = lambda wt: jnp.sum(logits(wt)[0, -1] ** 2)
-  g = jax.grad(f)(0.5)
-  fd = (f(0.5 + 1e-2) - f(0.5 - 1e-2)) / 2e-2
+  g = jax.jit(jax.grad(f))(0.5)
+  fs = jax.jit(jax.vmap(f))(jnp.array([0.5 + 1e-2, 0.5 - 1e-2]))
+  fd = (fs[0] - fs[1]) / 2e-2
   assert float(g) == pytest.approx(float(fd), rel=2e-3)
   # single Linear: d/ds sum(x @ W + s x a b) = sum(x a b), exactly
   x = jax.random.normal(jax.random.key(0), (3, 4))
