@@ -52,7 +52,7 @@ from jaxparams import tree as jtree
 from jaxparams.adapt.tree_api import _from_entries, entries
 
 __all__ = ["combine", "COMBINATION_TYPES", "magnitude_prune_tensor", "random_prune_tensor",
-           "majority_sign_mask", "disjoint_merge", "merge_tensors"]
+           "majority_sign_mask", "disjoint_merge", "merge_tensors", "peft_merge"]
 
 _AB_TYPES = ("peft_linear", "ties", "dare_linear", "dare_ties", "magnitude_prune")
 _SVD_TYPES = ("svd", "ties_svd", "dare_linear_svd", "dare_ties_svd", "magnitude_prune_svd")
@@ -109,29 +109,57 @@ def disjoint_merge(weighted: jax.Array, mask: jax.Array) -> jax.Array:
 
 def merge_tensors(kind: str, tensors: Sequence[jax.Array], weights: Sequence[Any], *,
                   density: float | None = None, majority_sign_method: str = "total",
-                  keys: Sequence[jax.Array] | None = None,
-                  masks: Sequence[jax.Array] | None = None) -> jax.Array:
-  """One of PEFT's merge functions on a list of same-shaped tensors.
+                  key: jax.Array | None = None, masks: Sequence[jax.Array] | None = None,
+                  path: str = "") -> jax.Array:
+  """One of PEFT's merge functions on a list of same-shaped tensors, through its record.
 
-  ``kind``: ``'linear'`` (task arithmetic), ``'ties'``, ``'dare_linear'``, ``'dare_ties'``,
-  ``'magnitude_prune'``.
+  ``kind``: ``'linear'`` (task arithmetic: mergekit's ``task_arithmetic`` record on a zero base,
+  the same sum), ``'ties'``, ``'dare_linear'``, ``'dare_ties'``, ``'magnitude_prune'`` (the
+  ``peft_*`` records of :mod:`jaxparams.adapt.records`, PEFT's semantics).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> merge_tensors('ties', [jnp.array([1., -2.]), jnp.array([3., 1.])], [1.0, 1.0],
+    ...               density=1.0).tolist()
+    [2.0, -2.0]
   """
-  w = jnp.asarray(weights, jnp.float32)
-  if kind != "linear" and density is None:
+  from jaxparams.adapt import records
+  ts = [jnp.asarray(t, jnp.float32) for t in tensors]
+  if kind == "linear":
+    from jaxparams.merge.registry import get_method
+    return get_method("task_arithmetic").merge_tensor(
+        jnp.zeros_like(ts[0]), ts, model_params={"weight": [float(w) for w in weights]},
+        name=path)
+  if kind not in records.PEFT_MERGES:
+    raise ValueError(f"merge function {kind!r} unknown; valid: linear, "
+                     f"{', '.join(records.PEFT_MERGES)}")
+  if density is None:
     raise ValueError(f"combination {kind!r} needs density=")
-  ts = [t.astype(jnp.float32) for t in tensors]
+  rec = records.PEFT_MERGES[kind]
+  cfg = records.PeftMergeConfig(weights=tuple(float(w) for w in weights), density=float(density),
+                                majority_sign_method=majority_sign_method)
+  opts = {"masks": tuple(masks)} if masks is not None and "dare" in kind else None
+  out, flags = rec.apply(None, ts, config=cfg, key=key, path=path, options=opts)
+  if not isinstance(flags, jax.core.Tracer):
+    rec.verify(flags, rec.context((None, tuple(ts)), cfg, path))
+  return out
+
+
+def peft_merge(kind: str, tensors: Sequence[jax.Array], weights: Any, *, density: float,
+               majority_sign_method: str = "total", key: jax.Array | None = None,
+               masks: Sequence[jax.Array] | None = None) -> jax.Array:
+  """The math of ``peft.utils.merge_utils.{ties, dare_linear, dare_ties, magnitude_prune}``."""
+  w = jnp.asarray(weights, jnp.float32)
+  ts = list(tensors)
   if kind in ("ties", "magnitude_prune"):
     ts = [magnitude_prune_tensor(t, density) for t in ts]
-  elif kind in ("dare_linear", "dare_ties"):
-    if density >= 1:
-      pass
-    else:
-      ks = keys if keys is not None else [None] * len(ts)
-      ms = masks if masks is not None else [None] * len(ts)
-      ts = [random_prune_tensor(t, density, rescale=True, key=k, mask=m)
-            for t, k, m in zip(ts, ks, ms)]
-  elif kind != "linear":
-    raise ValueError(f"merge function {kind!r} unknown")
+  elif density < 1:  # DARE; PEFT returns the tensor unchanged for density >= 1
+    if masks is None and key is None:
+      raise ValueError(f"{kind!r} is random: pass key= (or masks=)")
+    ks = [None] * len(ts) if key is None else list(jax.random.split(key, len(ts)))
+    ms = [None] * len(ts) if masks is None else list(masks)
+    ts = [random_prune_tensor(t, density, rescale=True, key=k, mask=m)
+          for t, k, m in zip(ts, ks, ms)]
   stacked = jnp.stack(ts)
   weighted = stacked * w.reshape((-1,) + (1,) * (stacked.ndim - 1))
   if kind in ("ties", "dare_ties"):
@@ -139,11 +167,11 @@ def merge_tensors(kind: str, tensors: Sequence[jax.Array], weights: Sequence[Any
   return weighted.sum(0)
 
 
-def _keys(key, path: str, n: int):
+def _key(key, path: str):
   if key is None:
     return None
   from jaxparams.transform import tensor_key
-  return list(jax.random.split(tensor_key(key, path), n))
+  return tensor_key(key, path)
 
 
 def combine(adapters: Sequence[Any], weights: Sequence[float], combination_type: str = "svd", *,
@@ -200,22 +228,19 @@ def combine(adapters: Sequence[Any], weights: Sequence[float], combination_type:
       wa = [math.copysign(math.sqrt(abs(x)), x if x != 0 else 1.0) for x in ws_]
       wb = [math.sqrt(abs(x)) for x in ws_]
       kind = "linear" if combination_type == "peft_linear" else combination_type
-      ks = _keys(key, path, 2 * len(mods))
       a = merge_tensors(kind, [e["a"] for e in mods], wa, density=density,
-                        majority_sign_method=majority_sign_method,
-                        keys=None if ks is None else ks[:len(mods)],
-                        masks=None if pm is None else pm["a"])
+                        majority_sign_method=majority_sign_method, key=_key(key, path + "/a"),
+                        masks=None if pm is None else pm["a"], path=path + "/a")
       b = merge_tensors(kind, [e["b"] for e in mods], wb, density=density,
-                        majority_sign_method=majority_sign_method,
-                        keys=None if ks is None else ks[len(mods):],
-                        masks=None if pm is None else pm["b"])
+                        majority_sign_method=majority_sign_method, key=_key(key, path + "/b"),
+                        masks=None if pm is None else pm["b"], path=path + "/b")
     else:
       kind = {"svd": "linear"}.get(combination_type, combination_type[:-4])
       deltas = [s * (e["a"].astype(jnp.float32) @ e["b"].astype(jnp.float32))
                 for e, s in zip(mods, scales)]
       d = merge_tensors(kind, deltas, ws, density=density,
-                        majority_sign_method=majority_sign_method,
-                        keys=_keys(key, path, len(mods)), masks=pm)
+                        majority_sign_method=majority_sign_method, key=_key(key, path),
+                        masks=pm, path=path)
       r = svd_rank or max(e["a"].shape[1] for e in mods)
       a, b = _svd_split(d, r, svd_clamp)
     out[path] = {"a": a, "b": b, "scale": jnp.float32(1.0)}

@@ -8,6 +8,11 @@
   ``lora_embedding_A[r, vocab]``, ``lora_embedding_B[dim, r]``).
 * ``lora_unmerge``: the inverse (DoRA needs the stored norm as a 4th model).
 * ``lora_bias_merge``: ``bias + scale * lora_B.bias`` (PEFT's ``lora_bias``).
+* ``peft_ties``, ``peft_dare_linear``, ``peft_dare_ties``, ``peft_magnitude_prune``: PEFT's merge
+  functions (``peft.utils.merge_utils``) used by :func:`jaxparams.adapt.combine`; their
+  semantics differ from mergekit's records in :mod:`jaxparams.merge` (sign elected on the
+  unweighted sum, disjoint mean over the agreeing *count*, ``k = int(density * n)``), so those are
+  not reused for them; ``linear`` combinations do reuse mergekit's ``task_arithmetic`` record.
 
 Example:
   >>> import jax.numpy as jnp
@@ -31,7 +36,7 @@ from jaxparams import transform as jt
 from jaxparams.adapt import lora as L
 
 __all__ = ["LoraMergeConfig", "LORA_MERGE", "LORA_UNMERGE", "LORA_BIAS_MERGE", "RECORDS",
-           "to_flax"]
+           "to_flax", "PeftMergeConfig", "PEFT_MERGES"]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -116,4 +121,46 @@ LORA_BIAS_MERGE = jt.Transform(
     checks=(jt.same_shapes, jt.finite), inputs="base+models", base="required", min_models=1,
     max_models=1, description="bias + scale * lora_B.bias")
 
-RECORDS = jt.Registry("adapter transform", [LORA_MERGE, LORA_UNMERGE, LORA_BIAS_MERGE])
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PeftMergeConfig:
+  """PEFT's merge-function parameters: one weight per tensor, ``density``, sign method."""
+  weights: tuple = ()
+  density: float = 1.0
+  majority_sign_method: str = "total"
+
+
+def _peft_static(ctx: jt.CheckContext) -> None:
+  c = ctx.config
+  n = sum(s is not None for s in ctx.shapes)
+  if not jt.is_traced(c.weights) and len(c.weights) != n:
+    raise ValueError(f"{ctx.where}: {len(c.weights)} weights for {n} tensors")
+  if not jt.is_traced(c.density) and not c.density >= 0:
+    raise ValueError(f"{ctx.where}: density should be >= 0, got {c.density}")
+  if c.majority_sign_method not in ("total", "frequency"):
+    raise ValueError(f"{ctx.where}: majority_sign_method {c.majority_sign_method!r}; valid: "
+                     "'total', 'frequency'")
+
+
+def _peft_record(kind: str) -> jt.Transform:
+  def fn(base, models, c, key=None, masks=None):
+    from jaxparams.adapt.combining import peft_merge
+    return peft_merge(kind, models, c.weights, density=c.density,
+                      majority_sign_method=c.majority_sign_method, key=key, masks=masks)
+  random = "dare" in kind
+  return jt.Transform(
+      name=f"peft_{kind}", fn=fn, config=PeftMergeConfig,
+      array_params=("weights",) + (("density",) if random else ()),
+      checks=(jt.same_shapes, jt.Check("peft_params", static=_peft_static), jt.finite),
+      inputs="base+models", base="ignored", min_models=1,
+      needs_key=(lambda c: False) if random else False, options=("masks",) if random else (),
+      description=f"peft.utils.merge_utils.{kind} (sign on the unweighted sum, mean over the "
+      "agreeing count)" if "ties" in kind else f"peft.utils.merge_utils.{kind}")
+
+
+PEFT_MERGES = {k: _peft_record(k) for k in ("ties", "dare_linear", "dare_ties",
+                                            "magnitude_prune")}
+
+RECORDS = jt.Registry("adapter transform", [LORA_MERGE, LORA_UNMERGE, LORA_BIAS_MERGE,
+                                            *PEFT_MERGES.values()])
