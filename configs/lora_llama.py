@@ -10,7 +10,7 @@ trainer; ``train_lora`` writes the adapter in PEFT's format to ``WORKDIR/adapter
 
 Arguments (``:arg``): ``runlocal`` (seconds on one CPU; base = the tiny Llama of the tests'
 fixtures), ``base=PATH`` (an HF Llama folder whose vocabulary covers the 256 byte values),
-``dora=1`` (DoRA instead of LoRA), ``rank=R``.
+``dora=1`` (DoRA instead of LoRA), ``rank=R``, ``steps=N`` (override the number of steps).
 """
 
 import pathlib
@@ -23,7 +23,7 @@ _TINY = pathlib.Path(__file__).resolve().parent.parent / "tests" / "fixtures" / 
 
 
 def get_config(arg=None) -> ml_collections.ConfigDict:
-  arg = config_args.parse_arg(arg, runlocal=False, base="", dora=False, rank=16)
+  arg = config_args.parse_arg(arg, runlocal=False, base="", dora=False, rank=16, steps=0)
   config = trainer.default_config()
   config.num_steps = 2000
   config.batch_size = 32
@@ -40,17 +40,20 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
       use_dora=bool(arg.dora), use_rslora=False,
       targets=("**/attn/*_proj/kernel", "**/mlp/*_proj/kernel")))
   if arg.runlocal:
-    config.num_steps = 12
+    config.num_steps = 3
     config.batch_size = 8
     config.seq_len = 32
     config.eval_batch_size = 8
     config.eval_every = 0
-    config.log_every = 4
-    config.checkpoint_every = 6
+    config.log_every = 1
+    config.checkpoint_every = 2
     config.optim.lr = 2e-2
     config.optim.warmup_steps = 1
     config.data.max_bytes = 100_000
     config.model.rank = 4
     config.model.alpha = 8.0
     config.model.base = str(_TINY)
+  if arg.steps:
+    config.num_steps = int(arg.steps)
+    config.checkpoint_every = max(1, int(arg.steps) // 2)
   return config

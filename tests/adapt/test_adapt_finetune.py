@@ -18,7 +18,7 @@ FIX = REPO / "tests" / "fixtures"
 TORCH_PY = Path("/work/torchvenv/bin/python")
 
 
-def _config(arg="runlocal"):
+def _config(arg="runlocal,steps=12"):
   spec = importlib.util.spec_from_file_location("lora_cfg", REPO / "configs" / "lora_llama.py")
   mod = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(mod)
