@@ -99,3 +99,22 @@ def test_peft_loads_the_finetuned_adapter(run, tmp_path):
                  check=True, env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
   ours = module.apply({"params": jp.adapt.merge(params, adapter)}, jnp.asarray(ids))
   np.testing.assert_allclose(np.load(tmp_path / "out.npy"), ours, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_dora_finetune_writes_a_dora_adapter(tmp_path):
+  cfg = _config("runlocal,dora=1,steps=3")
+  cfg.plot = False
+  result = finetune.train_lora(cfg, tmp_path)
+  leaves = {p.rsplit("/", 1)[-1] for p in jp.tree.flatten(result.params)}
+  assert leaves == {"a", "b", "magnitude"}
+  ad = jp.adapt.read_peft(tmp_path / "adapter")
+  assert ad.config["use_dora"] and all("magnitude" in m for m in ad.modules.values())
+  module, params, config = jp.models.from_hf(FIX / "llama_tiny")
+  adapter, _ = jp.adapt.load_peft(tmp_path / "adapter", config)
+  ids = jnp.arange(12)[None] * 11 % 256
+  mc = finetune.LoraFinetuneConfig(**{k: v for k, v in cfg.model.to_dict().items()
+                                      if k != "name"})
+  trained = finetune.LoraLM(mc).apply({"params": result.params}, ids)
+  merged = module.apply({"params": jp.adapt.merge(params, adapter)}, ids)
+  np.testing.assert_allclose(merged, trained, atol=2e-5)
