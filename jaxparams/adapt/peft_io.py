@@ -13,8 +13,9 @@ rule: key ``k`` matches module ``M`` when ``re.match(rf'(.*\\.)?({k})$', M)``; f
 uses); :func:`to_tree` / :func:`from_tree` convert to and from the adapter trees of
 :mod:`jaxparams.adapt.tree_api` for a :mod:`jaxparams.models` config.
 
-Fields of ``adapter_config.json`` that change what the tensors mean and that are not supported
-(PiSSA/OLoRA/LoftQ/EVA/CorDA inits, ``bias`` other than ``'none'``, QALoRA, MoNTeCLoRA, ...)
+``bias='all'`` / ``'lora_only'`` adapters carry trained biases: they are read as replacement
+tensors (like ``modules_to_save``). Fields of ``adapter_config.json`` that change what the
+tensors mean and that are not supported (PiSSA/OLoRA/LoftQ/EVA/CorDA inits, QALoRA, ...)
 raise ``ValueError`` naming the field, and so do unknown fields: nothing is silently ignored.
 ``fan_in_fan_out`` is accepted and has no effect: our models' layers are ``nn.Linear`` for which
 PEFT itself resets it to False. Pickle adapters (``adapter_model.bin``) are refused.
@@ -81,7 +82,8 @@ class PeftAdapter:
     modules: ``{module_name: {'A': [r, in], 'B': [out, r], 'scale': float, optional
       'magnitude': [out], 'bias': [out], 'embedding': True}}`` (for embeddings ``A`` is
       ``lora_embedding_A [r, vocab]`` and ``B`` is ``lora_embedding_B [dim, r]``).
-    modules_to_save: ``{hf_tensor_name: array}`` full replacement tensors.
+    modules_to_save: ``{hf_tensor_name: array}`` full replacement tensors (``modules_to_save``,
+      PEFT's saved embedding tables, and the trained biases of ``bias='all'/'lora_only'``).
     config: the ``adapter_config.json`` dict (filled by :func:`write_peft` when empty).
     stored_keys: for tensors read from a file, ``{modules_to_save name: key in the file}``
       (PEFT stores ``save_embedding_layers`` tables as ``<module>.base_layer.weight``).
@@ -130,9 +132,9 @@ def _check_config(cfg: Mapping[str, Any], where: str) -> None:
       continue
     raise ValueError(f"{where}: unknown adapter_config field {k!r}={v!r}; known fields: "
                      f"{sorted(_HANDLED | _METADATA | set(_DEFAULT_ONLY))}")
-  if cfg.get("bias", "none") != "none":
-    raise ValueError(f"{where}: bias={cfg['bias']!r} is not supported (trained base biases); "
-                     "only bias='none'")
+  if cfg.get("bias", "none") not in ("none", "all", "lora_only"):
+    raise ValueError(f"{where}: bias={cfg['bias']!r} is not supported; valid: 'none', 'all', "
+                     "'lora_only'")
   init = cfg.get("init_lora_weights", True)
   if init not in (True, False, "gaussian"):
     raise ValueError(f"{where}: init_lora_weights={init!r} is not supported: {init} changes the "
@@ -187,7 +189,9 @@ def read_peft(path: str | Path) -> PeftAdapter:
           stored[name.replace(".base_layer.", ".")] = key
           continue
         owner = name.rsplit(".", 1)[0]
-        if any(owner == m or owner.endswith("." + m) for m in mts_names):
+        if name.endswith(".bias") and cfg.get("bias", "none") != "none":
+          mts[name] = np.asarray(reader.read(key))  # bias='all'/'lora_only': trained biases
+        elif any(owner == m or owner.endswith("." + m) for m in mts_names):
           mts[name] = np.asarray(reader.read(key))
         else:
           raise ValueError(f"{weights}: tensor {key!r} is neither a LoRA tensor nor in "
@@ -233,7 +237,9 @@ def make_config(ad: PeftAdapter, *, use_rslora: bool = False, target_modules: An
   bias = any("bias" in e for e in ad.modules.values())
   if target_modules is None:
     target_modules = sorted({m.rsplit(".", 1)[-1] for m in ad.modules})
-  mts = sorted({n.rsplit(".", 2)[-2] for n in ad.modules_to_save}) or None
+  bias_mode = extra.get("bias", "none")
+  mts = sorted({n.rsplit(".", 2)[-2] for n in ad.modules_to_save
+                if not (bias_mode != "none" and n.endswith(".bias"))}) or None
   cfg = {"peft_type": "LORA", "task_type": None, "base_model_name_or_path": None,
          "r": r0, "lora_alpha": a0, "target_modules": target_modules,
          "rank_pattern": {m: r for m, r in ranks.items() if r != r0},
@@ -262,7 +268,7 @@ def write_peft(ad: PeftAdapter, out_dir: str | Path, *, overwrite: bool = False,
     if "bias" in e:
       tensors[PREFIX + mod + ".lora_B.bias"] = np.asarray(e["bias"])
   for name, arr in ad.modules_to_save.items():
-    tensors[PREFIX + name] = np.asarray(arr)
+    tensors[ad.stored_key(name)] = np.asarray(arr)
   with jio.atomic_dir(out_dir, overwrite=overwrite) as tmp:
     jio.write_safetensors_file(tmp / WEIGHTS_NAME, tensors, {"format": "pt"})
     (tmp / CONFIG_NAME).write_text(json.dumps(cfg, indent=2) + "\n")
@@ -321,9 +327,13 @@ def to_tree(ad: PeftAdapter, config: Any) -> tuple[dict, dict[str, np.ndarray]]:
   return jtree.unflatten(flat), overrides
 
 
-def from_tree(adapter: Any, config: Any, *, overrides: Mapping[str, Any] | None = None
-              ) -> PeftAdapter:
-  """The :class:`PeftAdapter` of an adapter tree (and optional full-weight overrides)."""
+def from_tree(adapter: Any, config: Any, *, overrides: Mapping[str, Any] | None = None,
+              bias: str = "none") -> PeftAdapter:
+  """The :class:`PeftAdapter` of an adapter tree (and optional full-weight overrides).
+
+  With ``bias='all'``/``'lora_only'`` the ``.../bias`` overrides are trained biases, stored as
+  PEFT does (``<module>.base_layer.bias`` for adapted modules).
+  """
   from jaxparams.models import hf_name_map
   inv = {fp: hf for fp, (hf, _) in hf_name_map(config).items()}
   modules = {}
@@ -339,12 +349,16 @@ def from_tree(adapter: Any, config: Any, *, overrides: Mapping[str, Any] | None 
     if "bias" in e:
       m["bias"] = np.asarray(e["bias"])
     modules[mod] = m
-  mts = {}
+  mts, stored = {}, {}
   names = hf_name_map(config)
   for fp, arr in (overrides or {}).items():
+    if fp not in names:
+      raise ValueError(f"override {fp!r} is not a tensor of this {type(config).__name__}")
     hf, t = names[fp]
     mts[hf] = np.asarray(arr).T if t else np.asarray(arr)
-  return PeftAdapter(modules=modules, modules_to_save=mts)
+    if bias != "none" and hf.endswith(".bias") and hf.rsplit(".", 1)[0] in modules:
+      stored[hf] = PREFIX + hf.rsplit(".", 1)[0] + ".base_layer.bias"
+  return PeftAdapter(modules=modules, modules_to_save=mts, stored_keys=stored)
 
 
 def apply_overrides(params: Any, overrides: Mapping[str, Any]) -> Any:
@@ -382,9 +396,16 @@ def _target_modules(ad: PeftAdapter, config: Any) -> list[str]:
 
 def save_peft(adapter: Any, config: Any, out_dir: str | Path, *,
               overrides: Mapping[str, Any] | None = None, use_rslora: bool = False,
-              overwrite: bool = False, **config_fields: Any) -> PeftAdapter:
-  """Writes an adapter tree as a PEFT folder for a model config; returns what was written."""
-  ad = from_tree(adapter, config, overrides=overrides)
+              overwrite: bool = False, bias: str = "none", **config_fields: Any) -> PeftAdapter:
+  """Writes an adapter tree as a PEFT folder for a model config; returns what was written.
+
+  ``overrides`` (``{flax_path: array}``) are written as ``modules_to_save`` tensors, except the
+  biases when ``bias`` is ``'all'``/``'lora_only'`` (PEFT's trained biases).
+  """
+  if bias not in ("none", "all", "lora_only"):
+    raise ValueError(f"bias={bias!r}; valid: 'none', 'all', 'lora_only'")
+  ad = from_tree(adapter, config, overrides=overrides, bias=bias)
+  config_fields["bias"] = bias
   cfg = make_config(ad, use_rslora=use_rslora, target_modules=_target_modules(ad, config),
                     **config_fields)
   write_peft(ad, out_dir, overwrite=overwrite, config=cfg)

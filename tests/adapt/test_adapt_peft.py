@@ -13,7 +13,7 @@ import jaxparams as jp
 
 FIX = Path(__file__).resolve().parents[1] / "fixtures"
 SPECS = {"llama_lora": "llama", "llama_rslora": "llama", "llama_dora": "llama",
-         "bert_lora": "bert", "bert_dora": "bert"}
+         "bert_lora": "bert", "bert_dora": "bert", "bert_bias_all": "bert"}
 
 
 @pytest.fixture(scope="module")
@@ -31,6 +31,7 @@ def bases():
 def test_forward_and_merge_match_peft(name, outputs, bases):
   module, params, config = bases[SPECS[name]]
   adapter, overrides = jp.adapt.load_peft(FIX / f"peft_{name}", config)
+  params = jp.adapt.apply_overrides(params, overrides)  # bias='all': the trained biases
   ids, mask = jnp.asarray(outputs["input_ids"]), jnp.asarray(outputs["attention_mask"])
   ref = outputs[f"{name}/out"]
   unmerged_model = jp.models.model_for_config(config, dot=jp.adapt.dot)
@@ -68,12 +69,18 @@ def test_scaling_from_config_patterns():
   assert ad.modules["model.embed_tokens"]["A"].shape == (8, 256)
 
 
-@pytest.mark.parametrize("name", ["llama_rslora", "bert_dora", "bert_lora"])
+@pytest.mark.parametrize("name", ["llama_rslora", "bert_dora", "bert_lora", "bert_bias_all"])
 def test_write_read_roundtrip_same_tensors(name, bases, tmp_path):
   _, params, config = bases[SPECS[name]]
   adapter, overrides = jp.adapt.load_peft(FIX / f"peft_{name}", config)
-  jp.adapt.save_peft(adapter, config, tmp_path / "ad", overrides=overrides,
-                     use_rslora=name == "llama_rslora")
+  bias = "all" if name == "bert_bias_all" else "none"
+  written = jp.adapt.save_peft(adapter, config, tmp_path / "ad", overrides=overrides,
+                               use_rslora=name == "llama_rslora", bias=bias)
+  if bias == "all":  # PEFT's names: adapted modules' biases under base_layer
+    with jp.io.open_checkpoint(tmp_path / "ad" / "adapter_model.safetensors") as r:
+      assert "base_model.model.encoder.layer.0.attention.self.query.base_layer.bias" in r.names()
+      assert "base_model.model.encoder.layer.0.attention.self.key.bias" in r.names()
+    assert written.config["modules_to_save"] is None
   back, over2 = jp.adapt.load_peft(tmp_path / "ad", config)
   assert jp.tree.allclose(adapter, back, rtol=1e-7)
   assert set(over2) == set(overrides)
@@ -104,7 +111,7 @@ def _copy(tmp_path, name="llama_lora"):
 
 @pytest.mark.parametrize("field,value,match", [
     ("init_lora_weights", "pissa", "init_lora_weights"),
-    ("bias", "all", "bias='all'"),
+    ("bias", "some", "bias=.some."),
     ("use_qalora", True, "use_qalora"),
     ("layer_replication", [[0, 1]], "layer_replication"),
     ("brand_new_field", 1, "unknown adapter_config field"),

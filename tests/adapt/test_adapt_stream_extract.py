@@ -23,7 +23,8 @@ def outputs():
 
 
 @pytest.mark.parametrize("name,base", [("llama_rslora", "llama_tiny"), ("llama_dora", "llama_tiny"),
-                                       ("bert_lora", "peft_bert_tiny")])
+                                       ("bert_lora", "peft_bert_tiny"),
+                                       ("bert_bias_all", "peft_bert_tiny")])
 def test_cli_merge_equals_peft_merge_and_unload(name, base, outputs, tmp_path, capsys):
   out = tmp_path / "merged"
   assert main(["lora", "merge", str(FIX / base), str(FIX / f"peft_{name}"), str(out)]) == 0
@@ -38,7 +39,8 @@ def test_cli_merge_equals_peft_merge_and_unload(name, base, outputs, tmp_path, c
   for k in keys:
     np.testing.assert_allclose(merged[k[len(prefix):]], outputs[k], rtol=1e-6, atol=1e-6, err_msg=k)
   ad = jp.adapt.read_peft(FIX / f"peft_{name}")
-  untouched = [n for n in orig if n.rsplit(".", 1)[0] not in ad.modules]
+  untouched = [n for n in orig if n.rsplit(".", 1)[0] not in ad.modules
+               and n not in ad.modules_to_save]
   assert untouched and all(np.array_equal(merged[n], orig[n]) for n in untouched)
   if name == "bert_lora":  # lora_bias: bias + scale * lora_B.bias
     m = "encoder.layer.0.attention.self.query"
