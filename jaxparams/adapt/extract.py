@@ -20,7 +20,9 @@ Follows ``mergekit-extract-lora`` (mergekit 0.1.5, ``mergekit/scripts/extract_lo
 
 The truncation error of a module is the Eckart-Young optimum ``||delta - B A||_F = sqrt(sum of
 the dropped S^2)`` (returned in the report). The SVDs run under jit on the default device (a
-GPU/TPU when present). The streaming driver holds one (base, fine-tuned) pair at a time.
+GPU/TPU when present). Both the tree function and the streaming one run the ``lora_extract``
+record (:mod:`jaxparams.adapt.records`; its checks: equal shapes, float, NaN/Inf). The streaming
+extraction holds one (base, fine-tuned) pair at a time.
 
 Example:
   >>> import jax, jax.numpy as jnp
@@ -76,6 +78,29 @@ def choose_rank(s: np.ndarray, *, max_rank: int, sv_epsilon: float = 0.0,
   return max(rank, 1)
 
 
+def _factorize(delta: jax.Array, c: Any) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """The math of the ``lora_extract`` record: ``(a [in, r], b [r, out], S)`` of a delta."""
+  u, s, vh = _svd(delta)
+  r = choose_rank(np.asarray(s), max_rank=c.max_rank, sv_epsilon=c.sv_epsilon, energy=c.energy)
+  if c.distribute_scale:
+    root = jnp.sqrt(s[:r])
+    return u[:, :r] * root, root[:, None] * vh[:r], s
+  return u[:, :r] * s[:r], vh[:r], s
+
+
+def _info(s: Any, rank: int) -> dict:
+  s_host = np.asarray(s)
+  return {"rank": rank, "singular_values": s_host,
+          "tail": float(np.sqrt(np.sum(s_host[rank:].astype(np.float64) ** 2)))}
+
+
+def _run_extract(base, finetuned, cfg, path: str = "", labels=None) -> dict:
+  from jaxparams.adapt.records import LORA_EXTRACT
+  out, flags = LORA_EXTRACT.apply(base, (finetuned,), config=cfg, path=path, labels=labels)
+  LORA_EXTRACT.verify(flags, LORA_EXTRACT.context((base, (finetuned,)), cfg, path, labels))
+  return out
+
+
 def extract_tensor(delta: jax.Array, *, max_rank: int, sv_epsilon: float = 0.0,
                    energy: float | None = None, distribute_scale: bool = True
                    ) -> tuple[jax.Array, jax.Array, dict]:
@@ -83,20 +108,15 @@ def extract_tensor(delta: jax.Array, *, max_rank: int, sv_epsilon: float = 0.0,
 
   ``delta`` is in Flax orientation (``[in, out]``; PEFT's ``lora_A = a.T``, ``lora_B = b.T``).
   ``info`` has ``rank``, ``singular_values`` and ``tail`` (``sqrt(sum S[r:]^2)``, the Frobenius
-  error of the truncation).
+  error of the truncation). Runs the ``lora_extract`` record on ``(0, delta)``.
   """
+  from jaxparams.adapt.records import LoraExtractConfig
   if delta.ndim != 2:
     raise ValueError(f"extract_tensor needs a 2-D delta, got shape {tuple(delta.shape)}")
-  u, s, vh = _svd(delta)
-  s_host = np.asarray(s)
-  r = choose_rank(s_host, max_rank=max_rank, sv_epsilon=sv_epsilon, energy=energy)
-  if distribute_scale:
-    root = jnp.sqrt(s[:r])
-    a, b = u[:, :r] * root, root[:, None] * vh[:r]
-  else:
-    a, b = u[:, :r] * s[:r], vh[:r]
-  tail = float(np.sqrt(np.sum(s_host[r:].astype(np.float64) ** 2)))
-  return a, b, {"rank": r, "singular_values": s_host, "tail": tail}
+  cfg = LoraExtractConfig(max_rank=max_rank, sv_epsilon=sv_epsilon, energy=energy,
+                          distribute_scale=distribute_scale)
+  out = _run_extract(jnp.zeros_like(delta), delta, cfg)
+  return out["a"], out["b"], _info(out["singular_values"], out["a"].shape[1])
 
 
 def extract_tree(base: Any, finetuned: Any, where: Any, *, max_rank: int,
@@ -111,9 +131,12 @@ def extract_tree(base: Any, finetuned: Any, where: Any, *, max_rank: int,
     if path not in ff or tuple(ff[path].shape) != tuple(fb[path].shape):
       raise ValueError(f"extract: {path!r} is missing from the fine-tuned tree or has another "
                        f"shape ({getattr(ff.get(path), 'shape', None)} vs {fb[path].shape})")
-    d = ff[path].astype(jnp.float32) - fb[path].astype(jnp.float32)
-    a, b, info = extract_tensor(d, max_rank=max_rank, sv_epsilon=sv_epsilon, energy=energy,
-                                distribute_scale=distribute_scale)
+    from jaxparams.adapt.records import LoraExtractConfig
+    cfg = LoraExtractConfig(max_rank=max_rank, sv_epsilon=sv_epsilon, energy=energy,
+                            distribute_scale=distribute_scale)
+    out = _run_extract(fb[path], ff[path], cfg, path)
+    a, b = out["a"], out["b"]
+    info = _info(out["singular_values"], a.shape[1])
     flat[f"{path}/a"], flat[f"{path}/b"] = a, b
     flat[f"{path}/scale"] = jnp.float32(1.0)
     infos[path] = info
@@ -229,13 +252,16 @@ def extract_checkpoint(base_dir: str | Path, finetuned_dir: str | Path, out_dir:
       wb, wf = rb.read(norm_b[hf]), rf.read(norm_f[hf])
       if wb.shape != wf.shape:
         raise ValueError(f"tensor {hf!r}: base shape {wb.shape} vs fine-tuned {wf.shape}")
-      d = jnp.asarray(wf, jnp.float32) - jnp.asarray(wb, jnp.float32)
-      d = d.T if t else d  # Flax orientation
-      a, b, info = extract_tensor(d, max_rank=max_rank, sv_epsilon=sv_epsilon, energy=energy,
-                                  distribute_scale=distribute_scale)
+      from jaxparams.adapt.records import LoraExtractConfig
+      cfg = LoraExtractConfig(max_rank=max_rank, sv_epsilon=sv_epsilon, energy=energy,
+                              distribute_scale=distribute_scale, layout="hf",
+                              embedding=kind == "embed")
+      out = _run_extract(jnp.asarray(wb), jnp.asarray(wf), cfg, hf,
+                         (str(base_dir), str(finetuned_dir)))
+      info = _info(out["singular_values"], out["lora_A"].shape[0])
       out_dtype = wf.dtype
-      m = {"A": np.asarray(a.T).astype(out_dtype), "B": np.asarray(b.T).astype(out_dtype),
-           "scale": 1.0}
+      m = {"A": np.asarray(out["lora_A"]).astype(out_dtype),
+           "B": np.asarray(out["lora_B"]).astype(out_dtype), "scale": 1.0}
       if kind == "embed":
         m["embedding"] = True
       bias = mod + ".bias"

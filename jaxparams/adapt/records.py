@@ -8,6 +8,8 @@
   ``lora_embedding_A[r, vocab]``, ``lora_embedding_B[dim, r]``).
 * ``lora_unmerge``: the inverse (DoRA needs the stored norm as a 4th model).
 * ``lora_bias_merge``: ``bias + scale * lora_B.bias`` (PEFT's ``lora_bias``).
+* ``lora_extract``: ``base + (finetuned,)`` -> the truncated-SVD factors of the delta (run
+  eagerly: the rank is chosen from the singular values on the host).
 * ``peft_ties``, ``peft_dare_linear``, ``peft_dare_ties``, ``peft_magnitude_prune``: PEFT's merge
   functions (``peft.utils.merge_utils``) used by :func:`jaxparams.adapt.combine`; their
   semantics differ from mergekit's records in :mod:`jaxparams.merge` (sign elected on the
@@ -36,7 +38,7 @@ from jaxparams import transform as jt
 from jaxparams.adapt import lora as L
 
 __all__ = ["LoraMergeConfig", "LORA_MERGE", "LORA_UNMERGE", "LORA_BIAS_MERGE", "RECORDS",
-           "to_flax", "PeftMergeConfig", "PEFT_MERGES"]
+           "to_flax", "PeftMergeConfig", "PEFT_MERGES", "LoraExtractConfig", "LORA_EXTRACT"]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -159,8 +161,51 @@ def _peft_record(kind: str) -> jt.Transform:
       "agreeing count)" if "ties" in kind else f"peft.utils.merge_utils.{kind}")
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LoraExtractConfig:
+  """mergekit-extract-lora's choices: ``max_rank``, absolute ``sv_epsilon``, ``distribute_scale``;
+  plus ``energy`` (keep this share of ``sum S^2``). ``layout``: 'flax' (``[in, out]``) or 'hf'
+  (``weight[out, in]``; the factors come back as PEFT's ``lora_A``/``lora_B``); ``embedding``
+  as in :class:`LoraMergeConfig`."""
+  max_rank: int = 128
+  sv_epsilon: float = 0.0
+  energy: float | None = None
+  distribute_scale: bool = True
+  layout: str = "flax"
+  embedding: bool = False
+
+
+def _extract(base, models, c):
+  from jaxparams.adapt.extract import _factorize  # pylint: disable=g-import-not-at-top
+  w0, w1 = base, models[0]
+  if c.layout == "hf" and not c.embedding:
+    w0, w1 = w0.T, w1.T
+  a, b, s = _factorize(w1.astype(jnp.float32) - w0.astype(jnp.float32), c)
+  if c.layout == "hf":
+    return {"lora_A": a.T, "lora_B": b.T, "singular_values": s}
+  return {"a": a, "b": b, "singular_values": s}
+
+
+def _extract_static(ctx: jt.CheckContext) -> None:
+  c = ctx.config
+  if len(ctx.shapes[0]) != 2:
+    raise ValueError(f"{ctx.where}: LoRA extraction needs a 2-D weight, got {ctx.shapes[0]}")
+  if int(c.max_rank) < 1:
+    raise ValueError(f"{ctx.where}: max_rank must be >= 1, got {c.max_rank}")
+  if c.energy is not None and not 0 < c.energy <= 1:
+    raise ValueError(f"{ctx.where}: energy must be in (0, 1], got {c.energy}")
+
+
+LORA_EXTRACT = jt.Transform(
+    name="lora_extract", fn=_extract, config=LoraExtractConfig,
+    checks=(jt.same_shapes, jt.float_inputs, jt.Check("extract_params", static=_extract_static),
+            jt.finite),
+    inputs="base+models", base="required", min_models=1, max_models=1,
+    description="truncated SVD of (fine-tuned - base): the best rank-r LoRA (Eckart-Young); "
+    "the rank is chosen on the host from the singular values, so it runs eagerly")
+
 PEFT_MERGES = {k: _peft_record(k) for k in ("ties", "dare_linear", "dare_ties",
                                             "magnitude_prune")}
 
 RECORDS = jt.Registry("adapter transform", [LORA_MERGE, LORA_UNMERGE, LORA_BIAS_MERGE,
-                                            *PEFT_MERGES.values()])
+                                            LORA_EXTRACT, *PEFT_MERGES.values()])
