@@ -35,8 +35,10 @@ class Family:
 def _families() -> dict[str, Family]:
   from jaxparams.models.llama import Llama, LlamaConfig  # pylint: disable=g-import-not-at-top
   from jaxparams.scale.tokenformer import TokenFormer, TokenFormerConfig  # pylint: disable=g-import-not-at-top
+  from jaxparams.adapt import finetune  # pylint: disable=g-import-not-at-top
   return {"tokenformer": Family("tokenformer", TokenFormerConfig, TokenFormer),
-          "llama": Family("llama", LlamaConfig, Llama)}
+          "llama": Family("llama", LlamaConfig, Llama),
+          "lora": Family("lora", finetune.LoraFinetuneConfig, finetune.make)}
 
 
 def family_names() -> list[str]:
