@@ -27,6 +27,7 @@ STEPS = (
     ("Checkpoints and trees: all-MiniLM-L6-v2 in Flax", "jaxparams.demo.foundation"),
     ("Merging: digits experts", "jaxparams.demo.merge_digits"),
     ("Quantization: MiniLM at 4 bits", "jaxparams.quant.demo"),
+    ("Adapters: LoRA on mirrored digits, merged and extracted back", "jaxparams.demo.adapters"),
 )
 
 
