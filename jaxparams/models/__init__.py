@@ -26,6 +26,7 @@ from jaxparams.models.llama import Llama, LlamaConfig
 from jaxparams.models.hf import from_hf, hf_name_map, model_for_config, to_hf
 from jaxparams.models.minilm import embed, load_minilm, minilm_path
 from jaxparams.models.mlp import MLP
+from jaxparams.models import digits_cnn  # DigitsCNN with batch-statistics norms (EATA)
 
 __all__ = [
     "Llama", "LlamaConfig", "Bert", "BertConfig", "MLP", "Linear", "Embed", "RMSNorm",
