@@ -105,6 +105,17 @@ def decode(pieces: list[np.ndarray]) -> np.ndarray:
   return np.concatenate(pieces[:-1])
 
 
+def _local_host(x: Any) -> np.ndarray:
+  """This process's host copy of ``x``: the whole array if addressable or replicated (on several
+  processes each one keeps its own snapshot of the replicated state)."""
+  if not isinstance(x, jax.Array) or x.is_fully_addressable:
+    return np.asarray(jax.device_get(x))
+  if x.is_fully_replicated:
+    return np.asarray(x.addressable_data(0))
+  raise ValueError(f"cannot snapshot an array of shape {x.shape} sharded across processes "
+                   f"({x.sharding}); only replicated or process-local state is supported")
+
+
 @dataclasses.dataclass
 class Snapshot:
   """One encoded snapshot: ``pieces[j]`` lives on node ``j`` (``None`` once lost)."""
@@ -148,7 +159,7 @@ class Snapshotter:
     copied = jax.tree.map(lambda x: x.copy() if isinstance(x, jax.Array) else np.array(x), state)
 
     def work() -> Snapshot:
-      host = jax.device_get(copied)
+      host = jax.tree.map(_local_host, copied)
       buf, spec = pack(host)
       pieces = encode(buf, self.n_nodes)
       self.bytes_per_node = int(pieces[0].nbytes)

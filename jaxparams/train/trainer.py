@@ -593,8 +593,10 @@ def _train(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
       fail_at = 0  # one simulated failure per run
       snapshotter.lose(int(config.snapshot.lose_node))
       snap_step, state = snapshotter.restore()
-      params = _put(state["params"], model.param_shardings)
-      opt_state = _put(state["opt_state"], model.opt_shardings)
+      # Through an XLA copy, so the buffers are laid out as the step's own outputs (arrays made
+      # from host memory may alias it and round differently in vectorised reductions).
+      params = jax.tree.map(jnp.copy, _put(state["params"], model.param_shardings))
+      opt_state = jax.tree.map(jnp.copy, _put(state["opt_state"], model.opt_shardings))
       rng = np.asarray(state["rng"])
       writer = log_lib.MetricsWriter(workdir / "metrics.jsonl", enabled=is_main,
                                      truncate_after_step=snap_step)

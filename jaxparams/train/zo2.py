@@ -11,7 +11,8 @@ block ``i-1`` is being copied back (``copy_to_host_async``).
 The trajectory equals eager :func:`jaxparams.train.zo.mezo_step` on the whole tree with the same
 keys (same ``z`` per leaf: the leaf numbering of the full tree is kept through ``offset``), to
 float32 rounding of the fused losses. Device memory holds the embedding, the head, the
-activations of the two passes and about two blocks, whatever the depth.
+activations of the two passes and three blocks (uploading, computing, offloading), whatever the
+depth (:attr:`ZO2.peak_device_bytes` counts them).
 
 Example:
   >>> import jax, jax.numpy as jnp, numpy as np
@@ -72,6 +73,11 @@ def leaf_offsets(params: dict[str, Any]) -> dict[str, int]:
   return out
 
 
+def _host_copy(x: Any) -> np.ndarray:
+  """A numpy copy (never a view of a device buffer that a later step may donate)."""
+  return np.array(x, copy=True)
+
+
 class ZO2:
   """Block-streamed MeZO driver holding the parameters (blocks in host memory as numpy).
 
@@ -94,11 +100,12 @@ class ZO2:
     self.model, self.config = model, config
     self.device = device or jax.devices()[0]
     self.offsets = leaf_offsets(params)
-    self.host = {k: jax.tree.map(np.asarray, params[k]) for k in model.block_keys}
-    self.resident = {k: jax.device_put(params[k], self.device)
+    # Own copies: the caller's arrays are never donated, the host blocks are plain numpy memory.
+    self.host = {k: jax.tree.map(_host_copy, params[k]) for k in model.block_keys}
+    self.resident = {k: jax.device_put(jax.tree.map(_host_copy, params[k]), self.device)
                      for k in list(model.embed_keys) + list(model.head_keys)}
     self.pending: tuple[jax.Array, jax.Array, float] | None = None
-    self.peak_device_bytes = 0
+    self.peak_device_bytes = 0  # peak bytes of the device arrays the driver holds during a step
     n, eps = int(config.n_samples), float(config.eps)
     wd = float(config.weight_decay)
 
@@ -134,8 +141,9 @@ class ZO2:
     self._first = jax.jit(first)
     self._last = jax.jit(last)
 
-  def _track(self) -> None:
-    live = sum(x.nbytes for x in jax.live_arrays() if self.device in x.devices())
+  def _track(self, *trees: Any) -> None:
+    """Peak of the driver's own device arrays: resident params + the given blocks/activations."""
+    live = sum(x.nbytes for x in jax.tree.leaves((self.resident, trees)))
     self.peak_device_bytes = max(self.peak_device_bytes, live)
 
   def _apply_pending(self, name: str, p: Any) -> Any:
@@ -163,16 +171,15 @@ class ZO2:
       h_plus, h_minus = self._dual(cur, jnp.int32(self.offsets[name]), key, h_plus, h_minus)
       jax.tree.map(lambda x: x.copy_to_host_async(), cur)
       offloads.append((name, cur))
-      self._track()
+      self._track(nxt, [blk for _, blk in offloads], h_plus, h_minus)
       if len(offloads) > 1:  # block i-1's copy has had block i's compute to finish
         done_name, done = offloads.pop(0)
-        self.host[done_name] = jax.tree.map(np.asarray, done)
+        self.host[done_name] = jax.tree.map(_host_copy, done)
     head_p = {k: self.resident[k] for k in m.head_keys}
     g, loss = self._last(head_p, offs(m.head_keys), key, h_plus, h_minus, batch)
     for done_name, done in offloads:
-      self.host[done_name] = jax.tree.map(np.asarray, done)
+      self.host[done_name] = jax.tree.map(_host_copy, done)
     self.pending = (key, g, float(lr))
-    self._track()
     return {"loss": float(loss), "projected_grad": float(jnp.sqrt(jnp.mean(g ** 2)))}
 
   def flush(self) -> None:
@@ -183,13 +190,13 @@ class ZO2:
       self.resident[name] = self._apply_pending(name, self.resident[name])
     for name in self.model.block_keys:
       p = self._apply_pending(name, jax.device_put(self.host[name], self.device))
-      self.host[name] = jax.tree.map(np.asarray, p)
+      self.host[name] = jax.tree.map(_host_copy, p)
     self.pending = None
 
   def params(self) -> dict[str, Any]:
     """The current parameters (pending update applied) as a host (numpy) dict."""
     self.flush()
-    out = {k: jax.tree.map(np.asarray, v) for k, v in self.resident.items()}
+    out = {k: jax.tree.map(_host_copy, v) for k, v in self.resident.items()}
     out.update(self.host)
     return out
 

@@ -79,7 +79,7 @@ def test_n_spsa_averages_its_directions():
 
 @pytest.fixture(scope="module")
 def llama():
-  cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+  cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=6,
                     num_attention_heads=4, num_key_value_heads=2)
   batch = np.random.default_rng(0).integers(0, 64, (4, 17)).astype(np.int32)
   params = Llama(cfg).init(jax.random.key(0), batch[:, :-1])["params"]
@@ -109,12 +109,13 @@ def test_zo2_streaming_equals_eager_mezo(llama):
   assert moved > 1e-3
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=2e-5), streamed,
                jax.device_get(p))
-  # Blocks live on the host between steps; the device held embedding + head + ~2 blocks.
+  # Blocks live on the host between steps; the device held embedding + head + 3 blocks (one
+  # uploading, one computing, one offloading) + the two passes' activations.
   assert all(isinstance(x, np.ndarray) for x in jax.tree.leaves(driver.host))
   nbytes = lambda t: sum(x.nbytes for x in jax.tree.leaves(t))
   block = nbytes(params["layers_0"])
   resident = nbytes({k: params[k] for k in ("embed_tokens", "lm_head", "norm")})
-  assert driver.peak_device_bytes < resident + 2.5 * block + 64_000
+  assert driver.peak_device_bytes <= resident + 3 * block + 2 * 2 * batch[:, :-1].size * 32 * 4
   assert driver.peak_device_bytes < nbytes(params)
 
 
