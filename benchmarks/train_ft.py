@@ -1,7 +1,9 @@
 """Snapshot overhead per step vs frequency: in-memory XOR-parity snapshots vs orbax async to disk.
 
 A TokenFormer byte LM (d_model 128, 2 layers) trains ``--steps`` steps on all devices (run with
-``XLA_FLAGS=--xla_force_host_platform_device_count=8`` to mimic 4 nodes x 2 devices) with
+``XLA_FLAGS=--xla_force_host_platform_device_count=8`` to mimic 4 nodes x 2 devices; on a
+loaded 2-core machine the 8 fake devices can miss XLA's 40 s collective rendezvous, so the
+recorded run used one device) with
 
 * no snapshots (baseline),
 * :class:`jaxparams.train.snapshot.Snapshotter` every k steps (device copy, background D2H + XOR

@@ -63,8 +63,9 @@ def main():
            f"{platform.machine()} CPU, XLA memory analysis)", "",
            "Llama byte LM (hidden 256, FFN 1024), batch 16 x 128. Arguments: params + optimizer "
            "state + batch; temporaries: what the step allocates besides them. ZO2: peak bytes of "
-           "live device arrays during a step (embedding, head, streamed blocks, activations; "
-           "includes arrays alive elsewhere in the process).", "",
+           "the device arrays the driver holds during a step (embedding, head, 3 streamed "
+           "blocks, both passes' activations), not counting the temporaries of the jitted "
+           "per-block pass (about one perturbed block + activations).", "",
            "| layers | params (MB) | step | arguments (MB) | temporaries (MB) | total (MB) |",
            "|---|---|---|---|---|---|"]
   for layers, n_params, name, args, temp in rows:

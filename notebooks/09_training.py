@@ -31,7 +31,7 @@ import optax
 from jaxparams.models import Llama, LlamaConfig
 from jaxparams.train import data, digits, snapshot, wtacrs, zo, zo2
 
-cfg = LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+cfg = LlamaConfig(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
                   num_attention_heads=4, num_key_value_heads=2)
 corpus = data.load_corpus(max_bytes=200_000)
 batch = lambda step: data.train_batch(corpus, step=step, batch_size=8, seq_len=32, seed=0)
@@ -59,13 +59,13 @@ def adam_step(p, s, b):
 
 
 def mezo_step(p, b, key):
-  p, m = zo.mezo_step(loss_fn, p, key, b, lr=3e-3, config=zo.ZOConfig(eps=1e-3))
+  p, m = zo.mezo_step(loss_fn, p, key, b, lr=1e-2, config=zo.ZOConfig(eps=1e-3, n_samples=4))
   return p, m["loss"]
 
 
 jit_adam = jax.jit(adam_step, donate_argnums=(0, 1))
 jit_mezo = jax.jit(mezo_step, donate_argnums=0)
-steps = 60
+steps = 40
 curves = {"AdamW": [], "MeZO": []}
 p, s = params0, adam.init(params0)
 p = jax.tree.map(jnp.copy, params0)
@@ -109,8 +109,9 @@ plt.tight_layout(); plt.show()
 # perturbed passes through it, and copies it back; the trajectory equals eager MeZO.
 
 # %%
-driver = zo2.ZO2(zo2.llama_block_model(cfg), jax.device_get(params0), zo.ZOConfig(eps=1e-3))
-zo2_losses = [driver.step(batch(i), jax.random.key(i), 3e-3)["loss"] for i in range(5)]
+driver = zo2.ZO2(zo2.llama_block_model(cfg), jax.device_get(params0),
+                 zo.ZOConfig(eps=1e-3, n_samples=4))
+zo2_losses = [driver.step(batch(i), jax.random.key(i), 1e-2)["loss"] for i in range(5)]
 print("ZO2 losses", np.round(zo2_losses, 4), " eager MeZO", np.round(curves["MeZO"][:5], 4))
 print(f"peak device bytes {driver.peak_device_bytes / 1e6:.2f} MB vs all params "
       f"{n_bytes(params0) / 1e6:.2f} MB")
@@ -123,11 +124,11 @@ r = np.random.default_rng(0)
 x = jnp.asarray(r.normal(size=(512, 64)) * (r.pareto(1.5, (512, 1)) + 0.1), jnp.float32)
 g = jnp.asarray(r.normal(size=(512, 16)) * (r.pareto(1.5, (512, 1)) + 0.1), jnp.float32)
 exact = x.T @ g
-keys = jax.random.split(jax.random.key(0), 2000)
+keys = jax.random.split(jax.random.key(0), 1000)
 draws = {name: jax.lax.map(lambda k, w=wta: wtacrs.estimate_weight_grad(x, g, k, k=153,
                                                                         winner_take_all=w), keys)
          for name, wta in (("WTA-CRS", True), ("CRS", False))}
-counts = np.unique(np.geomspace(1, 2000, 20).astype(int))
+counts = np.unique(np.geomspace(1, 1000, 16).astype(int))
 plt.figure(figsize=(5, 3.2))
 for name, d in draws.items():
   cum = np.cumsum(np.asarray(d), axis=0)
@@ -142,7 +143,7 @@ plt.tight_layout(); plt.show()
 
 # %%
 snap = snapshot.Snapshotter(n_nodes=4)
-snap.snapshot(60, {"params": p, "opt_state": s, "rng": np.array([0, 60], np.uint32)})
+snap.snapshot(steps, {"params": p, "opt_state": s, "rng": np.array([0, 60], np.uint32)})
 snap.lose(1)
 step, state = snap.restore()
 same = all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(state["params"]),
@@ -155,7 +156,7 @@ snap.close()
 # ## 4. EATA vs Tent on shifted digits
 
 # %%
-res = digits.compare_tta(rounds=1)
+res = digits.compare_tta(lr=0.3, rounds=1, source_steps=200)
 methods = ("source", "tent", "eata")
 shifts = list(res["source"]["per_shift"])
 fig, ax = plt.subplots(figsize=(9, 3.2))

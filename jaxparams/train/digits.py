@@ -138,8 +138,8 @@ def accuracy(apply_fn: Callable[[Any, jax.Array], jax.Array], params: Any, x: np
 SHIFT_ORDER = ("noise", "blur", "rotate", "shift", "contrast", "invert_half")
 
 
-def compare_tta(lr: float = 0.01, rounds: int = 2, batch_size: int = 64, d_margin: float = 0.4,
-                fisher_alpha: float = 2000.0, seed: int = 0) -> dict:
+def compare_tta(lr: float = 0.1, rounds: int = 2, batch_size: int = 64, d_margin: float = 0.4,
+                fisher_alpha: float = 2000.0, seed: int = 0, source_steps: int = 400) -> dict:
   """Source model vs Tent vs EATA on one continual stream of shifted test sets.
 
   A :class:`jaxparams.models.digits_cnn.DigitsCNN` is trained on clean digits; the test split
@@ -152,7 +152,7 @@ def compare_tta(lr: float = 0.01, rounds: int = 2, batch_size: int = 64, d_margi
   data = load_splits(seed)
   model = DigitsCNN()
   apply_fn = jax.jit(lambda p, x: model.apply({"params": p}, x))
-  params = train_source(model, data["x_train"], data["y_train"], seed=seed)
+  params = train_source(model, data["x_train"], data["y_train"], steps=source_steps, seed=seed)
   stream = shift_stream(data["x_test"], data["y_test"], SHIFT_ORDER * rounds, seed=seed)
   xval = data["x_val"].reshape(len(data["x_val"]), -1)
   fisher = eata.fisher_diagonal(apply_fn, params, xval, batch_size=batch_size)

@@ -103,19 +103,34 @@ def decay_mask(params: Any) -> Any:
 
 def apply_update(params: Any, key: jax.Array, g: jax.Array, lr: float | jax.Array, *,
                  weight_decay: float = 0.0, offset: int | jax.Array = 0) -> Any:
-  """``θ ← θ - lr · (mean_k g_k z_k + wd · θ)`` with each ``z_k`` regenerated from ``key``."""
+  """``θ ← θ - lr · (mean_k g_k z_k + wd · θ)`` with each ``z_k`` regenerated from ``key``.
+
+  For up to 8 directions (the usual n-SPSA), per leaf the directions are regenerated and summed
+  inside one elementwise expression, so XLA fuses random generation and update: no ``z`` and no
+  accumulator the size of the parameters is materialised. More directions go through a
+  ``lax.scan`` with an accumulator (compile time independent of ``n``).
+  """
   n = g.shape[0]
-  mask = decay_mask(params)
+  leaves, treedef = jax.tree.flatten(params)
 
-  def body(acc, k):
-    z = perturbation(params, jax.random.fold_in(key, k), offset)
-    return jax.tree.map(lambda a, zz: a + g[k] * zz.astype(jnp.float32), acc, z), None
+  def z(k, i, p):
+    return jax.random.normal(jax.random.fold_in(jax.random.fold_in(key, k), offset + i),
+                             jnp.shape(p), jnp.float32).astype(jnp.result_type(p)).astype(
+                                 jnp.float32)
 
-  zero = jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), jnp.float32), params)
-  direction = zero if n == 0 else jax.lax.scan(body, zero, jnp.arange(n))[0]
-  return jax.tree.map(
-      lambda p, d, m: (p.astype(jnp.float32) - lr * (d / n + (weight_decay * p if m else 0.0))
-                       ).astype(p.dtype), params, direction, mask)
+  if n <= 8:
+    directions = [sum(g[k] * z(k, i, p) for k in range(n)) for i, p in enumerate(leaves)]
+  else:
+    def body(acc, k):
+      return [a + g[k] * z(k, i, p) for i, (a, p) in enumerate(zip(acc, leaves))], None
+    zero = [jnp.zeros(jnp.shape(p), jnp.float32) for p in leaves]
+    directions = jax.lax.scan(body, zero, jnp.arange(n))[0]
+  out = []
+  for p, d in zip(leaves, directions):
+    p32 = p.astype(jnp.float32)
+    decay = weight_decay * p32 if jnp.ndim(p) >= 2 else 0.0
+    out.append((p32 - lr * (d / n + decay)).astype(p.dtype))
+  return jax.tree.unflatten(treedef, out)
 
 
 def spsa_gradient(loss_fn: Callable[..., jax.Array], params: Any, key: jax.Array, *args,

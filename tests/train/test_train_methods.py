@@ -25,14 +25,16 @@ def _evals(result):
   return [r["eval_loss"] for r in result.records if r["event"] == "eval"]
 
 
+@pytest.mark.slow
 def test_zo_finetune_lowers_the_loss(tmp_path):
-  config = load_config("zo_finetune")
-  config.num_steps, config.eval_every, config.log_every, config.plot = 60, 30, 30, False
-  config.checkpoint_every = 1000
+  """4-direction SPSA, lr 1e-2, 100 steps: measured eval loss 5.545 (uniform) -> 5.16 -> 4.83."""
+  config = load_config("zo_finetune", "runlocal,n=4")
+  config.num_steps, config.eval_every, config.log_every, config.plot = 100, 50, 50, False
+  config.checkpoint_every, config.optim.lr = 1000, 1e-2
   result = trainer.train(config, tmp_path)
   evals = _evals(result)
   assert len(evals) == 2 and math.isfinite(evals[-1])
-  assert evals[-1] < math.log(256) - 0.15, evals  # from the uniform byte LM (ln 256 = 5.545)
+  assert evals[-1] < math.log(256) - 0.4, evals  # from the uniform byte LM (ln 256 = 5.545)
   assert evals[-1] < evals[0]
 
 
@@ -47,6 +49,7 @@ def wta_vs_exact(tmp_path_factory):
   return out
 
 
+@pytest.mark.slow
 def test_wtacrs_trains_close_to_exact_backprop(wta_vs_exact):
   wta, exact = _evals(wta_vs_exact["runlocal"])[-1], _evals(wta_vs_exact["runlocal,exact"])[-1]
   start = math.log(256)
