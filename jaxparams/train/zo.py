@@ -153,8 +153,9 @@ def mezo_step(loss_fn: Callable[..., jax.Array], params: Any, key: jax.Array, *a
     >>> import jax, jax.numpy as jnp
     >>> p = {'w': jnp.ones(3)}
     >>> loss = lambda p: jnp.sum(p['w'] ** 2)
+    >>> step = jax.jit(lambda p, s: mezo_step(loss, p, jax.random.key(s), lr=0.05)[0])
     >>> for s in range(200):
-    ...   p, m = mezo_step(loss, p, jax.random.key(s), lr=0.05)
+    ...   p = step(p, s)
     >>> float(loss(p)) < 0.1
     True
   """

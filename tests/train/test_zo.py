@@ -86,6 +86,7 @@ def llama():
   return cfg, params, batch
 
 
+@pytest.mark.slow
 def test_zo2_streaming_equals_eager_mezo(llama):
   cfg, params, batch = llama
   config = zo.ZOConfig(eps=1e-3, n_samples=2, weight_decay=0.1)
