@@ -38,6 +38,7 @@ from jaxparams.models.minilm import embed, load_minilm, minilm_path
 from jaxparams.models.mlp import MLP
 from jaxparams.models.moe_llama import MoEFFN, MoELlama, MoELlamaConfig
 from jaxparams.models.tokenformer import Pattention, TokenFormer, TokenFormerConfig
+from jaxparams.models import digits_cnn  # DigitsCNN with batch-statistics norms (EATA)
 
 __all__ = [
     "Llama", "LlamaConfig", "Bert", "BertConfig", "MLP", "Linear", "Embed", "RMSNorm",

@@ -8,6 +8,11 @@ Run ``python -m jaxparams.train --config=configs/tokenformer_lm.py:runlocal --wo
   transfer.
 * :mod:`.checkpoint`: orbax checkpoints with a config fingerprint.
 * :mod:`.logging`: JSONL metrics and the loss plot.
+* :mod:`.zo` / :mod:`.zo2`: MeZO zeroth-order steps (seed-regenerated SPSA) and the ZO2 driver
+  streaming blocks from host memory.
+* :mod:`.wtacrs`: WTA-CRS sampled weight gradients as a ``custom_vjp`` matmul for ``dot=``.
+* :mod:`.snapshot`: asynchronous in-memory snapshots with XOR parity across nodes.
+* :mod:`.eata` / :mod:`.digits`: EATA and Tent test-time adaptation; digits under shifts.
 
 Example:
   >>> from jaxparams import train
@@ -17,8 +22,10 @@ Example:
 """
 
 from jaxparams.train import checkpoint, data, families, growth, logging
+from jaxparams.train import digits, eata, snapshot, wtacrs, zo, zo2
 from jaxparams.train.config_args import parse_arg
-from jaxparams.train.trainer import TrainResult, check_config, default_config, train
+from jaxparams.train.trainer import ConfigError, TrainResult, check_config, default_config, train
 
-__all__ = ["TrainResult", "check_config", "checkpoint", "data", "default_config", "families",
-           "growth", "logging", "parse_arg", "train"]
+__all__ = ["ConfigError", "TrainResult", "check_config", "checkpoint", "data", "default_config",
+           "digits", "eata", "families", "growth", "logging", "parse_arg", "snapshot", "train",
+           "wtacrs", "zo", "zo2"]

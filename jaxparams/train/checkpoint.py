@@ -33,7 +33,8 @@ import orbax.checkpoint as ocp
 __all__ = ["RUN_CONTROL_FIELDS", "fingerprint", "config_fields", "open_manager", "save",
            "restore_meta", "restore_state", "check_fingerprint"]
 
-RUN_CONTROL_FIELDS = ("log_every", "checkpoint_every", "keep_checkpoints", "stop_at_step", "plot")
+RUN_CONTROL_FIELDS = ("log_every", "checkpoint_every", "keep_checkpoints", "stop_at_step", "plot",
+                      "snapshot")
 
 
 def config_fields(config: ml_collections.ConfigDict) -> dict[str, Any]:

@@ -21,6 +21,17 @@ standard library's source (:mod:`.data`):
   ``workdir`` continues bit-exactly (params, optimizer state, step = data position, PRNG key).
   A checkpoint of a different config is refused.
 * **Logs.** ``workdir/metrics.jsonl`` and ``workdir/loss.png``.
+* **Memory-lean fine-tuning.** ``optim.name='mezo'`` trains with zeroth-order SPSA
+  (:mod:`.zo`: two forward passes, perturbations regenerated from the step's key, no gradients
+  and no optimizer state); ``backward.name='wtacrs'`` runs every Linear with a WTA-CRS sampled
+  weight gradient (:mod:`.wtacrs`, through the model's ``dot=``).
+* **In-memory fault tolerance.** ``snapshot.every=k`` snapshots params, optimizer state and PRNG
+  key to host memory every ``k`` steps, asynchronously, XOR-parity coded over
+  ``snapshot.nodes`` nodes (:mod:`.snapshot`); ``snapshot.fail_at=s`` simulates losing node
+  ``snapshot.lose_node`` after step ``s``: its piece is rebuilt from parity, the state restored
+  and training resumes from the snapshot step (bit-identical to an uninterrupted run).
+* **Interrupts.** SIGINT / SIGTERM finish the current step, save a checkpoint and return
+  (``TrainResult.interrupted`` holds the signal number); a second signal acts as usual.
 
 Example (compiles for a few seconds, so skipped in doctests; the tests run the configs):
   >>> import importlib.util  # doctest: +SKIP
@@ -38,6 +49,8 @@ import functools
 import math
 import os
 import pathlib
+import signal
+import threading
 import time
 from typing import Any, Callable
 
@@ -53,9 +66,19 @@ from jaxparams.train import data as data_lib
 from jaxparams.train import families
 from jaxparams.train import growth as growth_lib
 from jaxparams.train import logging as log_lib
+from jaxparams.train import snapshot as snapshot_lib
+from jaxparams.train import wtacrs
+from jaxparams.train import zo
 
 __all__ = ["default_config", "check_config", "train", "TrainResult", "learning_rate",
-           "maybe_initialize_distributed", "make_mesh"]
+           "maybe_initialize_distributed", "make_mesh", "ConfigError", "OPTIMIZERS", "BACKWARDS"]
+
+OPTIMIZERS = ("adamw", "mezo")
+BACKWARDS = ("exact", "wtacrs")
+
+
+class ConfigError(ValueError):
+  """A config the trainer cannot run (the CLI prints it as one line and exits with code 2)."""
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -66,7 +89,10 @@ def default_config() -> ml_collections.ConfigDict:
   ``checkpoint_every``, ``keep_checkpoints``, ``stop_at_step`` (0 = never: stop early as if
   pre-empted, for tests), ``plot``, ``distributed`` (``'auto'``/``'on'``/``'off'``),
   ``mesh.model`` (size of the ``'model'`` axis), ``data.{max_bytes, eval_percent, root}``,
-  ``optim.{lr, warmup_steps, end_lr_ratio, weight_decay, b1, b2, grad_clip}``,
+  ``optim.{name, lr, warmup_steps, end_lr_ratio, weight_decay, b1, b2, grad_clip}``
+  (``name``: ``'adamw'`` or ``'mezo'``), ``zo.{eps, n_samples}`` (MeZO),
+  ``backward.{name, ratio, min_rows}`` (``'exact'`` or ``'wtacrs'``),
+  ``snapshot.{every, nodes, fail_at, lose_node}`` (in-memory snapshots, 0 = off),
   ``model.name`` plus the family's config fields, ``growth.{steps, hook, kwargs, opt_state}``.
   """
   c = ml_collections.ConfigDict()
@@ -84,8 +110,12 @@ def default_config() -> ml_collections.ConfigDict:
   c.distributed = "auto"
   c.mesh = ml_collections.ConfigDict(dict(model=1))
   c.data = ml_collections.ConfigDict(dict(max_bytes=4_000_000, eval_percent=5, root=""))
-  c.optim = ml_collections.ConfigDict(dict(lr=3e-3, warmup_steps=100, end_lr_ratio=0.1,
-                                           weight_decay=0.1, b1=0.9, b2=0.95, grad_clip=1.0))
+  c.optim = ml_collections.ConfigDict(dict(name="adamw", lr=3e-3, warmup_steps=100,
+                                           end_lr_ratio=0.1, weight_decay=0.1, b1=0.9, b2=0.95,
+                                           grad_clip=1.0))
+  c.zo = ml_collections.ConfigDict(dict(eps=1e-3, n_samples=1))
+  c.backward = ml_collections.ConfigDict(dict(name="exact", ratio=0.3, min_rows=1))
+  c.snapshot = ml_collections.ConfigDict(dict(every=0, nodes=4, fail_at=0, lose_node=1))
   c.model = ml_collections.ConfigDict(dict(name="tokenformer"))
   c.growth = ml_collections.ConfigDict(dict(steps=(), hook="", opt_state="pad"))
   c.growth.kwargs = ml_collections.ConfigDict()
@@ -93,11 +123,20 @@ def default_config() -> ml_collections.ConfigDict:
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
-  """Raises ValueError naming any field that the trainer does not know.
+  """Raises :class:`ConfigError` (a ValueError) naming any field the trainer does not know.
 
   ``config.model`` and ``config.growth.kwargs`` are checked against the model family's config
   dataclass and the growth hook's arguments.
   """
+  try:
+    _check_config(config)
+  except ConfigError:
+    raise
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+
+
+def _check_config(config: ml_collections.ConfigDict) -> None:
   def walk(node: Any, ref: Any, prefix: str) -> None:
     for key in node.keys():
       path = f"{prefix}.{key}"
@@ -124,6 +163,39 @@ def check_config(config: ml_collections.ConfigDict) -> None:
                "checkpoint_every", "keep_checkpoints"):
     if int(config[name]) <= 0:
       raise ValueError(f"config.{name} must be positive, found {config[name]}")
+  if config.optim.name not in OPTIMIZERS:
+    raise ValueError(f"unknown config.optim.name {config.optim.name!r}; valid: "
+                     f"{', '.join(OPTIMIZERS)}")
+  if config.optim.name == "mezo":
+    zo.ZOConfig(eps=float(config.zo.eps), n_samples=int(config.zo.n_samples))
+  if config.backward.name not in BACKWARDS:
+    raise ValueError(f"unknown config.backward.name {config.backward.name!r}; valid: "
+                     f"{', '.join(BACKWARDS)}")
+  if config.backward.name == "wtacrs":
+    wtacrs.num_rows(1, float(config.backward.ratio))
+    fields = {f.name for f in dataclasses.fields(fam.make)} if dataclasses.is_dataclass(
+        fam.make) else set()
+    if "dot" not in fields:
+      raise ValueError(f"config.backward.name='wtacrs' needs a model with a dot= injection "
+                       f"point; model family {fam.name!r} has none")
+    if config.optim.name == "mezo":
+      raise ValueError("config.backward.name='wtacrs' has no effect with optim.name='mezo' "
+                       "(no backward pass)")
+  snap = config.snapshot
+  if int(snap.every) < 0 or int(snap.fail_at) < 0:
+    raise ValueError(f"config.snapshot.every and fail_at must be >= 0, found {snap.every}, "
+                     f"{snap.fail_at}")
+  if int(snap.every):
+    if int(snap.nodes) < 2 or not 0 <= int(snap.lose_node) < int(snap.nodes):
+      raise ValueError(f"config.snapshot needs nodes >= 2 and 0 <= lose_node < nodes, found "
+                       f"nodes={snap.nodes}, lose_node={snap.lose_node}")
+  if int(snap.fail_at):
+    if not int(snap.every) or int(snap.fail_at) < int(snap.every):
+      raise ValueError(f"config.snapshot.fail_at={snap.fail_at} needs a snapshot before it "
+                       f"(snapshot.every={snap.every})")
+    if config.growth.steps:
+      raise ValueError("config.snapshot.fail_at cannot be combined with growth.steps (the "
+                       "snapshot would hold the pre-growth shapes)")
 
 
 def _multi_process_env() -> bool:
@@ -197,36 +269,46 @@ def _count(params: Any) -> int:
 
 
 def learning_rate(step: int, optim: Any, num_steps: int) -> float:
-  """Linear warmup from 0 then cosine decay to ``end_lr_ratio * lr`` at ``num_steps``.
+  """Linear warmup to ``lr`` then cosine decay to ``end_lr_ratio * lr`` at ``num_steps``.
 
-  ``step`` is the number of completed updates (the rate used by update ``step + 1``).
+  ``step`` is the number of completed updates (the rate used by update ``step + 1``). Warmup
+  update ``s + 1`` uses ``lr * (s + 1) / warmup_steps``, so the first update is never wasted on a
+  rate of 0 and update ``warmup_steps`` reaches the full rate.
 
   Example:
     >>> import ml_collections
     >>> o = ml_collections.ConfigDict(dict(lr=1.0, warmup_steps=10, end_lr_ratio=0.1))
-    >>> [round(learning_rate(s, o, 110), 3) for s in (0, 5, 10, 60, 110)]
-    [0.0, 0.5, 1.0, 0.55, 0.1]
+    >>> [round(learning_rate(s, o, 110), 3) for s in (0, 4, 9, 60, 110)]
+    [0.1, 0.5, 1.0, 0.55, 0.1]
   """
   warmup = min(int(optim.warmup_steps), max(num_steps - 1, 0))
   if step < warmup:
-    return float(optim.lr) * step / warmup
+    return float(optim.lr) * (step + 1) / warmup
   frac = min((step - warmup) / max(num_steps - warmup, 1), 1.0)
   end = float(optim.lr) * float(optim.end_lr_ratio)
   return end + (float(optim.lr) - end) * 0.5 * (1.0 + math.cos(math.pi * frac))
 
 
-def _optim_key(optim: Any) -> tuple[float, ...]:
-  return tuple(float(optim[k]) for k in ("grad_clip", "b1", "b2", "weight_decay"))
+def _optim_key(config: Any) -> tuple[Any, ...]:
+  optim = config.optim
+  key = tuple(float(optim[k]) for k in ("grad_clip", "b1", "b2", "weight_decay"))
+  if optim.name == "mezo":
+    return key + ("mezo", float(config.zo.eps), int(config.zo.n_samples))
+  if config.backward.name == "wtacrs":
+    return key + ("wtacrs", float(config.backward.ratio), int(config.backward.min_rows))
+  return key
 
 
-def _make_optimizer(optim_key: tuple[float, ...]) -> optax.GradientTransformation:
+def _make_optimizer(optim_key: tuple[Any, ...]) -> optax.GradientTransformation:
   """AdamW without its learning rate (the step multiplies by ``-lr``, passed in per step).
 
   ``clip_by_global_norm -> scale_by_adam -> add_decayed_weights(matrices only)``; with the
   final ``-lr`` scaling this is ``optax.adamw`` after clipping. Keeping the schedule out of the
   optimizer makes the compiled step independent of ``num_steps``.
   """
-  clip, b1, b2, wd = optim_key
+  clip, b1, b2, wd = optim_key[:4]
+  if optim_key[4:5] == ("mezo",):  # no optimizer state: only a step counter (checkpointable)
+    return optax.GradientTransformation(lambda p: {"count": jnp.zeros([], jnp.int32)}, None)
   decay_mask = lambda params: jax.tree.map(lambda x: x.ndim >= 2, params)
   return optax.chain(optax.clip_by_global_norm(clip), optax.scale_by_adam(b1=b1, b2=b2),
                      optax.add_decayed_weights(wd, mask=decay_mask))
@@ -247,10 +329,15 @@ class _Model:
 
 
 @functools.lru_cache(maxsize=16)
-def _build(family_name: str, model_config: Any, optim_key: tuple[float, ...], mesh: Mesh,
+def _build(family_name: str, model_config: Any, optim_key: tuple[Any, ...], mesh: Mesh,
            seq_len: int) -> _Model:
-  """Builds (and memoises, so repeated runs in one process reuse compilations) the jitted fns."""
-  module = families.get_family(family_name).make(model_config)
+  """Builds (and memoises, so repeated runs in one process reuse compilations) the jitted fns.
+
+  ``train_step(params, opt_state, batch, lr, key)``: ``key`` drives MeZO's perturbations and
+  WTA-CRS's row sampling (unused by exact AdamW).
+  """
+  make = families.get_family(family_name).make
+  module = make(model_config)
   tx = _make_optimizer(optim_key)
   dummy = jnp.zeros((1, seq_len), jnp.int32)
   init_fn = lambda k: module.init(k, dummy)["params"]
@@ -260,18 +347,32 @@ def _build(family_name: str, model_config: Any, optim_key: tuple[float, ...], me
   batch_s = NamedSharding(mesh, P("data"))
   repl = NamedSharding(mesh, P())
 
-  def loss_fn(params, batch):
-    logits = module.apply({"params": params}, batch[:, :-1])
+  def loss_fn(params, batch, mod=module):
+    logits = mod.apply({"params": params}, batch[:, :-1])
     return optax.softmax_cross_entropy_with_integer_labels(
         logits.astype(jnp.float32), batch[:, 1:]).mean()
 
-  def step(params, opt_state, batch, lr):
-    loss, grads = jax.value_and_grad(loss_fn)(params, batch)
+  def step(params, opt_state, batch, lr, key):
+    if optim_key[4:5] == ("wtacrs",):
+      ratio, min_rows = optim_key[5:7]
+      mod = make(model_config, dot=wtacrs.make_dot(key, ratio=ratio, min_rows=min_rows))
+      loss, grads = jax.value_and_grad(functools.partial(loss_fn, mod=mod))(params, batch)
+    else:
+      loss, grads = jax.value_and_grad(loss_fn)(params, batch)
     updates, opt_state = tx.update(grads, opt_state, params)
     params = jax.tree.map(lambda p, u: (p - lr * u).astype(p.dtype), params, updates)
     return params, opt_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
 
-  train_step = jax.jit(step, in_shardings=(ps, os_, batch_s, repl),
+  def zo_step(params, opt_state, batch, lr, key):
+    cfg = zo.ZOConfig(eps=optim_key[5], n_samples=optim_key[6], weight_decay=optim_key[3])
+    params, m = zo.mezo_step(loss_fn, params, key, batch, lr=lr, config=cfg)
+    return params, {"count": opt_state["count"] + 1}, {"loss": m["loss"],
+                                                      "grad_norm": m["projected_grad"]}
+
+  if optim_key[4:5] == ("mezo",):
+    step = zo_step  # noqa: F811
+
+  train_step = jax.jit(step, in_shardings=(ps, os_, batch_s, repl, repl),
                        out_shardings=(ps, os_, repl), donate_argnums=(0, 1))
   eval_loss = jax.jit(loss_fn, in_shardings=(ps, batch_s), out_shardings=repl)
   init_params = jax.jit(init_fn, out_shardings=ps)
@@ -310,12 +411,36 @@ class TrainResult:
     step: Number of completed updates.
     records: All JSONL records of the run (including those before a resume).
     workdir: The working directory.
+    interrupted: The signal number if SIGINT/SIGTERM stopped the run (a checkpoint of ``step``
+      was saved), else None.
   """
   params: Any
   model_config: Any
   step: int
   records: list[dict[str, Any]]
   workdir: pathlib.Path
+  interrupted: int | None = None
+
+
+def _on_signals(flag: list[int]) -> Callable[[], None]:
+  """Installs SIGINT/SIGTERM handlers appending to ``flag``; returns the uninstaller.
+
+  Only from the main thread (Python's rule); elsewhere signals keep their handlers. After the
+  first signal the previous handler is back, so a second Ctrl-C interrupts at once.
+  """
+  if threading.current_thread() is not threading.main_thread():
+    return lambda: None
+  previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+  def handler(signum, frame):
+    del frame
+    flag.append(signum)
+    for s, h in previous.items():
+      signal.signal(s, h)
+
+  for s in previous:
+    signal.signal(s, handler)
+  return lambda: [signal.signal(s, h) for s, h in previous.items()]
 
 
 def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
@@ -332,10 +457,21 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
     A :class:`TrainResult`.
 
   Raises:
-    ValueError: unknown config fields, a checkpoint written by another config, a batch size not
-      divisible by the data-parallel size, or a growth step that cannot preserve the function.
+    ConfigError: (a ValueError) unknown config fields, a checkpoint written by another config, a
+      batch size not divisible by the data-parallel size.
+    ValueError: a growth step that cannot preserve the function.
   """
   check_config(config)
+  signals: list[int] = []
+  uninstall = _on_signals(signals)
+  try:
+    return _train(config, workdir, progress, signals)
+  finally:
+    uninstall()
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
+           progress: Callable[[dict[str, Any]], None] | None, signals: list[int]) -> TrainResult:
   maybe_initialize_distributed(config.distributed)
   workdir = pathlib.Path(workdir)
   is_main = jax.process_index() == 0
@@ -343,11 +479,11 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
   n_data = mesh.shape["data"]
   for name in ("batch_size", "eval_batch_size"):
     if config[name] % n_data:
-      raise ValueError(f"config.{name}={config[name]} is not divisible by the data-parallel "
+      raise ConfigError(f"config.{name}={config[name]} is not divisible by the data-parallel "
                        f"size {n_data} ({jax.device_count()} devices / mesh.model "
                        f"{config.mesh.model})")
   family = families.get_family(config.model.name)
-  optim_key = _optim_key(config.optim)
+  optim_key = _optim_key(config)
   build = lambda model_config: _build(family.name, model_config, optim_key, mesh,
                                       int(config.seq_len))
   corpus = data_lib.load_corpus(root=config.data.root or None, max_bytes=config.data.max_bytes,
@@ -372,7 +508,10 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
                                    truncate_after_step=-1)
   else:
     meta = ckpt_lib.restore_meta(manager, latest)
-    ckpt_lib.check_fingerprint(meta, config, f"{workdir}/checkpoints/{latest}")
+    try:
+      ckpt_lib.check_fingerprint(meta, config, f"{workdir}/checkpoints/{latest}")
+    except ValueError as e:
+      raise ConfigError(str(e)) from None
     step = int(meta["step"])
     model_config = families.model_config_from_json(family, meta["model_config"])
     model = build(model_config)
@@ -425,8 +564,14 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
     clock[:] = [now, pending[-1][0]]
     pending.clear()
 
+  snap_every = int(config.snapshot.every)
+  snapshotter = snapshot_lib.Snapshotter(int(config.snapshot.nodes)) if snap_every else None
+  fail_at = int(config.snapshot.fail_at)
+  saved_at = -1
   stop = min(int(config.stop_at_step) or int(config.num_steps), int(config.num_steps))
   while step < stop:
+    if signals:
+      break
     if step in growth_steps:
       flush()
       model, params, opt_state, record = _grow(
@@ -438,9 +583,29 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
     batch = _put(data_lib.train_batch(corpus, step=step, batch_size=config.batch_size,
                                       seq_len=config.seq_len, seed=config.seed), batch_s)
     lr = learning_rate(step, config.optim, int(config.num_steps))
-    params, opt_state, metrics = model.train_step(params, opt_state, batch, np.float32(lr))
+    step_key = np.asarray(jax.random.fold_in(rng, step))  # host value: fine multi-process
+    params, opt_state, metrics = model.train_step(params, opt_state, batch, np.float32(lr),
+                                                  step_key)
     step += 1
     pending.append((step, lr, metrics))
+    if fail_at and step == fail_at and snapshotter.latest_step() is not None:
+      flush()
+      fail_at = 0  # one simulated failure per run
+      snapshotter.lose(int(config.snapshot.lose_node))
+      snap_step, state = snapshotter.restore()
+      # Through an XLA copy, so the buffers are laid out as the step's own outputs (arrays made
+      # from host memory may alias it and round differently in vectorised reductions).
+      params = jax.tree.map(jnp.copy, _put(state["params"], model.param_shardings))
+      opt_state = jax.tree.map(jnp.copy, _put(state["opt_state"], model.opt_shardings))
+      rng = np.asarray(state["rng"])
+      writer = log_lib.MetricsWriter(workdir / "metrics.jsonl", enabled=is_main,
+                                     truncate_after_step=snap_step)
+      emit({"event": "recovered", "step": snap_step, "failed_at": step,
+            "lost_node": int(config.snapshot.lose_node),
+            "rebuilt_bytes": snapshotter.bytes_per_node})
+      step = snap_step
+      clock[:] = [time.perf_counter(), step]
+      continue
     if step % config.log_every == 0 or step == stop:
       flush()
     if (config.eval_every and step % config.eval_every == 0) or step == config.num_steps:
@@ -448,6 +613,16 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
             "eval_loss": float(model.eval_loss(params, eval_batch))})
     if step % config.checkpoint_every == 0 or step == stop:
       save(step)
+      saved_at = step
+    if snapshotter is not None and step % snap_every == 0:
+      snapshotter.snapshot(step, {"params": params, "opt_state": opt_state, "rng": rng})
+  if signals and step != saved_at:
+    flush()
+    save(step)
+  if signals:
+    emit({"event": "interrupted", "step": step, "signal": int(signals[0])})
+  if snapshotter is not None:
+    snapshotter.close()
   manager.close()
 
   records = log_lib.read_jsonl(workdir / "metrics.jsonl") if is_main else []
@@ -455,4 +630,4 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
     log_lib.plot_metrics(records, workdir / "loss.png",
                          title=f"{family.name} on stdlib bytes ({config.num_steps} steps)")
   return TrainResult(params=params, model_config=model.config, step=step, records=records,
-                     workdir=workdir)
+                     workdir=workdir, interrupted=int(signals[0]) if signals else None)

@@ -15,6 +15,9 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 # Every training config (configs/ also holds other tools' recipes, e.g. merge configs).
 CONFIGS = sorted(p.stem for p in (REPO / "configs").glob("*.py")
                  if "from jaxparams.train import" in p.read_text())
+# The configs that grow the model mid-run (the others fine-tune, sample or snapshot).
+GROWING = sorted(p.stem for p in (REPO / "configs").glob("*.py")
+                 if "config.growth.hook = " in p.read_text())
 
 
 def load_config(name, arg="runlocal"):
@@ -41,7 +44,9 @@ def runs(tmp_path_factory):
 
 
 def test_configs_found():
-  assert {"tokenformer_lm", "llama_net2net"} <= set(CONFIGS)
+  assert {"tokenformer_lm", "llama_net2net", "zo_finetune", "wtacrs_finetune",
+          "fault_tolerant_lm"} <= set(CONFIGS)
+  assert set(GROWING) == {"tokenformer_lm", "llama_net2net"}
 
 
 @pytest.mark.parametrize("name", CONFIGS)
@@ -60,7 +65,7 @@ def test_config_runs_shrunk_on_8_devices(runs, name):
   assert len(leaf.sharding.device_set) == 8
 
 
-@pytest.mark.parametrize("name", CONFIGS)
+@pytest.mark.parametrize("name", GROWING)
 def test_growth_is_continuous(runs, name):
   """Loss of the fixed eval batch just before == just after growth (function preserving)."""
   config, result = runs[name]
@@ -142,8 +147,22 @@ def test_runlocal_arg_parsing():
 
 @pytest.mark.parametrize("name", CONFIGS)
 def test_full_size_config_is_valid(name):
-  """The un-shrunk config passes validation and grows at a step inside the run."""
+  """The un-shrunk config passes validation (growing ones grow at a step inside the run)."""
   config = load_config(name, None)
   trainer.check_config(config)
-  assert config.growth.steps and all(0 < s < config.num_steps for s in config.growth.steps)
+  if name in GROWING:
+    assert config.growth.steps and all(0 < s < config.num_steps for s in config.growth.steps)
+  assert 0 < config.snapshot.fail_at < config.num_steps or not config.snapshot.fail_at
   assert config.batch_size % 8 == 0
+
+
+def test_the_new_configs_do_what_they_say(runs):
+  """zo_finetune trains with MeZO (no optimizer moments), wtacrs_finetune samples its weight
+  gradients, fault_tolerant_lm rebuilt a lost node's snapshot and resumed."""
+  zo_config, zo_result = runs["zo_finetune"]
+  assert zo_config.optim.name == "mezo"
+  wta_config, _ = runs["wtacrs_finetune"]
+  assert wta_config.backward.name == "wtacrs"
+  ft_config, ft_result = runs["fault_tolerant_lm"]
+  recovered = [r for r in ft_result.records if r["event"] == "recovered"]
+  assert [(r["step"], r["failed_at"]) for r in recovered] == [(2, ft_config.snapshot.fail_at)]

@@ -96,7 +96,7 @@ def test_learning_rate_schedule():
   from jaxparams.train import trainer
   o = ml_collections.ConfigDict(dict(lr=2.0, warmup_steps=4, end_lr_ratio=0.1))
   lrs = [trainer.learning_rate(s, o, 20) for s in range(21)]
-  np.testing.assert_allclose(lrs[:5], [0.0, 0.5, 1.0, 1.5, 2.0])
+  np.testing.assert_allclose(lrs[:5], [0.5, 1.0, 1.5, 2.0, 2.0])
   np.testing.assert_allclose(lrs[12], 0.2 + 1.8 * 0.5 * (1 + np.cos(np.pi * 0.5)))
   np.testing.assert_allclose(lrs[20], 0.2)
   assert all(a >= b for a, b in zip(lrs[4:], lrs[5:]))
