@@ -61,6 +61,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from jaxparams import prune
 from jaxparams.train import checkpoint as ckpt_lib
 from jaxparams.train import data as data_lib
 from jaxparams.train import families
@@ -116,6 +117,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.zo = ml_collections.ConfigDict(dict(eps=1e-3, n_samples=1))
   c.backward = ml_collections.ConfigDict(dict(name="exact", ratio=0.3, min_rows=1))
   c.snapshot = ml_collections.ConfigDict(dict(every=0, nodes=4, fail_at=0, lose_node=1))
+  c.pruning = ml_collections.ConfigDict(dict(sparsity=0.0, begin_step=0, end_step=0,
+                                             update_freq=10, power=3.0,
+                                             distribution="uniform"))
   c.model = ml_collections.ConfigDict(dict(name="tokenformer"))
   c.growth = ml_collections.ConfigDict(dict(steps=(), hook="", opt_state="pad"))
   c.growth.kwargs = ml_collections.ConfigDict()
@@ -181,6 +185,19 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
     if config.optim.name == "mezo":
       raise ValueError("config.backward.name='wtacrs' has no effect with optim.name='mezo' "
                        "(no backward pass)")
+  prn = config.pruning
+  if float(prn.sparsity):
+    if not 0.0 < float(prn.sparsity) < 1.0:
+      raise ValueError(f"config.pruning.sparsity must be in [0, 1), found {prn.sparsity}")
+    if prn.distribution not in ("uniform", "erk"):
+      raise ValueError(f"unknown config.pruning.distribution {prn.distribution!r}; valid: "
+                       "uniform, erk")
+    if int(prn.end_step) <= int(prn.begin_step) or int(prn.update_freq) < 1:
+      raise ValueError(f"config.pruning needs end_step > begin_step and update_freq >= 1, found "
+                       f"begin_step={prn.begin_step}, end_step={prn.end_step}, "
+                       f"update_freq={prn.update_freq}")
+    if config.growth.steps or config.optim.name == "mezo":
+      raise ValueError("config.pruning cannot be combined with growth.steps or optim.name='mezo'")
   snap = config.snapshot
   if int(snap.every) < 0 or int(snap.fail_at) < 0:
     raise ValueError(f"config.snapshot.every and fail_at must be >= 0, found {snap.every}, "
@@ -295,8 +312,24 @@ def _optim_key(config: Any) -> tuple[Any, ...]:
   if optim.name == "mezo":
     return key + ("mezo", float(config.zo.eps), int(config.zo.n_samples))
   if config.backward.name == "wtacrs":
-    return key + ("wtacrs", float(config.backward.ratio), int(config.backward.min_rows))
+    key = key + ("wtacrs", float(config.backward.ratio), int(config.backward.min_rows))
+  prn = config.get("pruning")
+  if prn is not None and float(prn.sparsity):
+    key = key + (("prune", float(prn.sparsity), int(prn.begin_step), int(prn.end_step),
+                  int(prn.update_freq), float(prn.power), str(prn.distribution)),)
   return key
+
+
+def _pruning(optim_key: tuple[Any, ...]):
+  """``(targets_fn, schedule)`` of gradual magnitude pruning, or None (``config.pruning``)."""
+  last = optim_key[-1]
+  if not (isinstance(last, tuple) and last[:1] == ("prune",)):
+    return None
+  _, sparsity, begin, end, freq, power, dist = last
+  schedule = prune.PolynomialSchedule(begin_step=begin, end_step=end, update_freq=freq,
+                                      power=power)
+  spread = prune.erk if dist == "erk" else prune.uniform
+  return (lambda params: spread(params, sparsity, where=prune.default_prune_where)), schedule
 
 
 def _make_optimizer(optim_key: tuple[Any, ...]) -> optax.GradientTransformation:
@@ -342,6 +375,10 @@ def _build(family_name: str, model_config: Any, optim_key: tuple[Any, ...], mesh
   dummy = jnp.zeros((1, seq_len), jnp.int32)
   init_fn = lambda k: module.init(k, dummy)["params"]
   abstract = jax.eval_shape(init_fn, jax.random.PRNGKey(0))
+  pruning = _pruning(optim_key)
+  if pruning is not None:  # masks live in the optimizer state (jaxparams.prune.wrap_optax)
+    targets, schedule = pruning[0](abstract), pruning[1]
+    tx = prune.wrap_optax(tx, targets, schedule=schedule, fold=False)
   ps = _shardings(mesh, abstract)
   os_ = _shardings(mesh, jax.eval_shape(tx.init, abstract))
   batch_s = NamedSharding(mesh, P("data"))
@@ -361,6 +398,8 @@ def _build(family_name: str, model_config: Any, optim_key: tuple[Any, ...], mesh
       loss, grads = jax.value_and_grad(loss_fn)(params, batch)
     updates, opt_state = tx.update(grads, opt_state, params)
     params = jax.tree.map(lambda p, u: (p - lr * u).astype(p.dtype), params, updates)
+    if pruning is not None:
+      params, opt_state = prune.post_update(params, opt_state, targets, schedule=schedule)
     return params, opt_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
 
   def zo_step(params, opt_state, batch, lr, key):
