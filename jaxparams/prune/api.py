@@ -113,7 +113,8 @@ def prune_checkpoint(src: str | Path, out_dir: str | Path, method: str, *,
     src: a model folder, safetensors file or sharded index.
     out_dir: the output folder.
     method: ``'magnitude'`` or ``'random'`` (calibrated methods need a model forward pass).
-    where: selector over tensor names (default :func:`default_prune_where`).
+    where: selector over tensor names, restricted to matrices (default
+      :func:`default_prune_where`).
     key: PRNG key for ``random``.
     overwrite: replace an existing output.
     progress: ``(done, total, bytes)`` callback.
@@ -132,9 +133,13 @@ def prune_checkpoint(src: str | Path, out_dir: str | Path, method: str, *,
   with jio.open_checkpoint(src) as reader:
     names = list(reader.names())
     specs = {n: reader.spec(n) for n in names}
-    sel = where if where is not None else default_prune_where
     shapes = {n: jax.ShapeDtypeStruct(tuple(specs[n].shape), jnp.float32) for n in names}
-    chosen = set(jtree.select(shapes, sel, flat=True))
+    if where is None:
+      chosen = set(jtree.select(shapes, default_prune_where, flat=True))
+    else:   # the user's selection, restricted to matrices (norms and biases are never pruned)
+      chosen = {n for n in jtree.select(shapes, where, flat=True) if len(shapes[n].shape) == 2}
+      if not chosen:
+        raise ValueError(f"{src}: the selection {where!r} matches no weight matrix")
     tasks = [jt.StreamTask(n, (("src", n),), record=record if n in chosen else None,
                            config=config, options={"input_axis": 1} if n in chosen else None)
              for n in names]

@@ -102,3 +102,17 @@ def test_stream_checkpoint_prunes_hf_weights_along_inputs(tmp_path):
                                 hf.T)
   with pytest.raises(FileExistsError):
     jp.prune.prune_checkpoint(src, out, "magnitude")
+
+
+def test_cli_prune_two_four_and_errors(tmp_path, capsys):
+  from jaxparams.cli.main import main
+  out = tmp_path / "p24"
+  assert main(["prune", str(jp.models.minilm_path()), str(out), "--pattern", "2:4",
+               "--where", r"encoder\.layer\.0\..*\.weight"]) == 0
+  assert "6 weights pruned by magnitude, mean sparsity 0.5000" in capsys.readouterr().out
+  assert main(["prune", str(jp.models.minilm_path()), str(tmp_path / "x"), "--sparsity",
+               "1.5"]) == 2
+  assert "sparsity" in capsys.readouterr().err
+  assert main(["prune", str(jp.models.minilm_path()), str(tmp_path / "y"), "--where",
+               "nothing_here"]) == 2
+  assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
