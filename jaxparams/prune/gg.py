@@ -112,11 +112,13 @@ def gg_sample(key: jax.Array, shape: tuple[int, ...], nu: float, beta: float,
   return (sign * beta * g ** (1.0 / nu)).astype(dtype)
 
 
-def gg_init(nu: float = 2.0, xi: float = 2.0) -> Callable[..., jax.Array]:
-  """A Flax kernel initializer drawing from GG(nu) with variance ``xi / n_out`` for any ``nu``.
+def gg_init(nu: float = 2.0, xi: float = 2.0, mode: str = "fan_out") -> Callable[..., jax.Array]:
+  """A Flax kernel initializer drawing from GG(nu) with variance ``xi / n_dim`` for any ``nu``.
 
-  The reference scales by ``param.shape[0]`` of a torch Linear (its output features); for a Flax
-  kernel ``[in, out]`` that is ``shape[-1]``. ``xi`` is 2 for ReLU, 1 for none/sigmoid.
+  The reference scales by ``param.shape[0]`` of a torch Linear (its output features): for a Flax
+  kernel ``[in, out]`` that is ``shape[-1]`` (``mode='fan_out'``, the default). ``mode='fan_in'``
+  uses ``shape[0]`` and so matches the variance of He/LeCun init (``xi`` 2 or 1). ``xi`` is 2 for
+  ReLU, 1 for none/sigmoid.
 
   Example:
     >>> init = gg_init(nu=1.0, xi=2.0)
@@ -126,9 +128,11 @@ def gg_init(nu: float = 2.0, xi: float = 2.0) -> Callable[..., jax.Array]:
   """
   if not (nu > 0 and xi > 0):
     raise ValueError(f"gg_init needs nu > 0 and xi > 0, got nu={nu}, xi={xi}")
+  if mode not in ("fan_out", "fan_in"):
+    raise ValueError(f"gg_init: mode must be 'fan_out' or 'fan_in', got {mode!r}")
 
   def init(key, shape, dtype=jnp.float32):
-    n_dim = shape[-1]
+    n_dim = shape[-1] if mode == "fan_out" else math.prod(shape[:-1])
     alpha = math.sqrt(xi / n_dim * math.exp(math.lgamma(1 / nu) - math.lgamma(3 / nu)))
     return gg_sample(key, tuple(shape), nu, alpha, dtype)
 
