@@ -28,12 +28,14 @@ from jaxparams.prune.records import (PRUNERS, MagnitudeConfig, RandomConfig, Spa
 from jaxparams.prune.rf8 import rf8_decode, rf8_encode, rf8_round
 from jaxparams.prune.schedule import OneShotSchedule, PolynomialSchedule
 from jaxparams.prune.snip import snip_masks, snip_scores
+from jaxparams.prune.sparse24 import compress_24, decompress_24
 from jaxparams.prune.sparsegpt import sparsegpt
 from jaxparams.prune.wanda import wanda_mask, wanda_scores
 
 __all__ = [
     "MagnitudeConfig", "OneShotSchedule", "PRUNERS", "PolynomialSchedule", "PruningState",
     "RandomConfig", "SparseGPTConfig", "WandaConfig", "apply_masks", "backslash", "code_entropy",
+    "compress_24", "decompress_24",
     "deepshape", "default_prune_where", "erk", "fit_gg", "gg_init", "gg_ratio", "gg_sample",
     "gg_summary", "global_masks", "importance_map", "magnitude_mask", "masked_apply", "nm_mask",
     "pixel_mask", "prune_checkpoint", "prune_tree", "random_mask", "rf8_decode", "rf8_encode",

@@ -176,3 +176,17 @@ def test_magnitude_and_global_exact_counts(sparsity):
   g = masks.global_masks({"a": w, "b": jnp.abs(w[:5]) * 10}, sparsity)
   total = w.size + w[:5].size
   assert int(sum((~v).sum() for v in g.values())) == math.floor(total * sparsity)
+
+
+def test_sparse24_layout_round_trip_exact():
+  from jaxparams.prune import sparse24
+  w = jax.random.normal(jax.random.key(5), (16, 64))
+  keep = masks.nm_mask(jnp.abs(w).T, 2, 4).T            # 2:4 along the last axis
+  w24 = jnp.where(keep, w, 0.0)
+  values, meta = sparse24.compress_24(w24)
+  assert values.shape == (16, 32) and meta.shape == (16, 16) and meta.dtype == jnp.uint8
+  assert np.asarray(sparse24.decompress_24(values, meta)).tobytes() == np.asarray(w24).tobytes()
+  sparser = w24.at[:, :4].set(0.0)                       # groups with fewer than 2 survivors
+  np.testing.assert_array_equal(sparse24.decompress_24(*sparse24.compress_24(sparser)), sparser)
+  with pytest.raises(ValueError, match="more than 2"):
+    sparse24.compress_24(w)
