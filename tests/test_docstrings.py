@@ -8,7 +8,7 @@ import pytest
 
 import jaxparams
 
-PACKAGES = ["jaxparams.tree", "jaxparams.io", "jaxparams.quant", "jaxparams.scale"]
+PACKAGES = ["jaxparams.tree", "jaxparams.io", "jaxparams.quant", "jaxparams.scale", "jaxparams.transform"]
 
 
 def _modules():

@@ -1,0 +1,335 @@
+"""Streaming driver: a transform record over safetensors checkpoints on disk.
+
+:func:`stream_checkpoints` runs a list of :class:`StreamTask` (one per output
+tensor, or per group of outputs): the inputs of each task are read in a
+background :class:`~jaxparams.transform.prefetch.Prefetcher` (one tensor per
+input at a time, the next task's read ahead, bounded in tasks and bytes,
+stopped and joined before any cleanup, also on Ctrl-C), the record runs under
+``jax.jit`` (compiled once per record, static config, shape and dtype; array
+hyperparameters whose value differs between tasks are traced arguments, so
+per-layer values do not recompile), its static checks run on the host with the
+concrete config, its value checks (NaN/Inf) inside the same jitted call, read
+with the output. Results go to :class:`jaxparams.io.SafetensorsWriter`
+(sharded, HF index, atomic: nothing is left behind on an error). Tasks without
+a record copy their input unchanged. A record may return a dict
+``{suffix: array}`` (e.g. ``qweight``/``scales``/``zeros``): each becomes one
+output tensor, named by :meth:`StreamTask.output_name`.
+
+Example:
+  >>> import dataclasses, os, tempfile, numpy as np
+  >>> from jaxparams.io import save_safetensors, load_safetensors, open_checkpoint
+  >>> from jaxparams.transform import Transform, checks
+  >>> @dataclasses.dataclass(frozen=True, kw_only=True)
+  ... class ScaleConfig:
+  ...   factor: float = 2.0
+  >>> scale = Transform(name='scale', fn=lambda x, c: x * c.factor, config=ScaleConfig,
+  ...                   array_params=('factor',), checks=(checks.finite,))
+  >>> d = tempfile.mkdtemp()
+  >>> save_safetensors({'a': np.ones(2, np.float32), 'b': np.ones(2, np.float32)},
+  ...                  os.path.join(d, 'in'))
+  >>> tasks = [StreamTask('a', (('in', 'a'),), scale, scale.make_config(factor=3.0)),
+  ...          StreamTask('b', (('in', 'b'),))]  # no record: copied
+  >>> with open_checkpoint(os.path.join(d, 'in')) as r:
+  ...   _ = stream_checkpoints(tasks, {'in': r}, os.path.join(d, 'out'))
+  >>> {k: v.tolist() for k, v in sorted(load_safetensors(os.path.join(d, 'out')).items())}
+  {'a': [3.0, 3.0], 'b': [1.0, 1.0]}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any, Callable, Collection, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxparams.io import SafetensorsWriter, check_output_dir
+from jaxparams.transform.keys import tensor_key
+from jaxparams.transform.prefetch import Prefetcher
+from jaxparams.transform.record import Transform
+
+__all__ = ["StreamTask", "stream_checkpoints", "make_sharding", "TRACE_ERRORS"]
+
+TRACE_ERRORS = (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError,
+                jax.errors.TracerIntegerConversionError, jax.errors.TracerBoolConversionError)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class StreamTask:
+  """One unit of work of the streaming driver.
+
+  Attributes:
+    name: the output tensor's name.
+    inputs: ``(source, tensor)`` pairs to read (``inputs='one'``: one pair;
+      ``'base+models'``: the base first when ``has_base``, then the models).
+    record: the transform; ``None`` copies ``inputs[0]`` unchanged.
+    config: the record's config for this tensor.
+    has_base: the first input is the base.
+    labels: one label per input for error messages (default: the sources).
+    compute_dtype: inputs are cast to it before the record runs (inside jit).
+    out_dtype: array outputs are cast to it.
+    options: keyword options of the record's function.
+    outputs: for dict results, suffix -> output tensor name (default
+      :meth:`output_name`).
+    meta: anything the area wants to keep with the task.
+  """
+
+  name: str
+  inputs: tuple[tuple[str, str], ...]
+  record: Transform | None = None
+  config: Any = None
+  has_base: bool = False
+  labels: tuple[str, ...] | None = None
+  compute_dtype: Any = None
+  out_dtype: Any = None
+  options: Mapping[str, Any] | None = None
+  outputs: Mapping[str, str] | None = None
+  meta: Any = None
+
+  def output_name(self, suffix: str) -> str:
+    """Name of the output ``suffix`` of a dict result.
+
+    ``''`` is the task's name; otherwise the last ``.``-component of the name
+    is replaced (``layers.0.q_proj.weight`` + ``qweight`` ->
+    ``layers.0.q_proj.qweight``), unless ``outputs`` says otherwise.
+
+    Example:
+      >>> StreamTask('layers.0.q.weight', (('m', 'layers.0.q.weight'),)).output_name('scales')
+      'layers.0.q.scales'
+    """
+    if self.outputs is not None and suffix in self.outputs:
+      return self.outputs[suffix]
+    if not suffix:
+      return self.name
+    stem = self.name.rsplit(".", 1)[0] if "." in self.name else self.name
+    return f"{stem}.{suffix}"
+
+
+def _hashable(v: Any) -> Any:
+  if isinstance(v, (list, tuple)):
+    return tuple(_hashable(x) for x in v)
+  return v
+
+
+def _is_num(v: Any) -> bool:
+  return isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool)
+
+
+def _traceable(v: Any) -> bool:
+  if isinstance(v, (list, tuple)):
+    return bool(v) and all(_is_num(x) for x in v)
+  return _is_num(v)
+
+
+def _varying(tasks: Sequence[StreamTask]) -> dict[int, set[str]]:
+  """Per record (by id): array parameters whose value differs between tasks."""
+  first: dict[int, dict[str, Any]] = {}
+  out: dict[int, set[str]] = {}
+  for t in tasks:
+    if t.record is None or t.config is None:
+      continue
+    rid = id(t.record)
+    seen = first.setdefault(rid, {})
+    out.setdefault(rid, set())
+    for name in t.record.array_params:
+      v = _hashable(getattr(t.config, name))
+      if seen.setdefault(name, v) != v:
+        out[rid].add(name)
+  return out
+
+
+class _Compiled:
+  """jit-compiled ``record.apply`` per (record, static config, structure, dtypes)."""
+
+  def __init__(self, tasks: Sequence[StreamTask], skip: Collection[str]):
+    self.varying = _varying(tasks)
+    self.skip = tuple(skip)
+    self.static_only: set[int] = set()
+    self._fns: dict[Any, Any] = {}
+    self._checked: set[Any] = set()
+
+  def _fn(self, record: Transform, static_cfg: Any, traced: tuple[str, ...], has_base: bool,
+          n: int, compute: Any, out_dtype: Any, labels: tuple[str, ...], options: Any):
+    ck = (id(record), static_cfg, traced, has_base, n, compute, out_dtype, labels, options)
+    fn = self._fns.get(ck)
+    if fn is not None:
+      return fn
+    skip = self.skip
+
+    def run(arrays, values, key):
+      cfg = record.join_config(static_cfg, {
+          k: (tuple(v[j] for j in range(v.shape[0])) if v.ndim else v)
+          for k, v in values.items()})
+      xs = [a.astype(compute) if compute is not None else a for a in arrays]
+      if record.inputs == "one":
+        args: tuple[Any, ...] = (xs[0],)
+      elif has_base:
+        args = (xs[0], xs[1:])
+      else:
+        args = (None, xs)
+      out, flags = record.apply(*args, config=cfg, key=key, labels=labels,
+                                options=dict(options), skip=skip, static_checks=False)
+      if out_dtype is not None:
+        out = jax.tree_util.tree_map(lambda o: o.astype(out_dtype), out)
+      return out, flags
+
+    fn = jax.jit(run)
+    self._fns[ck] = fn
+    return fn
+
+  def __call__(self, task: StreamTask, arrays: list, key: jax.Array | None):
+    record = task.record
+    config = record.coerce_config(task.config)
+    labels = task.labels or tuple(s for s, _ in task.inputs)
+    if record.inputs == "one":
+      arranged = record._arrange((arrays[0],), task.name)  # pylint: disable=protected-access
+    elif task.has_base:
+      arranged = record._arrange((arrays[0], arrays[1:]), task.name)  # pylint: disable=protected-access
+    else:
+      arranged = record._arrange((None, arrays), task.name)  # pylint: disable=protected-access
+    compute = None if task.compute_dtype is None else jnp.dtype(task.compute_dtype)
+    out_dtype = None if task.out_dtype is None else jnp.dtype(task.out_dtype)
+    ctx = record.context(arranged, config, task.name, labels)
+    if compute is not None:
+      ctx = dataclasses.replace(ctx, dtypes=tuple(None if d is None else compute
+                                                  for d in ctx.dtypes))
+    ck = (id(record), _hashable(tuple(getattr(config, f.name) for f in
+                                      dataclasses.fields(config))), ctx.shapes, ctx.dtypes)
+    if ck not in self._checked:  # the record's static checks, on the host, concrete values
+      record.run_static_checks(ctx, self.skip)
+      self._checked.add(ck)
+    options = tuple(sorted((task.options or {}).items()))
+    while True:
+      rid = id(record)
+      names = () if rid in self.static_only else tuple(sorted(
+          k for k in self.varying.get(rid, ()) if _traceable(getattr(config, k))))
+      static_cfg, values = record.split_config(config, names)
+      values = {k: jnp.asarray(np.asarray(v, np.float32)) for k, v in values.items()}
+      fn = self._fn(record, static_cfg, names, task.has_base, len(arrays), compute, out_dtype,
+                    tuple(labels), options)
+      try:
+        out, flags = fn(tuple(arrays), values, key)
+      except TRACE_ERRORS:
+        if not names:
+          raise
+        self.static_only.add(rid)  # this record needs concrete parameters: compile statically
+        continue
+      return out, flags, ctx
+
+
+def make_sharding(shard: bool | None, min_bytes: int = 1 << 24):
+  """Axis-0 sharding over all devices for large tensors, or ``None``.
+
+  ``shard=None``: only when there are several GPUs/TPUs.
+
+  Example:
+    >>> make_sharding(False) is None
+    True
+  """
+  devices = jax.devices()
+  if shard is None:
+    shard = len(devices) > 1 and jax.default_backend() in ("gpu", "tpu")
+  if not shard or len(devices) < 2:
+    return None
+  mesh = jax.sharding.Mesh(np.asarray(devices), ("d",))
+  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("d")), len(devices), min_bytes
+
+
+def _place(arrays: list, sharding) -> list:
+  if sharding is None:
+    return arrays
+  spec, n, min_bytes = sharding
+  a0 = arrays[0]
+  if a0.ndim == 0 or a0.shape[0] % n or a0.nbytes < min_bytes:
+    return arrays
+  return [jax.device_put(a, spec) for a in arrays]
+
+
+def stream_checkpoints(tasks: Sequence[StreamTask], sources: Mapping[str, Any],
+                       out_dir: str | Path, *, key: jax.Array | None = None,
+                       overwrite: bool = False, max_shard_bytes: int | float = 5e9,
+                       prefetch: int = 2, prefetch_bytes: int | float = 2e9,
+                       prepare: Callable[[StreamTask, dict], dict] | None = None,
+                       skip: Collection[str] = (), shard: Any = None,
+                       progress: Callable[[int, int, int], None] | None = None,
+                       finalize: Callable[[SafetensorsWriter], None] | None = None,
+                       context: str = "", metadata: Mapping[str, str] | None = None
+                       ) -> dict[str, Any]:
+  """Runs ``tasks`` over checkpoints, tensor by tensor, into ``out_dir``.
+
+  Args:
+    tasks: what to compute, in output order.
+    sources: source name -> open reader (:func:`jaxparams.io.open_checkpoint`).
+    out_dir: the output folder (created atomically).
+    key: PRNG key of the run; random records get ``tensor_key(key, task.name)``.
+    overwrite: replace an existing ``out_dir``.
+    max_shard_bytes: output shard size in bytes.
+    prefetch: tasks read ahead.
+    prefetch_bytes: bytes read ahead (one task always may).
+    prepare: ``(task, arrays) -> arrays`` in the reader thread (e.g. aligning
+      vocabularies); ``arrays`` maps ``(source, tensor)`` to numpy arrays.
+    skip: check names not to run (``('finite',)`` allows NaN/Inf).
+    shard: the result of :func:`make_sharding` (or ``None``).
+    progress: ``(done, total, bytes_read)`` after each task.
+    finalize: ``writer -> None`` before the output is committed (config,
+      tokenizer files...).
+    context: prefix of error messages (e.g. the recipe's file).
+    metadata: safetensors ``__metadata__`` of the output shards.
+
+  Returns:
+    ``{'tensors', 'bytes_read', 'bytes_written', 'seconds', 'out_dir'}``.
+
+  Raises:
+    FileExistsError: ``out_dir`` exists and ``overwrite`` is false.
+    ValueError: a failing check (naming the tensor and the input).
+  """
+  t0 = time.perf_counter()
+  out_dir = Path(out_dir)
+  check_output_dir(out_dir, overwrite)
+  compiled = _Compiled(tasks, skip)
+  prefix = f"{context}: " if context else ""
+  bytes_read = done = 0
+  writer_kwargs: dict[str, Any] = {"max_shard_bytes": int(max_shard_bytes),
+                                   "overwrite": overwrite}
+  if metadata is not None:
+    writer_kwargs["metadata"] = metadata
+  with SafetensorsWriter(out_dir, **writer_kwargs) as writer:
+    # The prefetcher is stopped and joined before the writer cleans up (inner `with`).
+    with Prefetcher(tasks, sources, max_items=prefetch, max_bytes=int(prefetch_bytes),
+                    prepare=prepare) as reader:
+      for task, arrays, nbytes in reader:
+        try:
+          outs = _run_task(task, [arrays[i] for i in task.inputs], compiled, key, shard)
+        except ValueError as e:
+          raise type(e)(f"{prefix}{e}") from None
+        del arrays
+        for name, value in outs:
+          writer.add(name, value)
+        bytes_read += nbytes
+        done += 1
+        if progress is not None:
+          progress(done, len(tasks), bytes_read)
+    if finalize is not None:
+      finalize(writer)
+  return {"tensors": done, "bytes_read": bytes_read, "bytes_written": writer.total_bytes,
+          "seconds": time.perf_counter() - t0, "out_dir": str(out_dir)}
+
+
+def _run_task(task: StreamTask, arrays: list, compiled: _Compiled, key, shard
+              ) -> list[tuple[str, np.ndarray]]:
+  if task.record is None:
+    return [(task.name, arrays[0])]
+  record = task.record
+  k = tensor_key(key, task.name) if (key is not None and record.needs_key is not False) else None
+  placed = _place(arrays, shard)
+  out, flags, ctx = compiled(task, placed, k)
+  if isinstance(out, Mapping):
+    outs = [(task.output_name(s), np.asarray(v)) for s, v in out.items()]
+  else:
+    outs = [(task.name, np.asarray(out))]
+  if flags.shape[0]:
+    record.verify(np.asarray(flags), ctx, compiled.skip)
+  return outs
