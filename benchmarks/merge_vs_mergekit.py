@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from jaxparams.io import open_checkpoint
-from jaxparams.merge.testing import llama_config, write_llama
+from jaxparams.demo.tiny_llama import llama_config, write_llama
 
 MERGEKIT = os.environ.get("MERGEKIT_YAML", "/work/peer/bin/mergekit-yaml")
 

@@ -26,7 +26,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 import jaxparams as jp
-from jaxparams.merge.demo import TASKS, accuracies, digits_setup, merged_models
+from jaxparams.demo.merge_digits import TASKS, accuracies, digits_setup, merged_models
 
 setup = digits_setup(seed=0)
 base, experts = setup["base"], setup["experts"]

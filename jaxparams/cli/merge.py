@@ -18,14 +18,13 @@ __all__ = ["add_parser", "run"]
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
   """Registers the ``merge`` sub-command (sets ``func=run``)."""
+  from jaxparams.merge.registry import method_names  # pylint: disable=import-outside-toplevel
   p = sub.add_parser(
       "merge", help="Merge HF safetensors checkpoints from a mergekit YAML recipe.",
       description="Runs a mergekit recipe (YAML unchanged, or an ml-collections .py config) "
       "tensor by tensor over local HF safetensors checkpoints: jit-compiled merge methods, "
       "reading overlapped with compute, atomic sharded output with config.json and tokenizer "
-      "files. Methods: linear, slerp, nuslerp, multislerp, karcher, task_arithmetic, ties, "
-      "dare_linear, dare_ties, breadcrumbs, breadcrumbs_ties, della, della_linear, sce, ram, "
-      "ramplus_tl, model_stock, nearswap, arcee_fusion, passthrough.")
+      f"files. Methods: {', '.join(method_names())}.")
   p.add_argument("recipe", help="mergekit YAML recipe (or a .py ml-collections config)")
   p.add_argument("out_dir", help="output folder (must not exist unless --overwrite)")
   p.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it exists")

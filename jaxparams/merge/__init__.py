@@ -1,12 +1,18 @@
-"""Model merging: every mergekit 0.1.5 method as a pure, jit-compiled transform.
+"""Model merging: every mergekit 0.1.5 method as a transform record, run by two drivers.
 
-Two drivers share one per-tensor definition per method:
+Each method is one :class:`~jaxparams.transform.Transform` record in
+:data:`METHODS` (per-tensor pure function, config dataclass with mergekit's
+parameters and defaults, checks), run by
 
-* the registry (:func:`get_method`, :class:`MergeMethod`.merge_tensor), used by
-  the streaming driver over checkpoints, and
-* the tree API on in-memory pytrees, one function per method (``linear``,
-  ``ties``, ...), jit-able, vmap-able over weights, differentiable in the
-  continuous coefficients where the math allows it.
+* the tree API on in-memory pytrees (``linear``, ``ties``, ... and
+  :func:`merge_trees`; jit-able, vmap-able over weights, differentiable in the
+  continuous coefficients where the math allows it), and
+* the streaming driver over checkpoints on disk (:func:`merge_checkpoints`,
+  mergekit YAML recipes),
+
+both through :mod:`jaxparams.transform`, so both run the same checks.
+:func:`get_method` gives a record in mergekit's vocabulary
+(:class:`MergeMethod`, ``merge_tensor`` for one tensor).
 
 Example:
   >>> import jax.numpy as jnp, jaxparams as jp
@@ -18,8 +24,10 @@ Example:
 
 from jaxparams.merge.plan import TensorTask, plan_merge
 from jaxparams.merge.recipe import Recipe, load_recipe, parse_recipe
-from jaxparams.merge.registry import REQUIRED, MergeMethod, get_method, method_names, tensor_key
-from jaxparams.merge.stream import merge_checkpoints, parse_size, plan_checkpoints
+from jaxparams.merge.registry import (METHODS, REQUIRED, MergeMethod, get_method, get_record,
+                                      method_names, tensor_key)
+from jaxparams.merge.sizes import parse_size
+from jaxparams.merge.stream import merge_checkpoints, plan_checkpoints
 from jaxparams.merge.task_vectors import apply_task_vectors, port_patch, task_vector
 from jaxparams.merge.vocab import VocabAlignment, build_alignment
 from jaxparams.merge.tree_api import (arcee_fusion, breadcrumbs, breadcrumbs_ties, dare_linear,
@@ -28,8 +36,9 @@ from jaxparams.merge.tree_api import (arcee_fusion, breadcrumbs, breadcrumbs_tie
                                       ramplus_tl, sce, slerp, task_arithmetic, ties)
 
 __all__ = [
-    # registry (per-tensor)
-    "REQUIRED", "MergeMethod", "get_method", "method_names", "tensor_key",
+    # registry of records (per-tensor)
+    "METHODS", "REQUIRED", "MergeMethod", "get_method", "get_record", "method_names",
+    "tensor_key",
     # tree API: one function per mergekit method
     "arcee_fusion", "breadcrumbs", "breadcrumbs_ties", "dare_linear", "dare_ties", "della",
     "della_linear", "karcher", "linear", "model_stock", "multislerp", "nearswap", "nuslerp",

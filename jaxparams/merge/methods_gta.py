@@ -25,7 +25,7 @@ flattened model as in the TIES paper.
 
 Example:
   >>> import jax.numpy as jnp
-  >>> from jaxparams.merge.registry import get_method
+  >>> from jaxparams.merge import get_method
   >>> base = jnp.zeros(4)
   >>> m1, m2 = jnp.array([1., -2., 3., 0.1]), jnp.array([1.5, 2., -1., 0.1])
   >>> get_method('ties').merge_tensor(base, [m1, m2], model_params={'weight': [1., 1.],
@@ -46,9 +46,11 @@ import numpy as np
 
 from jaxparams.kernels.merge_sparsify import api as kapi
 from jaxparams.kernels.merge_sparsify.reference import KEY_MAX, della_probabilities
-from jaxparams.merge.registry import REQUIRED, MergeMethod
+from jaxparams.merge.params import global_param, model_param
+from jaxparams.merge.record import merge_record
+from jaxparams.transform import Check, CheckContext, in_range
 
-__all__ = ["GTAConfig", "gta_compute", "window_counts", "METHODS"]
+__all__ = ["GTAConfig", "GTASpec", "gta_compute", "window_counts", "RECORDS", "SPECS"]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -179,7 +181,7 @@ def _as_f32(values: Any) -> jax.Array:
   return jnp.asarray(values, jnp.float32)
 
 
-def gta_compute(spec: "_GTASpec", base: jax.Array, models: Sequence[jax.Array],
+def gta_compute(spec: "GTASpec", base: jax.Array, models: Sequence[jax.Array],
                 mp: Mapping[str, Any], gp: Mapping[str, Any], key: jax.Array | None, *,
                 lo: jax.Array | None = None, implementation: str | None = None) -> jax.Array:
   """Runs one GTA merge on one tensor (parameters already resolved)."""
@@ -199,7 +201,8 @@ def gta_compute(spec: "_GTASpec", base: jax.Array, models: Sequence[jax.Array],
     ks = [window_counts(kind, float(d), float(g), n) for d, g in zip(dens, gam)]
     k_hi = jnp.asarray([k[0] for k in ks], jnp.int32)
     k_lo = jnp.asarray([k[1] for k in ks], jnp.int32)
-    search_lo = any(0 < k[0] < n for k in ks)
+    # k_hi == 0 (density <= 0) needs the threshold too: it keeps nothing (mergekit: zeros).
+    search_lo = any(k[0] < n for k in ks)
     search_hi = any(k[1] > 0 for k in ks)
   rescale = _rescale_mode(gp.get("rescale", False))
   cfg = GTAConfig(sparsify=kind, consensus=spec.consensus, normalize=bool(gp["normalize"]),
@@ -211,70 +214,134 @@ def gta_compute(spec: "_GTASpec", base: jax.Array, models: Sequence[jax.Array],
 
 
 @dataclasses.dataclass(frozen=True)
-class _GTASpec:
+class GTASpec:
+  """What distinguishes the GTA methods: sparsifier and sign consensus."""
   name: str
   sparsify: str | None
   consensus: bool
-  normalize: bool
-  rescale: bool
   description: str
 
 
-def _check(spec: _GTASpec):
-  def check(n_models: int, mp, gp, name: str) -> None:
-    where = f" (tensor {name!r})" if name else ""
-    mode = _rescale_mode(gp.get("rescale"))
+# -- configs: mergekit 0.1.5 parameters and defaults, once --------------------------------------
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TaskArithmeticConfig:
+  """``task_arithmetic``: ``base + lambda * sum w_i tau_i`` (/ sum w if normalize)."""
+  weight: tuple = model_param()
+  density: tuple = model_param(1.0)
+  int8_mask: bool = global_param(False)
+  normalize: bool = global_param(False)
+  rescale: bool | str = global_param(False)
+  lam: float = global_param(1.0, name="lambda")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TiesConfig(TaskArithmeticConfig):
+  """``ties``: magnitude trim to ``density``, sign election, disjoint mean."""
+  normalize: bool = global_param(True)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DareConfig(TaskArithmeticConfig):
+  """``dare_ties`` / ``dare_linear``: random drop to ``density``, L1 rescale."""
+  rescale: bool | str = global_param(True)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class BreadcrumbsConfig(TaskArithmeticConfig):
+  """``breadcrumbs`` / ``breadcrumbs_ties``: drop the ``gamma`` largest and the smallest."""
+  gamma: tuple = model_param(0.01)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DellaConfig(TaskArithmeticConfig):
+  """``della``: magnitude-ranked keep probabilities in ``density +/- epsilon``, TIES."""
+  epsilon: tuple = model_param(0.15)
+  normalize: bool = global_param(True)
+  rescale: bool | str = global_param(True)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DellaLinearConfig(DellaConfig):
+  """``della_linear``: DELLA without sign election (no normalisation)."""
+  normalize: bool = global_param(False)
+
+
+# -- checks ------------------------------------------------------------------------------------
+
+def _concrete(v: Any) -> bool:
+  return not isinstance(v, jax.core.Tracer)
+
+
+def _per_model(ctx: CheckContext, field: str) -> list[Any]:
+  v = getattr(ctx.config, field)
+  return list(v) if isinstance(v, (list, tuple)) else [v] * max(ctx.n_models, 1)
+
+
+def _rescale_check(spec: GTASpec) -> Check:
+  def static(ctx: CheckContext) -> None:
+    mode = _rescale_mode(ctx.config.rescale)
     if mode == "inverse" and spec.sparsify not in ("random", "della_magprune"):
       raise ValueError(f"merge method {spec.name!r}: rescale='inverse' needs a random "
-                       f"sparsifier (dare_*, della*){where}")
-    if spec.sparsify == "della_magprune":
-      for i, (d, e) in enumerate(zip(mp["density"], mp["epsilon"])):
-        d, e = float(d), float(e)
-        if 0 < d < 1 and (d + e >= 1 or d - e <= 0):
-          raise ValueError(
-              f"merge method {spec.name!r}: model {i} has density={d} and epsilon={e}; "
-              f"epsilon must be chosen such that density +/- epsilon is in (0, 1){where}")
-    for pname in ("density", "gamma", "epsilon", "weight"):
-      for i, v in enumerate(mp.get(pname, [])):
-        if not np.isfinite(float(v)):
-          raise ValueError(f"merge method {spec.name!r}: model {i} has {pname}={v}{where}")
-    if not math.isfinite(float(gp["lambda"])):
-      raise ValueError(f"merge method {spec.name!r}: lambda={gp['lambda']}{where}")
-  return check
+                       f"sparsifier (dare_*, della*) ({ctx.where})")
+  return Check("rescale_mode", static=static)
+
+
+def _della_window(ctx: CheckContext) -> None:
+  for i, (d, e) in enumerate(zip(_per_model(ctx, "density"), _per_model(ctx, "epsilon"))):
+    if not (_concrete(d) and _concrete(e)):
+      continue
+    d, e = float(d), float(e)
+    if 0 < d < 1 and (d + e >= 1 or d - e <= 0):
+      raise ValueError(
+          f"merge method {ctx.record!r}: model {i} has density={d} and epsilon={e}; "
+          f"epsilon must be chosen such that density +/- epsilon is in (0, 1) ({ctx.where})")
+
+
+_della_check = Check("della_window", static=_della_window)
+
+
+def _checks(spec: GTASpec) -> tuple[Check, ...]:
+  out = [_rescale_check(spec), in_range("weight"), in_range("density", 0.0, 1.0),
+         in_range("lam", alias="lambda")]
+  if spec.sparsify == "magnitude_outliers":
+    out.append(in_range("gamma", 0.0, 1.0))
+  if spec.sparsify == "della_magprune":
+    out += [in_range("epsilon", 0.0, 1.0), _della_check]
+  return tuple(out)
+
+
+def _random_active(config: Any) -> bool:
+  dens = config.density if isinstance(config.density, (list, tuple)) else [config.density]
+  return any(float(d) < 1.0 for d in dens)
 
 
 _SPECS = (
-    _GTASpec("task_arithmetic", None, False, False, False,
-             "base + lambda * sum w_i (m_i - base)"),
-    _GTASpec("ties", "magnitude", True, True, False,
-             "TIES: per-tensor magnitude trim, weighted sign election, disjoint mean"),
-    _GTASpec("dare_ties", "random", True, False, True, "DARE random drop + L1 rescale, TIES"),
-    _GTASpec("dare_linear", "random", False, False, True, "DARE random drop + L1 rescale"),
-    _GTASpec("breadcrumbs", "magnitude_outliers", False, False, False,
-             "Model Breadcrumbs: drop the smallest and the gamma largest"),
-    _GTASpec("breadcrumbs_ties", "magnitude_outliers", True, False, False,
-             "Model Breadcrumbs with TIES sign election"),
-    _GTASpec("della", "della_magprune", True, True, True,
-             "DELLA: rank-dependent random drop per row, L1 rescale, TIES"),
-    _GTASpec("della_linear", "della_magprune", False, False, True,
-             "DELLA without sign election"),
+    (GTASpec("task_arithmetic", None, False, "base + lambda * sum w_i (m_i - base)"),
+     TaskArithmeticConfig),
+    (GTASpec("ties", "magnitude", True,
+             "TIES: per-tensor magnitude trim, weighted sign election, disjoint mean"), TiesConfig),
+    (GTASpec("dare_ties", "random", True, "DARE random drop + L1 rescale, TIES"), DareConfig),
+    (GTASpec("dare_linear", "random", False, "DARE random drop + L1 rescale"), DareConfig),
+    (GTASpec("breadcrumbs", "magnitude_outliers", False,
+             "Model Breadcrumbs: drop the smallest and the gamma largest"), BreadcrumbsConfig),
+    (GTASpec("breadcrumbs_ties", "magnitude_outliers", True,
+             "Model Breadcrumbs with TIES sign election"), BreadcrumbsConfig),
+    (GTASpec("della", "della_magprune", True,
+             "DELLA: rank-dependent random drop per row, L1 rescale, TIES"), DellaConfig),
+    (GTASpec("della_linear", "della_magprune", False, "DELLA without sign election"),
+     DellaLinearConfig),
 )
 
 
-def _make(spec: _GTASpec) -> MergeMethod:
-  model_params: dict[str, Any] = {"weight": REQUIRED, "density": 1.0}
-  if spec.sparsify == "magnitude_outliers":
-    model_params["gamma"] = 0.01
-  if spec.sparsify == "della_magprune":
-    model_params["epsilon"] = 0.15
-  global_params = {"int8_mask": False, "normalize": spec.normalize, "rescale": spec.rescale,
-                   "lambda": 1.0}
-  return MergeMethod(
-      name=spec.name, needs_base=True, model_params=model_params, global_params=global_params,
-      random=spec.sparsify in ("random", "della_magprune"), base_policy="required",
-      min_models=0, description=spec.description,
-      compute=functools.partial(gta_compute, spec), check=_check(spec))
+def _record(spec: GTASpec, config: type):
+  return merge_record(
+      spec.name, functools.partial(gta_compute, spec), config, base="required", min_models=0,
+      needs_key=_random_active if spec.sparsify in ("random", "della_magprune") else False,
+      checks=_checks(spec), options=("implementation", "lo"), description=spec.description,
+      info={"sparsify": spec.sparsify, "consensus": spec.consensus,
+            "model_trim": spec.sparsify == "magnitude"})
 
 
-METHODS = tuple(_make(s) for s in _SPECS)
-SPECS = {s.name: s for s in _SPECS}
+RECORDS = tuple(_record(s, c) for s, c in _SPECS)
+SPECS = {s.name: s for s, _ in _SPECS}

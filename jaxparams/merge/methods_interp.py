@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any, Mapping, Sequence
 
@@ -19,11 +20,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxparams.merge.registry import REQUIRED, MergeMethod
+from jaxparams.merge.checks import weights_sum_nonzero
+from jaxparams.merge.params import global_param, model_param
+from jaxparams.merge.record import merge_record
+from jaxparams.transform import in_range
 
 __all__ = [
     "linear_tensor", "slerp_tensor", "nuslerp_tensor", "multislerp_tensor", "karcher_tensor",
-    "model_stock_tensor", "nearswap_tensor", "passthrough_tensor", "METHODS",
+    "model_stock_tensor", "nearswap_tensor", "passthrough_tensor", "RECORDS",
 ]
 
 _f32 = jnp.float32
@@ -125,7 +129,7 @@ def multislerp_tensor(base: jax.Array | None, models: Sequence[jax.Array], weigh
   """mergekit ``multislerp``: barycentric interpolation on the hypersphere.
 
   Returns NaN where mergekit raises (the weighted mean of >2 unit vectors is ~0);
-  :meth:`MergeMethod.merge_tensor` turns that into a ValueError.
+  the record's ``finite`` check turns that into a ValueError in both drivers.
   """
   dtype = models[0].dtype
   if len(models) == 1:
@@ -246,23 +250,64 @@ def passthrough_tensor(x: jax.Array, scale: Any = None) -> jax.Array:
   return x if scale is None else (x * jnp.asarray(scale, _f32)).astype(x.dtype)
 
 
-# -- registry glue -----------------------------------------------------------------------------
+# -- records: config (defaults once), checks, the per-tensor call in mergekit terms -------------
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LinearConfig:
+  """``linear``: per-model ``weight``; ``normalize`` divides by their sum."""
+  weight: tuple = model_param()
+  normalize: bool = global_param(True)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SlerpConfig:
+  """``slerp``: ``t`` in [0, 1] from the base (0) to the other model (1)."""
+  t: float = global_param()
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class NuslerpConfig:
+  """``nuslerp``: two per-model weights; flatten (whole tensor) or per row."""
+  weight: tuple = model_param()
+  nuslerp_flatten: bool = global_param(True)
+  nuslerp_row_wise: bool = global_param(False)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class MultislerpConfig:
+  """``multislerp``: per-model weights, normalised by default; ``eps`` guards norms."""
+  weight: tuple = model_param()
+  normalize_weights: bool = global_param(True)
+  eps: float = global_param(1e-8)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class KarcherConfig:
+  """``karcher``: iterations and tolerance of the Riemannian mean."""
+  max_iter: int = global_param(10)
+  tol: float = global_param(1e-5)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ModelStockConfig:
+  """``model_stock``: whole tensor, or per row (``filter_wise``)."""
+  filter_wise: bool = global_param(False)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class NearswapConfig:
+  """``nearswap``: distance threshold ``t`` (>= 0)."""
+  t: float = global_param()
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PassthroughConfig:
+  """``passthrough``: optional ``scale`` of the single input."""
+  scale: tuple = model_param(None)
+
 
 def _c_linear(base, models, mp, gp, key):
   return linear_tensor(tuple(models), _w(mp["weight"]), normalize=bool(gp["normalize"]))
-
-
-def _k_linear(n, mp, gp, name):
-  if gp["normalize"] and all(not isinstance(v, jax.core.Tracer) for v in mp["weight"]):
-    if float(np.sum(np.asarray(mp["weight"], np.float64))) == 0.0:
-      raise ValueError(f"merge method 'linear': weights {list(mp['weight'])} sum to zero with "
-                       f"normalize=true (tensor {name!r}); set normalize: false or change them")
-
-
-def _k_multislerp(n, mp, gp, name):
-  if gp["normalize_weights"] and float(np.sum(np.asarray(mp["weight"], np.float64))) == 0.0:
-    raise ValueError(f"merge method 'multislerp': weights {list(mp['weight'])} sum to zero "
-                     f"with normalize_weights=true (tensor {name!r})")
 
 
 def _c_slerp(base, models, mp, gp, key):
@@ -296,32 +341,33 @@ def _c_passthrough(base, models, mp, gp, key):
   return passthrough_tensor(models[0], mp["scale"][0])
 
 
-METHODS = (
-    MergeMethod("linear", False, {"weight": REQUIRED}, {"normalize": True}, False,
-                base_policy="ignored", description="weighted average (model soup, FedAvg)",
-                compute=_c_linear, check=_k_linear),
-    MergeMethod("slerp", True, {}, {"t": REQUIRED}, False, max_models=1,
-                description="spherical interpolation between base (t=0) and one model (t=1)",
-                compute=_c_slerp),
-    MergeMethod("nuslerp", False, {"weight": REQUIRED},
-                {"nuslerp_flatten": True, "nuslerp_row_wise": False}, False,
-                base_policy="optional", min_models=2, max_models=2,
-                description="SLERP of two models (or their task vectors) by relative weight",
-                compute=_c_nuslerp),
-    MergeMethod("multislerp", False, {"weight": REQUIRED},
-                {"normalize_weights": True, "eps": 1e-8}, False, base_policy="optional",
-                description="barycentric SLERP of several models", compute=_c_multislerp,
-                check=_k_multislerp),
-    MergeMethod("karcher", False, {}, {"max_iter": 10, "tol": 1e-5}, False,
-                base_policy="ignored", description="Karcher (Riemannian) mean on the sphere",
-                compute=_c_karcher),
-    MergeMethod("model_stock", True, {}, {"filter_wise": False}, False, min_models=2,
-                description="Model Stock: interpolate base and average by task-vector angle",
-                compute=_c_model_stock),
-    MergeMethod("nearswap", True, {}, {"t": REQUIRED}, False, max_models=1,
-                description="take the model's value where it is close to the base",
-                compute=_c_nearswap),
-    MergeMethod("passthrough", False, {"scale": None}, {}, False, base_policy="ignored",
-                max_models=1, description="copy one model's tensor (layer stacking)",
-                compute=_c_passthrough),
+_weight_finite = in_range("weight")
+
+RECORDS = (
+    merge_record("linear", _c_linear, LinearConfig, base="ignored",
+                 checks=(_weight_finite,
+                         weights_sum_nonzero("linear", "weight", "normalize", "normalize")),
+                 description="weighted average (model soup, FedAvg)"),
+    merge_record("slerp", _c_slerp, SlerpConfig, max_models=1,
+                 checks=(in_range("t", 0.0, 1.0),),
+                 description="spherical interpolation between base (t=0) and one model (t=1)"),
+    merge_record("nuslerp", _c_nuslerp, NuslerpConfig, base="optional", min_models=2,
+                 max_models=2, checks=(_weight_finite,),
+                 description="SLERP of two models (or their task vectors) by relative weight"),
+    merge_record("multislerp", _c_multislerp, MultislerpConfig, base="optional",
+                 checks=(_weight_finite, in_range("eps", 0.0, lo_open=True),
+                         weights_sum_nonzero("multislerp", "weight", "normalize_weights",
+                                             "normalize_weights")),
+                 description="barycentric SLERP of several models"),
+    merge_record("karcher", _c_karcher, KarcherConfig, base="ignored",
+                 checks=(in_range("max_iter", 1.0), in_range("tol", 0.0, lo_open=True)),
+                 description="Karcher (Riemannian) mean on the sphere"),
+    merge_record("model_stock", _c_model_stock, ModelStockConfig, min_models=2,
+                 description="Model Stock: interpolate base and average by task-vector angle"),
+    merge_record("nearswap", _c_nearswap, NearswapConfig, max_models=1,
+                 checks=(in_range("t", 0.0),),
+                 description="take the model's value where it is close to the base"),
+    merge_record("passthrough", _c_passthrough, PassthroughConfig, base="ignored",
+                 max_models=1, checks=(in_range("scale"),),
+                 description="copy one model's tensor (layer stacking)"),
 )

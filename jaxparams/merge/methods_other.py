@@ -8,6 +8,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Sequence
 
@@ -18,9 +19,11 @@ import numpy as np
 from jaxparams.kernels.merge_sparsify import api as kapi
 from jaxparams.kernels.merge_sparsify.reference import (float_keys, in_top, key_to_float,
                                                         magnitude_bits)
-from jaxparams.merge.registry import MergeMethod
+from jaxparams.merge.params import global_param
+from jaxparams.merge.record import merge_record
+from jaxparams.transform import in_range
 
-__all__ = ["sce_tensor", "ram_tensor", "ramplus_tl_tensor", "arcee_fusion_tensor", "METHODS"]
+__all__ = ["sce_tensor", "ram_tensor", "ramplus_tl_tensor", "arcee_fusion_tensor", "RECORDS"]
 
 _f32 = jnp.float32
 
@@ -121,6 +124,32 @@ def arcee_fusion_tensor(base: jax.Array, other: jax.Array) -> jax.Array:
   return (b + (m - b) * mask).reshape(base.shape).astype(base.dtype)
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SceConfig:
+  """``sce``: keep the ``select_topk`` fraction of positions by variance (1 = all)."""
+  int8_mask: bool = global_param(False)
+  select_topk: float = global_param(1.0)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RamConfig:
+  """``ram``: ``epsilon`` is the magnitude below which a delta counts as zero."""
+  epsilon: float = global_param(1e-5)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RamplusConfig:
+  """``ramplus_tl``: boost ``1 + r * clip(shared/unique, 0, alpha)``."""
+  r: float = global_param(0.1)
+  alpha: float = global_param(0.2)
+  epsilon: float = global_param(1e-5)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ArceeFusionConfig:
+  """``arcee_fusion`` has no parameters."""
+
+
 def _c_sce(base, models, mp, gp, key):
   topk = gp["select_topk"]
   select = isinstance(topk, jax.core.Tracer) or float(topk) < 1
@@ -146,17 +175,17 @@ def _base_if_empty(fn):
   return wrapped
 
 
-METHODS = (
-    MergeMethod("sce", True, {}, {"int8_mask": False, "select_topk": 1.0}, False, min_models=0,
-                description="SCE: select by variance, calculate weights, erase sign conflicts",
-                compute=_base_if_empty(_c_sce)),
-    MergeMethod("ram", True, {}, {"epsilon": 1e-5}, False, min_models=0,
-                description="Reinforced Agent Merging: keep unique deltas, average shared",
-                compute=_base_if_empty(_c_ram)),
-    MergeMethod("ramplus_tl", True, {}, {"r": 0.1, "alpha": 0.2, "epsilon": 1e-5}, False,
-                min_models=0, description="RAM+ (tensor-local): boost unique deltas",
-                compute=_base_if_empty(_c_ramplus)),
-    MergeMethod("arcee_fusion", True, {}, {}, False, max_models=1,
-                description="Arcee Fusion: keep important deltas (KL x |delta| > median+1.5IQR)",
-                compute=_c_fusion),
+_eps = in_range("epsilon", 0.0)
+
+RECORDS = (
+    merge_record("sce", _base_if_empty(_c_sce), SceConfig, min_models=0,
+                 checks=(in_range("select_topk", 0.0, 1.0),),
+                 description="SCE: select by variance, calculate weights, erase sign conflicts"),
+    merge_record("ram", _base_if_empty(_c_ram), RamConfig, min_models=0, checks=(_eps,),
+                 description="Reinforced Agent Merging: keep unique deltas, average shared"),
+    merge_record("ramplus_tl", _base_if_empty(_c_ramplus), RamplusConfig, min_models=0,
+                 checks=(in_range("r", 0.0), in_range("alpha", 0.0), _eps),
+                 description="RAM+ (tensor-local): boost unique deltas"),
+    merge_record("arcee_fusion", _c_fusion, ArceeFusionConfig, max_models=1,
+                 description="Arcee Fusion: keep important deltas (KL x |delta| > median+1.5IQR)"),
 )

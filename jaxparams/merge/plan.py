@@ -32,12 +32,9 @@ import re
 from typing import Any, Mapping, Protocol, Sequence
 
 from jaxparams.merge.recipe import UNSET, Recipe, resolve_setting
+from jaxparams.merge.registry import get_method
 
-__all__ = ["TensorTask", "plan_merge", "split_layer_name", "is_vocab_tensor",
-           "BASE_IGNORED_METHODS", "count_layers"]
-
-#: Methods for which mergekit ignores the base model's role (it is an ordinary input).
-BASE_IGNORED_METHODS = frozenset({"linear", "karcher", "passthrough"})
+__all__ = ["TensorTask", "plan_merge", "split_layer_name", "is_vocab_tensor", "count_layers"]
 
 _LAYER_RE = re.compile(r"^(.*?(?:^|\.)(?:layers|layer|h|blocks)\.)(\d+)\.(.+)$")
 _VOCAB_RE = re.compile(r"(^|\.)(embed_tokens|lm_head|wte|word_embeddings|embed_in|embed_out|"
@@ -129,16 +126,17 @@ def _shape(reader: _Reader, name: str) -> tuple[int, ...]:
   return tuple(reader.spec(name).shape)
 
 
-def plan_merge(recipe: Recipe, readers: Mapping[str, _Reader], method: Any) -> list[TensorTask]:
+def plan_merge(recipe: Recipe, readers: Mapping[str, _Reader], method: Any = None
+               ) -> list[TensorTask]:
   """Plans every output tensor of ``recipe`` over opened checkpoints.
 
   Args:
     recipe: a parsed recipe.
     readers: an opened checkpoint (anything with ``names()`` and ``spec(name)``)
       for every model reference of the recipe.
-    method: the :class:`~jaxparams.merge.registry.MergeMethod` (its
-      ``needs_base``, ``model_params``, ``global_params`` are used), or
-      ``None`` to plan without parameter checks (passthrough-like).
+    method: the :class:`~jaxparams.merge.registry.MergeMethod` (its record's
+      base policy and parameters are used); ``None``: the registry's method
+      named by ``recipe.merge_method``.
 
   Raises:
     ValueError: unknown parameter (valid ones listed); a base model missing
@@ -147,17 +145,18 @@ def plan_merge(recipe: Recipe, readers: Mapping[str, _Reader], method: Any) -> l
       ``tokenizer_source``; a ``layer_range`` past a model's last layer.
   """
   name = recipe.merge_method
-  model_keys = dict(getattr(method, "model_params", {}) or {})
-  global_keys = dict(getattr(method, "global_params", {}) or {})
-  needs_base = bool(getattr(method, "needs_base", False))
-  if method is not None:
-    unknown = recipe.parameter_names() - set(model_keys) - set(global_keys)
-    if unknown:
-      raise ValueError(
-          f"{recipe.source or 'recipe'}: unknown parameter(s) {sorted(unknown)} for merge_method "
-          f"{name!r}; valid: {sorted(set(model_keys) | set(global_keys))}.")
-  policy = getattr(method, "base_policy", None)
-  ignore_base = policy == "ignored" if policy is not None else name in BASE_IGNORED_METHODS
+  if method is None:
+    method = get_method(name)
+  model_keys = dict(method.model_params)
+  global_keys = dict(method.global_params)
+  needs_base = method.needs_base
+  unknown = recipe.parameter_names() - set(model_keys) - set(global_keys)
+  if unknown:
+    raise ValueError(
+        f"{recipe.source or 'recipe'}: unknown parameter(s) {sorted(unknown)} for merge_method "
+        f"{name!r}; valid: {sorted(set(model_keys) | set(global_keys))}.")
+  # The base model's role comes from the record ('ignored': an ordinary input, as mergekit).
+  ignore_base = method.base_policy == "ignored"
   src = recipe.source or "recipe"
 
   if recipe.models is not None:

@@ -16,36 +16,63 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Sequence
 
-import jax
 import jax.numpy as jnp
-import numpy as np
 
-from jaxparams import tree as jtree
+from jaxparams.transform import Transform, apply_tree, finite, same_shapes
 
-__all__ = ["task_vector", "apply_task_vectors", "port_patch"]
+__all__ = ["task_vector", "apply_task_vectors", "port_patch", "TASK_VECTOR", "ADD_TASK_VECTORS"]
 
 PyTree = Any
 
 
-def _check_same(a: PyTree, b: PyTree, la: str, lb: str) -> tuple[dict, dict]:
-  fa, fb = jtree.flatten(a), jtree.flatten(b)
-  if set(fa) != set(fb):
-    raise ValueError(f"{la} and {lb} have different leaves: only in {la}: "
-                     f"{sorted(set(fa) - set(fb))[:5]}, only in {lb}: {sorted(set(fb) - set(fa))[:5]}")
-  for p in fa:
-    if np.shape(fa[p]) != np.shape(fb[p]):
-      raise ValueError(f"tensor {p!r}: shape {np.shape(fa[p])} in {la} but {np.shape(fb[p])} in {lb}")
-  return fa, fb
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TaskVectorConfig:
+  """``task_vector`` has no parameters."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class AddTaskVectorsConfig:
+  """``scales``: a scalar or one per vector (arrays: vmap/grad); ``negate`` subtracts."""
+  scales: Any = 1.0
+  negate: bool = False
+
+
+def _difference(base, models, config):
+  ft = models[0]
+  return (jnp.asarray(ft, jnp.float32) - jnp.asarray(base, jnp.float32)).astype(
+      jnp.result_type(ft))
+
+
+def _add(base, vectors, config):
+  s = jnp.broadcast_to(jnp.asarray(config.scales, jnp.float32), (len(vectors),))
+  if config.negate:
+    s = -s
+  acc = jnp.asarray(base, jnp.float32)
+  for i, v in enumerate(vectors):
+    acc = acc + s[i] * jnp.asarray(v, jnp.float32)
+  return acc.astype(jnp.result_type(base))
+
+
+TASK_VECTOR = Transform(
+    name="task_vector", fn=_difference, config=TaskVectorConfig, checks=(same_shapes, finite),
+    inputs="base+models", base="required", min_models=1, max_models=1,
+    description="finetuned - base (float32 math, dtype of the fine-tuned tensor)")
+"""Record: the task vector of one fine-tuned tensor (base = the base, model 0 = fine-tuned)."""
+
+ADD_TASK_VECTORS = Transform(
+    name="add_task_vectors", fn=_add, config=AddTaskVectorsConfig, array_params=("scales",),
+    checks=(same_shapes, finite), inputs="base+models", base="required", min_models=0,
+    description="base + sum_i s_i v_i (float32 math, dtype of the base)")
+"""Record: adds scaled task vectors (the models) to the base."""
 
 
 def task_vector(finetuned: PyTree, base: PyTree) -> PyTree:
   """``finetuned - base`` leaf by leaf (float32 math, dtype of ``finetuned``)."""
-  ff, fb = _check_same(finetuned, base, "finetuned", "base")
-  out = {p: (jnp.asarray(ff[p], jnp.float32) - jnp.asarray(fb[p], jnp.float32)).astype(
-      jnp.result_type(ff[p])) for p in ff}
-  return jtree.unflatten(out, like=finetuned)
+  out = apply_tree(TASK_VECTOR, base, [finetuned], labels=("base", "finetuned"))
+  return out
 
 
 def apply_task_vectors(base: PyTree, vectors: Sequence[PyTree], scales: Any = 1.0, *,
@@ -53,18 +80,10 @@ def apply_task_vectors(base: PyTree, vectors: Sequence[PyTree], scales: Any = 1.
   """``base + sum_i s_i v_i`` (``- sum`` with ``negate``); ``scales`` is a scalar
   or one value per vector (arrays allowed: jit/vmap/grad friendly)."""
   vectors = list(vectors)
-  s = jnp.broadcast_to(jnp.asarray(scales, jnp.float32), (len(vectors),))
-  if negate:
-    s = -s
-  fb = jtree.flatten(base)
-  fvs = [_check_same(base, v, "base", f"task vector {i}")[1] for i, v in enumerate(vectors)]
-  out = {}
-  for p, b in fb.items():
-    acc = jnp.asarray(b, jnp.float32)
-    for i, fv in enumerate(fvs):
-      acc = acc + s[i] * jnp.asarray(fv[p], jnp.float32)
-    out[p] = acc.astype(jnp.result_type(b))
-  return jtree.unflatten(out, like=base)
+  scales = tuple(scales) if isinstance(scales, list) else scales
+  labels = ("base",) + tuple(f"task vector {i}" for i in range(len(vectors)))
+  return apply_tree(ADD_TASK_VECTORS, base, vectors, labels=labels,
+                    config=AddTaskVectorsConfig(scales=scales, negate=negate))
 
 
 def port_patch(new_base: PyTree, old_base: PyTree, old_finetuned: PyTree, *,
@@ -77,5 +96,4 @@ def port_patch(new_base: PyTree, old_base: PyTree, old_finetuned: PyTree, *,
     ...            {'w': jnp.array([1.5])})['w'].tolist()
     [5.5]
   """
-  _check_same(new_base, old_base, "new_base", "old_base")
   return apply_task_vectors(new_base, [task_vector(old_finetuned, old_base)], scale)

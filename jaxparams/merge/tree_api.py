@@ -35,8 +35,10 @@ import numpy as np
 
 from jaxparams import tree as jtree
 from jaxparams.kernels.merge_sparsify import api as kapi
-from jaxparams.merge import methods_gta
-from jaxparams.merge.registry import get_method, tensor_key
+from jaxparams.merge import methods_gta, methods_interp, methods_other
+from jaxparams.merge.params import mergekit_params
+from jaxparams.merge.registry import METHODS, get_method
+from jaxparams.transform import apply_tree, check_same_leaves
 
 __all__ = [
     "merge_trees", "linear", "slerp", "nuslerp", "multislerp", "karcher", "task_arithmetic", "ties",
@@ -64,6 +66,10 @@ def merge_trees(method: str, base: PyTree | None, models: Sequence[PyTree], *,
                 trim_scope: str = "tensor") -> PyTree:
   """Merges pytrees with the registry method ``method`` (mergekit names/params).
 
+  Runs the method's record with the transform layer's tree driver
+  (:func:`jaxparams.transform.apply_tree`): the record's checks (shapes,
+  non-float leaves, parameter ranges, NaN/Inf) run for every merged leaf.
+
   Args:
     method: a name from :func:`jaxparams.merge.method_names`.
     base: base pytree or ``None``.
@@ -73,16 +79,17 @@ def merge_trees(method: str, base: PyTree | None, models: Sequence[PyTree], *,
     key: PRNG key for random methods.
     where: selector of the leaves to merge (others come from base/first model).
     implementation: kernel implementation of the task-vector family
-      (``None``/``'xla'``/``'pallas'``).
-    trim_scope: ``'tensor'`` (mergekit) or ``'model'``: for ``ties``, the
-      top-k magnitude trim over each model's whole task vector (TIES paper).
+      (``None``/``'xla'``/``'pallas'``), for records that take that option.
+    trim_scope: ``'tensor'`` (mergekit) or ``'model'``: for methods with a
+      magnitude trim (``ties``), the top-k over each model's whole task
+      vector (TIES paper).
 
   Returns:
     The merged pytree (structure of ``base``, or of the first model).
 
   Raises:
     ValueError: bad method/parameters, different tree structures or shapes
-      (naming the leaf path and the model).
+      (naming the leaf path and the model), NaN/Inf (naming the leaf).
 
   Example:
     >>> import jax.numpy as jnp
@@ -91,54 +98,30 @@ def merge_trees(method: str, base: PyTree | None, models: Sequence[PyTree], *,
     [0.25, 0.25]
   """
   m = get_method(method)
+  rec = m.record
   models = list(models)
-  if m.base_policy == "ignored":
+  if rec.base == "ignored":
     base = None
   m.validate_inputs(base, models)
-  mp, gp = m.resolve_params(len(models), model_params, global_params)
-  if m.check is not None and not _traced(mp) and not _traced(gp):
-    m.check(len(models), mp, gp, "")
-  if m.random and key is None and not _traced(mp) and any(
-      float(d) < 1 for d in mp.get("density", [])):
-    raise ValueError(f"merge method {method!r} is random: pass key=jax.random.key(seed)")
+  cfg = m.resolve_config(len(models), model_params, global_params)
   if trim_scope not in ("tensor", "model"):
     raise ValueError(f"trim_scope must be 'tensor' or 'model', got {trim_scope!r}")
-  if trim_scope == "model" and method != "ties":
-    raise ValueError(f"trim_scope='model' is only defined for 'ties', not {method!r}")
-
-  ref_tree = base if base is not None else models[0]
-  flat_ref = jtree.flatten(ref_tree)
-  labels = (["base"] if base is not None else []) + [f"model {i}" for i in range(len(models))]
-  flats = ([flat_ref] if base is not None else []) + [jtree.flatten(t) for t in models]
-  for label, f in zip(labels, flats):
-    missing, extra = sorted(set(flat_ref) - set(f)), sorted(set(f) - set(flat_ref))
-    if missing or extra:
-      raise ValueError(f"{label} has different leaves than {labels[0]}: missing {missing[:5]}, "
-                       f"extra {extra[:5]}")
-    for p, x in f.items():
-      if np.shape(x) != np.shape(flat_ref[p]):
-        raise ValueError(f"tensor {p!r}: shape {np.shape(x)} in {label} but "
-                         f"{np.shape(flat_ref[p])} in {labels[0]}")
-  chosen = jtree.select(flat_ref, where, flat=True) if where is not None else list(flat_ref)
-  model_flats = flats[1:] if base is not None else flats
-  flat_base = flat_ref if base is not None else None
-
-  spec = methods_gta.SPECS.get(method)
-  lo = None
+  if trim_scope == "model" and not rec.info.get("model_trim"):
+    able = [r.name for r in METHODS if r.info.get("model_trim")]
+    raise ValueError(f"trim_scope='model' is only defined for "
+                     f"{', '.join(repr(n) for n in able)}, not {method!r}")
+  options = {"implementation": implementation} if "implementation" in rec.options else {}
+  leaf_options = None
   if trim_scope == "model":
-    lo = _model_thresholds(flat_base, model_flats, chosen, mp["density"], implementation)
-
-  out = dict(flat_ref)
-  for p in chosen:
-    b = flat_base[p] if flat_base is not None else None
-    xs = [f[p] for f in model_flats]
-    k = tensor_key(key, p) if key is not None else None
-    if spec is not None:
-      out[p] = methods_gta.gta_compute(spec, b, xs, mp, gp, k, lo=lo,
-                                       implementation=implementation)
-    else:
-      out[p] = m.compute(b, xs, mp, gp, k)
-  return jtree.unflatten(out, like=ref_tree)
+    labels = ["base"] + [f"model {i}" for i in range(len(models))]
+    flats = [jtree.flatten(base)] + [jtree.flatten(t) for t in models]
+    check_same_leaves(flats, labels)
+    chosen = jtree.select(flats[0], where, flat=True) if where is not None else list(flats[0])
+    mp, _ = mergekit_params(cfg, len(models))
+    lo = _model_thresholds(flats[0], flats[1:], chosen, mp["density"], implementation)
+    leaf_options = lambda _path: {"lo": lo}  # noqa: E731
+  return apply_tree(rec, base, models, config=cfg, key=key, where=where, options=options,
+                    leaf_options=leaf_options)
 
 
 def _model_thresholds(flat_base, model_flats, chosen, densities, implementation):
@@ -163,6 +146,14 @@ def _model_thresholds(flat_base, model_flats, chosen, densities, implementation)
   return jnp.stack([jnp.asarray(x, jnp.uint32) for x in los])
 
 
+# Defaults of the wrappers below are read from the records' config classes (defined once there).
+_LIN, _NUS, _MSL = methods_interp.LinearConfig, methods_interp.NuslerpConfig, methods_interp.MultislerpConfig
+_KAR, _MST = methods_interp.KarcherConfig, methods_interp.ModelStockConfig
+_TA, _TIES, _DARE = methods_gta.TaskArithmeticConfig, methods_gta.TiesConfig, methods_gta.DareConfig
+_BC, _DEL, _DELL = methods_gta.BreadcrumbsConfig, methods_gta.DellaConfig, methods_gta.DellaLinearConfig
+_SCE, _RAM, _RPL = methods_other.SceConfig, methods_other.RamConfig, methods_other.RamplusConfig
+
+
 def _ones(models, weights):
   return [1.0] * len(models) if weights is None else weights
 
@@ -173,7 +164,7 @@ def _as_list(models):
 
 # -- one function per method -------------------------------------------------------------------
 
-def linear(models: Sequence[PyTree], weights: Any = None, *, normalize: bool = True,
+def linear(models: Sequence[PyTree], weights: Any = None, *, normalize: bool = _LIN.normalize,
            where: jtree.Selector = None) -> PyTree:
   """Weighted average ``sum w_i m_i / sum w_i`` (model soup; FedAvg with
   ``weights`` = client sample counts). Equal weights by default.
@@ -195,7 +186,8 @@ def slerp(base: PyTree, other: PyTree | Sequence[PyTree], t: Any, *,
 
 
 def nuslerp(base: PyTree | None, models: Sequence[PyTree], *, weights: Any = None,
-            nuslerp_flatten: bool = True, nuslerp_row_wise: bool = False,
+            nuslerp_flatten: bool = _NUS.nuslerp_flatten,
+            nuslerp_row_wise: bool = _NUS.nuslerp_row_wise,
             where: jtree.Selector = None) -> PyTree:
   """SLERP of two models (task vectors if ``base``) at t = w1 / (w0 + w1)."""
   models = _as_list(models)
@@ -205,7 +197,7 @@ def nuslerp(base: PyTree | None, models: Sequence[PyTree], *, weights: Any = Non
 
 
 def multislerp(base: PyTree | None, models: Sequence[PyTree], *, weights: Any = None,
-               normalize_weights: bool = True, eps: float = 1e-8,
+               normalize_weights: bool = _MSL.normalize_weights, eps: float = _MSL.eps,
                where: jtree.Selector = None) -> PyTree:
   """Barycentric SLERP of several models (of task vectors if ``base``)."""
   models = _as_list(models)
@@ -214,7 +206,7 @@ def multislerp(base: PyTree | None, models: Sequence[PyTree], *, weights: Any = 
                      where=where)
 
 
-def karcher(models: Sequence[PyTree], *, max_iter: int = 10, tol: float = 1e-5,
+def karcher(models: Sequence[PyTree], *, max_iter: int = _KAR.max_iter, tol: float = _KAR.tol,
             where: jtree.Selector = None) -> PyTree:
   """Karcher mean on the sphere, scaled by the mean norm (equal weights)."""
   return merge_trees("karcher", None, _as_list(models),
@@ -233,7 +225,7 @@ def _gta(name, base, models, weights, key, where, implementation, trim_scope="te
 
 
 def task_arithmetic(base: PyTree, models: Sequence[PyTree], *, weights: Any = None,
-                    lam: Any = 1.0, normalize: bool = False, where: jtree.Selector = None,
+                    lam: Any = _TA.lam, normalize: bool = _TA.normalize, where: jtree.Selector = None,
                     implementation: str | None = None) -> PyTree:
   """``base + lam * sum w_i (m_i - base)`` (divided by ``sum w`` if normalize).
 
@@ -242,8 +234,8 @@ def task_arithmetic(base: PyTree, models: Sequence[PyTree], *, weights: Any = No
               normalize=normalize)
 
 
-def ties(base: PyTree, models: Sequence[PyTree], *, weights: Any = None, density: Any = 1.0,
-         lam: Any = 1.0, normalize: bool = True, rescale: bool | str = False,
+def ties(base: PyTree, models: Sequence[PyTree], *, weights: Any = None, density: Any = _TIES.density,
+         lam: Any = _TIES.lam, normalize: bool = _TIES.normalize, rescale: bool | str = _TIES.rescale,
          trim_scope: str = "tensor", key: jax.Array | None = None,
          where: jtree.Selector = None, implementation: str | None = None) -> PyTree:
   """TIES: keep the top ``density`` fraction of each task vector by magnitude
@@ -264,8 +256,8 @@ def ties(base: PyTree, models: Sequence[PyTree], *, weights: Any = None, density
 
 
 def dare_linear(base: PyTree, models: Sequence[PyTree], *, weights: Any = None,
-                density: Any = 1.0, lam: Any = 1.0, normalize: bool = False,
-                rescale: bool | str = True, key: jax.Array | None = None,
+                density: Any = _DARE.density, lam: Any = _DARE.lam, normalize: bool = _DARE.normalize,
+                rescale: bool | str = _DARE.rescale, key: jax.Array | None = None,
                 where: jtree.Selector = None, implementation: str | None = None) -> PyTree:
   """DARE: drop each delta with probability ``1 - density`` and rescale (L1 as
   mergekit; ``rescale='inverse'`` for the paper's 1/(1-p)). Needs ``key``."""
@@ -273,8 +265,8 @@ def dare_linear(base: PyTree, models: Sequence[PyTree], *, weights: Any = None,
               lam=lam, normalize=normalize, rescale=rescale)
 
 
-def dare_ties(base: PyTree, models: Sequence[PyTree], *, weights: Any = None, density: Any = 1.0,
-              lam: Any = 1.0, normalize: bool = False, rescale: bool | str = True,
+def dare_ties(base: PyTree, models: Sequence[PyTree], *, weights: Any = None, density: Any = _DARE.density,
+              lam: Any = _DARE.lam, normalize: bool = _DARE.normalize, rescale: bool | str = _DARE.rescale,
               key: jax.Array | None = None, where: jtree.Selector = None,
               implementation: str | None = None) -> PyTree:
   """DARE sparsification followed by TIES sign election. Needs ``key``."""
@@ -283,8 +275,8 @@ def dare_ties(base: PyTree, models: Sequence[PyTree], *, weights: Any = None, de
 
 
 def breadcrumbs(base: PyTree, models: Sequence[PyTree], *, weights: Any = None,
-                density: Any = 1.0, gamma: Any = 0.01, lam: Any = 1.0, normalize: bool = False,
-                rescale: bool = False, where: jtree.Selector = None,
+                density: Any = _BC.density, gamma: Any = _BC.gamma, lam: Any = _BC.lam, normalize: bool = _BC.normalize,
+                rescale: bool = _BC.rescale, where: jtree.Selector = None,
                 implementation: str | None = None) -> PyTree:
   """Model Breadcrumbs: drop the ``gamma`` largest and the smallest deltas."""
   return _gta("breadcrumbs", base, models, weights, None, where, implementation,
@@ -292,17 +284,17 @@ def breadcrumbs(base: PyTree, models: Sequence[PyTree], *, weights: Any = None,
 
 
 def breadcrumbs_ties(base: PyTree, models: Sequence[PyTree], *, weights: Any = None,
-                     density: Any = 1.0, gamma: Any = 0.01, lam: Any = 1.0,
-                     normalize: bool = False, rescale: bool = False,
+                     density: Any = _BC.density, gamma: Any = _BC.gamma, lam: Any = _BC.lam,
+                     normalize: bool = _BC.normalize, rescale: bool = _BC.rescale,
                      where: jtree.Selector = None, implementation: str | None = None) -> PyTree:
   """Model Breadcrumbs with TIES sign election."""
   return _gta("breadcrumbs_ties", base, models, weights, None, where, implementation,
               density=density, gamma=gamma, lam=lam, normalize=normalize, rescale=rescale)
 
 
-def della(base: PyTree, models: Sequence[PyTree], *, weights: Any = None, density: Any = 1.0,
-          epsilon: Any = 0.15, lam: Any = 1.0, normalize: bool = True,
-          rescale: bool | str = True, key: jax.Array | None = None,
+def della(base: PyTree, models: Sequence[PyTree], *, weights: Any = None, density: Any = _DEL.density,
+          epsilon: Any = _DEL.epsilon, lam: Any = _DEL.lam, normalize: bool = _DEL.normalize,
+          rescale: bool | str = _DEL.rescale, key: jax.Array | None = None,
           where: jtree.Selector = None, implementation: str | None = None) -> PyTree:
   """DELLA: per-row magnitude-ranked keep probabilities in
   ``[density - epsilon, density + epsilon]``, rescale, TIES. Needs ``key``."""
@@ -311,8 +303,8 @@ def della(base: PyTree, models: Sequence[PyTree], *, weights: Any = None, densit
 
 
 def della_linear(base: PyTree, models: Sequence[PyTree], *, weights: Any = None,
-                 density: Any = 1.0, epsilon: Any = 0.15, lam: Any = 1.0,
-                 normalize: bool = False, rescale: bool | str = True,
+                 density: Any = _DELL.density, epsilon: Any = _DELL.epsilon, lam: Any = _DELL.lam,
+                 normalize: bool = _DELL.normalize, rescale: bool | str = _DELL.rescale,
                  key: jax.Array | None = None, where: jtree.Selector = None,
                  implementation: str | None = None) -> PyTree:
   """DELLA without sign election. Needs ``key``."""
@@ -320,28 +312,28 @@ def della_linear(base: PyTree, models: Sequence[PyTree], *, weights: Any = None,
               density=density, epsilon=epsilon, lam=lam, normalize=normalize, rescale=rescale)
 
 
-def sce(base: PyTree, models: Sequence[PyTree], *, select_topk: float = 1.0,
+def sce(base: PyTree, models: Sequence[PyTree], *, select_topk: float = _SCE.select_topk,
         where: jtree.Selector = None) -> PyTree:
   """SCE: variance-based selection, calculated weights, sign-conflict erasure."""
   return merge_trees("sce", base, _as_list(models), global_params={"select_topk": select_topk},
                      where=where)
 
 
-def ram(base: PyTree, models: Sequence[PyTree], *, epsilon: float = 1e-5,
+def ram(base: PyTree, models: Sequence[PyTree], *, epsilon: float = _RAM.epsilon,
         where: jtree.Selector = None) -> PyTree:
   """RAM: unique deltas kept, overlapping deltas averaged."""
   return merge_trees("ram", base, _as_list(models), global_params={"epsilon": epsilon},
                      where=where)
 
 
-def ramplus_tl(base: PyTree, models: Sequence[PyTree], *, r: float = 0.1, alpha: float = 0.2,
-               epsilon: float = 1e-5, where: jtree.Selector = None) -> PyTree:
+def ramplus_tl(base: PyTree, models: Sequence[PyTree], *, r: float = _RPL.r, alpha: float = _RPL.alpha,
+               epsilon: float = _RPL.epsilon, where: jtree.Selector = None) -> PyTree:
   """RAM+ (tensor-local): unique deltas scaled up by the shared/unique ratio."""
   return merge_trees("ramplus_tl", base, _as_list(models),
                      global_params={"r": r, "alpha": alpha, "epsilon": epsilon}, where=where)
 
 
-def model_stock(base: PyTree, models: Sequence[PyTree], *, filter_wise: bool = False,
+def model_stock(base: PyTree, models: Sequence[PyTree], *, filter_wise: bool = _MST.filter_wise,
                 where: jtree.Selector = None) -> PyTree:
   """Model Stock (>= 2 fine-tuned models)."""
   return merge_trees("model_stock", base, _as_list(models),

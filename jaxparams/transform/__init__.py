@@ -24,8 +24,8 @@ Example:
   [-1.0, 0.5, 1.0]
 """
 
-from jaxparams.transform.checks import (Check, CheckContext, finite, float_inputs, in_range,
-                                        is_traced, same_shapes)
+from jaxparams.transform.checks import (Check, CheckContext, NonFiniteError, finite, float_inputs,
+                                        in_range, is_traced, same_shapes)
 from jaxparams.transform.keys import tensor_key
 from jaxparams.transform.prefetch import Prefetcher, read_tensor
 from jaxparams.transform.record import Transform, param_fields
@@ -34,7 +34,7 @@ from jaxparams.transform.stream_driver import StreamTask, make_sharding, stream_
 from jaxparams.transform.tree_driver import apply_tree, check_same_leaves
 
 __all__ = [
-    "Check", "CheckContext", "Prefetcher", "Registry", "StreamTask", "Transform", "apply_tree",
+    "Check", "CheckContext", "NonFiniteError", "Prefetcher", "Registry", "StreamTask", "Transform", "apply_tree",
     "check_same_leaves", "finite", "float_inputs", "in_range", "is_traced", "make_sharding",
     "param_fields", "read_tensor", "same_shapes", "stream_checkpoints", "tensor_key",
 ]

@@ -32,8 +32,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["Check", "CheckContext", "same_shapes", "finite", "float_inputs", "in_range",
-           "is_traced"]
+__all__ = ["Check", "CheckContext", "NonFiniteError", "same_shapes", "finite", "float_inputs",
+           "in_range", "is_traced"]
+
+
+class NonFiniteError(ValueError):
+  """An input or the output of a transform contains NaN or Inf."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +51,7 @@ class CheckContext:
     shapes: one shape per input (``None`` for an absent optional input).
     dtypes: one dtype per input.
     config: the record's config (values may be tracers).
+    has_base: the first input is a base model (``inputs='base+models'``).
   """
 
   record: str
@@ -55,6 +60,12 @@ class CheckContext:
   shapes: tuple[Any, ...]
   dtypes: tuple[Any, ...]
   config: Any
+  has_base: bool = False
+
+  @property
+  def n_models(self) -> int:
+    """Number of present non-base inputs."""
+    return sum(s is not None for s in self.shapes) - int(self.has_base)
 
   @property
   def where(self) -> str:
@@ -70,6 +81,7 @@ class Check:
   static: Callable[[CheckContext], None] | None = None
   values: Callable[[Sequence[jax.Array], Any], jax.Array] | None = None
   message: Callable[[CheckContext, int], str] | None = None
+  error: type = ValueError
 
 
 def is_traced(x: Any) -> bool:
@@ -113,11 +125,12 @@ def _finite_message(ctx: CheckContext, i: int) -> str:
   present = [lb for lb, s in zip(ctx.labels, ctx.shapes) if s is not None]
   if i < len(present):
     return f"{ctx.where}: {present[i]} contains NaN or Inf"
-  return (f"{ctx.where}: {ctx.record!r} produced NaN or Inf from finite inputs "
-          "(an ill-conditioned parameter or degenerate input)")
+  return (f"{ctx.where}: {ctx.record!r} produced NaN/Inf from finite inputs "
+          "(a degenerate input, e.g. vectors whose weighted sum is zero, or an ill-conditioned "
+          "parameter)")
 
 
-finite = Check("finite", values=_finite_values, message=_finite_message)
+finite = Check("finite", values=_finite_values, message=_finite_message, error=NonFiniteError)
 """No NaN/Inf in any input, nor in the output (one flag per input + one for the output)."""
 
 
@@ -162,7 +175,7 @@ def in_range(field: str, lo: float | None = None, hi: float | None = None, *,
   def ok(v: float) -> bool:
     if math.isnan(v):
       return False
-    if math.isinf(v) and not (v == lo_v or v == hi_v):
+    if math.isinf(v) and not ((lo is not None and v == lo) or (hi is not None and v == hi)):
       return False
     above = v > lo_v if lo_open else v >= lo_v
     below = v < hi_v if hi_open else v <= hi_v

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 from typing import Any, Callable, Collection, Mapping, Sequence
 
 import jax
@@ -49,6 +50,12 @@ _INPUTS = ("one", "base+models")
 _TRACE_ERRORS = (jax.errors.ConcretizationTypeError, jax.errors.TracerBoolConversionError,
                  jax.errors.TracerIntegerConversionError, jax.errors.TracerArrayConversionError)
 _BASE = ("none", "required", "optional", "ignored")
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _value_flags(vchecks: tuple[Check, ...], flat: tuple[Any, ...], out: Any) -> jax.Array:
+  # One dispatch for every value check of a call (eager) / inlined under an outer trace.
+  return jnp.concatenate([jnp.atleast_1d(c.values(flat, out)) for c in vchecks])
 
 
 def param_fields(config_cls: type) -> dict[str, dataclasses.Field]:
@@ -250,7 +257,8 @@ class Transform:
                 if self.inputs != "one" else self.labels(1, False))
     return CheckContext(record=self.name, path=path, labels=tuple(labels),
                         shapes=tuple(_shape(x) for x in flat),
-                        dtypes=tuple(_dtype(x) for x in flat), config=config)
+                        dtypes=tuple(_dtype(x) for x in flat), config=config,
+                        has_base=self.inputs != "one" and arranged[0] is not None)
 
   def run_static_checks(self, ctx: CheckContext, skip: Collection[str] = ()) -> None:
     """Runs the static parts of the checks (host side; raises ``ValueError``)."""
@@ -278,7 +286,7 @@ class Transform:
       bad = np.flatnonzero(~part)
       if bad.size:
         msg = c.message(ctx, int(bad[0])) if c.message else f"{ctx.where}: check {c.name} failed"
-        raise ValueError(msg)
+        raise c.error(msg)
       i += n
 
   # -- the one entry point ----------------------------------------------------------------------
@@ -332,7 +340,7 @@ class Transform:
     flat = self._flat_inputs(arranged)
     vchecks = self.value_checks(skip)
     if vchecks:
-      flags = jnp.concatenate([jnp.atleast_1d(c.values(flat, out)) for c in vchecks])
+      flags = _value_flags(vchecks, tuple(flat), out)
     else:
       flags = jnp.ones((0,), bool)
     return out, flags

@@ -248,10 +248,6 @@ def _place(arrays: list, sharding) -> list:
   return [jax.device_put(a, spec) for a in arrays]
 
 
-def _to_device(x: np.ndarray) -> jax.Array:
-  return jax.device_put(x)
-
-
 def stream_checkpoints(tasks: Sequence[StreamTask], sources: Mapping[str, Any],
                        out_dir: str | Path, *, key: jax.Array | None = None,
                        overwrite: bool = False, max_shard_bytes: int | float = 5e9,
@@ -308,7 +304,7 @@ def stream_checkpoints(tasks: Sequence[StreamTask], sources: Mapping[str, Any],
         try:
           outs = _run_task(task, [arrays[i] for i in task.inputs], compiled, key, shard)
         except ValueError as e:
-          raise ValueError(f"{prefix}{e}") from None
+          raise type(e)(f"{prefix}{e}") from None
         del arrays
         for name, value in outs:
           writer.add(name, value)
@@ -328,7 +324,7 @@ def _run_task(task: StreamTask, arrays: list, compiled: _Compiled, key, shard
     return [(task.name, arrays[0])]
   record = task.record
   k = tensor_key(key, task.name) if (key is not None and record.needs_key is not False) else None
-  placed = _place([_to_device(a) for a in arrays], shard) if shard is not None else arrays
+  placed = _place(arrays, shard)
   out, flags, ctx = compiled(task, placed, k)
   if isinstance(out, Mapping):
     outs = [(task.output_name(s), np.asarray(v)) for s, v in out.items()]

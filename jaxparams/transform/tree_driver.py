@@ -54,7 +54,7 @@ PyTree = Any
 
 
 def check_same_leaves(flats: Sequence[Mapping[str, Any]], labels: Sequence[str]) -> None:
-  """All flat trees have the same leaf paths (``ValueError`` naming the differences).
+  """All flat trees have the same leaf paths and leaf shapes (``ValueError`` naming them).
 
   Example:
     >>> check_same_leaves([{'a': 1}, {'b': 1}], ['base', 'model 0'])
@@ -68,6 +68,10 @@ def check_same_leaves(flats: Sequence[Mapping[str, Any]], labels: Sequence[str])
     if missing or extra:
       raise ValueError(f"{label} has different leaves than {labels[0]}: missing {missing[:5]}, "
                        f"extra {extra[:5]}")
+    for p, x in f.items():
+      if np.shape(x) != np.shape(ref[p]):
+        raise ValueError(f"tensor {p!r}: shape {np.shape(x)} in {label} but "
+                         f"{np.shape(ref[p])} in {labels[0]}")
 
 
 def apply_tree(record: Transform, *trees: Any, config: Any = None, key: jax.Array | None = None,

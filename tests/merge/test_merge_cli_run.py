@@ -6,7 +6,7 @@ import numpy as np
 
 from jaxparams.cli import merge as cli_merge
 from jaxparams.io import load_safetensors
-from jaxparams.merge.testing import llama_config, write_llama
+from jaxparams.demo.tiny_llama import llama_config, write_llama
 
 CFG = llama_config(vocab_size=16, hidden_size=16, intermediate_size=16, num_hidden_layers=2,
                    num_attention_heads=4, num_key_value_heads=4)

@@ -11,7 +11,7 @@ import pytest
 from jaxparams.io import load_safetensors, open_checkpoint, save_safetensors
 from jaxparams.merge.registry import get_method
 from jaxparams.merge.stream import merge_checkpoints, tensor_key
-from jaxparams.merge.testing import llama_config, write_llama
+from jaxparams.demo.tiny_llama import llama_config, write_llama
 
 # Every 2-D tensor is 16x16 and every 1-D one has 16 entries: two shapes, few compiles.
 CFG = llama_config(vocab_size=16, hidden_size=16, intermediate_size=16, num_hidden_layers=3,
@@ -199,8 +199,8 @@ def test_nan_input_mid_merge_leaves_nothing(ckpts, tmp_path):
   bad = tmp_path / "nan"
   save_safetensors(t, bad, config=CFG)
   out = tmp_path / "out"
-  with pytest.raises(ValueError, match=r"tensor 'model.norm.weight' of model '.*/nan' contains "
-                     "NaN or Inf"):
+  with pytest.raises(ValueError, match=r"tensor 'model.norm.weight': model '.*/nan' contains "
+                     "NaN or Inf; fix the checkpoint or pass allow_nonfinite=True"):
     merge_checkpoints(_lin(ckpts["a"], bad), out, progress=False)
   assert not out.exists() and not _leftovers(tmp_path)
   merge_checkpoints(_lin(ckpts["a"], bad), out, progress=False, allow_nonfinite=True)
@@ -283,7 +283,8 @@ def test_layer_range_past_end(ckpts, tmp_path):
 
 
 def test_reader_thread_error_reaches_caller_and_leaves_nothing(ckpts, tmp_path, monkeypatch):
-  from jaxparams.merge import stream  # pylint: disable=import-outside-toplevel
+  # the reader thread lives in the transform layer's prefetcher
+  from jaxparams.transform import prefetch as stream  # pylint: disable=import-outside-toplevel
   calls = {"n": 0}
 
   class FlakyFile:

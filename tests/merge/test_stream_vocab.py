@@ -9,7 +9,7 @@ from tokenizers.models import WordLevel
 
 from jaxparams.io import load_safetensors
 from jaxparams.merge.stream import merge_checkpoints
-from jaxparams.merge.testing import llama_config, llama_tensors, write_llama
+from jaxparams.demo.tiny_llama import llama_config, llama_tensors, write_llama
 
 BASE_TOKENS = [f"t{i}" for i in range(16)]
 A_TOKENS = BASE_TOKENS + ["new1"]                   # base + new1

@@ -8,7 +8,7 @@ through the tree API (``jp.merge.<method>``), and every model's accuracy on
 each task (ten-way prediction on that task's test digits) is printed.
 
 Example:
-  >>> from jaxparams.merge.demo import run
+  >>> from jaxparams.demo.merge_digits import run
   >>> out = run(None)  # doctest: +SKIP
   >>> sorted(out['accuracy'])  # doctest: +SKIP
 """
