@@ -1,6 +1,7 @@
 """SparseGPT: one-shot OBS pruning with lazy block updates (Frantar & Alistarh, 2023).
 
-Follows the reference ``SparseGPT.fasterprune``: dead inputs (``H_jj = 0``) get ``H_jj = 1`` and a
+Follows the reference ``SparseGPT.fasterprune`` on the shared OBS core of :mod:`jaxparams.calib.obs`
+(dead inputs, dampening, the upper Cholesky factor of ``H^-1``): dead inputs (``H_jj = 0``) get ``H_jj = 1`` and a
 zero weight column; ``H += percdamp * mean(diag H) * I``; ``U`` is the upper Cholesky factor of
 ``H^-1``. Columns are visited in blocks of ``block_size``. For unstructured sparsity, the mask of
 each block is chosen once from ``w^2 / diag(U)^2`` with one threshold over the whole block (ties
@@ -33,6 +34,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from jaxparams.calib import obs
 from jaxparams.prune import masks
 
 __all__ = ["SparseGPTConfig", "sparsegpt"]
@@ -48,6 +50,8 @@ class SparseGPTConfig:
     block_size: columns per lazy-update block (128).
     percdamp: dampening as a fraction of ``mean(diag H)`` (0.01).
     bits: joint quantization bit width, or None for none (the reference's ``wbits`` 16).
+    max_damp_retries: retries with 10x dampening if the Cholesky fails (the shared OBS core's
+      rule; the reference has none and fails).
   """
 
   sparsity: float = 0.5
@@ -55,6 +59,7 @@ class SparseGPTConfig:
   block_size: int = 128
   percdamp: float = 0.01
   bits: int | None = None
+  max_damp_retries: int = 4
 
   def __post_init__(self):
     masks.check_sparsity(self.sparsity)
@@ -70,14 +75,6 @@ class SparseGPTConfig:
       raise ValueError(f"SparseGPT percdamp must be >= 0, got {self.percdamp}")
     if self.bits is not None and not (isinstance(self.bits, int) and 1 <= self.bits <= 8):
       raise ValueError(f"SparseGPT bits must be None or an integer in [1, 8], got {self.bits}")
-
-
-def _upper_chol_inverse(h: jax.Array) -> jax.Array:
-  """Upper ``U`` with ``H^-1 = U^T U`` (one Cholesky of the reversed matrix)."""
-  eye = jnp.eye(h.shape[0], dtype=h.dtype)
-  lo = jnp.linalg.cholesky(h[::-1, ::-1])
-  linv = jax.scipy.linalg.solve_triangular(lo, eye, lower=True)
-  return linv[::-1, ::-1]
 
 
 def _grid(w: jax.Array, bits: int):
@@ -99,15 +96,13 @@ def _quant(x, scale, zero, maxq):
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
-def _sparsegpt_t(w: jax.Array, h: jax.Array, cfg: SparseGPTConfig):
-  """Runs on the PyTorch-oriented ``w [rows=d_out, cols=d_in]``."""
+def _sparsegpt(w_kernel: jax.Array, h: jax.Array, cfg: SparseGPTConfig):
+  """Takes the Flax kernel ``[d_in, d_out]``; the loop runs on its transpose (``[out, in]``)."""
+  h, w_kernel = obs.fix_dead(h, w_kernel)
+  u, tries = obs.inverse_cholesky(h, obs.damping(h, cfg.percdamp), cfg.max_damp_retries)
+  w = w_kernel.T
   rows, cols = w.shape
-  dead = jnp.diag(h) == 0
-  h = h.at[jnp.diag_indices(cols)].set(jnp.where(dead, 1.0, jnp.diag(h)))
-  w = jnp.where(dead[None, :], 0.0, w)
   grid = _grid(w, cfg.bits) if cfg.bits is not None else None
-  damp = cfg.percdamp * jnp.mean(jnp.diag(h))
-  u = _upper_chol_inverse(h + damp * jnp.eye(cols, dtype=h.dtype))
   loss = jnp.zeros((rows,), jnp.float32)
   for i1 in range(0, cols, cfg.block_size):
     i2 = min(i1 + cfg.block_size, cols)
@@ -153,7 +148,7 @@ def _sparsegpt_t(w: jax.Array, h: jax.Array, cfg: SparseGPTConfig):
     if i2 < cols:
       w = w.at[:, i2:].add(-jnp.matmul(e1, u[i1:i2, i2:], precision=jax.lax.Precision.HIGHEST))
     loss = loss + lossb
-  return w, jnp.sum(loss)
+  return w.T, jnp.sum(loss), tries
 
 
 def sparsegpt(w: jax.Array, hessian: jax.Array, cfg: SparseGPTConfig | None = None,
@@ -186,5 +181,6 @@ def sparsegpt(w: jax.Array, hessian: jax.Array, cfg: SparseGPTConfig | None = No
   if cfg.pattern is not None and w.shape[0] % cfg.pattern[1]:
     raise ValueError(f"SparseGPT {cfg.pattern[0]}:{cfg.pattern[1]} needs d_in a multiple of "
                      f"{cfg.pattern[1]}, got {w.shape[0]}")
-  wt, loss = _sparsegpt_t(w.T.astype(jnp.float32), hessian.astype(jnp.float32), cfg)
-  return wt.T.astype(w.dtype), loss
+  out, loss, tries = _sparsegpt(w.astype(jnp.float32), hessian.astype(jnp.float32), cfg)
+  obs.check_retries(tries, cfg.max_damp_retries, cfg.percdamp, method="sparsegpt")
+  return out.astype(w.dtype), loss

@@ -8,7 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxparams.prune import masks, sparsegpt, wanda
+from jaxparams.prune import masks, wanda
+from jaxparams.prune.sparsegpt import SparseGPTConfig
+from jaxparams.prune.sparsegpt import sparsegpt as run_sparsegpt
 
 
 def _np_sparsegpt(w_t, h, sparsity, prunen=0, prunem=0, blocksize=128, percdamp=0.01, bits=None):
@@ -77,7 +79,7 @@ def _layer(seed, d_in=32, d_out=12, n=256):
 def test_sparsegpt_matches_numpy_transcription(kw):
   x, w = _layer(0)
   h = 2 * x.T @ x / x.shape[0]
-  wp, loss = sparsegpt.sparsegpt(jnp.asarray(w), jnp.asarray(h), **kw)
+  wp, loss = run_sparsegpt(jnp.asarray(w), jnp.asarray(h), **kw)
   n, m = kw.get("pattern", (0, 0))
   ref, ref_loss = _np_sparsegpt(w.T, h, kw.get("sparsity", 0.5), n, m, kw.get("block_size", 128),
                                 bits=kw.get("bits"))
@@ -89,7 +91,7 @@ def test_sparsegpt_matches_numpy_transcription(kw):
 def test_sparsegpt_density_one_and_zero_sparsity_keep_weights():
   x, w = _layer(1)
   h = x.T @ x
-  wp, loss = sparsegpt.sparsegpt(jnp.asarray(w), jnp.asarray(h), sparsity=0.0)
+  wp, loss = run_sparsegpt(jnp.asarray(w), jnp.asarray(h), sparsity=0.0)
   assert np.asarray(wp).tolist() == w.tolist()     # bit-exact
   assert float(loss) == 0.0
 
@@ -97,12 +99,12 @@ def test_sparsegpt_density_one_and_zero_sparsity_keep_weights():
 def test_sparsegpt_beats_magnitude_and_is_scale_invariant():
   x, w = _layer(2)
   h = x.T @ x
-  wp, _ = sparsegpt.sparsegpt(jnp.asarray(w), jnp.asarray(h), sparsity=0.5, block_size=16)
+  wp, _ = run_sparsegpt(jnp.asarray(w), jnp.asarray(h), sparsity=0.5, block_size=16)
   wm = np.where(np.asarray(masks.magnitude_mask(jnp.asarray(w), 0.5)), w, 0)
   err_sgpt = np.linalg.norm(x @ (w - np.asarray(wp)))
   err_mag = np.linalg.norm(x @ (w - wm))
   assert err_sgpt < 0.9 * err_mag
-  wp2, _ = sparsegpt.sparsegpt(jnp.asarray(w), jnp.asarray(9.0 * h), sparsity=0.5, block_size=16)
+  wp2, _ = run_sparsegpt(jnp.asarray(w), jnp.asarray(9.0 * h), sparsity=0.5, block_size=16)
   chex.assert_trees_all_close(wp2, wp, atol=1e-5)
   # every 16-column block (of the torch orientation) has at least floor(0.5 * rows * 16) zeros
   for i in range(0, 32, 16):
@@ -113,7 +115,7 @@ def test_sparsegpt_two_four_structure_and_dead_inputs():
   x, w = _layer(3)
   x[:, 5] = 0.0
   h = x.T @ x
-  wp, _ = sparsegpt.sparsegpt(jnp.asarray(w), jnp.asarray(h), pattern=(2, 4), block_size=8)
+  wp, _ = run_sparsegpt(jnp.asarray(w), jnp.asarray(h), pattern=(2, 4), block_size=8)
   nz = (np.asarray(wp) != 0).reshape(8, 4, 12).sum(axis=1)
   assert (nz <= 2).all()
   assert (np.asarray(wp)[5] == 0).all()
@@ -121,7 +123,7 @@ def test_sparsegpt_two_four_structure_and_dead_inputs():
 
 def test_sparsegpt_joint_quantization_on_grid():
   x, w = _layer(4)
-  wp, _ = sparsegpt.sparsegpt(jnp.asarray(w), jnp.asarray(x.T @ x), sparsity=0.5, bits=3)
+  wp, _ = run_sparsegpt(jnp.asarray(w), jnp.asarray(x.T @ x), sparsity=0.5, bits=3)
   wt = w.T
   xmin, xmax = np.minimum(wt.min(1), 0), np.maximum(wt.max(1), 0)
   scale = (xmax - xmin) / 7
@@ -132,11 +134,11 @@ def test_sparsegpt_joint_quantization_on_grid():
 
 def test_sparsegpt_config_errors():
   with pytest.raises(ValueError, match="sparsity"):
-    sparsegpt.SparseGPTConfig(sparsity=1.5)
+    SparseGPTConfig(sparsity=1.5)
   with pytest.raises(ValueError, match="multiple of M"):
-    sparsegpt.SparseGPTConfig(pattern=(2, 4), block_size=6)
+    SparseGPTConfig(pattern=(2, 4), block_size=6)
   with pytest.raises(ValueError, match="Hessian"):
-    sparsegpt.sparsegpt(jnp.ones((4, 2)), jnp.eye(3))
+    run_sparsegpt(jnp.ones((4, 2)), jnp.eye(3))
 
 
 def test_wanda_equation_and_counts():
