@@ -20,11 +20,12 @@ Example:
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-__all__ = ["check_sparsity", "global_masks", "magnitude_mask", "nm_mask", "random_mask",
+__all__ = ["check_sparsity", "parse_pattern", "global_masks", "magnitude_mask", "nm_mask", "random_mask",
            "row_mask", "topk_mask"]
 
 
@@ -43,6 +44,24 @@ def check_sparsity(sparsity: float, *, name: str = "") -> float:
   if not (0.0 <= s < 1.0):
     raise ValueError(f"sparsity{where} must be in [0, 1), got {s}")
   return s
+
+
+def parse_pattern(pattern: Any, name: str = "pattern") -> tuple[int, int] | None:
+  """``None``, ``(n, m)`` or ``'n:m'`` -> ``(n, m)`` with ``0 < n < m``, or None.
+
+  Example:
+    >>> parse_pattern('2:4'), parse_pattern([4, 8]), parse_pattern(None)
+    ((2, 4), (4, 8), None)
+  """
+  if pattern is None:
+    return None
+  try:
+    n, m = (int(v) for v in (pattern.split(":") if isinstance(pattern, str) else pattern))
+  except (TypeError, ValueError):
+    raise ValueError(f"{name}: pattern must look like '2:4' or (2, 4), got {pattern!r}") from None
+  if not 0 < n < m:
+    raise ValueError(f"{name}: N:M pattern needs 0 < N < M, got {n}:{m}")
+  return (n, m)
 
 
 def topk_mask(scores: jax.Array, n_prune: int) -> jax.Array:

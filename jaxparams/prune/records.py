@@ -35,21 +35,6 @@ __all__ = ["MagnitudeConfig", "PRUNERS", "RandomConfig", "SparseGPTConfig", "Wan
 SparseGPTConfig = sgpt.SparseGPTConfig
 
 
-def _pattern_field(pattern: Any, name: str) -> tuple[int, int] | None:
-  if pattern is None:
-    return None
-  if isinstance(pattern, str):
-    try:
-      n, m = (int(v) for v in pattern.split(":"))
-    except ValueError:
-      raise ValueError(f"{name}: pattern must look like '2:4', got {pattern!r}") from None
-  else:
-    n, m = pattern
-  if not (0 < n < m):
-    raise ValueError(f"{name}: N:M pattern needs 0 < N < M, got {n}:{m}")
-  return (int(n), int(m))
-
-
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class MagnitudeConfig:
   """Magnitude pruning.
@@ -67,7 +52,7 @@ class MagnitudeConfig:
 
   def __post_init__(self):
     masks.check_sparsity(self.sparsity)
-    object.__setattr__(self, "pattern", _pattern_field(self.pattern, "magnitude"))
+    object.__setattr__(self, "pattern", masks.parse_pattern(self.pattern, "magnitude"))
     if self.scope not in ("tensor", "row"):
       raise ValueError(f"magnitude: scope must be 'tensor' or 'row', got {self.scope!r}")
 
@@ -100,7 +85,7 @@ class WandaConfig:
 
   def __post_init__(self):
     masks.check_sparsity(self.sparsity)
-    object.__setattr__(self, "pattern", _pattern_field(self.pattern, "wanda"))
+    object.__setattr__(self, "pattern", masks.parse_pattern(self.pattern, "wanda"))
 
 
 def _to_flax(x: jax.Array, input_axis: int) -> jax.Array:

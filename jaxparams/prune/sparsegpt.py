@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -55,7 +56,7 @@ class SparseGPTConfig:
   """
 
   sparsity: float = 0.5
-  pattern: tuple[int, int] | None = None
+  pattern: Any = None
   block_size: int = 128
   percdamp: float = 0.01
   bits: int | None = None
@@ -63,12 +64,10 @@ class SparseGPTConfig:
 
   def __post_init__(self):
     masks.check_sparsity(self.sparsity)
-    if self.pattern is not None:
-      n, m = self.pattern
-      if not (isinstance(n, int) and isinstance(m, int) and 0 < n < m):
-        raise ValueError(f"SparseGPT pattern must be integers 0 < N < M, got {self.pattern}")
-      if self.block_size % m:
-        raise ValueError(f"SparseGPT block_size {self.block_size} must be a multiple of M={m}")
+    object.__setattr__(self, "pattern", masks.parse_pattern(self.pattern, "SparseGPT"))
+    if self.pattern is not None and self.block_size % self.pattern[1]:
+      raise ValueError(f"SparseGPT block_size {self.block_size} must be a multiple of "
+                       f"M={self.pattern[1]}")
     if self.block_size < 1:
       raise ValueError(f"SparseGPT block_size must be >= 1, got {self.block_size}")
     if not self.percdamp >= 0:
