@@ -16,7 +16,7 @@ Example:
 """
 
 from jaxparams.prune.api import default_prune_where, prune_checkpoint, prune_tree, sparsity_of
-from jaxparams.prune.calibrated import prune_model
+from jaxparams.prune.calibrated import prune_hf_model, prune_model
 from jaxparams.prune.deepshape import backslash, code_entropy, deepshape
 from jaxparams.prune.distribution import erk, uniform
 from jaxparams.prune.gg import fit_gg, gg_init, gg_ratio, gg_sample, gg_summary
@@ -39,7 +39,7 @@ __all__ = [
     "compress_24", "decompress_24",
     "deepshape", "default_prune_where", "erk", "fit_gg", "gg_init", "gg_ratio", "gg_sample",
     "gg_summary", "global_masks", "importance_map", "magnitude_mask", "masked_apply", "nm_mask",
-    "pixel_mask", "prune_checkpoint", "prune_model", "prune_tree", "random_mask", "rf8_decode", "rf8_encode",
+    "pixel_mask", "prune_checkpoint", "prune_hf_model", "prune_model", "prune_tree", "random_mask", "rf8_decode", "rf8_encode",
     "rf8_round", "row_mask", "snip_masks", "snip_scores", "sparsegpt", "sparsity_of",
     "sparsity_report", "topk_mask", "uniform", "wanda_mask", "wanda_scores", "wrap_optax",
 ]

@@ -18,16 +18,19 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
+from typing import Any, Sequence
 
+import numpy as np
 from flax import linen as nn
 
 from jaxparams import calib
+from jaxparams import io as jio
 from jaxparams import tree as jtree
 from jaxparams.prune.api import default_prune_where, prune_tree
 from jaxparams.prune.records import CALIBRATED
 
-__all__ = ["prune_model"]
+__all__ = ["prune_hf_model", "prune_model"]
 
 
 def prune_model(module: nn.Module, params: Any, batches: Any, method: str, *, where: Any = None,
@@ -70,3 +73,34 @@ def prune_model(module: nn.Module, params: Any, batches: Any, method: str, *, wh
     params, rep = prune_tree(params, method, where=paths, stats=stats, **fields)
     report.update(rep)
   return params, report
+
+
+def prune_hf_model(src: str | Path, out_dir: str | Path, method: str, texts: Sequence[str], *,
+                   max_length: int = 128, batch_size: int = 16, overwrite: bool = False,
+                   where: Any = None, **fields: Any) -> dict[str, float]:
+  """Calibrated pruning of an HF checkpoint (a model family of :func:`jaxparams.models.from_hf`).
+
+  Loads the model (the whole model in memory, unlike :func:`prune_checkpoint`), tokenizes
+  ``texts`` with the folder's ``tokenizer.json``, runs :func:`prune_model` and writes the pruned
+  checkpoint with :func:`jaxparams.models.to_hf` (atomic; tokenizer and sentence-transformers
+  files copied), in the source's dtype.
+
+  Returns:
+    ``{kernel path: achieved sparsity}``.
+  """
+  from tokenizers import Tokenizer  # pylint: disable=import-outside-toplevel
+
+  from jaxparams import models  # pylint: disable=import-outside-toplevel
+  src = Path(src)
+  jio.check_output_dir(Path(out_dir), overwrite)
+  if not (src / "tokenizer.json").is_file():
+    raise ValueError(f"{src}: calibrated pruning needs the model's tokenizer.json in the folder")
+  module, params, config = models.from_hf(src)
+  dtype = np.asarray(jtree.flatten(params)[next(iter(jtree.flatten(params)))]).dtype
+  tok = Tokenizer.from_file(str(src / "tokenizer.json"))
+  is_bert = type(config).__name__.lower().startswith("bert")
+  batches = calib.text_batches(tok, texts, batch_size=batch_size, max_length=max_length,
+                               token_type_ids=is_bert)
+  params, report = prune_model(module, params, batches, method, where=where, **fields)
+  models.to_hf(params, config, out_dir, copy_from=src, overwrite=overwrite, dtype=dtype)
+  return report

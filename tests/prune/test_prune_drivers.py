@@ -116,3 +116,28 @@ def test_cli_prune_two_four_and_errors(tmp_path, capsys):
   assert main(["prune", str(jp.models.minilm_path()), str(tmp_path / "y"), "--where",
                "nothing_here"]) == 2
   assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_cli_wanda_on_tiny_llama_loads_back(tmp_path, capsys):
+  from jaxparams.cli.main import main
+  import shutil
+  from pathlib import Path
+  from tokenizers import Tokenizer, models, pre_tokenizers
+  src = tmp_path / "llama_tiny"
+  shutil.copytree(Path(__file__).parents[1] / "fixtures" / "llama_tiny", src)
+  words = "[PAD] [UNK] sentence number about pruning weights 0 1 2 3 4 5 6 7".split()
+  tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
+  tok.pre_tokenizer = pre_tokenizers.Whitespace()
+  tok.save(str(src / "tokenizer.json"))
+  text = tmp_path / "calib.txt"
+  text.write_text("\n".join(f"sentence number {i} about pruning weights" for i in range(8)))
+  out = tmp_path / "wanda"
+  assert main(["prune", str(src), str(out), "--method", "wanda", "--pattern", "2:4",
+               "--calibration", str(text)]) == 0, capsys.readouterr().err
+  _, params, _ = jp.models.from_hf(out)
+  for p, w in jp.tree.flatten(params).items():
+    if jp.prune.default_prune_where(p, w):
+      nz = (np.asarray(w) != 0).reshape(w.shape[0] // 4, 4, -1).sum(1)
+      assert (nz == 2).all(), p
+  assert main(["prune", str(src), str(tmp_path / "x"), "--method", "sparsegpt"]) == 2
+  assert "--calibration" in capsys.readouterr().err
