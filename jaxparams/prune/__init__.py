@@ -23,7 +23,8 @@ from jaxparams.prune.gg import fit_gg, gg_init, gg_ratio, gg_sample, gg_summary
 from jaxparams.prune.macpruning import importance_map, masked_apply, pixel_mask
 from jaxparams.prune.masks import (global_masks, magnitude_mask, nm_mask, random_mask, row_mask,
                                    topk_mask)
-from jaxparams.prune.optax_pruning import PruningState, apply_masks, sparsity_report, wrap_optax
+from jaxparams.prune.optax_pruning import (PruningState, apply_masks, post_update, sparsity_report,
+                                         wrap_optax)
 from jaxparams.prune.records import (PRUNERS, MagnitudeConfig, RandomConfig, SparseGPTConfig,
                                      WandaConfig)
 from jaxparams.prune.rf8 import rf8_decode, rf8_encode, rf8_round
@@ -39,7 +40,7 @@ __all__ = [
     "compress_24", "decompress_24",
     "deepshape", "default_prune_where", "erk", "fit_gg", "gg_init", "gg_ratio", "gg_sample",
     "gg_summary", "global_masks", "importance_map", "magnitude_mask", "masked_apply", "nm_mask",
-    "pixel_mask", "prune_checkpoint", "prune_hf_model", "prune_model", "prune_tree", "random_mask", "rf8_decode", "rf8_encode",
+    "pixel_mask", "post_update", "prune_checkpoint", "prune_hf_model", "prune_model", "prune_tree", "random_mask", "rf8_decode", "rf8_encode",
     "rf8_round", "row_mask", "snip_masks", "snip_scores", "sparsegpt", "sparsity_of",
     "sparsity_report", "topk_mask", "uniform", "wanda_mask", "wanda_scores", "wrap_optax",
 ]

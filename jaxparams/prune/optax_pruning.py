@@ -35,7 +35,7 @@ from jaxparams import tree as jtree
 from jaxparams.prune.masks import check_sparsity, topk_mask
 from jaxparams.prune.schedule import OneShotSchedule, PolynomialSchedule
 
-__all__ = ["PruningState", "apply_masks", "sparsity_report", "wrap_optax"]
+__all__ = ["PruningState", "apply_masks", "post_update", "sparsity_report", "wrap_optax"]
 
 
 class PruningState(NamedTuple):
@@ -80,7 +80,8 @@ def sparsity_report(params: Any, where: Any = None) -> dict[str, float]:
 
 def wrap_optax(tx: optax.GradientTransformation, sparsity: Mapping[str, float] | None = None, *,
                schedule: PolynomialSchedule | OneShotSchedule | None = None,
-               masks: Mapping[str, jax.Array] | None = None) -> optax.GradientTransformation:
+               masks: Mapping[str, jax.Array] | None = None,
+               fold: bool = True) -> optax.GradientTransformation:
   """Wraps ``tx`` so that selected leaves are pruned by magnitude on a schedule.
 
   Args:
@@ -90,6 +91,10 @@ def wrap_optax(tx: optax.GradientTransformation, sparsity: Mapping[str, float] |
     schedule: when and how far to prune (default: one shot at step 0).
     masks: fixed keep-masks (e.g. SNIP's); the weights are masked at every step and the masks are
       never recomputed.
+    fold: fold the masking into the updates (the default: ``optax.apply_updates`` lands on the
+      pruned weights). With ``fold=False`` the updates of pruned weights are zeroed and the
+      caller, which applies the updates itself (e.g. scaled by a learning rate it owns), calls
+      :func:`post_update` after each step -- jaxpruner's ``post_gradient_update``.
 
   Returns:
     An optax ``GradientTransformation`` whose state is a :class:`PruningState`.
@@ -122,6 +127,12 @@ def wrap_optax(tx: optax.GradientTransformation, sparsity: Mapping[str, float] |
     if params is None:
       raise ValueError("wrap_optax needs `params` in update() to keep pruned weights at zero")
     inner_updates, inner_state = tx.update(updates, state.inner, params)
+    if not fold:
+      u_flat = jtree.flatten(inner_updates)
+      out = {k: (jnp.where(state.masks[k], v, jnp.zeros_like(v)) if k in state.masks else v)
+             for k, v in u_flat.items()}
+      return (jtree.unflatten(out, inner_updates),
+              PruningState(inner_state, state.masks, state.count + 1))
     p_flat, u_flat = jtree.flatten(params), jtree.flatten(inner_updates)
     new_masks = {}
     out = dict(u_flat)
@@ -139,3 +150,42 @@ def wrap_optax(tx: optax.GradientTransformation, sparsity: Mapping[str, float] |
             PruningState(inner_state, new_masks, state.count + 1))
 
   return optax.GradientTransformation(init_fn, update_fn)
+
+
+def post_update(params: Any, state: PruningState, sparsity: Mapping[str, float] | None = None,
+                *, schedule: PolynomialSchedule | OneShotSchedule | None = None
+                ) -> tuple[Any, PruningState]:
+  """After the caller applied ``wrap_optax(..., fold=False)``'s updates: recompute the masks on
+  the schedule's update steps (by magnitude of the new weights) and zero the pruned weights.
+
+  Give the same ``sparsity`` and ``schedule`` as to :func:`wrap_optax` (``sparsity=None``: the
+  masks are fixed and only applied).
+
+  Example:
+    >>> import optax
+    >>> tx = wrap_optax(optax.sgd(1.0), {'w': 0.5}, fold=False)
+    >>> p = {'w': jnp.array([1., -3., 0.5, 2.])}
+    >>> s = tx.init(p)
+    >>> u, s = tx.update({'w': jnp.zeros(4)}, s, p)
+    >>> p, s = post_update(optax.apply_updates(p, u), s, {'w': 0.5})
+    >>> p['w'].tolist()
+    [0.0, -3.0, 0.0, 2.0]
+  """
+  schedule = schedule if schedule is not None else OneShotSchedule(step=0)
+  fixed = sparsity is None
+  targets = {k: check_sparsity(v, name=k) for k, v in (sparsity or {}).items()}
+  missing = sorted(set(state.masks) - set(targets)) if not fixed else []
+  if missing:
+    raise ValueError(f"post_update: no sparsity given for pruned leaves {missing[:3]}")
+  flat = jtree.flatten(params)
+  step = state.count - 1                      # the step whose update was just applied
+  masks = {}
+  for k, mask in state.masks.items():
+    if not fixed:
+      w = flat[k]
+      level = schedule.sparsity(targets[k], step)
+      n_prune = jnp.floor(level * math.prod(w.shape)).astype(jnp.int32)
+      fresh = topk_mask(jnp.abs(w.astype(jnp.float32)), n_prune)
+      mask = jnp.where(schedule.is_update_step(step), fresh, mask)
+    masks[k] = mask
+  return apply_masks(params, masks), PruningState(state.inner, masks, state.count)
