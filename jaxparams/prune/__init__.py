@@ -17,21 +17,21 @@ Example:
 
 from jaxparams.prune.api import default_prune_where, prune_checkpoint, prune_tree, sparsity_of
 from jaxparams.prune.calibrated import prune_hf_model, prune_model
-from jaxparams.prune.deepshape import backslash, code_entropy, deepshape
 from jaxparams.prune.distribution import erk, uniform
 from jaxparams.prune.gg import fit_gg, gg_init, gg_ratio, gg_sample, gg_summary
 from jaxparams.prune.macpruning import importance_map, masked_apply, pixel_mask
 from jaxparams.prune.masks import (global_masks, magnitude_mask, nm_mask, random_mask, row_mask,
                                    topk_mask)
+from jaxparams.prune.obs_pruning import sparsegpt
 from jaxparams.prune.optax_pruning import (PruningState, apply_masks, post_update, sparsity_report,
                                          wrap_optax)
 from jaxparams.prune.records import (PRUNERS, MagnitudeConfig, RandomConfig, SparseGPTConfig,
                                      WandaConfig)
 from jaxparams.prune.rf8 import rf8_decode, rf8_encode, rf8_round
 from jaxparams.prune.schedule import OneShotSchedule, PolynomialSchedule
+from jaxparams.prune.shaping import backslash, code_entropy, deepshape
 from jaxparams.prune.snip import snip_masks, snip_scores
 from jaxparams.prune.sparse24 import compress_24, decompress_24
-from jaxparams.prune.sparsegpt import sparsegpt
 from jaxparams.prune.wanda import wanda_mask, wanda_scores
 
 __all__ = [

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 
 from jaxparams import transform as jt
 from jaxparams.prune import masks
-from jaxparams.prune import sparsegpt as sgpt
+from jaxparams.prune import obs_pruning as sgpt
 from jaxparams.prune import wanda as wnd
 
 __all__ = ["MagnitudeConfig", "PRUNERS", "RandomConfig", "SparseGPTConfig", "WandaConfig",

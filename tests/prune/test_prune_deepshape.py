@@ -6,7 +6,8 @@ import numpy as np
 import optax
 import pytest
 
-from jaxparams.prune import deepshape, gg
+from jaxparams.prune import gg
+from jaxparams.prune import shaping as deepshape
 
 
 def test_deepshape_keeps_rank_order_and_reaches_target_shape():

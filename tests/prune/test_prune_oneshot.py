@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from jaxparams.prune import masks, wanda
-from jaxparams.prune.sparsegpt import SparseGPTConfig
-from jaxparams.prune.sparsegpt import sparsegpt as run_sparsegpt
+from jaxparams.prune.obs_pruning import SparseGPTConfig
+from jaxparams.prune.obs_pruning import sparsegpt as run_sparsegpt
 
 
 def _np_sparsegpt(w_t, h, sparsity, prunen=0, prunem=0, blocksize=128, percdamp=0.01, bits=None):
