@@ -67,7 +67,7 @@ def main(argv=None) -> int:
   # pylint: disable=g-import-not-at-top
   import jax
   from jaxparams.models.minilm import load_minilm
-  from jaxparams.quant import corpus
+  from jaxparams.calib import corpus
   from jaxparams.quant import rules as qrules
   from jaxparams.quant.calibrate import collect_stats, quantize_model, text_batches
   from jaxparams.quant.demo import embed_cosines

@@ -19,7 +19,7 @@ import threading
 from typing import Sequence
 
 # Sub-command modules, in the order ``--help`` lists them.
-SUBCOMMANDS = ("demo", "inspect", "convert", "merge", "quantize", "dequantize", "lora")
+SUBCOMMANDS = ("demo", "inspect", "convert", "merge", "quantize", "dequantize", "lora", "prune")
 
 
 def build_parser() -> argparse.ArgumentParser:

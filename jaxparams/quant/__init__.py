@@ -3,8 +3,8 @@
 Methods: RTN, NF4, FP8, HQQ, GPTQ, AWQ, decoupleQ.
 
 Every method is a pure function of one weight matrix ``W[K, N]`` (flax layout)
-with a frozen config; calibrated ones take :class:`ActStats` from
-:func:`gptq_hessian`. See :mod:`jaxparams.quant.methods` for the registry.
+with a frozen config; calibrated ones take the layer's input statistics
+:class:`jaxparams.calib.InputStats`. See :mod:`jaxparams.quant.methods` for the registry.
 
 Example:
   >>> import jax, jaxparams as jp
@@ -15,8 +15,10 @@ Example:
 """
 
 from jaxparams.quant.awq import AWQConfig, AWQResult, awq
-from jaxparams.quant.calibrate import (LayerStats, capture_inputs, collect_stats, quantize_model,
-                                       text_batches)
+import warnings as _warnings
+
+from jaxparams.calib.stats import InputStats
+from jaxparams.quant.calibrate import capture_inputs, collect_stats, quantize_model, text_batches
 from jaxparams.quant.checkpoint import (dequantize_flat, detect_layout, export_gptq, import_gptq,
                                         load_quantized, load_quantized_flat, load_quantized_orbax,
                                         save_quantized, save_quantized_orbax)
@@ -34,11 +36,11 @@ from jaxparams.quant.qarray import KINDS, NF4_CODEBOOK, QArray, dequantize, is_q
 from jaxparams.quant.rtn import RTNConfig, rtn
 from jaxparams.quant.rules import (DEFAULT_KEEP, QuantEntry, QuantReport, effective_weight,
                                    layer_error, plan_tree, quantize_leaf, quantize_tree)
-from jaxparams.quant.stats import ActStats, accumulate_stats, gptq_hessian
+from jaxparams.quant.stats import accumulate_stats, gptq_hessian
 
 __all__ = [
     # layout and methods (quant-methods)
-    "AWQConfig", "AWQResult", "ActStats", "DecoupleQConfig", "FP8Config", "GPTQConfig",
+    "AWQConfig", "AWQResult", "DecoupleQConfig", "FP8Config", "GPTQConfig",
     "HQQConfig", "KINDS", "NF4Config", "NF4_CODEBOOK", "QArray", "Quantizer", "RTNConfig",
     "accumulate_stats", "awq", "codes_per_word", "decoupleq", "dequantize", "fp8", "from_qwix",
     "get_quantizer", "gptq", "gptq_hessian", "hqq", "is_qarray", "make_config", "nf4", "pack",
@@ -47,9 +49,18 @@ __all__ = [
     # inference (quant-kernels)
     "dot", "dot_general", "kernel_supported",
     # trees, calibration, checkpoints (quant-pipeline)
-    "DEFAULT_KEEP", "LayerStats", "QuantEntry", "QuantReport", "capture_inputs", "collect_stats",
+    "DEFAULT_KEEP", "QuantEntry", "QuantReport", "capture_inputs", "collect_stats",
     "dequantize_flat", "export_gptq", "import_gptq", "layer_error", "load_quantized",
     "load_quantized_orbax", "plan_tree", "quantize_leaf", "quantize_model", "quantize_tree",
     "save_quantized", "save_quantized_orbax", "text_batches", "load_quantized_flat",
     "detect_layout", "effective_weight",
 ]
+
+
+def __getattr__(name: str):
+  if name in ("ActStats", "LayerStats"):
+    _warnings.warn(f"jaxparams.quant.{name} is deprecated: use jaxparams.calib.InputStats (one "
+                   "statistics type: sums xtx/abs_sum/count; .hessian = 2 X^T X / n, "
+                   ".gram = X^T X / n, .abs_mean)", DeprecationWarning, stacklevel=2)
+    return InputStats
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -40,7 +40,7 @@ import jax.numpy as jnp
 from jaxparams.quant import common
 from jaxparams.quant.qarray import QArray, make_int_qarray
 from jaxparams.quant.rtn import RTNConfig, rtn_fake, rtn_params
-from jaxparams.quant.stats import ActStats, gptq_hessian
+from jaxparams.calib.stats import InputStats, accumulate
 
 __all__ = ["AWQConfig", "AWQResult", "awq"]
 
@@ -139,13 +139,13 @@ def _awq_jit(w, x_mean, gram, *, cfg: AWQConfig, group: int):
   return q.astype(jnp.int32), scale, zero, s, ratio
 
 
-def awq(w: jax.Array, x_stats: ActStats | jax.Array, cfg: AWQConfig = AWQConfig(), *,
+def awq(w: jax.Array, x_stats: InputStats | jax.Array, cfg: AWQConfig = AWQConfig(), *,
         name: str = "") -> AWQResult:
-  """AWQ-quantizes ``w[K, N]`` given calibration inputs or their :class:`ActStats`.
+  """AWQ-quantizes ``w[K, N]`` given calibration inputs or their :class:`~jaxparams.calib.InputStats`.
 
   Args:
     w: float weight ``[K, N]``.
-    x_stats: :class:`ActStats` (from :func:`gptq_hessian`) or raw inputs ``x[..., K]``.
+    x_stats: :class:`~jaxparams.calib.InputStats` or raw inputs ``x[..., K]``.
     cfg: :class:`AWQConfig`.
     name: tree path for messages.
 
@@ -158,12 +158,12 @@ def awq(w: jax.Array, x_stats: ActStats | jax.Array, cfg: AWQConfig = AWQConfig(
   w = common.as_matrix(w, name=name)
   k = w.shape[0]
   common.check_finite(w, name=name)
-  if not isinstance(x_stats, ActStats):
+  if not isinstance(x_stats, InputStats):
     x = jnp.asarray(x_stats)
     if x.ndim < 2 or x.shape[-1] != k:
       raise ValueError(f"awq: calibration inputs for {name or 'weight'!r} have shape "
                        f"{tuple(x.shape)}, expected (..., {k})")
-    x_stats = gptq_hessian(x)
+    x_stats = accumulate(None, x)
   if x_stats.abs_mean.shape != (k,):
     raise ValueError(f"awq: activation stats for {name or 'weight'!r} have "
                      f"{x_stats.abs_mean.shape} "

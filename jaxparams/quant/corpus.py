@@ -1,112 +1,15 @@
-"""Offline real-prose sentences for calibration and evaluation (no downloads).
-
-* :func:`docstring_sentences`: sentences from the docstrings of Python's own
-  standard library (always installed; the exact set depends on the Python version).
-* :func:`reference_sentences`: sentences from the Python language reference as
-  shipped for ``help()`` (``pydoc_data.topics``).
-* :func:`sklearn_sentences`: sentences from scikit-learn's bundled dataset
-  descriptions (``sklearn/datasets/descr/*.rst``), when scikit-learn is installed.
-
-The sources do not overlap, so one can calibrate on the first and evaluate on
-the second.
+"""Deprecated: the calibration corpus moved to :mod:`jaxparams.calib.corpus`.
 
 Example:
-  >>> s = docstring_sentences(5)
-  >>> len(s), all(len(x.split()) >= 6 for x in s)
-  (5, True)
+  >>> import jaxparams.calib.corpus
 """
 
-from __future__ import annotations
+import warnings
 
-import importlib
-import importlib.util
-import inspect
-import re
-from pathlib import Path
+from jaxparams.calib.corpus import (docstring_sentences, reference_sentences,  # noqa: F401
+                                    sklearn_sentences, split_sentences, text_batches)
 
 __all__ = ["docstring_sentences", "reference_sentences", "sklearn_sentences", "split_sentences"]
 
-_STDLIB = ("json", "re", "collections", "argparse", "textwrap", "itertools", "functools",
-           "pathlib", "subprocess", "logging", "shutil", "tempfile", "string", "heapq", "bisect",
-           "statistics", "fractions", "decimal", "datetime", "calendar", "csv", "zipfile",
-           "tarfile", "difflib", "pprint", "enum", "dataclasses", "contextlib", "threading",
-           "queue", "socket", "urllib.parse", "http.client", "email.message", "unittest",
-           "doctest", "inspect", "typing", "random", "copy", "pickle", "base64", "hashlib")
-_SENT = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
-
-
-def split_sentences(text: str, *, min_words: int = 6, max_words: int = 60) -> list[str]:
-  """Splits prose into sentences, dropping code, tables and very short or long pieces.
-
-  Example:
-    >>> split_sentences('This is a short one. This sentence has quite a few more words in it.')
-    ['This sentence has quite a few more words in it.']
-  """
-  out = []
-  for para in re.split(r"\n\s*\n", text):
-    lines = [ln.strip() for ln in para.splitlines()]
-    if not lines or any(ln.startswith((">>>", "...", "|", "=", "-", "+", ":", "..", "*"))
-                        for ln in lines[:1]):
-      continue
-    flat = " ".join(ln for ln in lines if ln)
-    for s in _SENT.split(flat):
-      s = s.strip()
-      words = s.split()
-      if min_words <= len(words) <= max_words and s[-1:] in ".!?" and not re.search(
-          r"[{}<>\\`_]|::|\(\)|\w\.\w+\(", s):
-        out.append(s)
-  return out
-
-
-def docstring_sentences(limit: int | None = None) -> list[str]:
-  """Unique sentences from standard-library docstrings, in a fixed module order."""
-  seen: dict[str, None] = {}
-  for name in _STDLIB:
-    try:
-      mod = importlib.import_module(name)
-    except ImportError:
-      continue
-    docs = [inspect.getdoc(mod) or ""]
-    for attr in sorted(vars(mod)):
-      if attr.startswith("_"):
-        continue
-      obj = getattr(mod, attr)
-      if (inspect.isfunction(obj) or inspect.isclass(obj)) and getattr(obj, "__module__",
-                                                                       "") == mod.__name__:
-        docs.append(inspect.getdoc(obj) or "")
-    for d in docs:
-      for s in split_sentences(d):
-        seen.setdefault(s)
-        if limit is not None and len(seen) >= limit:
-          return list(seen)
-  return list(seen)
-
-
-def sklearn_sentences(limit: int | None = None) -> list[str]:
-  """Unique sentences from scikit-learn's dataset descriptions (empty if not installed)."""
-  spec = importlib.util.find_spec("sklearn")
-  if spec is None or not spec.submodule_search_locations:
-    return []
-  folder = Path(list(spec.submodule_search_locations)[0]) / "datasets" / "descr"
-  seen: dict[str, None] = {}
-  for f in sorted(folder.glob("*.rst")):
-    for s in split_sentences(f.read_text(errors="replace")):
-      seen.setdefault(s)
-      if limit is not None and len(seen) >= limit:
-        return list(seen)
-  return list(seen)
-
-
-def reference_sentences(limit: int | None = None) -> list[str]:
-  """Unique sentences of the Python language reference (``help()`` topics), topic by topic."""
-  try:
-    from pydoc_data.topics import topics  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    return []
-  seen: dict[str, None] = {}
-  for key in sorted(topics):
-    for s in split_sentences(topics[key]):
-      seen.setdefault(s)
-      if limit is not None and len(seen) >= limit:
-        return list(seen)
-  return list(seen)
+warnings.warn("jaxparams.quant.corpus moved to jaxparams.calib.corpus", DeprecationWarning,
+              stacklevel=2)

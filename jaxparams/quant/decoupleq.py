@@ -25,10 +25,10 @@ Stored as QArray ``scale = s``, ``zero = -z / s`` (float, code units).
 
 Example:
   >>> import jax
-  >>> from jaxparams.quant.stats import gptq_hessian
+  >>> from jaxparams.calib import InputStats
   >>> x = jax.random.normal(jax.random.key(0), (256, 64))
   >>> w = jax.random.normal(jax.random.key(1), (64, 16))
-  >>> qa = decoupleq(w, gptq_hessian(x), DecoupleQConfig(bits=2, group_size=32, outer_iters=2))
+  >>> qa = decoupleq(w, InputStats.from_inputs(x), DecoupleQConfig(bits=2, group_size=32, outer_iters=2))
   >>> qa.bits, qa.scale.shape
   (2, (2, 16))
 """
@@ -37,15 +37,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import warnings
 
 import jax
 import jax.numpy as jnp
 
+from jaxparams.calib import obs
+from jaxparams.calib.stats import InputStats, as_hessian
 from jaxparams.quant import common
-from jaxparams.quant.gptq import _lazy_update, hessian_inverse_chol
 from jaxparams.quant.qarray import QArray, make_int_qarray
-from jaxparams.quant.stats import ActStats, as_hessian
 
 __all__ = ["DecoupleQConfig", "decoupleq"]
 
@@ -88,39 +87,19 @@ def _objective(d, h):
 
 def _round_feedback(t, u, s_rows, z_rows, maxq, block):
   """Rounds weight-space targets ``t[K, N]`` onto the fixed grid ``s*q+z`` row by row,
-  feeding each row's error forward through the upper factor ``u`` of ``H^-1``."""
-  k, n = t.shape
-  nb = -(-k // block)
-  kp = nb * block
-  if kp != k:
-    u = jax.scipy.linalg.block_diag(u, jnp.eye(kp - k, dtype=u.dtype))
-    pad = ((0, kp - k), (0, 0))
-    t, s_rows = jnp.pad(t, pad), jnp.pad(s_rows, pad, constant_values=1.0)
-    z_rows = jnp.pad(z_rows, pad)
+  feeding each row's error forward through the upper factor ``u`` of ``H^-1`` (OBS sweep)."""
+  k = t.shape[0]
+  kp = -(-k // block) * block
+  pad = ((0, kp - k), (0, 0))
+  s_rows = jnp.pad(s_rows, pad, constant_values=1.0)
+  z_rows = jnp.pad(z_rows, pad)
 
-  def block_body(b, carry):
-    tfull, qfull = carry
-    i1 = b * block
-    t1 = jax.lax.dynamic_slice(tfull, (i1, 0), (block, n))
-    s1 = jax.lax.dynamic_slice(s_rows, (i1, 0), (block, n))
-    z1 = jax.lax.dynamic_slice(z_rows, (i1, 0), (block, n))
-    u1 = jax.lax.dynamic_slice(u, (i1, i1), (block, block))
+  def row(j, x):
+    s, z = s_rows[j], z_rows[j]
+    q = jnp.clip(jnp.round((x - z) / s), 0.0, maxq)
+    return q, s * q + z
 
-    def col(i, c):
-      t1, q1, e1 = c
-      x = t1[i]
-      q = jnp.clip(jnp.round((x - z1[i]) / s1[i]), 0.0, maxq)
-      err = (x - (s1[i] * q + z1[i])) / u1[i, i]
-      t1 = t1 - u1[i][:, None] * err[None, :]
-      return t1, q1.at[i].set(q), e1.at[i].set(err)
-
-    zb = jnp.zeros((block, n), jnp.float32)
-    _, q1, e1 = jax.lax.fori_loop(0, block, col, (t1, zb, zb))
-    tfull = _lazy_update(tfull, u, e1, b, nb, block)
-    return tfull, jax.lax.dynamic_update_slice(qfull, q1, (i1, 0))
-
-  _, q = jax.lax.fori_loop(0, nb, block_body, (t, jnp.zeros((kp, n), jnp.float32)))
-  return q[:k]
+  return obs.sweep(t, u, row, block=block)
 
 
 def _lstsq_sz(q, w, h, group, chunk):
@@ -164,10 +143,8 @@ def _decoupleq_jit(w, h, *, cfg: DecoupleQConfig, group: int, chunk: int):
   ng = k // group
   maxq = float(2 ** cfg.bits - 1)
   w = w.astype(jnp.float32)
-  dead = jnp.diagonal(h) == 0
-  h = h + jnp.diag(jnp.where(dead, 1.0, 0.0))
-  w = jnp.where(dead[:, None], 0.0, w)
-  damp = cfg.damp_percent * jnp.mean(jnp.diagonal(h))
+  h, w = obs.fix_dead(h, w)
+  damp = obs.damping(h, cfg.damp_percent)
   hd = h + damp * jnp.eye(k, dtype=h.dtype)      # objective uses the damped H (as the rounding)
 
   # ---- initial grid: min/max with a per-channel shrink search on the objective
@@ -196,7 +173,7 @@ def _decoupleq_jit(w, h, *, cfg: DecoupleQConfig, group: int, chunk: int):
   else:
     perm = jnp.arange(k)
   invperm = jnp.argsort(perm)
-  u, tries = hessian_inverse_chol(h[perm][:, perm], damp, 4)
+  u, tries = obs.inverse_cholesky(h[perm][:, perm], damp, 4)
 
   # Lipschitz constant of grad f(t) = 2 H (t - w): power iteration on H.
   def pow_it(_, v):
@@ -243,7 +220,7 @@ def _decoupleq_jit(w, h, *, cfg: DecoupleQConfig, group: int, chunk: int):
   return q.astype(jnp.int32), s, -z / s, jnp.sum(e), tries
 
 
-def decoupleq(w: jax.Array, hessian: ActStats | jax.Array,
+def decoupleq(w: jax.Array, hessian: InputStats | jax.Array,
               cfg: DecoupleQConfig = DecoupleQConfig(), *, name: str = "") -> QArray:
   """decoupleQ-quantizes ``w[K, N]`` given the input Hessian (see the module docstring).
 
@@ -265,11 +242,5 @@ def decoupleq(w: jax.Array, hessian: ActStats | jax.Array,
     chunk //= 2
   run_cfg = dataclasses.replace(cfg, bits=bits, block_size=min(cfg.block_size, k))
   q, s, zero, _, tries = _decoupleq_jit(w, h, cfg=run_cfg, group=g, chunk=chunk)
-  if common.is_concrete(tries) and int(tries) > 0:
-    if int(tries) > 4:
-      raise ValueError(f"decoupleq: Hessian of {name or 'weight'!r} is not positive definite even "
-                       f"after raising the dampening 10^4 times")
-    warnings.warn(f"decoupleq: Hessian of {name or 'weight'!r} singular at damp_percent="
-                  f"{cfg.damp_percent:g}; retried with {cfg.damp_percent * 10 ** int(tries):g}",
-                  RuntimeWarning, stacklevel=2)
+  obs.check_retries(tries, 4, cfg.damp_percent, method="decoupleq", name=name)
   return make_int_qarray(q, s, zero, bits=bits, group_size=g, dtype=w.dtype)

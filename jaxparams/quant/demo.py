@@ -83,7 +83,7 @@ def run(console) -> dict:
   # pylint: disable=g-import-not-at-top
   from rich.table import Table
   from jaxparams.models.minilm import load_minilm
-  from jaxparams.quant import corpus
+  from jaxparams.calib import corpus
   from jaxparams.tree import human_bytes
   model = load_minilm()
   calib = corpus.docstring_sentences(N_CALIB)

@@ -3,7 +3,7 @@
 Semantics follow the reference ``gptq.py`` / ``quant.py`` of IST-DASLab (an
 independent JAX implementation, no code copied):
 
-* ``H = 2 X^T X / n`` (see :func:`jaxparams.quant.stats.gptq_hessian`); dead inputs
+* ``H = 2 X^T X / n`` (:attr:`jaxparams.calib.InputStats.hessian`); dead inputs
   (``H_ii == 0``) get ``H_ii = 1`` and their weight rows are zeroed.
 * act-order (``desc_act``): inputs are processed by decreasing ``diag(H)``.
 * dampening ``damp_percent * mean(diag(H))`` on the diagonal; if the Cholesky
@@ -22,10 +22,10 @@ input row), as in HF GPTQ checkpoints.
 
 Example:
   >>> import jax
-  >>> from jaxparams.quant.stats import gptq_hessian
+  >>> from jaxparams.calib import InputStats
   >>> x = jax.random.normal(jax.random.key(0), (256, 64))
   >>> w = jax.random.normal(jax.random.key(1), (64, 32))
-  >>> qa = gptq(w, gptq_hessian(x), GPTQConfig(bits=4, group_size=32))
+  >>> qa = gptq(w, InputStats.from_inputs(x), GPTQConfig(bits=4, group_size=32))
   >>> qa.scale.shape
   (2, 32)
 """
@@ -34,14 +34,15 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import warnings
 
 import jax
 import jax.numpy as jnp
 
+from jaxparams.calib import obs
+from jaxparams.calib.stats import InputStats, as_hessian
 from jaxparams.quant import common
 from jaxparams.quant.qarray import QArray, make_int_qarray
-from jaxparams.quant.stats import ActStats, as_hessian, gptq_hessian
+from jaxparams.quant.stats import gptq_hessian
 
 __all__ = ["GPTQConfig", "gptq", "gptq_hessian", "gptq_fake", "hessian_inverse_chol"]
 
@@ -75,52 +76,7 @@ def _minmax_rows(wg: jax.Array, bits: int, sym: bool, axis: int):
   return common.minmax_params(jnp.min(wg, axis=axis), jnp.max(wg, axis=axis), bits, sym)
 
 
-def hessian_inverse_chol(h: jax.Array, damp: jax.Array, max_retries: int):
-  """Upper Cholesky factor ``U`` of ``(H + damp*I)^-1`` (``U^T U``), retrying 10x damp on NaN.
-
-  Returns ``(U, tries)`` where ``tries`` is the number of retries used (> max_retries
-  means it failed).
-  """
-  k = h.shape[0]
-  eye = jnp.eye(k, dtype=h.dtype)
-
-  def attempt(t):
-    # With J the reversal permutation, chol(J H J) = L gives H = R R^T with R = J L J upper,
-    # so H^-1 = (R^-1)^T R^-1 and U = R^-1 = J L^-1 J: one Cholesky + one triangular solve
-    # (the reference's chol -> cholesky_inverse -> chol gives the same factor).
-    hd = h + (damp * (10.0 ** t)) * eye
-    lo = jnp.linalg.cholesky(hd[::-1, ::-1])
-    linv = jax.scipy.linalg.solve_triangular(lo, eye, lower=True)
-    return linv[::-1, ::-1]
-
-  def bad(u):
-    return ~jnp.all(jnp.isfinite(u))
-
-  def cond(state):
-    t, u = state
-    return bad(u) & (t <= max_retries)
-
-  def body(state):
-    t, _ = state
-    return t + 1, attempt((t + 1).astype(h.dtype))
-
-  t, u = jax.lax.while_loop(cond, body, (jnp.int32(0), attempt(jnp.float32(0.0))))
-  return u, t
-
-
-def _lazy_update(wfull, u, e1, b, nb, block):
-  """``W[i2:] -= Hinv[i1:i2, i2:]^T @ Err1`` in row chunks of ``block`` (only trailing rows)."""
-  i1 = b * block
-  n = wfull.shape[1]
-
-  def chunk(c, wf):
-    r = c * block
-    uc = jax.lax.dynamic_slice(u, (i1, r), (block, block))
-    wc = jax.lax.dynamic_slice(wf, (r, 0), (block, n))
-    wc = wc - jnp.matmul(uc.T, e1, precision=jax.lax.Precision.HIGHEST)
-    return jax.lax.dynamic_update_slice(wf, wc, (r, 0))
-
-  return jax.lax.fori_loop(b + 1, nb, chunk, wfull)
+hessian_inverse_chol = obs.inverse_cholesky  # the OBS core's factor (kept name)
 
 
 @functools.partial(jax.jit, static_argnames=("bits", "group", "sym", "act_order", "static_groups",
@@ -136,10 +92,7 @@ def _gptq_jit(w, h, damp_percent, *, bits, group, sym, act_order, static_groups,
   # Per-channel grid: the reference computes it before zeroing dead inputs.
   pc_scale, pc_zero = _minmax_rows(w, bits, sym, axis=0)
 
-  diag = jnp.diagonal(h)
-  dead = diag == 0
-  h = h + jnp.diag(jnp.where(dead, 1.0, 0.0))
-  w = jnp.where(dead[:, None], 0.0, w)
+  h, w = obs.fix_dead(h, w)
 
   if static_groups:
     st_scale, st_zero = _minmax_rows(w.reshape(ng, group, n), bits, sym, axis=1)
@@ -151,14 +104,10 @@ def _gptq_jit(w, h, damp_percent, *, bits, group, sym, act_order, static_groups,
   else:
     perm = jnp.arange(k)
 
-  damp = damp_percent * jnp.mean(jnp.diagonal(h))
-  u, tries = hessian_inverse_chol(h, damp, max_retries)
+  u, tries = obs.inverse_cholesky(h, obs.damping(h, damp_percent), max_retries)
 
-  nb = -(-k // block)
+  u, w, nb = obs.pad_blocks(u, w, block)
   kp = nb * block
-  if kp != k:
-    u = jax.scipy.linalg.block_diag(u, jnp.eye(kp - k, dtype=u.dtype))
-    w = jnp.pad(w, ((0, kp - k), (0, 0)))
   perm_p = jnp.pad(perm, (0, kp - k))
 
   def quant(x, s, z):
@@ -236,7 +185,7 @@ def _gptq_jit(w, h, damp_percent, *, bits, group, sym, act_order, static_groups,
     w1, q1, e1, loss = jax.lax.fori_loop(0, block // sub, sub_body,
                                          (w1, zeros_blk, zeros_blk, loss))
     qfull = jax.lax.dynamic_update_slice(qfull, q1, (i1, 0))
-    wfull = _lazy_update(wfull, u, e1, b, nb, block)
+    wfull = obs.lazy_update(wfull, u, e1, b, nb, block)
     return wfull, qfull, scales, zeros, s1[-1], z1[-1], loss
 
   init = (w, jnp.zeros((kp, n), jnp.float32), jnp.zeros((ng, n), jnp.float32),
@@ -254,13 +203,13 @@ def _gptq_jit(w, h, damp_percent, *, bits, group, sym, act_order, static_groups,
   return q.astype(jnp.int32), scales, zeros, g_idx.astype(jnp.int32), loss, tries
 
 
-def gptq(w: jax.Array, hessian: ActStats | jax.Array, cfg: GPTQConfig = GPTQConfig(), *,
+def gptq(w: jax.Array, hessian: InputStats | jax.Array, cfg: GPTQConfig = GPTQConfig(), *,
          name: str = "") -> QArray:
   """Quantizes ``w[K, N]`` with GPTQ given the input Hessian ``H[K, K]``.
 
   Args:
     w: float weight in flax layout ``[K, N]`` (``y = x @ w``).
-    hessian: :class:`ActStats` from :func:`gptq_hessian`, or the ``[K, K]`` matrix.
+    hessian: :class:`~jaxparams.calib.InputStats`, or the ``[K, K]`` Hessian ``2 X^T X / n``.
     cfg: :class:`GPTQConfig`.
     name: tree path for messages.
 
@@ -288,18 +237,7 @@ def gptq(w: jax.Array, hessian: ActStats | jax.Array, cfg: GPTQConfig = GPTQConf
       act_order=bool(cfg.act_order), static_groups=bool(cfg.static_groups) and not per_channel,
       per_channel=per_channel, block=min(int(cfg.block_size), k),
       max_retries=int(cfg.max_damp_retries))
-  if common.is_concrete(tries):
-    t = int(tries)
-    if t > cfg.max_damp_retries:
-      raise ValueError(f"gptq: Hessian of {name or 'weight'!r} is not positive definite even with "
-                       f"dampening {cfg.damp_percent * 10 ** cfg.max_damp_retries:g} x "
-                       f"mean(diag H) "
-                       f"({cfg.max_damp_retries} retries); check the calibration inputs")
-    if t > 0:
-      warnings.warn(f"gptq: Hessian of {name or 'weight'!r} is singular at damp_percent="
-                    f"{cfg.damp_percent:g}; retried with "
-                    f"damp_percent={cfg.damp_percent * 10 ** t:g}",
-                    RuntimeWarning, stacklevel=2)
+  obs.check_retries(tries, cfg.max_damp_retries, cfg.damp_percent, method="gptq", name=name)
   use_gidx = cfg.act_order and not cfg.static_groups and not per_channel
   return make_int_qarray(q, scale, zero, bits=bits, group_size=g, dtype=w.dtype,
                          g_idx=g_idx if use_gidx else None)

@@ -1,9 +1,9 @@
 """Registry of per-matrix quantizers: name -> (function, config class, needs).
 
 ``needs`` says what calibration a method wants: ``'none'`` (RTN, NF4, FP8, HQQ),
-``'hessian'`` (GPTQ, decoupleQ: an :class:`~jaxparams.quant.stats.ActStats` or a
-``[K, K]`` Hessian) or ``'act_stats'`` (AWQ: an ``ActStats`` or raw inputs).
-One ``ActStats`` from :func:`~jaxparams.quant.stats.gptq_hessian` satisfies both.
+``'hessian'`` (GPTQ, decoupleQ: an :class:`~jaxparams.calib.InputStats` or a
+``[K, K]`` Hessian) or ``'act_stats'`` (AWQ: an ``InputStats`` or raw inputs).
+One ``InputStats`` satisfies both.
 
 Signatures: ``fn(w, cfg, *, name=)`` for ``needs == 'none'`` and
 ``fn(w, stats, cfg, *, name=)`` otherwise; :func:`quantize_matrix` hides the
@@ -103,7 +103,7 @@ def quantize_matrix(method: str, w: jax.Array, cfg: Any = None, stats: Any = Non
     method: registered name.
     w: weight ``[K, N]``.
     cfg: the method's config (default config when None).
-    stats: calibration (``ActStats``/Hessian/inputs) for methods that need it.
+    stats: calibration (``InputStats``/Hessian/inputs) for methods that need it.
     name: tree path for messages.
   """
   q = get_quantizer(method)
@@ -116,5 +116,5 @@ def quantize_matrix(method: str, w: jax.Array, cfg: Any = None, stats: Any = Non
     return q.fn(w, cfg, name=name)
   if stats is None:
     raise ValueError(f"method {method!r} needs calibration ({q.needs}) for {name or 'weight'!r}; "
-                     f"pass ActStats from jaxparams.quant.gptq_hessian(inputs)")
+                     f"pass jaxparams.calib.InputStats.from_inputs(inputs)")
   return q.fn(w, stats, cfg, name=name)

@@ -18,7 +18,7 @@ them. A rule that claims no candidate leaf is an error (a typo in a pattern must
 not silently quantize nothing).
 
 Calibrated methods (GPTQ, AWQ, decoupleQ) need per-layer statistics:
-``calibration`` maps a kernel path to a :class:`~jaxparams.quant.calibrate.LayerStats`
+``calibration`` maps a kernel path to a :class:`~jaxparams.calib.InputStats`
 or to the raw inputs ``x[..., K]`` that the layer saw (see
 :mod:`jaxparams.quant.calibrate`, which also quantizes a model block by block).
 
@@ -47,6 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxparams import tree as jtree
+from jaxparams.calib.stats import InputStats
 from jaxparams.quant.qarray import QArray
 
 __all__ = [
@@ -336,16 +337,25 @@ def plan_tree(flat: Mapping[str, Any], rules: Any, *,
 
 
 # ----------------------------------------------------------------------------- one leaf
+_OLD_STATS_KEYS = {"hessian_sum": "xtx", "abs_sum": "abs_sum", "n": "count"}
+
+
 def _stats_for(path: str, stats: Any, k: int):
-  """Normalizes calibration input for one leaf to a LayerStats (or None)."""
+  """Normalizes calibration input for one leaf to an InputStats (or None)."""
   if stats is None:
     return None
-  from jaxparams.quant.calibrate import LayerStats  # pylint: disable=g-import-not-at-top
-  if not isinstance(stats, LayerStats):
+  if not isinstance(stats, InputStats):
     if isinstance(stats, Mapping):
-      stats = LayerStats(**stats)
+      fields = {_OLD_STATS_KEYS.get(key, key): v for key, v in stats.items()}
+      bad = sorted(set(fields) - {"xtx", "abs_sum", "count"})
+      if bad:
+        raise ValueError(f"calibration for {path!r}: unknown statistics field(s) {bad}; valid: "
+                         "['abs_sum', 'count', 'xtx']")
+      stats = InputStats(xtx=jnp.asarray(fields["xtx"], jnp.float32),
+                         abs_sum=jnp.asarray(fields["abs_sum"], jnp.float32),
+                         count=jnp.asarray(fields["count"], jnp.float32))
     else:
-      stats = LayerStats.from_inputs(stats, name=path)
+      stats = InputStats.from_inputs(stats, name=path)
   stats.check(k, name=path)
   return stats
 
@@ -358,7 +368,7 @@ def quantize_leaf(w: jax.Array, method: str, config: Any, *, stats: Any = None,
     w: float ``[K, N]`` (more dims are flattened by the method).
     method: registry name.
     config: the method's config.
-    stats: :class:`~jaxparams.quant.calibrate.LayerStats` (or raw inputs ``[..., K]``).
+    stats: :class:`~jaxparams.calib.InputStats` (or raw inputs ``[..., K]``).
     name: the tree path (for error messages).
 
   Returns:
@@ -375,7 +385,7 @@ def quantize_leaf(w: jax.Array, method: str, config: Any, *, stats: Any = None,
     if stats is None:
       raise ValueError(f"method {method!r} needs calibration statistics for {name!r}: pass "
                        "calibration={path: inputs} or use jaxparams.quant.quantize_model")
-    return entry.fn(w, stats.to_act_stats(), config, name=name)
+    return entry.fn(w, stats, config, name=name)
   if method in _JIT_WRAPPED and hasattr(w, "ndim") and w.ndim == 2:
     # Plain jnp methods: validate eagerly on the abstract value, then run compiled.
     jax.eval_shape(lambda a: entry.fn(a, config, name=name), w)
@@ -443,7 +453,7 @@ def layer_error(w: jax.Array, wq: jax.Array, hessian: jax.Array | None = None
 def make_entry(path: str, w: Any, qa: QArray, method: str, reason: str, *, stats: Any = None,
                seconds: float = 0.0) -> QuantEntry:
   """Builds the report entry of a quantized leaf (errors measured on the dequantized value)."""
-  h = None if stats is None else stats.hessian_matrix()
+  h = None if stats is None else stats.gram
   err, out_err = layer_error(w, effective_weight(qa), h)
   inner = _qarray_of(qa)
   extra = sum(_nbytes(x) for x in jax.tree_util.tree_leaves(qa)) - sum(
@@ -470,7 +480,7 @@ def quantize_tree(params: Any, rules: Any, calibration: Mapping[str, Any] | None
     params: a pytree of arrays (e.g. a flax ``'params'`` collection).
     rules: ordered ``[(pattern, spec), ...]`` (see the module docstring), or a
       single spec applied to every candidate (``'rtn'``, ``('gptq', cfg)``).
-    calibration: ``{path: LayerStats | inputs[..., K]}`` for calibrated methods.
+    calibration: ``{path: InputStats | inputs[..., K]}`` for calibrated methods.
       For a model, prefer :func:`jaxparams.quant.calibrate.quantize_model`, which
       captures them layer by layer.
     keep: ``(pattern, reason)`` pairs kept in full precision before the rules are

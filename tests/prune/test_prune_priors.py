@@ -1,0 +1,66 @@
+"""Generalized-Gaussian fits and initialisation, RF8 rounding and codes (reference checks)."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxparams.prune import gg, rf8
+
+
+@pytest.mark.parametrize("nu", [0.5, 1.0, 2.0])
+@pytest.mark.parametrize("method", ["moments", "mle"])
+def test_fit_recovers_shape(nu, method):
+  x = gg.gg_sample(jax.random.key(int(nu * 10)), (1_000_000,), nu=nu, beta=0.3)
+  nu_hat, beta_hat = gg.fit_gg(x, method=method)
+  assert abs(nu_hat - nu) <= 0.05
+  assert beta_hat == pytest.approx(0.3, rel=0.05)
+
+
+def test_ratio_and_moments_table_values():
+  assert float(gg.gg_ratio(2.0)) == pytest.approx(math.pi / 2, rel=1e-5)
+  with pytest.raises(ValueError, match="NaN"):
+    gg.fit_gg(np.array([1.0, np.nan]))
+  with pytest.raises(ValueError, match="method"):
+    gg.fit_gg(np.ones(4), method="median")
+
+
+@pytest.mark.parametrize("nu", [0.5, 1.0, 2.0])
+def test_gg_init_variance_is_xi_over_n(nu):
+  # reference: nu=1, xi=2, n_dim=4096 -> alpha = 0.015625 and std = sqrt(2/4096) = 0.0221
+  w = gg.gg_init(nu=nu, xi=2.0)(jax.random.key(0), (256, 4096))
+  assert float(w.std()) == pytest.approx(math.sqrt(2 / 4096), rel=0.02)
+  alpha = math.sqrt(2 / 4096 * math.exp(math.lgamma(1) - math.lgamma(3)))
+  assert alpha == pytest.approx(0.015625)
+
+
+def test_rf8_reference_values_and_two_binary_digits():
+  got = rf8.rf8_round(jnp.array([0.3, 0.7, 0.9, -0.1234, 1.0, 0.0]))
+  assert got.tolist() == [0.3125, 0.75, 0.875, -0.125, 1.0, 0.0]
+  x = np.asarray(rf8.rf8_round(jax.random.normal(jax.random.key(0), (20000,))))
+  x = np.abs(x[x != 0]).astype(np.float64)
+  d1 = 2.0 ** np.round(np.log2(x))          # at most two signed powers of two: x = d1 +- d2
+  r = np.abs(x - d1)
+  assert np.all((r == 0) | (2.0 ** np.round(np.log2(np.where(r > 0, r, 1))) == r))
+  assert np.all((r == 0) | (np.log2(d1) - np.log2(np.where(r > 0, r, 1)) <= 4))
+
+
+def test_rf8_codes_round_trip_exactly():
+  w = jax.random.normal(jax.random.key(1), (5000,)) * 0.05
+  codes, e_max = rf8.rf8_encode(w)
+  dec = rf8.rf8_decode(codes, e_max)
+  r = np.asarray(rf8.rf8_round(w))
+  e1 = np.round(np.log2(np.where(r != 0, np.abs(r.astype(np.float64)), 1e-30)))
+  inside = e1 >= int(e_max) - 7
+  np.testing.assert_array_equal(np.asarray(dec)[inside], r[inside])
+  assert (np.asarray(dec)[~inside] == 0).all()
+  codes2, e2 = rf8.rf8_encode(dec)
+  assert int(e2) == int(e_max)
+  np.testing.assert_array_equal(np.asarray(codes2)[inside], np.asarray(codes)[inside])
+  canonical = np.flatnonzero(np.isin(np.arange(256) & 0xF, [0, 2, 3, 4, 6, 7, 8]))
+  vals = rf8.rf8_decode(jnp.asarray(canonical, jnp.uint8), jnp.int32(0))
+  back, e = rf8.rf8_encode(vals)
+  assert int(e) == 0
+  np.testing.assert_array_equal(np.asarray(back), canonical)
