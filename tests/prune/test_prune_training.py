@@ -104,3 +104,31 @@ def test_wrap_optax_errors():
   tx = optax_pruning.wrap_optax(optax.sgd(0.1), {"missing": 0.5})
   with pytest.raises(ValueError, match="missing"):
     tx.init({"w": jnp.zeros((2, 2))})
+
+
+def test_trainer_prunes_from_config_and_keeps_zeros(tmp_path):
+  import importlib.util
+  import pathlib
+  from jaxparams.train import trainer
+  from jaxparams import tree as jtree
+  path = pathlib.Path(__file__).parents[2] / "configs" / "prune_lm.py"
+  spec = importlib.util.spec_from_file_location("_prune_lm", path)
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  config = mod.get_config("runlocal")
+  result = trainer.train(config, tmp_path / "run")
+  flat = jtree.flatten(result.params)
+  pruned = {p: (float(jnp.mean(w == 0)), math.floor(0.8 * w.size) / w.size)
+            for p, w in flat.items() if jp_default(p, w)}
+  assert pruned and all(got == want for got, want in pruned.values()), pruned
+  assert all(float(jnp.mean(flat[p] == 0)) < 0.5 for p in flat
+             if "embed" in p or "lm_head" in p)
+  with pytest.raises(ValueError, match="pruning"):
+    bad = mod.get_config("runlocal")
+    bad.pruning.end_step = 0
+    trainer.check_config(bad)
+
+
+def jp_default(path, leaf):
+  from jaxparams.prune import default_prune_where
+  return default_prune_where(path, leaf)
