@@ -40,18 +40,22 @@ class RomeParams:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class MemitParams:
-  """MEMIT (``hparams/MEMIT/*.json``): ``mom2_update_weight`` (lambda) and target params."""
+  """MEMIT (``hparams/MEMIT/*.json``): ``mom2_update_weight`` (lambda), target params and
+  ``fp64`` (solve in float64 as the reference; False: float32 for accelerators without it)."""
   target: tgt_lib.TargetParams = _MEMIT_TARGET
   mom2_update_weight: float = 15000.0
+  fp64: bool = True
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class AlphaEditParams:
-  """AlphaEdit (``hparams/AlphaEdit/Llama3-8B.json``): ``nullspace_threshold``, ``L2``."""
+  """AlphaEdit (``hparams/AlphaEdit/Llama3-8B.json``): ``nullspace_threshold``, ``L2``; the
+  reference solves in float32 (``fp64=False``)."""
   target: tgt_lib.TargetParams = tgt_lib.TargetParams(clamp_norm_factor=0.75,
                                                       v_num_grad_steps=25, v_lr=0.1)
   nullspace_threshold: float = 2e-2
   L2: float = 10.0
+  fp64: bool = False
 
 
 @dataclasses.dataclass
@@ -180,7 +184,8 @@ def memit(module: Any, params: Any, tokenizer: Any, requests: Sequence[req_lib.E
   (``[["{}"], [generated...]]``).
   """
   def update(i, layer, k, r):
-    return solve.memit_delta(k, r, cov[layer], hp.mom2_update_weight)
+    with jax.enable_x64(hp.fp64):
+      return solve.memit_delta(k, r, cov[layer], hp.mom2_update_weight)
   (new, d), _ = _locate_then_edit(module, params, tokenizer, requests, where, templates,
                                   hp.target, update, "memit")
   return new, d
@@ -200,7 +205,8 @@ def alphaedit(module: Any, params: Any, tokenizer: Any, requests: Sequence[req_l
   """AlphaEdit batch edit in the null space of the preserved keys; returns the updated state
   (key cache grown by this batch's keys, recomputed after the edit as the reference does)."""
   def update(i, layer, k, r):
-    return solve.alphaedit_delta(k, r, state.projectors[layer], state.cache[layer], hp.L2)
+    with jax.enable_x64(hp.fp64):
+      return solve.alphaedit_delta(k, r, state.projectors[layer], state.cache[layer], hp.L2)
   (new, d), _ = _locate_then_edit(module, params, tokenizer, requests, where, templates,
                                   hp.target, update, "alphaedit")
   cache = dict(state.cache)

@@ -6,7 +6,7 @@ reference code's ``W_torch = W.T``; every update below is returned in the kernel
 * ROME (``rome/rome_main.py``, ``compute_u.py``, ``compute_v.py``): ``u = C^-1 k_avg / ||.||``,
   ``right = (v* - W^T k*) / (k* . u)``, ``Delta = u right^T``; then ``W'^T k* = v*`` exactly.
 * MEMIT (``memit/memit_main.py``): ``adj_k = (lam C + K K^T)^-1 K``, ``Delta = adj_k R^T``
-  (``R = residual / layers left``), solved in float64 when enabled else by fp32 Cholesky.
+  (``R = residual / layers left``), solved in float64 when x64 is enabled, else float32.
 * AlphaEdit (``AlphaEdit/AlphaEdit_main.py``): ``P = U_0 U_0^T`` over singular vectors of ``C``
   with singular value below the threshold, ``Delta = (P (K K^T + C_p) + a I)^-1 P K R^T``, so
   ``Delta^T k = 0`` for every preserved key ``k`` with ``P k = 0``.
@@ -36,13 +36,10 @@ def _f64() -> bool:
 
 
 def solve_psd(a: jax.Array, b: jax.Array) -> jax.Array:
-  """``a^-1 b`` for symmetric positive definite ``a``: float64 LU when x64 is enabled (as the
-  reference's ``torch.linalg.solve`` on doubles), else fp32 Cholesky."""
-  if _f64():
-    return jnp.linalg.solve(a.astype(jnp.float64), b.astype(jnp.float64))
-  a = a.astype(jnp.float32)
-  cf = jax.scipy.linalg.cho_factor(a, lower=True)
-  return jax.scipy.linalg.cho_solve(cf, b.astype(jnp.float32))
+  """``a^-1 b``: float64 when x64 is enabled (the reference's ``torch.linalg.solve`` on
+  doubles), else float32; LU with partial pivoting either way."""
+  f = jnp.float64 if _f64() else jnp.float32
+  return jnp.linalg.solve(a.astype(f), b.astype(f))
 
 
 @jax.jit
