@@ -14,7 +14,7 @@ import sys
 from typing import Sequence
 
 # Sub-command modules, in the order ``--help`` lists them.
-SUBCOMMANDS = ("demo", "inspect", "convert", "merge", "quantize", "dequantize")
+SUBCOMMANDS = ("demo", "inspect", "convert", "merge", "quantize", "dequantize", "edit")
 
 
 def build_parser() -> argparse.ArgumentParser:
