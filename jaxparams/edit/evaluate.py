@@ -11,7 +11,7 @@ Example:
   >>> cfg = LlamaConfig(vocab_size=256, hidden_size=16, intermediate_size=32,
   ...                   num_hidden_layers=1, num_attention_heads=2)
   >>> m = Llama(cfg); p = m.init(jax.random.key(0), jnp.zeros((1, 2), int))['params']
-  >>> lp = target_logprobs(m, p, tok, ['Abel Arbright plays the'], ['harp'])
+  >>> lp = target_logprobs(m, p, tok, ['Jorah Wexgrave plays the'], ['harp'])
   >>> lp.shape
   (1,)
 """

@@ -58,10 +58,11 @@ class ProbeOut:
   logits: jax.Array
   keys: dict[int, jax.Array]
   hidden: dict[int, jax.Array]
+  mlp_out: dict[int, jax.Array] = dataclasses.field(default_factory=dict)
 
 
 jax.tree_util.register_pytree_node(
-    ProbeOut, lambda o: ((o.logits, o.keys, o.hidden), None),
+    ProbeOut, lambda o: ((o.logits, o.keys, o.hidden, o.mlp_out), None),
     lambda _, ch: ProbeOut(*ch))
 
 
@@ -72,7 +73,7 @@ def _add_at(out: jax.Array, vec: jax.Array, pos: jax.Array) -> jax.Array:
 
 
 def run(module: Any, params: Any, ids: jax.Array, mask: jax.Array | None, *,
-        keys: Sequence[int] = (), hidden: Sequence[int] = (),
+        keys: Sequence[int] = (), hidden: Sequence[int] = (), mlp_out: Sequence[int] = (),
         add_mlp: tuple[int, jax.Array, jax.Array] | None = None,
         add_block: tuple[int, jax.Array, jax.Array] | None = None,
         dot: Any = None) -> ProbeOut:
@@ -84,6 +85,7 @@ def run(module: Any, params: Any, ids: jax.Array, mask: jax.Array | None, *,
     ids: ``int[b, t]``; mask: ``[b, t]`` attention mask or None.
     keys: Layers whose MLP output-projection inputs to capture.
     hidden: Layers whose block outputs to capture.
+    mlp_out: Layers whose MLP outputs (before any ``add_mlp``) to capture.
     add_mlp: ``(layer, vec [d] or [b, d], pos int[b])`` added to that layer's MLP output.
     add_block: ``(layer, vec, pos)`` added to that block's output.
   """
@@ -91,7 +93,8 @@ def run(module: Any, params: Any, ids: jax.Array, mask: jax.Array | None, *,
   from jaxparams.models.llama import LlamaBlock  # pylint: disable=g-import-not-at-top
   got_keys: dict[int, jax.Array] = {}
   got_hidden: dict[int, jax.Array] = {}
-  keys, hidden = set(keys), set(hidden)
+  got_out: dict[int, jax.Array] = {}
+  keys, hidden, mlp_out = set(keys), set(hidden), set(mlp_out)
 
   def interceptor(next_fun, args, kwargs, context):
     mod = context.module
@@ -103,6 +106,8 @@ def run(module: Any, params: Any, ids: jax.Array, mask: jax.Array | None, *,
       if layer in keys:
         got_keys[layer] = args[0]
       out = next_fun(*args, **kwargs)
+      if layer in mlp_out:
+        got_out[layer] = out
       if add_mlp is not None and add_mlp[0] == layer:
         out = _add_at(out, add_mlp[1], add_mlp[2])
       return out
@@ -118,8 +123,9 @@ def run(module: Any, params: Any, ids: jax.Array, mask: jax.Array | None, *,
 
   with nn.intercept_methods(interceptor):
     logits = module.apply({"params": params}, ids, attention_mask=mask)
-  missing = sorted((keys - set(got_keys)) | (hidden - set(got_hidden)))
+  missing = sorted((keys - set(got_keys)) | (hidden - set(got_hidden))
+                   | (mlp_out - set(got_out)))
   if missing:
     raise ValueError(f"layer(s) {missing} not found in the model (it has "
                      f"{getattr(module.config, 'num_hidden_layers', '?')} layers)")
-  return ProbeOut(logits, got_keys, got_hidden)
+  return ProbeOut(logits, got_keys, got_hidden, got_out)

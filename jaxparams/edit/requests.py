@@ -7,10 +7,10 @@ prompt; the text ``<s>`` inside a template or prompt stands for the BOS token.
 Example:
   >>> from jaxparams.edit import facts
   >>> tok = facts.build_tokenizer(facts.load_facts_set())
-  >>> r = EditRequest(prompt='{} plays the', subject='Abel Arbright', target_new='harp')
+  >>> r = EditRequest(prompt='{} plays the', subject='Jorah Wexgrave', target_new='harp')
   >>> ids, look, tgt = encode_request(tok, r, '{}')
   >>> len(ids), look, tgt
-  (6, 2, [5])
+  (5, 2, [4])
 """
 
 from __future__ import annotations

@@ -126,10 +126,8 @@ def _one_request(module, params, ids, mask, tmask, lookup, is_kl, n_target, *, l
   zero = jnp.zeros((module.config.hidden_size,), jnp.float32)
   # h_0: the vector at the edit site, first (plain "{}") template, before any delta.
   if site == "mlp":
-    from jaxparams.models.layers import Linear  # pylint: disable=g-import-not-at-top,unused-import
-    out0 = probe.run(module, params, ids[:1], mask[:1], keys=(layer,))
-    kernel = params[f"layers_{layer}"]["mlp"]["down_proj"]["kernel"]
-    h0 = (out0.keys[layer][0, lookup[0]].astype(jnp.float32) @ kernel.astype(jnp.float32))
+    out0 = probe.run(module, params, ids[:1], mask[:1], mlp_out=(layer,))
+    h0 = out0.mlp_out[layer][0, lookup[0]].astype(jnp.float32)
   else:
     out0 = probe.run(module, params, ids[:1], mask[:1], hidden=(layer,))
     h0 = out0.hidden[layer][0, lookup[0]].astype(jnp.float32)

@@ -148,3 +148,26 @@ def test_bad_requests_named(tmp_path):
   f.write_text('{"prompt": "{} plays the", "subject": "Jorah Wexgrave", "target_new": "zither"}\n')
   with pytest.raises(ValueError, match=r"req.jsonl:1: .*cannot encode word\(s\) \['zither'\]"):
     requests.read_requests(f, tok)
+
+
+def test_grace_edit_replaces_and_rolls_back(model):
+  from jaxparams.edit import evaluate, grace
+  m, p, tok, fs, batches = model
+  gm = Llama(m.config, dot=grace.dot)
+  gp = grace.wrap_params(p, 1, capacity=1)
+  reqs = requests.requests_from_edits(fs)[:2]
+  hp = grace.GraceParams(n_iter=30, edit_lr=0.5)
+  e1 = grace.edit_many(gm, gp, tok, reqs, layer=1, hp=hp)
+  assert e1["layers_1"]["mlp"]["down_proj"]["kernel"].n == 2            # grew past capacity 1
+  prompts = [r.prompt.replace("{}", r.subject) for r in reqs]
+  other = ["The job of Jorah Wexgrave is"]
+  before = evaluate.target_logprobs(m, p, tok, prompts, [r.target_new for r in reqs])
+  after = evaluate.target_logprobs(gm, e1, tok, prompts, [r.target_new for r in reqs])
+  assert bool(jnp.all(after > before + 0.1))   # a random-init model: small logit range
+  enc = evaluate.encode_prompts(tok, other)
+  np.testing.assert_array_equal(np.asarray(evaluate.next_logits(gm, e1, enc)),
+                                np.asarray(evaluate.next_logits(m, p, enc)))   # no key matched
+  back = grace.rollback(grace.rollback(e1, 1, 0), 1, 1)
+  enc = evaluate.encode_prompts(tok, prompts)
+  np.testing.assert_array_equal(np.asarray(evaluate.next_logits(gm, back, enc)),
+                                np.asarray(evaluate.next_logits(m, p, enc)))
