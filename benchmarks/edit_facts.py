@@ -33,7 +33,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxparams.edit import evaluate, facts, facts_lm, ft, methods, stats, targets
+from jaxparams.edit import evaluate, facts, facts_lm, ft, grace, methods, stats, targets
+from jaxparams.models import Llama
 from jaxparams.edit import requests as req_lib
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
@@ -80,23 +81,25 @@ class Scorer:
     self.base_argmax = np.asarray(jnp.argmax(
         evaluate.next_logits(lm.module, lm.params, self.fixed_enc), -1))
 
-  def _lp(self, params, prompts, targets_):
-    return np.asarray(evaluate.target_logprobs(self.lm.module, params, self.lm.tokenizer,
-                                               prompts, targets_))
+  def _lp(self, params, prompts, targets_, module=None):
+    return np.asarray(evaluate.target_logprobs(module or self.lm.module, params,
+                                               self.lm.tokenizer, prompts, targets_))
 
-  def __call__(self, params, edits):
+  def __call__(self, params, edits, module=None):
     fs = self.lm.facts
+    module = module or self.lm.module
     out = {}
     for which, key in (("edit", "efficacy"), ("para", "generalization")):
       p, n, o = _pairs(fs, edits, which)
-      m = self._lp(params, p, n) - self._lp(params, p, o)
+      m = self._lp(params, p, n, module) - self._lp(params, p, o, module)
       out[key] = float(np.mean(m > 0))
       out[f"margin_{key}"] = float(np.mean(m))
     p, t, n = _neighbours(fs, edits)
-    out["locality"] = float(np.mean(self._lp(params, p, t) > self._lp(params, p, n)))
+    out["locality"] = float(np.mean(self._lp(params, p, t, module) > self._lp(params, p, n,
+                                                                                   module)))
     edited = {e.subject for e in edits}
     keep = np.asarray([f.subject not in edited for f in self.fixed])
-    am = np.asarray(jnp.argmax(evaluate.next_logits(self.lm.module, params, self.fixed_enc), -1))
+    am = np.asarray(jnp.argmax(evaluate.next_logits(module, params, self.fixed_enc), -1))
     out["locality_argmax"] = float(np.mean((am == self.base_argmax)[keep]))
     return out
 
@@ -114,6 +117,8 @@ def main(argv=None):
   ap.add_argument("--seq-edits", type=int, default=300)
   ap.add_argument("--seq-batch", type=int, default=100)
   ap.add_argument("--fact-token", default="last")
+  ap.add_argument("--stats-from", default="unedited", choices=("unedited", "all"),
+                  help="key statistics from the sentences of unedited facts (default) or all")
   ap.add_argument("--rome-layer", type=int, default=1)
   ap.add_argument("--memit-layers", default="0,1,2")
   ap.add_argument("--lam", type=float, default=50.0, help="MEMIT mom2_update_weight")
@@ -123,7 +128,7 @@ def main(argv=None):
   ap.add_argument("--z-clamp", type=float, default=4.0, help="MEMIT/AlphaEdit clamp_norm_factor")
   a = ap.parse_args(argv)
   meths = [m.strip() for m in a.methods.split(",") if m.strip()]
-  valid = ("rome", "memit", "alphaedit", "ft")
+  valid = ("rome", "memit", "alphaedit", "ft", "grace")
   bad = [m for m in meths if m not in valid]
   if bad:
     raise SystemExit(f"unknown method(s) {bad}; valid here: {', '.join(valid)}")
@@ -134,7 +139,9 @@ def main(argv=None):
   fs = lm.facts
   rec = facts_lm.recall(lm)
   print(f"facts LM: {len(fs.facts)} facts, recall {rec['accuracy']:.3f} ({t_train:.0f} s)")
-  texts = [facts.sentence(p, f.subject, f.object) for f in fs.facts for p in fs.relations[f.relation]]
+  edited_pairs = {(e.subject, e.relation) for e in fs.edits}
+  texts = [facts.sentence(p, f.subject, f.object) for f in fs.facts for p in fs.relations[f.relation]
+           if a.stats_from == "all" or (f.subject, f.relation) not in edited_pairs]
   layers = sorted({a.rome_layer, *[int(x) for x in a.memit_layers.split(",")]})
   t0 = time.perf_counter()
   st = stats.key_stats(lm.module, lm.params, stats.text_batches(lm.tokenizer, texts), layers=layers)
@@ -158,6 +165,7 @@ def main(argv=None):
                         "stats_tokens": n_tok, "stats_seconds": t_stats,
                         "stats_seconds_per_million_tokens": t_stats / n_tok * 1e6,
                         "fact_token": a.fact_token, "rome_layer": a.rome_layer,
+                        "stats_from": a.stats_from,
                         "memit_layers": a.memit_layers, "lambda": a.lam,
                         "target": {"v_steps": a.v_steps, "v_lr": a.v_lr, "rome_clamp": a.clamp,
                                    "z_clamp": a.z_clamp},
@@ -165,7 +173,17 @@ def main(argv=None):
                                    f"{jax.device_count()} {jax.devices()[0].platform} device(s)"}}
   results["unedited"] = score(lm.params, edits[:a.batch])
 
+  grace_module = Llama(lm.config, dot=grace.dot)
+  mod_of = lambda name: grace_module if name == "grace" else lm.module
+
   def batch_edit(name, params, rq, state=None):
+    if name == "grace":
+      state = state or 0
+      if state == 0:
+        params = grace.wrap_params(params, a.rome_layer, capacity=64)
+      new = grace.edit_many(grace_module, params, lm.tokenizer, rq, layer=a.rome_layer,
+                            first_id=state)
+      return (new, None), state + len(rq)
     if name == "memit":
       return methods.memit(lm.module, params, lm.tokenizer, rq, cov=cov, where=memit_where,
                            templates=groups, hp=methods.MemitParams(
@@ -199,7 +217,7 @@ def main(argv=None):
     (new, _), _ = batch_edit(name, lm.params, reqs[:a.batch])
     jax.block_until_ready(new)
     dt = time.perf_counter() - t0
-    results[name] = score(new, edits[:a.batch])
+    results[name] = score(new, edits[:a.batch], mod_of(name))
     results[name].update(setting=f"one batch of {min(a.batch, len(reqs))}", seconds_per_batch=dt)
     print(name, results[name], flush=True)
     if a.seq_edits:
@@ -207,7 +225,7 @@ def main(argv=None):
       n = min(a.seq_edits, len(reqs))
       for s in range(0, n, a.seq_batch):
         (params, _), state = batch_edit(name, params, reqs[s:s + a.seq_batch], state)
-        sc = score(params, edits[:s + a.seq_batch])
+        sc = score(params, edits[:s + a.seq_batch], mod_of(name))
         sc["n_edits"] = min(s + a.seq_batch, n)
         curve.append(sc)
         print(f"  {name} sequential {sc['n_edits']}: {sc}", flush=True)
@@ -227,7 +245,8 @@ def write_md(results, path):
            f"recall {s['recall']:.3f}; key statistics: {s['stats_tokens']} tokens in "
            f"{s['stats_seconds']:.1f} s ({s['stats_seconds_per_million_tokens']:.0f} s per "
            f"million tokens); fact_token={s['fact_token']}, ROME layer {s['rome_layer']}, "
-           f"MEMIT/AlphaEdit layers {s['memit_layers']}, lambda {s['lambda']}.", "",
+           f"MEMIT/AlphaEdit layers {s['memit_layers']}, lambda {s['lambda']}, key statistics from "
+           f"{s.get('stats_from', 'all')} facts; target optimisation {s.get('target')}.", "",
            "| method | setting | efficacy | generalization | locality | locality (argmax) | "
            "margin edit | margin para | time |", "|---|---|---|---|---|---|---|---|---|"]
   for k, r in results.items():

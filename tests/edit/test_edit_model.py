@@ -150,6 +150,7 @@ def test_bad_requests_named(tmp_path):
     requests.read_requests(f, tok)
 
 
+@pytest.mark.slow
 def test_grace_edit_replaces_and_rolls_back(model):
   from jaxparams.edit import evaluate, grace
   m, p, tok, fs, batches = model
