@@ -24,6 +24,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import zlib
 from typing import Any, Sequence
 
 import jax
@@ -40,21 +41,22 @@ __all__ = ["GraceKernel", "GraceParams", "dot", "grace_edit", "rollback", "wrap_
 @dataclasses.dataclass(frozen=True)
 class GraceKernel:
   """A kernel with a codebook. Arrays: ``w [d_k, d_v]``, ``keys [N, d_k]``, ``values [N, d_v]``,
-  ``eps [N]``, ``active [N]``, ``edit_id [N]``; ``labels`` (static) per entry."""
+  ``eps [N]``, ``active [N]``, ``edit_id [N]``, ``labels [N]`` (int code of each entry's target,
+  an array so that edits never trigger recompiles)."""
   w: jax.Array
   keys: jax.Array
   values: jax.Array
   eps: jax.Array
   active: jax.Array
   edit_id: jax.Array
-  labels: tuple[str, ...] = ()
+  labels: jax.Array
 
   @classmethod
   def wrap(cls, w: jax.Array, capacity: int = 16) -> "GraceKernel":
     d_k, d_v = w.shape
     return cls(w, jnp.zeros((capacity, d_k), jnp.float32), jnp.zeros((capacity, d_v), jnp.float32),
                jnp.zeros((capacity,), jnp.float32), jnp.zeros((capacity,), bool),
-               jnp.full((capacity,), -1, jnp.int32), ("",) * capacity)
+               jnp.full((capacity,), -1, jnp.int32), jnp.full((capacity,), -1, jnp.int32))
 
   @property
   def n(self) -> int:
@@ -64,25 +66,23 @@ class GraceKernel:
     c = self.keys.shape[0]
     pad = lambda a, v: jnp.concatenate([a, jnp.full((c,) + a.shape[1:], v, a.dtype)])
     return GraceKernel(self.w, pad(self.keys, 0), pad(self.values, 0), pad(self.eps, 0),
-                       pad(self.active, False), pad(self.edit_id, -1), self.labels + ("",) * c)
+                       pad(self.active, False), pad(self.edit_id, -1), pad(self.labels, -1))
 
   def add(self, key: jax.Array, value: jax.Array, eps: float | jax.Array, *, edit_id: int,
-          label: str = "") -> "GraceKernel":
+          label: int = 0) -> "GraceKernel":
     """Appends one entry (growing the capacity when full)."""
     k = self
     used = int(jnp.max(jnp.where(k.edit_id >= 0, jnp.arange(k.keys.shape[0]), -1))) + 1
     if used >= k.keys.shape[0]:
       k = k._grow()
-    labels = list(k.labels)
-    labels[used] = label
     return GraceKernel(k.w, k.keys.at[used].set(key), k.values.at[used].set(value),
                        k.eps.at[used].set(eps), k.active.at[used].set(True),
-                       k.edit_id.at[used].set(edit_id), tuple(labels))
+                       k.edit_id.at[used].set(edit_id), k.labels.at[used].set(label))
 
 
 jax.tree_util.register_pytree_node(
-    GraceKernel, lambda g: ((g.w, g.keys, g.values, g.eps, g.active, g.edit_id), g.labels),
-    lambda labels, ch: GraceKernel(*ch, labels))
+    GraceKernel, lambda g: ((g.w, g.keys, g.values, g.eps, g.active, g.edit_id, g.labels), None),
+    lambda _, ch: GraceKernel(*ch))
 
 
 def dot(x: jax.Array, kernel: Any) -> jax.Array:
@@ -149,10 +149,10 @@ def grace_edit(module: Any, params: Any, tokenizer: Any, request: req_lib.EditRe
   d = jnp.where(g.active, d, jnp.inf)
   j = int(jnp.argmin(d))
   dist = float(d[j])
-  label = request.target_new
+  label = zlib.crc32(request.target_new.encode()) & 0x7FFFFFFF
   if not g.n or dist > hp.eps + float(g.eps[j]):
     g = g.add(key, value, hp.eps, edit_id=edit_id, label=label)
-  elif g.labels[j] != label:
+  elif int(g.labels[j]) != label:
     g = GraceKernel(g.w, g.keys, g.values, g.eps.at[j].set(dist / 2 - 1e-5), g.active,
                     g.edit_id, g.labels)
     g = g.add(key, value, dist / 2, edit_id=edit_id, label=label)
