@@ -28,6 +28,7 @@ STEPS = (
     ("Merging: digits experts", "jaxparams.demo.merge_digits"),
     ("Quantization: MiniLM at 4 bits", "jaxparams.quant.demo"),
     ("Adapters: LoRA on mirrored digits, merged and extracted back", "jaxparams.demo.adapters"),
+    ("Editing: one fact in a tiny facts LM (ROME)", "jaxparams.demo.edit_step"),
 )
 
 

@@ -19,7 +19,8 @@ import threading
 from typing import Sequence
 
 # Sub-command modules, in the order ``--help`` lists them.
-SUBCOMMANDS = ("demo", "inspect", "convert", "merge", "quantize", "dequantize", "lora", "prune")
+SUBCOMMANDS = ("demo", "inspect", "convert", "merge", "quantize", "dequantize", "lora", "prune",
+               "edit")
 
 
 def build_parser() -> argparse.ArgumentParser:

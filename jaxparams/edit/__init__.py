@@ -1,7 +1,34 @@
-"""Editing and adaptation (ROME/MEMIT, LoRA/DoRA merge and unmerge): not built yet.
+"""Knowledge editing: ROME, MEMIT, AlphaEdit, GRACE and FT-L as pure functions on Llama params.
 
-This area has no issue yet; task vectors and PortLLM patches live in
-:mod:`jaxparams.merge`. The package exists so the layout is complete.
+* :mod:`.solve`: closed-form updates on one ``[d_k, d_v]`` kernel (jitted).
+* :mod:`.methods`: ``rome``/``memit``/``alphaedit`` -> ``(new_params, Delta)``; layers chosen
+  with ``where=`` (MLP output kernels ``layers_{l}/mlp/down_proj/kernel``).
+* :mod:`.delta`: export, re-apply (bit-identical) and roll back (bit-exact) an edit.
+* :mod:`.stats`: key second moment ``E[k k^T]`` streamed in fp32, saved per model and layer.
+* :mod:`.grace`: codebook adaptor through ``dot=``, rollback by edit id; :mod:`.ft`: FT-L.
+* :mod:`.facts`, :mod:`.facts_lm`: facts/relations/edits files and the facts LM trained here.
+
+Example:
+  >>> import jaxparams as jp
+  >>> from jaxparams import edit
+  >>> sorted(edit.METHODS)
+  ['alphaedit', 'memit', 'rome']
 """
 
-__all__: list[str] = []
+from jaxparams.edit.checkpoint import METHODS, apply_delta_checkpoint, edit_checkpoint
+from jaxparams.edit.delta import Delta, add_delta, apply_delta, load_delta, rollback, save_delta
+from jaxparams.edit.facts import FactsSet, load_facts_set
+from jaxparams.edit.ft import FTParams, finetune
+from jaxparams.edit.methods import (AlphaEditParams, AlphaEditState, MemitParams, RomeParams,
+                                    alpha_state, alphaedit, memit, rome)
+from jaxparams.edit.requests import EditRequest, read_requests
+from jaxparams.edit.stats import KeyStats, key_stats, load_stats, save_stats
+from jaxparams.edit.targets import TargetParams
+
+__all__ = [
+    "METHODS", "edit_checkpoint", "apply_delta_checkpoint", "Delta", "add_delta", "apply_delta",
+    "rollback", "save_delta", "load_delta", "FactsSet", "load_facts_set", "FTParams", "finetune",
+    "RomeParams", "MemitParams", "AlphaEditParams", "AlphaEditState", "rome", "memit",
+    "alphaedit", "alpha_state", "EditRequest", "read_requests", "KeyStats", "key_stats",
+    "save_stats", "load_stats", "TargetParams",
+]

@@ -25,7 +25,8 @@ import zlib
 
 import numpy as np
 
-__all__ = ["Corpus", "load_corpus", "stdlib_files", "train_batch", "eval_batch", "VOCAB_SIZE"]
+__all__ = ["Corpus", "load_corpus", "stdlib_files", "train_batch", "eval_batch", "VOCAB_SIZE",
+           "load_named_corpus"]
 
 VOCAB_SIZE = 256
 
@@ -122,3 +123,20 @@ def eval_batch(corpus: Corpus, *, batch_size: int, seq_len: int, seed: int) -> n
   """The fixed evaluation batch ``int32[batch_size, seq_len + 1]`` drawn from the eval split."""
   rng = np.random.default_rng([seed, 1])
   return _windows(corpus.eval, rng, batch_size, seq_len)
+
+
+def load_named_corpus(name: str, data_config) -> Corpus:
+  """Calls ``module:function`` (``config.data.corpus``) with ``data_config``; returns its Corpus.
+
+  The function returns a :class:`Corpus` whose ``train``/``eval`` arrays hold integer token ids
+  (any vocabulary); batches are drawn from them exactly as from the byte corpus.
+  """
+  import importlib  # pylint: disable=g-import-not-at-top
+  module, sep, fn = name.partition(":")
+  if not sep or not module or not fn:
+    raise ValueError(f"config.data.corpus must be 'module:function', found {name!r}")
+  corpus = getattr(importlib.import_module(module), fn)(data_config)
+  if not isinstance(corpus, Corpus):
+    raise ValueError(f"config.data.corpus {name!r} returned {type(corpus).__name__}, "
+                     "expected jaxparams.train.data.Corpus")
+  return corpus

@@ -89,11 +89,14 @@ def default_config() -> ml_collections.ConfigDict:
   ``eval_batch_size``, ``eval_every`` (0 = only at growth and the end), ``log_every``,
   ``checkpoint_every``, ``keep_checkpoints``, ``stop_at_step`` (0 = never: stop early as if
   pre-empted, for tests), ``plot``, ``distributed`` (``'auto'``/``'on'``/``'off'``),
-  ``mesh.model`` (size of the ``'model'`` axis), ``data.{max_bytes, eval_percent, root}``,
-  ``optim.{name, lr, warmup_steps, end_lr_ratio, weight_decay, b1, b2, grad_clip}``
-  (``name``: ``'adamw'`` or ``'mezo'``), ``zo.{eps, n_samples}`` (MeZO),
+  ``mesh.model`` (size of the ``'model'`` axis), ``data.{max_bytes, eval_percent, root, corpus}``
+  (``corpus``: optional ``'module:function'`` returning a :class:`~jaxparams.train.data.Corpus`
+  of token ids), ``optim.{name, lr, warmup_steps, end_lr_ratio, weight_decay, b1, b2,
+  grad_clip}`` (``name``: ``'adamw'`` or ``'mezo'``), ``zo.{eps, n_samples}`` (MeZO),
   ``backward.{name, ratio, min_rows}`` (``'exact'`` or ``'wtacrs'``),
   ``snapshot.{every, nodes, fail_at, lose_node}`` (in-memory snapshots, 0 = off),
+  ``pruning.{sparsity, begin_step, end_step, update_freq, power, distribution}`` (gradual
+  magnitude pruning, 0 = off),
   ``model.name`` plus the family's config fields, ``growth.{steps, hook, kwargs, opt_state}``.
   """
   c = ml_collections.ConfigDict()
@@ -110,7 +113,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.plot = True
   c.distributed = "auto"
   c.mesh = ml_collections.ConfigDict(dict(model=1))
-  c.data = ml_collections.ConfigDict(dict(max_bytes=4_000_000, eval_percent=5, root=""))
+  c.data = ml_collections.ConfigDict(dict(max_bytes=4_000_000, eval_percent=5, root="",
+                                          corpus=""))
   c.optim = ml_collections.ConfigDict(dict(name="adamw", lr=3e-3, warmup_steps=100,
                                            end_lr_ratio=0.1, weight_decay=0.1, b1=0.9, b2=0.95,
                                            grad_clip=1.0))
@@ -525,8 +529,11 @@ def _train(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
   optim_key = _optim_key(config)
   build = lambda model_config: _build(family.name, model_config, optim_key, mesh,
                                       int(config.seq_len))
-  corpus = data_lib.load_corpus(root=config.data.root or None, max_bytes=config.data.max_bytes,
-                                eval_percent=config.data.eval_percent)
+  if config.data.corpus:
+    corpus = data_lib.load_named_corpus(config.data.corpus, config.data)
+  else:
+    corpus = data_lib.load_corpus(root=config.data.root or None, max_bytes=config.data.max_bytes,
+                                  eval_percent=config.data.eval_percent)
   batch_s = NamedSharding(mesh, P("data"))
   eval_batch = _put(data_lib.eval_batch(corpus, batch_size=config.eval_batch_size,
                                         seq_len=config.seq_len, seed=config.seed), batch_s)

@@ -1,0 +1,265 @@
+"""CounterFact-style editing benchmark on a facts LM trained here.
+
+  python benchmarks/edit_facts.py [--facts F --relations R --edits E]
+      [--methods rome,memit,alphaedit,ft] [--out RESULT.json] [--workdir DIR]
+
+Trains (or reuses, in ``--workdir``) the facts LM of ``configs/facts_lm.py`` on the facts, then
+for each method measures, in [0, 1]:
+
+* efficacy: P(target_new) > P(old object) on the edit prompt (relation's first prompt);
+* generalization: the same on the relation's other prompts (paraphrases);
+* locality: for unedited facts of other subjects with the same relation, P(their object) >
+  P(the edit's target_new) (CounterFact's neighborhood score); ``locality_argmax``: fraction of
+  a fixed set of unedited facts whose argmax object is unchanged;
+* ``margin_*``: mean log P(target_new) - log P(old) on edit prompts / paraphrases.
+
+Settings: single ROME edits (each from the original model), one batch of ``--batch`` edits for
+MEMIT/AlphaEdit/FT, and ``--seq-edits`` sequential edits in batches of ``--seq-batch``
+(``<method>_seq`` keys, with a ``curve`` per batch). Writes the JSON and
+``benchmarks/results/edit.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import platform
+import re
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxparams.edit import evaluate, facts, facts_lm, ft, grace, methods, stats, targets
+from jaxparams.models import Llama
+from jaxparams.edit import requests as req_lib
+
+RESULTS = pathlib.Path(__file__).resolve().parent / "results"
+
+
+def _pairs(fs, edits, which):
+  prompts, new, old = [], [], []
+  for e in edits:
+    ps = fs.relations[e.relation]
+    for p in (ps[:1] if which == "edit" else ps[1:]):
+      prompts.append(facts.sentence(p, e.subject))
+      new.append(e.target_new)
+      old.append(fs.object_of(e.subject, e.relation))
+  return prompts, new, old
+
+
+def _neighbours(fs, edits, k=5, seed=0):
+  rng = np.random.default_rng(seed)
+  edited = {e.subject for e in edits}
+  prompts, true, new = [], [], []
+  by_rel = {}
+  for f in fs.facts:
+    if f.subject not in edited:
+      by_rel.setdefault(f.relation, []).append(f)
+  for e in edits:
+    pool = [f for f in by_rel.get(e.relation, []) if f.object != e.target_new]
+    for j in rng.choice(len(pool), size=min(k, len(pool)), replace=False):
+      f = pool[j]
+      prompts.append(facts.sentence(fs.relations[f.relation][0], f.subject))
+      true.append(f.object)
+      new.append(e.target_new)
+  return prompts, true, new
+
+
+class Scorer:
+  """Scores params on a set of edits (everything batched and jitted)."""
+
+  def __init__(self, lm, n_fixed=300):
+    self.lm = lm
+    fs = lm.facts
+    self.fixed = [f for f in fs.facts][:: max(1, len(fs.facts) // n_fixed)][:n_fixed]
+    self.fixed_enc = evaluate.encode_prompts(
+        lm.tokenizer, [facts.sentence(fs.relations[f.relation][0], f.subject) for f in self.fixed])
+    self.base_argmax = np.asarray(jnp.argmax(
+        evaluate.next_logits(lm.module, lm.params, self.fixed_enc), -1))
+
+  def _lp(self, params, prompts, targets_, module=None):
+    return np.asarray(evaluate.target_logprobs(module or self.lm.module, params,
+                                               self.lm.tokenizer, prompts, targets_))
+
+  def __call__(self, params, edits, module=None):
+    fs = self.lm.facts
+    module = module or self.lm.module
+    out = {}
+    for which, key in (("edit", "efficacy"), ("para", "generalization")):
+      p, n, o = _pairs(fs, edits, which)
+      m = self._lp(params, p, n, module) - self._lp(params, p, o, module)
+      out[key] = float(np.mean(m > 0))
+      out[f"margin_{key}"] = float(np.mean(m))
+    p, t, n = _neighbours(fs, edits)
+    out["locality"] = float(np.mean(self._lp(params, p, t, module) > self._lp(params, p, n,
+                                                                                   module)))
+    edited = {e.subject for e in edits}
+    keep = np.asarray([f.subject not in edited for f in self.fixed])
+    am = np.asarray(jnp.argmax(evaluate.next_logits(module, params, self.fixed_enc), -1))
+    out["locality_argmax"] = float(np.mean((am == self.base_argmax)[keep]))
+    return out
+
+
+def main(argv=None):
+  ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  ap.add_argument("--facts"), ap.add_argument("--relations"), ap.add_argument("--edits")
+  ap.add_argument("--methods", default="rome,memit,alphaedit,ft")
+  ap.add_argument("--out", default=str(RESULTS / "edit.json"))
+  ap.add_argument("--md", default=str(RESULTS / "edit.md"))
+  ap.add_argument("--workdir", default="/tmp/jaxparams_edit_facts")
+  ap.add_argument("--steps", type=int, default=0, help="facts LM training steps (0: default)")
+  ap.add_argument("--n-rome", type=int, default=20)
+  ap.add_argument("--batch", type=int, default=100)
+  ap.add_argument("--seq-edits", type=int, default=300)
+  ap.add_argument("--seq-batch", type=int, default=100)
+  ap.add_argument("--fact-token", default="last")
+  ap.add_argument("--stats-from", default="unedited", choices=("unedited", "all"),
+                  help="key statistics from the sentences of unedited facts (default) or all")
+  ap.add_argument("--rome-layer", type=int, default=1)
+  ap.add_argument("--memit-layers", default="0,1,2")
+  ap.add_argument("--lam", type=float, default=50.0, help="MEMIT mom2_update_weight")
+  ap.add_argument("--v-steps", type=int, default=40, help="target optimisation steps")
+  ap.add_argument("--v-lr", type=float, default=1.0)
+  ap.add_argument("--clamp", type=float, default=10.0, help="ROME clamp_norm_factor")
+  ap.add_argument("--z-clamp", type=float, default=4.0, help="MEMIT/AlphaEdit clamp_norm_factor")
+  a = ap.parse_args(argv)
+  meths = [m.strip() for m in a.methods.split(",") if m.strip()]
+  valid = ("rome", "memit", "alphaedit", "ft", "grace")
+  bad = [m for m in meths if m not in valid]
+  if bad:
+    raise SystemExit(f"unknown method(s) {bad}; valid here: {', '.join(valid)}")
+
+  t0 = time.perf_counter()
+  lm = facts_lm.train_facts_lm(a.workdir, a.facts, a.relations, a.edits, steps=a.steps)
+  t_train = time.perf_counter() - t0
+  fs = lm.facts
+  rec = facts_lm.recall(lm)
+  print(f"facts LM: {len(fs.facts)} facts, recall {rec['accuracy']:.3f} ({t_train:.0f} s)")
+  edited_pairs = {(e.subject, e.relation) for e in fs.edits}
+  texts = [facts.sentence(p, f.subject, f.object) for f in fs.facts for p in fs.relations[f.relation]
+           if a.stats_from == "all" or (f.subject, f.relation) not in edited_pairs]
+  layers = sorted({a.rome_layer, *[int(x) for x in a.memit_layers.split(",")]})
+  t0 = time.perf_counter()
+  st = stats.key_stats(lm.module, lm.params, stats.text_batches(lm.tokenizer, texts), layers=layers)
+  jax.block_until_ready([s.xtx for s in st.values()])
+  t_stats = time.perf_counter() - t0
+  n_tok = int(st[layers[0]].count)
+  cov = {l: s.moment() for l, s in st.items()}
+  tpl = req_lib.context_templates(lm.module, lm.params, lm.tokenizer)
+  groups = [["{}"], tpl[1:6]]
+  reqs = req_lib.requests_from_edits(fs)
+  edits = list(fs.edits)
+  score = Scorer(lm)
+  tp = targets.TargetParams(fact_token=a.fact_token, v_num_grad_steps=a.v_steps, v_lr=a.v_lr,
+                            clamp_norm_factor=a.clamp)
+  tpm = targets.TargetParams(fact_token=a.fact_token, v_num_grad_steps=a.v_steps, v_lr=a.v_lr,
+                             clamp_norm_factor=a.z_clamp)
+  memit_where = re.compile("|".join(f"layers_{l}/mlp/down_proj/kernel"
+                                    for l in a.memit_layers.split(",")))
+  results = {"_setup": {"facts": len(fs.facts), "edits_available": len(edits),
+                        "recall": rec["accuracy"], "train_seconds": t_train,
+                        "stats_tokens": n_tok, "stats_seconds": t_stats,
+                        "stats_seconds_per_million_tokens": t_stats / n_tok * 1e6,
+                        "fact_token": a.fact_token, "rome_layer": a.rome_layer,
+                        "stats_from": a.stats_from,
+                        "memit_layers": a.memit_layers, "lambda": a.lam,
+                        "target": {"v_steps": a.v_steps, "v_lr": a.v_lr, "rome_clamp": a.clamp,
+                                   "z_clamp": a.z_clamp},
+                        "machine": f"{platform.machine()} {platform.processor()}, "
+                                   f"{jax.device_count()} {jax.devices()[0].platform} device(s)"}}
+  results["unedited"] = score(lm.params, edits[:a.batch])
+
+  grace_module = Llama(lm.config, dot=grace.dot)
+  mod_of = lambda name: grace_module if name == "grace" else lm.module
+
+  def batch_edit(name, params, rq, state=None):
+    if name == "grace":
+      state = state or 0
+      if state == 0:
+        params = grace.wrap_params(params, a.rome_layer, capacity=64)
+      new = grace.edit_many(grace_module, params, lm.tokenizer, rq, layer=a.rome_layer,
+                            first_id=state)
+      return (new, None), state + len(rq)
+    if name == "memit":
+      return methods.memit(lm.module, params, lm.tokenizer, rq, cov=cov, where=memit_where,
+                           templates=groups, hp=methods.MemitParams(
+                               target=tpm, mom2_update_weight=a.lam)), state
+    if name == "alphaedit":
+      hp = methods.AlphaEditParams(target=tpm)
+      state = state or methods.alpha_state({l: cov[l] for l in methods.edited_layers(
+          lm.params, memit_where)}, hp)
+      new, d, state = methods.alphaedit(lm.module, params, lm.tokenizer, rq, state=state,
+                                        where=memit_where, templates=groups, hp=hp)
+      return (new, d), state
+    return ft.finetune(lm.module, params, lm.tokenizer, rq,
+                       where=f"layers_{a.rome_layer}/mlp/down_proj/kernel"), state
+
+  if "rome" in meths:
+    per, times = [], []
+    for e, r in list(zip(edits, reqs))[:a.n_rome]:
+      t0 = time.perf_counter()
+      new, _ = methods.rome(lm.module, lm.params, lm.tokenizer, r, cov=cov,
+                            where=f"layers_{a.rome_layer}/mlp/down_proj/kernel", templates=tpl,
+                            hp=methods.RomeParams(target=tp))
+      jax.block_until_ready(new)
+      times.append(time.perf_counter() - t0)
+      per.append(score(new, [e]))
+    results["rome"] = {k: float(np.mean([p[k] for p in per])) for k in per[0]}
+    results["rome"].update(setting=f"{len(per)} single edits", seconds_per_edit=float(
+        np.median(times[1:] or times)))
+    print("rome", results["rome"], flush=True)
+  for name in [m for m in meths if m != "rome"]:
+    t0 = time.perf_counter()
+    (new, _), _ = batch_edit(name, lm.params, reqs[:a.batch])
+    jax.block_until_ready(new)
+    dt = time.perf_counter() - t0
+    results[name] = score(new, edits[:a.batch], mod_of(name))
+    results[name].update(setting=f"one batch of {min(a.batch, len(reqs))}", seconds_per_batch=dt)
+    print(name, results[name], flush=True)
+    if a.seq_edits:
+      params, state, curve, t0 = lm.params, None, [], time.perf_counter()
+      n = min(a.seq_edits, len(reqs))
+      for s in range(0, n, a.seq_batch):
+        (params, _), state = batch_edit(name, params, reqs[s:s + a.seq_batch], state)
+        sc = score(params, edits[:s + a.seq_batch], mod_of(name))
+        sc["n_edits"] = min(s + a.seq_batch, n)
+        curve.append(sc)
+        print(f"  {name} sequential {sc['n_edits']}: {sc}", flush=True)
+      results[f"{name}_seq"] = dict(curve[-1], setting=f"{n} sequential edits in batches of "
+                                    f"{a.seq_batch}", seconds_total=time.perf_counter() - t0,
+                                    curve=curve)
+  pathlib.Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+  pathlib.Path(a.out).write_text(json.dumps(results, indent=1))
+  write_md(results, pathlib.Path(a.md))
+  print(f"wrote {a.out} and {a.md}")
+
+
+def write_md(results, path):
+  s = results["_setup"]
+  lines = ["# Knowledge editing on the facts LM (benchmarks/edit_facts.py)", "",
+           f"Machine: {s['machine']} (CPU shared with other jobs); facts LM: {s['facts']} facts, "
+           f"recall {s['recall']:.3f}; key statistics: {s['stats_tokens']} tokens in "
+           f"{s['stats_seconds']:.1f} s ({s['stats_seconds_per_million_tokens']:.0f} s per "
+           f"million tokens); fact_token={s['fact_token']}, ROME layer {s['rome_layer']}, "
+           f"MEMIT/AlphaEdit layers {s['memit_layers']}, lambda {s['lambda']}, key statistics from "
+           f"{s.get('stats_from', 'all')} facts; target optimisation {s.get('target')}.", "",
+           "| method | setting | efficacy | generalization | locality | locality (argmax) | "
+           "margin edit | margin para | time |", "|---|---|---|---|---|---|---|---|---|"]
+  for k, r in results.items():
+    if k.startswith("_"):
+      continue
+    t = r.get("seconds_per_edit") or r.get("seconds_per_batch") or r.get("seconds_total")
+    lines.append(f"| {k} | {r.get('setting', '-')} | {r['efficacy']:.3f} | "
+                 f"{r['generalization']:.3f} | {r['locality']:.3f} | {r['locality_argmax']:.3f} | "
+                 f"{r['margin_efficacy']:.2f} | {r['margin_generalization']:.2f} | "
+                 + (f"{t:.1f} s" if t else "-") + " |")
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+  sys.exit(main())

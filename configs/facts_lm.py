@@ -1,0 +1,26 @@
+r"""Small Llama that memorises a facts set (word-level tokenizer), the model the editing benchmark
+edits. Corpus: every fact of ``facts.jsonl`` in every phrasing of ``relations.json``.
+
+  python -m jaxparams.train --config=configs/facts_lm.py --workdir=/tmp/facts_lm
+  python -m jaxparams.train --config=configs/facts_lm.py:data=DIR,size=tiny --workdir=/tmp/f
+
+Arguments (``:arg``): ``data=DIR`` (a folder with ``facts.jsonl`` and ``relations.json``;
+default: the set packaged in ``jaxparams/edit/data``), ``size=default|tiny``, ``steps=N``,
+``runlocal`` (= ``size=tiny,steps=3``). To export the HF checkpoint (config, safetensors,
+tokenizer.json) use ``jaxparams.edit.facts_lm.train_facts_lm(workdir)``, which runs this same
+config through the trainer (reusing a finished run) and calls ``jp.models.to_hf``.
+"""
+
+import ml_collections
+
+from jaxparams.edit import facts_lm
+from jaxparams.train import config_args
+
+
+def get_config(arg=None) -> ml_collections.ConfigDict:
+  arg = config_args.parse_arg(arg, runlocal=False, data="", size="default", steps=0)
+  if arg.runlocal:
+    config = facts_lm.facts_lm_config(arg.data, size="tiny", steps=3)
+    config.plot = True
+    return config
+  return facts_lm.facts_lm_config(arg.data, size=arg.size, steps=arg.steps)

@@ -1,0 +1,59 @@
+"""``jaxparams edit MODEL_DIR REQUESTS.jsonl OUT_DIR --method rome|memit|alphaedit --layers L``.
+
+Edits facts in a Llama HF checkpoint (with ``tokenizer.json``); requests in EasyEdit's form
+(``{"prompt": "... {} ...", "subject": ..., "target_new": ...}``, JSONL). Key statistics come
+from ``--stats DIR`` (saved) or ``--stats-text FILE`` (streamed, and saved to ``--stats`` when
+given). Writes the edited checkpoint atomically and the delta in ``OUT_DIR/delta``.
+``jaxparams edit EDITED_DIR OUT_DIR --rollback DELTA_DIR`` restores the original tensors
+bit-exactly; ``--apply DELTA_DIR`` re-applies a delta to another copy.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+__all__ = ["add_parser", "run"]
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+  p = sub.add_parser("edit", help="Edit facts in a checkpoint (ROME, MEMIT, AlphaEdit); roll back.",
+                     description=__doc__.split("\n\n", 1)[1])
+  p.add_argument("model", metavar="MODEL_DIR", help="HF Llama checkpoint with tokenizer.json")
+  p.add_argument("rest", nargs="+", metavar="REQUESTS.jsonl OUT_DIR",
+                 help="requests and output folder (only OUT_DIR with --rollback/--apply)")
+  p.add_argument("--method", default="rome", help="rome, memit or alphaedit")
+  p.add_argument("--layers", default=None, help="edited layers: 3 or 3,4,5 or 3-5")
+  p.add_argument("--stats", default=None, help="folder of saved key statistics")
+  p.add_argument("--stats-text", default=None, help="text file (one line a sample) for stats")
+  p.add_argument("--fact-token", default="subject_last", help="subject_last or last")
+  p.add_argument("--rollback", default=None, metavar="DELTA_DIR", help="roll a delta back")
+  p.add_argument("--apply", default=None, metavar="DELTA_DIR", help="re-apply a delta")
+  p.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it exists")
+  p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+  from jaxparams.edit import checkpoint  # pylint: disable=g-import-not-at-top
+  delta_dir = args.rollback or args.apply
+  if args.rollback and args.apply:
+    raise ValueError("give --rollback or --apply, not both")
+  if delta_dir:
+    if len(args.rest) != 1:
+      raise ValueError("with --rollback/--apply give MODEL_DIR OUT_DIR")
+    info = checkpoint.apply_delta_checkpoint(args.model, delta_dir, args.rest[0],
+                                             rollback=bool(args.rollback),
+                                             overwrite=args.overwrite)
+    print(f"{'rolled back' if info['rollback'] else 'applied'} {len(info['tensors'])} tensor(s) "
+          f"-> {info['out']}")
+    return 0
+  if len(args.rest) != 2:
+    raise ValueError("give MODEL_DIR REQUESTS.jsonl OUT_DIR")
+  if args.layers is None:
+    raise ValueError("--layers is required (e.g. --layers 1 or --layers 0-2)")
+  info = checkpoint.edit_checkpoint(args.model, args.rest[0], args.rest[1], method=args.method,
+                                    layers=args.layers, stats_dir=args.stats,
+                                    stats_text=args.stats_text, overwrite=args.overwrite,
+                                    fact_token=args.fact_token)
+  print(f"{info['method']}: {info['n_requests']} request(s) into layer(s) {info['layers']} in "
+        f"{info['seconds']:.1f} s -> {info['out']} (delta in {info['out']}/delta)")
+  return 0

@@ -1,0 +1,209 @@
+"""Facts, relations and edits files, their word-level tokenizer and the training corpus.
+
+Formats (one definition, used by the facts LM, the benchmark and the CLI):
+
+* facts (JSONL): ``{"subject": "...", "relation": "...", "object": "..."}`` one per line;
+* relations (JSON): ``{"<relation>": {"prompts": ["The capital of {} is", ...]}}``; the first
+  prompt is the edit prompt, the others are paraphrases;
+* edits (JSONL): ``{"subject": "...", "relation": "...", "target_new": "..."}``.
+
+The default set (invented names, 600 facts, 6 relations, 300 edits) ships in
+``jaxparams/edit/data`` and was written by ``benchmarks/make_facts_set.py``.
+
+Example:
+  >>> fs = load_facts_set()
+  >>> len(fs.facts), len(fs.relations), len(fs.edits)
+  (600, 6, 300)
+  >>> tok = build_tokenizer(fs)
+  >>> sentence(fs.relations['city'][0], 'Abel Arbright', 'Yssel')
+  'Abel Arbright lives in the city of Yssel'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+from typing import Any
+
+import numpy as np
+
+__all__ = ["Fact", "Edit", "FactsSet", "load_facts_set", "default_paths", "build_tokenizer",
+           "sentence", "encode_words", "build_corpus", "SPECIAL_TOKENS", "BOS"]
+
+DATA = pathlib.Path(__file__).resolve().parent / "data"
+BOS, EOS, PAD, UNK = "<s>", "</s>", "<pad>", "<unk>"
+SPECIAL_TOKENS = (PAD, BOS, EOS, UNK)
+
+
+@dataclasses.dataclass(frozen=True)
+class Fact:
+  subject: str
+  relation: str
+  object: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Edit:
+  subject: str
+  relation: str
+  target_new: str
+
+
+@dataclasses.dataclass(frozen=True)
+class FactsSet:
+  """Facts, relation prompts and edits, checked against each other.
+
+  Attributes:
+    facts: The facts, in file order.
+    relations: ``relation -> tuple of prompts`` (first = edit prompt, rest = paraphrases).
+    edits: The edit requests, in file order.
+  """
+  facts: tuple[Fact, ...]
+  relations: dict[str, tuple[str, ...]]
+  edits: tuple[Edit, ...]
+
+  def object_of(self, subject: str, relation: str) -> str:
+    """The object of a fact; raises ValueError when there is no such fact."""
+    for f in self.facts:
+      if f.subject == subject and f.relation == relation:
+        return f.object
+    raise ValueError(f"no fact with subject {subject!r} and relation {relation!r}")
+
+
+def default_paths() -> tuple[pathlib.Path, pathlib.Path, pathlib.Path]:
+  """Paths of the packaged default ``(facts.jsonl, relations.json, edits.jsonl)``."""
+  return DATA / "facts.jsonl", DATA / "relations.json", DATA / "edits.jsonl"
+
+
+def _read_jsonl(path: pathlib.Path, keys: tuple[str, ...]) -> list[dict[str, str]]:
+  if not path.is_file():
+    raise FileNotFoundError(f"{path}: no such file")
+  rows = []
+  for i, line in enumerate(path.read_text().splitlines(), 1):
+    if not line.strip():
+      continue
+    try:
+      row = json.loads(line)
+    except json.JSONDecodeError as e:
+      raise ValueError(f"{path}:{i}: not valid JSON ({e})") from None
+    if not isinstance(row, dict) or sorted(row) != sorted(keys):
+      found = sorted(row) if isinstance(row, dict) else type(row).__name__
+      raise ValueError(f"{path}:{i}: expected an object with keys {list(keys)}, found {found}")
+    for k in keys:
+      if not isinstance(row[k], str) or not row[k].strip():
+        raise ValueError(f"{path}:{i}: {k!r} must be a non-empty string, found {row[k]!r}")
+    rows.append(row)
+  if not rows:
+    raise ValueError(f"{path}: no records")
+  return rows
+
+
+def _read_relations(path: pathlib.Path) -> dict[str, tuple[str, ...]]:
+  if not path.is_file():
+    raise FileNotFoundError(f"{path}: no such file")
+  try:
+    raw = json.loads(path.read_text())
+  except json.JSONDecodeError as e:
+    raise ValueError(f"{path}: not valid JSON ({e})") from None
+  if not isinstance(raw, dict) or not raw:
+    raise ValueError(f"{path}: expected a non-empty object {{relation: {{'prompts': [...]}}}}")
+  out = {}
+  for rel, spec in raw.items():
+    prompts = spec.get("prompts") if isinstance(spec, dict) else None
+    if not isinstance(prompts, list) or not prompts:
+      raise ValueError(f"{path}: relation {rel!r} needs a non-empty list 'prompts'")
+    for p in prompts:
+      if not isinstance(p, str) or p.count("{}") != 1:
+        raise ValueError(f"{path}: relation {rel!r}: prompt {p!r} must contain '{{}}' exactly "
+                         "once (the subject)")
+    out[rel] = tuple(prompts)
+  return out
+
+
+def load_facts_set(facts: str | pathlib.Path | None = None,
+                   relations: str | pathlib.Path | None = None,
+                   edits: str | pathlib.Path | None = None) -> FactsSet:
+  """Reads and cross-checks the three files (``None``: the packaged default of that file).
+
+  Raises:
+    ValueError: a malformed line (file and line number), a relation without prompts, a fact or
+      edit whose relation is unknown, an edit of a subject/relation with no fact, or an edit whose
+      target equals the current object.
+  """
+  d_f, d_r, d_e = default_paths()
+  fp, rp, ep = (pathlib.Path(p) if p is not None else d for p, d in
+                ((facts, d_f), (relations, d_r), (edits, d_e)))
+  rels = _read_relations(rp)
+  fact_rows = _read_jsonl(fp, ("subject", "relation", "object"))
+  edit_rows = _read_jsonl(ep, ("subject", "relation", "target_new"))
+  known = {}
+  for i, r in enumerate(fact_rows, 1):
+    if r["relation"] not in rels:
+      raise ValueError(f"{fp}:{i}: relation {r['relation']!r} is not in {rp} (known: "
+                       f"{', '.join(rels)})")
+    known[(r["subject"], r["relation"])] = r["object"]
+  for i, r in enumerate(edit_rows, 1):
+    key = (r["subject"], r["relation"])
+    if key not in known:
+      raise ValueError(f"{ep}:{i}: no fact in {fp} has subject {r['subject']!r} and relation "
+                       f"{r['relation']!r}")
+    if known[key] == r["target_new"]:
+      raise ValueError(f"{ep}:{i}: target_new {r['target_new']!r} equals the current object")
+  return FactsSet(facts=tuple(Fact(**r) for r in fact_rows), relations=rels,
+                  edits=tuple(Edit(**r) for r in edit_rows))
+
+
+def sentence(prompt: str, subject: str, obj: str | None = None) -> str:
+  """The prompt with the subject filled in, followed by the object when given."""
+  text = prompt.replace("{}", subject)
+  return text if obj is None else f"{text} {obj}"
+
+
+def build_tokenizer(fs: FactsSet) -> Any:
+  """A word-level ``tokenizers.Tokenizer`` over every word of the facts set.
+
+  Words are split on whitespace and punctuation; the vocabulary is the special tokens
+  ``<pad> <s> </s> <unk>`` followed by the sorted words (deterministic). Targets and objects are
+  included, so every edit target encodes to known tokens.
+  """
+  from tokenizers import Tokenizer, models, pre_tokenizers  # pylint: disable=g-import-not-at-top
+  words: set[str] = set()
+  split = pre_tokenizers.Whitespace()
+  texts = [p for ps in fs.relations.values() for p in ps]
+  texts += [f.subject for f in fs.facts] + [f.object for f in fs.facts]
+  texts += [e.target_new for e in fs.edits]
+  for t in texts:
+    words.update(w for w, _ in split.pre_tokenize_str(t.replace("{}", " ")))
+  vocab = {t: i for i, t in enumerate(SPECIAL_TOKENS)}
+  for w in sorted(words):
+    vocab.setdefault(w, len(vocab))
+  tok = Tokenizer(models.WordLevel(vocab, unk_token=UNK))
+  tok.pre_tokenizer = split
+  return tok
+
+
+def encode_words(tokenizer: Any, text: str, *, what: str = "text") -> list[int]:
+  """Token ids of ``text`` (no special tokens); raises ValueError on unknown words."""
+  enc = tokenizer.encode(text, add_special_tokens=False)
+  unk = tokenizer.token_to_id(UNK)
+  if unk is not None and unk in enc.ids:
+    words = [w for w, _ in tokenizer.pre_tokenizer.pre_tokenize_str(text)]
+    bad = [w for w, i in zip(words, enc.ids) if i == unk]
+    raise ValueError(f"{what} {text!r}: the tokenizer cannot encode word(s) {bad}")
+  return list(enc.ids)
+
+
+def build_corpus(fs: FactsSet, tokenizer: Any, *, repeats: int = 8, seed: int = 0
+                 ) -> np.ndarray:
+  """``int32`` token stream: every fact in every phrasing, ``<s>``-separated, shuffled ``repeats``
+  times (each pass a new order, so each sentence is seen after varied contexts)."""
+  bos = tokenizer.token_to_id(BOS)
+  sents = [[bos] + encode_words(tokenizer, sentence(p, f.subject, f.object))
+           for f in fs.facts for p in fs.relations[f.relation]]
+  rng = np.random.default_rng(seed)
+  out: list[int] = []
+  for _ in range(repeats):
+    for i in rng.permutation(len(sents)):
+      out.extend(sents[i])
+  return np.asarray(out, np.int32)

@@ -1,0 +1,216 @@
+"""ROME, MEMIT and AlphaEdit on a Llama: locate keys, optimise targets, closed-form update.
+
+Each returns ``(new_params, Delta)`` (:mod:`jaxparams.edit.delta`: export, re-apply, rollback).
+The edited kernels are chosen with ``where=`` (any ``jp.tree`` selector) and must be MLP output
+projections (``layers_{l}/mlp/down_proj/kernel``); a selector matching nothing is an error.
+Keys/targets come from :mod:`.probe`/:mod:`.targets`; the updates from :mod:`.solve`.
+
+Example (needs a trained model; see tests/edit):
+  >>> RomeParams().target.v_lr, MemitParams().mom2_update_weight  # doctest: +SKIP
+  (0.5, 15000.0)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxparams import tree as jtree
+from jaxparams.edit import delta as delta_lib
+from jaxparams.edit import probe, solve
+from jaxparams.edit import requests as req_lib
+from jaxparams.edit import targets as tgt_lib
+
+__all__ = ["RomeParams", "MemitParams", "AlphaEditParams", "AlphaEditState", "rome", "memit",
+           "alphaedit", "edited_layers", "compute_keys", "alpha_state"]
+
+_MEMIT_TARGET = tgt_lib.TargetParams(clamp_norm_factor=0.75, v_num_grad_steps=25)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RomeParams:
+  """ROME (``hparams/ROME/*.json``): target optimisation, ``mom2_adjustment`` (use ``C^-1``)."""
+  target: tgt_lib.TargetParams = tgt_lib.TargetParams()
+  mom2_adjustment: bool = True
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class MemitParams:
+  """MEMIT (``hparams/MEMIT/*.json``): ``mom2_update_weight`` (lambda), target params and
+  ``fp64`` (solve in float64 as the reference; False: float32 for accelerators without it)."""
+  target: tgt_lib.TargetParams = _MEMIT_TARGET
+  mom2_update_weight: float = 15000.0
+  fp64: bool = True
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class AlphaEditParams:
+  """AlphaEdit (``hparams/AlphaEdit/Llama3-8B.json``): ``nullspace_threshold``, ``L2``; the
+  reference solves in float32 (``fp64=False``)."""
+  target: tgt_lib.TargetParams = tgt_lib.TargetParams(clamp_norm_factor=0.75,
+                                                      v_num_grad_steps=25, v_lr=0.1)
+  nullspace_threshold: float = 2e-2
+  L2: float = 10.0
+  fp64: bool = False
+
+
+@dataclasses.dataclass
+class AlphaEditState:
+  """Per edited layer: the null-space projector ``P`` and the key cache ``C_p = sum K_p K_p^T``
+  of the edits made so far (sequential editing)."""
+  projectors: dict[int, jax.Array]
+  cache: dict[int, jax.Array]
+
+
+def edited_layers(params: Any, where: Any) -> list[int]:
+  """Layers of the MLP output kernels selected by ``where`` (sorted)."""
+  paths = jtree.select(params, where)
+  return sorted(probe.layer_of_path(p) for p in paths)
+
+
+def _groups(templates: Sequence[str] | Sequence[Sequence[str]]) -> list[list[str]]:
+  if templates and isinstance(templates[0], str):
+    return [list(templates)]
+  return [list(g) for g in templates]
+
+
+def compute_keys(module: Any, params: Any, tokenizer: Any, requests: Sequence[req_lib.EditRequest],
+                 layer: int, templates: Sequence[Sequence[str]],
+                 fact_token: str = "subject_last") -> jax.Array:
+  """Keys at the subject's last token, averaged within each template group, then over groups
+  (``compute_ks.py``); ``[n_requests, d_k]``."""
+  groups = _groups(templates)
+  flat = [t for g in groups for t in g]
+  batch = tgt_lib.encode_batch(tokenizer, requests, flat, (), fact_token)
+  n, m, t = batch.ids.shape
+  out = probe.run(module, params, jnp.asarray(batch.ids.reshape(n * m, t)),
+                  jnp.asarray(batch.mask.reshape(n * m, t)), keys=(layer,))
+  k = jnp.take_along_axis(out.keys[layer], jnp.asarray(batch.lookup.reshape(-1))[:, None, None],
+                          1)[:, 0].reshape(n, m, -1).astype(jnp.float32)
+  means, s = [], 0
+  for g in groups:
+    means.append(k[:, s:s + len(g)].mean(1))
+    s += len(g)
+  return jnp.stack(means, 0).mean(0)
+
+
+def _hidden_at_subject(module, params, tokenizer, requests, layer, fact_token) -> jax.Array:
+  batch = tgt_lib.encode_batch(tokenizer, requests, ["{}"], (), fact_token)
+  n, m, t = batch.ids.shape
+  out = probe.run(module, params, jnp.asarray(batch.ids.reshape(n * m, t)),
+                  jnp.asarray(batch.mask.reshape(n * m, t)), hidden=(layer,))
+  return jnp.take_along_axis(out.hidden[layer],
+                             jnp.asarray(batch.lookup.reshape(-1))[:, None, None],
+                             1)[:, 0].astype(jnp.float32)
+
+
+def _kernel(params, layer):
+  return jtree.flatten(params)[probe.kernel_path(layer)]
+
+
+def rome(module: Any, params: Any, tokenizer: Any, request: req_lib.EditRequest, *,
+         cov: jax.Array | dict[int, jax.Array], where: Any, templates: Sequence[str],
+         hp: RomeParams = RomeParams()) -> tuple[Any, delta_lib.Delta]:
+  """One ROME edit (layers of ``where`` edited in order, each with its own rank-one update).
+
+  Args:
+    module, params, tokenizer: The model.
+    request: The edit.
+    cov: ``C = E[k k^T]`` of the layer (or ``{layer: C}``).
+    where: Selector of the edited kernel(s), e.g. ``'layers_1/mlp/down_proj/kernel'``.
+    templates: Context templates (``["{}", "... <s> {}", ...]``).
+    hp: :class:`RomeParams`.
+  """
+  request.check(tokenizer)
+  layers = edited_layers(params, where)
+  updates, info = {}, {}
+  cur = params
+  for layer in layers:
+    c = cov[layer] if isinstance(cov, dict) else cov
+    if not hp.mom2_adjustment:
+      c = jnp.eye(c.shape[0], dtype=jnp.float32)
+    ft = hp.target.fact_token
+    k_avg = compute_keys(module, cur, tokenizer, [request], layer, [templates], ft)[0]
+    batch = tgt_lib.encode_batch(tokenizer, [request], list(templates), hp.target.kl_prompts,
+                                 ft)
+    tg = tgt_lib.optimize_targets(module, cur, batch, layer=layer, site="mlp", hp=hp.target)
+    k_star = compute_keys(module, cur, tokenizer, [request], layer, [["{}"]], ft)[0]
+    w = _kernel(cur, layer)
+    d = solve.rome_delta(w, c, k_avg, k_star, tg["target"][0])
+    updates[probe.kernel_path(layer)] = d
+    info[layer] = {"loss": float(tg["loss"][0]), "steps": int(tg["steps"][0])}
+    cur, _ = delta_lib.add_delta(cur, {probe.kernel_path(layer): d})
+  meta = {"method": "rome", "layers": layers, "requests": [dataclasses.asdict(request)],
+          "info": info}
+  return delta_lib.add_delta(params, updates, meta)
+
+
+def _locate_then_edit(module, params, tokenizer, requests, where, templates, target_hp,
+                      update_fn, method):
+  for r in requests:
+    r.check(tokenizer)
+  layers = edited_layers(params, where)
+  z_layer = layers[-1]
+  flat_templates = [t for g in _groups(templates) for t in g]
+  ft = target_hp.fact_token
+  batch = tgt_lib.encode_batch(tokenizer, requests, flat_templates, target_hp.kl_prompts, ft)
+  tg = tgt_lib.optimize_targets(module, params, batch, layer=z_layer, site="block", hp=target_hp)
+  zs = tg["target"]  # [n, d]
+  cur = params
+  updates = {}
+  for i, layer in enumerate(layers):
+    ks = compute_keys(module, cur, tokenizer, requests, layer, templates, ft)  # [n, d_k]
+    cur_z = _hidden_at_subject(module, cur, tokenizer, requests, z_layer, ft)
+    resid = (zs - cur_z) / (len(layers) - i)
+    d = update_fn(i, layer, ks.T, resid.T)
+    path = probe.kernel_path(layer)
+    updates[path] = d
+    cur, _ = delta_lib.add_delta(cur, {path: d})
+  meta = {"method": method, "layers": layers, "n_requests": len(requests),
+          "target_loss": float(jnp.mean(tg["loss"]))}
+  return delta_lib.add_delta(params, updates, meta), cur
+
+
+def memit(module: Any, params: Any, tokenizer: Any, requests: Sequence[req_lib.EditRequest], *,
+          cov: dict[int, jax.Array], where: Any, templates: Sequence[Sequence[str]],
+          hp: MemitParams = MemitParams()) -> tuple[Any, delta_lib.Delta]:
+  """MEMIT batch edit: targets ``z`` at the last edited layer, residual spread over the layers.
+
+  ``cov[l]`` is ``E[k k^T]`` of layer ``l``; ``templates`` are template groups
+  (``[["{}"], [generated...]]``).
+  """
+  def update(i, layer, k, r):
+    with jax.enable_x64(hp.fp64):
+      return solve.memit_delta(k, r, cov[layer], hp.mom2_update_weight)
+  (new, d), _ = _locate_then_edit(module, params, tokenizer, requests, where, templates,
+                                  hp.target, update, "memit")
+  return new, d
+
+
+def alpha_state(cov: dict[int, jax.Array], hp: AlphaEditParams = AlphaEditParams()
+                ) -> AlphaEditState:
+  """Initial AlphaEdit state: projectors from ``cov`` and empty key caches."""
+  proj = {l: solve.null_space_projector(c, hp.nullspace_threshold) for l, c in cov.items()}
+  return AlphaEditState(proj, {l: jnp.zeros_like(p) for l, p in proj.items()})
+
+
+def alphaedit(module: Any, params: Any, tokenizer: Any, requests: Sequence[req_lib.EditRequest],
+              *, state: AlphaEditState, where: Any, templates: Sequence[Sequence[str]],
+              hp: AlphaEditParams = AlphaEditParams()
+              ) -> tuple[Any, delta_lib.Delta, AlphaEditState]:
+  """AlphaEdit batch edit in the null space of the preserved keys; returns the updated state
+  (key cache grown by this batch's keys, recomputed after the edit as the reference does)."""
+  def update(i, layer, k, r):
+    with jax.enable_x64(hp.fp64):
+      return solve.alphaedit_delta(k, r, state.projectors[layer], state.cache[layer], hp.L2)
+  (new, d), _ = _locate_then_edit(module, params, tokenizer, requests, where, templates,
+                                  hp.target, update, "alphaedit")
+  cache = dict(state.cache)
+  for layer in d.meta["layers"]:
+    ks = compute_keys(module, new, tokenizer, requests, layer, templates, hp.target.fact_token)
+    cache[layer] = cache[layer] + ks.T @ ks
+  return new, d, AlphaEditState(dict(state.projectors), cache)

@@ -1,0 +1,131 @@
+"""Reading and steering a model's MLP keys and hidden states through flax method interception.
+
+``run(module, params, ids, mask, ...)`` runs the model once and returns its logits plus:
+
+* ``keys[l]``: inputs of layer ``l``'s MLP output projection (the edited kernel's keys),
+* ``hidden[l]``: the residual stream after block ``l``;
+
+and can add a vector to layer ``l``'s MLP output (ROME's ``v*``) or block output (MEMIT's ``z``)
+at one position per row. The model code is untouched: the hooks are ``nn.intercept_methods``
+interceptors on ``Linear`` (``layers_{l}/mlp/down_proj``) and ``LlamaBlock`` (``layers_{l}``),
+so everything stays inside ``jit``/``grad``.
+
+Example:
+  >>> import jax, jax.numpy as jnp
+  >>> from jaxparams.models import Llama, LlamaConfig
+  >>> cfg = LlamaConfig(vocab_size=16, hidden_size=8, intermediate_size=16,
+  ...                   num_hidden_layers=2, num_attention_heads=2)
+  >>> m = Llama(cfg); ids = jnp.ones((1, 4), jnp.int32)
+  >>> p = m.init(jax.random.key(0), ids)['params']
+  >>> out = run(m, p, ids, None, keys=(1,), hidden=(0,))
+  >>> out.keys[1].shape, out.hidden[0].shape
+  ((1, 4, 16), (1, 4, 8))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+__all__ = ["ProbeOut", "run", "kernel_path", "layer_of_path", "MLP_OUT"]
+
+# Path of the edited kernel of layer l (the MLP output projection; "value matrix").
+MLP_OUT = "layers_{}/mlp/down_proj/kernel"
+_LAYER = re.compile(r"layers_(\d+)/mlp/down_proj/kernel")
+
+
+def kernel_path(layer: int) -> str:
+  """Flat path of layer ``layer``'s MLP output kernel."""
+  return MLP_OUT.format(layer)
+
+
+def layer_of_path(path: str) -> int:
+  """Layer index of an MLP output kernel path; ValueError for any other leaf."""
+  m = _LAYER.fullmatch(path)
+  if not m:
+    raise ValueError(f"leaf {path!r} is not an MLP output projection kernel "
+                     f"(expected {MLP_OUT.format('N')})")
+  return int(m.group(1))
+
+
+@dataclasses.dataclass
+class ProbeOut:
+  logits: jax.Array
+  keys: dict[int, jax.Array]
+  hidden: dict[int, jax.Array]
+  mlp_out: dict[int, jax.Array] = dataclasses.field(default_factory=dict)
+
+
+jax.tree_util.register_pytree_node(
+    ProbeOut, lambda o: ((o.logits, o.keys, o.hidden, o.mlp_out), None),
+    lambda _, ch: ProbeOut(*ch))
+
+
+def _add_at(out: jax.Array, vec: jax.Array, pos: jax.Array) -> jax.Array:
+  onehot = jax.nn.one_hot(pos, out.shape[1], dtype=out.dtype)  # [b, t]
+  vec = jnp.broadcast_to(vec, (out.shape[0], out.shape[-1])).astype(out.dtype)
+  return out + onehot[:, :, None] * vec[:, None, :]
+
+
+def run(module: Any, params: Any, ids: jax.Array, mask: jax.Array | None, *,
+        keys: Sequence[int] = (), hidden: Sequence[int] = (), mlp_out: Sequence[int] = (),
+        add_mlp: tuple[int, jax.Array, jax.Array] | None = None,
+        add_block: tuple[int, jax.Array, jax.Array] | None = None,
+        dot: Any = None) -> ProbeOut:
+  """Runs the model, capturing keys/hidden states and optionally adding a vector.
+
+  Args:
+    module: A ``jaxparams.models.Llama``.
+    params: Its params.
+    ids: ``int[b, t]``; mask: ``[b, t]`` attention mask or None.
+    keys: Layers whose MLP output-projection inputs to capture.
+    hidden: Layers whose block outputs to capture.
+    mlp_out: Layers whose MLP outputs (before any ``add_mlp``) to capture.
+    add_mlp: ``(layer, vec [d] or [b, d], pos int[b])`` added to that layer's MLP output.
+    add_block: ``(layer, vec, pos)`` added to that block's output.
+  """
+  from jaxparams.models.layers import Linear  # pylint: disable=g-import-not-at-top
+  from jaxparams.models.llama import LlamaBlock  # pylint: disable=g-import-not-at-top
+  got_keys: dict[int, jax.Array] = {}
+  got_hidden: dict[int, jax.Array] = {}
+  got_out: dict[int, jax.Array] = {}
+  keys, hidden, mlp_out = set(keys), set(hidden), set(mlp_out)
+
+  def interceptor(next_fun, args, kwargs, context):
+    mod = context.module
+    if context.method_name != "__call__":
+      return next_fun(*args, **kwargs)
+    path = mod.path
+    if isinstance(mod, Linear) and len(path) == 3 and path[1:] == ("mlp", "down_proj"):
+      layer = int(path[0].split("_")[1])
+      if layer in keys:
+        got_keys[layer] = args[0]
+      out = next_fun(*args, **kwargs)
+      if layer in mlp_out:
+        got_out[layer] = out
+      if add_mlp is not None and add_mlp[0] == layer:
+        out = _add_at(out, add_mlp[1], add_mlp[2])
+      return out
+    if isinstance(mod, LlamaBlock) and len(path) == 1:
+      layer = int(path[0].split("_")[1])
+      out = next_fun(*args, **kwargs)
+      if add_block is not None and add_block[0] == layer:
+        out = _add_at(out, add_block[1], add_block[2])
+      if layer in hidden:
+        got_hidden[layer] = out
+      return out
+    return next_fun(*args, **kwargs)
+
+  with nn.intercept_methods(interceptor):
+    logits = module.apply({"params": params}, ids, attention_mask=mask)
+  missing = sorted((keys - set(got_keys)) | (hidden - set(got_hidden))
+                   | (mlp_out - set(got_out)))
+  if missing:
+    raise ValueError(f"layer(s) {missing} not found in the model (it has "
+                     f"{getattr(module.config, 'num_hidden_layers', '?')} layers)")
+  return ProbeOut(logits, got_keys, got_hidden, got_out)

@@ -1,0 +1,178 @@
+"""Edit requests (EasyEdit's form) and their token rows: subject position, target positions.
+
+A request is ``{"prompt": "... {} ...", "subject": ..., "target_new": ...}`` (the prompt holds
+``{}`` where the subject goes). Context templates are strings with ``{}`` standing for the
+prompt; the text ``<s>`` inside a template or prompt stands for the BOS token.
+
+Example:
+  >>> from jaxparams.edit import facts
+  >>> tok = facts.build_tokenizer(facts.load_facts_set())
+  >>> r = EditRequest(prompt='{} plays the', subject='Jorah Wexgrave', target_new='harp')
+  >>> ids, look, tgt = encode_request(tok, r, '{}')
+  >>> len(ids), look, tgt
+  (5, 2, [4])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxparams.edit import facts as facts_lib
+
+__all__ = ["EditRequest", "read_requests", "encode_text", "encode_request", "context_templates",
+           "requests_from_edits"]
+
+
+@dataclasses.dataclass(frozen=True)
+class EditRequest:
+  """One edit: ``prompt.format(subject)`` should continue with ``target_new``.
+
+  Attributes:
+    prompt: Text with ``{}`` (the subject) exactly once.
+    subject: The subject.
+    target_new: The new object.
+    where: Where the request came from (e.g. ``requests.jsonl:3``) for error messages.
+  """
+  prompt: str
+  subject: str
+  target_new: str
+  where: str = ""
+
+  def check(self, tokenizer: Any | None = None) -> None:
+    """Raises ValueError naming the request when it cannot be edited."""
+    at = f"{self.where}: " if self.where else ""
+    if self.prompt.count("{}") != 1:
+      raise ValueError(f"{at}prompt {self.prompt!r} must contain '{{}}' exactly once "
+                       "(where the subject goes)")
+    if not self.subject.strip():
+      raise ValueError(f"{at}empty subject")
+    if not self.target_new.strip():
+      raise ValueError(f"{at}empty target_new")
+    if tokenizer is not None:
+      try:
+        encode_text(tokenizer, self.prompt.replace("{}", self.subject))
+        if not encode_text(tokenizer, self.target_new):
+          raise ValueError(f"target {self.target_new!r} encodes to no tokens")
+      except ValueError as e:
+        raise ValueError(f"{at}{e}") from None
+
+
+def read_requests(path: str | pathlib.Path, tokenizer: Any | None = None) -> list[EditRequest]:
+  """Reads EasyEdit-style requests (JSONL, or a JSON list); checks each one.
+
+  ``{"prompt": "The capital of {} is", "subject": "France", "target_new": "Lyon"}``; also
+  accepts ``"target_new": {"str": ...}`` (ROME/MEMIT's form) and a prompt with the subject
+  written out instead of ``{}`` (it is replaced by ``{}``).
+
+  Raises:
+    ValueError: naming the file and line of a bad request (missing key, subject not in the
+      prompt, empty target, words the tokenizer cannot encode).
+  """
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(f"{path}: no such file")
+  text = path.read_text()
+  if text.lstrip().startswith("["):
+    rows = [(i + 1, r) for i, r in enumerate(json.loads(text))]
+  else:
+    rows = []
+    for i, line in enumerate(text.splitlines(), 1):
+      if line.strip():
+        try:
+          rows.append((i, json.loads(line)))
+        except json.JSONDecodeError as e:
+          raise ValueError(f"{path}:{i}: not valid JSON ({e})") from None
+  out = []
+  for i, row in rows:
+    where = f"{path}:{i}"
+    if not isinstance(row, dict):
+      raise ValueError(f"{where}: expected an object, found {type(row).__name__}")
+    miss = [k for k in ("prompt", "subject", "target_new") if k not in row]
+    if miss:
+      raise ValueError(f"{where}: request lacks {miss} (needs prompt, subject, target_new)")
+    tgt = row["target_new"]
+    if isinstance(tgt, dict):
+      tgt = tgt.get("str", "")
+    prompt, subject = str(row["prompt"]), str(row["subject"])
+    if "{}" not in prompt:
+      if subject not in prompt or not subject:
+        raise ValueError(f"{where}: subject {subject!r} is not in the prompt {prompt!r}")
+      prompt = prompt.replace(subject, "{}", 1)
+    req = EditRequest(prompt, subject, str(tgt), where)
+    req.check(tokenizer)
+    out.append(req)
+  if not out:
+    raise ValueError(f"{path}: no requests")
+  return out
+
+
+def requests_from_edits(fs: facts_lib.FactsSet, edits: Sequence[facts_lib.Edit] | None = None
+                        ) -> list[EditRequest]:
+  """Requests for edits of a facts set, each on its relation's first (edit) prompt."""
+  return [EditRequest(fs.relations[e.relation][0], e.subject, e.target_new)
+          for e in (fs.edits if edits is None else edits)]
+
+
+def encode_text(tokenizer: Any, text: str) -> list[int]:
+  """Token ids of ``text`` (no special tokens added; ``<s>`` in the text is the BOS id)."""
+  bos = tokenizer.token_to_id(facts_lib.BOS)
+  out: list[int] = []
+  for j, part in enumerate(text.split(facts_lib.BOS)):
+    if j:
+      out.append(bos)
+    if part.strip():
+      out.extend(facts_lib.encode_words(tokenizer, part.strip(), what="text"))
+  return out
+
+
+def encode_request(tokenizer: Any, req: EditRequest, template: str, *,
+                   with_target: bool = True, fact_token: str = "subject_last"
+                   ) -> tuple[list[int], int, list[int]]:
+  """Row ``<s> template(prompt(subject)) target[:-1]``, the lookup index and the positions whose
+  next token is a target token. ``fact_token``: ``'subject_last'`` (the subject's last token)
+  or ``'last'`` (the prompt's last token), as the reference's ``fact_token`` hparam."""
+  if fact_token not in ("subject_last", "last"):
+    raise ValueError(f"fact_token must be 'subject_last' or 'last', found {fact_token!r}")
+  full = template.replace("{}", req.prompt)
+  pre, post = full.split("{}")
+  bos = tokenizer.token_to_id(facts_lib.BOS)
+  head = [bos] + encode_text(tokenizer, f"{pre} {req.subject}")
+  lookup = len(head) - 1
+  ids = head + encode_text(tokenizer, post)
+  if fact_token == "last":
+    lookup = len(ids) - 1
+  tgt: list[int] = []
+  if with_target:
+    t = encode_text(tokenizer, req.target_new)
+    tgt = list(range(len(ids) - 1, len(ids) - 1 + len(t)))
+    ids = ids + t[:-1]
+  return ids, lookup, tgt
+
+
+def context_templates(module: Any, params: Any, tokenizer: Any, *,
+                      length_params: Sequence[tuple[int, int]] = ((5, 10), (10, 10)),
+                      seed: int = 0) -> list[str]:
+  """``["{}"]`` plus model-sampled prefixes (``n`` of ``length`` tokens each, ROME's
+  ``context_template_length_params``), each followed by ``<s> {}``."""
+  bos = tokenizer.token_to_id(facts_lib.BOS)
+  out = ["{}"]
+  key = jax.random.key(seed)
+  for length, n in length_params:
+    ids = jnp.full((n, 1), bos, jnp.int32)
+    for _ in range(length):
+      key, sub = jax.random.split(key)
+      logits = module.apply({"params": params}, ids)[:, -1].astype(jnp.float32)
+      nxt = jax.random.categorical(sub, logits)[:, None].astype(jnp.int32)
+      ids = jnp.concatenate([ids, nxt], 1)
+    for row in np.asarray(ids)[:, 1:]:
+      words = [tokenizer.id_to_token(int(i)) or facts_lib.UNK for i in row]
+      words = [w for w in words if w not in (facts_lib.PAD, facts_lib.EOS, facts_lib.UNK)]
+      out.append(" ".join(words) + f" {facts_lib.BOS} {{}}")
+  return out

@@ -1,0 +1,89 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: py:percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Editing facts: ROME, MEMIT and AlphaEdit as pure functions
+#
+# 1. The **closed-form updates** on one kernel: ROME writes `v*` at `k*` exactly; AlphaEdit's
+#    update leaves the outputs of preserved keys unchanged.
+# 2. An **edit on a Llama** returns `(new_params, delta)`; the delta re-applies bit-identically
+#    and rolls back bit-exactly.
+# 3. The **facts benchmark** (`benchmarks/edit_facts.py`): efficacy, generalization and locality
+#    over the number of sequential edits, per method (read from its committed results).
+
+# %%
+import json
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import matplotlib.pyplot as plt
+import numpy as np
+
+import jaxparams
+from jaxparams.edit import delta, facts, methods, probe, requests, solve, stats, targets
+from jaxparams.models import Llama, LlamaConfig
+
+# %% [markdown]
+# ## 1. Closed-form updates
+
+# %%
+rng = np.random.default_rng(0)
+d_k, d_v = 48, 24
+k0 = rng.normal(size=(d_k, 32)) @ rng.normal(size=(32, 500))        # preserved keys, rank 32
+cov = jnp.asarray(k0 @ k0.T / 500, jnp.float32)
+w = jnp.asarray(rng.normal(size=(d_k, d_v)) / 7, jnp.float32)
+k_star, v_star = jnp.asarray(rng.normal(size=d_k), jnp.float32), jnp.asarray(rng.normal(size=d_v), jnp.float32)
+d = solve.rome_delta(w, cov + 0.1 * jnp.eye(d_k), k_star, k_star, v_star)
+print("ROME ||W'k* - v*|| / ||v*|| =", float(jnp.linalg.norm(k_star @ (w + d) - v_star) / jnp.linalg.norm(v_star)))
+p = solve.null_space_projector(cov, 2e-2)
+keys, resid = jnp.asarray(rng.normal(size=(d_k, 6)), jnp.float32), jnp.asarray(rng.normal(size=(d_v, 6)), jnp.float32)
+da = solve.alphaedit_delta(keys, resid, p, jnp.zeros((d_k, d_k)), 10.0)
+dm = solve.memit_delta(keys, resid, cov + 0.1 * jnp.eye(d_k), 1.0)
+k0j = jnp.asarray(k0, jnp.float32)
+for name, dd in (("AlphaEdit", da), ("MEMIT", dm)):
+  print(f"{name}: ||Delta K0|| / ||W K0|| =", float(jnp.linalg.norm(k0j.T @ dd) / jnp.linalg.norm(k0j.T @ w)))
+
+# %% [markdown]
+# ## 2. An edit on a Llama, its delta, rollback
+
+# %%
+fs = facts.load_facts_set()
+tok = facts.build_tokenizer(fs)
+cfg = LlamaConfig(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
+model = Llama(cfg)
+params = model.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"]
+texts = [facts.sentence(pr, f.subject, f.object) for f in fs.facts[:24] for pr in fs.relations[f.relation]]
+st = stats.key_stats(model, params, stats.text_batches(tok, texts, seq_len=16), layers=(1,))
+req = requests.requests_from_edits(fs)[0]
+new, dl = methods.rome(model, params, tok, req, cov=st[1].moment() + 1e-3 * jnp.eye(64),
+                       where="layers_1/mlp/down_proj/kernel", templates=["{}"],
+                       hp=methods.RomeParams(target=targets.TargetParams(v_num_grad_steps=5)))
+print(req, "->", list(dl.updates))
+same = lambda a, b: all(bool(jnp.array_equal(x, y)) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+print("re-apply bit-identical:", same(delta.apply_delta(params, dl), new),
+      "| rollback bit-exact:", same(delta.rollback(new, dl), params))
+
+# %% [markdown]
+# ## 3. Sequential edits on the facts LM (from `benchmarks/results/edit.json`)
+
+# %%
+res_file = pathlib.Path(jaxparams.__file__).resolve().parents[1] / "benchmarks" / "results" / "edit.json"
+if res_file.exists():
+  res = json.loads(res_file.read_text())
+  seq = {k[:-4]: v["curve"] for k, v in res.items() if k.endswith("_seq")}
+  fig, axes = plt.subplots(1, 3, figsize=(13, 3.5), sharey=True)
+  for ax, metric in zip(axes, ("efficacy", "generalization", "locality_argmax")):
+    for name, curve in seq.items():
+      ax.plot([c["n_edits"] for c in curve], [c[metric] for c in curve], marker="o", label=name)
+    ax.set_title(metric); ax.set_xlabel("sequential edits"); ax.set_ylim(-0.02, 1.02)
+  axes[0].legend(); plt.tight_layout(); plt.show()
+else:
+  print("run benchmarks/edit_facts.py to produce", res_file)
