@@ -26,8 +26,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-__all__ = ["SHIFTS", "DigitsSuite", "Task", "build_suite", "evaluate", "forward", "logits_fn",
-           "shift_images"]
+__all__ = ["SHIFTS", "TABLE_METHODS", "DigitsSuite", "Task", "build_suite", "entropy_objective",
+           "evaluate", "expert_fishers", "expert_grams", "forward", "logits_fn", "merge_table",
+           "shift_images", "task_accuracies_fn", "val_loss"]
 
 PyTree = Any
 
@@ -150,8 +151,8 @@ def _ce(logits, y):
 
 
 def build_suite(tasks: Sequence[str] = tuple(SHIFTS), *, seed: int = 0,
-                hidden: Sequence[int] = (128, 64), pretrain_steps: int = 300,
-                probe_steps: int = 200, finetune_steps: int = 150, lr: float = 3e-3,
+                hidden: Sequence[int] = (256, 64), pretrain_steps: int = 300,
+                probe_steps: int = 50, finetune_steps: int = 300, lr: float = 3e-3,
                 finetune_lr: float = 1e-3, n_val: int = 100) -> DigitsSuite:
   """Builds the suite: pretrained backbone, per-task heads and fine-tuned experts.
 
@@ -160,7 +161,8 @@ def build_suite(tasks: Sequence[str] = tuple(SHIFTS), *, seed: int = 0,
     seed: seeds the split, the shifts' randomness and the initialisation.
     hidden: backbone widths (the last is the feature size the heads read).
     pretrain_steps: full-batch Adam steps on the original digits.
-    probe_steps: steps of each task's linear probe on frozen pretrained features.
+    probe_steps: steps of each task's linear probe on frozen pretrained features, started
+      from the pretraining head (few steps: a weak, CLIP-zero-shot-like head).
     finetune_steps: steps of each expert's backbone fine-tuning (head frozen).
     lr: Adam learning rate of pretraining and probes.
     finetune_lr: Adam learning rate of the experts' fine-tuning.
@@ -192,7 +194,8 @@ def build_suite(tasks: Sequence[str] = tuple(SHIFTS), *, seed: int = 0,
   def pretrain(p):
     return _fit(lambda q: _ce(forward(module, q["bb"], q["head"], xtr), ytr), p, pretrain_steps, lr)
 
-  pretrained = pretrain({"bb": bb, "head": head0})["bb"]
+  pre = pretrain({"bb": bb, "head": head0})
+  pretrained = pre["bb"]
 
   @jax.jit
   def probe_then_finetune(h, xs, ys):
@@ -204,7 +207,7 @@ def build_suite(tasks: Sequence[str] = tuple(SHIFTS), *, seed: int = 0,
   out_tasks, experts = [], []
   for i, name in enumerate(tasks):
     xs = shift_images(name, x, seed=seed + 1000 + i)
-    h, e = probe_then_finetune(head0, jnp.asarray(xs[train]), ytr)
+    h, e = probe_then_finetune(pre["head"], jnp.asarray(xs[train]), ytr)
     experts.append(e)
     out_tasks.append(Task(name, xs[train], y[train], xs[val], y[val], xs[test], y[test], h))
   return DigitsSuite(module, pretrained, experts, out_tasks)
@@ -229,4 +232,122 @@ def evaluate(suite: DigitsSuite, backbone: PyTree | Sequence[PyTree], *,
     pred = jnp.argmax(forward(suite.module, bb, t.head, jnp.asarray(x)), -1)
     out[t.name] = float(jnp.mean(pred == jnp.asarray(y)))
   out["average"] = float(np.mean([out[n] for n in suite.names]))
+  return out
+
+
+# ----------------------------------------------------------------------------- method table
+def entropy_objective(suite: DigitsSuite, split: str = "test") -> Callable:
+  """AdaMerging's objective: summed prediction entropy on each task's *unlabelled* inputs."""
+  from jaxparams.merge.learned import entropy  # pylint: disable=import-outside-toplevel
+  xs = [jnp.asarray(t.x_test if split == "test" else t.x_val) for t in suite.tasks]
+  heads = [t.head for t in suite.tasks]
+  return lambda bb: sum(entropy(forward(suite.module, bb, h, x)) for h, x in zip(heads, xs))
+
+
+def val_loss(suite: DigitsSuite) -> Callable:
+  """Summed cross-entropy on the labelled validation images (black-box search fitness)."""
+  data = [(t.head, jnp.asarray(t.x_val), jnp.asarray(t.y_val)) for t in suite.tasks]
+  return lambda bb: sum(_ce(forward(suite.module, bb, h, x), y) for h, x, y in data)
+
+
+def task_accuracies_fn(suite: DigitsSuite, split: str = "test") -> Callable:
+  """``f(backbone) -> [T]`` accuracies (traceable: vmap it over merged backbones)."""
+  data = [(t.head, jnp.asarray(t.x_test if split == "test" else t.x_val),
+           jnp.asarray(t.y_test if split == "test" else t.y_val)) for t in suite.tasks]
+  return lambda bb: jnp.stack([jnp.mean(jnp.argmax(forward(suite.module, bb, h, x), -1) == y)
+                               for h, x, y in data])
+
+
+def expert_fishers(suite: DigitsSuite, n_examples: int = 256) -> list:
+  """Diagonal empirical Fisher of each expert on its own task's training images."""
+  from jaxparams.merge.learned import fisher_diagonal  # pylint: disable=import-outside-toplevel
+  out = []
+  for e, t in zip(suite.experts, suite.tasks):
+    def loglik(bb, x, y, h=t.head):
+      return jax.nn.log_softmax(forward(suite.module, bb, h, x[None]))[0, y]
+    out.append(fisher_diagonal(loglik, e, jnp.asarray(t.x_train[:n_examples]),
+                               jnp.asarray(t.y_train[:n_examples])))
+  return out
+
+
+def expert_grams(suite: DigitsSuite, n_examples: int = 256) -> list:
+  """RegMean's ``X^T X`` of every linear layer of each expert on its own task's images."""
+  from jaxparams.merge.learned import regmean_grams  # pylint: disable=import-outside-toplevel
+  return [regmean_grams(suite.module, e, jnp.asarray(t.x_train[:n_examples]))
+          for e, t in zip(suite.experts, suite.tasks)]
+
+
+def _best_lam(suite, make, grid):
+  scores = [evaluate(suite, make(l), split="val")["average"] for l in grid]
+  return float(grid[int(np.argmax(scores))])
+
+
+#: Methods :func:`merge_table` knows, in table order.
+TABLE_METHODS = ("pretrained", "experts", "simple_average", "task_arithmetic", "ties",
+                 "fisher", "regmean", "adamerging_task", "adamerging_layer", "cmaes_task",
+                 "cmaes_layer")
+
+
+def merge_table(suite: DigitsSuite, methods: Sequence[str] = TABLE_METHODS, *,
+                ada_steps: int = 300, ada_lr: float = 5e-3, cma_generations: int = 60,
+                cma_population: int = 16, seed: int = 0) -> dict[str, dict]:
+  """Runs merging methods on the suite: ``{method: {'acc': evaluate(...), 'seconds': s, ...}}``.
+
+  Task arithmetic's and TIES's scaling ``lam`` is picked on the validation split from
+  ``0.1..1.0`` (FusionBench uses a fixed 0.3); TIES keeps the top 20% (FusionBench's
+  threshold 20) and sums (``normalize=False``, FusionBench's ``merge_func sum``).
+
+  Raises:
+    ValueError: unknown method names.
+  """
+  import time  # pylint: disable=import-outside-toplevel
+  from jaxparams import merge as jm  # pylint: disable=import-outside-toplevel
+  from jaxparams.merge import learned  # pylint: disable=import-outside-toplevel
+  bad = [m for m in methods if m not in TABLE_METHODS]
+  if bad:
+    raise ValueError(f"unknown methods {bad}; valid: {list(TABLE_METHODS)}")
+  base, ex = suite.pretrained, suite.experts
+  grid = np.round(np.arange(0.1, 1.01, 0.1), 2)
+
+  def ada(gran):
+    m, lam, hist = learned.adamerging(base, ex, entropy_objective(suite), granularity=gran,
+                                      steps=ada_steps, lr=ada_lr)
+    return m, {"entropy_start": float(hist[0]), "entropy_end": float(hist[-1]),
+               "coef_mean": float(jnp.mean(lam))}
+
+  def cma(gran):
+    m, _, hist = learned.cmaes_search(base, ex, val_loss(suite), granularity=gran,
+                                      population=cma_population, generations=cma_generations,
+                                      seed=seed)
+    return m, {"val_loss_start": float(hist[0]), "val_loss_end": float(hist[-1])}
+
+  def ta():
+    lam = _best_lam(suite, lambda l: jm.task_arithmetic(base, ex, lam=l), grid)
+    return jm.task_arithmetic(base, ex, lam=lam), {"lam": lam}
+
+  def ties():
+    mk = lambda l: jm.ties(base, ex, density=0.2, lam=l, normalize=False)
+    lam = _best_lam(suite, mk, grid)
+    return mk(lam), {"lam": lam}
+
+  runners = {
+      "pretrained": lambda: (base, {}),
+      "experts": lambda: (list(ex), {}),
+      "simple_average": lambda: (jm.linear(ex), {}),
+      "task_arithmetic": ta,
+      "ties": ties,
+      "fisher": lambda: (learned.fisher_merge(ex, expert_fishers(suite)), {}),
+      "regmean": lambda: (learned.regmean(ex, expert_grams(suite), alpha=0.95), {}),
+      "adamerging_task": lambda: ada("task"),
+      "adamerging_layer": lambda: ada("layer"),
+      "cmaes_task": lambda: cma("task"),
+      "cmaes_layer": lambda: cma("layer"),
+  }
+  out = {}
+  for m in methods:
+    t0 = time.perf_counter()
+    params, info = runners[m]()
+    jax.block_until_ready(params)
+    dt = time.perf_counter() - t0
+    out[m] = {"acc": evaluate(suite, params), "seconds": dt, **info}
   return out

@@ -55,8 +55,8 @@ def layerwise_merge(base: PyTree, models: Sequence[PyTree], lam: jax.Array) -> P
 
 def adamerging(base: PyTree, models: Sequence[PyTree],
                objective: Callable[[PyTree], jax.Array], *, granularity: str = "layer",
-               init: float = 0.3, steps: int = 200, lr: float = 1e-3
-               ) -> tuple[PyTree, jax.Array, jax.Array]:
+               init: float = 0.3, steps: int = 200, lr: float = 1e-3,
+               clamp: tuple[float, float] | None = (0.0, 1.0)) -> tuple[PyTree, jax.Array, jax.Array]:
   """Learns merge coefficients minimising ``objective(merged)`` by Adam through the merge.
 
   Args:
@@ -68,6 +68,9 @@ def adamerging(base: PyTree, models: Sequence[PyTree],
     init: initial value of every coefficient.
     steps: Adam steps (all in one compiled ``lax.scan``).
     lr: Adam learning rate.
+    clamp: coefficients are clipped to this range in the merge (AdaMerging's code clamps
+      to ``[0, 1]``; unclamped entropy minimisation can sharpen predictions by scaling the
+      task vectors up); ``None`` for no clipping.
 
   Returns:
     ``(merged, coefficients, objective per step)``.
@@ -85,6 +88,9 @@ def adamerging(base: PyTree, models: Sequence[PyTree],
     merge, lam0 = layerwise_merge, jnp.full((len(models), n_leaves), init, jnp.float32)
   else:
     raise ValueError(f"unknown granularity {granularity!r}; valid: ['layer', 'task']")
+  if clamp is not None:
+    unclamped, lo, hi = merge, float(clamp[0]), float(clamp[1])
+    merge = lambda b, m, lam: unclamped(b, m, jnp.clip(lam, lo, hi))
   opt = optax.adam(lr)
   loss = lambda lam: objective(merge(base, models, lam))
 
@@ -99,4 +105,6 @@ def adamerging(base: PyTree, models: Sequence[PyTree],
     return lam, hist
 
   lam, hist = run(lam0)
+  if clamp is not None:
+    lam = jnp.clip(lam, lo, hi)
   return merge(base, models, lam), lam, hist
