@@ -1,4 +1,4 @@
-"""Merging that learns: Fisher, RegMean, AdaMerging, CMA-ES search and MAP Pareto fronts.
+"""Merging that learns: Fisher, RegMean, AdaMerging, CMA-ES search, MAP Pareto fronts, M2N2.
 
 Data- or search-driven merges on parameter pytrees, built on the differentiable, vmappable
 tree merges of :mod:`jaxparams.merge` (``task_arithmetic``) and the calibration layer
@@ -16,6 +16,8 @@ Example:
 
 from jaxparams.merge.learned.adamerging import adamerging, entropy, layerwise_merge, taskwise_merge
 from jaxparams.merge.learned.cmaes import cmaes_search
+from jaxparams.merge.learned.m2n2 import (crossover, m2n2_evolve, select_parents, shared_fitness,
+                                          update_archive)
 from jaxparams.merge.learned.fisher import fisher_diagonal, fisher_merge
 from jaxparams.merge.learned.map_front import (Surrogate, fit_surrogate, hypervolume_2d, pareto_mask,
                                                predict_surrogate, quadratic_features)
@@ -25,4 +27,5 @@ __all__ = [
     "Surrogate", "adamerging", "cmaes_search", "entropy", "fisher_diagonal", "fisher_merge",
     "fit_surrogate", "hypervolume_2d", "layerwise_merge", "pareto_mask", "predict_surrogate",
     "quadratic_features", "regmean", "regmean_grams", "taskwise_merge",
+    "crossover", "m2n2_evolve", "select_parents", "shared_fitness", "update_archive",
 ]
