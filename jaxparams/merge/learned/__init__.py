@@ -1,4 +1,5 @@
-"""Merging that learns: Fisher, RegMean, AdaMerging, CMA-ES search, MAP Pareto fronts, M2N2.
+"""Merging that learns: Fisher, RegMean, AdaMerging, CMA-ES search, MAP Pareto fronts, M2N2,
+MergeLock.
 
 Data- or search-driven merges on parameter pytrees, built on the differentiable, vmappable
 tree merges of :mod:`jaxparams.merge` (``task_arithmetic``) and the calibration layer
@@ -16,6 +17,7 @@ Example:
 
 from jaxparams.merge.learned.adamerging import adamerging, entropy, layerwise_merge, taskwise_merge
 from jaxparams.merge.learned.cmaes import cmaes_search
+from jaxparams.merge.learned.mergelock import lock_attention, lock_mlp, unlock
 from jaxparams.merge.learned.m2n2 import (crossover, m2n2_evolve, select_parents, shared_fitness,
                                           update_archive)
 from jaxparams.merge.learned.fisher import fisher_diagonal, fisher_merge
@@ -27,5 +29,6 @@ __all__ = [
     "Surrogate", "adamerging", "cmaes_search", "entropy", "fisher_diagonal", "fisher_merge",
     "fit_surrogate", "hypervolume_2d", "layerwise_merge", "pareto_mask", "predict_surrogate",
     "quadratic_features", "regmean", "regmean_grams", "taskwise_merge",
+    "lock_attention", "lock_mlp", "unlock",
     "crossover", "m2n2_evolve", "select_parents", "shared_fitness", "update_archive",
 ]
