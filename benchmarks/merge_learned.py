@@ -58,6 +58,58 @@ def map_study(suite, pair=(0, 1), n_samples=12, grid_n=41, lo=0.0, hi=1.5, seed=
           "grid_points": grid, "exact": exact, "pred": pred}
 
 
+def mergelock_study(suite, lam=0.3):
+  """Lock expert 0 (ReLU hidden units permuted + rescaled) and merge it with the others."""
+  from jaxparams import merge as jm
+  locked, _ = learned.lock_mlp(suite.experts[0], jax.random.key(0),
+                               pairs=[("layers_0", "layers_1")])
+  x = jnp.asarray(suite.tasks[0].x_test)
+  diff = float(jnp.max(jnp.abs(ds.forward(suite.module, locked, suite.tasks[0].head, x)
+                               - ds.forward(suite.module, suite.experts[0],
+                                            suite.tasks[0].head, x))))
+  rows = {}
+  for name, ex in (("plain", suite.experts), ("locked", [locked] + suite.experts[1:])):
+    rows[name] = {
+        "task_arithmetic": ds.evaluate(suite, jm.task_arithmetic(suite.pretrained, ex, lam=lam)),
+        "ties": ds.evaluate(suite, jm.ties(suite.pretrained, ex, density=0.2, lam=lam,
+                                           normalize=False)),
+        "expert_alone": ds.evaluate(suite, ex[0])}
+  return diff, rows
+
+
+def m2n2_study(seed=0, steps=1500, pop_size=16, n_train=500):
+  """M2N2 from scratch on original digits (MLP 64-16-10) vs a plain genetic baseline."""
+  from jax.flatten_util import ravel_pytree
+  from sklearn.datasets import load_digits
+  from jaxparams.models import MLP
+  d = load_digits()
+  x = jnp.asarray((d.data / 16.0).astype(np.float32))
+  y = jnp.asarray(d.target)
+  perm = np.random.default_rng(seed).permutation(len(x))
+  tr, te = perm[:n_train], perm[n_train:]
+  mod = MLP(features=(16, 10))
+  p0 = mod.init(jax.random.key(seed), x[:1])["params"]
+  _, unravel = ravel_pytree(p0)
+  pop = jnp.stack([ravel_pytree(mod.init(k, x[:1])["params"])[0]
+                   for k in jax.random.split(jax.random.key(seed + 1), pop_size)])
+  correct = lambda w, idx: (jnp.argmax(mod.apply({"params": unravel(w)}, x[idx]), -1)
+                            == y[idx]).astype(jnp.float32)
+  out = {}
+  for name, kw in (("M2N2 (competition + attraction)", {}),
+                   ("genetic baseline (no sharing, fitness mating)",
+                    {"alpha": 0.0, "attraction": False})):
+    t0 = time.perf_counter()
+    fin, sc, hist = jax.jit(lambda k, p, kw=kw: learned.m2n2_evolve(
+        k, p, lambda w: correct(w, tr), steps=steps, mutation=0.01, **kw))(
+            jax.random.key(seed), pop)
+    test = jax.vmap(lambda w: jnp.mean(correct(w, te)))(fin)
+    out[name] = {"best_test": float(test.max()), "mean_train": float(hist[-1]),
+                 "coverage": float(jnp.mean(jnp.max(sc, 0))),
+                 "mean_train_at": [float(hist[i]) for i in (0, steps // 4, steps // 2, steps - 1)],
+                 "seconds": time.perf_counter() - t0}
+  return out
+
+
 def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument("--seed", type=int, default=0)
@@ -70,6 +122,8 @@ def main(argv=None):
   t_build = time.perf_counter() - t0
   table = ds.merge_table(suite, seed=a.seed)
   mp = map_study(suite, seed=a.seed)
+  lock_diff, lock_rows = mergelock_study(suite)
+  evo = m2n2_study(seed=a.seed)
   names = suite.names
   lines = [
       "# Merging that learns: digits suite (benchmarks/merge_learned.py)", "",
@@ -106,6 +160,27 @@ def main(argv=None):
       f"| hypervolume of surrogate-front coefficients, true accuracies | {mp['hv_surrogate']:.4f} |",
       f"| front sizes exact / surrogate | {mp['n_front_exact']} / {mp['n_front_sur']} |",
       f"| evaluations surrogate / grid | {mp['samples']} / {mp['grid']} |", ""]
+  t0n = names[0]
+  lines += [f"## MergeLock on the suite (expert {t0n!r} locked: hidden units of layers_0 "
+            "permuted and positively rescaled)", "",
+            f"Locked expert vs original, max |logit difference| on {t0n} test images: "
+            f"{lock_diff:.2e}.", "",
+            f"| merge (lam 0.3) | {t0n} acc plain | {t0n} acc locked | average plain | "
+            "average locked |", "|---|---|---|---|---|"]
+  for m in ("expert_alone", "task_arithmetic", "ties"):
+    p_, l_ = lock_rows["plain"][m], lock_rows["locked"][m]
+    lines.append(f"| {m} | {100 * p_[t0n]:.1f} | {100 * l_[t0n]:.1f} | "
+                 f"{100 * p_['average']:.1f} | {100 * l_['average']:.1f} |")
+  lines.append("")
+  lines += ["## M2N2 from scratch (original digits, MLP 64-16-10, archive 16, 1500 children, "
+            "mutation 0.01, 500 training images)", "",
+            "| variant | best test acc | archive mean train acc at 0/25/50/100% | coverage | s |",
+            "|---|---|---|---|---|"]
+  for n, r in evo.items():
+    lines.append(f"| {n} | {100 * r['best_test']:.1f} | "
+                 + "/".join(f"{100 * v:.1f}" for v in r["mean_train_at"])
+                 + f" | {100 * r['coverage']:.1f} | {r['seconds']:.1f} |")
+  lines.append("")
   text = "\n".join(lines)
   print(text)
   pathlib.Path(a.out).parent.mkdir(parents=True, exist_ok=True)
