@@ -58,8 +58,8 @@ def map_study(suite, pair=(0, 1), n_samples=12, grid_n=41, lo=0.0, hi=1.5, seed=
           "grid_points": grid, "exact": exact, "pred": pred}
 
 
-def mergelock_study(suite, lam=0.3):
-  """Lock expert 0 (ReLU hidden units permuted + rescaled) and merge it with the others."""
+def mergelock_study(suite, lam=0.5):
+  """Lock expert 0 (ReLU hidden units permuted + rescaled) and merge it with expert 1."""
   from jaxparams import merge as jm
   locked, _ = learned.lock_mlp(suite.experts[0], jax.random.key(0),
                                pairs=[("layers_0", "layers_1")])
@@ -68,12 +68,13 @@ def mergelock_study(suite, lam=0.3):
                                - ds.forward(suite.module, suite.experts[0],
                                             suite.tasks[0].head, x))))
   rows = {}
-  for name, ex in (("plain", suite.experts), ("locked", [locked] + suite.experts[1:])):
+  two = ds.DigitsSuite(suite.module, suite.pretrained, suite.experts[:2], suite.tasks[:2])
+  for name, ex in (("plain", two.experts), ("locked", [locked, two.experts[1]])):
     rows[name] = {
-        "task_arithmetic": ds.evaluate(suite, jm.task_arithmetic(suite.pretrained, ex, lam=lam)),
-        "ties": ds.evaluate(suite, jm.ties(suite.pretrained, ex, density=0.2, lam=lam,
-                                           normalize=False)),
-        "expert_alone": ds.evaluate(suite, ex[0])}
+        "task_arithmetic": ds.evaluate(two, jm.task_arithmetic(two.pretrained, ex, lam=lam)),
+        "ties": ds.evaluate(two, jm.ties(two.pretrained, ex, density=0.2, lam=lam,
+                                         normalize=False)),
+        "expert_0_alone": ds.evaluate(two, ex[0])}
   return diff, rows
 
 
@@ -165,9 +166,11 @@ def main(argv=None):
             "permuted and positively rescaled)", "",
             f"Locked expert vs original, max |logit difference| on {t0n} test images: "
             f"{lock_diff:.2e}.", "",
-            f"| merge (lam 0.3) | {t0n} acc plain | {t0n} acc locked | average plain | "
+            f"Two-model merges of the experts {names[0]!r} and {names[1]!r} (lam 0.5), average "
+            f"over those two tasks:", "",
+            f"| model | {t0n} acc plain | {t0n} acc locked | average plain | "
             "average locked |", "|---|---|---|---|---|"]
-  for m in ("expert_alone", "task_arithmetic", "ties"):
+  for m in ("expert_0_alone", "task_arithmetic", "ties"):
     p_, l_ = lock_rows["plain"][m], lock_rows["locked"][m]
     lines.append(f"| {m} | {100 * p_[t0n]:.1f} | {100 * l_[t0n]:.1f} | "
                  f"{100 * p_['average']:.1f} | {100 * l_['average']:.1f} |")
