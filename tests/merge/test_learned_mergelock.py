@@ -4,6 +4,7 @@ and merge collapse on the digits suite."""
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 import jaxparams as jp
 from jaxparams.merge import learned
@@ -57,3 +58,19 @@ def test_mlp_lock_on_suite_preserves_expert_and_collapses_merge():
   ok = ds.evaluate(s, jp.merge.task_arithmetic(s.pretrained, s.experts, lam=0.5))
   bad = ds.evaluate(s, jp.merge.task_arithmetic(s.pretrained, [locked, s.experts[1]], lam=0.5))
   assert bad[s.names[0]] < ok[s.names[0]] - 0.2, (ok, bad)
+
+
+@pytest.mark.slow
+def test_minilm_lock_preserves_embeddings_and_merge_moves_them():
+  from jaxparams.models import minilm
+  module, params, config, tok = minilm.load_minilm()
+  n = config.num_hidden_layers
+  locked, _ = mergelock.lock_attention(params, jax.random.key(0), num_heads=config.num_attention_heads,
+                                       modules=[f"layers_{i}/attn" for i in range(n)])
+  sents = ["Merging models in weight space.", "A locked model computes the same function."]
+  e0 = minilm.embed(sents, model=(module, params, config, tok))
+  e1 = minilm.embed(sents, model=(module, locked, config, tok))
+  np.testing.assert_allclose(e1, e0, atol=1e-5)
+  merged = jp.merge.linear([params, locked])  # a locked copy averaged with the original
+  e2 = minilm.embed(sents, model=(module, merged, config, tok))
+  assert float(np.min(np.sum(e2 * e0, -1))) < 0.99  # cosine to the original drops
