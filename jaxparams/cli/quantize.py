@@ -1,10 +1,11 @@
-"""``jaxparams quantize SRC_DIR OUT_DIR``: quantize an HF checkpoint (BERT, Llama).
+"""``jaxparams quantize SRC_DIR OUT_DIR``: quantize an HF checkpoint (BERT, Llama), streaming.
 
-Loads the checkpoint with :func:`jaxparams.models.from_hf`, quantizes every Linear
-kernel (embeddings, norms, biases and the LM head stay full precision unless a
-rules file says otherwise) with ``--method`` at ``--bits`` / ``--group-size``,
-calibrating GPTQ/AWQ/decoupleQ layer by layer on ``--calibration`` text (one
-sample per non-empty line), and writes
+Thin: parses the flags and calls :func:`jaxparams.quant.quantize_checkpoint`,
+which reads the checkpoint tensor by tensor (data-free methods) or block by block
+(GPTQ/AWQ/decoupleQ, calibrated on ``--calibration`` text, one sample per
+non-empty line), so peak memory is about one transformer block. Embeddings,
+norms, biases and the LM head stay full precision unless a rules file says
+otherwise. Output:
 
 * ``--format jaxparams`` (default): the jaxparams layout (see
   :mod:`jaxparams.quant.checkpoint`) under the HF tensor names, plus the source
@@ -13,35 +14,35 @@ sample per non-empty line), and writes
   ``quantize_config.json``) for integer methods.
 
 A rules file (YAML) is a list of ``{pattern: GLOB, method: NAME, bits: N, ...}``
-entries (first match wins; ``method: keep`` keeps full precision); missing
-``method``/``bits``/``group_size`` fall back to the command-line values.
+entries (first match wins; ``method: keep``/``full``/``none`` keeps full precision);
+missing ``method``/``bits``/``group_size`` fall back to the command-line values
+(:func:`jaxparams.quant.rule_file.read_rules`).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
-from jaxparams import io as jio
+from jaxparams.quant import rule_file
 
 __all__ = ["add_parser", "run", "quantize_checkpoint", "method_fields", "read_rules"]
 
-METHODS = ("rtn", "nf4", "hqq", "gptq", "awq", "decoupleq")
-_ST_FILES = jio.SENTENCE_TRANSFORMERS_FILES + ("README.md",)
+METHODS = tuple(rule_file.method_names())
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
   p = sub.add_parser("quantize", help="Quantize an HF checkpoint (BERT, Llama).",
                      description="Quantize the Linear weights of an HF safetensors checkpoint with "
-                     "RTN, NF4, HQQ, GPTQ, AWQ or decoupleQ and write a quantized checkpoint.")
+                     f"{', '.join(METHODS)} and write a quantized checkpoint (streaming: tensor by "
+                     "tensor, or block by block for calibrated methods).")
   p.add_argument("src", metavar="SRC_DIR", help="HF checkpoint folder (config.json + safetensors)")
   p.add_argument("out", metavar="OUT_DIR", help="output folder (created atomically)")
   p.add_argument("--method", choices=METHODS, default="rtn")
-  p.add_argument("--bits", type=int, default=4, help="2, 3, 4 or 8 (nf4: 4)")
+  p.add_argument("--bits", type=int, default=4, help="2, 3, 4 or 8 (nf4: 4; fp8: 8)")
   p.add_argument("--group-size", type=int, default=128,
                  help="rows per group along the input axis; -1 = per channel (nf4: block size)")
   p.add_argument("--calibration", metavar="TEXT_FILE",
@@ -55,6 +56,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
   p.add_argument("--max-length", type=int, default=128, help="calibration tokens per sample")
   p.add_argument("--batch-size", type=int, default=16, help="calibration samples per batch")
   p.add_argument("--max-samples", type=int, default=256, help="calibration samples used")
+  p.add_argument("--max-shard-bytes", type=float, default=1e9, help="output shard size (bytes)")
   p.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it exists")
   p.add_argument("--no-progress", action="store_true", help="no progress bar")
   p.set_defaults(func=run)
@@ -62,61 +64,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def method_fields(method: str, bits: int, group_size: int, *, act_order: bool = False,
                   symmetric: bool = False) -> dict[str, Any]:
-  """The config fields the command-line flags mean for ``method``.
+  """Deprecated alias of :func:`jaxparams.quant.rule_file.flag_fields`.
 
   Example:
     >>> method_fields('nf4', 4, 64)
     {'block_size': 64}
-    >>> method_fields('gptq', 3, 64, act_order=True)['act_order']
-    True
   """
-  group = None if group_size in (-1, 0) else group_size
-  if method == "nf4":
-    if bits != 4:
-      raise ValueError(f"--method nf4 is 4-bit only, got --bits {bits}")
-    return {"block_size": group}
-  fields: dict[str, Any] = {"bits": bits, "group_size": group}
-  if method == "gptq":
-    fields["act_order"] = act_order
-  if method in ("rtn", "gptq", "awq") and symmetric:
-    fields["symmetric"] = True
-  return fields
+  return rule_file.flag_fields(method, bits, group_size, act_order=act_order,
+                               symmetric=symmetric)
 
 
-def read_rules(path: str | Path, default_method: str, default_fields: dict[str, Any]
-               ) -> list[tuple[str, Any]]:
-  """Reads a YAML rules file into ``[(pattern, spec)]``.
-
-  Raises:
-    ValueError: not a list of mappings with ``pattern``.
-  """
-  import yaml  # pylint: disable=g-import-not-at-top
-  path = Path(path)
-  if not path.is_file():
-    raise FileNotFoundError(f"{path}: no such rules file")
-  data = yaml.safe_load(path.read_text())
-  if isinstance(data, dict) and "rules" in data:
-    data = data["rules"]
-  if not isinstance(data, list) or not data:
-    raise ValueError(f"{path}: expected a non-empty YAML list of rules "
-                     "({pattern: ..., method: ..., bits: ...})")
-  out = []
-  for i, r in enumerate(data):
-    if not isinstance(r, dict) or "pattern" not in r:
-      raise ValueError(f"{path}: rule {i} must be a mapping with 'pattern', got {r!r}")
-    r = dict(r)
-    pat = str(r.pop("pattern"))
-    method = str(r.pop("method", default_method)).lower()
-    if method in ("keep", "none", "fp", "skip"):
-      out.append((pat, None))
-      continue
-    fields = dict(default_fields) if method == default_method else {}
-    if method != default_method and "bits" in default_fields and method != "nf4":
-      fields["bits"] = default_fields["bits"]
-      fields["group_size"] = default_fields.get("group_size", 128)
-    fields.update(r)
-    out.append((pat, (method, fields)))
-  return out
+read_rules = rule_file.read_rules
 
 
 def _read_texts(path: str | Path, max_samples: int) -> list[str]:
@@ -133,83 +91,22 @@ def _read_texts(path: str | Path, max_samples: int) -> list[str]:
   return lines
 
 
-def _batches(src: Path, texts: Sequence[str], *, max_length: int, batch_size: int) -> list[dict]:
-  from tokenizers import Tokenizer  # pylint: disable=g-import-not-at-top
-  from jaxparams.quant.calibrate import text_batches  # pylint: disable=g-import-not-at-top
-  tok_file = src / "tokenizer.json"
-  if not tok_file.is_file():
-    raise ValueError(f"{src}: no tokenizer.json; calibration text cannot be tokenized")
-  return text_batches(Tokenizer.from_file(str(tok_file)), texts, batch_size=batch_size,
-                      max_length=max_length)
-
-
-def quantize_checkpoint(src: str | Path, out: str | Path, rules: Any, *,
-                        calibration_texts: Sequence[str] | None = None, fmt: str = "jaxparams",
-                        max_length: int = 128, batch_size: int = 16, overwrite: bool = False,
-                        progress: Callable[[str, int, int], None] | None = None):
-  """Quantizes an HF checkpoint folder by rules and writes ``out``; returns the report.
-
-  Raises:
-    ValueError: unsupported architecture, a calibrated method without texts, rules
-      matching nothing, a method the GPTQ layout cannot hold, ...
-  """
-  # pylint: disable=g-import-not-at-top
-  from jaxparams import tree as jtree
-  from jaxparams.models.hf import from_hf, hf_name_map
-  from jaxparams.quant import checkpoint as qckpt
-  from jaxparams.quant import rules as qrules
-  from jaxparams.quant.calibrate import quantize_model
-  src, out = Path(src), Path(out)
-  if not src.is_dir():
-    raise FileNotFoundError(f"{src}: no such checkpoint folder")
-  jio.check_output_dir(out, overwrite)
-  if fmt not in ("jaxparams", "gptq"):
-    raise ValueError(f"unknown output format {fmt!r}; valid: 'jaxparams', 'gptq'")
-  module, params, config = from_hf(src)
-  plan, _ = qrules.plan_tree(jtree.flatten(params), rules)
-  needs = sorted({s[0] for s in plan.values() if s is not None and qrules._get(s[0]).calibrated})  # pylint: disable=protected-access
-  batches = None
-  if calibration_texts is not None:
-    batches = _batches(src, calibration_texts, max_length=max_length, batch_size=batch_size)
-  elif needs:
-    raise ValueError(f"method(s) {needs} need calibration text: pass --calibration TEXT_FILE")
-  qparams, report = quantize_model(module, params, rules, batches, progress=progress)
-  flat = jtree.flatten(qparams, is_leaf=qckpt._is_quant)  # pylint: disable=protected-access
-  nmap = hf_name_map(config)
-  by_name, transpose, methods = {}, {}, {}
-  for path, leaf in flat.items():
-    hf, tr = nmap[path]
-    if qckpt._is_quant(leaf):  # pylint: disable=protected-access
-      by_name[hf] = leaf
-      transpose[hf] = tr
-      methods[hf] = report.entries[path].method
-      if not tr:
-        raise ValueError(f"{path}: quantized tensor {hf!r} is not a Linear weight; keep it in "
-                         "full precision")
-    else:
-      a = np.asarray(leaf)
-      by_name[hf] = np.ascontiguousarray(a.T) if tr else a
-  src_cfg = json.loads((src / "config.json").read_text())
-  if fmt == "gptq":
-    qckpt.export_gptq(by_name, out, config=src_cfg, copy_from=src, overwrite=overwrite)
-  else:
-    qckpt.save_quantized(by_name, out, transpose=transpose, methods=methods, config=src_cfg,
-                         copy_from=src, overwrite=overwrite,
-                         extra_json={"quant_report.json": report.to_dict()},
-                         extra_files=[f for f in _ST_FILES if (src / f).is_file()])
-  return report
+def quantize_checkpoint(src, out, rules, *, calibration_texts=None, fmt="jaxparams",
+                        max_length=128, batch_size=16, overwrite=False, progress=None):
+  """Deprecated: use :func:`jaxparams.quant.quantize_checkpoint` (the library call)."""
+  from jaxparams.quant.stream import quantize_checkpoint as qc  # pylint: disable=g-import-not-at-top
+  return qc(src, out, rules, calibration=calibration_texts, fmt=fmt, max_length=max_length,
+            batch_size=batch_size, overwrite=overwrite, progress=progress)
 
 
 def run(args: argparse.Namespace) -> int:
-  from jaxparams.quant import rules as qrules  # pylint: disable=g-import-not-at-top
-  fields = method_fields(args.method, args.bits, args.group_size, act_order=args.act_order,
-                         symmetric=args.symmetric)
+  from jaxparams.quant.stream import quantize_checkpoint as qc  # pylint: disable=g-import-not-at-top
+  fields = rule_file.flag_fields(args.method, args.bits, args.group_size,
+                                 act_order=args.act_order, symmetric=args.symmetric)
   if args.rules:
-    rules = read_rules(args.rules, args.method, fields)
+    rules = rule_file.read_rules(args.rules, args.method, fields)
   else:
     rules = [("**", (args.method, fields))]
-  for i, (pat, spec) in enumerate(rules):
-    qrules.parse_spec(spec, where=f"rule {i} ({pat!r})")  # fail fast on bad names/fields
   texts = _read_texts(args.calibration, args.max_samples) if args.calibration else None
 
   progress_cm = None
@@ -228,10 +125,10 @@ def run(args: argparse.Namespace) -> int:
   try:
     if progress_cm is not None:
       progress_cm.start()
-    report = quantize_checkpoint(args.src, args.out, rules, calibration_texts=texts,
-                                 fmt=args.format, max_length=args.max_length,
-                                 batch_size=args.batch_size, overwrite=args.overwrite,
-                                 progress=callback)
+    report = qc(args.src, args.out, rules, calibration=texts, fmt=args.format,
+                max_length=args.max_length, batch_size=args.batch_size,
+                overwrite=args.overwrite, max_shard_bytes=args.max_shard_bytes,
+                progress=callback)
     if progress_cm is not None and "task" in state:
       progress_cm.update(state["task"], completed=report.num_quantized, description="done")
   finally:

@@ -34,6 +34,7 @@ from jaxparams.merge.tree_api import (arcee_fusion, breadcrumbs, breadcrumbs_tie
                                       dare_ties, della, della_linear, karcher, linear, merge_trees,
                                       model_stock, multislerp, nearswap, nuslerp, passthrough, ram,
                                       ramplus_tl, sce, slerp, task_arithmetic, ties)
+from jaxparams.merge import learned  # noqa: E402  (data-/search-driven merges)
 
 __all__ = [
     # registry of records (per-tensor)
@@ -48,4 +49,6 @@ __all__ = [
     # recipes and the streaming driver (HF checkpoints on disk)
     "Recipe", "TensorTask", "VocabAlignment", "build_alignment", "load_recipe", "merge_checkpoints",
     "parse_recipe", "parse_size", "plan_checkpoints", "plan_merge",
+    # merging that learns (Fisher, RegMean, AdaMerging, CMA-ES, MAP)
+    "learned",
 ]

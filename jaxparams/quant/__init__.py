@@ -37,6 +37,7 @@ from jaxparams.quant.rtn import RTNConfig, rtn
 from jaxparams.quant.rules import (DEFAULT_KEEP, QuantEntry, QuantReport, effective_weight,
                                    layer_error, plan_tree, quantize_leaf, quantize_tree)
 from jaxparams.quant.stats import accumulate_stats, gptq_hessian
+from jaxparams.quant.stream import dequantize_checkpoint, quantize_checkpoint
 
 __all__ = [
     # layout and methods (quant-methods)
@@ -54,6 +55,8 @@ __all__ = [
     "load_quantized_orbax", "plan_tree", "quantize_leaf", "quantize_model", "quantize_tree",
     "save_quantized", "save_quantized_orbax", "text_batches", "load_quantized_flat",
     "detect_layout", "effective_weight",
+    # streaming (checkpoints larger than memory)
+    "quantize_checkpoint", "dequantize_checkpoint",
 ]
 
 

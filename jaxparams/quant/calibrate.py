@@ -147,4 +147,4 @@ def quantize_model(module: nn.Module, params: Any, rules: Any, batches: Any = No
 
 
 def _needs_calibration(method: str) -> bool:
-  return qrules._get(method).calibrated  # pylint: disable=protected-access
+  return qrules.is_calibrated(method)

@@ -78,7 +78,8 @@ from jaxparams.quant.qarray import QArray
 __all__ = [
     "LAYOUT_FILE", "GPTQ_CONFIG_FILE", "save_quantized", "load_quantized", "load_quantized_flat",
     "save_quantized_orbax", "load_quantized_orbax", "export_gptq", "import_gptq", "detect_layout",
-    "dequantize_flat", "gptq_pack", "gptq_unpack",
+    "dequantize_flat", "gptq_pack", "gptq_unpack", "is_quant", "layout_entry", "encode_parts",
+    "dequantize_leaf", "iter_quantized", "gptq_encode", "gptq_summary", "gptq_config",
 ]
 
 LAYOUT_FILE = "jaxparams_quant.json"
@@ -98,10 +99,26 @@ def _flat(tree_or_flat: Any) -> dict[str, Any]:
   return jtree.flatten(tree_or_flat, is_leaf=_is_quant)
 
 
-def _is_quant(x: Any) -> bool:
+def is_quant(x: Any) -> bool:
   """A QArray, or an AWQ result (``qarray`` + ``input_scale``)."""
   return isinstance(x, QArray) or (isinstance(getattr(x, "qarray", None), QArray)
                                    and hasattr(x, "input_scale"))
+
+
+_is_quant = is_quant
+
+
+def layout_entry(q: Any, *, transpose: bool = False, method: str | None = None) -> dict[str, Any]:
+  """The ``jaxparams_quant.json`` entry of one quantized tensor."""
+  shape = _meta(q)["shape"]
+  orig = list(shape[::-1]) if transpose else list(shape)
+  return _meta(q, transpose=bool(transpose), orig_shape=orig,
+               **({"method": method} if method is not None else {}))
+
+
+def encode_parts(q: Any) -> dict[str, np.ndarray]:
+  """``{part: array}`` stored for one quantized tensor (``qcodes``, ``qscale``, ...)."""
+  return _encode(q)
 
 
 def _meta(q: Any, **extra: Any) -> dict[str, Any]:
@@ -223,11 +240,8 @@ def save_quantized(tree: Any, out_dir: str | Path, *, transpose: Mapping[str, bo
         raise ValueError(f"save_quantized: tensor name {name!r} ends with a reserved suffix "
                          f"{_SUFFIXES}")
       if _is_quant(leaf):
-        tr = bool(transpose.get(name, False))
-        shape = _meta(leaf)["shape"]
-        orig = list(shape[::-1]) if tr else list(shape)
-        entries[name] = _meta(leaf, transpose=tr, orig_shape=orig,
-                              **({"method": methods[name]} if name in methods else {}))
+        entries[name] = layout_entry(leaf, transpose=bool(transpose.get(name, False)),
+                                     method=methods.get(name))
         for part, arr in _encode(leaf).items():
           w.add(f"{name}.{part}", arr)
       else:
@@ -321,19 +335,50 @@ def dequantize_flat(flat: Mapping[str, Any], layout: Mapping[str, Any] | None = 
   """Full-precision ``{name: np.ndarray}``: QArrays dequantized (transposed and reshaped back
   to their stored ``orig_shape`` when the layout says so)."""
   meta = (layout or {}).get("tensors", {})
-  out = {}
-  for name, leaf in flat.items():
-    if _is_quant(leaf):
-      w = np.asarray(leaf.dequantize(dtype))
-      m = meta.get(name, {})
-      if m.get("transpose"):
-        w = w.T
-      if "orig_shape" in m:
-        w = w.reshape(m["orig_shape"])
-      out[name] = np.ascontiguousarray(w)
-    else:
-      out[name] = np.asarray(leaf)
-  return out
+  return {name: dequantize_leaf(leaf, meta.get(name, {}), dtype) if _is_quant(leaf)
+          else np.asarray(leaf) for name, leaf in flat.items()}
+
+
+def dequantize_leaf(leaf: Any, meta: Mapping[str, Any], dtype: Any = None) -> np.ndarray:
+  """The stored full-precision tensor of one quantized leaf: ``dequantize()``, transposed and
+  reshaped back to ``orig_shape`` when its layout entry says so."""
+  w = np.asarray(leaf.dequantize(dtype))
+  if meta.get("transpose"):
+    w = w.T
+  if "orig_shape" in meta:
+    w = w.reshape(meta["orig_shape"])
+  return np.ascontiguousarray(w)
+
+
+def iter_quantized(path: str | Path):
+  """Yields ``(name, QArray | np.ndarray, layout_entry)`` of a quantized folder, one tensor at a
+  time (jaxparams or HF GPTQ layout; GPTQ tensors get ``{'transpose': True}``).
+
+  Raises:
+    ValueError: not a quantized checkpoint, or a mismatched layout.
+  """
+  folder = Path(path)
+  kind = detect_layout(folder)
+  if kind == "gptq":
+    yield from _iter_gptq(folder)
+    return
+  layout = _read_layout(folder)
+  qmeta = layout["tensors"]
+  with jio.open_checkpoint(folder) as reader:
+    names = reader.names()
+    present = set(names)
+    owned = {name + suf for name in qmeta for suf in _SUFFIXES}
+    for n in names:
+      if n.endswith(_SUFFIXES) and n not in owned:
+        raise ValueError(f"{folder}: tensor {n!r} looks like a quantized part but "
+                         f"{LAYOUT_FILE} has no entry {n.rsplit('.', 1)[0]!r} (mismatched layout)")
+    for name, m in qmeta.items():
+      parts = {suf[1:]: np.array(reader.read(name + suf)) for suf in _SUFFIXES
+               if name + suf in present}
+      yield name, _decode(name, m, parts, str(folder)), m
+    for n in names:
+      if n not in owned:
+        yield n, reader.read(n), {}
 
 
 # ----------------------------------------------------------------------------- orbax
@@ -420,6 +465,90 @@ def gptq_unpack(words: np.ndarray, bits: int, count: int, axis: int = 0) -> np.n
   return np.moveaxis(out.astype(np.int32), 0, axis)
 
 
+def gptq_encode(name: str, qa: Any, *, checkpoint_format: str = "gptq",
+                scale_dtype: Any = np.float16) -> dict[str, np.ndarray]:
+  """The HF GPTQ tensors (``<p>.qweight/.qzeros/.scales/.g_idx``) of one ``<p>.weight`` QArray.
+
+  Raises:
+    ValueError: AWQ results, non-int kinds, bad names or bits, fractional or out-of-range zeros,
+      shapes that do not fill int32 words.
+  """
+  if is_quant(qa) and not isinstance(qa, QArray):
+    raise ValueError(f"export_gptq: {name!r} is AWQ-quantized (weight scaled by an input scale); "
+                     "the GPTQ layout cannot hold it")
+  if qa.kind != "int":
+    raise ValueError(f"export_gptq: the GPTQ layout holds integer codes only, got kind "
+                     f"{qa.kind!r} for {name!r}")
+  b = qa.bits
+  if b not in (2, 3, 4, 8):
+    raise ValueError(f"export_gptq: unsupported bits {b}")
+  if not name.endswith(".weight"):
+    raise ValueError(f"export_gptq: quantized tensor {name!r} must be an HF '<prefix>.weight'")
+  maxq = 2 ** b - 1
+  prefix = name[: -len(".weight")]
+  k, n = qa.shape
+  zero = _gptq_zero(qa)
+  if not np.all(zero == np.round(zero)) or zero.min() < 0 or zero.max() > maxq:
+    raise ValueError(f"export_gptq: {name!r} has non-integer or out-of-range zero points "
+                     f"(e.g. HQQ); the GPTQ layout needs integer zeros in [0, {maxq}]")
+  q = np.asarray(qa.unpacked_codes())
+  g_idx = (np.arange(k, dtype=np.int32) // qa.group_size if qa.g_idx is None
+           else np.asarray(qa.g_idx, np.int32))
+  if b == 3 and (k % 32 or n % 32):
+    raise ValueError(f"export_gptq: 3-bit {name!r} needs K and N multiples of 32, got {(k, n)}")
+  if (n * b) % 32:
+    raise ValueError(f"export_gptq: {name!r}: N={n} at {b} bits does not fill int32 words")
+  z = zero.astype(np.int64)
+  if checkpoint_format == "gptq":
+    z = (z - 1) & maxq
+  return {prefix + ".qweight": gptq_pack(q, b, axis=0), prefix + ".qzeros": gptq_pack(z, b, axis=1),
+          prefix + ".scales": np.asarray(qa.scale).astype(scale_dtype), prefix + ".g_idx": g_idx}
+
+
+def _gptq_zero(qa: QArray) -> np.ndarray:
+  return (np.full(qa.scale.shape, 2 ** (qa.bits - 1), np.float64) if qa.zero is None
+          else np.asarray(qa.zero, np.float64))
+
+
+def gptq_summary(name: str, qa: Any) -> dict[str, Any]:
+  """What one quantized tensor says about the checkpoint-wide GPTQ config (see :func:`gptq_config`)."""
+  if is_quant(qa) and not isinstance(qa, QArray):
+    raise ValueError(f"export_gptq: {name!r} is AWQ-quantized (weight scaled by an input scale); "
+                     "the GPTQ layout cannot hold it")
+  k = qa.shape[0]
+  desc = qa.g_idx is not None and not np.array_equal(np.asarray(qa.g_idx),
+                                                     np.arange(k) // qa.group_size)
+  return {"bits": qa.bits, "kind": qa.kind,
+          "group": qa.group_size if qa.group_size != k else -1,
+          "sym": bool(np.all(_gptq_zero(qa) == 2 ** (qa.bits - 1))), "desc_act": bool(desc)}
+
+
+def gptq_config(summaries: Mapping[str, Mapping[str, Any]], *, checkpoint_format: str = "gptq",
+                true_sequential: bool = True, damp_percent: float = 0.01) -> dict[str, Any]:
+  """The ``quantize_config`` of a GPTQ checkpoint from :func:`gptq_summary` of every tensor.
+
+  Raises:
+    ValueError: no quantized tensor, mixed bits or group sizes, non-int kinds.
+  """
+  if not summaries:
+    raise ValueError("export_gptq: no quantized tensor to export")
+  kinds = {s["kind"] for s in summaries.values()}
+  if kinds != {"int"}:
+    raise ValueError(f"export_gptq: the GPTQ layout holds integer codes only, got kinds {kinds}")
+  bits = {s["bits"] for s in summaries.values()}
+  if len(bits) != 1:
+    raise ValueError(f"export_gptq: all tensors must share bits, got {sorted(bits)}")
+  groups = {s["group"] for s in summaries.values()}
+  if len(groups) != 1:
+    raise ValueError(f"export_gptq: all tensors must share group_size, got {sorted(groups)}")
+  return {"bits": bits.pop(), "group_size": groups.pop(),
+          "desc_act": any(s["desc_act"] for s in summaries.values()),
+          "sym": all(s["sym"] for s in summaries.values()),
+          "true_sequential": true_sequential, "damp_percent": damp_percent,
+          "static_groups": False, "checkpoint_format": checkpoint_format,
+          "quant_method": "gptq", "pack_dtype": "int32"}
+
+
 def export_gptq(flat: Mapping[str, Any], out_dir: str | Path, *, config: Mapping[str, Any] | None
                 = None, copy_from: str | Path | None = None, scale_dtype: Any = np.float16,
                 checkpoint_format: str = "gptq", true_sequential: bool = True,
@@ -439,64 +568,17 @@ def export_gptq(flat: Mapping[str, Any], out_dir: str | Path, *, config: Mapping
   """
   if checkpoint_format not in ("gptq", "gptq_v2"):
     raise ValueError(f"checkpoint_format must be 'gptq' or 'gptq_v2', got {checkpoint_format!r}")
-  awq = [n for n, v in flat.items() if _is_quant(v) and not isinstance(v, QArray)]
-  if awq:
-    raise ValueError(f"export_gptq: {awq[0]!r} is AWQ-quantized (weight scaled by an input scale); "
-                     "the GPTQ layout cannot hold it")
-  qs = {n: v for n, v in flat.items() if isinstance(v, QArray)}
-  if not qs:
-    raise ValueError("export_gptq: no quantized tensor to export")
-  bits = {v.bits for v in qs.values()}
-  kinds = {v.kind for v in qs.values()}
-  if kinds != {"int"}:
-    raise ValueError(f"export_gptq: the GPTQ layout holds integer codes only, got kinds {kinds}")
-  if len(bits) != 1:
-    raise ValueError(f"export_gptq: all tensors must share bits, got {sorted(bits)}")
-  b = bits.pop()
-  if b not in (2, 3, 4, 8):
-    raise ValueError(f"export_gptq: unsupported bits {b}")
-  maxq = 2 ** b - 1
-  groups = {(v.group_size if v.group_size != v.shape[0] else -1) for v in qs.values()}
-  if len(groups) != 1:
-    raise ValueError(f"export_gptq: all tensors must share group_size, got {sorted(groups)}")
-  group = groups.pop()
-  sym, desc_act = True, False
+  qs = {n: v for n, v in flat.items() if is_quant(v)}
+  qcfg = gptq_config({n: gptq_summary(n, v) for n, v in qs.items()},
+                     checkpoint_format=checkpoint_format, true_sequential=true_sequential,
+                     damp_percent=damp_percent)
   tensors: dict[str, np.ndarray] = {}
   for name, qa in qs.items():
-    if not name.endswith(".weight"):
-      raise ValueError(f"export_gptq: quantized tensor {name!r} must be an HF '<prefix>.weight'")
-    prefix = name[: -len(".weight")]
-    k, n = qa.shape
-    zero = (np.full(qa.scale.shape, 2 ** (b - 1), np.float64) if qa.zero is None
-            else np.asarray(qa.zero, np.float64))
-    if not np.all(zero == np.round(zero)) or zero.min() < 0 or zero.max() > maxq:
-      raise ValueError(f"export_gptq: {name!r} has non-integer or out-of-range zero points "
-                       f"(e.g. HQQ); the GPTQ layout needs integer zeros in [0, {maxq}]")
-    if not np.all(zero == 2 ** (b - 1)):
-      sym = False
-    q = np.asarray(qa.unpacked_codes())
-    g_idx = (np.arange(k, dtype=np.int32) // qa.group_size if qa.g_idx is None
-             else np.asarray(qa.g_idx, np.int32))
-    if qa.g_idx is not None and not np.array_equal(g_idx, np.arange(k) // qa.group_size):
-      desc_act = True
-    if b == 3 and (k % 32 or n % 32):
-      raise ValueError(f"export_gptq: 3-bit {name!r} needs K and N multiples of 32, got {(k, n)}")
-    if (n * b) % 32:
-      raise ValueError(f"export_gptq: {name!r}: N={n} at {b} bits does not fill int32 words")
-    z = zero.astype(np.int64)
-    if checkpoint_format == "gptq":
-      z = (z - 1) & maxq
-    tensors[prefix + ".qweight"] = gptq_pack(q, b, axis=0)
-    tensors[prefix + ".qzeros"] = gptq_pack(z, b, axis=1)
-    tensors[prefix + ".scales"] = np.asarray(qa.scale).astype(scale_dtype)
-    tensors[prefix + ".g_idx"] = g_idx
+    tensors.update(gptq_encode(name, qa, checkpoint_format=checkpoint_format,
+                               scale_dtype=scale_dtype))
   for name, v in flat.items():
     if not isinstance(v, QArray):
       tensors[name] = np.asarray(jax.device_get(v))
-  qcfg = {"bits": b, "group_size": group, "desc_act": desc_act, "sym": sym,
-          "true_sequential": true_sequential, "damp_percent": damp_percent,
-          "static_groups": False, "checkpoint_format": checkpoint_format,
-          "quant_method": "gptq", "pack_dtype": "int32"}
   with jio.SafetensorsWriter(out_dir, overwrite=overwrite) as w:
     for name, arr in tensors.items():
       w.add(name, arr)
@@ -521,6 +603,12 @@ def import_gptq(path: str | Path, *, dtype: str | None = None
       disagree with ``bits``/``group_size`` (mismatched layout).
   """
   folder = Path(path)
+  qcfg = _gptq_config_of(folder)
+  out = {name: leaf for name, leaf, _ in _iter_gptq(folder, dtype=dtype, copy=True)}
+  return out, qcfg
+
+
+def _gptq_config_of(folder: Path) -> dict[str, Any]:
   if not folder.is_dir():
     raise FileNotFoundError(f"{folder}: no such folder")
   cfg_file = folder / GPTQ_CONFIG_FILE
@@ -540,8 +628,15 @@ def import_gptq(path: str | Path, *, dtype: str | None = None
   if fmt not in ("gptq", "gptq_v2"):
     raise ValueError(f"{folder}: checkpoint_format {fmt!r} unsupported; supported 'gptq', "
                      "'gptq_v2'")
+  return qcfg
+
+
+def _iter_gptq(folder: Path, *, dtype: str | None = None, copy: bool = False):
+  """Yields ``(name, QArray | array, {'transpose': True} | {})`` of an HF GPTQ folder."""
+  qcfg = _gptq_config_of(folder)
+  b = int(qcfg["bits"])
+  fmt = qcfg.get("checkpoint_format", "gptq")
   maxq = 2 ** b - 1
-  out: dict[str, Any] = {}
   with jio.open_checkpoint(folder) as reader:
     names = reader.names()
     present = set(names)
@@ -551,14 +646,15 @@ def import_gptq(path: str | Path, *, dtype: str | None = None
       raise ValueError(f"{folder}: GPTQ config present but no '*.qweight' tensor")
     owned = set()
     for p in prefixes:
-      parts = {}
       for part in ("qweight", "qzeros", "scales", "g_idx"):
         nm = f"{p}.{part}"
         if nm not in present and part != "g_idx":
           raise ValueError(f"{folder}: GPTQ tensor {p!r} lacks {nm}")
         if nm in present:
-          parts[part] = np.array(reader.read(nm))
           owned.add(nm)
+    for p in prefixes:
+      parts = {part: np.array(reader.read(f"{p}.{part}")) for part in
+               ("qweight", "qzeros", "scales", "g_idx") if f"{p}.{part}" in present}
       qweight, qzeros, scales = parts["qweight"], parts["qzeros"], parts["scales"]
       if qweight.ndim != 2 or qweight.dtype.itemsize != 4:
         raise ValueError(f"{folder}: {p}.qweight must be int32 2-D, got {qweight.dtype} "
@@ -587,15 +683,15 @@ def import_gptq(path: str | Path, *, dtype: str | None = None
       keep_gidx = g_idx is not None and not np.array_equal(g_idx.astype(np.int32), plain)
       if keep_gidx and (g_idx.min() < 0 or g_idx.max() >= ng):
         raise ValueError(f"{folder}: {p}.g_idx values outside [0, {ng})")
-      out[p + ".weight"] = QArray(
+      yield p + ".weight", QArray(
           codes=packing.pack(jnp.asarray(q), b), scale=jnp.asarray(scales, jnp.float32),
           zero=jnp.asarray(z, jnp.float32), shape=(k, n), bits=b, group_size=g, kind="int",
           dtype=str(np.dtype(cfg_dtype) if cfg_dtype != "bfloat16" else "bfloat16"),
-          g_idx=jnp.asarray(g_idx, jnp.int32) if keep_gidx else None)
+          g_idx=jnp.asarray(g_idx, jnp.int32) if keep_gidx else None), {"transpose": True}
     for nm in names:
       if nm not in owned:
-        out[nm] = np.array(reader.read(nm))
-  return out, qcfg
+        a = reader.read(nm)
+        yield nm, (np.array(a) if copy else a), {}
 
 
 def detect_layout(path: str | Path) -> str:

@@ -52,6 +52,7 @@ from jaxparams.quant.qarray import QArray
 
 __all__ = [
     "DEFAULT_KEEP", "KEEP", "QuantEntry", "QuantReport", "quantize_tree", "normalize_rules",
+    "is_calibrated", "is_keep",
     "parse_spec", "quantize_leaf", "plan_tree", "layer_error", "effective_weight",
 ]
 
@@ -184,6 +185,16 @@ def _get(name: str) -> _Method:
   return _Method(q.name, q.fn, q.config_cls, q.needs != "none")
 
 
+def is_calibrated(method: str) -> bool:
+  """Whether method ``method`` needs calibration statistics (ValueError if unknown).
+
+  Example:
+    >>> is_calibrated('gptq'), is_calibrated('rtn')
+    (True, False)
+  """
+  return _get(method).calibrated
+
+
 def _config_class(entry: _Method, name: str) -> type:
   return entry.config_cls
 
@@ -196,6 +207,16 @@ def _make_config(entry: Any, name: str, fields: Mapping[str, Any] | None, where:
     raise ValueError(f"{where}: {e}") from None
 
 
+def is_keep(spec: Any) -> bool:
+  """Whether a rule value means "keep full precision" (``None`` or a keep word).
+
+  Example:
+    >>> [is_keep(w) for w in (None, 'keep', 'FULL', 'fp', 'rtn')]
+    [True, True, True, True, False]
+  """
+  return spec is None or (isinstance(spec, str) and spec.lower() in _KEEP_WORDS)
+
+
 def parse_spec(spec: Any, *, where: str = "rule") -> tuple[str, Any] | None:
   """Normalizes a rule value to ``(method_name, config)``, or ``None`` for keep.
 
@@ -206,7 +227,7 @@ def parse_spec(spec: Any, *, where: str = "rule") -> tuple[str, Any] | None:
     >>> name, cfg.bits
     ('rtn', 8)
   """
-  if isinstance(spec, str) and spec.lower() in _KEEP_WORDS or spec is None:
+  if is_keep(spec):
     return None
   if isinstance(spec, str):
     name, fields = spec, None
@@ -215,7 +236,7 @@ def parse_spec(spec: Any, *, where: str = "rule") -> tuple[str, Any] | None:
     name = fields.pop("method", None)
     if name is None:
       raise ValueError(f"{where}: a dict spec needs a 'method' key, got {spec!r}")
-    if isinstance(name, str) and name.lower() in _KEEP_WORDS:
+    if is_keep(name):
       return None
   elif isinstance(spec, tuple) and len(spec) == 2 and isinstance(spec[0], str):
     name, fields = spec
