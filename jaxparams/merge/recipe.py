@@ -47,6 +47,8 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
+from jaxparams.io.text_files import read_text
+
 __all__ = [
     "Recipe", "ModelInput", "SliceSource", "OutputSlice", "load_recipe", "parse_recipe",
     "evaluate_setting", "resolve_setting", "UNSET", "TOKENIZER_SOURCES", "DTYPE_NAMES",
@@ -404,7 +406,7 @@ def load_recipe(recipe: str | Path | Mapping[str, Any] | Recipe) -> Recipe:
         raise ValueError(f"{path}: an ml-collections config file must define get_config().")
       return parse_recipe(mod.get_config(), source=str(path))
     try:
-      data = yaml.safe_load(path.read_text())
+      data = yaml.safe_load(read_text(path, what="recipe"))
     except yaml.YAMLError as e:
       raise ValueError(f"{path}: invalid YAML ({e}).") from None
     return parse_recipe(data, source=str(path))
