@@ -83,8 +83,9 @@ def run(args: argparse.Namespace) -> int:
   shard_bytes = parse_size(args.max_shard_size, what="--max-shard-size")  # the one parser
   ahead_bytes = parse_size(args.prefetch_bytes, what="--prefetch-bytes")
   console = Console(stderr=True)
+  silent = getattr(args, "log_quiet", False)  # jaxparams -q: not even the notes
   for flag, note in MERGEKIT_NOTES:
-    if getattr(args, flag.replace("-", "_"), None) is not None:
+    if getattr(args, flag.replace("-", "_"), None) is not None and not silent:
       console.print(f"note: {note}", highlight=False)
   if getattr(args, "dry_run", False):
     return _dry_run(args.recipe)

@@ -35,6 +35,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from pathlib import Path
 from typing import Any, Mapping
@@ -54,6 +55,8 @@ from jaxparams.transform import (NonFiniteError, StreamTask, Transform, make_sha
 
 __all__ = ["merge_checkpoints", "plan_checkpoints", "tensor_key", "parse_size",
            "stream_tasks"]
+
+_log = logging.getLogger(__name__)
 
 
 def _as_method(method: Any) -> MergeMethod:
@@ -190,6 +193,9 @@ def merge_checkpoints(recipe: str | Path | Mapping[str, Any] | Recipe, out_dir: 
     config = read_source_config(recipe, folders)  # a bad config.json is refused before merging
     jobs = stream_tasks(tasks, method, readers, recipe)
     n_layers = count_layers([t.name for t in tasks])
+    _log.info("%s: %s merge of %d tensors from %d models (%s) into %s", where,
+              recipe.merge_method, len(jobs), len(folders),
+              ", ".join(str(p) for p in folders.values()), out_dir)
 
     def prepare(job: StreamTask, arrays: dict) -> dict:
       # In the reader thread: embedding / LM-head rows aligned to the output vocabulary.
@@ -219,4 +225,6 @@ def merge_checkpoints(recipe: str | Path | Mapping[str, Any] | Recipe, out_dir: 
         raise NonFiniteError(f"{e}; fix the checkpoint or pass allow_nonfinite=True "
                              "(--allow-nonfinite).") from None
   summary.update(seconds=time.perf_counter() - t0, layers=n_layers)
+  _log.info("%s: wrote %d tensors (%d bytes) in %.1f s", out_dir, summary["tensors"],
+            summary["bytes_written"], summary["seconds"])
   return summary
