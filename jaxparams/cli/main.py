@@ -10,7 +10,9 @@ such error into one line on stderr naming the file/tensor/parameter, exit code
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import logging
 import os
 import re
 import signal
@@ -28,6 +30,10 @@ def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
       prog="jaxparams",
       description="Transform model parameters with JAX: inspect, convert, merge, quantize.")
+  parser.add_argument("-v", "--verbose", dest="log_verbose", action="count", default=0,
+                      help="log the main steps (-v) or every tensor (-vv) to stderr")
+  parser.add_argument("-q", "--quiet", dest="log_quiet", action="store_true",
+                      help="only errors: no progress bar, summaries or warnings")
   sub = parser.add_subparsers(dest="command", metavar="COMMAND")
   sub.required = True
   for name in SUBCOMMANDS:
@@ -40,7 +46,7 @@ def error_line(e: BaseException) -> str:
 
   Example:
     >>> error_line(PermissionError(13, 'Permission denied', '/out'))
-    "/out: Permission denied"
+    '/out: Permission denied'
     >>> error_line(ValueError('--dtype: unknown dtype'))
     '--dtype: unknown dtype'
   """
@@ -57,6 +63,33 @@ def error_line(e: BaseException) -> str:
     msg = str(e)
   lines = [ln for ln in msg.splitlines() if ln.strip()]
   return lines[0] if lines else type(e).__name__
+
+
+@contextlib.contextmanager
+def log_to_stderr(verbose: int = 0, quiet: bool = False):
+  """Shows the ``jaxparams`` loggers' records on stderr while a command runs.
+
+  Warnings by default, INFO with ``verbose=1``, DEBUG (every tensor) with 2,
+  errors only with ``quiet``. The handler and level are removed afterwards.
+
+  Example:
+    >>> with log_to_stderr(verbose=1):
+    ...   logging.getLogger('jaxparams').getEffectiveLevel() == logging.INFO
+    True
+  """
+  level = (logging.ERROR if quiet else logging.DEBUG if verbose >= 2 else
+           logging.INFO if verbose == 1 else logging.WARNING)
+  logger = logging.getLogger("jaxparams")
+  handler = logging.StreamHandler(sys.stderr)
+  handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+  old_level = logger.level
+  logger.addHandler(handler)
+  logger.setLevel(level)
+  try:
+    yield
+  finally:
+    logger.removeHandler(handler)
+    logger.setLevel(old_level)
 
 
 # What a bad input raises: one line and exit 2. Anything else is a bug: traceback.
@@ -78,7 +111,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     command = f"jaxparams {args.command}"
-    return int(args.func(args) or 0)
+    if args.log_quiet and hasattr(args, "quiet"):
+      args.quiet = True  # the sub-command's own --quiet (progress bars, summaries)
+    with log_to_stderr(args.log_verbose, args.log_quiet):
+      return int(args.func(args) or 0)
   except USER_ERRORS as e:
     if isinstance(e, KeyError) and ": " not in error_line(e):
       raise  # a KeyError of ours names the file; any other is a bug: keep its traceback

@@ -78,19 +78,23 @@ def run(args: argparse.Namespace) -> int:
   """Runs the merge; errors surface as ``ValueError``/``FileExistsError``/..."""
   from rich.console import Console  # pylint: disable=import-outside-toplevel
 
+  from jaxparams.io import parse_size  # pylint: disable=import-outside-toplevel
   from jaxparams.merge.stream import merge_checkpoints  # pylint: disable=import-outside-toplevel
+  shard_bytes = parse_size(args.max_shard_size, what="--max-shard-size")  # the one parser
+  ahead_bytes = parse_size(args.prefetch_bytes, what="--prefetch-bytes")
   console = Console(stderr=True)
+  silent = getattr(args, "log_quiet", False)  # jaxparams -q: not even the notes
   for flag, note in MERGEKIT_NOTES:
-    if getattr(args, flag.replace("-", "_"), None) is not None:
+    if getattr(args, flag.replace("-", "_"), None) is not None and not silent:
       console.print(f"note: {note}", highlight=False)
   if getattr(args, "dry_run", False):
     return _dry_run(args.recipe)
   enable_compile_cache(getattr(args, "compile_cache", None))
   summary = merge_checkpoints(
       args.recipe, args.out_dir, seed=args.seed, overwrite=args.overwrite,
-      max_shard_bytes=args.max_shard_size, allow_nonfinite=args.allow_nonfinite,
+      max_shard_bytes=shard_bytes, allow_nonfinite=args.allow_nonfinite,
       copy_tokenizer=args.copy_tokenizer, prefetch=args.prefetch,
-      prefetch_bytes=args.prefetch_bytes, progress=not args.quiet,
+      prefetch_bytes=ahead_bytes, progress=not args.quiet,
       console=console, shard=args.shard,
       write_model_card=getattr(args, "write_model_card", True))
   if not args.quiet:

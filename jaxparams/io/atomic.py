@@ -31,7 +31,7 @@ from typing import Iterator
 
 __all__ = ["atomic_dir", "check_output_dir", "check_writable", "publish_dir", "sweep_stale"]
 
-_log = logging.getLogger("jaxparams")
+_log = logging.getLogger(__name__)
 _RENAME_NOREPLACE, _RENAME_EXCHANGE = 1, 2
 _AT_FDCWD = -100
 _REPORT_AFTER_S = 24 * 3600

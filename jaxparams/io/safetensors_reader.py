@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import logging
 import os
 from pathlib import Path
 from typing import Any, Iterator
@@ -26,6 +27,8 @@ from jaxparams.io.paths import resolve_inside
 from jaxparams.io.pickle_guard import refuse_pickle
 from jaxparams.io.safetensors_header import parse_header, read_header_length
 from jaxparams.io.text_files import read_json
+
+_log = logging.getLogger(__name__)
 
 __all__ = ["TensorSpec", "SafetensorsFile", "SafetensorsReader", "open_checkpoint", "INDEX_NAME"]
 
@@ -186,6 +189,7 @@ class SafetensorsReader:
   def read(self, name: str) -> np.ndarray:
     f = self._file(name)
     key = self._owner[name]
+    _log.debug("reading tensor %s from %s", name, f.path)
     self._recent[key] = None
     self._recent.move_to_end(key)
     while len(self._recent) > _MAX_OPEN_FILES:
@@ -246,6 +250,7 @@ def open_checkpoint(path: str | Path) -> SafetensorsReader:
   if not path.exists():
     raise FileNotFoundError(f"{path}: no such file or folder.")
   refuse_pickle(path)
+  _log.info("opening checkpoint %s", path)
   if path.is_file():
     f = SafetensorsFile(path)
     return SafetensorsReader({f.path.name: f}, {n: f.path.name for n in f.names()}, None,

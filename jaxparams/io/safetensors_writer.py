@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import struct
 from pathlib import Path
@@ -15,6 +16,8 @@ from jaxparams.io.dtypes import to_safetensors_dtype
 from jaxparams.io.paths import resolve_inside
 from jaxparams.io.safetensors_reader import INDEX_NAME
 from jaxparams.io.sizes import parse_size
+
+_log = logging.getLogger(__name__)
 
 __all__ = ["SafetensorsWriter", "save_safetensors", "write_safetensors_file", "TOKENIZER_FILES",
            "SENTENCE_TRANSFORMERS_FILES"]
@@ -117,6 +120,7 @@ class SafetensorsWriter:
     if self._pending and self._pending_bytes + a.nbytes > self.max_shard_bytes:
       self._flush()
     self._names.add(name)
+    _log.debug("writing tensor %s %s %s", name, a.dtype, a.shape)
     self._pending[name] = a
     self._pending_bytes += a.nbytes
 
@@ -124,6 +128,8 @@ class SafetensorsWriter:
     if not self._pending:
       return
     tmp_name = f"shard-{len(self._shards):05d}.safetensors"
+    _log.info("%s: writing shard %d (%d tensors, %d bytes)", self.out_dir, len(self._shards) + 1,
+              len(self._pending), self._pending_bytes)
     self.total_bytes += write_safetensors_file(self.folder_tmp / tmp_name, self._pending,
                                                self.metadata)
     self._shards.append((tmp_name, list(self._pending)))

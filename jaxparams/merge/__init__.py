@@ -26,7 +26,7 @@ from jaxparams.merge.plan import TensorTask, plan_merge
 from jaxparams.merge.recipe import Recipe, load_recipe, parse_recipe
 from jaxparams.merge.registry import (METHODS, REQUIRED, MergeMethod, get_method, get_record,
                                       method_names, tensor_key)
-from jaxparams.merge.sizes import parse_size
+from jaxparams.io.sizes import parse_size  # one size parser for every command
 from jaxparams.merge.stream import merge_checkpoints, plan_checkpoints
 from jaxparams.merge.task_vectors import apply_task_vectors, port_patch, task_vector
 from jaxparams.merge.vocab import VocabAlignment, build_alignment

@@ -135,6 +135,15 @@ def _shape(reader: _Reader, name: str) -> tuple[int, ...]:
   return tuple(reader.spec(name).shape)
 
 
+def _numeric_globals(method: Any) -> set[str]:
+  """mergekit names of the method's global parameters typed ``float``/``int`` (no strings)."""
+  cfg = getattr(getattr(method, "record", None), "config", None)
+  if not dataclasses.is_dataclass(cfg):
+    return set()
+  return {f.metadata.get("mergekit") or f.name for f in dataclasses.fields(cfg)
+          if f.metadata.get("scope") == "global" and str(f.type) in ("float", "int")}
+
+
 def plan_merge(recipe: Recipe, readers: Mapping[str, _Reader], method: Any = None
                ) -> list[TensorTask]:
   """Plans every output tensor of ``recipe`` over opened checkpoints.
@@ -159,6 +168,7 @@ def plan_merge(recipe: Recipe, readers: Mapping[str, _Reader], method: Any = Non
   model_keys = dict(method.model_params)
   global_keys = dict(method.global_params)
   needs_base = method.needs_base
+  numeric_globals = _numeric_globals(method)
   unknown = recipe.parameter_names() - set(model_keys) - set(global_keys)
   if unknown:
     raise ValueError(
@@ -241,6 +251,9 @@ def plan_merge(recipe: Recipe, readers: Mapping[str, _Reader], method: Any = Non
     for k in global_keys:
       v = resolve_setting(k, [slice_params, recipe.parameters], out_name, t)
       if v is not UNSET:
+        if isinstance(v, str) and k in numeric_globals:
+          raise ValueError(f"{src}: parameter {k!r} is {v!r}, not a number (tensor "
+                           f"{out_name!r}).")
         gparams[k] = v
     mparams = {}
     for k, default in model_keys.items():
@@ -250,6 +263,9 @@ def plan_merge(recipe: Recipe, readers: Mapping[str, _Reader], method: Any = Non
         continue
       filled = []
       for i, v in zip(others, vals):
+        if isinstance(v, str):  # every per-model parameter is a number
+          raise ValueError(f"{src}: parameter {k!r} of model {sources[i][0]!r} is {v!r}, not a "
+                           f"number (tensor {in_names[i]!r}).")
         if v is UNSET:
           if default is None or not isinstance(default, (bool, int, float, str)):
             raise ValueError(f"{src}: parameter {k!r} is set for some models but not for "

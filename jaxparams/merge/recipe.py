@@ -47,6 +47,9 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
+from jaxparams.io.text_files import read_text
+from jaxparams.merge.hub import is_hub_id, resolve_hub_model
+
 __all__ = [
     "Recipe", "ModelInput", "SliceSource", "OutputSlice", "load_recipe", "parse_recipe",
     "evaluate_setting", "resolve_setting", "UNSET", "TOKENIZER_SOURCES", "DTYPE_NAMES",
@@ -148,11 +151,13 @@ class Recipe:
     """A model reference as a local folder (or ``.safetensors`` file).
 
     Relative paths are taken from the current directory (as mergekit does),
-    then from the recipe file's folder.
+    then from the recipe file's folder; a Hugging Face Hub id (``org/name``,
+    ``org/name@revision``) that is neither is taken from huggingface_hub's
+    local cache (:func:`jaxparams.merge.hub.resolve_hub_model`), never downloaded.
 
     Raises:
-      FileNotFoundError: naming the reference; Hub ids and ``model+lora`` refs
-        are not fetched.
+      FileNotFoundError: naming the reference (and, for a Hub id, the cache
+        folder searched); ``model+lora`` refs are not supported.
     """
     p = Path(ref).expanduser()
     if p.exists():
@@ -164,8 +169,8 @@ class Recipe:
     hint = ""
     if "+" in ref:
       hint = " (mergekit's 'model+lora' references are not supported)"
-    elif "/" in ref and not ref.startswith((".", "/", "~")):
-      hint = " (Hugging Face Hub ids are not downloaded: pass a local folder)"
+    elif is_hub_id(ref):
+      return resolve_hub_model(ref, self.source or "recipe")
     raise FileNotFoundError(f"{self.source or 'recipe'}: model {ref!r} not found{hint}.")
 
 
@@ -404,7 +409,7 @@ def load_recipe(recipe: str | Path | Mapping[str, Any] | Recipe) -> Recipe:
         raise ValueError(f"{path}: an ml-collections config file must define get_config().")
       return parse_recipe(mod.get_config(), source=str(path))
     try:
-      data = yaml.safe_load(path.read_text())
+      data = yaml.safe_load(read_text(path, what="recipe"))
     except yaml.YAMLError as e:
       raise ValueError(f"{path}: invalid YAML ({e}).") from None
     return parse_recipe(data, source=str(path))

@@ -5,25 +5,50 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from jaxparams.io import SafetensorsWriter
+from jaxparams.io import SafetensorsWriter, read_json
 from jaxparams.io.safetensors_writer import TOKENIZER_FILES
 from jaxparams.merge.recipe import Recipe
 
-__all__ = ["write_side_files"]
+__all__ = ["read_source_config", "write_side_files"]
 
 _EXTRA_FILES = ("chat_template.jinja",)
 
 
-def write_side_files(writer: SafetensorsWriter, recipe: Recipe, folders, align, n_layers: int,
-                     copy_tokenizer: bool) -> None:
-  """config.json (layer count, vocab size, dtype updated) and tokenizer files."""
+_UNREAD = object()
+
+
+def read_source_config(recipe: Recipe, folders) -> dict | None:
+  """The ``config.json`` the output's is made from (the base model's), or ``None`` if absent.
+
+  Called before merging, so an invalid file is reported before any work.
+
+  Raises:
+    ValueError: not UTF-8, not JSON, or not a JSON object (the file named).
+  """
   refs = recipe.model_names()
   cfg_src = recipe.base_model or refs[0]
   if recipe.slices:
     cfg_src = recipe.slices[0].base_model or recipe.base_model or recipe.slices[0].sources[0].model
   cfg_path = Path(folders[cfg_src]) / "config.json"
-  if Path(folders[cfg_src]).is_dir() and cfg_path.is_file():
-    cfg = json.loads(cfg_path.read_text())
+  if not (Path(folders[cfg_src]).is_dir() and cfg_path.is_file()):
+    return None
+  cfg = read_json(cfg_path, what=f"config.json of model {cfg_src!r}")
+  if not isinstance(cfg, dict):
+    raise ValueError(f"{cfg_path}: config.json of model {cfg_src!r} must be a JSON object, "
+                     f"found {type(cfg).__name__}.")
+  return cfg
+
+
+def write_side_files(writer: SafetensorsWriter, recipe: Recipe, folders, align, n_layers: int,
+                     copy_tokenizer: bool, config: dict | None | object = _UNREAD) -> None:
+  """config.json (layer count, vocab size, dtype updated) and tokenizer files.
+
+  ``config``: the source config from :func:`read_source_config` (read here if not given).
+  """
+  refs = recipe.model_names()
+  cfg = read_source_config(recipe, folders) if config is _UNREAD else config
+  if cfg is not None:
+    cfg = dict(cfg)
     if recipe.slices:
       for k in ("num_hidden_layers", "n_layer", "num_layers"):
         if k in cfg:

@@ -35,6 +35,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from pathlib import Path
 from typing import Any, Mapping
@@ -42,19 +43,20 @@ from typing import Any, Mapping
 import jax
 import jax.numpy as jnp
 
-from jaxparams.io import check_output_dir, open_checkpoint
+from jaxparams.io import check_output_dir, open_checkpoint, parse_size
 from jaxparams.merge.model_card import model_card, recipe_yaml
 from jaxparams.merge.plan import TensorTask, count_layers, plan_merge
 from jaxparams.merge.progress import progress_bar
 from jaxparams.merge.recipe import Recipe, load_recipe
 from jaxparams.merge.registry import MergeMethod, get_method, tensor_key
-from jaxparams.merge.side_files import write_side_files
-from jaxparams.merge.sizes import parse_size
+from jaxparams.merge.side_files import read_source_config, write_side_files
 from jaxparams.transform import (NonFiniteError, StreamTask, Transform, make_sharding,
                                  stream_checkpoints)
 
 __all__ = ["merge_checkpoints", "plan_checkpoints", "tensor_key", "parse_size",
            "stream_tasks"]
+
+_log = logging.getLogger(__name__)
 
 
 def _as_method(method: Any) -> MergeMethod:
@@ -173,7 +175,9 @@ def merge_checkpoints(recipe: str | Path | Mapping[str, Any] | Recipe, out_dir: 
   recipe = load_recipe(recipe)
   where = recipe.source or "recipe"
   out_dir = Path(out_dir)
-  check_output_dir(out_dir, overwrite)
+  shard_bytes = parse_size(max_shard_bytes, what="max_shard_bytes")
+  ahead_bytes = parse_size(prefetch_bytes, what="prefetch_bytes")
+  check_output_dir(out_dir, overwrite)  # before any tensor is read
   method = _as_method(method) if method is not None else get_method(recipe.merge_method)
   if key is None:
     key = jax.random.key(seed)
@@ -186,8 +190,12 @@ def merge_checkpoints(recipe: str | Path | Mapping[str, Any] | Recipe, out_dir: 
       from jaxparams.merge.vocab import build_alignment  # pylint: disable=import-outside-toplevel
       align = build_alignment(recipe.tokenizer_source, folders, recipe.base_model,
                               recipe.pad_to_multiple_of)
+    config = read_source_config(recipe, folders)  # a bad config.json is refused before merging
     jobs = stream_tasks(tasks, method, readers, recipe)
     n_layers = count_layers([t.name for t in tasks])
+    _log.info("%s: %s merge of %d tensors from %d models (%s) into %s", where,
+              recipe.merge_method, len(jobs), len(folders),
+              ", ".join(str(p) for p in folders.values()), out_dir)
 
     def prepare(job: StreamTask, arrays: dict) -> dict:
       # In the reader thread: embedding / LM-head rows aligned to the output vocabulary.
@@ -197,7 +205,7 @@ def merge_checkpoints(recipe: str | Path | Mapping[str, Any] | Recipe, out_dir: 
       return {(m, n): by_model[m] for m, n in job.inputs}
 
     def finalize(writer) -> None:
-      write_side_files(writer, recipe, folders, align, n_layers, copy_tokenizer)
+      write_side_files(writer, recipe, folders, align, n_layers, copy_tokenizer, config)
       if write_model_card:
         text = recipe_yaml(recipe, original)
         (writer.folder_tmp / "mergekit_config.yml").write_text(text, encoding="utf-8")
@@ -208,8 +216,8 @@ def merge_checkpoints(recipe: str | Path | Mapping[str, Any] | Recipe, out_dir: 
       try:
         summary = stream_checkpoints(
             jobs, readers, out_dir, key=key, overwrite=overwrite,
-            max_shard_bytes=parse_size(max_shard_bytes), prefetch=prefetch,
-            prefetch_bytes=parse_size(prefetch_bytes), prepare=prepare,
+            max_shard_bytes=shard_bytes, prefetch=prefetch,
+            prefetch_bytes=ahead_bytes, prepare=prepare,
             skip=("finite",) if allow_nonfinite else (),
             shard=make_sharding(shard, shard_min_bytes), progress=update, finalize=finalize,
             context=where)
@@ -217,4 +225,6 @@ def merge_checkpoints(recipe: str | Path | Mapping[str, Any] | Recipe, out_dir: 
         raise NonFiniteError(f"{e}; fix the checkpoint or pass allow_nonfinite=True "
                              "(--allow-nonfinite).") from None
   summary.update(seconds=time.perf_counter() - t0, layers=n_layers)
+  _log.info("%s: wrote %d tensors (%d bytes) in %.1f s", out_dir, summary["tensors"],
+            summary["bytes_written"], summary["seconds"])
   return summary

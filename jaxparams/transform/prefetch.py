@@ -20,6 +20,7 @@ Example:
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 from typing import Any, Callable, Iterator, Mapping, Sequence
@@ -27,6 +28,8 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import numpy as np
 
 __all__ = ["Prefetcher", "read_tensor"]
+
+_log = logging.getLogger(__name__)
 
 _DONE = object()
 
@@ -60,6 +63,7 @@ def read_tensor(reader: Any, name: str, files: dict[Any, Any]) -> np.ndarray:
   """
   spec = reader.spec(name)
   path, offset = getattr(spec, "file", None), getattr(spec, "offset", None)
+  _log.debug("reading tensor %s (%s)", name, path or "in memory")
   if path is None or offset is None:
     return np.array(reader.read(name))
   buf = np.empty(spec.nbytes, np.uint8)

@@ -38,6 +38,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import logging
 import signal
 import threading
 import time
@@ -54,6 +55,8 @@ from jaxparams.transform.prefetch import Prefetcher
 from jaxparams.transform.record import Transform
 
 __all__ = ["StreamTask", "stream_checkpoints", "make_sharding", "TRACE_ERRORS"]
+
+_log = logging.getLogger(__name__)
 
 TRACE_ERRORS = (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError,
                 jax.errors.TracerIntegerConversionError, jax.errors.TracerBoolConversionError)
@@ -306,6 +309,9 @@ def stream_checkpoints(tasks: Sequence[StreamTask], sources: Mapping[str, Any],
       inflight: list = []
       for task, arrays, nbytes in reader:
         interrupt.check()
+        _log.debug("%s%s: %s from %d inputs (%d bytes)", prefix, task.name,
+                   task.record.name if task.record is not None else "copy", len(task.inputs),
+                   nbytes)
         try:
           outs = _run_task(task, [arrays[i] for i in task.inputs], compiled, key, shard,
                            inflight)

@@ -186,11 +186,12 @@ def test_missing_recipe_file_and_bad_yaml(tmp_path):
     load_recipe(bad)
 
 
-def test_model_reference_resolution(tmp_path):
+def test_model_reference_resolution(tmp_path, monkeypatch):
+  monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hub-cache"))
   (tmp_path / "m").mkdir()
   rec = tmp_path / "r.yml"
   rec.write_text("merge_method: linear\nmodels: [{model: m}]\n")
   r = load_recipe(rec)
   assert r.resolve_model("m") == tmp_path / "m"  # relative to the recipe's folder
-  with pytest.raises(FileNotFoundError, match="Hub ids are not downloaded"):
+  with pytest.raises(FileNotFoundError, match="not found locally or in the Hugging Face cache"):
     r.resolve_model("meta-llama/Llama-3-8B")
