@@ -28,10 +28,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import gammaln
 
+from jaxparams.tree.summary import gg_shape_from_ratio
+
 __all__ = ["fit_gg", "gg_init", "gg_ratio", "gg_sample", "gg_summary"]
-
-_TABLE = np.round(np.arange(0.1, 3.0 + 1e-9, 0.01), 2)
-
 
 def gg_ratio(nu: Any) -> Any:
   """``Gamma(1/nu) Gamma(3/nu) / Gamma(2/nu)^2`` (``pi/2`` for a Gaussian, 2 for a Laplacian).
@@ -68,10 +67,7 @@ def fit_gg(x: Any, *, method: str = "moments") -> tuple[float, float]:
     raise ValueError("fit_gg: all values are zero")
   sigma = math.sqrt(s2 / n)
   if method == "moments":
-    rho = n * s2 / (s1 * s1)
-    table = np.exp([math.lgamma(1 / v) + math.lgamma(3 / v) - 2 * math.lgamma(2 / v)
-                    for v in _TABLE])
-    nu = float(_TABLE[int(np.argmin(np.abs(table - rho)))])
+    nu = gg_shape_from_ratio(n * s2 / (s1 * s1))
   elif method == "mle":
     a = np.abs(np.asarray(x, np.float64).ravel())
     a = a[a > 0]

@@ -13,7 +13,7 @@ import numpy as np
 from jaxparams.tree.paths import PyTree, flatten
 from jaxparams.tree.select import Selector, select
 
-__all__ = ["LeafStats", "Summary", "summary", "leaf_stats"]
+__all__ = ["LeafStats", "Summary", "summary", "leaf_stats", "gg_shape_from_ratio"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,6 +28,7 @@ class LeafStats:
   std: float = math.nan
   absmax: float = math.nan
   zeros: float = math.nan
+  gg_shape: float = math.nan
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,12 +55,13 @@ class Summary:
     t.add_column("bytes", justify="right", footer=human_bytes(self.bytes))
     stats = any(not math.isnan(r.mean) for r in self.rows)
     if stats:
-      for c in ("mean", "std", "absmax", "zeros"):
+      for c in ("mean", "std", "absmax", "zeros", "GG shape"):
         t.add_column(c, justify="right")
     for r in self.rows:
       cells = [r.path, str(r.shape), r.dtype, f"{r.params:,}", human_bytes(r.bytes)]
       if stats:
-        cells += [f"{r.mean:.4g}", f"{r.std:.4g}", f"{r.absmax:.4g}", f"{r.zeros:.2%}"]
+        cells += [f"{r.mean:.4g}", f"{r.std:.4g}", f"{r.absmax:.4g}", f"{r.zeros:.2%}",
+                  f"{r.gg_shape:.2f}"]
       t.add_row(*cells)
     return t
 
@@ -87,10 +89,30 @@ def human_bytes(n: float) -> str:
   return str(n)
 
 
+_GG_TABLE = np.round(np.arange(0.1, 3.0 + 1e-9, 0.01), 2)
+
+
+def gg_shape_from_ratio(rho: float) -> float:
+  """Generalized-Gaussian shape ``nu`` from ``rho = E[x^2] / E[|x|]^2`` (uncentred), as the
+  reference of "It Takes a Good Model to Train a Good Model" estimates it: the entry of the table
+  ``nu in [0.1, 3.0]`` (step 0.01) whose ``Gamma(1/nu) Gamma(3/nu) / Gamma(2/nu)^2`` is nearest.
+
+  Example:
+    >>> gg_shape_from_ratio(math.pi / 2), gg_shape_from_ratio(2.0)
+    (2.0, 1.0)
+  """
+  if not math.isfinite(rho):
+    return math.nan
+  table = [math.exp(math.lgamma(1 / v) + math.lgamma(3 / v) - 2 * math.lgamma(2 / v))
+           for v in _GG_TABLE]
+  return float(_GG_TABLE[int(np.argmin(np.abs(np.asarray(table) - rho)))])
+
+
 @jax.jit
 def _moments(x: jax.Array) -> jax.Array:
   x = x.astype(jnp.float32)
-  return jnp.stack([x.mean(), x.std(), jnp.abs(x).max(), (x == 0).mean()])
+  a = jnp.abs(x)
+  return jnp.stack([x.mean(), x.std(), a.max(), (x == 0).mean(), jnp.mean(x * x) / a.mean() ** 2])
 
 
 def leaf_stats(path: str, x: Any, *, stats: bool = True) -> LeafStats:
@@ -102,12 +124,14 @@ def leaf_stats(path: str, x: Any, *, stats: bool = True) -> LeafStats:
   if not stats or n == 0 or not (np.issubdtype(dtype, np.number) or dtype.kind == "V" or
                                   str(dtype).startswith(("bfloat", "float"))):
     return LeafStats(path, shape, str(dtype), n, nbytes)
-  m = np.asarray(_moments(jnp.asarray(x)))
-  return LeafStats(path, shape, str(dtype), n, nbytes, *[float(v) for v in m])
+  m = [float(v) for v in np.asarray(_moments(jnp.asarray(x)))]
+  return LeafStats(path, shape, str(dtype), n, nbytes, *m[:4], gg_shape_from_ratio(m[4]))
 
 
 def summary(tree: PyTree, where: Selector = None, *, stats: bool = True) -> Summary:
-  """Summarises a tree: path, shape, dtype, params, bytes, mean/std/abs-max, zeros.
+  """Summarises a tree: path, shape, dtype, params, bytes, mean/std/abs-max, zeros and the
+  generalized-Gaussian shape ``nu`` of the values (:func:`gg_shape_from_ratio`; 2 = Gaussian,
+  1 = Laplacian).
 
   Args:
     tree: parameter pytree (arrays of any dtype; sharded arrays are fine).

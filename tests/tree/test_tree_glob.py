@@ -31,7 +31,10 @@ _name = st.text("ab_0", min_size=1, max_size=3)
 _path = st.lists(_name, min_size=1, max_size=5).map("/".join)
 _piece = st.sampled_from(["a", "b", "_", "0", "*", "?", "[ab]", "[!a]"])
 _component = st.one_of(st.just("**"), st.lists(_piece, min_size=1, max_size=3).map("".join))
-_pattern = st.lists(_component, min_size=1, max_size=5).map("/".join)
+# A ``**`` inside a component (``**embed**``) deliberately crosses ``/`` in jaxparams (tested
+# separately), so the reference comparison keeps ``**`` to whole components.
+_pattern = st.lists(_component, min_size=1, max_size=5).map("/".join).filter(
+    lambda p: all(c == "**" or "**" not in c for c in p.split("/")))
 
 
 @settings(max_examples=400, deadline=None)
