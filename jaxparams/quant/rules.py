@@ -52,7 +52,7 @@ from jaxparams.quant.qarray import QArray
 
 __all__ = [
     "DEFAULT_KEEP", "KEEP", "QuantEntry", "QuantReport", "quantize_tree", "normalize_rules",
-    "is_calibrated", "is_keep",
+    "is_calibrated", "is_keep", "quantize_planned", "finish_report",
     "parse_spec", "quantize_leaf", "plan_tree", "layer_error", "effective_weight",
 ]
 
@@ -166,9 +166,9 @@ class QuantReport:
 # ----------------------------------------------------------------------------- specs
 @dataclasses.dataclass(frozen=True)
 class _Method:
-  """A quantizer normalized for the tree driver: ``fn(w, [stats,] cfg, name=)``."""
+  """A quantizer's record, as the rule parser sees it."""
   name: str
-  fn: Callable
+  record: Any
   config_cls: type
   calibrated: bool
 
@@ -182,7 +182,8 @@ def _get(name: str) -> _Method:
   """The quantizer called ``name`` (ValueError listing the valid names if unknown)."""
   from jaxparams.quant import methods  # pylint: disable=g-import-not-at-top
   q = methods.get_quantizer(name)
-  return _Method(q.name, q.fn, q.config_cls, q.needs != "none")
+  r = methods.get_record(q.name)
+  return _Method(q.name, r, r.config, q.needs != "none")
 
 
 def is_calibrated(method: str) -> bool:
@@ -402,33 +403,7 @@ def quantize_leaf(w: jax.Array, method: str, config: Any, *, stats: Any = None,
   entry = _get(method)
   k = int(np.prod(w.shape[:-1]))
   stats = _stats_for(name, stats, k)
-  if entry.calibrated:
-    if stats is None:
-      raise ValueError(f"method {method!r} needs calibration statistics for {name!r}: pass "
-                       "calibration={path: inputs} or use jaxparams.quant.quantize_model")
-    return entry.fn(w, stats, config, name=name)
-  if method in _JIT_WRAPPED and hasattr(w, "ndim") and w.ndim == 2:
-    # Plain jnp methods: validate eagerly on the abstract value, then run compiled.
-    jax.eval_shape(lambda a: entry.fn(a, config, name=name), w)
-    if not bool(_all_finite(w)):
-      raise ValueError(f"weight {name!r} contains non-finite value(s) (NaN/inf); shape "
-                       f"{tuple(w.shape)}")
-    return _jit_call(entry.fn, w, config)
-  return entry.fn(w, config, name=name)
-
-
-# Methods whose implementation is plain (uncompiled) jnp: the driver jits them.
-_JIT_WRAPPED = ("rtn", "nf4", "fp8")
-
-
-@jax.jit
-def _all_finite(w: jax.Array) -> jax.Array:
-  return jnp.all(jnp.isfinite(w))
-
-
-@functools.partial(jax.jit, static_argnums=(0, 2))
-def _jit_call(fn: Callable, w: jax.Array, config: Any) -> Any:
-  return fn(w, config)
+  return entry.record(w, config=config, options={"stats": stats, "name": name}, path=name)
 
 
 @functools.partial(jax.jit, static_argnums=(1,))
@@ -491,6 +466,33 @@ def keep_entry(path: str, leaf: Any, reason: str) -> QuantEntry:
                     bytes_after=_nbytes(leaf))
 
 
+# ----------------------------------------------------------------------------- the drivers' step
+def quantize_planned(path: str, w: Any, spec: tuple[str, Any], reason: str, report: QuantReport,
+                     *, stats: Any = None) -> Any:
+  """One planned leaf: :func:`quantize_leaf`, timed, its entry added to ``report``.
+
+  The step shared by :func:`quantize_tree`, :func:`jaxparams.quant.quantize_model` and
+  the streaming :func:`jaxparams.quant.quantize_checkpoint`.
+  """
+  method, cfg = spec
+  t0 = time.perf_counter()
+  qa = quantize_leaf(w, method, cfg, stats=stats, name=path)
+  jax.block_until_ready(qa)
+  report.entries[path] = make_entry(path, w, qa, method, reason, stats=stats,
+                                    seconds=time.perf_counter() - t0)
+  return qa
+
+
+def finish_report(leaves: Mapping[str, Any], report: QuantReport,
+                  reasons: Mapping[str, str]) -> QuantReport:
+  """The report in leaf order, with a keep entry for every leaf not quantized."""
+  final = QuantReport()
+  for path, leaf in leaves.items():
+    final.add(report.entries[path] if path in report.entries else
+              keep_entry(path, leaf, reasons[path]))
+  return final
+
+
 # ----------------------------------------------------------------------------- the tree
 def quantize_tree(params: Any, rules: Any, calibration: Mapping[str, Any] | None = None, *,
                   keep: Sequence[Any] = DEFAULT_KEEP,
@@ -526,20 +528,13 @@ def quantize_tree(params: Any, rules: Any, calibration: Mapping[str, Any] | None
   report = QuantReport()
   out = {}
   for path, leaf in flat.items():
-    spec = plan[path]
-    if spec is None:
+    if plan[path] is None:
       out[path] = leaf
-      report.add(keep_entry(path, leaf, reasons[path]))
       continue
-    method, cfg = spec
     if progress is not None:
       progress(path)
-    t0 = time.perf_counter()
     k = int(np.prod(leaf.shape[:-1]))
-    stats = _stats_for(path, calibration.get(path), k)
-    qa = quantize_leaf(leaf, method, cfg, stats=stats, name=path)
-    jax.block_until_ready(qa)
-    out[path] = qa
-    report.add(make_entry(path, leaf, qa, method, reasons[path], stats=stats,
-                          seconds=time.perf_counter() - t0))
+    out[path] = quantize_planned(path, leaf, plan[path], reasons[path], report,
+                                 stats=_stats_for(path, calibration.get(path), k))
+  report = finish_report(flat, report, reasons)
   return jtree.unflatten(out, like=params), report
