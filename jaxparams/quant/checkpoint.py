@@ -421,48 +421,24 @@ def load_quantized_orbax(path: str | Path) -> Any:
 
 # ----------------------------------------------------------------------------- HF GPTQ
 def gptq_pack(q: np.ndarray, bits: int, axis: int = 0) -> np.ndarray:
-  """Packs codes ``q`` in ``[0, 2**bits)`` along ``axis`` into int32 words as one LSB-first bit
-  stream (the GPTQ ``qweight``/``qzeros`` convention; for 2/4/8 bits 32/bits codes per word,
-  for 3 bits 32 codes per 3 words). The packed axis length times ``bits`` must divide by 32.
+  """GPTQ ``qweight``/``qzeros`` words: :func:`jaxparams.quant.packing.pack_stream`.
 
   Example:
     >>> hex(int(gptq_pack(np.arange(8).reshape(8, 1), 4).view(np.uint32)[0, 0]))
     '0x76543210'
   """
-  q = np.moveaxis(np.asarray(q).astype(np.uint64), axis, 0)
-  k = q.shape[0]
-  if (k * bits) % 32:
-    raise ValueError(f"gptq_pack: {k} codes of {bits} bits do not fill whole 32-bit words")
-  if bits in (2, 4, 8):  # same words as our packing
-    return np.moveaxis(packing.pack_np(q.astype(np.int64), bits).view(np.int32), 0, axis)
-  out = np.zeros(((k * bits) // 32,) + q.shape[1:], np.uint64)
-  mask = np.uint64((1 << bits) - 1)
-  for i in range(k):  # vectorised over the other axis; k is a weight dimension
-    off = i * bits
-    word, sh = divmod(off, 32)
-    v = q[i] & mask
-    out[word] |= (v << np.uint64(sh)) & np.uint64(0xFFFFFFFF)
-    if sh + bits > 32:
-      out[word + 1] |= v >> np.uint64(32 - sh)
-  return np.moveaxis(out.astype(np.uint32).view(np.int32), 0, axis)
+  if (np.shape(q)[axis] * bits) % 32:
+    raise ValueError(f"gptq_pack: {np.shape(q)[axis]} codes of {bits} bits do not fill whole "
+                     "32-bit words")
+  return packing.pack_stream(q, bits, axis)
 
 
 def gptq_unpack(words: np.ndarray, bits: int, count: int, axis: int = 0) -> np.ndarray:
-  """Inverse of :func:`gptq_pack`: int32 words -> ``count`` codes (int32) along ``axis``."""
-  w = np.moveaxis(np.asarray(words).view(np.uint32).astype(np.uint64), axis, 0)
-  if w.shape[0] * 32 != count * bits:
-    raise ValueError(f"gptq_unpack: {w.shape[0]} words hold {w.shape[0] * 32 // bits} codes of "
-                     f"{bits} bits, expected {count}")
-  out = np.zeros((count,) + w.shape[1:], np.int64)
-  mask = np.uint64((1 << bits) - 1)
-  for i in range(count):
-    off = i * bits
-    word, sh = divmod(off, 32)
-    v = w[word] >> np.uint64(sh)
-    if sh + bits > 32:
-      v |= w[word + 1] << np.uint64(32 - sh)
-    out[i] = (v & mask).astype(np.int64)
-  return np.moveaxis(out.astype(np.int32), 0, axis)
+  """Inverse of :func:`gptq_pack` (:func:`jaxparams.quant.packing.unpack_stream`)."""
+  if np.shape(words)[axis] * 32 != count * bits:
+    raise ValueError(f"gptq_unpack: {np.shape(words)[axis]} words hold "
+                     f"{np.shape(words)[axis] * 32 // bits} codes of {bits} bits, expected {count}")
+  return packing.unpack_stream(words, bits, count, axis)
 
 
 def gptq_encode(name: str, qa: Any, *, checkpoint_format: str = "gptq",
