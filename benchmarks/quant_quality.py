@@ -114,7 +114,7 @@ def main(argv=None) -> int:
       f = fields(m, bits, group)
       if f is None:
         continue
-      calibrated = qrules._get(m).calibrated  # pylint: disable=protected-access
+      calibrated = qrules.is_calibrated(m)
       t0 = time.perf_counter()
       if calibrated and args.sequential:
         q, rep = quantize_model(module, params, rules_for(m, f), batches)
