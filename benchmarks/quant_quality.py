@@ -70,7 +70,7 @@ def main(argv=None) -> int:
   from jaxparams.calib import corpus
   from jaxparams.quant import rules as qrules
   from jaxparams.quant.calibrate import collect_stats, quantize_model, text_batches
-  from jaxparams.quant.demo import embed_cosines
+  from jaxparams.demo.quant_minilm import embed_cosines
 
   t_start = time.perf_counter()
   model = load_minilm()
@@ -114,7 +114,7 @@ def main(argv=None) -> int:
       f = fields(m, bits, group)
       if f is None:
         continue
-      calibrated = qrules._get(m).calibrated  # pylint: disable=protected-access
+      calibrated = qrules.is_calibrated(m)
       t0 = time.perf_counter()
       if calibrated and args.sequential:
         q, rep = quantize_model(module, params, rules_for(m, f), batches)

@@ -14,7 +14,7 @@ resident set size"), on synthetic bf16 Llama checkpoints from
 Usage::
 
   python benchmarks/quant_stream.py --root /tmp/qstream [--rtn-size large]
-      [--gptq-size blocks] [--gptq-layers 6] [--calib-lines 8]
+      [--gptq-size blocks-small] [--gptq-layers 4] [--calib-lines 8]
 """
 
 from __future__ import annotations
@@ -43,6 +43,10 @@ SIZES = {
     # GPTQ runs: small vocabulary so the transformer blocks dominate the size.
     "blocks": dict(vocab_size=4096, hidden_size=1024, intermediate_size=2816,
                    num_hidden_layers=6, num_attention_heads=16, num_key_value_heads=16),
+    "wide": dict(vocab_size=4096, hidden_size=2048, intermediate_size=5632,
+                 num_hidden_layers=4, num_attention_heads=16, num_key_value_heads=16),
+    "blocks-small": dict(vocab_size=2048, hidden_size=512, intermediate_size=1536,
+                         num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=8),
     "small": dict(vocab_size=4096, hidden_size=256, intermediate_size=688, num_hidden_layers=4,
                   num_attention_heads=4, num_key_value_heads=2),
 }
@@ -88,11 +92,14 @@ def timed(cmd: list[str]) -> tuple[float, float]:
   return wall, int(m.group(1)) / 1e6 if m else float("nan")
 
 
-def quantize(src: Path, out: Path, method: str, calib: Path | None, args) -> tuple[float, float]:
+def quantize(src: Path, out: Path, method: str, calib: Path | None, args,
+             rules: Path | None = None) -> tuple[float, float]:
   exe = str(Path(sys.executable).parent / "jaxparams")
   cmd = [exe, "quantize", str(src), str(out), "--method", method, "--bits", "4",
          "--group-size", "128", "--no-progress", "--overwrite",
          "--max-shard-bytes", str(args.max_shard_bytes)]
+  if rules is not None:
+    cmd += ["--rules", str(rules)]
   if calib is not None:
     cmd += ["--calibration", str(calib), "--max-length", str(args.calib_tokens),
             "--max-samples", str(args.calib_lines), "--batch-size", str(args.calib_lines)]
@@ -110,12 +117,17 @@ def main() -> None:
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument("--root", default="/tmp/jaxparams_quant_stream")
   ap.add_argument("--rtn-size", default="large", choices=sorted(SIZES))
-  ap.add_argument("--gptq-size", default="blocks", choices=sorted(SIZES))
-  ap.add_argument("--gptq-layers", type=int, default=6, help="layers of the smaller GPTQ model "
+  ap.add_argument("--gptq-size", default="blocks-small", choices=sorted(SIZES))
+  ap.add_argument("--gptq-layers", type=int, default=4, help="layers of the smaller GPTQ model "
                   "(the larger one has twice as many)")
   ap.add_argument("--calib-lines", type=int, default=8)
   ap.add_argument("--calib-tokens", type=int, default=64)
   ap.add_argument("--max-shard-bytes", type=float, default=2.5e8)
+  ap.add_argument("--parts", default="rtn,gptq,gptq-wide",
+                  help="rtn: RTN on --rtn-size; gptq: GPTQ on every Linear of --gptq-size with "
+                  "L and 2L layers; gptq-wide: 'wide' models (width of 'large') with 4 and 8 "
+                  "layers, GPTQ on block 0 and RTN on the other blocks (every block still streams "
+                  "through the calibration forward); rows are cached in ROOT/rows.json")
   ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "quant_stream.md"))
   args = ap.parse_args()
   root = Path(args.root)
@@ -124,16 +136,38 @@ def main() -> None:
   from jaxparams.calib import corpus  # pylint: disable=g-import-not-at-top
   calib.write_text("\n".join(corpus.docstring_sentences(200)) + "\n")
   floor = baseline_rss()
-  rows = []
-  src, n = build(root, args.rtn_size)
-  wall, rss = quantize(src, root / "out-rtn", "rtn", None, args)
-  rows.append(("rtn 4-bit g128", src.name, n, wall, rss))
-  shutil.rmtree(root / "out-rtn", ignore_errors=True)
-  for layers in (args.gptq_layers, 2 * args.gptq_layers):
-    src, n = build(root, args.gptq_size, layers)
-    wall, rss = quantize(src, root / "out-gptq", "gptq", calib, args)
-    rows.append(("gptq 4-bit g128", src.name, n, wall, rss))
-    shutil.rmtree(root / "out-gptq", ignore_errors=True)
+  import json  # pylint: disable=g-import-not-at-top
+  cache = root / "rows.json"
+  done = json.loads(cache.read_text()) if cache.is_file() else {}
+  print(f"import floor {floor:.2f} GB", flush=True)
+  parts = args.parts.split(",")
+
+  def record(key, row):
+    done[key] = row
+    cache.write_text(json.dumps(done, indent=1))
+    print(row, flush=True)
+
+  if "rtn" in parts:
+    src, n = build(root, args.rtn_size)
+    wall, rss = quantize(src, root / "out-rtn", "rtn", None, args)
+    record("rtn", ("rtn 4-bit g128 (all Linear)", src.name, n, wall, rss))
+    shutil.rmtree(root / "out-rtn", ignore_errors=True)
+  if "gptq" in parts:
+    for i, layers in enumerate((args.gptq_layers, 2 * args.gptq_layers)):
+      src, n = build(root, args.gptq_size, layers)
+      wall, rss = quantize(src, root / "out-gptq", "gptq", calib, args)
+      record(f"gptq{i}", ("gptq 4-bit g128 (all Linear)", src.name, n, wall, rss))
+      shutil.rmtree(root / "out-gptq", ignore_errors=True)
+  if "gptq-wide" in parts:
+    rules = root / "rules_gptq_block0.yml"
+    rules.write_text("- pattern: 'layers_0/**'\n  method: gptq\n- pattern: '**'\n  method: rtn\n")
+    for i, layers in enumerate((4, 8)):
+      src, n = build(root, "wide", layers)
+      wall, rss = quantize(src, root / "out-gptq", "gptq", calib, args, rules=rules)
+      record(f"wide{i}", ("gptq block 0 + rtn, streamed block by block", src.name, n, wall,
+                          rss))
+      shutil.rmtree(root / "out-gptq", ignore_errors=True)
+  rows = [done[k] for k in ("rtn", "gptq0", "gptq1", "wide0", "wide1") if k in done]
   lines = [
       "# Streaming quantization: peak RSS against model size",
       "",
@@ -152,9 +186,13 @@ def main() -> None:
   for name, model, n, wall, rss in rows:
     lines.append(f"| {name} | {model} | {n / 1e6:.0f}M | {2 * n / 1e9:.2f} | {4 * n / 1e9:.2f} | "
                  f"{rss:.2f} | {rss / (4 * n / 1e9):.2f} | {wall:.0f} |")
-  g1, g2 = rows[1], rows[2]
-  lines += ["", f"GPTQ: model x{g2[2] / g1[2]:.2f} parameters -> peak RSS x{g2[4] / g1[4]:.2f} "
-            f"(above the import floor: x{(g2[4] - floor) / max(g1[4] - floor, 1e-9):.2f}).", ""]
+  for k1, k2 in (("gptq0", "gptq1"), ("wide0", "wide1")):
+    if k1 in done and k2 in done:
+      g1, g2 = done[k1], done[k2]
+      lines.append(f"\n{g1[0]}: model x{g2[2] / g1[2]:.2f} parameters -> peak RSS "
+                   f"x{g2[4] / g1[4]:.2f} (above the import floor: "
+                   f"x{(g2[4] - floor) / max(g1[4] - floor, 1e-9):.2f}).")
+  lines.append("")
   Path(args.out).parent.mkdir(parents=True, exist_ok=True)
   Path(args.out).write_text("\n".join(lines))
   print("\n".join(lines))

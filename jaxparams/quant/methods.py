@@ -1,4 +1,9 @@
-"""Registry of per-matrix quantizers: name -> (function, config class, needs).
+"""Registry of per-matrix quantizers: each method is a :class:`jaxparams.transform.Transform`.
+
+:data:`METHODS` holds one record per method (name, per-matrix function, frozen config
+dataclass with the defaults, options ``stats``/``name``, ``info['needs']``); the tree
+API (:func:`jaxparams.quant.quantize_tree`), the sequential model driver and the
+streaming checkpoint driver all run the record, so each method is defined once.
 
 ``needs`` says what calibration a method wants: ``'none'`` (RTN, NF4, FP8, HQQ),
 ``'hessian'`` (GPTQ, decoupleQ: an :class:`~jaxparams.calib.InputStats` or a
@@ -22,9 +27,11 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable, NamedTuple
 
 import jax
+import jax.numpy as jnp
 
 from jaxparams.quant.awq import AWQConfig, awq
 from jaxparams.quant.decoupleq import DecoupleQConfig, decoupleq
@@ -33,15 +40,16 @@ from jaxparams.quant.gptq import GPTQConfig, gptq
 from jaxparams.quant.hqq import HQQConfig, hqq
 from jaxparams.quant.nf4 import NF4Config, nf4
 from jaxparams.quant.rtn import RTNConfig, rtn
+from jaxparams.transform import Registry, Transform
 
 __all__ = ["Quantizer", "get_quantizer", "quantizer_names", "make_config", "quantize_matrix",
-           "NEEDS"]
+           "NEEDS", "METHODS", "get_record"]
 
 NEEDS = ("none", "hessian", "act_stats")
 
 
 class Quantizer(NamedTuple):
-  """A registered method."""
+  """A registered method (the raw per-matrix function; see :func:`get_record` for the record)."""
 
   name: str
   fn: Callable[..., Any]
@@ -49,31 +57,107 @@ class Quantizer(NamedTuple):
   needs: str
 
 
-def _registry() -> dict[str, Quantizer]:
-  # Built on demand (no module-level mutable state).
-  return {
-      "rtn": Quantizer("rtn", rtn, RTNConfig, "none"),
-      "nf4": Quantizer("nf4", nf4, NF4Config, "none"),
-      "fp8": Quantizer("fp8", fp8, FP8Config, "none"),
-      "hqq": Quantizer("hqq", hqq, HQQConfig, "none"),
-      "gptq": Quantizer("gptq", gptq, GPTQConfig, "hessian"),
-      "awq": Quantizer("awq", awq, AWQConfig, "act_stats"),
-      "decoupleq": Quantizer("decoupleq", decoupleq, DecoupleQConfig, "hessian"),
-  }
+@jax.jit
+def _all_finite(w: jax.Array) -> jax.Array:
+  return jnp.all(jnp.isfinite(w))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 2))
+def _jit_call(fn: Callable, w: jax.Array, config: Any) -> Any:
+  return fn(w, config)
+
+
+def _data_free(fn: Callable, jitted: bool) -> Callable:
+  """``fn(w, cfg, *, stats, name)`` of a calibration-free method.
+
+  Plain-jnp methods (``jitted``) are validated eagerly on the abstract value and on
+  finiteness, then run compiled (inside a trace they just run).
+  """
+
+  def run(w, cfg, *, stats=None, name=""):
+    del stats  # only used for the report's output error
+    if jitted and getattr(w, "ndim", 0) == 2 and not isinstance(w, jax.core.Tracer):
+      jax.eval_shape(lambda a: fn(a, cfg, name=name), w)
+      if not bool(_all_finite(w)):
+        raise ValueError(f"weight {name!r} contains non-finite value(s) (NaN/inf); shape "
+                         f"{tuple(w.shape)}")
+      return _jit_call(fn, w, cfg)
+    return fn(w, cfg, name=name)
+
+  return run
+
+
+def _calibrated(fn: Callable, method: str, needs: str) -> Callable:
+
+  def run(w, cfg, *, stats=None, name=""):
+    if stats is None:
+      raise ValueError(f"method {method!r} needs calibration ({needs}) for {name or 'weight'!r}: "
+                       "pass jaxparams.calib.InputStats (calibration={path: inputs} in "
+                       "quantize_tree, or use jaxparams.quant.quantize_model)")
+    return fn(w, stats, cfg, name=name)
+
+  return run
+
+
+_TABLE = (  # name, function, config, needs, plain jnp (driver jits it), description
+    ("rtn", rtn, RTNConfig, "none", True, "round-to-nearest min/max grid per group"),
+    ("nf4", nf4, NF4Config, "none", True, "4-bit NormalFloat code book, absmax blocks"),
+    ("fp8", fp8, FP8Config, "none", True, "fp8 e4m3/e5m2 with per-channel/group scales"),
+    ("hqq", hqq, HQQConfig, "none", False, "half-quadratic zero/scale optimisation"),
+    ("gptq", gptq, GPTQConfig, "hessian", False, "GPTQ (OBS error feedback with H = 2X^TX/n)"),
+    ("awq", awq, AWQConfig, "act_stats", False, "activation-aware per-channel scaling"),
+    ("decoupleq", decoupleq, DecoupleQConfig, "hessian", False,
+     "decoupleQ: integer and float parts solved apart"),
+)
+
+
+@functools.lru_cache(maxsize=None)
+def _registry() -> Registry:
+  records = []
+  for name, fn, cfg, needs, jitted, desc in _TABLE:
+    run = _data_free(fn, jitted) if needs == "none" else _calibrated(fn, name, needs)
+    records.append(Transform(name=name, fn=run, config=cfg, options=("stats", "name"),
+                             description=desc, info={"needs": needs, "fn": fn}))
+  return Registry("quantization method", records)
+
+
+class _Methods:
+  """Read-only view of the registry (``METHODS.names()``, ``METHODS.get(name)``, ``in``)."""
+
+  def names(self) -> list[str]:
+    return [r[0] for r in _TABLE]
+
+  def get(self, name: str) -> Transform:
+    return _registry().get(str(name).lower())
+
+  def __contains__(self, name: object) -> bool:
+    return isinstance(name, str) and name.lower() in _registry()
+
+  def __iter__(self):
+    return iter(self.get(n) for n in self.names())
+
+
+METHODS = _Methods()
+
+
+def get_record(name: str) -> Transform:
+  """The :class:`~jaxparams.transform.Transform` of method ``name``; ValueError lists the valid
+  names."""
+  return METHODS.get(name)
 
 
 def quantizer_names() -> list[str]:
   """Names of the registered methods."""
-  return list(_registry())
+  return METHODS.names()
 
 
 def get_quantizer(name: str) -> Quantizer:
   """Returns the :class:`Quantizer` for ``name``; ValueError lists the valid names."""
-  reg = _registry()
   key = str(name).lower()
-  if key not in reg:
-    raise ValueError(f"unknown quantization method {name!r}; valid: {sorted(reg)}")
-  return reg[key]
+  if key not in METHODS:
+    raise ValueError(f"unknown quantization method {name!r}; valid: {sorted(METHODS.names())}")
+  r = METHODS.get(key)
+  return Quantizer(r.name, r.info["fn"], r.config, r.info["needs"])
 
 
 def make_config(name: str, **fields) -> Any:
@@ -97,7 +181,7 @@ def make_config(name: str, **fields) -> Any:
 
 def quantize_matrix(method: str, w: jax.Array, cfg: Any = None, stats: Any = None, *,
                     name: str = "") -> Any:
-  """Runs method ``method`` on one matrix with a uniform signature.
+  """Runs method ``method``'s record on one matrix.
 
   Args:
     method: registered name.
@@ -106,15 +190,10 @@ def quantize_matrix(method: str, w: jax.Array, cfg: Any = None, stats: Any = Non
     stats: calibration (``InputStats``/Hessian/inputs) for methods that need it.
     name: tree path for messages.
   """
-  q = get_quantizer(method)
-  if cfg is None:
-    cfg = q.config_cls()
-  if not isinstance(cfg, q.config_cls):
-    raise ValueError(f"method {method!r} expects a {q.config_cls.__name__}, "
+  r = get_record(method)
+  if cfg is not None and not isinstance(cfg, r.config):
+    raise ValueError(f"method {method!r} expects a {r.config.__name__}, "
                      f"got {type(cfg).__name__}")
-  if q.needs == "none":
-    return q.fn(w, cfg, name=name)
-  if stats is None:
-    raise ValueError(f"method {method!r} needs calibration ({q.needs}) for {name or 'weight'!r}; "
-                     f"pass jaxparams.calib.InputStats.from_inputs(inputs)")
-  return q.fn(w, stats, cfg, name=name)
+  if r.info["needs"] == "none":
+    return r.info["fn"](w, r.coerce_config(cfg), name=name)
+  return r(w, config=cfg, options={"stats": stats, "name": name}, path=name)

@@ -7,7 +7,10 @@ Row ``k`` of column ``n`` lives in ``codes[k // P, n]`` at bit offset
 GPTQ ``qweight`` layout reinterpreted as uint32.
 
 Everything here is pure ``jnp`` and works under ``jax.jit`` (``bits`` and ``k``
-are static Python ints).
+are static Python ints). For 2/4/8 bits the specification is the kernel reference
+:mod:`jaxparams.kernels.dequant_matmul.reference` (its ``codes_per_word`` and its
+``unpack``, which validates the packed shape); this module adds the 3-bit layout and
+the packer.
 
 Example:
   >>> import jax.numpy as jnp
@@ -27,7 +30,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["SUPPORTED_BITS", "codes_per_word", "packed_rows", "pack", "unpack", "check_bits"]
+from jaxparams.kernels.dequant_matmul import reference as spec
+
+__all__ = ["SUPPORTED_BITS", "codes_per_word", "packed_rows", "pack", "unpack", "check_bits",
+           "pack_stream", "unpack_stream"]
 
 SUPPORTED_BITS = (2, 3, 4, 8)
 
@@ -42,7 +48,7 @@ def check_bits(bits: int, *, name: str = "") -> None:
 def codes_per_word(bits: int) -> int:
   """Number of codes stored in one uint32 word (10 for 3 bits, else 32 // bits)."""
   check_bits(bits)
-  return 10 if bits == 3 else 32 // bits
+  return 10 if bits == 3 else spec.codes_per_word(bits)
 
 
 def packed_rows(k: int, bits: int) -> int:
@@ -93,6 +99,8 @@ def unpack(codes: jax.Array, bits: int, k: int, dtype=jnp.int32) -> jax.Array:
     k: the number of logical rows K.
     dtype: output integer dtype.
   """
+  if bits in (2, 4, 8) and jnp.dtype(dtype) == jnp.int32:
+    return spec.unpack(codes, bits, k)            # the kernels' specification
   p = codes_per_word(bits)
   codes = jnp.asarray(codes)
   if codes.dtype != jnp.uint32:
@@ -119,3 +127,44 @@ def _unpack_jit(codes: jax.Array, bits: int, k: int, dtype) -> jax.Array:
 def pack_np(q: np.ndarray, bits: int) -> np.ndarray:
   """NumPy version of :func:`pack` (for checkpoint conversion on the host)."""
   return np.asarray(pack(jnp.asarray(q), bits))
+
+
+def pack_stream(q: np.ndarray, bits: int, axis: int = 0) -> np.ndarray:
+  """Packs codes along ``axis`` as one LSB-first bit stream into int32 words (host, NumPy).
+
+  The HF GPTQ ``qweight``/``qzeros`` convention: for 2/4/8 bits the words equal
+  :func:`pack`'s; 3-bit codes fill 3 words per 32 codes (no unused bits, unlike
+  :func:`pack`'s 10-per-word layout). The packed length times ``bits`` must be a
+  multiple of 32.
+
+  Example:
+    >>> hex(int(pack_stream(np.arange(8).reshape(8, 1), 4).view(np.uint32)[0, 0]))
+    '0x76543210'
+    >>> q = np.arange(64).reshape(32, 2) % 8
+    >>> bool((unpack_stream(pack_stream(q, 3), 3, 32) == q).all())
+    True
+  """
+  q = np.moveaxis(np.asarray(q), axis, 0).astype(np.uint32) & np.uint32((1 << bits) - 1)
+  k = q.shape[0]
+  if (k * bits) % 32:
+    raise ValueError(f"pack_stream: {k} codes of {bits} bits do not fill whole 32-bit words")
+  planes = (q[:, None] >> np.arange(bits, dtype=np.uint32).reshape((1, bits) + (1,) * (q.ndim - 1))
+            ) & np.uint32(1)                                   # [K, bits, ...] bit planes
+  stream = planes.reshape((k * bits // 32, 32) + q.shape[1:])
+  weights = (np.uint64(1) << np.arange(32, dtype=np.uint64)).reshape((1, 32) + (1,) * (q.ndim - 1))
+  words = np.sum(stream.astype(np.uint64) * weights, axis=1).astype(np.uint32)
+  return np.moveaxis(words.view(np.int32), 0, axis)
+
+
+def unpack_stream(words: np.ndarray, bits: int, count: int, axis: int = 0) -> np.ndarray:
+  """Inverse of :func:`pack_stream`: int32 words -> ``count`` int32 codes along ``axis``."""
+  w = np.moveaxis(np.asarray(words), axis, 0).view(np.uint32)
+  if w.shape[0] * 32 != count * bits:
+    raise ValueError(f"unpack_stream: {w.shape[0]} words hold {w.shape[0] * 32 // bits} codes of "
+                     f"{bits} bits, expected {count}")
+  shifts = np.arange(32, dtype=np.uint32).reshape((1, 32) + (1,) * (w.ndim - 1))
+  stream = ((w[:, None] >> shifts) & np.uint32(1)).reshape((count, bits) + w.shape[1:])
+  weights = (np.uint32(1) << np.arange(bits, dtype=np.uint32)).reshape((1, bits) +
+                                                                      (1,) * (w.ndim - 1))
+  codes = np.sum(stream * weights, axis=1).astype(np.int32)
+  return np.moveaxis(codes, 0, axis)

@@ -36,7 +36,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -297,16 +296,10 @@ def _quantize(src: Path, out: Path, m: _Model, rules: Any, *, calibration, fmt, 
     counter = {"i": 0}
 
     def quantize(path, w_, stats=None):
-      method, cfg = plan[path]
       if progress is not None:
         progress(path, counter["i"], len(todo))
-      t0 = time.perf_counter()
-      qa = qrules.quantize_leaf(w_, method, cfg, stats=stats, name=path)
-      jax.block_until_ready(qa)
-      report.entries[path] = qrules.make_entry(path, w_, qa, method, reasons[path],
-                                               stats=stats, seconds=time.perf_counter() - t0)
       counter["i"] += 1
-      return qa
+      return qrules.quantize_planned(path, w_, plan[path], reasons[path], report, stats=stats)
 
     done: set[str] = set()
     if batches:       # sequential, block by block (data-free layers get output errors too)
@@ -320,11 +313,7 @@ def _quantize(src: Path, out: Path, m: _Model, rules: Any, *, calibration, fmt, 
         w_ = jnp.asarray(m.read(path))
         sink.add(path, quantize(path, w_), plan[path][0])
         del w_
-    final = qrules.QuantReport()
-    for path in m.abstract:
-      final.add(report.entries[path] if path in report.entries else
-                qrules.keep_entry(path, m.abstract[path], reasons[path]))
-    report = final
+    report = qrules.finish_report(m.abstract, report, reasons)
     if fmt == "gptq":
       qcfg = qckpt.gptq_config(sink.gptq_tensors)
       w.write_json(qckpt.GPTQ_CONFIG_FILE, qcfg)
