@@ -27,8 +27,8 @@ Example:
   >>> src = Path(jq.__file__).parents[2] / 'tests/fixtures/llama_tiny'
   >>> out = os.path.join(tempfile.mkdtemp(), 'q')
   >>> rep = quantize_checkpoint(src, out, [('**', ('rtn', {'bits': 4, 'group_size': 32}))])
-  >>> rep.num_quantized, sorted(os.listdir(out))[:2]
-  (14, ['config.json', 'jaxparams_quant.json'])
+  >>> rep.num_quantized, sorted(os.listdir(out))[:3]
+  (14, ['README.md', 'config.json', 'jaxparams_quant.json'])
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ from jaxparams import io as jio
 from jaxparams import tree as jtree
 from jaxparams.calib.capture import as_call, check_batches, linear_order, stats_runner
 from jaxparams.calib.corpus import text_batches
+from jaxparams.quant import card as qcard
 from jaxparams.quant import checkpoint as qckpt
 from jaxparams.quant import rules as qrules
 from jaxparams.transform.prefetch import read_tensor
@@ -324,13 +325,24 @@ def _quantize(src: Path, out: Path, m: _Model, rules: Any, *, calibration, fmt, 
       entries = {hf: sink.entries[hf] for hf in order if hf in sink.entries}
       w.write_json(qckpt.LAYOUT_FILE, {"format": qckpt.FORMAT, "version": qckpt.VERSION,
                                        "tensors": entries})
-      w.write_json("config.json", src_cfg)
+      w.write_json("config.json", {**src_cfg,
+                                   "quantization_config": qcard.quantization_config(qckpt.VERSION)})
       w.write_json("quant_report.json", report.to_dict())
       w.copy_from(src)
-      for fn in ST_FILES:
-        if (src / fn).is_file():
-          w.copy_from(src, [fn])
+      w.copy_from(src, jio.SENTENCE_TRANSFORMERS_FILES)
+      (w.folder_tmp / "README.md").write_text(_card(src, report))
   return report
+
+
+def _card(src: Path, report: qrules.QuantReport) -> str:
+  methods: dict[str, int] = {}
+  bits: dict[str, Any] = {}
+  for e in report.quantized():
+    methods[e.method] = methods.get(e.method, 0) + 1
+    bits.setdefault(e.method, set()).add(e.bits)
+  return qcard.model_card(src.resolve().name, methods,
+                          bits={m: ", ".join(str(b) for b in sorted(v, key=str))
+                                for m, v in bits.items()})
 
 
 def _calibrated_blocks(m: _Model, plan: Mapping[str, Any], batches: list, sink: _Out,
@@ -449,5 +461,8 @@ def dequantize_checkpoint(qdir: str | Path, out: str | Path, *, dtype: Any = Non
         cfg["torch_dtype"] = str(np.dtype(dtype))
       w.write_json("config.json", cfg)
     w.copy_from(qdir)
-    w.copy_from(qdir, ST_FILES)
+    w.copy_from(qdir, jio.SENTENCE_TRANSFORMERS_FILES)
+    card = qdir / "README.md"        # the source's card, not ours (it says "quantized")
+    if card.is_file() and not qcard.is_jaxparams_card(card.read_text(errors="replace")):
+      w.copy_from(qdir, ["README.md"])
   return {"layout": layout, "tensors": n, "dequantized": n_q}
