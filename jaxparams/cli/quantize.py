@@ -11,7 +11,8 @@ otherwise. Output:
   :mod:`jaxparams.quant.checkpoint`) under the HF tensor names, plus the source
   ``config.json``, tokenizer files and ``quant_report.json``;
 * ``--format gptq``: the HF GPTQ layout (``qweight``/``qzeros``/``scales``/``g_idx``,
-  ``quantize_config.json``) for integer methods.
+  ``quantize_config.json``, ``gptq_v2`` when asymmetric) for integer methods, with the
+  sentence-transformers files.
 
 A rules file (YAML) is a list of ``{pattern: GLOB, method: NAME, bits: N, ...}``
 entries (first match wins; ``method: keep``/``full``/``none`` keeps full precision);

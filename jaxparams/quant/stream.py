@@ -194,6 +194,7 @@ class _Out:
     self.w, self.fmt, self.m = writer, fmt, m
     self.entries: dict[str, dict] = {}
     self.gptq_tensors: dict[str, Any] = {}
+    self.gptq_format = "gptq"
 
   def add(self, path: str, leaf: Any, method: str | None) -> None:
     hf, tr = self.m.nmap[path]
@@ -204,7 +205,7 @@ class _Out:
       raise ValueError(f"{path}: quantized tensor {hf!r} is not a Linear weight; keep it in full "
                        "precision")
     if self.fmt == "gptq":
-      for name, arr in qckpt.gptq_encode(hf, leaf).items():
+      for name, arr in qckpt.gptq_encode(hf, leaf, checkpoint_format=self.gptq_format).items():
         self.w.add(name, arr)
       self.gptq_tensors[hf] = qckpt.gptq_summary(hf, leaf)
       return
@@ -294,6 +295,8 @@ def _quantize(src: Path, out: Path, m: _Model, rules: Any, *, calibration, fmt, 
   with jio.SafetensorsWriter(out, overwrite=overwrite, max_shard_bytes=max_shard_bytes,
                              **kw) as w:
     sink = _Out(w, fmt, m)
+    # v1 'gptq' stores zero - 1, so a zero point of 0 (asymmetric groups) cannot be written
+    sink.gptq_format = _gptq_format(plan)
     counter = {"i": 0}
 
     def quantize(path, w_, stats=None):
@@ -316,10 +319,15 @@ def _quantize(src: Path, out: Path, m: _Model, rules: Any, *, calibration, fmt, 
         del w_
     report = qrules.finish_report(m.abstract, report, reasons)
     if fmt == "gptq":
-      qcfg = qckpt.gptq_config(sink.gptq_tensors)
+      qcfg = qckpt.gptq_config(sink.gptq_tensors, checkpoint_format=sink.gptq_format)
+      if "block_name_to_quantize" not in qcfg:
+        raise ValueError(f"--format gptq: the quantized tensors {sorted(sink.gptq_tensors)[:4]} "
+                         "are not all Linear weights of one stack of numbered blocks, which GPTQ "
+                         "loaders require; keep the others in full precision")
       w.write_json(qckpt.GPTQ_CONFIG_FILE, qcfg)
       w.write_json("config.json", {**src_cfg, "quantization_config": qcfg})
       w.copy_from(src)
+      w.copy_from(src, jio.SENTENCE_TRANSFORMERS_FILES)
     else:
       order = [m.nmap[p][0] for p in m.abstract]
       entries = {hf: sink.entries[hf] for hf in order if hf in sink.entries}
@@ -332,6 +340,12 @@ def _quantize(src: Path, out: Path, m: _Model, rules: Any, *, calibration, fmt, 
       w.copy_from(src, jio.SENTENCE_TRANSFORMERS_FILES)
       (w.folder_tmp / "README.md").write_text(_card(src, report))
   return report
+
+
+def _gptq_format(plan: Mapping[str, Any]) -> str:
+  """``'gptq'`` (v1) when every planned quantizer is symmetric, else ``'gptq_v2'``."""
+  specs = [s for s in plan.values() if s is not None]
+  return "gptq" if all(getattr(s[1], "symmetric", False) for s in specs) else "gptq_v2"
 
 
 def _card(src: Path, report: qrules.QuantReport) -> str:

@@ -68,3 +68,84 @@ def test_transformers_refuses_jaxparams_layout(tmp_path):
   r = subprocess.run([str(TORCH_PY), "-c", code, str(out)], capture_output=True, text=True,
                      timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
   assert r.returncode == 0 and "REFUSED" in r.stdout and "quant_method" in r.stdout, r.stdout + r.stderr
+
+
+# ----------------------------------------------------------------------------- HF GPTQ export
+def _words_to_fields(words, bits, count, axis):
+  """Published packing: int32 little-endian words, 32/bits fields each, LSB first, along axis."""
+  w = np.moveaxis(np.asarray(words).view(np.uint32).astype(np.uint64), axis, 0)
+  per = 32 // bits
+  f = np.stack([(w >> np.uint64(bits * j)) & np.uint64(2 ** bits - 1) for j in range(per)], 1)
+  f = f.reshape((w.shape[0] * per,) + w.shape[1:])[:count]
+  return np.moveaxis(f, 0, axis).astype(np.int64)
+
+
+def _reference_gptq_weights(folder):
+  """Independent decoder of an HF GPTQ folder (4-bit): {'<p>.weight': W[out, in] float64}."""
+  qc = json.loads((folder / "config.json").read_text())["quantization_config"]
+  fmt = qc.get("checkpoint_format", "gptq")
+  t = jio.load_safetensors(folder)
+  out = {}
+  for name in t:
+    if not name.endswith(".qweight"):
+      continue
+    p = name[:-len(".qweight")]
+    k, n = t[name].shape[0] * 8, t[name].shape[1]
+    q = _words_to_fields(t[name], 4, k, 0)                    # [in, out]
+    z = _words_to_fields(t[p + ".qzeros"], 4, n, 1)           # [groups, out]
+    if fmt == "gptq":
+      z = z + 1                                               # v1 stores zero - 1; readers add 1
+    g = t[p + ".g_idx"]
+    s = t[p + ".scales"].astype(np.float64)
+    out[p + ".weight"] = ((q - z[g]) * s[g]).T
+  return out, qc, t
+
+
+@pytest.mark.parametrize("arch", ["bert", "llama"])
+def test_gptq_export_asymmetric_decodes_like_ours_with_block_names(tmp_path, arch):
+  if arch == "bert":
+    src, block = _bert_src(tmp_path), "encoder.layer"
+    forced = "encoder.layer.0.attention.self.query.weight"
+  else:
+    src, block = tmp_path / "llama", "model.layers"
+    shutil.copytree(FIX / "llama_tiny", src)
+    forced = "model.layers.0.self_attn.q_proj.weight"
+  # one weight >= 0 everywhere: asymmetric zero points of 0, which the v1 format overflows
+  t = jio.load_safetensors(src)
+  t[forced] = np.abs(t[forced])
+  jio.write_safetensors_file(src / "model.safetensors", t)
+  stream.quantize_checkpoint(src, tmp_path / "g", RTN4, fmt="gptq")
+  stream.quantize_checkpoint(src, tmp_path / "j", RTN4)
+  ref, qc, stored = _reference_gptq_weights(tmp_path / "g")
+  assert qc["checkpoint_format"] == "gptq_v2" and qc["sym"] is False
+  assert qc["block_name_to_quantize"] == block
+  mods = qc["modules_in_block_to_quantize"][0]
+  for w in ref:   # every quantized weight is a block module the loader will replace
+    assert w.startswith(block + ".") and any(w[:-len(".weight")].endswith(m) for m in mods)
+  z0 = _words_to_fields(stored[forced[:-len("weight")] + "qzeros"], 4, 10**9, 1)
+  assert (z0 == 0).any()
+  stream.dequantize_checkpoint(tmp_path / "j", tmp_path / "jd", dtype="float32")
+  ours = jio.load_safetensors(tmp_path / "jd")
+  stream.dequantize_checkpoint(tmp_path / "g", tmp_path / "gd")
+  ours_g = jio.load_safetensors(tmp_path / "gd")
+  assert len(ref) > 0
+  for name, w in ref.items():
+    s = stored[name[:-len("weight")] + "scales"].astype(np.float64)
+    tol = 16 * np.abs(s).max() * 2.0 ** -10        # fp16 scales vs our fp32 ones
+    np.testing.assert_allclose(w, ours[name], rtol=0, atol=tol, err_msg=name)
+    np.testing.assert_allclose(w, ours_g[name], rtol=1e-3, atol=1e-6, err_msg=name)
+  if arch == "bert":
+    for fn in ("modules.json", "sentence_bert_config.json", "1_Pooling/config.json"):
+      assert (tmp_path / "g" / fn).read_text() == ST_SIDE[fn]
+
+
+def test_gptq_v1_refuses_zero_point_zero():
+  import jax.numpy as jnp
+  from jaxparams.quant.rtn import RTNConfig, rtn
+  qa = rtn(jnp.abs(jnp.arange(64 * 8, dtype=jnp.float32).reshape(64, 8)) + 1,
+           RTNConfig(bits=4, group_size=16))
+  assert float(qa.zero.min()) == 0
+  with pytest.raises(ValueError, match="gptq_v2"):
+    C.gptq_encode("l.weight", qa, checkpoint_format="gptq")
+  v2 = C.gptq_encode("l.weight", qa, checkpoint_format="gptq_v2")
+  assert (_words_to_fields(v2["l.qzeros"], 4, 8, 1) == np.asarray(qa.zero)).all()
