@@ -273,6 +273,17 @@ def _gptq_config_of(folder: Path) -> dict[str, Any]:
   return qcfg
 
 
+def _float_dtype(reader: Any, names: list[str]) -> str:
+  """The most common floating dtype of the full-precision tensors (float16 if none)."""
+  count: dict[str, int] = {}
+  for nm in names:
+    dt = reader.spec(nm).dtype
+    dt = jio.to_numpy_dtype(dt) if isinstance(dt, str) else np.dtype(dt)
+    if jnp.issubdtype(dt, jnp.floating):
+      count[str(dt)] = count.get(str(dt), 0) + 1
+  return max(count, key=count.get) if count else "float16"
+
+
 def _iter_gptq(folder: Path, *, dtype: str | None = None, copy: bool = False):
   """Yields ``(name, QArray | array, {'transpose': True} | {})`` of an HF GPTQ folder."""
   qcfg = _gptq_config_of(folder)
@@ -281,7 +292,7 @@ def _iter_gptq(folder: Path, *, dtype: str | None = None, copy: bool = False):
   with jio.open_checkpoint(folder) as reader:
     names = reader.names()
     present = set(names)
-    cfg_dtype = dtype or (reader.config() or {}).get("torch_dtype") or "float16"
+    cfg = reader.config() or {}
     prefixes = [n[: -len(".qweight")] for n in names if n.endswith(".qweight")]
     if not prefixes:
       raise ValueError(f"{folder}: GPTQ config present but no '*.qweight' tensor")
@@ -293,6 +304,8 @@ def _iter_gptq(folder: Path, *, dtype: str | None = None, copy: bool = False):
           raise ValueError(f"{folder}: GPTQ tensor {p!r} lacks {nm}")
         if nm in present:
           owned.add(nm)
+    cfg_dtype = dtype or cfg.get("torch_dtype") or cfg.get("dtype") or _float_dtype(
+        reader, [nm for nm in names if nm not in owned])
     for p in prefixes:
       parts = {part: np.array(reader.read(f"{p}.{part}")) for part in
                ("qweight", "qzeros", "scales", "g_idx") if f"{p}.{part}" in present}

@@ -71,6 +71,7 @@ class _Model:
   src_names: dict[str, str]              # hf name -> name in the files
   abstract: dict[str, jax.ShapeDtypeStruct]
   files: dict = dataclasses.field(default_factory=dict)
+  extra: dict[str, str] = dataclasses.field(default_factory=dict)  # unmapped: name -> in files
 
   def read_hf(self, hf: str) -> np.ndarray:
     """One tensor as stored, into a fresh buffer (pread, not mmap: freed pages leave RSS)."""
@@ -122,8 +123,10 @@ def _open_model(src: Path, reader: Any) -> _Model:
                                           if isinstance(spec.dtype, str) else spec.dtype)
   order = list(jtree.flatten(jtree.unflatten({p: 0 for p in abstract})))
   abstract = {p: abstract[p] for p in order}
+  used = {hf for hf, _ in nmap.values()}
+  extra = {n: f for n, f in by_norm.items() if n not in used}   # buffers such as position_ids
   return _Model(reader, module, config, nmap, {hf: by_norm[hf] for hf, _ in nmap.values()},
-                abstract)
+                abstract, extra=extra)
 
 
 # ----------------------------------------------------------------------------- blocks
@@ -317,6 +320,8 @@ def _quantize(src: Path, out: Path, m: _Model, rules: Any, *, calibration, fmt, 
         w_ = jnp.asarray(m.read(path))
         sink.add(path, quantize(path, w_), plan[path][0])
         del w_
+    for name, fname in m.extra.items():     # tensors the model does not use, kept as they are
+      w.add(name, read_tensor(reader, fname, m.files))
     report = qrules.finish_report(m.abstract, report, reasons)
     if fmt == "gptq":
       qcfg = qckpt.gptq_config(sink.gptq_tensors, checkpoint_format=sink.gptq_format)
@@ -444,16 +449,27 @@ def dequantize_checkpoint(qdir: str | Path, out: str | Path, *, dtype: Any = Non
   rebuilt as a :class:`~jaxparams.quant.QArray` and dequantized by it (HF Linear
   weights come back as ``dequantize().T``).
 
+  Args:
+    qdir: the quantized folder.
+    out: output folder (atomic).
+    dtype: dtype of the dequantized tensors (a name such as ``'bfloat16'``); default the
+      original one: the jaxparams layout records it per tensor; for GPTQ it is
+      ``config.json`` ``torch_dtype``/``dtype``, else that of the full-precision tensors.
+    overwrite: replace ``out``.
+    max_shard_bytes: output shard size.
+
   Returns:
     ``{'layout', 'tensors', 'dequantized'}``.
 
   Raises:
-    ValueError: not a quantized checkpoint, or a mismatched layout.
+    ValueError: not a quantized checkpoint, a mismatched layout, an unknown dtype.
   """
   qdir, out = Path(qdir), Path(out)
   if not qdir.is_dir():
     raise FileNotFoundError(f"{qdir}: no such folder")
   jio.check_output_dir(out, overwrite)
+  if dtype is not None:
+    dtype = jio.parse_dtype(dtype, what="--dtype") if isinstance(dtype, str) else np.dtype(dtype)
   layout = qckpt.detect_layout(qdir)
   if layout == "plain":
     raise ValueError(f"{qdir}: not a quantized checkpoint (no {qckpt.LAYOUT_FILE} nor "
@@ -473,6 +489,8 @@ def dequantize_checkpoint(qdir: str | Path, out: str | Path, *, dtype: Any = Non
       cfg.pop("quantization_config", None)
       if dtype is not None:
         cfg["torch_dtype"] = str(np.dtype(dtype))
+        if "dtype" in cfg:                        # transformers >= 4.56 name
+          cfg["dtype"] = str(np.dtype(dtype))
       w.write_json("config.json", cfg)
     w.copy_from(qdir)
     w.copy_from(qdir, jio.SENTENCE_TRANSFORMERS_FILES)
