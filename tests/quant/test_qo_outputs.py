@@ -181,3 +181,28 @@ def test_dequantize_gptq_keeps_original_dtype_and_position_ids(tmp_path, capsys)
   assert main(["dequantize", str(tmp_path / "q_gptq"), str(tmp_path / "bf"), "--dtype", "bf16"]) == 0
   w = jio.load_safetensors(tmp_path / "bf")["encoder.layer.0.attention.self.query.weight"]
   assert w.dtype.name == "bfloat16"
+
+
+# ----------------------------------------------------------------------------- CLI flags
+@pytest.mark.parametrize("method,flag", [("hqq", "--symmetric"), ("decoupleq", "--symmetric"),
+                                         ("rtn", "--act-order"), ("hqq", "--act-order"),
+                                         ("awq", "--act-order"), ("nf4", "--act-order")])
+def test_cli_refuses_flags_a_method_does_not_have(tmp_path, capsys, method, flag):
+  from jaxparams.cli.main import main
+  out = tmp_path / "q"
+  assert main(["quantize", str(FIX / "llama_tiny"), str(out), "--method", method, flag,
+               "--no-progress"]) == 2
+  err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+  assert len(err) == 1 and flag in err[0] and method in err[0], err
+  assert not out.exists()
+
+
+def test_cli_flags_apply_where_the_method_has_them():
+  from jaxparams.quant.rule_file import flag_fields
+  from jaxparams.quant.rules import parse_spec
+  for method, kw, field in [("rtn", {"symmetric": True}, "symmetric"),
+                            ("awq", {"symmetric": True}, "symmetric"),
+                            ("gptq", {"act_order": True}, "act_order"),
+                            ("decoupleq", {"act_order": True}, "act_order")]:
+    fields = flag_fields(method, 4, 32, **kw)
+    assert getattr(parse_spec((method, fields))[1], field) is True, method
