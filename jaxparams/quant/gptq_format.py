@@ -229,6 +229,7 @@ def export_gptq(flat: Mapping[str, Any], out_dir: str | Path, *, config: Mapping
       w.write_json("config.json", {**dict(config), "quantization_config": qcfg})
     if copy_from is not None:
       w.copy_from(copy_from)
+      w.copy_from(copy_from, jio.SENTENCE_TRANSFORMERS_FILES)
   return qcfg
 
 

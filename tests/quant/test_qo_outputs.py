@@ -206,3 +206,15 @@ def test_cli_flags_apply_where_the_method_has_them():
                             ("decoupleq", {"act_order": True}, "act_order")]:
     fields = flag_fields(method, 4, 32, **kw)
     assert getattr(parse_spec((method, fields))[1], field) is True, method
+
+
+def test_save_quantized_with_config_is_marked_too(tmp_path):
+  import jax
+  from jaxparams.quant.rtn import RTNConfig, rtn
+  qa = rtn(jax.random.normal(jax.random.key(0), (64, 8)), RTNConfig(bits=4, group_size=32))
+  C.save_quantized({"l.weight": qa}, tmp_path / "q", config={"model_type": "llama"},
+                   methods={"l.weight": "rtn"})
+  qc = json.loads((tmp_path / "q" / "config.json").read_text())["quantization_config"]
+  assert "quant_method" not in qc and qc["format"] == "jaxparams.quant"
+  assert "| rtn | 1 |" in (tmp_path / "q" / "README.md").read_text()
+  assert C.is_quant(C.load_quantized_flat(tmp_path / "q")[0]["l.weight"])
