@@ -11,7 +11,8 @@ otherwise. Output:
   :mod:`jaxparams.quant.checkpoint`) under the HF tensor names, plus the source
   ``config.json``, tokenizer files and ``quant_report.json``;
 * ``--format gptq``: the HF GPTQ layout (``qweight``/``qzeros``/``scales``/``g_idx``,
-  ``quantize_config.json``) for integer methods.
+  ``quantize_config.json``, ``gptq_v2`` when asymmetric) for integer methods, with the
+  sentence-transformers files.
 
 A rules file (YAML) is a list of ``{pattern: GLOB, method: NAME, bits: N, ...}``
 entries (first match wins; ``method: keep``/``full``/``none`` keeps full precision);
@@ -48,9 +49,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
   p.add_argument("--calibration", metavar="TEXT_FILE",
                  help="calibration text, one sample per line (needed by gptq, awq, decoupleq)")
   p.add_argument("--rules", metavar="RULES.yml", help="YAML list of {pattern, method, ...} rules")
-  p.add_argument("--act-order", action="store_true", help="GPTQ: process columns by decreasing "
-                 "Hessian diagonal (desc_act)")
-  p.add_argument("--symmetric", action="store_true", help="symmetric grid (rtn, gptq, awq)")
+  p.add_argument("--act-order", action="store_true", help="gptq, decoupleq: process columns by "
+                 "decreasing Hessian diagonal (desc_act; decoupleq always does); refused for "
+                 "other methods")
+  p.add_argument("--symmetric", action="store_true",
+                 help="symmetric grid (rtn, gptq, awq; refused for other methods)")
   p.add_argument("--format", choices=("jaxparams", "gptq"), default="jaxparams",
                  help="output layout")
   p.add_argument("--max-length", type=int, default=128, help="calibration tokens per sample")

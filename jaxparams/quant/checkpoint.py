@@ -72,6 +72,7 @@ import numpy as np
 
 from jaxparams import io as jio
 from jaxparams import tree as jtree
+from jaxparams.quant import card as qcard
 from jaxparams.quant import packing
 from jaxparams.quant.gptq_format import (_iter_gptq, export_gptq, gptq_config,  # noqa: F401
                                          gptq_encode, gptq_pack, gptq_summary, gptq_unpack,
@@ -217,7 +218,8 @@ def save_quantized(tree: Any, out_dir: str | Path, *, transpose: Mapping[str, bo
     transpose: ``{name: True}`` for quantized tensors whose full-precision form is the
       transpose (HF Linear weights).
     methods: optional ``{name: method}`` recorded in the JSON.
-    config: optional ``config.json`` content.
+    config: optional ``config.json`` content; written with a ``quantization_config``
+      that transformers refuses (:mod:`jaxparams.quant.card`) and a ``README.md`` card.
     copy_from: folder whose tokenizer files (and ``extra_files``) are copied.
     overwrite: replace an existing folder.
     max_shard_bytes: shard size.
@@ -243,8 +245,15 @@ def save_quantized(tree: Any, out_dir: str | Path, *, transpose: Mapping[str, bo
       else:
         w.add(name, np.asarray(jax.device_get(leaf)))
     w.write_json(LAYOUT_FILE, {"format": FORMAT, "version": VERSION, "tensors": entries})
-    if config is not None:
-      w.write_json("config.json", dict(config))
+    if config is not None:   # a quantization_config transformers refuses, and a card
+      w.write_json("config.json", {**dict(config),
+                                   "quantization_config": qcard.quantization_config(VERSION)})
+      counts: dict[str, int] = {}
+      for e in entries.values():
+        counts[e.get("method", "?")] = counts.get(e.get("method", "?"), 0) + 1
+      src = Path(copy_from).resolve().name if copy_from is not None else str(
+          config.get("_name_or_path") or config.get("model_type") or "a model")
+      (w.folder_tmp / "README.md").write_text(qcard.model_card(src, counts))
     for fn, obj in (extra_json or {}).items():
       w.write_json(fn, obj)
     if copy_from is not None:

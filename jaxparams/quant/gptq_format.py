@@ -6,7 +6,9 @@ for 2/4/8 bits identical to the QArray ``codes``), ``<p>.qzeros`` int32
 ``[K/G, N*bits/32]`` (``zero - 1`` packed along N, the v1 convention; ``gptq_v2``
 stores ``zero``), ``<p>.scales`` float16 ``[K/G, N]``, ``<p>.g_idx`` int32 ``[K]``;
 ``quantize_config.json`` (and ``config.json['quantization_config']``) hold ``bits``,
-``group_size``, ``desc_act``, ``sym``, ``quant_method: "gptq"``, ``checkpoint_format``.
+``group_size``, ``desc_act``, ``sym``, ``quant_method: "gptq"``, ``checkpoint_format``
+(v1 ``"gptq"`` when every tensor is symmetric; ``"gptq_v2"`` otherwise, since v1 cannot
+hold a zero point of 0), ``block_name_to_quantize`` and ``modules_in_block_to_quantize``.
 Per tensor: :func:`gptq_encode` / :func:`gptq_summary` (the streaming writer uses them);
 whole folders: :func:`export_gptq` / :func:`import_gptq`.
 
@@ -19,8 +21,9 @@ Example:
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -32,7 +35,9 @@ from jaxparams.quant.qarray import QArray
 from jaxparams.quant.qformat import GPTQ_CONFIG_FILE, LAYOUT_FILE, config_quant, is_quant
 
 __all__ = ["gptq_pack", "gptq_unpack", "gptq_encode", "gptq_summary", "gptq_config",
-           "export_gptq", "import_gptq"]
+           "export_gptq", "import_gptq", "block_names", "checkpoint_format_for"]
+
+_BLOCK = re.compile(r"^(.+?)\.\d+\.(.+)\.weight$")
 
 
 def gptq_pack(q: np.ndarray, bits: int, axis: int = 0) -> np.ndarray:
@@ -90,8 +95,14 @@ def gptq_encode(name: str, qa: Any, *, checkpoint_format: str = "gptq",
   if (n * b) % 32:
     raise ValueError(f"export_gptq: {name!r}: N={n} at {b} bits does not fill int32 words")
   z = zero.astype(np.int64)
+  if checkpoint_format not in ("gptq", "gptq_v2"):
+    raise ValueError(f"checkpoint_format must be 'gptq' or 'gptq_v2', got {checkpoint_format!r}")
   if checkpoint_format == "gptq":
-    z = (z - 1) & maxq
+    if z.min() < 1:     # v1 stores z - 1: z = 0 would be -1, read back as 2**bits (overflow)
+      raise ValueError(f"export_gptq: {name!r} has zero points of 0 (asymmetric groups with "
+                       "min >= 0), which the v1 'gptq' checkpoint format cannot hold (it stores "
+                       "zero - 1); write checkpoint_format='gptq_v2'")
+    z = z - 1
   return {prefix + ".qweight": gptq_pack(q, b, axis=0), prefix + ".qzeros": gptq_pack(z, b, axis=1),
           prefix + ".scales": np.asarray(qa.scale).astype(scale_dtype), prefix + ".g_idx": g_idx}
 
@@ -114,9 +125,45 @@ def gptq_summary(name: str, qa: Any) -> dict[str, Any]:
           "sym": bool(np.all(_gptq_zero(qa) == 2 ** (qa.bits - 1))), "desc_act": bool(desc)}
 
 
+def block_names(names: Sequence[str]) -> dict[str, Any]:
+  """``block_name_to_quantize`` and ``modules_in_block_to_quantize`` of quantized HF weights.
+
+  Loaders (optimum/transformers) replace every Linear under ``block_name_to_quantize``
+  (guessed from a fixed list that misses BERT's ``encoder.layer`` when absent), or only
+  those whose names end with an entry of ``modules_in_block_to_quantize``.
+  Returns ``{}`` when the names are not all inside one stack of numbered blocks
+  (``<blocks>.<i>.<module>.weight``), which GPTQ loaders cannot describe.
+
+  Example:
+    >>> block_names(['encoder.layer.0.attention.self.query.weight',
+    ...              'encoder.layer.1.attention.self.query.weight', 'encoder.layer.0.output.dense.weight'])
+    {'block_name_to_quantize': 'encoder.layer', 'modules_in_block_to_quantize': [['attention.self.query', 'output.dense']]}
+  """
+  blocks, mods = [], []
+  for nm in names:
+    m = _BLOCK.match(nm)
+    if m is None:
+      return {}
+    if m.group(1) not in blocks:
+      blocks.append(m.group(1))
+    if m.group(2) not in mods:
+      mods.append(m.group(2))
+  if len(blocks) != 1:
+    return {}
+  return {"block_name_to_quantize": blocks[0], "modules_in_block_to_quantize": [sorted(mods)]}
+
+
+def checkpoint_format_for(summaries: Mapping[str, Mapping[str, Any]]) -> str:
+  """``'gptq'`` (v1) when every tensor is symmetric, else ``'gptq_v2'`` (zeros stored as is)."""
+  return "gptq" if all(s["sym"] for s in summaries.values()) else "gptq_v2"
+
+
 def gptq_config(summaries: Mapping[str, Mapping[str, Any]], *, checkpoint_format: str = "gptq",
                 true_sequential: bool = True, damp_percent: float = 0.01) -> dict[str, Any]:
   """The ``quantize_config`` of a GPTQ checkpoint from :func:`gptq_summary` of every tensor.
+
+  Besides the quantization fields it names the blocks (:func:`block_names`) and writes
+  the format under both its names (``checkpoint_format``, and ``format`` for newer readers).
 
   Raises:
     ValueError: no quantized tensor, mixed bits or group sizes, non-int kinds.
@@ -137,12 +184,13 @@ def gptq_config(summaries: Mapping[str, Mapping[str, Any]], *, checkpoint_format
           "sym": all(s["sym"] for s in summaries.values()),
           "true_sequential": true_sequential, "damp_percent": damp_percent,
           "static_groups": False, "checkpoint_format": checkpoint_format,
-          "quant_method": "gptq", "pack_dtype": "int32"}
+          "format": checkpoint_format, "quant_method": "gptq", "pack_dtype": "int32",
+          **block_names(list(summaries))}
 
 
 def export_gptq(flat: Mapping[str, Any], out_dir: str | Path, *, config: Mapping[str, Any] | None
                 = None, copy_from: str | Path | None = None, scale_dtype: Any = np.float16,
-                checkpoint_format: str = "gptq", true_sequential: bool = True,
+                checkpoint_format: str | None = None, true_sequential: bool = True,
                 damp_percent: float = 0.01, overwrite: bool = False) -> dict[str, Any]:
   """Writes an HF GPTQ checkpoint from ``{hf_name: QArray | array}``.
 
@@ -157,10 +205,13 @@ def export_gptq(flat: Mapping[str, Any], out_dir: str | Path, *, config: Mapping
     ValueError: mixed bits/group sizes, non-int kinds, fractional zeros, bad names, 3-bit
       tensors whose K or N is not a multiple of 32.
   """
-  if checkpoint_format not in ("gptq", "gptq_v2"):
+  if checkpoint_format not in (None, "gptq", "gptq_v2"):
     raise ValueError(f"checkpoint_format must be 'gptq' or 'gptq_v2', got {checkpoint_format!r}")
   qs = {n: v for n, v in flat.items() if is_quant(v)}
-  qcfg = gptq_config({n: gptq_summary(n, v) for n, v in qs.items()},
+  summaries = {n: gptq_summary(n, v) for n, v in qs.items()}
+  if checkpoint_format is None:
+    checkpoint_format = checkpoint_format_for(summaries) if summaries else "gptq"
+  qcfg = gptq_config(summaries,
                      checkpoint_format=checkpoint_format, true_sequential=true_sequential,
                      damp_percent=damp_percent)
   tensors: dict[str, np.ndarray] = {}
@@ -178,6 +229,7 @@ def export_gptq(flat: Mapping[str, Any], out_dir: str | Path, *, config: Mapping
       w.write_json("config.json", {**dict(config), "quantization_config": qcfg})
     if copy_from is not None:
       w.copy_from(copy_from)
+      w.copy_from(copy_from, jio.SENTENCE_TRANSFORMERS_FILES)
   return qcfg
 
 
@@ -215,23 +267,33 @@ def _gptq_config_of(folder: Path) -> dict[str, Any]:
   b = int(qcfg.get("bits", -1))
   if b not in (2, 3, 4, 8):
     raise ValueError(f"{folder}: GPTQ bits={qcfg.get('bits')!r} unsupported; supported 2, 3, 4, 8")
-  fmt = qcfg.get("checkpoint_format", "gptq")
+  fmt = qcfg.get("checkpoint_format") or qcfg.get("format") or "gptq"
   if fmt not in ("gptq", "gptq_v2"):
     raise ValueError(f"{folder}: checkpoint_format {fmt!r} unsupported; supported 'gptq', "
                      "'gptq_v2'")
   return qcfg
 
 
+def _float_dtype(reader: Any, names: list[str]) -> str:
+  """The most common floating dtype of the full-precision tensors (float16 if none)."""
+  count: dict[str, int] = {}
+  for nm in names:
+    dt = reader.spec(nm).dtype
+    dt = jio.to_numpy_dtype(dt) if isinstance(dt, str) else np.dtype(dt)
+    if jnp.issubdtype(dt, jnp.floating):
+      count[str(dt)] = count.get(str(dt), 0) + 1
+  return max(count, key=count.get) if count else "float16"
+
+
 def _iter_gptq(folder: Path, *, dtype: str | None = None, copy: bool = False):
   """Yields ``(name, QArray | array, {'transpose': True} | {})`` of an HF GPTQ folder."""
   qcfg = _gptq_config_of(folder)
   b = int(qcfg["bits"])
-  fmt = qcfg.get("checkpoint_format", "gptq")
-  maxq = 2 ** b - 1
+  fmt = qcfg.get("checkpoint_format") or qcfg.get("format") or "gptq"
   with jio.open_checkpoint(folder) as reader:
     names = reader.names()
     present = set(names)
-    cfg_dtype = dtype or (reader.config() or {}).get("torch_dtype") or "float16"
+    cfg = reader.config() or {}
     prefixes = [n[: -len(".qweight")] for n in names if n.endswith(".qweight")]
     if not prefixes:
       raise ValueError(f"{folder}: GPTQ config present but no '*.qweight' tensor")
@@ -243,6 +305,8 @@ def _iter_gptq(folder: Path, *, dtype: str | None = None, copy: bool = False):
           raise ValueError(f"{folder}: GPTQ tensor {p!r} lacks {nm}")
         if nm in present:
           owned.add(nm)
+    cfg_dtype = dtype or cfg.get("torch_dtype") or cfg.get("dtype") or _float_dtype(
+        reader, [nm for nm in names if nm not in owned])
     for p in prefixes:
       parts = {part: np.array(reader.read(f"{p}.{part}")) for part in
                ("qweight", "qzeros", "scales", "g_idx") if f"{p}.{part}" in present}
@@ -269,7 +333,7 @@ def _iter_gptq(folder: Path, *, dtype: str | None = None, copy: bool = False):
       q = gptq_unpack(qweight, b, k, axis=0)
       z = gptq_unpack(qzeros, b, n, axis=1).astype(np.int64)
       if fmt == "gptq":
-        z = (z + 1) & maxq
+        z = z + 1         # as the v1 readers do (no wrap: a stored 15 at 4 bit means 16)
       plain = np.arange(k, dtype=np.int32) // g
       keep_gidx = g_idx is not None and not np.array_equal(g_idx.astype(np.int32), plain)
       if keep_gidx and (g_idx.min() < 0 or g_idx.max() >= ng):

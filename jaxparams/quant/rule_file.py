@@ -15,10 +15,15 @@ Example:
   True
   >>> flag_fields('fp8', 8, -1)
   {'group_size': None}
+  >>> flag_fields('hqq', 4, 64, symmetric=True)
+  Traceback (most recent call last):
+  ...
+  ValueError: --symmetric does not apply to --method hqq; methods that take it: awq, gptq, rtn
 """
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -37,11 +42,24 @@ def flag_fields(method: str, bits: int, group_size: int, *, act_order: bool = Fa
                 symmetric: bool = False) -> dict[str, Any]:
   """The config fields the command-line flags mean for ``method``.
 
+  ``--symmetric`` and ``--act-order`` apply to the methods whose config has that field
+  (``symmetric``: rtn, gptq, awq; ``act_order``: gptq, decoupleq) and are refused for
+  the others, rather than ignored.
+
   Raises:
-    ValueError: a width the method does not have (nf4 is 4-bit, fp8 8-bit), or an
-      unknown method (listing the valid ones).
+    ValueError: a width the method does not have (nf4 is 4-bit, fp8 8-bit), a flag the
+      method does not have, or an unknown method (listing the valid ones).
   """
-  qmethods.get_quantizer(method)
+  q = qmethods.get_quantizer(method)
+  has = {f.name for f in dataclasses.fields(q.config_cls)}
+  for flag, field, on in (("--symmetric", "symmetric", symmetric),
+                          ("--act-order", "act_order", act_order)):
+    if on and field not in has:
+      takes = sorted(m for m in method_names()
+                     if field in {f.name for f in
+                                  dataclasses.fields(qmethods.get_quantizer(m).config_cls)})
+      raise ValueError(f"{flag} does not apply to --method {method}; methods that take it: "
+                       f"{', '.join(takes)}")
   group = None if group_size in (-1, 0) else group_size
   if method == "nf4":
     if bits != 4:
@@ -54,7 +72,9 @@ def flag_fields(method: str, bits: int, group_size: int, *, act_order: bool = Fa
   fields: dict[str, Any] = {"bits": bits, "group_size": group}
   if method == "gptq":
     fields["act_order"] = act_order
-  if method in ("rtn", "gptq", "awq") and symmetric:
+  elif act_order:
+    fields["act_order"] = True
+  if symmetric:
     fields["symmetric"] = True
   return fields
 

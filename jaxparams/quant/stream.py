@@ -27,8 +27,8 @@ Example:
   >>> src = Path(jq.__file__).parents[2] / 'tests/fixtures/llama_tiny'
   >>> out = os.path.join(tempfile.mkdtemp(), 'q')
   >>> rep = quantize_checkpoint(src, out, [('**', ('rtn', {'bits': 4, 'group_size': 32}))])
-  >>> rep.num_quantized, sorted(os.listdir(out))[:2]
-  (14, ['config.json', 'jaxparams_quant.json'])
+  >>> rep.num_quantized, sorted(os.listdir(out))[:3]
+  (14, ['README.md', 'config.json', 'jaxparams_quant.json'])
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ from jaxparams import io as jio
 from jaxparams import tree as jtree
 from jaxparams.calib.capture import as_call, check_batches, linear_order, stats_runner
 from jaxparams.calib.corpus import text_batches
+from jaxparams.quant import card as qcard
 from jaxparams.quant import checkpoint as qckpt
 from jaxparams.quant import rules as qrules
 from jaxparams.transform.prefetch import read_tensor
@@ -70,6 +71,7 @@ class _Model:
   src_names: dict[str, str]              # hf name -> name in the files
   abstract: dict[str, jax.ShapeDtypeStruct]
   files: dict = dataclasses.field(default_factory=dict)
+  extra: dict[str, str] = dataclasses.field(default_factory=dict)  # unmapped: name -> in files
 
   def read_hf(self, hf: str) -> np.ndarray:
     """One tensor as stored, into a fresh buffer (pread, not mmap: freed pages leave RSS)."""
@@ -121,8 +123,10 @@ def _open_model(src: Path, reader: Any) -> _Model:
                                           if isinstance(spec.dtype, str) else spec.dtype)
   order = list(jtree.flatten(jtree.unflatten({p: 0 for p in abstract})))
   abstract = {p: abstract[p] for p in order}
+  used = {hf for hf, _ in nmap.values()}
+  extra = {n: f for n, f in by_norm.items() if n not in used}   # buffers such as position_ids
   return _Model(reader, module, config, nmap, {hf: by_norm[hf] for hf, _ in nmap.values()},
-                abstract)
+                abstract, extra=extra)
 
 
 # ----------------------------------------------------------------------------- blocks
@@ -193,6 +197,7 @@ class _Out:
     self.w, self.fmt, self.m = writer, fmt, m
     self.entries: dict[str, dict] = {}
     self.gptq_tensors: dict[str, Any] = {}
+    self.gptq_format = "gptq"
 
   def add(self, path: str, leaf: Any, method: str | None) -> None:
     hf, tr = self.m.nmap[path]
@@ -203,7 +208,7 @@ class _Out:
       raise ValueError(f"{path}: quantized tensor {hf!r} is not a Linear weight; keep it in full "
                        "precision")
     if self.fmt == "gptq":
-      for name, arr in qckpt.gptq_encode(hf, leaf).items():
+      for name, arr in qckpt.gptq_encode(hf, leaf, checkpoint_format=self.gptq_format).items():
         self.w.add(name, arr)
       self.gptq_tensors[hf] = qckpt.gptq_summary(hf, leaf)
       return
@@ -293,6 +298,8 @@ def _quantize(src: Path, out: Path, m: _Model, rules: Any, *, calibration, fmt, 
   with jio.SafetensorsWriter(out, overwrite=overwrite, max_shard_bytes=max_shard_bytes,
                              **kw) as w:
     sink = _Out(w, fmt, m)
+    # v1 'gptq' stores zero - 1, so a zero point of 0 (asymmetric groups) cannot be written
+    sink.gptq_format = _gptq_format(plan)
     counter = {"i": 0}
 
     def quantize(path, w_, stats=None):
@@ -313,24 +320,48 @@ def _quantize(src: Path, out: Path, m: _Model, rules: Any, *, calibration, fmt, 
         w_ = jnp.asarray(m.read(path))
         sink.add(path, quantize(path, w_), plan[path][0])
         del w_
+    for name, fname in m.extra.items():     # tensors the model does not use, kept as they are
+      w.add(name, read_tensor(reader, fname, m.files))
     report = qrules.finish_report(m.abstract, report, reasons)
     if fmt == "gptq":
-      qcfg = qckpt.gptq_config(sink.gptq_tensors)
+      qcfg = qckpt.gptq_config(sink.gptq_tensors, checkpoint_format=sink.gptq_format)
+      if "block_name_to_quantize" not in qcfg:
+        raise ValueError(f"--format gptq: the quantized tensors {sorted(sink.gptq_tensors)[:4]} "
+                         "are not all Linear weights of one stack of numbered blocks, which GPTQ "
+                         "loaders require; keep the others in full precision")
       w.write_json(qckpt.GPTQ_CONFIG_FILE, qcfg)
       w.write_json("config.json", {**src_cfg, "quantization_config": qcfg})
       w.copy_from(src)
+      w.copy_from(src, jio.SENTENCE_TRANSFORMERS_FILES)
     else:
       order = [m.nmap[p][0] for p in m.abstract]
       entries = {hf: sink.entries[hf] for hf in order if hf in sink.entries}
       w.write_json(qckpt.LAYOUT_FILE, {"format": qckpt.FORMAT, "version": qckpt.VERSION,
                                        "tensors": entries})
-      w.write_json("config.json", src_cfg)
+      w.write_json("config.json", {**src_cfg,
+                                   "quantization_config": qcard.quantization_config(qckpt.VERSION)})
       w.write_json("quant_report.json", report.to_dict())
       w.copy_from(src)
-      for fn in ST_FILES:
-        if (src / fn).is_file():
-          w.copy_from(src, [fn])
+      w.copy_from(src, jio.SENTENCE_TRANSFORMERS_FILES)
+      (w.folder_tmp / "README.md").write_text(_card(src, report))
   return report
+
+
+def _gptq_format(plan: Mapping[str, Any]) -> str:
+  """``'gptq'`` (v1) when every planned quantizer is symmetric, else ``'gptq_v2'``."""
+  specs = [s for s in plan.values() if s is not None]
+  return "gptq" if all(getattr(s[1], "symmetric", False) for s in specs) else "gptq_v2"
+
+
+def _card(src: Path, report: qrules.QuantReport) -> str:
+  methods: dict[str, int] = {}
+  bits: dict[str, Any] = {}
+  for e in report.quantized():
+    methods[e.method] = methods.get(e.method, 0) + 1
+    bits.setdefault(e.method, set()).add(e.bits)
+  return qcard.model_card(src.resolve().name, methods,
+                          bits={m: ", ".join(str(b) for b in sorted(v, key=str))
+                                for m, v in bits.items()})
 
 
 def _calibrated_blocks(m: _Model, plan: Mapping[str, Any], batches: list, sink: _Out,
@@ -418,16 +449,27 @@ def dequantize_checkpoint(qdir: str | Path, out: str | Path, *, dtype: Any = Non
   rebuilt as a :class:`~jaxparams.quant.QArray` and dequantized by it (HF Linear
   weights come back as ``dequantize().T``).
 
+  Args:
+    qdir: the quantized folder.
+    out: output folder (atomic).
+    dtype: dtype of the dequantized tensors (a name such as ``'bfloat16'``); default the
+      original one: the jaxparams layout records it per tensor; for GPTQ it is
+      ``config.json`` ``torch_dtype``/``dtype``, else that of the full-precision tensors.
+    overwrite: replace ``out``.
+    max_shard_bytes: output shard size.
+
   Returns:
     ``{'layout', 'tensors', 'dequantized'}``.
 
   Raises:
-    ValueError: not a quantized checkpoint, or a mismatched layout.
+    ValueError: not a quantized checkpoint, a mismatched layout, an unknown dtype.
   """
   qdir, out = Path(qdir), Path(out)
   if not qdir.is_dir():
     raise FileNotFoundError(f"{qdir}: no such folder")
   jio.check_output_dir(out, overwrite)
+  if dtype is not None:
+    dtype = jio.parse_dtype(dtype, what="--dtype") if isinstance(dtype, str) else np.dtype(dtype)
   layout = qckpt.detect_layout(qdir)
   if layout == "plain":
     raise ValueError(f"{qdir}: not a quantized checkpoint (no {qckpt.LAYOUT_FILE} nor "
@@ -447,7 +489,12 @@ def dequantize_checkpoint(qdir: str | Path, out: str | Path, *, dtype: Any = Non
       cfg.pop("quantization_config", None)
       if dtype is not None:
         cfg["torch_dtype"] = str(np.dtype(dtype))
+        if "dtype" in cfg:                        # transformers >= 4.56 name
+          cfg["dtype"] = str(np.dtype(dtype))
       w.write_json("config.json", cfg)
     w.copy_from(qdir)
-    w.copy_from(qdir, ST_FILES)
+    w.copy_from(qdir, jio.SENTENCE_TRANSFORMERS_FILES)
+    card = qdir / "README.md"        # the source's card, not ours (it says "quantized")
+    if card.is_file() and not qcard.is_jaxparams_card(card.read_text(errors="replace")):
+      w.copy_from(qdir, ["README.md"])
   return {"layout": layout, "tensors": n, "dequantized": n_q}
