@@ -54,6 +54,7 @@ for m, r in table.items():
 # %%
 _, lam, hist = learned.cmaes_search(suite.pretrained, suite.experts, ds.val_loss(suite),
                                     population=12, generations=20, seed=0)
+plt.figure(figsize=(5, 3.5))
 plt.plot(np.asarray(hist))
 plt.xlabel("generation"); plt.ylabel("best summed validation CE"); plt.title("CMA-ES (evosax)")
 plt.show()
@@ -76,6 +77,7 @@ pred = np.asarray(learned.predict_surrogate(sur, grid))
 fe, fs = np.asarray(learned.pareto_mask(exact)), np.asarray(learned.pareto_mask(pred))
 print(f"surrogate MAE {np.abs(pred - exact).mean():.4f}, hypervolume exact "
       f"{learned.hypervolume_2d(exact[fe]):.4f}, at surrogate front {learned.hypervolume_2d(exact[fs]):.4f}")
+plt.figure(figsize=(5, 4))
 plt.scatter(exact[:, 0], exact[:, 1], s=4, c="0.8", label="grid merges")
 plt.scatter(exact[fe, 0], exact[fe, 1], s=12, label="exact front")
 plt.scatter(exact[fs, 0], exact[fs, 1], s=12, marker="x", label="surrogate front (true acc.)")

@@ -33,7 +33,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def plain(text: object) -> str:
-  """Text shown literally: non-printable characters (escape sequences, bells) escaped.
+  r"""Text shown literally: non-printable characters (escape sequences, bells) escaped.
 
   Rows are written as plain text, never through rich markup, so ``[/]`` or
   ``[link=...]`` in a name is shown as is.
