@@ -82,3 +82,10 @@ def test_python_snippets_run(tmp_path, monkeypatch):
   dense = namespace["jp"].models.Llama(namespace["llama_config"]).apply(
       {"params": namespace["llama_params"]}, namespace["ids"])
   assert bool(jnp.allclose(namespace["logits"], dense, atol=1e-5))  # upcycling kept the function
+
+
+def test_architecture_list_is_the_family_registry():
+  import jaxparams as jp
+  line = re.search(r"^Architectures: (.*)$", _section("Architectures"), re.M)
+  assert line, "README's '## Architectures' needs an 'Architectures: ...' line"
+  assert line.group(1).strip() == ", ".join(jp.models.families())
