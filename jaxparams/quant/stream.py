@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import re
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -52,6 +53,8 @@ from jaxparams.quant import card as qcard
 from jaxparams.quant import checkpoint as qckpt
 from jaxparams.quant import rules as qrules
 from jaxparams.transform.prefetch import read_tensor
+
+log = logging.getLogger(__name__)
 
 __all__ = ["quantize_checkpoint", "dequantize_checkpoint", "ST_FILES"]
 
@@ -290,6 +293,8 @@ def _quantize(src: Path, out: Path, m: _Model, rules: Any, *, calibration, fmt, 
     raise ValueError(f"method(s) {sorted({plan[p][0] for p in calibrated})} need calibration: "
                      "pass calibration= texts or batches (CLI: --calibration TEXT_FILE)")
   todo = [p for p, s in plan.items() if s is not None]
+  log.info("quantizing %s -> %s: %d of %d tensors (%d calibrated, %d calibration batches), "
+           "format %s", src, out, len(todo), len(plan), len(calibrated), len(batches or ()), fmt)
   report = qrules.QuantReport()
   src_cfg = dict(reader.config())
   meta = ({"format": "pt", "jaxparams_quant_version": str(qckpt.VERSION)}
@@ -344,6 +349,7 @@ def _quantize(src: Path, out: Path, m: _Model, rules: Any, *, calibration, fmt, 
       w.copy_from(src)
       w.copy_from(src, jio.SENTENCE_TRANSFORMERS_FILES)
       (w.folder_tmp / "README.md").write_text(_card(src, report))
+  log.info("wrote %s", out)
   return report
 
 
@@ -369,6 +375,7 @@ def _calibrated_blocks(m: _Model, plan: Mapping[str, Any], batches: list, sink: 
   """Quantizes the transformer blocks sequentially; returns the flax paths written."""
   order, blocks = _top_level_calls(m, batches[0])
   block_names = [n for n in order if n in blocks]
+  log.info("calibrated quantization block by block: %s", ", ".join(block_names))
   linears = linear_order(m.module, jtree.unflatten(dict(m.abstract)), batches[0])
   calibrated = [p for p, s in plan.items() if s is not None and qrules.is_calibrated(s[0])]
   outside = [p for p in calibrated if p.split("/", 1)[0] not in blocks]
@@ -475,6 +482,7 @@ def dequantize_checkpoint(qdir: str | Path, out: str | Path, *, dtype: Any = Non
     raise ValueError(f"{qdir}: not a quantized checkpoint (no {qckpt.LAYOUT_FILE} nor "
                      f"{qckpt.GPTQ_CONFIG_FILE})")
   n = n_q = 0
+  log.info("dequantizing %s -> %s", qdir, out)
   with jio.SafetensorsWriter(out, overwrite=overwrite, max_shard_bytes=max_shard_bytes) as w:
     for name, leaf, meta in qckpt.iter_quantized(qdir):
       if qckpt.is_quant(leaf):
