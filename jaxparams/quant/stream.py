@@ -52,6 +52,7 @@ from jaxparams.calib.corpus import text_batches
 from jaxparams.quant import card as qcard
 from jaxparams.quant import checkpoint as qckpt
 from jaxparams.quant import rules as qrules
+from jaxparams.models.config_check import check_hf_config
 from jaxparams.transform.prefetch import read_tensor
 
 log = logging.getLogger(__name__)
@@ -102,6 +103,9 @@ def _open_model(src: Path, reader: Any) -> _Model:
     raise ValueError(f"{src}: config.json model_type {cfg.get('model_type')!r} is not supported; "
                      f"supported: {sorted(mhf.ARCHITECTURES)}")
   by_norm = {arch.normalize(n): n for n in reader.names()}
+  # The config against the headers first (as from_hf): nothing below may grow with a hostile one.
+  where = str((src if src.is_dir() else src.parent) / "config.json")
+  check_hf_config(cfg, arch, {n: reader.spec(n).shape for n in reader.names()}, where)
   overrides = {}
   if cfg.get("model_type") == "bert":
     overrides["add_pooling_layer"] = "pooler.dense.weight" in by_norm
