@@ -156,11 +156,60 @@ def _expected_shapes(m: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
           "qg_idx": (k,), "qinput_scale": (k,)}
 
 
-def _decode(name: str, m: Mapping[str, Any], parts: Mapping[str, np.ndarray], where: str) -> Any:
-  """Rebuilds a QArray from its stored parts, checking every shape against the metadata."""
+def _is_int(v: Any) -> bool:
+  return isinstance(v, int) and not isinstance(v, bool)
+
+
+def check_entry(name: str, m: Any, where: str) -> None:
+  """Validates the types and ranges of one tensor entry of the layout JSON (a tampered or
+  hand-edited file gives this ``ValueError``, naming the file, tensor and field).
+
+  Example:
+    >>> check_entry('w', {'shape': [4, 2], 'bits': 4, 'group_size': 2, 'kind': 'int',
+    ...                   'dtype': 'float32'}, 'q')
+    >>> check_entry('w', {'shape': [4, None], 'bits': 4, 'group_size': 2, 'kind': 'int',
+    ...                   'dtype': 'float32'}, 'q')
+    Traceback (most recent call last):
+    ...
+    ValueError: q/jaxparams_quant.json: tensor 'w': 'shape' must be two positive integers, got [4, None]
+  """
+  at = f"{where}/{LAYOUT_FILE}: tensor {name!r}"
+  if not isinstance(m, Mapping):
+    raise ValueError(f"{at}: entry must be a JSON object, got {type(m).__name__}")
   for key in ("shape", "bits", "group_size", "kind", "dtype"):
     if key not in m:
-      raise ValueError(f"{where}: entry {name!r} of {LAYOUT_FILE} lacks {key!r}")
+      raise ValueError(f"{at}: lacks {key!r}")
+  shape = m["shape"]
+  if not (isinstance(shape, list) and len(shape) == 2 and all(_is_int(v) and 0 < v < 2**40
+                                                               for v in shape)):
+    raise ValueError(f"{at}: 'shape' must be two positive integers, got {shape!r:.60}")
+  if not (_is_int(m["bits"]) and m["bits"] in (2, 3, 4, 8)):
+    raise ValueError(f"{at}: 'bits' must be 2, 3, 4 or 8, got {m['bits']!r:.40}")
+  if not (_is_int(m["group_size"]) and 0 < m["group_size"] < 2**40):
+    raise ValueError(f"{at}: 'group_size' must be a positive integer, got {m['group_size']!r:.40}")
+  if not isinstance(m["kind"], str):
+    raise ValueError(f"{at}: 'kind' must be a string, got {m['kind']!r:.40}")
+  try:
+    np.dtype(m["dtype"]) if isinstance(m["dtype"], str) and m["dtype"] != "bfloat16" else None
+  except TypeError:
+    raise ValueError(f"{at}: 'dtype' {m['dtype']!r:.40} is not a dtype name") from None
+  if not isinstance(m["dtype"], str):
+    raise ValueError(f"{at}: 'dtype' must be a dtype name, got {m['dtype']!r:.40}")
+  for key in ("transpose", "input_scale"):
+    if key in m and not isinstance(m[key], bool):
+      raise ValueError(f"{at}: {key!r} must be true or false, got {m[key]!r:.40}")
+  if "orig_shape" in m and not (isinstance(m["orig_shape"], list) and
+                                all(_is_int(v) and v >= 0 for v in m["orig_shape"]) and
+                                int(np.prod(m["orig_shape"], dtype=np.int64)) == shape[0] * shape[1]):
+    raise ValueError(f"{at}: 'orig_shape' {m['orig_shape']!r:.60} does not hold {shape[0]} x "
+                     f"{shape[1]} values")
+  if "awq_ratio" in m and not isinstance(m["awq_ratio"], (int, float)):
+    raise ValueError(f"{at}: 'awq_ratio' must be a number, got {m['awq_ratio']!r:.40}")
+
+
+def _decode(name: str, m: Mapping[str, Any], parts: Mapping[str, np.ndarray], where: str) -> Any:
+  """Rebuilds a QArray from its stored parts, checking every shape against the metadata."""
+  check_entry(name, m, where)
   kind = m["kind"]
   if kind not in ("int", "nf4", *_FP8):
     raise ValueError(f"{where}: tensor {name!r} has unknown kind {kind!r}")
@@ -275,10 +324,12 @@ def _read_layout(folder: Path) -> dict[str, Any]:
     layout = json.loads(f.read_text())
   except ValueError as e:
     raise ValueError(f"{f}: not valid JSON ({e})") from None
+  if not isinstance(layout, dict):
+    raise ValueError(f"{f}: must be a JSON object")
   if layout.get("format") != FORMAT or not isinstance(layout.get("tensors"), dict):
     raise ValueError(f"{f}: expected format {FORMAT!r} with a 'tensors' dict, got "
                      f"format={layout.get('format')!r}")
-  if int(layout.get("version", -1)) != VERSION:
+  if not _is_int(layout.get("version")) or layout.get("version") != VERSION:
     raise ValueError(f"{f}: layout version {layout.get('version')!r} is not supported "
                      f"(supported: {VERSION})")
   return layout
