@@ -7,3 +7,20 @@ _flags = os.environ.get("XLA_FLAGS", "")
 if "xla_force_host_platform_device_count" not in _flags:
   os.environ["XLA_FLAGS"] = (_flags + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# The merge CLI turns jax's persistent compilation cache on by default (~/.cache/jaxparams/xla).
+# In the test process that would leak into every later test, and reading executables that other
+# processes (other XLA flags, the multi-process tests) wrote can crash XLA: keep it off here.
+os.environ["JAXPARAMS_COMPILE_CACHE"] = "none"
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _no_persistent_compile_cache():
+  """A test that turns the cache on (e.g. ``--compile-cache DIR``) turns it off again after."""
+  yield
+  import jax  # pylint: disable=import-outside-toplevel
+  if jax.config.jax_compilation_cache_dir is not None:
+    jax.config.update("jax_compilation_cache_dir", None)
+    from jax._src import compilation_cache  # pylint: disable=import-outside-toplevel
+    compilation_cache.reset_cache()
