@@ -24,3 +24,18 @@ def _no_persistent_compile_cache():
     jax.config.update("jax_compilation_cache_dir", None)
     from jax._src import compilation_cache  # pylint: disable=import-outside-toplevel
     compilation_cache.reset_cache()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_executables():
+  """Drop jax's compiled executables after each test module.
+
+  Every XLA:CPU executable holds its own memory mappings. Kept alive by jit caches across the
+  ~1,300 tests of one serial run, they pass the kernel's ``vm.max_map_count`` (65,530 by
+  default) and the next compile segfaults inside LLVM. Clearing per module bounds the count.
+  """
+  yield
+  import gc  # pylint: disable=import-outside-toplevel
+  import jax  # pylint: disable=import-outside-toplevel
+  jax.clear_caches()
+  gc.collect()
