@@ -25,12 +25,29 @@ Design (simple and correct first, not tuned):
   rows are loaded as WGMMA row-broadcast vectors and selected per word row with an
   iota mask (no cross-thread shuffles); when ``G >= tile_k`` one row is broadcast.
 
-Limitations: bf16/f16 activations (f32 -> XLA path); 4 or 8 bits; ``G`` must be
-a multiple of ``P`` and divide or be divided by ``tile_k``; ``N`` a multiple of
-``tile_n`` (64). :func:`plan_tiles` raises ``ValueError`` otherwise and
-:mod:`.api` falls back to XLA. Each M tile re-dequantizes the weights, so large
-batches (M > tile_m) are slower than a bf16 dot; no warp specialisation, no
-split-K, no Marlin-style pre-shuffled weights yet.
+Edges (any K, N and M of a real model run here, nothing is copied per call but ``x``):
+
+* M is padded to ``tile_m`` and K to ``tile_k`` with zero columns of ``x`` (activations only:
+  ``M x K`` elements, small next to the weights).
+* The weights are not copied: the last K step and the last N tile read past the ends of
+  ``codes``/``scale``/``zero``, and TMA fills those out-of-bounds elements with zeros
+  (``OOBFillMode.ZEROS``, Pallas' default). A zero scale and zero makes those weights exactly 0,
+  and the matching ``x`` columns are 0 too. The output is allocated ``[N_pad, M_pad]`` and
+  sliced. Exception: TMA needs every row stride to be a multiple of 16 bytes, so for
+  ``N % 4 != 0`` (e.g. BERT's 30522-word vocabulary) the weights are padded with zeros
+  in the wrapper (one copy per call). :func:`pad_operands` is that padded computation; the
+  interpreter (which has no TMA) always runs it.
+* Groups: when ``G`` neither divides nor is a multiple of ``tile_k`` (per-channel ``G = K`` for
+  ``K = 384``, ``11008``, ...), the scale/zero rows are repeated to the finer group
+  ``gcd(G, tile_k)`` (exact: the same weights; scales are ``K / G`` rows, cheap to repeat).
+
+What remains on the XLA path (:func:`plan_tiles` raises, :mod:`.api` falls back): f32
+activations, bits other than 4 and 8, and ``G`` not a multiple of ``P`` (the ``P`` codes of a
+word would straddle two groups; no real checkpoint does this). ``G`` not dividing ``K`` is not a
+kernel limit: the packed layout itself (``scale`` has ``K // G`` rows) cannot express it, so
+every implementation rejects it. Each M tile re-dequantizes the weights, so large batches
+(M > tile_m) are slower than a bf16 dot; no warp specialisation, no split-K, no Marlin-style
+pre-shuffled weights yet.
 
 Example (needs a Hopper GPU):
   >>> y = dequant_matmul_gpu(x, codes, scale, zero, bits=4, group_size=128)  # doctest: +SKIP
@@ -40,6 +57,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -47,7 +65,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
-__all__ = ["GpuTiles", "plan_tiles", "permute_x", "dequant_matmul_gpu"]
+__all__ = ["GpuTiles", "plan_tiles", "permute_x", "pad_operands", "dequant_matmul_gpu"]
 
 WORDS_PER_STEP = 64  # code words per column and K step: one WGMMA-layout register tile
 _SWIZZLE = 128
@@ -62,6 +80,11 @@ class GpuTiles:
   tile_k: int
   m_pad: int
   max_concurrent_steps: int
+  k_pad: int = 0          # K rounded up to tile_k (x padded, weights read out of bounds)
+  n_pad: int = 0          # N rounded up to tile_n (output rows allocated, then sliced)
+  group: int = 0          # the kernel's group size (divides or is a multiple of tile_k)
+  scale_repeat: int = 1   # group_size // group: scale/zero rows repeated this many times
+  pad_weights: bool = False  # N % 4 != 0: TMA strides need 16 bytes, pad codes/scales instead
 
 
 def plan_tiles(m: int, k: int, n: int, *, bits: int, group_size: int, dtype,
@@ -74,13 +97,18 @@ def plan_tiles(m: int, k: int, n: int, *, bits: int, group_size: int, dtype,
     raise ValueError(f"pallas_gpu dequant_matmul needs bf16/f16 activations, got {jnp.dtype(dtype)}")
   p = 32 // bits
   tile_k = WORDS_PER_STEP * p
-  if k % tile_k:
-    raise ValueError(f"K={k} must be a multiple of {tile_k} (64 words of {p} codes)")
-  if k % group_size or group_size % p or (tile_k % group_size and group_size % tile_k):
-    raise ValueError(f"group_size={group_size} must divide K={k}, be a multiple of {p} and "
-                     f"divide or be a multiple of tile_k={tile_k}")
-  if tile_n % 64 or n % tile_n:
-    raise ValueError(f"N={n} must be a multiple of tile_n={tile_n} (a multiple of 64)")
+  if group_size <= 0 or k % group_size:
+    raise ValueError(f"group_size={group_size} must divide K={k}")
+  if group_size % p:
+    raise ValueError(f"group_size={group_size} must be a multiple of {p} (the {p} codes of one "
+                     f"word share a group)")
+  group = group_size
+  if tile_k % group_size and group_size % tile_k:
+    group = math.gcd(group_size, tile_k)  # a multiple of p: p * gcd(G / p, 64)
+  if tile_n % 64:
+    raise ValueError(f"tile_n={tile_n} must be a multiple of 64")
+  k_pad = -(-k // tile_k) * tile_k
+  n_pad = -(-n // tile_n) * tile_n
   m8 = -(-m // 8) * 8
   if tile_m is None:
     # Keep 2 stages of the x tile [tile_m, tile_k] bf16 within ~64 KiB of SMEM.
@@ -88,9 +116,37 @@ def plan_tiles(m: int, k: int, n: int, *, bits: int, group_size: int, dtype,
   if tile_m % 8 or not 8 <= tile_m <= 256:
     raise ValueError(f"tile_m={tile_m} must be a multiple of 8 in [8, 256]")
   m_pad = -(-m // tile_m) * tile_m
-  steps = k // tile_k
+  steps = k_pad // tile_k
   return GpuTiles(tile_n=tile_n, tile_m=tile_m, tile_k=tile_k, m_pad=m_pad,
-                  max_concurrent_steps=max(1, min(max_concurrent_steps, steps)))
+                  max_concurrent_steps=max(1, min(max_concurrent_steps, steps)),
+                  k_pad=k_pad, n_pad=n_pad, group=group, scale_repeat=group_size // group,
+                  pad_weights=n % 4 != 0)
+
+
+def pad_operands(x: jax.Array, codes: jax.Array, scale: jax.Array, zero: jax.Array | None, *,
+                 bits: int, tiles: GpuTiles, pad_weights: bool = True):
+  """The operands the kernel computes with: ``x`` padded to ``[m_pad, k_pad]``, scale/zero rows
+  repeated to ``tiles.group`` and, with ``pad_weights``, codes/scale/zero padded with zeros to
+  ``k_pad``/``n_pad`` (what TMA's zero fill reads on the device). Returns
+  ``(x, codes, scale, zero)``; ``reference(x, codes, scale, zero, group_size=tiles.group)``
+  of the result, sliced to ``[:m, :n]``, equals the reference on the originals.
+  """
+  m, k = x.shape
+  p = 32 // bits
+  x = jnp.pad(x, ((0, tiles.m_pad - m), (0, tiles.k_pad - k)))
+  scale = scale.astype(jnp.float32)
+  zero = None if zero is None else zero.astype(jnp.float32)
+  if tiles.scale_repeat > 1:
+    scale = jnp.repeat(scale, tiles.scale_repeat, axis=0)
+    zero = None if zero is None else jnp.repeat(zero, tiles.scale_repeat, axis=0)
+  if pad_weights:
+    n = codes.shape[1]
+    dn = tiles.n_pad - n
+    codes = jnp.pad(codes, ((0, tiles.k_pad // p - codes.shape[0]), (0, dn)))
+    rows = max(tiles.k_pad // tiles.group, 1) - scale.shape[0]
+    scale = jnp.pad(scale, ((0, rows), (0, dn)))
+    zero = None if zero is None else jnp.pad(zero, ((0, rows), (0, dn)))
+  return x, codes, scale, zero
 
 
 def permute_x(x: jax.Array, *, bits: int, tile_k: int) -> jax.Array:
@@ -220,21 +276,23 @@ def dequant_matmul_gpu(x: jax.Array, codes: jax.Array, scale: jax.Array, zero: j
   tiles = plan_tiles(m, k, n, bits=bits, group_size=group_size, dtype=x.dtype, tile_n=tile_n,
                      tile_m=tile_m, max_concurrent_steps=max_concurrent_steps)
   p = 32 // bits
-  if codes.shape != (k // p, n) or scale.shape != (k // group_size, n):
-    raise ValueError(f"shape mismatch: x {x.shape}, codes {codes.shape} (expected {(k // p, n)}), "
-                     f"scale {scale.shape} (expected {(k // group_size, n)})")
+  if codes.shape != (-(-k // p), n) or scale.shape != (k // group_size, n):
+    raise ValueError(f"shape mismatch: x {x.shape}, codes {codes.shape} (expected "
+                     f"{(-(-k // p), n)}), scale {scale.shape} (expected {(k // group_size, n)})")
   if codes.dtype != jnp.int32:
     codes = lax.bitcast_convert_type(codes.astype(jnp.uint32), jnp.int32)
-  if tiles.m_pad != m:
-    x = jnp.pad(x, ((0, tiles.m_pad - m), (0, 0)))
-  args = [permute_x(x, bits=bits, tile_k=tiles.tile_k), codes, scale.astype(jnp.float32)]
+  # The interpreter has no TMA (no zero fill of out-of-bounds reads): pad the weights there.
+  pad_weights = tiles.pad_weights or interpret is not None
+  x, codes, scale, zero = pad_operands(x, codes, scale, zero, bits=bits, tiles=tiles,
+                                       pad_weights=pad_weights)
+  args = [permute_x(x, bits=bits, tile_k=tiles.tile_k), codes, scale]
   if zero is not None:
-    args.append(zero.astype(jnp.float32))
+    args.append(zero)
   kernel = plgpu.kernel(
-      functools.partial(_body, bits=bits, tiles=tiles, group_size=group_size, k=k,
+      functools.partial(_body, bits=bits, tiles=tiles, group_size=tiles.group, k=tiles.k_pad,
                         has_zero=zero is not None, plain=interpret is not None),
-      out_type=jax.ShapeDtypeStruct((n, tiles.m_pad), x.dtype),
-      grid=(n // tiles.tile_n, tiles.m_pad // tiles.tile_m),
+      out_type=jax.ShapeDtypeStruct((tiles.n_pad, tiles.m_pad), x.dtype),
+      grid=(tiles.n_pad // tiles.tile_n, tiles.m_pad // tiles.tile_m),
       grid_names=("n", "m"),
       scratch_types=[
           plgpu.SMEM((tiles.tile_k, tiles.tile_n), x.dtype, transforms=_transforms(x.dtype)),
@@ -244,4 +302,4 @@ def dequant_matmul_gpu(x: jax.Array, codes: jax.Array, scale: jax.Array, zero: j
       interpret=interpret,
   )
   out_t = kernel(*args)
-  return out_t[:, :m].T
+  return out_t[:n, :m].T

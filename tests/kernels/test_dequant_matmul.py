@@ -180,6 +180,8 @@ def test_tpu_plan_rejects_untileable_shapes():
 @pytest.mark.parametrize("m,k,bits,g,zero", [
     (5, 512, 4, 128, True),     # 1 K step of 4 groups (iota-select path)
     (8, 512, 8, 512, False),    # group > K step (lax.div path), 2 K steps
+    (4, 384, 8, 384, True),     # per-channel K=384 at 8 bits: group refined to gcd(384, 256)
+    (2, 768, 4, 32, True),      # BERT K=768: 2 K steps, the second half zero padding
 ])
 def test_gpu_kernel_interpret_matches_reference(m, k, bits, g, zero):
   """jax's Mosaic GPU interpreter (private in 0.10.2; single-block grids only: N=64, M<=tile_m).
@@ -201,10 +203,156 @@ def test_gpu_kernel_interpret_matches_reference(m, k, bits, g, zero):
 def test_gpu_plan_limits():
   with pytest.raises(ValueError, match="bf16/f16"):
     pallas_gpu.plan_tiles(8, 1024, 128, bits=4, group_size=128, dtype=F32)
-  with pytest.raises(ValueError, match="multiple of 512"):
-    pallas_gpu.plan_tiles(8, 256, 128, bits=4, group_size=128, dtype=BF16)
+  with pytest.raises(ValueError, match="multiple of 8"):
+    pallas_gpu.plan_tiles(8, 96, 128, bits=4, group_size=12, dtype=BF16)
   with pytest.raises(ValueError, match="tile_n"):
-    pallas_gpu.plan_tiles(8, 1024, 96, bits=4, group_size=128, dtype=BF16)
+    pallas_gpu.plan_tiles(8, 1024, 96, bits=4, group_size=128, dtype=BF16, tile_n=96)
+  # Edges are padded now: K = 384 (MiniLM), N = 96, per-channel G = K = 11008 (gcd with 512).
+  t = pallas_gpu.plan_tiles(3, 384, 96, bits=4, group_size=128, dtype=BF16)
+  assert (t.k_pad, t.n_pad, t.group, t.scale_repeat, t.pad_weights) == (512, 128, 128, 1, False)
+  t = pallas_gpu.plan_tiles(1, 11008, 4096, bits=4, group_size=11008, dtype=BF16)
+  assert (t.k_pad, t.group, t.scale_repeat) == (11264, 256, 43)
+  assert pallas_gpu.plan_tiles(1, 768, 30522, bits=4, group_size=128, dtype=BF16).pad_weights
+
+
+# --------------------------------------------------------------------------- GPU shape coverage
+from jaxparams.kernels.dequant_matmul import coverage  # noqa: E402
+
+# What the shape grid (coverage.grid(): 19 distinct layers of MiniLM, BERT-base/large, Qwen2-0.5B,
+# Llama-2-7B, Llama-3-8B x bits {4, 8} x group {32, 64, 128, 256, per-channel} = 190) gives on
+# each target. Before the edge padding the GPU kernel refused 70 of the 180 valid ones.
+GRID_INVALID = {(k, n, b, 256) for k, ns in ((384, (384, 1536)), (896, (896, 128, 4864)))
+                for n in ns for b in (4, 8)}
+
+
+@pytest.mark.parametrize("target", ["gpu", "tpu"])
+def test_grid_fallbacks_are_exactly_the_claimed_ones(target):
+  grid = list(coverage.grid())
+  assert len(grid) == 190
+  got = {}
+  for _, k, n, bits, g in grid:
+    got.setdefault(coverage.status(k, n, bits=bits, group_size=g, target=target)[0],
+                   set()).add((k, n, bits, g))
+  assert got.get("xla", set()) == set()           # nothing falls back to XLA
+  assert got["invalid"] == GRID_INVALID           # 10: G=256 does not divide K=384 or 896
+  assert len(got["pallas"]) == 180
+  # every MiniLM, BERT and Llama-family layer at the usual groups runs the kernel
+  for k, n in [s for shapes in coverage.MODEL_LAYERS.values() for s in shapes]:
+    for bits in (4, 8):
+      for g in (32, 64, 128, k):
+        assert coverage.status(k, n, bits=bits, group_size=g, target=target)[0] == "pallas"
+
+
+def test_status_names_the_remaining_kernel_limits():
+  assert coverage.status(384, 384, bits=4, group_size=128, target="gpu", dtype="float32") == (
+      "xla", "pallas_gpu dequant_matmul needs bf16/f16 activations, got float32")
+  kind, why = coverage.status(96, 128, bits=4, group_size=12, target="gpu")
+  assert kind == "xla" and "multiple of 8" in why
+  assert coverage.status(384, 128, bits=2, group_size=128, target="gpu")[0] == "xla"
+  with pytest.raises(ValueError, match="valid: \\['gpu', 'tpu'\\]"):
+    coverage.status(384, 128, bits=4, group_size=128, target="cpu")
+
+
+def _emulation_cases():
+  """One case per distinct padding situation of the grid: real K and group, N cut to
+  ``64 + N mod 64`` columns (the N-side padding; N mod 4 decides the stride rule)."""
+  seen = {}
+  for _, k, n, bits, g in coverage.grid():
+    if k % g == 0:
+      seen.setdefault((k, 64 + n % 64, bits, g), None)
+  return list(seen)
+
+
+# default run: the grid's cases that pad K or N at 4 bits g128, per-channel 4 bits (group
+# refined to gcd(K, 512)) and 8 bits g64; the slow test below takes all of the grid's cases.
+_EMULATION_FAST = [(k, n, b, g) for k, n, b, g in _emulation_cases()
+                   if (k % (64 * 32 // b) or n % 64)
+                   and ((b, g) in ((4, 128), (8, 64)) or (b == 4 and g == k))]
+
+
+@pytest.mark.parametrize("cases", [_EMULATION_FAST, pytest.param(_emulation_cases(),
+                                                                   marks=pytest.mark.slow)],
+                         ids=["edges", "grid"])
+def test_padded_emulation_equals_reference_on_the_grid(cases):
+  """The padded operands the GPU kernel computes with (x padded in M and K, scale rows repeated
+  to the kernel's group, weights zero-filled past K and N as TMA reads them), run through the
+  reference and sliced, equal the reference on the original operands, for every K/group/N-edge
+  of the grid."""
+  rng = np.random.default_rng(7)
+  for k, n, bits, g in cases:
+    p = 32 // bits
+    m = 3
+    codes = rng.integers(0, 2**32, (k // p, n), dtype=np.uint32)
+    scale = rng.uniform(0.5, 1.5, (k // g, n)).astype(np.float32) / 2**bits
+    zero = rng.uniform(0, 2**bits - 1, (k // g, n)).astype(np.float32)
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    tiles = pallas_gpu.plan_tiles(m, k, n, bits=bits, group_size=g, dtype=BF16)
+    xp, cp, sp, zp = (np.asarray(a) for a in _pad_jit(x, codes, scale, zero, bits=bits,
+                                                       tiles=tiles))
+    assert xp.shape == (tiles.m_pad, tiles.k_pad) and cp.shape == (tiles.k_pad // p, tiles.n_pad)
+    assert tiles.k_pad % tiles.tile_k == 0 and tiles.n_pad % tiles.tile_n == 0
+    assert tiles.tile_k % tiles.group == 0 or tiles.group % tiles.tile_k == 0
+    w_pad = _np_dequantize(cp, sp, zp, bits, tiles.group)
+    w = _np_dequantize(codes, scale, zero, bits, g)
+    np.testing.assert_array_equal(w_pad[:k, :n], w)              # same weights inside
+    assert not np.any(w_pad[k:]) and not np.any(w_pad[:, n:])    # exact zeros outside
+    got = (xp.astype(np.float64) @ w_pad)[:m, :n]
+    np.testing.assert_allclose(got, x.astype(np.float64) @ w, rtol=1e-12, atol=1e-9)
+
+
+_pad_jit = jax.jit(lambda *a, **kw: pallas_gpu.pad_operands(*a, **kw, pad_weights=True),
+                   static_argnames=("bits", "tiles"))
+
+
+def _np_dequantize(codes, scale, zero, bits, g):
+  """The layout's equation in numpy float64 (independent of reference.py)."""
+  p = 32 // bits
+  shifts = (np.arange(p, dtype=np.uint64) * bits)[None, :, None]
+  q = (codes.astype(np.uint64)[:, None, :] >> shifts) & ((1 << bits) - 1)
+  q = q.reshape(codes.shape[0] * p, codes.shape[1]).astype(np.float64)
+  rows = np.arange(q.shape[0]) // g
+  return (q - zero.astype(np.float64)[rows]) * scale.astype(np.float64)[rows]
+
+
+# Export lowering for cuda: the default run takes one shape per edge kind; the slow test all of them.
+_EXPORT_EDGES = [(384, 1536, 4, 128), (1536, 384, 8, 1536), (896, 128, 4, 896),
+                 (11008, 4096, 4, 11008), (4864, 896, 8, 64), (768, 30522, 4, 128)]
+
+
+def _export_gpu(shapes, m=1):
+  def fn(*flat):
+    return [api.dequant_matmul(*flat[4 * i:4 * i + 4], bits=b, group_size=g,
+                               implementation="pallas_gpu") for i, (_, _, b, g) in enumerate(shapes)]
+  args = []
+  for k, n, b, g in shapes:
+    args += [jax.ShapeDtypeStruct((m, k), BF16), jax.ShapeDtypeStruct((k // (32 // b), n), jnp.uint32),
+             jax.ShapeDtypeStruct((k // g, n), F32), jax.ShapeDtypeStruct((k // g, n), F32)]
+  text = jax.export.export(jax.jit(fn), platforms=["cuda"])(*args).mlir_module()
+  assert text.count("mosaic_gpu") >= len(shapes)
+
+
+def test_gpu_export_lowers_padded_edges():
+  _export_gpu(_EXPORT_EDGES)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", list(coverage.MODEL_LAYERS))
+def test_gpu_export_lowers_every_grid_shape(model):
+  shapes = [(k, n, b, g) for mdl, k, n, b, g in coverage.grid() if mdl == model and k % g == 0]
+  for m in (1, 64):
+    _export_gpu(shapes, m=m)
+
+
+def test_gpu_kernel_interpret_padded_minilm_layer():
+  """The GPU kernel in jax's GPU interpreter on a padded shape: K=384 (MiniLM, 3 of the 4 groups
+  of a 512-row K step), N=40 (a partial tile), M=3."""
+  interpret_params = pytest.importorskip(
+      "jax._src.pallas.mosaic_gpu.interpret.params").InterpretGPUParams
+  x, codes, scale, z = make(3, 384, 40, bits=4, group_size=128, dtype=BF16)
+  out = pallas_gpu.dequant_matmul_gpu(x, codes, scale, z, bits=4, group_size=128,
+                                      interpret=interpret_params())
+  ref = reference.dequant_matmul_reference(x, codes, scale, z, bits=4, group_size=128)
+  assert out.shape == ref.shape and rel_err(out, ref) < TOL[BF16]
 
 
 # --------------------------------------------------------------------------- dispatcher
