@@ -343,6 +343,7 @@ def test_gpu_export_lowers_every_grid_shape(model):
     _export_gpu(shapes, m=m)
 
 
+@pytest.mark.slow
 def test_gpu_kernel_interpret_padded_minilm_layer():
   """The GPU kernel in jax's GPU interpreter on a padded shape: K=384 (MiniLM, 3 of the 4 groups
   of a 512-row K step), N=40 (a partial tile), M=3."""
