@@ -13,8 +13,11 @@ share a group, so the per-row scale/zero ``[bkw, bn]`` is built once per step
 and reused for all planes.
 
 Block shapes follow the TPU rule (the last two block dims divisible by
-(8, 128) or equal to the array dims); :func:`plan_blocks` raises ``ValueError``
-for shapes it cannot tile, and :mod:`.api` then falls back to the XLA path.
+(8, 128) or equal to the array dims). Edges: K uses the largest word block that divides
+``K / P`` (so ``K = 11008`` runs 32-word blocks rather than one 1376-word block that would
+not fit VMEM); a wide N that 128 does not divide gets a partial last block (Pallas masks its
+writes); every plan is checked against a VMEM budget. :func:`plan_blocks` raises
+``ValueError`` for shapes it cannot tile, and :mod:`.api` then falls back to the XLA path.
 
 Example (interpret mode, runs on CPU):
   >>> import jax, jax.numpy as jnp
@@ -59,10 +62,37 @@ def _round_up(a: int, b: int) -> int:
   return -(-a // b) * b
 
 
+def _vmem_bytes(bm: int, bn: int, bkw: int, p: int, itemsize: int, scale_rows: int) -> int:
+  """Rough VMEM use of one grid step: double-buffered x/codes/scale/zero/out blocks, the f32
+  accumulator and the dequantized f32 temporaries (scale/zero rows and one plane)."""
+  bk = bkw * p
+  return (2 * bm * bk * itemsize + 2 * bkw * bn * 4 + 2 * 2 * scale_rows * bn * 4
+          + 2 * bm * bn * itemsize + bm * bn * 4 + 3 * bkw * bn * 4)
+
+
+VMEM_BUDGET = 12 * 2**20  # of the 16 MiB scoped VMEM of v4/v5e (32 MiB on v6e): keep headroom
+
+
+def _block_kw_choices(kw: int, p: int, group_size: int) -> list[int]:
+  """Word blocks that divide K/P, keep the x block a multiple of 128 lanes and fit the groups;
+  largest first (at most 256 words), then K/P itself (a full-dimension block)."""
+  step = max(8, 128 // p)
+  out = [d for d in range(min(kw, 256) // step * step, 0, -step)
+         if kw % d == 0 and ((d * p) % group_size == 0 or group_size % (d * p) == 0)]
+  return out + ([kw] if kw not in out else [])
+
+
 def plan_blocks(m: int, k: int, n: int, *, bits: int, group_size: int, dtype,
                 block_m: int | None = None, block_n: int | None = None,
                 block_kw: int | None = None) -> TpuBlocks:
-  """Chooses TPU-legal blocks for ``[m, k] @ [k, n]``; ``ValueError`` if the shape does not tile."""
+  """Chooses TPU-legal blocks for ``[m, k] @ [k, n]``; ``ValueError`` if the shape does not tile.
+
+  N: 512/256/128-column blocks, or all of N up to 512; a wider N that 128 does not divide (a
+  30522-word vocabulary) gets 512-column blocks and a partial last block (its extra columns are
+  computed from whatever lies past the array and never written back). K: the largest word block
+  (<= 256 words) that divides K/P and fits the groups, else all of K in one block. Then ``bm``
+  (and ``bn``) shrink until the step fits :data:`VMEM_BUDGET`; ``ValueError`` if it never does.
+  """
   if bits not in (4, 8):
     raise ValueError(f"pallas_tpu dequant_matmul supports bits 4 and 8, got {bits}")
   p = 32 // bits
@@ -71,26 +101,38 @@ def plan_blocks(m: int, k: int, n: int, *, bits: int, group_size: int, dtype,
                      f"word at {bits} bits) and group_size must divide K")
   kw = k // p
   if block_n is None:
-    block_n = next((c for c in _BN_CHOICES if n % c == 0), n)
-  if n % block_n or (block_n % 128 and block_n != n):
+    block_n = next((c for c in _BN_CHOICES if n % c == 0), n if n <= 512 else 512)
+  if block_n != n and (block_n % 128 or (n % block_n and n < 512)):
     raise ValueError(f"block_n={block_n} must divide N={n} and be a multiple of 128 (or N)")
   if block_kw is None:
-    block_kw = next((c for c in _BKW_CHOICES if kw % c == 0), kw)
+    block_kw = _block_kw_choices(kw, p, group_size)[0]
   if kw % block_kw or (block_kw % 8 and block_kw != kw):
     raise ValueError(f"block_kw={block_kw} words must divide K/P={kw} and be a multiple of 8 "
                      f"(or K/P)")
   bk = block_kw * p
   if bk % group_size and group_size % bk:
     raise ValueError(f"K block {bk} and group_size {group_size} must divide one another")
-  sub = 16 if jnp.dtype(dtype).itemsize == 2 else 8
-  if block_m is None:
-    block_m = min(_round_up(m, sub), 256)
-  if block_m % sub:
-    raise ValueError(f"block_m={block_m} must be a multiple of {sub} for {jnp.dtype(dtype).name}")
-  m_pad = _round_up(m, block_m)
+  itemsize = jnp.dtype(dtype).itemsize
+  sub = 16 if itemsize == 2 else 8
   num_groups = k // group_size
   rows = max(bk // group_size, 1)
   blocked = rows == num_groups or (bk >= group_size and rows % 8 == 0)
+  vmem_rows = rows if blocked else num_groups
+  if block_m is None:
+    block_m = min(_round_up(m, sub), 256)
+    while (block_m > sub and _vmem_bytes(block_m, block_n, block_kw, p, itemsize, vmem_rows)
+           > VMEM_BUDGET):
+      block_m = max(sub, _round_up(block_m // 2, sub))
+    while (block_n > 128 and block_n % 256 == 0
+           and _vmem_bytes(block_m, block_n, block_kw, p, itemsize, vmem_rows) > VMEM_BUDGET):
+      block_n //= 2
+  if block_m % sub:
+    raise ValueError(f"block_m={block_m} must be a multiple of {sub} for {jnp.dtype(dtype).name}")
+  need = _vmem_bytes(block_m, block_n, block_kw, p, itemsize, vmem_rows)
+  if need > VMEM_BUDGET:
+    raise ValueError(f"blocks ({block_m}, {block_n}, {block_kw} words) need ~{need >> 20} MiB of "
+                     f"VMEM, over the {VMEM_BUDGET >> 20} MiB budget")
+  m_pad = _round_up(m, block_m)
   return TpuBlocks(bm=block_m, bn=block_n, bkw=block_kw, m_pad=m_pad, scale_rows=rows,
                    scale_blocked=blocked)
 
@@ -202,7 +244,7 @@ def dequant_matmul_tpu(x: jax.Array, codes: jax.Array, scale: jax.Array, zero: j
   if blocks.m_pad != m:
     xp = jnp.pad(xp, ((0, blocks.m_pad - m), (0, 0)))
   num_k = k // bk
-  grid = (blocks.m_pad // bm, n // bn, num_k)
+  grid = (blocks.m_pad // bm, pl.cdiv(n, bn), num_k)
 
   if blocks.scale_blocked and blocks.scale_rows == k // group_size:
     s_spec = pl.BlockSpec((blocks.scale_rows, bn), lambda i, j, kk: (0, j))

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from jax.experimental.pallas import tpu as pltpu
 
-from jaxparams.kernels.dequant_matmul import api, pallas_gpu, pallas_tpu, reference
+from jaxparams.kernels.dequant_matmul import api, coverage, pallas_gpu, pallas_tpu, reference
 
 F32, BF16 = jnp.float32, jnp.bfloat16
 
@@ -157,6 +157,9 @@ def test_reference_matmul_equals_explicit_formula():
     (16, 1024, 256, 4, 128, None),   # default blocks: 128 words -> one K step, 2 N blocks
     (3, 1024, 128, 4, 1024, 32),     # per-channel, 4 K steps, scale block (1, bn)
     (8, 1024, 128, 8, 512, 32),      # group > K block: scale row picked in-kernel
+    (2, 2304, 128, 4, 128, None),    # Gemma-2-2B K=2304: 288 words -> 2 blocks of 144 words
+    (2, 2304, 128, 4, 2304, None),   # per-channel over 2 K blocks
+    (3, 384, 700, 4, 128, None),     # N=700: 512-column blocks, a partial last block
 ])
 def test_tpu_kernel_shapes(m, k, n, bits, g, kw):
   x, codes, scale, z = make(m, k, n, bits=bits, group_size=g, dtype=F32, seed=m)
@@ -173,6 +176,24 @@ def test_tpu_plan_rejects_untileable_shapes():
     pallas_tpu.plan_blocks(8, 512, 128, bits=4, group_size=12, dtype=F32)
   with pytest.raises(ValueError, match="bits 4 and 8"):
     pallas_tpu.plan_blocks(8, 512, 128, bits=2, group_size=128, dtype=F32)
+  # K/P = 8191 words (prime): one full-K block, over the VMEM budget even at the smallest blocks
+  with pytest.raises(ValueError, match="VMEM"):
+    pallas_tpu.plan_blocks(1, 8 * 8191, 128, bits=4, group_size=8, dtype=BF16)
+
+
+def test_tpu_plan_edges_fit_vmem():
+  """Llama-2-7B's down_proj (K=11008 = 1376 words) no longer takes one 1376-word block, and
+  BERT's 30522-word head no longer one 30522-column block: every grid plan fits VMEM."""
+  b = pallas_tpu.plan_blocks(1, 11008, 4096, bits=4, group_size=128, dtype=BF16)
+  assert (b.bkw, b.bn) == (32, 512)
+  b = pallas_tpu.plan_blocks(256, 768, 30522, bits=8, group_size=768, dtype=BF16)
+  assert (b.bn, b.bkw) == (512, 192)
+  for _, k, n, bits, g in coverage.grid():
+    if k % g == 0:
+      for m in (1, 256):
+        b = pallas_tpu.plan_blocks(m, k, n, bits=bits, group_size=g, dtype=BF16)
+        rows = b.scale_rows if b.scale_blocked else k // g
+        assert pallas_tpu._vmem_bytes(b.bm, b.bn, b.bkw, 32 // bits, 2, rows) <= pallas_tpu.VMEM_BUDGET
 
 
 # --------------------------------------------------------------------------- GPU kernel
@@ -216,8 +237,6 @@ def test_gpu_plan_limits():
 
 
 # --------------------------------------------------------------------------- GPU shape coverage
-from jaxparams.kernels.dequant_matmul import coverage  # noqa: E402
-
 # What the shape grid (coverage.grid(): 19 distinct layers of MiniLM, BERT-base/large, Qwen2-0.5B,
 # Llama-2-7B, Llama-3-8B x bits {4, 8} x group {32, 64, 128, 256, per-channel} = 190) gives on
 # each target. Before the edge padding the GPU kernel refused 70 of the 180 valid ones.
@@ -319,20 +338,24 @@ _EXPORT_EDGES = [(384, 1536, 4, 128), (1536, 384, 8, 1536), (896, 128, 4, 896),
                  (11008, 4096, 4, 11008), (4864, 896, 8, 64), (768, 30522, 4, 128)]
 
 
-def _export_gpu(shapes, m=1):
+def _export_gpu(shapes, m=1, platform="cuda"):
+  impl = "pallas_gpu" if platform == "cuda" else "pallas_tpu"
+
   def fn(*flat):
     return [api.dequant_matmul(*flat[4 * i:4 * i + 4], bits=b, group_size=g,
-                               implementation="pallas_gpu") for i, (_, _, b, g) in enumerate(shapes)]
+                               implementation=impl) for i, (_, _, b, g) in enumerate(shapes)]
   args = []
   for k, n, b, g in shapes:
     args += [jax.ShapeDtypeStruct((m, k), BF16), jax.ShapeDtypeStruct((k // (32 // b), n), jnp.uint32),
              jax.ShapeDtypeStruct((k // g, n), F32), jax.ShapeDtypeStruct((k // g, n), F32)]
-  text = jax.export.export(jax.jit(fn), platforms=["cuda"])(*args).mlir_module()
-  assert text.count("mosaic_gpu") >= len(shapes)
+  text = jax.export.export(jax.jit(fn), platforms=[platform])(*args).mlir_module()
+  marker = "mosaic_gpu" if platform == "cuda" else "tpu_custom_call"
+  assert text.count(marker) >= len(shapes)
 
 
-def test_gpu_export_lowers_padded_edges():
-  _export_gpu(_EXPORT_EDGES)
+@pytest.mark.parametrize("platform", ["cuda", "tpu"])
+def test_export_lowers_padded_edges(platform):
+  _export_gpu(_EXPORT_EDGES + [(2304, 896, 4, 128)], platform=platform)
 
 
 @pytest.mark.slow
