@@ -180,16 +180,13 @@ def make_host_set(shapes, n_models: int = 3, seed: int = 0):
   rng = np.random.default_rng(seed)
   pool = rng.standard_normal(1 << 22, dtype=np.float32)  # sliced and scaled: fast generation
   trees = [{} for _ in range(n_models)]
-  offset = 0
-  for name, shape in shapes.items():
+  for t, (name, shape) in enumerate(shapes.items()):
     size = int(np.prod(shape))
-    idx = (np.arange(size, dtype=np.int64) * 7 + offset) % pool.size
-    base = pool[idx] * 0.02
+    base = np.resize(np.roll(pool, 7919 * t), size) * np.float32(0.02)  # np.resize repeats
     trees[0][name] = base.astype(ml_dtypes.bfloat16).reshape(shape)
     for j in range(1, n_models):
-      delta = pool[(idx * (j + 2) + 11 * j) % pool.size] * 0.002
+      delta = np.resize(np.roll(pool, 104729 * (t + 1) * j), size) * np.float32(0.002)
       trees[j][name] = (base + delta).astype(ml_dtypes.bfloat16).reshape(shape)
-    offset += 1_000_003
   return trees
 
 
