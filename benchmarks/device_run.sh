@@ -96,8 +96,8 @@ EOF
 FLAGS=()
 [[ $DRY == 1 ]] && FLAGS+=(--dry-run)
 STATUS=0
-"$PY" benchmarks/device_check.py --out "$REPORT" "${FLAGS[@]}" || STATUS=1
-"$PY" benchmarks/device_bench.py --out "$REPORT" "${FLAGS[@]}" || STATUS=1
+"$PY" benchmarks/device_check.py --out "$REPORT" ${FLAGS[@]+"${FLAGS[@]}"} || STATUS=1
+"$PY" benchmarks/device_bench.py --out "$REPORT" ${FLAGS[@]+"${FLAGS[@]}"} || STATUS=1
 echo "Total: $(( $(date +%s) - START )) s, exit status $STATUS." | tee -a "$REPORT"
 echo "report: $REPORT"
 exit $STATUS
