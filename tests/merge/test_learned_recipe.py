@@ -1,0 +1,111 @@
+"""RegMean from a merge recipe on HF checkpoints (statistics per model, streamed merge)."""
+
+import numpy as np
+import pytest
+from tokenizers import Tokenizer, models as tok_models, pre_tokenizers
+
+from jaxparams.calib import collect_stats, text_batches
+from jaxparams.demo.tiny_llama import llama_config, write_llama
+from jaxparams.io import load_safetensors
+from jaxparams.merge import learned
+from jaxparams.merge.learned.records import REGMEAN
+from jaxparams.merge.registry import get_method
+from jaxparams.merge.stream import merge_checkpoints
+from jaxparams.models.hf import from_hf, hf_name_map
+from jaxparams import tree as jtree
+
+CFG = llama_config(vocab_size=16, hidden_size=16, intermediate_size=16, num_hidden_layers=2,
+                   num_attention_heads=4, num_key_value_heads=4)
+RECIPE = """\
+merge_method: regmean
+models:
+  - model: a
+  - model: b
+parameters:
+  calibration: cal.txt
+  alpha: 0.9
+  max_length: 8
+  batch_size: 4
+"""
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory):
+  d = tmp_path_factory.mktemp("regmean")
+  words = ["[UNK]", "[PAD]"] + [f"w{i}" for i in range(14)]
+  tok = Tokenizer(tok_models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
+  tok.pre_tokenizer = pre_tokenizers.Whitespace()
+  write_llama(d / "base", cfg=CFG, seed=0)
+  for i, m in enumerate("ab"):
+    write_llama(d / m, like=d / "base", noise=0.1, seed=i + 1)
+    tok.save(str(d / m / "tokenizer.json"))
+  rng = np.random.default_rng(0)
+  texts = [" ".join(f"w{j}" for j in rng.integers(0, 14, rng.integers(3, 9))) for _ in range(10)]
+  (d / "cal.txt").write_text("\n".join(texts) + "\n\n")
+  (d / "r.yml").write_text(RECIPE)
+  return d, texts, tok
+
+
+def test_recipe_regmean_equals_tree_regmean(ckpts, monkeypatch):
+  d, texts, tok = ckpts
+  monkeypatch.chdir(d)
+  summary = merge_checkpoints("r.yml", d / "out", progress=False)
+  got = load_safetensors(d / "out")
+  # The tree function on the same models and calibration batches (independent capture).
+  params, grams = [], []
+  for m in "ab":
+    module, p, cfg = from_hf(d / m)
+    batches = text_batches(tok, texts, batch_size=4, max_length=8)
+    grams.append({k: s.xtx for k, s in collect_stats(module, p, batches).items()})
+    params.append(p)
+  want = jtree.flatten(learned.regmean(params, grams, alpha=0.9))
+  nmap = hf_name_map(cfg)
+  n_regression = 0
+  for path, (hf, transpose) in nmap.items():
+    w = np.asarray(want[path]).T if transpose else np.asarray(want[path])
+    np.testing.assert_allclose(got[hf], w, atol=2e-5, rtol=1e-4, err_msg=hf)
+    n_regression += path in grams[0]
+  assert summary["tensors"] == len(got) and n_regression >= 14  # 7 Linears x 2 layers (+ head)
+  # Not the plain average on Linear weights (the Grams matter), the average elsewhere.
+  ms = [load_safetensors(d / m) for m in "ab"]
+  q = "model.layers.0.self_attn.q_proj.weight"
+  assert np.abs(got[q] - sum(x[q] for x in ms) / 2).max() > 1e-3
+  n = "model.layers.0.input_layernorm.weight"
+  np.testing.assert_allclose(got[n], sum(x[n] for x in ms) / 2, atol=1e-6)
+  assert "regmean" in (d / "out" / "mergekit_config.yml").read_text()
+
+
+def test_recipe_errors(ckpts, monkeypatch):
+  d, _, _ = ckpts
+  monkeypatch.chdir(d)
+  with pytest.raises(ValueError, match=r"unknown merge method 'regmaen'; valid methods: .*ties.*"
+                                       r"calibration.*regmean"):
+    get_method("regmaen")
+  (d / "bad.yml").write_text(RECIPE.replace("alpha: 0.9", "alpah: 0.9"))
+  with pytest.raises(ValueError, match=r"unknown parameter\(s\) \['alpah'\] for merge method "
+                                       r"'regmean'; valid parameters: \['alpha', 'batch_size', "
+                                       r"'calibration', 'eps', 'max_length', 'max_texts'\]"):
+    merge_checkpoints("bad.yml", d / "o1", progress=False)
+  (d / "nocal.yml").write_text(RECIPE.replace("cal.txt", "missing.txt"))
+  with pytest.raises(FileNotFoundError, match=r"nocal.yml: calibration file 'missing.txt' not "
+                                              r"found .*one calibration text per line"):
+    merge_checkpoints("nocal.yml", d / "o2", progress=False)
+  (d / "noparam.yml").write_text(RECIPE.replace("  calibration: cal.txt\n", ""))
+  with pytest.raises(ValueError, match=r"'regmean' needs calibration text: set 'parameters: "
+                                       r"\{calibration: FILE.txt\}'"):
+    merge_checkpoints("noparam.yml", d / "o3", progress=False)
+  (d / "range.yml").write_text(RECIPE.replace("alpha: 0.9", "alpha: 1.5"))
+  with pytest.raises(ValueError, match=r"'regmean' parameter alpha=1.5 is out of range"):
+    merge_checkpoints("range.yml", d / "o4", progress=False)
+  assert not any((d / f"o{i}").exists() for i in range(1, 5))
+
+
+def test_regmean_record_checks_name_tensor_and_inputs():
+  w = [np.ones((3, 2), np.float32)] * 2
+  with pytest.raises(ValueError, match=r"tensor 'k': Gram of 'b' has shape \(2, 2\), expected "
+                                       r"\(3, 3\)"):
+    REGMEAN.apply(None, w + [np.eye(3, dtype=np.float32), np.eye(2, dtype=np.float32)],
+                  path="k", labels=("model 'a'", "model 'b'", "Gram of 'a'", "Gram of 'b'"))
+  with pytest.raises(ValueError, match="unknown parameter.*valid parameters: "
+                                       r"\['alpha', 'eps', 'input_axis'\]"):
+    REGMEAN.make_config(alfa=1.0)
