@@ -109,3 +109,37 @@ def test_regmean_record_checks_name_tensor_and_inputs():
   with pytest.raises(ValueError, match="unknown parameter.*valid parameters: "
                                        r"\['alpha', 'eps', 'input_axis'\]"):
     REGMEAN.make_config(alfa=1.0)
+
+
+@pytest.mark.slow
+def test_recipe_fisher_equals_tree_fisher(ckpts, monkeypatch):
+  import jax
+  import jax.numpy as jnp
+  d, texts, tok = ckpts
+  monkeypatch.chdir(d)
+  (d / "f.yml").write_text(RECIPE.replace("regmean", "fisher").replace("alpha: 0.9",
+                                                                       "min_fisher: 1.0e-7"))
+  merge_checkpoints("f.yml", d / "fout", progress=False)
+  got = load_safetensors(d / "fout")
+  params, fishers = [], []
+  for m in "ab":
+    module, p, cfg = from_hf(d / m)
+    total = jax.tree.map(jnp.zeros_like, p)
+    for text in texts:  # one text at a time: the squared gradient of log p(text)
+      x = text_batches(tok, [text], batch_size=1, max_length=8)[0]
+      ids, mask = jnp.asarray(x["input_ids"][0]), jnp.asarray(x["attention_mask"][0])
+      t = ids.shape[0]
+
+      def ll(q, ids=ids, mask=mask, t=t):
+        logp = jax.nn.log_softmax(module.apply({"params": q}, ids[None], mask[None])[0], -1)
+        return jnp.sum(logp[jnp.arange(t - 1), ids[1:]] * mask[1:])
+      total = jax.tree.map(lambda a, g: a + g * g, total, jax.grad(ll)(p))
+    params.append(p)
+    fishers.append(total)
+  want = jtree.flatten(learned.fisher_merge(params, fishers, min_fisher=1e-7))
+  for path, (hf, transpose) in hf_name_map(cfg).items():
+    w = np.asarray(want[path]).T if transpose else np.asarray(want[path])
+    np.testing.assert_allclose(got[hf], w, atol=2e-5, rtol=1e-4, err_msg=hf)
+  ms = [load_safetensors(d / m) for m in "ab"]
+  q = "model.layers.0.self_attn.q_proj.weight"
+  assert np.abs(got[q] - (ms[0][q] + ms[1][q]) / 2).max() > 1e-4

@@ -23,9 +23,16 @@ as extra input tensors, every other tensor the ``linear`` record (an average) --
 records the tree function :func:`jaxparams.merge.learned.regmean` runs. The base model, if
 any, is not used (RegMean merges the fine-tuned models only).
 
+``merge_method: fisher`` (causal LMs) works the same way with each model's diagonal empirical
+Fisher of the next-token log-likelihood on the texts (:func:`capture_fishers`), the
+:data:`~jaxparams.merge.learned.records.FISHER` record on every tensor with a Fisher (all
+parameters), parameter ``min_fisher``.
+
 Example:
   >>> sorted(data_aware_parameters('regmean'))
   ['alpha', 'batch_size', 'calibration', 'eps', 'max_length', 'max_texts']
+  >>> sorted(data_aware_parameters('fisher'))
+  ['batch_size', 'calibration', 'max_length', 'max_texts', 'min_fisher']
 """
 
 from __future__ import annotations
@@ -38,24 +45,25 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from jaxparams.merge.learned.records import RECORDS, REGMEAN, RegMeanConfig
+from jaxparams.merge.learned.records import FISHER, RECORDS, FisherConfig, RegMeanConfig
 from jaxparams.merge.recipe import ModelInput, Recipe, load_recipe
 from jaxparams.transform import StreamTask
 
-__all__ = ["DATA_AWARE_METHODS", "DATA_PARAMETERS", "capture_grams", "data_aware_parameters",
+__all__ = ["DATA_AWARE_METHODS", "DATA_PARAMETERS", "capture_fishers", "capture_grams",
+           "data_aware_parameters",
            "merge_data_aware", "read_calibration"]
 
 _log = logging.getLogger(__name__)
 
 #: Merge methods a recipe may name that need calibration data (merged by this module).
-DATA_AWARE_METHODS = ("regmean",)
+DATA_AWARE_METHODS = ("fisher", "regmean")
 
 #: Data parameters of a data-aware recipe and their defaults (``None``: required).
 DATA_PARAMETERS: Mapping[str, Any] = {"calibration": None, "max_length": 128, "batch_size": 8,
                                       "max_texts": 256}
 
 # Record fields set by the driver, not by the recipe.
-_DRIVER_FIELDS = ("input_axis",)
+_DRIVER_FIELDS = ("input_axis", "weight")
 
 
 def data_aware_parameters(method: str) -> dict[str, Any]:
@@ -145,6 +153,73 @@ def capture_grams(folder: str | Path, texts: list[str], *, max_length: int = 128
   return grams, axes
 
 
+def capture_fishers(folder: str | Path, texts: list[str], *, max_length: int = 128,
+                    batch_size: int = 8) -> dict[str, np.ndarray]:
+  """Diagonal empirical Fisher of a causal LM checkpoint on ``texts``, normalised.
+
+  ``F = mean_n (d log p(text_n) / d theta)^2`` with ``log p(text_n)`` the summed next-token
+  log-likelihood of text ``n`` (per-example gradients by ``jax.vmap(jax.grad)``), divided by
+  its global L2 norm (FusionBench's ``normalize_fisher_weight``).
+
+  Returns:
+    ``{tensor name in the files: Fisher in the file's layout (float32)}``.
+
+  Raises:
+    ValueError: no ``tokenizer.json``; the model does not output logits over its vocabulary.
+  """
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  from tokenizers import Tokenizer  # pylint: disable=import-outside-toplevel
+  from jaxparams import io as jio  # pylint: disable=import-outside-toplevel
+  from jaxparams import tree as jtree  # pylint: disable=import-outside-toplevel
+  from jaxparams.calib import text_batches  # pylint: disable=import-outside-toplevel
+  from jaxparams.merge.learned.fisher import fisher_diagonal  # pylint: disable=import-outside-toplevel
+  from jaxparams.models.families import family  # pylint: disable=import-outside-toplevel
+  from jaxparams.models.hf import from_hf, hf_name_map  # pylint: disable=import-outside-toplevel
+  folder = Path(folder)
+  tok_file = folder / "tokenizer.json"
+  if not tok_file.is_file():
+    raise ValueError(f"{folder}: no tokenizer.json; the calibration text cannot be tokenized "
+                     "for this model")
+  module, params, config = from_hf(folder, dtype=np.float32, strict=False)
+  batches = text_batches(Tokenizer.from_file(str(tok_file)), texts, batch_size=batch_size,
+                         max_length=max_length)
+  vocab = getattr(config, "vocab_size", None)
+  probe = jax.eval_shape(lambda p, i: module.apply({"params": p}, i), params,
+                         jnp.zeros((1, 2), jnp.int32))
+  if not hasattr(probe, "shape") or probe.shape[-1] != vocab:
+    raise ValueError(f"{folder}: 'fisher' needs a causal language model (logits over the "
+                     f"vocabulary); {type(module).__name__} outputs {getattr(probe, 'shape', '?')}")
+
+  def loglik(p, ids, mask):
+    logp = jax.nn.log_softmax(module.apply({"params": p}, ids[None], mask[None])[0, :-1], -1)
+    tok = jnp.take_along_axis(logp, ids[1:, None], -1)[:, 0]
+    return jnp.sum(tok * mask[1:])
+
+  fisher, n = None, 0
+  for b in batches:  # each batch padded to its own length
+    ids = jnp.asarray(np.asarray(b["input_ids"], np.int32))
+    mask = jnp.asarray(np.asarray(b["attention_mask"], np.int32))
+    f = jax.tree.map(lambda v, k=ids.shape[0]: v * k,
+                     fisher_diagonal(loglik, params, ids, mask, batch_size=batch_size))
+    fisher = f if fisher is None else jax.tree.map(jnp.add, fisher, f)
+    n += ids.shape[0]
+  fisher = jax.tree.map(lambda v: v / n, fisher)
+  norm = jnp.sqrt(sum(jnp.sum(f * f) for f in jax.tree.leaves(fisher)))
+  flat = {k: np.asarray(v / jnp.maximum(norm, 1e-30), np.float32)
+          for k, v in jtree.flatten(fisher).items()}
+  nmap = hf_name_map(config)
+  with jio.open_checkpoint(folder) as reader:
+    arch = family((reader.config() or {}).get("model_type"))
+    by_norm = {arch.normalize(n): n for n in reader.names()}
+  out = {}
+  for path, f in flat.items():
+    if path in nmap and by_norm.get(nmap[path][0]) is not None:
+      hf, transpose = nmap[path]
+      out[by_norm[hf]] = np.ascontiguousarray(f.T if transpose else f)
+  return out
+
+
 def _check_params(recipe: Recipe, where: str) -> dict[str, Any]:
   valid = data_aware_parameters(recipe.merge_method)
   if recipe.slices:
@@ -194,27 +269,35 @@ def merge_data_aware(recipe: Any, out_dir: str | Path, *, original: Any = None,
   recipe = load_recipe(recipe)
   where = recipe.source or "recipe"
   params = _check_params(recipe, where)
-  rec_cfg = {k: params[k] for k in REGMEAN.defaults() if k in params}
-  cfg0 = REGMEAN.make_config(**rec_cfg)  # names, types and ranges before any model is read
+  record = RECORDS.get(recipe.merge_method)
+  rec_cfg = {k: params[k] for k in record.defaults() if k in params}
+  cfg0 = record.make_config(**rec_cfg)  # names, types and ranges before any model is read
   one = np.zeros((1, 1), np.float32)
-  REGMEAN.run_static_checks(REGMEAN.context((None, (one, one)), cfg0, "", ("model", "Gram")))
+  record.run_static_checks(record.context((None, (one, one)), cfg0, "", ("model", "stats")))
+  is_fisher = record is FISHER
   check_output_dir(Path(out_dir), bool(merge_kwargs.get("overwrite", False)))
   texts = read_calibration(params["calibration"], recipe, max_texts=params["max_texts"])
   refs = [m.model for m in recipe.models]
   folders = {ref: recipe.resolve_model(ref) for ref in refs}
-  with tempfile.TemporaryDirectory(prefix="jaxparams-regmean-") as tmp:
+  kind = "fisher" if is_fisher else "gram"
+  with tempfile.TemporaryDirectory(prefix=f"jaxparams-{recipe.merge_method}-") as tmp:
     extra, axes = {}, {}
     grams_of: dict[str, set] = {}
     for i, ref in enumerate(refs):
-      _log.info("%s: capturing Grams of %s on %d calibration texts", where, ref, len(texts))
-      grams, ax = capture_grams(folders[ref], texts, max_length=params["max_length"],
-                                batch_size=params["batch_size"])
+      _log.info("%s: capturing %s statistics of %s on %d calibration texts", where, kind, ref,
+                len(texts))
+      if is_fisher:
+        grams, ax = capture_fishers(folders[ref], texts, max_length=params["max_length"],
+                                    batch_size=params["batch_size"]), {}
+      else:
+        grams, ax = capture_grams(folders[ref], texts, max_length=params["max_length"],
+                                  batch_size=params["batch_size"])
       if not grams:
-        raise ValueError(f"{folders[ref]}: no Linear layer of the model saw the calibration "
-                         "text; RegMean has nothing to merge by regression")
+        raise ValueError(f"{folders[ref]}: no {kind} statistics from the calibration text; "
+                         f"{recipe.merge_method!r} has nothing to weigh the merge with")
       path = Path(tmp) / f"stats_{i}"
       save_safetensors(grams, path)
-      extra[f"gram:{ref}"] = path
+      extra[f"{kind}:{ref}"] = path
       axes.update(ax)
       grams_of[ref] = set(grams)
     linear = dataclasses.replace(recipe, merge_method="linear", base_model=None, parameters={},
@@ -227,11 +310,13 @@ def merge_data_aware(recipe: Any, out_dir: str | Path, *, original: Any = None,
         if job.record is None or not all(n in grams_of[r] for r, n in job.inputs):
           out.append(job)
           continue
-        cfg = RegMeanConfig(**rec_cfg, input_axis=axes[names[0]])
+        cfg = (FisherConfig(**rec_cfg) if is_fisher
+               else RegMeanConfig(**rec_cfg, input_axis=axes[names[0]]))
+        what = "Fisher" if is_fisher else "Gram"
         out.append(dataclasses.replace(
-            job, record=REGMEAN, config=cfg, has_base=False,
-            inputs=tuple(job.inputs) + tuple((f"gram:{r}", n) for r, n in job.inputs),
-            labels=tuple(job.labels or ()) + tuple(f"Gram of {r!r}" for r, _ in job.inputs),
+            job, record=record, config=cfg, has_base=False,
+            inputs=tuple(job.inputs) + tuple((f"{kind}:{r}", n) for r, n in job.inputs),
+            labels=tuple(job.labels or ()) + tuple(f"{what} of {r!r}" for r, _ in job.inputs),
             compute_dtype=None, out_dtype=job.out_dtype or job.compute_dtype))
       return out
 
