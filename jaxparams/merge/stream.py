@@ -165,7 +165,7 @@ def merge_checkpoints(recipe: str | Path | Mapping[str, Any] | Recipe, out_dir: 
     card: the recipe to show in the model card and ``mergekit_config.yml``
       (default: ``recipe``).
 
-  A recipe naming a data-aware method (``regmean``, with ``parameters: {calibration:
+  A recipe naming a data-aware method (``regmean`` or ``fisher``, with ``parameters: {calibration:
   FILE}``) is merged by :func:`jaxparams.merge.learned.checkpoints.merge_data_aware`.
 
   Returns:
