@@ -75,6 +75,11 @@ def plan_checkpoints(recipe: str | Path | Mapping[str, Any] | Recipe) -> list[Te
   shapes, vocabularies, unknown method or parameter).
   """
   recipe = load_recipe(recipe)
+  from jaxparams.merge.learned import checkpoints as data_aware  # pylint: disable=import-outside-toplevel
+  if recipe.merge_method in data_aware.DATA_AWARE_METHODS:
+    raise ValueError(f"{recipe.source or 'recipe'}: {recipe.merge_method!r} captures statistics "
+                     "from its calibration text before it can plan; a dry run lists data-free "
+                     "merges only (run without --dry-run)")
   method = get_method(recipe.merge_method)
   folders = {ref: recipe.resolve_model(ref) for ref in recipe.model_names()}
   with contextlib.ExitStack() as stack:

@@ -10,7 +10,7 @@ from jaxparams.io import load_safetensors
 from jaxparams.merge import learned
 from jaxparams.merge.learned.records import REGMEAN
 from jaxparams.merge.registry import get_method
-from jaxparams.merge.stream import merge_checkpoints
+from jaxparams.merge.stream import merge_checkpoints, plan_checkpoints
 from jaxparams.models.hf import from_hf, hf_name_map
 from jaxparams import tree as jtree
 
@@ -98,6 +98,27 @@ def test_recipe_errors(ckpts, monkeypatch):
   with pytest.raises(ValueError, match=r"'regmean' parameter alpha=1.5 is out of range"):
     merge_checkpoints("range.yml", d / "o4", progress=False)
   assert not any((d / f"o{i}").exists() for i in range(1, 5))
+  with pytest.raises(ValueError, match="r.yml: 'regmean' captures statistics .* without --dry-run"):
+    plan_checkpoints("r.yml")
+
+
+def test_regmean_record_under_vmap_of_the_tree_driver():
+  import jax
+  import jax.numpy as jnp
+  ks = jax.random.split(jax.random.key(0), 4)
+  ms = [{"l": {"kernel": jax.random.normal(k, (4, 3)), "bias": jnp.full(3, float(i))}}
+        for i, k in enumerate(ks[:2])]
+  xs = [jax.random.normal(k, (20, 4)) for k in ks[2:]]
+  grams = [{"l/kernel": x.T @ x} for x in xs]
+  alphas = jnp.array([0.5, 1.0])
+  got = jax.vmap(lambda a: learned.regmean(ms, grams, alpha=a, eps=0.0))(alphas)
+  for j, a in enumerate([0.5, 1.0]):
+    want = learned.regmean(ms, grams, alpha=a, eps=0.0)
+    np.testing.assert_allclose(got["l"]["kernel"][j], want["l"]["kernel"], rtol=1e-5, atol=1e-5)
+  # alpha = 1: the least-squares solution of the stacked problem; biases averaged
+  x, y = jnp.concatenate(xs), jnp.concatenate([x @ m["l"]["kernel"] for x, m in zip(xs, ms)])
+  np.testing.assert_allclose(got["l"]["kernel"][1], jnp.linalg.lstsq(x, y)[0], atol=1e-4)
+  np.testing.assert_allclose(got["l"]["bias"][1], jnp.full(3, 0.5), atol=1e-6)
 
 
 def test_regmean_record_checks_name_tensor_and_inputs():

@@ -64,8 +64,6 @@ def regmean(models: Sequence[PyTree], grams: Sequence[Any], *, alpha: float = 0.
   if not models or len(grams) != len(models):
     raise ValueError(f"regmean needs one Gram dict per model, got {len(models)} models and "
                      f"{len(grams)} Gram sets")
-  if not 0.0 <= alpha <= 1.0:
-    raise ValueError(f"regmean alpha must be in [0, 1], got {alpha}")
   gmaps = [_path_map(g) for g in grams]
   paths = set(gmaps[0])
   if any(set(g) != paths for g in gmaps):
