@@ -125,6 +125,8 @@ class DigitsSuite:
 def forward(module, backbone: PyTree, head: PyTree, x: jax.Array) -> jax.Array:
   """Logits of ``head(relu(backbone(x)))``."""
   h = jax.nn.relu(module.apply({"params": backbone}, x))
+  if "scale" in head:  # CLIP-style: unit-norm features times a fixed logit scale
+    h = head["scale"] * h / (jnp.linalg.norm(h, axis=-1, keepdims=True) + 1e-6)
   return h @ head["kernel"] + head["bias"]
 
 
@@ -153,7 +155,8 @@ def _ce(logits, y):
 def build_suite(tasks: Sequence[str] = tuple(SHIFTS), *, seed: int = 0,
                 hidden: Sequence[int] = (256, 64), pretrain_steps: int = 300,
                 probe_steps: int = 50, finetune_steps: int = 300, lr: float = 3e-3,
-                finetune_lr: float = 1e-3, n_val: int = 100) -> DigitsSuite:
+                finetune_lr: float = 1e-3, n_val: int = 100,
+                feature_scale: float | None = None) -> DigitsSuite:
   """Builds the suite: pretrained backbone, per-task heads and fine-tuned experts.
 
   Args:
@@ -167,6 +170,8 @@ def build_suite(tasks: Sequence[str] = tuple(SHIFTS), *, seed: int = 0,
     lr: Adam learning rate of pretraining and probes.
     finetune_lr: Adam learning rate of the experts' fine-tuning.
     n_val: labelled validation images per task taken from the training split.
+    feature_scale: if set, the heads read unit-norm features times this fixed logit scale
+      (as CLIP's zero-shot heads read normalised image embeddings); ``None``: raw features.
 
   Raises:
     ValueError: unknown or repeated task names, or no task.
@@ -188,6 +193,8 @@ def build_suite(tasks: Sequence[str] = tuple(SHIFTS), *, seed: int = 0,
   k_bb, k_head = jax.random.split(key)
   bb = module.init(k_bb, jnp.ones((1, 64)))["params"]
   head0 = {"kernel": jax.random.normal(k_head, (hidden[-1], 10)) * 0.1, "bias": jnp.zeros(10)}
+  if feature_scale is not None:
+    head0["scale"] = jnp.float32(feature_scale)
   xtr, ytr = jnp.asarray(x[train]), jnp.asarray(y[train])
 
   @jax.jit
@@ -291,18 +298,23 @@ def _best_lam(suite, make, grid):
 
 #: Methods :func:`merge_table` knows, in table order.
 TABLE_METHODS = ("pretrained", "experts", "simple_average", "task_arithmetic", "ties",
-                 "fisher", "regmean", "adamerging_task", "adamerging_layer", "cmaes_task",
-                 "cmaes_layer")
+                 "fisher", "regmean", "adamerging_task", "adamerging_layer",
+                 "adamerging_ties_task", "adamerging_ties_layer", "cmaes_task", "cmaes_layer")
 
 
 def merge_table(suite: DigitsSuite, methods: Sequence[str] = TABLE_METHODS, *,
-                ada_steps: int = 300, ada_lr: float = 5e-3, cma_generations: int = 60,
+                ada_steps: int = 500, ada_lr: float = 1e-3, ada_trace_every: int = 50,
+                cma_generations: int = 60,
                 cma_population: int = 16, seed: int = 0) -> dict[str, dict]:
   """Runs merging methods on the suite: ``{method: {'acc': evaluate(...), 'seconds': s, ...}}``.
 
   Task arithmetic's and TIES's scaling ``lam`` is picked on the validation split from
   ``0.1..1.0`` (FusionBench uses a fixed 0.3); TIES keeps the top 20% (FusionBench's
   threshold 20) and sums (``normalize=False``, FusionBench's ``merge_func sum``).
+  AdaMerging follows the paper's code: coefficients initialised at 0.3, clipped to
+  ``[0, 1]``, Adam lr 1e-3, 500 steps on the summed entropy of each task's own head on its
+  unlabelled test inputs (``adamerging_ties_*``: over TIES's fixed masks, density 0.2);
+  its ``trace`` holds entropy and test accuracy every ``ada_trace_every`` steps.
 
   Raises:
     ValueError: unknown method names.
@@ -316,11 +328,23 @@ def merge_table(suite: DigitsSuite, methods: Sequence[str] = TABLE_METHODS, *,
   base, ex = suite.pretrained, suite.experts
   grid = np.round(np.arange(0.1, 1.01, 0.1), 2)
 
-  def ada(gran):
-    m, lam, hist = learned.adamerging(base, ex, entropy_objective(suite), granularity=gran,
-                                      steps=ada_steps, lr=ada_lr)
+  def ada(gran, ties_density=None):
+    ent = entropy_objective(suite)
+    acc = task_accuracies_fn(suite)
+    probe = jax.jit(lambda bb: (ent(bb), jnp.mean(acc(bb))))
+    trace = []
+
+    def record(step, lam, merged):
+      e, a = probe(merged)
+      trace.append({"step": int(step), "entropy": float(e), "accuracy": float(a),
+                    "coef_mean": float(jnp.mean(lam))})
+
+    m, lam, hist = learned.adamerging(base, ex, ent, granularity=gran, steps=ada_steps,
+                                      lr=ada_lr, ties_density=ties_density,
+                                      callback_every=ada_trace_every if ada_trace_every else 0,
+                                      callback=record if ada_trace_every else None)
     return m, {"entropy_start": float(hist[0]), "entropy_end": float(hist[-1]),
-               "coef_mean": float(jnp.mean(lam))}
+               "coef_mean": float(jnp.mean(lam)), "trace": trace}
 
   def cma(gran):
     m, _, hist = learned.cmaes_search(base, ex, val_error(suite), granularity=gran,
@@ -347,6 +371,8 @@ def merge_table(suite: DigitsSuite, methods: Sequence[str] = TABLE_METHODS, *,
       "regmean": lambda: (learned.regmean(ex, expert_grams(suite), alpha=0.95), {}),
       "adamerging_task": lambda: ada("task"),
       "adamerging_layer": lambda: ada("layer"),
+      "adamerging_ties_task": lambda: ada("task", 0.2),
+      "adamerging_ties_layer": lambda: ada("layer", 0.2),
       "cmaes_task": lambda: cma("task"),
       "cmaes_layer": lambda: cma("layer"),
   }

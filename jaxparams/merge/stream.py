@@ -75,6 +75,11 @@ def plan_checkpoints(recipe: str | Path | Mapping[str, Any] | Recipe) -> list[Te
   shapes, vocabularies, unknown method or parameter).
   """
   recipe = load_recipe(recipe)
+  from jaxparams.merge.learned import checkpoints as data_aware  # pylint: disable=import-outside-toplevel
+  if recipe.merge_method in data_aware.DATA_AWARE_METHODS:
+    raise ValueError(f"{recipe.source or 'recipe'}: {recipe.merge_method!r} captures statistics "
+                     "from its calibration text before it can plan; a dry run lists data-free "
+                     "merges only (run without --dry-run)")
   method = get_method(recipe.merge_method)
   folders = {ref: recipe.resolve_model(ref) for ref in recipe.model_names()}
   with contextlib.ExitStack() as stack:
@@ -132,8 +137,9 @@ def merge_checkpoints(recipe: str | Path | Mapping[str, Any] | Recipe, out_dir: 
                       copy_tokenizer: bool = True, prefetch: int = 2,
                       prefetch_bytes: int | float | str = 2e9, progress: bool = True,
                       console: Any = None, method: Any = None, shard: bool | None = None,
-                      shard_min_bytes: int = 1 << 24, write_model_card: bool = True
-                      ) -> dict[str, Any]:
+                      shard_min_bytes: int = 1 << 24, write_model_card: bool = True,
+                      extra_sources: Mapping[str, Any] | None = None,
+                      rewrite_jobs: Any = None, card: Any = None) -> dict[str, Any]:
   """Merges HF safetensors checkpoints as a mergekit recipe says, streaming.
 
   Args:
@@ -158,6 +164,14 @@ def merge_checkpoints(recipe: str | Path | Mapping[str, Any] | Recipe, out_dir: 
     shard_min_bytes: smallest tensor (bytes) worth sharding.
     write_model_card: write ``README.md`` (a model card) and the recipe as
       ``mergekit_config.yml``, as mergekit does.
+    extra_sources: ``{source name: checkpoint folder}`` read besides the models
+      (statistics of data-aware methods, see :mod:`jaxparams.merge.learned.checkpoints`).
+    rewrite_jobs: ``f(jobs) -> jobs`` applied to the streaming tasks before they run.
+    card: the recipe to show in the model card and ``mergekit_config.yml``
+      (default: ``recipe``).
+
+  A recipe naming a data-aware method (``regmean`` or ``fisher``, with ``parameters: {calibration:
+  FILE}``) is merged by :func:`jaxparams.merge.learned.checkpoints.merge_data_aware`.
 
   Returns:
     A summary dict: ``tensors``, ``bytes_read``, ``bytes_written``, ``seconds``,
@@ -173,6 +187,14 @@ def merge_checkpoints(recipe: str | Path | Mapping[str, Any] | Recipe, out_dir: 
   t0 = time.perf_counter()
   original = recipe
   recipe = load_recipe(recipe)
+  from jaxparams.merge.learned import checkpoints as data_aware  # pylint: disable=import-outside-toplevel
+  if recipe.merge_method in data_aware.DATA_AWARE_METHODS and method is None:
+    return data_aware.merge_data_aware(
+        recipe, out_dir, original=original, key=key, seed=seed, overwrite=overwrite,
+        max_shard_bytes=max_shard_bytes, allow_nonfinite=allow_nonfinite,
+        copy_tokenizer=copy_tokenizer, prefetch=prefetch, prefetch_bytes=prefetch_bytes,
+        progress=progress, console=console, shard=shard, shard_min_bytes=shard_min_bytes,
+        write_model_card=write_model_card)
   where = recipe.source or "recipe"
   out_dir = Path(out_dir)
   shard_bytes = parse_size(max_shard_bytes, what="max_shard_bytes")
@@ -192,6 +214,10 @@ def merge_checkpoints(recipe: str | Path | Mapping[str, Any] | Recipe, out_dir: 
                               recipe.pad_to_multiple_of)
     config = read_source_config(recipe, folders)  # a bad config.json is refused before merging
     jobs = stream_tasks(tasks, method, readers, recipe)
+    for name, path in (extra_sources or {}).items():
+      readers[name] = stack.enter_context(open_checkpoint(path))
+    if rewrite_jobs is not None:
+      jobs = rewrite_jobs(jobs)
     n_layers = count_layers([t.name for t in tasks])
     _log.info("%s: %s merge of %d tensors from %d models (%s) into %s", where,
               recipe.merge_method, len(jobs), len(folders),
@@ -207,9 +233,10 @@ def merge_checkpoints(recipe: str | Path | Mapping[str, Any] | Recipe, out_dir: 
     def finalize(writer) -> None:
       write_side_files(writer, recipe, folders, align, n_layers, copy_tokenizer, config)
       if write_model_card:
-        text = recipe_yaml(recipe, original)
+        shown = recipe if card is None else load_recipe(card)
+        text = recipe_yaml(shown, original if card is None else card)
         (writer.folder_tmp / "mergekit_config.yml").write_text(text, encoding="utf-8")
-        (writer.folder_tmp / "README.md").write_text(model_card(recipe, text, out_dir.name),
+        (writer.folder_tmp / "README.md").write_text(model_card(shown, text, out_dir.name),
                                                     encoding="utf-8")
 
     with progress_bar(console, progress, recipe.merge_method, len(jobs)) as update:

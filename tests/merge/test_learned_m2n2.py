@@ -59,3 +59,9 @@ def test_m2n2_evolve_reproducible_and_improves():
   # coverage: the archive together solves more examples than at the start
   cov0 = float(jnp.mean(jnp.max(jax.vmap(score)(pop), 0)))
   assert float(jnp.mean(jnp.max(out1[1], 0))) >= cov0
+  # per-step statistics: the same run, mean as above, coverage/best of the final archive
+  _, sc, st = learned.m2n2_evolve(jax.random.key(1), pop, score, steps=60, mutation=0.05,
+                                  stats=True)
+  np.testing.assert_allclose(st["mean"], hist, rtol=1e-6)
+  np.testing.assert_allclose(st["coverage"][-1], jnp.mean(jnp.max(sc, 0)), rtol=1e-6)
+  np.testing.assert_allclose(st["best"][-1], jnp.max(jnp.mean(sc, 1)), rtol=1e-6)

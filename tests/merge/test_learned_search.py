@@ -59,6 +59,34 @@ def test_adamerging_lowers_entropy_and_clamps():
     learned.adamerging(base, models, obj, granularity="row")
 
 
+def test_ties_vectors_with_one_coefficient_equal_ties_sum():
+  base, models, _ = _setup()
+  tv = learned.ties_vectors(base, models, density=0.4)
+  for lam in (0.3, 1.0):
+    got = learned.taskwise_merge(base, tv, jnp.full(2, lam))
+    want = jp.merge.ties(base, models, density=0.4, lam=lam, normalize=False)
+    assert jp.tree.allclose(got, want, atol=1e-6)
+  with pytest.raises(ValueError, match="density"):
+    learned.ties_vectors(base, models, density=0.0)
+
+
+def test_adamerging_over_ties_masks_and_traced_steps():
+  base, models, obj = _setup()
+  seen = []
+  merged, lam, hist = learned.adamerging(
+      base, models, obj, granularity="task", steps=25, lr=1e-2, ties_density=0.5,
+      callback_every=10, callback=lambda step, l, m: seen.append((step, obj(m))))
+  _, lam2, hist2 = learned.adamerging(base, models, obj, granularity="task", steps=25, lr=1e-2,
+                                      ties_density=0.5)
+  np.testing.assert_allclose(lam, lam2, rtol=1e-5)  # chunked scan == one scan
+  np.testing.assert_allclose(hist, hist2, rtol=1e-5)
+  assert [s for s, _ in seen] == [0, 10, 20, 25] and hist.shape == (25,)
+  np.testing.assert_allclose(seen[0][1], hist[0], rtol=1e-5)  # the loss at the start
+  tv = learned.ties_vectors(base, models, density=0.5)
+  assert jp.tree.allclose(merged, learned.taskwise_merge(base, tv, lam), atol=1e-6)
+  assert not jp.tree.allclose(merged, learned.taskwise_merge(base, models, lam), atol=1e-3)
+
+
 def test_cmaes_finds_known_optimum_and_is_reproducible():
   pytest.importorskip("evosax")
   base = {"w": jnp.zeros(3)}

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-__all__ = ["adamerging", "entropy", "layerwise_merge", "taskwise_merge"]
+__all__ = ["adamerging", "entropy", "layerwise_merge", "taskwise_merge", "ties_vectors"]
 
 PyTree = Any
 
@@ -53,10 +53,44 @@ def layerwise_merge(base: PyTree, models: Sequence[PyTree], lam: jax.Array) -> P
   return jax.tree.unflatten(treedef, out)
 
 
+def ties_vectors(base: PyTree, models: Sequence[PyTree], *, density: float = 0.2
+                 ) -> list[PyTree]:
+  """TIES's trimmed, sign-elected task vectors, as fixed-mask models ``base + m_k * tau_k``.
+
+  Per tensor: keep the ``density`` fraction of largest ``|tau_k|`` of each model (trim),
+  elect the sign of ``sum_k`` of the trimmed vectors, keep the entries that agree (disjoint
+  merge). Task arithmetic over these models with one weight ``lam`` equals TIES with
+  ``normalize=False`` (sum) and ``lam`` (:func:`jaxparams.merge.ties`); AdaMerging over them
+  learns the coefficients with the masks fixed (the paper's AdaMerging over TIES).
+
+  Raises:
+    ValueError: ``density`` not in ``(0, 1]`` or no models.
+  """
+  if not 0.0 < density <= 1.0 or not models:
+    raise ValueError(f"ties_vectors needs models and density in (0, 1], got {len(models)} "
+                     f"models and density {density}")
+
+  def leaf(b, *ms):
+    taus = jnp.stack([m.astype(jnp.float32) - b.astype(jnp.float32) for m in ms])
+    flat = jnp.abs(taus.reshape(len(ms), -1))
+    k = flat.shape[1] if density >= 1 else max(1, int(density * flat.shape[1]))  # as mergekit
+    thr = jax.lax.top_k(flat, k)[0][:, -1].reshape((-1,) + (1,) * b.ndim)
+    trimmed = jnp.where(jnp.abs(taus) >= thr, taus, 0.0)
+    sign = jnp.sign(jnp.sum(trimmed, 0))
+    kept = jnp.where(jnp.sign(trimmed) == sign, trimmed, 0.0)
+    return tuple((b.astype(jnp.float32) + kept[i]).astype(b.dtype) for i in range(len(ms)))
+
+  per_leaf = jax.tree.map(leaf, base, *models)
+  return [jax.tree.map(lambda t, i=i: t[i], per_leaf, is_leaf=lambda x: isinstance(x, tuple))
+          for i in range(len(models))]
+
+
 def adamerging(base: PyTree, models: Sequence[PyTree],
                objective: Callable[[PyTree], jax.Array], *, granularity: str = "layer",
                init: float = 0.3, steps: int = 200, lr: float = 1e-3,
-               clamp: tuple[float, float] | None = (0.0, 1.0)) -> tuple[PyTree, jax.Array, jax.Array]:
+               clamp: tuple[float, float] | None = (0.0, 1.0), ties_density: float | None = None,
+               callback_every: int = 0, callback: Callable | None = None
+               ) -> tuple[PyTree, jax.Array, jax.Array]:
   """Learns merge coefficients minimising ``objective(merged)`` by Adam through the merge.
 
   Args:
@@ -71,6 +105,11 @@ def adamerging(base: PyTree, models: Sequence[PyTree],
     clamp: coefficients are clipped to this range in the merge (AdaMerging's code clamps
       to ``[0, 1]``; unclamped entropy minimisation can sharpen predictions by scaling the
       task vectors up); ``None`` for no clipping.
+    ties_density: if set, learn coefficients of TIES's trimmed, sign-elected task vectors
+      with fixed masks (:func:`ties_vectors`, the paper's AdaMerging over TIES).
+    callback_every, callback: call ``callback(step, clipped_coefficients, merged)`` every
+      ``callback_every`` steps (tracing the optimisation, e.g. accuracy vs entropy); the
+      steps between calls run in one compiled ``lax.scan``.
 
   Returns:
     ``(merged, coefficients, objective per step)``.
@@ -81,6 +120,8 @@ def adamerging(base: PyTree, models: Sequence[PyTree],
   models = list(models)
   if not models:
     raise ValueError("adamerging needs at least one model")
+  if ties_density is not None:
+    models = ties_vectors(base, models, density=ties_density)
   if granularity == "task":
     merge, lam0 = taskwise_merge, jnp.full((len(models),), init, jnp.float32)
   elif granularity == "layer":
@@ -94,17 +135,36 @@ def adamerging(base: PyTree, models: Sequence[PyTree],
   opt = optax.adam(lr)
   loss = lambda lam: objective(merge(base, models, lam))
 
-  @jax.jit
-  def run(lam):
+  def _scan(lam, s, n):
     def step(carry, _):
       lam, s = carry
       v, g = jax.value_and_grad(loss)(lam)
       u, s = opt.update(g, s, lam)
       return (optax.apply_updates(lam, u), s), v
-    (lam, _), hist = jax.lax.scan(step, (lam, opt.init(lam)), None, length=steps)
+    (lam, s), hist = jax.lax.scan(step, (lam, s), None, length=n)
+    return lam, s, hist
+
+  @jax.jit
+  def run(lam):
+    lam, _, hist = _scan(lam, opt.init(lam), steps)
     return lam, hist
 
-  lam, hist = run(lam0)
+  if callback is not None and callback_every > 0:
+    lam, s, hist = lam0, opt.init(lam0), []
+    chunk = jax.jit(lambda lam, s, n: _scan(lam, s, n), static_argnums=2)
+    done = 0
+    while done < steps:
+      callback(done, jnp.clip(lam, lo, hi) if clamp is not None else lam,
+               merge(base, models, lam))
+      n = min(callback_every, steps - done)
+      lam, s, h = chunk(lam, s, n)
+      hist.append(h)
+      done += n
+    callback(done, jnp.clip(lam, lo, hi) if clamp is not None else lam,
+             merge(base, models, lam))
+    hist = jnp.concatenate(hist)
+  else:
+    lam, hist = run(lam0)
   if clamp is not None:
     lam = jnp.clip(lam, lo, hi)
   return merge(base, models, lam), lam, hist

@@ -79,10 +79,9 @@ def fisher_merge(models: Sequence[PyTree], fishers: Sequence[PyTree], *, weights
     fishers = [jax.tree.map(lambda f, n=n: f / jnp.maximum(n, 1e-30), fi)
                for fi, n in zip(fishers, norms)]
 
-  def leaf(*args):
-    k = len(models)
-    ps, fs = jnp.stack(args[:k]), jnp.stack(args[k:])
-    fs = jnp.maximum(fs, min_fisher) * w.reshape((-1,) + (1,) * (fs.ndim - 1))
-    return (jnp.sum(fs * ps, 0) / jnp.sum(fs, 0)).astype(args[0].dtype)
-
-  return jax.tree.map(leaf, *models, *fishers)
+  from jaxparams import tree as jtree  # pylint: disable=import-outside-toplevel
+  from jaxparams.merge.learned.records import FISHER  # pylint: disable=import-outside-toplevel
+  from jaxparams.merge.learned.regmean import merge_with_stats  # pylint: disable=import-outside-toplevel
+  cfg = {"weight": tuple(float(v) for v in w) if not isinstance(w, jax.core.Tracer) else w,
+         "min_fisher": min_fisher}
+  return merge_with_stats(models, FISHER, cfg, list(jtree.flatten(models[0])), stats=fishers)

@@ -21,7 +21,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -81,7 +81,8 @@ def update_archive(pop: jax.Array, scores: jax.Array, child: jax.Array, child_sc
 
 def m2n2_evolve(key: jax.Array, pop: jax.Array, score_fn: Callable[[jax.Array], jax.Array], *,
                 steps: int, alpha: float = 1.0, mutation: float = 0.0,
-                attraction: bool = True) -> tuple[jax.Array, jax.Array, jax.Array]:
+                attraction: bool = True, stats: bool = False
+                ) -> tuple[jax.Array, jax.Array, Any]:
   """Runs ``steps`` M2N2 generations (one child each) in one ``lax.scan``.
 
   Args:
@@ -92,9 +93,11 @@ def m2n2_evolve(key: jax.Array, pop: jax.Array, score_fn: Callable[[jax.Array], 
     alpha: fitness-sharing exponent (0 = no competition: plain fitness).
     mutation: std of Gaussian mutation added to the child (0.01 from scratch in the paper).
     attraction: False picks parent 2 by fitness too (a plain genetic baseline).
+    stats: return per step ``{'mean', 'best', 'coverage'}`` (archive mean and best raw
+      accuracy, fraction of examples some archive member gets right) instead of the mean.
 
   Returns:
-    ``(archive, scores, mean raw accuracy of the archive per step)``.
+    ``(archive, scores, mean raw accuracy of the archive per step)`` (or the dict).
   """
   scores = jax.vmap(score_fn)(pop).astype(jnp.float32)
 
@@ -108,6 +111,9 @@ def m2n2_evolve(key: jax.Array, pop: jax.Array, score_fn: Callable[[jax.Array], 
     child = crossover(kc, pop[p1], pop[p2])
     child = child + mutation * jax.random.normal(km, child.shape)
     pop, scores = update_archive(pop, scores, child, score_fn(child).astype(jnp.float32), alpha)
+    if stats:
+      return (pop, scores), {"mean": jnp.mean(scores), "best": jnp.max(jnp.mean(scores, 1)),
+                             "coverage": jnp.mean(jnp.max(scores, 0))}
     return (pop, scores), jnp.mean(scores)
 
   (pop, scores), hist = jax.lax.scan(step, (pop, scores), jax.random.split(key, steps))

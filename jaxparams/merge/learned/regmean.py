@@ -25,8 +25,9 @@ import jax
 import jax.numpy as jnp
 
 from jaxparams import tree as jtree
+from jaxparams.merge.learned.records import REGMEAN
 
-__all__ = ["regmean", "regmean_grams"]
+__all__ = ["merge_with_stats", "regmean", "regmean_grams"]
 
 PyTree = Any
 
@@ -63,8 +64,6 @@ def regmean(models: Sequence[PyTree], grams: Sequence[Any], *, alpha: float = 0.
   if not models or len(grams) != len(models):
     raise ValueError(f"regmean needs one Gram dict per model, got {len(models)} models and "
                      f"{len(grams)} Gram sets")
-  if not 0.0 <= alpha <= 1.0:
-    raise ValueError(f"regmean alpha must be in [0, 1], got {alpha}")
   gmaps = [_path_map(g) for g in grams]
   paths = set(gmaps[0])
   if any(set(g) != paths for g in gmaps):
@@ -80,17 +79,36 @@ def regmean(models: Sequence[PyTree], grams: Sequence[Any], *, alpha: float = 0.
         raise ValueError(f"regmean: Gram of model {i} at {p!r} has shape {g[p].shape}, "
                          f"expected {(k, k)}")
 
-  def merged(keypath, *leaves):
-    path = jtree.path_str(keypath)
-    if path not in paths:
-      return (sum(jnp.asarray(l, jnp.float32) for l in leaves) / len(leaves)).astype(leaves[0].dtype)
-    gs = []
-    for g in gmaps:
-      gi = jnp.asarray(g[path], jnp.float32)
-      gs.append(alpha * gi + (1.0 - alpha) * jnp.diag(jnp.diag(gi)))
-    gsum = sum(gs)
-    gsum = gsum + eps * jnp.mean(jnp.diag(gsum)) * jnp.eye(gsum.shape[0])
-    rhs = sum(gi @ jnp.asarray(w, jnp.float32) for gi, w in zip(gs, leaves))
-    return jnp.linalg.solve(gsum, rhs).astype(leaves[0].dtype)
+  return merge_with_stats(models, REGMEAN, {"alpha": alpha, "eps": eps}, sorted(paths),
+                          lambda p: {"grams": tuple(g[p] for g in gmaps)})
 
-  return jax.tree_util.tree_map_with_path(merged, *models)
+
+def merge_with_stats(models: Sequence[PyTree], record: Any, config: Any, paths: Sequence[str],
+                     leaf_options: Any = None, stats: Sequence[PyTree] | None = None) -> PyTree:
+  """The tree driver for a data-aware record: ``record`` on ``paths``, ``linear`` elsewhere.
+
+  Statistics reach the record either per leaf as options (``leaf_options(path)``, RegMean's
+  Grams) or as trailing input trees (``stats``: one tree per model shaped like the models,
+  Fisher's diagonals).
+  """
+  from jaxparams.merge.registry import get_record  # pylint: disable=import-outside-toplevel
+  from jaxparams.transform import apply_tree  # pylint: disable=import-outside-toplevel
+  models = list(models)
+  n = len(models)
+  flat0 = jtree.flatten(models[0])
+  chosen = set(paths)
+  rest = [p for p in flat0 if p not in chosen]
+  labels = [f"model {i}" for i in range(n)]
+  out: dict[str, Any] = {}
+  if chosen:
+    inputs = models + list(stats or [])
+    labs = labels + [f"{record.name} statistics of model {i}" for i in range(len(stats or []))]
+    out.update(jtree.flatten(apply_tree(record, None, inputs, config=config,
+                                        where=lambda p, _: p in chosen, labels=labs,
+                                        leaf_options=leaf_options)))
+  if rest:
+    linear = get_record("linear")
+    avg = jtree.flatten(apply_tree(linear, None, models, config={"weight": (1.0,) * n},
+                                   where=lambda p, _: p not in chosen, labels=labels))
+    out.update({p: avg[p] for p in rest})
+  return jtree.unflatten({p: out[p] for p in flat0}, like=models[0])

@@ -9,7 +9,7 @@
 # ---
 
 # %% [markdown]
-# # Merging that learns: Fisher, RegMean, AdaMerging, CMA-ES and MAP
+# # Merge search: Fisher, RegMean, AdaMerging, CMA-ES and MAP on a merging suite
 #
 # A FusionBench-style suite from scikit-learn's digits: one pretrained backbone, tasks that are
 # real distribution shifts of the same images (here rotated, inverted, mirrored), a fixed head
@@ -19,7 +19,7 @@
 # learned by gradient through `jp.merge.task_arithmetic`), CMA-ES (evosax, whole population
 # in one vmapped merge+forward). Then MAP: a quadratic surrogate of each task's accuracy over
 # the coefficients, its Pareto front against the exact front of a dense vmapped grid.
-# (Reduced sizes so that this notebook runs in seconds; `benchmarks/merge_learned.py` runs all
+# (Reduced sizes so that this notebook runs in seconds; `benchmarks/merge_suite.py` runs all
 # eight tasks.)
 
 # %%
@@ -42,11 +42,28 @@ suite.names
 table = ds.merge_table(suite, ("pretrained", "experts", "simple_average", "task_arithmetic",
                                "ties", "fisher", "regmean", "adamerging_task",
                                "adamerging_layer", "cmaes_task"),
-                       ada_steps=100, cma_generations=20, cma_population=12)
+                       ada_steps=150, cma_generations=20, cma_population=12)
 print(f"{'method':18s}" + "".join(f"{n:>9s}" for n in suite.names) + f"{'average':>9s}")
 for m, r in table.items():
   print(f"{m:18s}" + "".join(f"{100 * r['acc'][n]:9.1f}" for n in suite.names)
         + f"{100 * r['acc']['average']:9.1f}")
+
+# %% [markdown]
+# ## AdaMerging: its loss (entropy) against the accuracy it is meant to raise
+#
+# On this suite the merged backbones grow confident faster than they grow right: the summed
+# entropy of the tasks' predictions falls while test accuracy falls too (see
+# `benchmarks/results/merge_suite.md` for the eight-task numbers).
+
+# %%
+tr = table["adamerging_task"]["trace"]
+fig, ax = plt.subplots(figsize=(5, 3.5))
+ax.plot([t["step"] for t in tr], [t["entropy"] for t in tr], "o-", label="summed entropy")
+ax.set_xlabel("Adam step"); ax.set_ylabel("summed entropy")
+ax2 = ax.twinx()
+ax2.plot([t["step"] for t in tr], [100 * t["accuracy"] for t in tr], "s-", color="C1",
+         label="mean test accuracy %")
+ax2.set_ylabel("mean test accuracy %"); fig.legend(loc="upper center"); plt.show()
 
 # %% [markdown]
 # ## CMA-ES progress: best validation loss per generation
