@@ -45,3 +45,20 @@ def test_rf8_reference_values_and_two_binary_digits():
   r = np.abs(x - d1)
   assert np.all((r == 0) | (2.0 ** np.round(np.log2(np.where(r > 0, r, 1))) == r))
   assert np.all((r == 0) | (np.log2(d1) - np.log2(np.where(r > 0, r, 1)) <= 4))
+
+
+@pytest.mark.parametrize("nu", [0.5, 1.0])
+def test_gg_reinit_keeps_each_leafs_variance(nu):
+  p = {"emb": jax.random.normal(jax.random.key(0), (512, 64)),
+       "dense": {"kernel": jax.random.normal(jax.random.key(1), (64, 512)) * 0.05,
+                 "bias": jnp.full((512,), 0.5)}}
+  q = gg.gg_reinit(p, jax.random.key(2), nu=nu)
+  for k in (("emb",), ("dense", "kernel")):
+    a, b = p, q
+    for part in k:
+      a, b = a[part], b[part]
+    assert float(b.std()) == pytest.approx(float(a.std()), rel=0.03)
+    assert gg.fit_gg(b)[0] == pytest.approx(nu, abs=0.08)
+  np.testing.assert_array_equal(q["dense"]["bias"], p["dense"]["bias"])
+  with pytest.raises(ValueError, match="nu > 0"):
+    gg.gg_reinit(p, jax.random.key(0), nu=0.0)
