@@ -74,7 +74,7 @@ def main(argv=None) -> int:
   res = ROOT / "benchmarks" / "results"
   res.mkdir(parents=True, exist_ok=True)
   (res / "prune_gg_lm.json").write_text(json.dumps(out, indent=1))
-  label = {"0.0": "own init (Flax LeCun-normal kernels, normal embedding)",
+  label = {"0.0": "own init (normal, std 0.02, every matrix)",
            "2.0": "GG nu=2 (a fresh Gaussian draw, same variance)", "1.0": "GG nu=1 (Laplace)",
            "0.5": "GG nu=0.5"}
   st = curves["0.0"]["steps"]
