@@ -11,7 +11,9 @@ baseline for the loss comparison in benchmarks/RESULTS.md.
   python -m jaxparams.train --config=configs/prune_lm.py:runlocal --workdir=/tmp/prune_local
 
 Arguments (``:arg``): ``runlocal`` (seconds on one CPU), ``dense`` (no pruning),
-``sparsity=0.8``, ``distribution=uniform|erk``.
+``sparsity=0.8``, ``distribution=uniform|erk``, ``gg_nu=1.0`` (GG initialisation of every matrix,
+variance-matched to the model's own init; 0 = the model's init), e.g. ``:dense,gg_nu=1.0`` for the
+GG-init comparison.
 """
 
 import ml_collections
@@ -21,7 +23,7 @@ from jaxparams.train import config_args, trainer
 
 def get_config(arg=None) -> ml_collections.ConfigDict:
   arg = config_args.parse_arg(arg, runlocal=False, dense=False, sparsity=0.8,
-                              distribution="uniform")
+                              distribution="uniform", gg_nu=0.0)
   config = trainer.default_config()
   config.num_steps = 2000
   config.batch_size = 32
@@ -31,6 +33,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
   config.log_every = 20
   config.checkpoint_every = 500
   config.optim.lr = 1e-3
+  config.init.gg_nu = arg.gg_nu
   config.optim.warmup_steps = 100
   config.model = ml_collections.ConfigDict(dict(
       name="llama", vocab_size=256, hidden_size=128, intermediate_size=384, num_hidden_layers=2,

@@ -96,3 +96,72 @@ for ax, name in zip(axes, names):
   ax.plot(grid, nu / (2 * beta * exp(lgamma(1 / nu))) * np.exp(-(np.abs(grid) / beta) ** nu))
   ax.set_title(f"{name.split('/')[0]} {name.split('/')[-2]}: nu={nu:.2f}")
 jp.prune.gg_summary({k: flat[k] for k in names})
+
+# %% [markdown]
+# ## RF8: a quantizer record and `QArray` kind
+#
+# RF8 rounds each weight to at most two signed powers of two (7 significands per binade) and stores
+# one byte: sign + 7-bit magnitude index over 18 binades below the channel's largest, with a
+# power-of-two scale per output channel, so decoding is exact. Compared with FP8 e4m3 on
+# generalized-Gaussian weights: error and entropy-coded size of the 8-bit codes.
+
+# %%
+import json
+import pathlib
+
+results = pathlib.Path(jp.__file__).resolve().parents[1] / "benchmarks" / "results"
+w = jp.prune.gg_sample(jax.random.key(0), (512, 128), nu=1.0, beta=0.02)
+qa = jp.quant.quantize_matrix("rf8", w)
+exact = np.asarray(qa.dequantize() == jp.prune.rf8_round(w))    # exact on the RF8 values ...
+assert (exact | (np.asarray(qa.dequantize()) == 0)).all()        # ... or flushed to 0 (tiny)
+print(f"exact: {exact.mean():.6f}, flushed to zero: {1 - exact.mean():.6f}")
+priors = json.loads((results / "prune_priors.json").read_text())
+synth = priors["rf8_vs_fp8_synthetic"]
+fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+nus = list(synth)
+for ax, key, title in ((axes[0], "", "relative L2 error"), (axes[1], "_bits", "bits/weight (entropy)")):
+  ax.bar(np.arange(len(nus)) - 0.2, [synth[n]["rf8" + key] for n in nus], 0.4, label="RF8")
+  ax.bar(np.arange(len(nus)) + 0.2, [synth[n]["fp8" + key] for n in nus], 0.4, label="FP8 e4m3")
+  ax.set_xticks(range(len(nus)), [f"GG nu={n}" for n in nus]); ax.set_title(title); ax.legend()
+qa, priors["rf8_vs_fp8_minilm"]
+
+# %% [markdown]
+# ## GG initialisation on the small LM, and the GG shapes of the trained Llama
+#
+# `configs/prune_lm.py:dense,gg_nu=NU` trains the byte-level Llama with every matrix redrawn from a
+# GG of shape NU with the variance of the model's own init (`jp.prune.gg_reinit`); curves from
+# `benchmarks/prune_gg_lm.py` (same seeds and data order, mean of 2 seeds).
+
+# %%
+lm = json.loads((results / "prune_gg_lm.json").read_text())
+fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+names = {"0.0": "own init (normal 0.02)", "2.0": "GG nu=2", "1.0": "GG nu=1", "0.5": "GG nu=0.5"}
+for nu, c in lm["curves"].items():
+  axes[0].plot(c["steps"], c["mean"], label=names[nu])
+axes[0].set_xlabel("step"); axes[0].set_ylabel("eval loss"); axes[0].set_ylim(2.0, 3.5)
+axes[0].legend(); axes[0].set_title("GG init vs own init")
+shapes = lm["gg_shapes"]
+leaves = [p for p in shapes["0.0/trained"] if p.endswith("kernel") and "lm_head" not in p]
+axes[1].barh(np.arange(len(leaves)) - 0.2, [shapes["0.0/trained"][p] for p in leaves], 0.4,
+             label="own init, trained")
+axes[1].barh(np.arange(len(leaves)) + 0.2, [shapes["1.0/trained"][p] for p in leaves], 0.4,
+             label="GG nu=1 init, trained")
+axes[1].set_yticks(range(len(leaves)), [p.replace("/kernel", "") for p in leaves], fontsize=7)
+axes[1].set_xlabel("GG shape (jp.tree.summary)"); axes[1].legend(fontsize=7)
+{nu: round(c["mean"][-1], 3) for nu, c in lm["curves"].items()}
+
+# %% [markdown]
+# ## DeepShape as a fine-tuning penalty: compressibility vs cosine
+#
+# `jp.prune.deepshape_penalty` (an optax transform) pulls each kernel toward GG(0.8 nu, 0.6 beta)
+# during a short self-distillation fine-tune of MiniLM (`benchmarks/prune_deepshape_ft.py`);
+# compared with the post-training histogram specification (`jp.prune.deepshape`).
+
+# %%
+ft = json.loads((results / "prune_deepshape_ft.json").read_text())
+fig, ax = plt.subplots(figsize=(5.5, 3.5))
+for r in ft["rows"]:
+  ax.scatter(r["bits"], r["cosine"], label=f"{r['run']}" + (f" lam={r['lam']:g}" if r["lam"] == r["lam"] and r["lam"] else ""))
+ax.set_xlabel("bits/weight of 8-bit codes (entropy)"); ax.set_ylabel("held-out cosine")
+ax.legend(fontsize=6); ax.set_title("DeepShape penalty on MiniLM")
+[(r["run"], r["lam"], round(r["bits"], 3), round(r["cosine"], 4)) for r in ft["rows"]]

@@ -30,7 +30,7 @@ from jax.scipy.special import gammaln
 
 from jaxparams.tree.summary import gg_shape_from_ratio
 
-__all__ = ["fit_gg", "gg_init", "gg_ratio", "gg_sample", "gg_summary"]
+__all__ = ["fit_gg", "gg_init", "gg_ratio", "gg_reinit", "gg_sample", "gg_summary"]
 
 def gg_ratio(nu: Any) -> Any:
   """``Gamma(1/nu) Gamma(3/nu) / Gamma(2/nu)^2`` (``pi/2`` for a Gaussian, 2 for a Laplacian).
@@ -133,6 +133,38 @@ def gg_init(nu: float = 2.0, xi: float = 2.0, mode: str = "fan_out") -> Callable
     return gg_sample(key, tuple(shape), nu, alpha, dtype)
 
   return init
+
+
+def gg_reinit(params: Any, key: jax.Array, *, nu: float, where: Any = None) -> Any:
+  """Redraws the selected leaves from GG(nu) with each leaf's own standard deviation.
+
+  Applied to a freshly initialised tree, this is GG initialisation variance-matched to the
+  model's standard init (whatever it is: LeCun, normal(0.02), ...): each leaf ``w`` becomes
+  ``GG(nu, 0, alpha)`` with ``alpha = std(w) sqrt(Gamma(1/nu) / Gamma(3/nu))``, so the variance is
+  unchanged. Default selection: the leaves with >= 2 dims (kernels and embeddings). The trainer's
+  ``config.init.gg_nu`` runs it on the initial parameters.
+
+  Example:
+    >>> p = {'w': jax.random.normal(jax.random.key(0), (256, 256)) * 0.02, 'b': jnp.zeros(3)}
+    >>> q = gg_reinit(p, jax.random.key(1), nu=1.0)
+    >>> round(float(q['w'].std()), 3), round(fit_gg(q['w'])[0], 1), bool((q['b'] == 0).all())
+    (0.02, 1.0, True)
+  """
+  from jaxparams import tree as jtree  # pylint: disable=import-outside-toplevel
+  if not nu > 0:
+    raise ValueError(f"gg_reinit needs nu > 0, got {nu}")
+  flat = jtree.flatten(params)
+  sel = jtree.select(flat, where if where is not None
+                     else (lambda p, x: getattr(x, "ndim", 0) >= 2), flat=True)
+  out = dict(flat)
+  for i, p in enumerate(sorted(sel)):
+    w = flat[p]
+    std = float(jnp.std(w.astype(jnp.float32)))
+    if std == 0:
+      raise ValueError(f"gg_reinit: leaf {p!r} has zero variance (nothing to match)")
+    alpha = std * math.sqrt(math.exp(math.lgamma(1 / nu) - math.lgamma(3 / nu)))
+    out[p] = gg_sample(jax.random.fold_in(key, i), tuple(w.shape), nu, alpha, w.dtype)
+  return jtree.unflatten(out, params)
 
 
 def gg_summary(params: Any, where: Any = None, *, method: str = "moments") -> dict[str, tuple]:

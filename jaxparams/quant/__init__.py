@@ -33,6 +33,7 @@ from jaxparams.quant.methods import (Quantizer, get_quantizer, make_config, quan
 from jaxparams.quant.nf4 import NF4Config, nf4
 from jaxparams.quant.packing import codes_per_word, pack, packed_rows, unpack
 from jaxparams.quant.qarray import KINDS, NF4_CODEBOOK, QArray, dequantize, is_qarray
+from jaxparams.quant.rf8 import RF8Config, rf8
 from jaxparams.quant.rtn import RTNConfig, rtn
 from jaxparams.quant.rules import (DEFAULT_KEEP, QuantEntry, QuantReport, effective_weight,
                                    layer_error, plan_tree, quantize_leaf, quantize_tree)
@@ -46,7 +47,7 @@ __all__ = [
     "accumulate_stats", "awq", "codes_per_word", "decoupleq", "dequantize", "fp8", "from_qwix",
     "get_quantizer", "gptq", "gptq_hessian", "hqq", "is_qarray", "make_config", "nf4", "pack",
     "packed_rows", "quantize_matrix", "quantizer_names", "rtn", "to_qwix", "to_qwix_fields",
-    "unpack",
+    "unpack", "RF8Config", "rf8",
     # inference (quant-kernels)
     "dot", "dot_general", "kernel_supported",
     # trees, calibration, checkpoints (quant-pipeline)

@@ -15,7 +15,7 @@ JSON file ``jaxparams_quant.json``. Each tensor has a *name* (a tree path such a
   tensor               dtype, shape           content
   ===================  =====================  ==============================================
   ``<name>.qcodes``    U32 ``[ceil(K/P), N]``  packed codes (:mod:`jaxparams.quant.packing`);
-                       U8 ``[K, N]``           fp8 kinds: the fp8 bytes
+                       U8 ``[K, N]``           fp8 kinds: the fp8 bytes; rf8: the codes
   ``<name>.qscale``    F32 ``[K/G, N]``        scales
   ``<name>.qzero``     F32 ``[K/G, N]``        zero points in code units (absent if None)
   ``<name>.qg_idx``    I32 ``[K]``             group of each row (absent if None)
@@ -148,7 +148,7 @@ def _encode(q: Any) -> dict[str, np.ndarray]:
 def _expected_shapes(m: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
   k, n = int(m["shape"][0]), int(m["shape"][1])
   g = int(m["group_size"])
-  if m["kind"] in _FP8:
+  if m["kind"] in _FP8 or m["kind"] == "rf8":
     codes = (k, n)
   else:
     codes = (packing.packed_rows(k, int(m["bits"])), n)
@@ -211,7 +211,7 @@ def _decode(name: str, m: Mapping[str, Any], parts: Mapping[str, np.ndarray], wh
   """Rebuilds a QArray from its stored parts, checking every shape against the metadata."""
   check_entry(name, m, where)
   kind = m["kind"]
-  if kind not in ("int", "nf4", *_FP8):
+  if kind not in ("int", "nf4", "rf8", *_FP8):
     raise ValueError(f"{where}: tensor {name!r} has unknown kind {kind!r}")
   k, n = int(m["shape"][0]), int(m["shape"][1])
   g = int(m["group_size"])
@@ -231,6 +231,10 @@ def _decode(name: str, m: Mapping[str, Any], parts: Mapping[str, np.ndarray], wh
     if codes.dtype != np.uint8:
       raise ValueError(f"{where}: {name}.qcodes must be U8 for {kind}, got {codes.dtype}")
     codes = jnp.asarray(codes.view(np.dtype(_FP8[kind])))
+  elif kind == "rf8":
+    if codes.dtype != np.uint8:
+      raise ValueError(f"{where}: {name}.qcodes must be U8 for rf8, got {codes.dtype}")
+    codes = jnp.asarray(codes)
   else:
     if codes.dtype not in (np.uint32, np.int32):
       raise ValueError(f"{where}: {name}.qcodes must be U32 packed words, got {codes.dtype}")

@@ -39,6 +39,7 @@ from jaxparams.quant.fp8 import FP8Config, fp8
 from jaxparams.quant.gptq import GPTQConfig, gptq
 from jaxparams.quant.hqq import HQQConfig, hqq
 from jaxparams.quant.nf4 import NF4Config, nf4
+from jaxparams.quant.rf8 import RF8Config, rf8
 from jaxparams.quant.rtn import RTNConfig, rtn
 from jaxparams.transform import Registry, Transform
 
@@ -103,6 +104,7 @@ _TABLE = (  # name, function, config, needs, plain jnp (driver jits it), descrip
     ("rtn", rtn, RTNConfig, "none", True, "round-to-nearest min/max grid per group"),
     ("nf4", nf4, NF4Config, "none", True, "4-bit NormalFloat code book, absmax blocks"),
     ("fp8", fp8, FP8Config, "none", True, "fp8 e4m3/e5m2 with per-channel/group scales"),
+    ("rf8", rf8, RF8Config, "none", True, "RF8: two powers of two per weight, 8-bit codes"),
     ("hqq", hqq, HQQConfig, "none", False, "half-quadratic zero/scale optimisation"),
     ("gptq", gptq, GPTQConfig, "hessian", False, "GPTQ (OBS error feedback with H = 2X^TX/n)"),
     ("awq", awq, AWQConfig, "act_stats", False, "activation-aware per-channel scaling"),
@@ -171,7 +173,7 @@ def make_config(name: str, **fields) -> Any:
     fields.pop("bits", None)
     if "group_size" in fields:
       fields["block_size"] = fields.pop("group_size")
-  if name == "fp8" and fields.get("bits", 8) == 8:
+  if name in ("fp8", "rf8") and fields.get("bits", 8) == 8:
     fields.pop("bits", None)
   unknown = sorted(set(fields) - valid)
   if unknown:

@@ -8,7 +8,8 @@ Data fields (pytree children, so they jit, shard and ``tree.map``):
   * ``codes``: uint32 words packed along K (see :mod:`jaxparams.quant.packing`),
     shape ``(ceil(K / P), N)``; for ``kind='nf4'`` the 4-bit indices into the
     NF4 code book packed the same way; for ``kind='fp8_e4m3' / 'fp8_e5m2'`` the
-    unpacked fp8 array ``[K, N]``.
+    unpacked fp8 array ``[K, N]``; for ``kind='rf8'`` the uint8 RF8 codes ``[K, N]``
+    (:mod:`jaxparams.quant.rf8`, with power-of-two scales).
   * ``scale``: float32 ``[K // G, N]``.
   * ``zero``: float32 ``[K // G, N]`` in code units, or ``None`` (nf4, fp8):
     ``W ~= (q - zero) * scale``. Symmetric int codes store ``zero = 2**(bits-1)``.
@@ -17,7 +18,7 @@ Data fields (pytree children, so they jit, shard and ``tree.map``):
     means ``g_idx[k] = k // G`` (the kernel-friendly layout).
 
 Static fields: ``shape`` (K, N), ``bits``, ``group_size``, ``kind``
-(``'int' | 'nf4' | 'fp8_e4m3' | 'fp8_e5m2'``), ``dtype`` (name of the original
+(``'int' | 'nf4' | 'fp8_e4m3' | 'fp8_e5m2' | 'rf8'``), ``dtype`` (name of the original
 dtype, e.g. ``'bfloat16'``).
 
 Example:
@@ -45,7 +46,7 @@ from jaxparams.quant import packing
 
 __all__ = ["QArray", "KINDS", "NF4_CODEBOOK", "is_qarray", "dequantize"]
 
-KINDS = ("int", "nf4", "fp8_e4m3", "fp8_e5m2")
+KINDS = ("int", "nf4", "fp8_e4m3", "fp8_e5m2", "rf8")
 
 # The 16 NF4 levels of QLoRA (Dettmers et al. 2023, Appendix E), ascending, exact 0 at index 7.
 NF4_CODEBOOK = (
@@ -150,6 +151,9 @@ def _dequantize_jit(codes, scale, zero, g_idx, *, kind, bits, group_size, k, dty
   elif kind == "nf4":
     book = jnp.asarray(NF4_CODEBOOK, jnp.float32)
     w = book[packing.unpack(codes, 4, k)] * scale
+  elif kind == "rf8":
+    from jaxparams.quant.rf8 import dequantize_codes  # pylint: disable=import-outside-toplevel
+    w = dequantize_codes(codes, scale)   # (a lazy import: jaxparams.quant.rf8 imports QArray)
   else:
     w = codes.astype(jnp.float32) * scale
   return w.astype(dtype)

@@ -65,9 +65,9 @@ def flag_fields(method: str, bits: int, group_size: int, *, act_order: bool = Fa
     if bits != 4:
       raise ValueError(f"--method nf4 is 4-bit only, got --bits {bits}")
     return {"block_size": group}
-  if method == "fp8":
-    if bits not in (4, 8):   # 4 is the CLI default: fp8 ignores it
-      raise ValueError(f"--method fp8 is 8-bit only, got --bits {bits}")
+  if method in ("fp8", "rf8"):
+    if bits not in (4, 8):   # 4 is the CLI default: fp8 and rf8 ignore it
+      raise ValueError(f"--method {method} is 8-bit only, got --bits {bits}")
     return {"group_size": group}
   fields: dict[str, Any] = {"bits": bits, "group_size": group}
   if method == "gptq":
@@ -114,7 +114,7 @@ def read_rules(path: str | Path, default_method: str, default_fields: dict[str, 
       continue
     method = str(method).lower()
     fields = dict(default_fields) if method == default_method else {}
-    if method != default_method and "bits" in default_fields and method not in ("nf4", "fp8"):
+    if method != default_method and "bits" in default_fields and method not in ("nf4", "fp8", "rf8"):
       fields["bits"] = default_fields["bits"]
       fields["group_size"] = default_fields.get("group_size", 128)
     fields.update(r)

@@ -96,7 +96,9 @@ def default_config() -> ml_collections.ConfigDict:
   ``backward.{name, ratio, min_rows}`` (``'exact'`` or ``'wtacrs'``),
   ``snapshot.{every, nodes, fail_at, lose_node}`` (in-memory snapshots, 0 = off),
   ``pruning.{sparsity, begin_step, end_step, update_freq, power, distribution}`` (gradual
-  magnitude pruning, 0 = off),
+  magnitude pruning, 0 = off), ``init.gg_nu`` (0 = the model's own init; > 0 redraws every
+  matrix from a generalized Gaussian of that shape with the same variance,
+  :func:`jaxparams.prune.gg_reinit`),
   ``model.name`` plus the family's config fields, ``growth.{steps, hook, kwargs, opt_state}``.
   """
   c = ml_collections.ConfigDict()
@@ -124,6 +126,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.pruning = ml_collections.ConfigDict(dict(sparsity=0.0, begin_step=0, end_step=0,
                                              update_freq=10, power=3.0,
                                              distribution="uniform"))
+  c.init = ml_collections.ConfigDict(dict(gg_nu=0.0))
   c.model = ml_collections.ConfigDict(dict(name="tokenformer"))
   c.growth = ml_collections.ConfigDict(dict(steps=(), hook="", opt_state="pad"))
   c.growth.kwargs = ml_collections.ConfigDict()
@@ -202,6 +205,9 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
                        f"update_freq={prn.update_freq}")
     if config.growth.steps or config.optim.name == "mezo":
       raise ValueError("config.pruning cannot be combined with growth.steps or optim.name='mezo'")
+  if float(config.init.gg_nu) < 0:
+    raise ValueError(f"config.init.gg_nu must be >= 0 (0 = the model's own init), found "
+                     f"{config.init.gg_nu}")
   snap = config.snapshot
   if int(snap.every) < 0 or int(snap.fail_at) < 0:
     raise ValueError(f"config.snapshot.every and fail_at must be >= 0, found {snap.every}, "
@@ -549,6 +555,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
     model = build(model_config)
     rng = np.asarray(jax.random.PRNGKey(int(config.seed)))
     params = model.init_params(rng)
+    if float(config.init.gg_nu) > 0:  # GG init, variance-matched to the model's own init
+      params = jax.device_put(prune.gg_reinit(params, jax.random.fold_in(rng, 1),
+                                              nu=float(config.init.gg_nu)), model.param_shardings)
     opt_state = model.init_opt(params)
     writer = log_lib.MetricsWriter(workdir / "metrics.jsonl", enabled=is_main,
                                    truncate_after_step=-1)

@@ -129,6 +129,30 @@ def test_trainer_prunes_from_config_and_keeps_zeros(tmp_path):
     trainer.check_config(bad)
 
 
+@pytest.mark.slow
+def test_trainer_gg_init_from_config(tmp_path):
+  import importlib.util
+  import pathlib
+  from jaxparams.prune import fit_gg
+  from jaxparams.train import trainer
+  path = pathlib.Path(__file__).parents[2] / "configs" / "prune_lm.py"
+  spec = importlib.util.spec_from_file_location("_prune_lm", path)
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  shapes = {}
+  for nu in (0.0, 1.0):
+    config = mod.get_config(f"runlocal,dense,gg_nu={nu}")
+    config.num_steps, config.optim.lr = 1, 1e-9             # the initial values, as drawn
+    emb = trainer.train(config, tmp_path / f"run{nu}").params["embed_tokens"]["embedding"]
+    shapes[nu] = (fit_gg(emb)[0], float(emb.std()))
+  assert shapes[0.0][0] == pytest.approx(2.0, abs=0.15)       # the model's normal(0.02)
+  assert shapes[1.0][0] == pytest.approx(1.0, abs=0.15)       # GG nu=1 ...
+  assert shapes[1.0][1] == pytest.approx(shapes[0.0][1], rel=0.05)   # ... same variance
+  bad = mod.get_config("runlocal,gg_nu=-1.0")
+  with pytest.raises(ValueError, match="gg_nu"):
+    trainer.check_config(bad)
+
+
 def jp_default(path, leaf):
   from jaxparams.prune import default_prune_where
   return default_prune_where(path, leaf)
