@@ -67,11 +67,15 @@ def main() -> None:
   ap.add_argument("--sizes", default="small,medium,large")
   ap.add_argument("--no-tree", action="store_true")
   ap.add_argument("--out", default=str(HERE / "results" / "scaling.md"))
+  ap.add_argument("--append", action="store_true",
+                  help="add to the rows already in the --out .json (sizes run separately)")
   args = ap.parse_args()
   work = Path(args.work)
   work.mkdir(parents=True, exist_ok=True)
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   rows = []
+  if args.append and Path(args.out).with_suffix(".json").is_file():
+    rows = json.loads(Path(args.out).with_suffix(".json").read_text())
   for size in args.sizes.split(","):
     m = mvm.build(work, size, "bfloat16", noise=0.005)
     gb = mvm.model_bytes(m["base"]) / 1e9
