@@ -50,6 +50,8 @@ SIZES = {
                   num_hidden_layers=8, num_attention_heads=16, num_key_value_heads=16),
     "medium": dict(vocab_size=32000, hidden_size=1024, intermediate_size=2816,
                    num_hidden_layers=8, num_attention_heads=16, num_key_value_heads=16),
+    "mid": dict(vocab_size=16000, hidden_size=512, intermediate_size=1408,
+                num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=8),
     "small": dict(vocab_size=4096, hidden_size=256, intermediate_size=688, num_hidden_layers=4,
                   num_attention_heads=4, num_key_value_heads=2),
 }

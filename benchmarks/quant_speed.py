@@ -75,7 +75,8 @@ def whole(cache: str, specs: list[str]) -> dict:
 
 
 def layer(k: int, n: int) -> dict:
-  from jaxparams.quant.decoupleq import DecoupleQConfig, _decoupleq_jit  # pylint: disable=import-outside-toplevel
+  # pylint: disable-next=import-outside-toplevel
+  from jaxparams.quant.decoupleq import DecoupleQConfig, _decoupleq_jit
   rng = np.random.default_rng(0)
   x = rng.standard_normal((2048, k)).astype(np.float32)
   w = jax.numpy.asarray(rng.standard_normal((k, n)).astype(np.float32) * 0.05)
