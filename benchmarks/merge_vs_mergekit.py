@@ -9,8 +9,11 @@ max|mergekit|).
 
 Two sets:
 * ``bf16``: three Llama checkpoints of ``--size`` (``large`` ~0.54B params, the
-  issue's setting; ``medium`` ~0.17B; ``small``), dtype bfloat16:
-  task_arithmetic, slerp, ties (density 0.5).
+  issue's setting; ``medium`` ~0.17B; ``mid`` 42M; ``small`` 5M), dtype bfloat16:
+  task_arithmetic, slerp, ties (density 0.5), linear; with the I/O floor (read and
+  write bandwidth measured in the same run), start-up and compile seconds apart
+  (``merge_child.py``), and, with ``JAXPARAMS_BEFORE=<older checkout>``, the older
+  jaxparams timed in the same run.
 * ``fp32``: a small fp32 set (5M params) through every deterministic method;
   they must agree to <= 1e-6 relative.
 

@@ -9,8 +9,12 @@ stopped and joined before any cleanup, also on Ctrl-C), the record runs under
 hyperparameters whose value differs between tasks are traced arguments, so
 per-layer values do not recompile), its static checks run on the host with the
 concrete config, its value checks (NaN/Inf) inside the same jitted call, read
-with the output. Results go to :class:`jaxparams.io.SafetensorsWriter`
-(sharded, HF index, atomic: nothing is left behind on an error). Tasks without
+with the output. Each task is dispatched before the previous one's results are
+fetched, checked and written (jax calls are asynchronous, so writing overlaps
+computing). Inputs are read into 64-byte aligned buffers, which XLA's CPU client
+uses without a copy. Results go to :class:`jaxparams.io.SafetensorsWriter`
+(sharded, HF index, atomic: nothing is left behind on an error), written to disk
+as they come (``header_reserve``), not held per shard. Tasks without
 a record copy their input unchanged. A record may return a dict
 ``{suffix: array}`` (e.g. ``qweight``/``scales``/``zeros``): each becomes one
 output tensor, named by :meth:`StreamTask.output_name`.
