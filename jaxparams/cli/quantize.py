@@ -62,6 +62,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
   p.add_argument("--max-shard-bytes", type=float, default=1e9, help="output shard size (bytes)")
   p.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it exists")
   p.add_argument("--no-progress", action="store_true", help="no progress bar")
+  p.add_argument("--compile-cache", default=None,
+                 help="persistent XLA compilation cache folder, so repeated runs skip "
+                 "compilation (default: $JAXPARAMS_COMPILE_CACHE or ~/.cache/jaxparams/xla; "
+                 "'none' disables)")
   p.set_defaults(func=run)
 
 
@@ -103,7 +107,9 @@ def quantize_checkpoint(src, out, rules, *, calibration_texts=None, fmt="jaxpara
 
 
 def run(args: argparse.Namespace) -> int:
+  from jaxparams.cli.merge import enable_compile_cache  # pylint: disable=g-import-not-at-top
   from jaxparams.quant.stream import quantize_checkpoint as qc  # pylint: disable=g-import-not-at-top
+  enable_compile_cache(getattr(args, "compile_cache", None))  # one compile per shape, ever
   fields = rule_file.flag_fields(args.method, args.bits, args.group_size,
                                  act_order=args.act_order, symmetric=args.symmetric)
   if args.rules:

@@ -82,6 +82,12 @@ class SafetensorsWriter:
     overwrite: replace an existing folder (only at the final rename).
     metadata: safetensors ``__metadata__``; ``{'format': 'pt'}`` by default, which
       HF transformers requires.
+    header_reserve: ``None`` (default) buffers a shard's tensors and writes the
+      shard when it is full. A byte count writes each tensor to disk as it is
+      added (host memory: one tensor, not one shard), behind a header area of
+      that size that the shard's header fills at the end, padded with spaces
+      as the safetensors format allows; a header that does not fit moves the
+      data once (correct, slower). The streaming drivers use this.
 
   Example:
     >>> import tempfile, os
@@ -94,8 +100,14 @@ class SafetensorsWriter:
 
   def __init__(self, out_dir: str | Path, *, max_shard_bytes: float | str = 5e9,
                overwrite: bool = False,
-               metadata: Mapping[str, str] | None = None):
+               metadata: Mapping[str, str] | None = None,
+               header_reserve: int | None = None):
     self.out_dir = Path(out_dir)
+    self.header_reserve = (None if header_reserve is None
+                           else max(8, -(-int(header_reserve) // 8) * 8))
+    self._file: Any = None  # write-through: the open shard file, its header entries, its size
+    self._file_entries: dict[str, Any] = {}
+    self._file_bytes = 0
     self.max_shard_bytes = parse_size(max_shard_bytes, what="max_shard_bytes")
     self.metadata = dict(metadata) if metadata is not None else {"format": "pt"}
     self._ctx = atomic_dir(self.out_dir, overwrite=overwrite)
@@ -117,12 +129,82 @@ class SafetensorsWriter:
     if name in self._names:
       raise ValueError(f"{self.out_dir}: tensor {name!r} written twice.")
     a = np.asarray(array)
+    if self.header_reserve is not None:
+      self._write_through(name, a)
+      return
     if self._pending and self._pending_bytes + a.nbytes > self.max_shard_bytes:
       self._flush()
     self._names.add(name)
     _log.debug("writing tensor %s %s %s", name, a.dtype, a.shape)
     self._pending[name] = a
     self._pending_bytes += a.nbytes
+
+  def _shard_path(self) -> Path:
+    return self.folder_tmp / f"shard-{len(self._shards):05d}.safetensors"
+
+  def _write_through(self, name: str, a: np.ndarray) -> None:
+    path = self._shard_path()
+    dtype = to_safetensors_dtype(a.dtype, where=f"{path}: tensor {name!r}")
+    if self._file is not None and self._file_entries and (
+        self._file_bytes + a.nbytes > self.max_shard_bytes):
+      self._close_shard()
+      path = self._shard_path()
+    self._names.add(name)
+    _log.debug("writing tensor %s %s %s", name, a.dtype, a.shape)
+    try:
+      if self._file is None:
+        self._file = open(path, "wb")  # pylint: disable=consider-using-with
+        self._file.seek(8 + self.header_reserve)
+        self._file_entries, self._file_bytes = {}, 0
+      if a.size:
+        self._file.write(np.ascontiguousarray(a).reshape(-1).view(np.uint8).data)
+    except OSError as e:  # disk full, file too large...: name the file
+      if e.filename is not None or not e.errno:
+        raise
+      raise OSError(e.errno, e.strerror, str(path)) from None
+    self._file_entries[name] = {"dtype": dtype, "shape": list(a.shape),
+                                "data_offsets": [self._file_bytes, self._file_bytes + a.nbytes]}
+    self._file_bytes += a.nbytes
+
+  def _close_shard(self) -> None:
+    """Fills the reserved header of the open shard (or moves its data when it does not fit)."""
+    f, path = self._file, self._shard_path()
+    self._file = None
+    header: dict[str, Any] = {}
+    if self.metadata:
+      header["__metadata__"] = {str(k): str(v) for k, v in self.metadata.items()}
+    header.update(self._file_entries)
+    raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    try:
+      if len(raw) <= self.header_reserve:
+        raw += b" " * (self.header_reserve - len(raw))
+        f.seek(0)
+        f.write(struct.pack("<Q", len(raw)))
+        f.write(raw)
+        f.close()
+      else:  # the header outgrew its reserve: rewrite the file with the data after it
+        f.close()
+        _log.info("%s: header of %d bytes > reserved %d; moving the data", path, len(raw),
+                  self.header_reserve)
+        raw += b" " * (-len(raw) % 8)
+        moved = path.with_suffix(".moving")
+        path.rename(moved)
+        with open(moved, "rb") as src, open(path, "wb") as dst:
+          dst.write(struct.pack("<Q", len(raw)))
+          dst.write(raw)
+          src.seek(8 + self.header_reserve)
+          shutil.copyfileobj(src, dst, 1 << 24)
+        moved.unlink()
+    except OSError as e:
+      if e.filename is not None or not e.errno:
+        raise
+      raise OSError(e.errno, e.strerror, str(path)) from None
+    finally:
+      if not f.closed:
+        f.close()
+    self.total_bytes += self._file_bytes
+    self._shards.append((path.name, list(self._file_entries)))
+    self._file_entries, self._file_bytes = {}, 0
 
   def _flush(self) -> None:
     if not self._pending:
@@ -157,6 +239,8 @@ class SafetensorsWriter:
     return copied
 
   def _finish(self) -> None:
+    if self._file is not None:
+      self._close_shard()
     self._flush()
     n = len(self._shards)
     if n == 0:
@@ -174,6 +258,9 @@ class SafetensorsWriter:
                                  "weight_map": weight_map})
 
   def __exit__(self, exc_type, exc, tb) -> bool:
+    if exc_type is not None and self._file is not None:
+      self._file.close()  # before the temporary folder is removed
+      self._file = None
     if exc_type is None:
       try:
         self._finish()

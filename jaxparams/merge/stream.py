@@ -9,8 +9,9 @@ them with the transform layer's streaming driver
 background thread that is stopped before any cleanup, the record under
 ``jax.jit`` compiled once per shape/dtype (per-layer values are traced), the
 record's checks (shapes, non-float tensors, parameter ranges, NaN/Inf fused
-into the computation), an atomic sharded output. Peak memory is a few tensors
-per input plus the output shard being filled. On any error or Ctrl-C no
+into the computation), an atomic sharded output written tensor by tensor.
+Peak memory is a few tensors per input (the output is not buffered in
+memory; the next tensor computes while the previous one is written). On any error or Ctrl-C no
 output folder is left behind. With several GPUs/TPUs (or ``shard=True``),
 large tensors are split along axis 0 across all devices.
 

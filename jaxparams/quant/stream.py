@@ -264,7 +264,7 @@ def quantize_checkpoint(src: str | Path, out: str | Path, rules: Any, *,
     max_length: calibration tokens per text.
     batch_size: calibration texts per batch.
     overwrite: replace ``out``.
-    max_shard_bytes: output shard size (also the writer's buffer).
+    max_shard_bytes: output shard size (results are written as they come).
     progress: ``progress(path, index, total)`` before each quantized tensor.
 
   Raises:
@@ -304,6 +304,9 @@ def _quantize(src: Path, out: Path, m: _Model, rules: Any, *, calibration, fmt, 
   meta = ({"format": "pt", "jaxparams_quant_version": str(qckpt.VERSION)}
           if fmt == "jaxparams" else None)
   kw = {"metadata": meta} if meta else {}
+  # Each result goes to disk as it comes (not one shard in memory): header room for up to
+  # four outputs per source tensor (qweight, scales, zeros, g_idx).
+  kw["header_reserve"] = 2048 + sum(4 * (len(n) + 100) for n in reader.names())
   with jio.SafetensorsWriter(out, overwrite=overwrite, max_shard_bytes=max_shard_bytes,
                              **kw) as w:
     sink = _Out(w, fmt, m)

@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["Prefetcher", "read_tensor"]
+__all__ = ["Prefetcher", "read_tensor", "aligned_empty"]
 
 _log = logging.getLogger(__name__)
 
@@ -56,6 +56,26 @@ class _ByteBudget:
       self.cond.notify_all()
 
 
+_ALIGN = 64  # XLA's CPU client takes host buffers aligned to this without a copy
+
+
+def aligned_empty(nbytes: int) -> np.ndarray:
+  """A fresh uint8 buffer whose data pointer is 64-byte aligned.
+
+  ``jnp.asarray`` / ``jax.jit`` on the CPU backend use such a numpy buffer in
+  place; an unaligned one (numpy's large allocations are 16-byte aligned) is
+  copied first, which cost as much as the merge arithmetic (measured:
+  5.7 MB bf16, 4.6-12.8 ms unaligned vs 0.6-0.8 ms aligned).
+
+  Example:
+    >>> aligned_empty(100).ctypes.data % 64, aligned_empty(100).nbytes
+    (0, 100)
+  """
+  raw = np.empty(nbytes + _ALIGN, np.uint8)
+  start = (-raw.ctypes.data) % _ALIGN
+  return raw[start:start + nbytes]
+
+
 def read_tensor(reader: Any, name: str, files: dict[Any, Any]) -> np.ndarray:
   """One tensor into a fresh buffer (pread-style when the spec has file/offset).
 
@@ -66,7 +86,7 @@ def read_tensor(reader: Any, name: str, files: dict[Any, Any]) -> np.ndarray:
   _log.debug("reading tensor %s (%s)", name, path or "in memory")
   if path is None or offset is None:
     return np.array(reader.read(name))
-  buf = np.empty(spec.nbytes, np.uint8)
+  buf = aligned_empty(spec.nbytes)
   if spec.nbytes:
     f = files.get(path)
     if f is None:

@@ -9,8 +9,12 @@ stopped and joined before any cleanup, also on Ctrl-C), the record runs under
 hyperparameters whose value differs between tasks are traced arguments, so
 per-layer values do not recompile), its static checks run on the host with the
 concrete config, its value checks (NaN/Inf) inside the same jitted call, read
-with the output. Results go to :class:`jaxparams.io.SafetensorsWriter`
-(sharded, HF index, atomic: nothing is left behind on an error). Tasks without
+with the output. Each task is dispatched before the previous one's results are
+fetched, checked and written (jax calls are asynchronous, so writing overlaps
+computing). Inputs are read into 64-byte aligned buffers, which XLA's CPU client
+uses without a copy. Results go to :class:`jaxparams.io.SafetensorsWriter`
+(sharded, HF index, atomic: nothing is left behind on an error), written to disk
+as they come (``header_reserve``), not held per shard. Tasks without
 a record copy their input unchanged. A record may return a dict
 ``{suffix: array}`` (e.g. ``qweight``/``scales``/``zeros``): each becomes one
 output tensor, named by :meth:`StreamTask.output_name`.
@@ -299,7 +303,8 @@ def stream_checkpoints(tasks: Sequence[StreamTask], sources: Mapping[str, Any],
   prefix = f"{context}: " if context else ""
   bytes_read = done = 0
   writer_kwargs: dict[str, Any] = {"max_shard_bytes": int(max_shard_bytes),
-                                   "overwrite": overwrite}
+                                   "overwrite": overwrite,
+                                   "header_reserve": header_reserve(tasks, metadata)}
   if metadata is not None:
     writer_kwargs["metadata"] = metadata
   with _DeferredInterrupt() as interrupt, SafetensorsWriter(out_dir, **writer_kwargs) as writer:
@@ -307,15 +312,21 @@ def stream_checkpoints(tasks: Sequence[StreamTask], sources: Mapping[str, Any],
     with Prefetcher(tasks, sources, max_items=prefetch, max_bytes=int(prefetch_bytes),
                     prepare=prepare) as reader:
       inflight: list = []
+      pending = None  # the previous task, dispatched (XLA computes it) but not yet written
       for task, arrays, nbytes in reader:
         interrupt.check()
         _log.debug("%s%s: %s from %d inputs (%d bytes)", prefix, task.name,
                    task.record.name if task.record is not None else "copy", len(task.inputs),
                    nbytes)
         try:
-          outs = _run_task(task, [arrays[i] for i in task.inputs], compiled, key, shard,
-                           inflight)
+          # Dispatch this task, then fetch, check and write the previous one while XLA
+          # computes this one (jax calls are asynchronous).
+          started = _start_task(task, [arrays[i] for i in task.inputs], compiled, key, shard)
+          inflight[:] = [started[1]] + ([pending[1]] if pending is not None else [])
+          outs = _finish_task(pending, compiled) if pending is not None else []
+          pending = started
         except ValueError as e:
+          _drain(inflight)
           raise type(e)(f"{prefix}{e}") from None
         except BaseException:
           # Ctrl-C while XLA still computes: let the computation finish (its inputs alive)
@@ -331,11 +342,39 @@ def stream_checkpoints(tasks: Sequence[StreamTask], sources: Mapping[str, Any],
         interrupt.check()
         if progress is not None:
           progress(done, len(tasks), bytes_read)
+      if pending is not None:
+        try:
+          outs = _finish_task(pending, compiled)
+          inflight.clear()
+        except ValueError as e:
+          _drain(inflight)
+          raise type(e)(f"{prefix}{e}") from None
+        except BaseException:
+          _drain(inflight)
+          raise
+        for name, value in outs:
+          writer.add(name, value)
     interrupt.check()
     if finalize is not None:
       finalize(writer)
   return {"tensors": done, "bytes_read": bytes_read, "bytes_written": writer.total_bytes,
           "seconds": time.perf_counter() - t0, "out_dir": str(out_dir)}
+
+
+def header_reserve(tasks: Sequence[StreamTask], metadata: Mapping[str, str] | None = None
+                   ) -> int:
+  """Header bytes reserved per output shard: room for every task's entries, twice.
+
+  The writer then writes each result as it comes (one tensor in host memory, not
+  one shard) and fills the header at the end; a header that outgrows this (many
+  dict outputs per task) only costs moving the shard's data once.
+
+  Example:
+    >>> header_reserve([StreamTask('w', (('m', 'w'),))])
+    1242
+  """
+  meta = sum(len(k) + len(v) + 8 for k, v in (metadata or {"format": "pt"}).items())
+  return 1024 + meta + sum(2 * (len(t.name) + 100) for t in tasks)
 
 
 class _DeferredInterrupt:
@@ -382,21 +421,25 @@ def _drain(inflight: list) -> None:
   inflight.clear()
 
 
-def _run_task(task: StreamTask, arrays: list, compiled: _Compiled, key, shard, inflight: list
-              ) -> list[tuple[str, np.ndarray]]:
+def _start_task(task: StreamTask, arrays: list, compiled: _Compiled, key, shard) -> tuple:
+  """Dispatches one task (XLA runs it asynchronously): ``(task, in-flight values, ctx)``."""
   if task.record is None:
-    return [(task.name, arrays[0])]
+    return task, arrays[0], None
   record = task.record
   k = tensor_key(key, task.name) if (key is not None and record.needs_key is not False) else None
   placed = _place(arrays, shard)
-  inflight[:] = [placed]
   out, flags, ctx = compiled(task, placed, k)
-  inflight[:] = [placed, out, flags]
-  if isinstance(out, Mapping):
-    outs = [(task.output_name(s), np.asarray(v)) for s, v in out.items()]
-  else:
-    outs = [(task.name, np.asarray(out))]
+  return task, (placed, out, flags), ctx
+
+
+def _finish_task(started: tuple, compiled: _Compiled) -> list[tuple[str, np.ndarray]]:
+  """Waits for a dispatched task, runs its value checks, returns its named host arrays."""
+  task, value, ctx = started
+  if task.record is None:
+    return [(task.name, value)]
+  _, out, flags = value
   if flags.shape[0]:
-    record.verify(np.asarray(flags), ctx, compiled.skip)
-  inflight.clear()
-  return outs
+    task.record.verify(np.asarray(flags), ctx, compiled.skip)
+  if isinstance(out, Mapping):
+    return [(task.output_name(s), np.asarray(v)) for s, v in out.items()]
+  return [(task.name, np.asarray(out))]
