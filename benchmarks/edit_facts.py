@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxparams.edit import evaluate, facts, facts_lm, ft, grace, methods, stats, targets
+from jaxparams.edit import evaluate, facts, facts_lm, ft, grace, methods, stats, targets, wise
 from jaxparams.models import Llama
 from jaxparams.edit import requests as req_lib
 
@@ -111,6 +111,8 @@ def main(argv=None):
   ap.add_argument("--out", default=str(RESULTS / "edit.json"))
   ap.add_argument("--md", default=str(RESULTS / "edit.md"))
   ap.add_argument("--workdir", default="/tmp/jaxparams_edit_facts")
+  ap.add_argument("--lm", default="", help="reuse an exported facts LM: a folder with hf/ and "
+                  "data/ (as train_facts_lm writes) instead of training in --workdir")
   ap.add_argument("--steps", type=int, default=0, help="facts LM training steps (0: default)")
   ap.add_argument("--n-rome", type=int, default=20)
   ap.add_argument("--batch", type=int, default=100)
@@ -125,16 +127,24 @@ def main(argv=None):
   ap.add_argument("--v-steps", type=int, default=40, help="target optimisation steps")
   ap.add_argument("--v-lr", type=float, default=1.0)
   ap.add_argument("--clamp", type=float, default=10.0, help="ROME clamp_norm_factor")
+  ap.add_argument("--wise-iters", type=int, default=40)
+  ap.add_argument("--wise-lr", type=float, default=1.0)
+  ap.add_argument("--wise-nc", type=float, default=0.1, help="WISE norm_constraint")
+  ap.add_argument("--wise-margin", default="0.5,2.0,1.0", help="WISE alpha,beta,gamma")
+  ap.add_argument("--wise-save", type=int, default=50, help="WISE save_freq (merge: 2x)")
   ap.add_argument("--z-clamp", type=float, default=4.0, help="MEMIT/AlphaEdit clamp_norm_factor")
   a = ap.parse_args(argv)
   meths = [m.strip() for m in a.methods.split(",") if m.strip()]
-  valid = ("rome", "memit", "alphaedit", "ft", "grace")
+  valid = ("rome", "memit", "alphaedit", "ft", "grace", "wise")
   bad = [m for m in meths if m not in valid]
   if bad:
     raise SystemExit(f"unknown method(s) {bad}; valid here: {', '.join(valid)}")
 
   t0 = time.perf_counter()
-  lm = facts_lm.train_facts_lm(a.workdir, a.facts, a.relations, a.edits, steps=a.steps)
+  if a.lm:
+    lm = facts_lm.load_facts_lm(pathlib.Path(a.lm) / "hf", pathlib.Path(a.lm) / "data")
+  else:
+    lm = facts_lm.train_facts_lm(a.workdir, a.facts, a.relations, a.edits, steps=a.steps)
   t_train = time.perf_counter() - t0
   fs = lm.facts
   rec = facts_lm.recall(lm)
@@ -148,7 +158,7 @@ def main(argv=None):
   jax.block_until_ready([s.xtx for s in st.values()])
   t_stats = time.perf_counter() - t0
   n_tok = int(st[layers[0]].count)
-  cov = {l: s.moment() for l, s in st.items()}
+  cov = {l: s.gram for l, s in st.items()}
   tpl = req_lib.context_templates(lm.module, lm.params, lm.tokenizer)
   groups = [["{}"], tpl[1:6]]
   reqs = req_lib.requests_from_edits(fs)
@@ -174,7 +184,20 @@ def main(argv=None):
   results["unedited"] = score(lm.params, edits[:a.batch])
 
   grace_module = Llama(lm.config, dot=grace.dot)
-  mod_of = lambda name: grace_module if name == "grace" else lm.module
+  wise_module = Llama(lm.config, dot=wise.dot)
+  mod_of = lambda name: {"grace": grace_module, "wise": wise_module}.get(name, lm.module)
+  # WISE: margins scaled to this model's activation distances (the 7B defaults are absolute).
+  wise_hp = wise.WiseParams(n_iter=a.wise_iters, edit_lr=a.wise_lr, norm_constraint=a.wise_nc,
+                            act_margin=tuple(float(x) for x in a.wise_margin.split(",")),
+                            save_freq=a.wise_save, merge_freq=2 * a.wise_save)
+  loc_pool = [(f.subject, facts.sentence(fs.relations[f.relation][0], f.subject))
+              for f in fs.facts]
+
+  def loc_prompt(i, subject):  # an irrelevant prompt (another subject's fact), as WISE's loc
+    j = (i * 7919) % len(loc_pool)
+    while loc_pool[j][0] == subject:
+      j = (j + 1) % len(loc_pool)
+    return loc_pool[j][1]
 
   def batch_edit(name, params, rq, state=None):
     if name == "grace":
@@ -184,6 +207,16 @@ def main(argv=None):
       new = grace.edit_many(grace_module, params, lm.tokenizer, rq, layer=a.rome_layer,
                             first_id=state)
       return (new, None), state + len(rq)
+    if name == "wise":
+      st = state or wise.WiseState()
+      if st.count == 0:
+        params = wise.wrap_params(params, a.rome_layer)
+      for r in rq:
+        params, st, _ = wise.wise_edit(wise_module, params, lm.tokenizer, r, layer=a.rome_layer,
+                                       loc_prompt=loc_prompt(st.count, r.subject), state=st,
+                                       hp=wise_hp)
+      params, st = wise.finalize(params, a.rome_layer, st, wise_hp)
+      return (params, None), st
     if name == "memit":
       return methods.memit(lm.module, params, lm.tokenizer, rq, cov=cov, where=memit_where,
                            templates=groups, hp=methods.MemitParams(

@@ -63,7 +63,7 @@ params = model.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"]
 texts = [facts.sentence(pr, f.subject, f.object) for f in fs.facts[:24] for pr in fs.relations[f.relation]]
 st = stats.key_stats(model, params, stats.text_batches(tok, texts, seq_len=16), layers=(1,))
 req = requests.requests_from_edits(fs)[0]
-new, dl = methods.rome(model, params, tok, req, cov=st[1].moment() + 1e-3 * jnp.eye(64),
+new, dl = methods.rome(model, params, tok, req, cov=st[1].gram + 1e-3 * jnp.eye(64),
                        where="layers_1/mlp/down_proj/kernel", templates=["{}"],
                        hp=methods.RomeParams(target=targets.TargetParams(v_num_grad_steps=5)))
 print(req, "->", list(dl.updates))
