@@ -1,7 +1,7 @@
 """CounterFact-style editing benchmark on a facts LM trained here.
 
   python benchmarks/edit_facts.py [--facts F --relations R --edits E]
-      [--methods rome,memit,alphaedit,ft] [--out RESULT.json] [--workdir DIR]
+      [--methods rome,memit,alphaedit,grace,wise,ft] [--out RESULT.json] [--workdir DIR | --lm DIR]
 
 Trains (or reuses, in ``--workdir``) the facts LM of ``configs/facts_lm.py`` on the facts, then
 for each method measures, in [0, 1]:
@@ -14,9 +14,14 @@ for each method measures, in [0, 1]:
 * ``margin_*``: mean log P(target_new) - log P(old) on edit prompts / paraphrases.
 
 Settings: single ROME edits (each from the original model), one batch of ``--batch`` edits for
-MEMIT/AlphaEdit/FT, and ``--seq-edits`` sequential edits in batches of ``--seq-batch``
+MEMIT/AlphaEdit/GRACE/WISE/FT, and ``--seq-edits`` sequential edits in batches of ``--seq-batch``
 (``<method>_seq`` keys, with a ``curve`` per batch). Writes the JSON and
-``benchmarks/results/edit.md``.
+``benchmarks/results/edit.md``. Defaults: keys and targets at the subject's last token
+(``fact_token='subject_last'``), ROME at layer 0 with the reference's target optimisation
+(20 steps, lr 0.5, clamp 4), MEMIT/AlphaEdit on layers 0-1 (25 steps, clamp 4, lambda 100 for
+this 128-wide model), WISE at layer 2 with margins scaled to the model. For 1000 sequential
+edits, generate a bigger set (``benchmarks/make_facts_set.py --subjects 200 --edits 1000 --out
+DIR``) and pass ``--facts/--relations/--edits`` from DIR with ``--seq-edits 1000``.
 """
 
 from __future__ import annotations
@@ -107,7 +112,7 @@ class Scorer:
 def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   ap.add_argument("--facts"), ap.add_argument("--relations"), ap.add_argument("--edits")
-  ap.add_argument("--methods", default="rome,memit,alphaedit,ft")
+  ap.add_argument("--methods", default="rome,memit,alphaedit,grace,wise,ft")
   ap.add_argument("--out", default=str(RESULTS / "edit.json"))
   ap.add_argument("--md", default=str(RESULTS / "edit.md"))
   ap.add_argument("--workdir", default="/tmp/jaxparams_edit_facts")
@@ -118,20 +123,22 @@ def main(argv=None):
   ap.add_argument("--batch", type=int, default=100)
   ap.add_argument("--seq-edits", type=int, default=300)
   ap.add_argument("--seq-batch", type=int, default=100)
-  ap.add_argument("--fact-token", default="last")
+  ap.add_argument("--fact-token", default="subject_last")
   ap.add_argument("--stats-from", default="unedited", choices=("unedited", "all"),
                   help="key statistics from the sentences of unedited facts (default) or all")
-  ap.add_argument("--rome-layer", type=int, default=1)
-  ap.add_argument("--memit-layers", default="0,1,2")
-  ap.add_argument("--lam", type=float, default=50.0, help="MEMIT mom2_update_weight")
-  ap.add_argument("--v-steps", type=int, default=40, help="target optimisation steps")
-  ap.add_argument("--v-lr", type=float, default=1.0)
-  ap.add_argument("--clamp", type=float, default=10.0, help="ROME clamp_norm_factor")
+  ap.add_argument("--rome-layer", type=int, default=0)
+  ap.add_argument("--memit-layers", default="0,1")
+  ap.add_argument("--lam", type=float, default=100.0, help="MEMIT mom2_update_weight")
+  ap.add_argument("--v-steps", type=int, default=20, help="target optimisation steps")
+  ap.add_argument("--v-lr", type=float, default=0.5)
+  ap.add_argument("--clamp", type=float, default=4.0, help="ROME clamp_norm_factor")
+  ap.add_argument("--wise-layer", type=int, default=2, help="WISE value matrix (a late layer)")
   ap.add_argument("--wise-iters", type=int, default=40)
-  ap.add_argument("--wise-lr", type=float, default=1.0)
-  ap.add_argument("--wise-nc", type=float, default=0.1, help="WISE norm_constraint")
+  ap.add_argument("--wise-lr", type=float, default=5.0)
+  ap.add_argument("--wise-nc", type=float, default=0.5, help="WISE norm_constraint")
   ap.add_argument("--wise-margin", default="0.5,2.0,1.0", help="WISE alpha,beta,gamma")
   ap.add_argument("--wise-save", type=int, default=50, help="WISE save_freq (merge: 2x)")
+  ap.add_argument("--z-steps", type=int, default=25, help="MEMIT/AlphaEdit target steps")
   ap.add_argument("--z-clamp", type=float, default=4.0, help="MEMIT/AlphaEdit clamp_norm_factor")
   a = ap.parse_args(argv)
   meths = [m.strip() for m in a.methods.split(",") if m.strip()]
@@ -166,7 +173,7 @@ def main(argv=None):
   score = Scorer(lm)
   tp = targets.TargetParams(fact_token=a.fact_token, v_num_grad_steps=a.v_steps, v_lr=a.v_lr,
                             clamp_norm_factor=a.clamp)
-  tpm = targets.TargetParams(fact_token=a.fact_token, v_num_grad_steps=a.v_steps, v_lr=a.v_lr,
+  tpm = targets.TargetParams(fact_token=a.fact_token, v_num_grad_steps=a.z_steps, v_lr=a.v_lr,
                              clamp_norm_factor=a.z_clamp)
   memit_where = re.compile("|".join(f"layers_{l}/mlp/down_proj/kernel"
                                     for l in a.memit_layers.split(",")))
@@ -178,7 +185,10 @@ def main(argv=None):
                         "stats_from": a.stats_from,
                         "memit_layers": a.memit_layers, "lambda": a.lam,
                         "target": {"v_steps": a.v_steps, "v_lr": a.v_lr, "rome_clamp": a.clamp,
-                                   "z_clamp": a.z_clamp},
+                                   "z_steps": a.z_steps, "z_clamp": a.z_clamp},
+                        "wise": {"layer": a.wise_layer, "n_iter": a.wise_iters, "lr": a.wise_lr,
+                                 "norm_constraint": a.wise_nc, "act_margin": a.wise_margin,
+                                 "save_freq": a.wise_save},
                         "machine": f"{platform.machine()} {platform.processor()}, "
                                    f"{jax.device_count()} {jax.devices()[0].platform} device(s)"}}
   results["unedited"] = score(lm.params, edits[:a.batch])
@@ -210,12 +220,12 @@ def main(argv=None):
     if name == "wise":
       st = state or wise.WiseState()
       if st.count == 0:
-        params = wise.wrap_params(params, a.rome_layer)
+        params = wise.wrap_params(params, a.wise_layer)
       for r in rq:
-        params, st, _ = wise.wise_edit(wise_module, params, lm.tokenizer, r, layer=a.rome_layer,
+        params, st, _ = wise.wise_edit(wise_module, params, lm.tokenizer, r, layer=a.wise_layer,
                                        loc_prompt=loc_prompt(st.count, r.subject), state=st,
                                        hp=wise_hp)
-      params, st = wise.finalize(params, a.rome_layer, st, wise_hp)
+      params, st = wise.finalize(params, a.wise_layer, st, wise_hp)
       return (params, None), st
     if name == "memit":
       return methods.memit(lm.module, params, lm.tokenizer, rq, cov=cov, where=memit_where,
