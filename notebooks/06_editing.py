@@ -9,14 +9,16 @@
 # ---
 
 # %% [markdown]
-# # Editing facts: ROME, MEMIT and AlphaEdit as pure functions
+# # Editing facts: ROME, MEMIT, AlphaEdit, GRACE and WISE as pure functions
 #
 # 1. The **closed-form updates** on one kernel: ROME writes `v*` at `k*` exactly; AlphaEdit's
 #    update leaves the outputs of preserved keys unchanged.
 # 2. An **edit on a Llama** returns `(new_params, delta)`; the delta re-applies bit-identically
 #    and rolls back bit-exactly.
 # 3. The **facts benchmark** (`benchmarks/edit_facts.py`): efficacy, generalization and locality
-#    over the number of sequential edits, per method (read from its committed results).
+#    over the number of sequential edits, per method (read from its committed results). The
+#    facts LM stores a subject's facts at the subject's last token (its corpus has profile
+#    lines), so keys and targets are read there, as in the reference code.
 
 # %%
 import json

@@ -81,9 +81,14 @@ jax.tree_util.register_pytree_node(
     lambda act, ch: WiseKernel(*ch, act=act))
 
 
-def _dist(act, y, y0):
+def _dist(act, y, y0, *, safe: bool = False):
+  """``||a(y) - a(y0)||`` over the last axis; ``safe``: a finite gradient at 0 (training starts
+  from ``new == w``, where the plain norm's gradient is NaN)."""
   f = _ACT[act]
-  return jnp.linalg.norm(f(y.astype(jnp.float32)) - f(y0.astype(jnp.float32)), axis=-1)
+  diff = f(y.astype(jnp.float32)) - f(y0.astype(jnp.float32))
+  if safe:
+    return jnp.sqrt(jnp.sum(diff * diff, axis=-1) + 1e-12)
+  return jnp.linalg.norm(diff, axis=-1)
 
 
 def dot(x: jax.Array, kernel: Any) -> jax.Array:
@@ -190,7 +195,7 @@ def _train(module, params, ids, mask, tmask, is_edit, grad_mask, *, layer, hp: W
     nll_rows = -(tok * tmask[:, :-1]).sum(-1) / n_tgt
     nll = jnp.sum(jnp.where(is_edit, nll_rows, 0.0)) / jnp.maximum(is_edit.sum(), 1)
     x = out.keys[layer].astype(jnp.float32)
-    d = _dist(k0.act, x @ nw, x @ w)
+    d = _dist(k0.act, x @ nw, x @ w, safe=True)
     d_row = (d * m).sum(-1) / jnp.maximum(m.sum(-1), 1.0)
     d_in = jnp.where(is_edit, d_row, jnp.nan)
     d_out = jnp.where(is_edit, jnp.nan, d_row)
