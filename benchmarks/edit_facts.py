@@ -1,7 +1,7 @@
 """CounterFact-style editing benchmark on a facts LM trained here.
 
   python benchmarks/edit_facts.py [--facts F --relations R --edits E]
-      [--methods rome,memit,alphaedit,ft] [--out RESULT.json] [--workdir DIR]
+      [--methods rome,memit,alphaedit,grace,wise,ft] [--out RESULT.json] [--workdir DIR | --lm DIR]
 
 Trains (or reuses, in ``--workdir``) the facts LM of ``configs/facts_lm.py`` on the facts, then
 for each method measures, in [0, 1]:
@@ -14,9 +14,14 @@ for each method measures, in [0, 1]:
 * ``margin_*``: mean log P(target_new) - log P(old) on edit prompts / paraphrases.
 
 Settings: single ROME edits (each from the original model), one batch of ``--batch`` edits for
-MEMIT/AlphaEdit/FT, and ``--seq-edits`` sequential edits in batches of ``--seq-batch``
+MEMIT/AlphaEdit/GRACE/WISE/FT, and ``--seq-edits`` sequential edits in batches of ``--seq-batch``
 (``<method>_seq`` keys, with a ``curve`` per batch). Writes the JSON and
-``benchmarks/results/edit.md``.
+``benchmarks/results/edit.md``. Defaults: keys and targets at the subject's last token
+(``fact_token='subject_last'``), ROME at layer 0 with the reference's target optimisation
+(20 steps, lr 0.5, clamp 4), MEMIT/AlphaEdit on layers 0-1 (25 steps, clamp 4, lambda 100 for
+this 128-wide model), WISE at layer 2 with margins scaled to the model. For 1000 sequential
+edits, generate a bigger set (``benchmarks/make_facts_set.py --subjects 200 --edits 1000 --out
+DIR``) and pass ``--facts/--relations/--edits`` from DIR with ``--seq-edits 1000``.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxparams.edit import evaluate, facts, facts_lm, ft, grace, methods, stats, targets
+from jaxparams.edit import evaluate, facts, facts_lm, ft, grace, methods, stats, targets, wise
 from jaxparams.models import Llama
 from jaxparams.edit import requests as req_lib
 
@@ -107,34 +112,46 @@ class Scorer:
 def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   ap.add_argument("--facts"), ap.add_argument("--relations"), ap.add_argument("--edits")
-  ap.add_argument("--methods", default="rome,memit,alphaedit,ft")
+  ap.add_argument("--methods", default="rome,memit,alphaedit,grace,wise,ft")
   ap.add_argument("--out", default=str(RESULTS / "edit.json"))
   ap.add_argument("--md", default=str(RESULTS / "edit.md"))
   ap.add_argument("--workdir", default="/tmp/jaxparams_edit_facts")
+  ap.add_argument("--lm", default="", help="reuse an exported facts LM: a folder with hf/ and "
+                  "data/ (as train_facts_lm writes) instead of training in --workdir")
   ap.add_argument("--steps", type=int, default=0, help="facts LM training steps (0: default)")
   ap.add_argument("--n-rome", type=int, default=20)
   ap.add_argument("--batch", type=int, default=100)
   ap.add_argument("--seq-edits", type=int, default=300)
   ap.add_argument("--seq-batch", type=int, default=100)
-  ap.add_argument("--fact-token", default="last")
+  ap.add_argument("--fact-token", default="subject_last")
   ap.add_argument("--stats-from", default="unedited", choices=("unedited", "all"),
                   help="key statistics from the sentences of unedited facts (default) or all")
-  ap.add_argument("--rome-layer", type=int, default=1)
-  ap.add_argument("--memit-layers", default="0,1,2")
-  ap.add_argument("--lam", type=float, default=50.0, help="MEMIT mom2_update_weight")
-  ap.add_argument("--v-steps", type=int, default=40, help="target optimisation steps")
-  ap.add_argument("--v-lr", type=float, default=1.0)
-  ap.add_argument("--clamp", type=float, default=10.0, help="ROME clamp_norm_factor")
+  ap.add_argument("--rome-layer", type=int, default=0)
+  ap.add_argument("--memit-layers", default="0,1")
+  ap.add_argument("--lam", type=float, default=100.0, help="MEMIT mom2_update_weight")
+  ap.add_argument("--v-steps", type=int, default=20, help="target optimisation steps")
+  ap.add_argument("--v-lr", type=float, default=0.5)
+  ap.add_argument("--clamp", type=float, default=4.0, help="ROME clamp_norm_factor")
+  ap.add_argument("--wise-layer", type=int, default=2, help="WISE value matrix (a late layer)")
+  ap.add_argument("--wise-iters", type=int, default=40)
+  ap.add_argument("--wise-lr", type=float, default=5.0)
+  ap.add_argument("--wise-nc", type=float, default=0.5, help="WISE norm_constraint")
+  ap.add_argument("--wise-margin", default="0.5,2.0,1.0", help="WISE alpha,beta,gamma")
+  ap.add_argument("--wise-save", type=int, default=50, help="WISE save_freq (merge: 2x)")
+  ap.add_argument("--z-steps", type=int, default=25, help="MEMIT/AlphaEdit target steps")
   ap.add_argument("--z-clamp", type=float, default=4.0, help="MEMIT/AlphaEdit clamp_norm_factor")
   a = ap.parse_args(argv)
   meths = [m.strip() for m in a.methods.split(",") if m.strip()]
-  valid = ("rome", "memit", "alphaedit", "ft", "grace")
+  valid = ("rome", "memit", "alphaedit", "ft", "grace", "wise")
   bad = [m for m in meths if m not in valid]
   if bad:
     raise SystemExit(f"unknown method(s) {bad}; valid here: {', '.join(valid)}")
 
   t0 = time.perf_counter()
-  lm = facts_lm.train_facts_lm(a.workdir, a.facts, a.relations, a.edits, steps=a.steps)
+  if a.lm:
+    lm = facts_lm.load_facts_lm(pathlib.Path(a.lm) / "hf", pathlib.Path(a.lm) / "data")
+  else:
+    lm = facts_lm.train_facts_lm(a.workdir, a.facts, a.relations, a.edits, steps=a.steps)
   t_train = time.perf_counter() - t0
   fs = lm.facts
   rec = facts_lm.recall(lm)
@@ -148,7 +165,7 @@ def main(argv=None):
   jax.block_until_ready([s.xtx for s in st.values()])
   t_stats = time.perf_counter() - t0
   n_tok = int(st[layers[0]].count)
-  cov = {l: s.moment() for l, s in st.items()}
+  cov = {l: s.gram for l, s in st.items()}
   tpl = req_lib.context_templates(lm.module, lm.params, lm.tokenizer)
   groups = [["{}"], tpl[1:6]]
   reqs = req_lib.requests_from_edits(fs)
@@ -156,7 +173,7 @@ def main(argv=None):
   score = Scorer(lm)
   tp = targets.TargetParams(fact_token=a.fact_token, v_num_grad_steps=a.v_steps, v_lr=a.v_lr,
                             clamp_norm_factor=a.clamp)
-  tpm = targets.TargetParams(fact_token=a.fact_token, v_num_grad_steps=a.v_steps, v_lr=a.v_lr,
+  tpm = targets.TargetParams(fact_token=a.fact_token, v_num_grad_steps=a.z_steps, v_lr=a.v_lr,
                              clamp_norm_factor=a.z_clamp)
   memit_where = re.compile("|".join(f"layers_{l}/mlp/down_proj/kernel"
                                     for l in a.memit_layers.split(",")))
@@ -168,13 +185,29 @@ def main(argv=None):
                         "stats_from": a.stats_from,
                         "memit_layers": a.memit_layers, "lambda": a.lam,
                         "target": {"v_steps": a.v_steps, "v_lr": a.v_lr, "rome_clamp": a.clamp,
-                                   "z_clamp": a.z_clamp},
+                                   "z_steps": a.z_steps, "z_clamp": a.z_clamp},
+                        "wise": {"layer": a.wise_layer, "n_iter": a.wise_iters, "lr": a.wise_lr,
+                                 "norm_constraint": a.wise_nc, "act_margin": a.wise_margin,
+                                 "save_freq": a.wise_save},
                         "machine": f"{platform.machine()} {platform.processor()}, "
                                    f"{jax.device_count()} {jax.devices()[0].platform} device(s)"}}
   results["unedited"] = score(lm.params, edits[:a.batch])
 
   grace_module = Llama(lm.config, dot=grace.dot)
-  mod_of = lambda name: grace_module if name == "grace" else lm.module
+  wise_module = Llama(lm.config, dot=wise.dot)
+  mod_of = lambda name: {"grace": grace_module, "wise": wise_module}.get(name, lm.module)
+  # WISE: margins scaled to this model's activation distances (the 7B defaults are absolute).
+  wise_hp = wise.WiseParams(n_iter=a.wise_iters, edit_lr=a.wise_lr, norm_constraint=a.wise_nc,
+                            act_margin=tuple(float(x) for x in a.wise_margin.split(",")),
+                            save_freq=a.wise_save, merge_freq=2 * a.wise_save)
+  loc_pool = [(f.subject, facts.sentence(fs.relations[f.relation][0], f.subject))
+              for f in fs.facts]
+
+  def loc_prompt(i, subject):  # an irrelevant prompt (another subject's fact), as WISE's loc
+    j = (i * 7919) % len(loc_pool)
+    while loc_pool[j][0] == subject:
+      j = (j + 1) % len(loc_pool)
+    return loc_pool[j][1]
 
   def batch_edit(name, params, rq, state=None):
     if name == "grace":
@@ -184,6 +217,16 @@ def main(argv=None):
       new = grace.edit_many(grace_module, params, lm.tokenizer, rq, layer=a.rome_layer,
                             first_id=state)
       return (new, None), state + len(rq)
+    if name == "wise":
+      st = state or wise.WiseState()
+      if st.count == 0:
+        params = wise.wrap_params(params, a.wise_layer)
+      for r in rq:
+        params, st, _ = wise.wise_edit(wise_module, params, lm.tokenizer, r, layer=a.wise_layer,
+                                       loc_prompt=loc_prompt(st.count, r.subject), state=st,
+                                       hp=wise_hp)
+      params, st = wise.finalize(params, a.wise_layer, st, wise_hp)
+      return (params, None), st
     if name == "memit":
       return methods.memit(lm.module, params, lm.tokenizer, rq, cov=cov, where=memit_where,
                            templates=groups, hp=methods.MemitParams(

@@ -1,6 +1,7 @@
 """Writes the default invented facts set shipped in ``jaxparams/edit/data/`` (deterministic).
 
-  python benchmarks/make_facts_set.py
+  python benchmarks/make_facts_set.py                       # the packaged default set
+  python benchmarks/make_facts_set.py --subjects 200 --edits 1000 --out DIR   # 1000 edits
 
 Subjects are invented two-word names, objects invented or common words; every subject has one
 fact per relation. Edits change the object of distinct (subject, relation) facts to another object
@@ -50,9 +51,14 @@ SYL_B = ["dane", "wick", "more", "ford", "bright", "vale", "stone", "mere", "tho
          "grave", "lund", "mark", "ridge", "wyn", "brook"]
 
 
-def main(n_subjects: int = 100, n_edits: int = 300, seed: int = 0) -> None:
+def main(n_subjects: int = 100, n_edits: int = 300, seed: int = 0, out: pathlib.Path = OUT
+         ) -> None:
+  if n_edits > n_subjects * len(RELATIONS):
+    raise SystemExit(f"{n_edits} edits need at least {-(-n_edits // len(RELATIONS))} subjects")
   rng = random.Random(seed)
   lasts = sorted({a + b for a in SYL_A for b in SYL_B})
+  if n_subjects > len(lasts):
+    raise SystemExit(f"at most {len(lasts)} subjects")
   rng.shuffle(lasts)
   subjects = [f"{rng.choice(FIRST)} {last}" for last in lasts[:n_subjects]]
   facts = []
@@ -65,6 +71,7 @@ def main(n_subjects: int = 100, n_edits: int = 300, seed: int = 0) -> None:
     options = [o for o in RELATIONS[f["relation"]]["objects"] if o != f["object"]]
     edits.append({"subject": f["subject"], "relation": f["relation"],
                   "target_new": rng.choice(options)})
+  OUT = pathlib.Path(out)  # pylint: disable=invalid-name
   OUT.mkdir(parents=True, exist_ok=True)
   (OUT / "relations.json").write_text(json.dumps(
       {r: {"prompts": spec["prompts"]} for r, spec in RELATIONS.items()}, indent=1) + "\n")
@@ -74,4 +81,11 @@ def main(n_subjects: int = 100, n_edits: int = 300, seed: int = 0) -> None:
 
 
 if __name__ == "__main__":
-  main()
+  import argparse
+  ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  ap.add_argument("--subjects", type=int, default=100)
+  ap.add_argument("--edits", type=int, default=300)
+  ap.add_argument("--seed", type=int, default=0)
+  ap.add_argument("--out", default=str(OUT))
+  a = ap.parse_args()
+  main(a.subjects, a.edits, a.seed, pathlib.Path(a.out))

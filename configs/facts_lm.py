@@ -1,5 +1,8 @@
 r"""Small Llama that memorises a facts set (word-level tokenizer), the model the editing benchmark
-edits. Corpus: every fact of ``facts.jsonl`` in every phrasing of ``relations.json``.
+edits. Corpus: every fact of ``facts.jsonl`` in every phrasing of ``relations.json``, plus
+profile lines (``<s> subject`` and the subject's objects in a random order) that make the model
+store a subject's facts at the subject's last token, where ROME/MEMIT edit; AdamW weight decay
+0.1.
 
   python -m jaxparams.train --config=configs/facts_lm.py --workdir=/tmp/facts_lm
   python -m jaxparams.train --config=configs/facts_lm.py:data=DIR,size=tiny --workdir=/tmp/f

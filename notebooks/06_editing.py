@@ -9,14 +9,16 @@
 # ---
 
 # %% [markdown]
-# # Editing facts: ROME, MEMIT and AlphaEdit as pure functions
+# # Editing facts: ROME, MEMIT, AlphaEdit, GRACE and WISE as pure functions
 #
 # 1. The **closed-form updates** on one kernel: ROME writes `v*` at `k*` exactly; AlphaEdit's
 #    update leaves the outputs of preserved keys unchanged.
 # 2. An **edit on a Llama** returns `(new_params, delta)`; the delta re-applies bit-identically
 #    and rolls back bit-exactly.
 # 3. The **facts benchmark** (`benchmarks/edit_facts.py`): efficacy, generalization and locality
-#    over the number of sequential edits, per method (read from its committed results).
+#    over the number of sequential edits, per method (read from its committed results). The
+#    facts LM stores a subject's facts at the subject's last token (its corpus has profile
+#    lines), so keys and targets are read there, as in the reference code.
 
 # %%
 import json
@@ -63,7 +65,7 @@ params = model.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"]
 texts = [facts.sentence(pr, f.subject, f.object) for f in fs.facts[:24] for pr in fs.relations[f.relation]]
 st = stats.key_stats(model, params, stats.text_batches(tok, texts, seq_len=16), layers=(1,))
 req = requests.requests_from_edits(fs)[0]
-new, dl = methods.rome(model, params, tok, req, cov=st[1].moment() + 1e-3 * jnp.eye(64),
+new, dl = methods.rome(model, params, tok, req, cov=st[1].gram + 1e-3 * jnp.eye(64),
                        where="layers_1/mlp/down_proj/kernel", templates=["{}"],
                        hp=methods.RomeParams(target=targets.TargetParams(v_num_grad_steps=5)))
 print(req, "->", list(dl.updates))

@@ -53,7 +53,7 @@ def run(console: Any) -> dict[str, Any]:
              for p in fs.relations[f.relation]]
     st = stats.key_stats(lm.module, lm.params, stats.text_batches(lm.tokenizer, texts),
                          layers=(0,))
-    cov = st[0].moment() + 1e-2 * jnp.eye(st[0].xtx.shape[0])
+    cov = st[0].gram + 1e-2 * jnp.eye(st[0].xtx.shape[0])
     req = req_lib.requests_from_edits(lm.facts)[0]
     hp = methods.RomeParams(target=targets.TargetParams(fact_token="last"))
     tpl = req_lib.context_templates(lm.module, lm.params, lm.tokenizer,

@@ -1,11 +1,14 @@
-"""Knowledge editing: ROME, MEMIT, AlphaEdit, GRACE and FT-L as pure functions on Llama params.
+"""Knowledge editing: ROME, MEMIT, AlphaEdit, GRACE, WISE and FT-L as pure functions on Llama params.
 
 * :mod:`.solve`: closed-form updates on one ``[d_k, d_v]`` kernel (jitted).
 * :mod:`.methods`: ``rome``/``memit``/``alphaedit`` -> ``(new_params, Delta)``; layers chosen
   with ``where=`` (MLP output kernels ``layers_{l}/mlp/down_proj/kernel``).
 * :mod:`.delta`: export, re-apply (bit-identical) and roll back (bit-exact) an edit.
-* :mod:`.stats`: key second moment ``E[k k^T]`` streamed in fp32, saved per model and layer.
+* :mod:`.stats`: key second moment ``E[k k^T]`` through :mod:`jaxparams.calib` (fp32, streamed,
+  shardable), saved per model and layer.
 * :mod:`.grace`: codebook adaptor through ``dot=``, rollback by edit id; :mod:`.ft`: FT-L.
+* :mod:`.wise`: side memory beside one value matrix, activation routing through ``dot=``,
+  knowledge shards with random masks merged with the TIES record of :mod:`jaxparams.merge`.
 * :mod:`.facts`, :mod:`.facts_lm`: facts/relations/edits files and the facts LM trained here.
 
 Example:
@@ -24,11 +27,12 @@ from jaxparams.edit.methods import (AlphaEditParams, AlphaEditState, MemitParams
 from jaxparams.edit.requests import EditRequest, read_requests
 from jaxparams.edit.stats import KeyStats, key_stats, load_stats, save_stats
 from jaxparams.edit.targets import TargetParams
+from jaxparams.edit.wise import WiseKernel, WiseParams, WiseState
 
 __all__ = [
     "METHODS", "edit_checkpoint", "apply_delta_checkpoint", "Delta", "add_delta", "apply_delta",
     "rollback", "save_delta", "load_delta", "FactsSet", "load_facts_set", "FTParams", "finetune",
     "RomeParams", "MemitParams", "AlphaEditParams", "AlphaEditState", "rome", "memit",
     "alphaedit", "alpha_state", "EditRequest", "read_requests", "KeyStats", "key_stats",
-    "save_stats", "load_stats", "TargetParams",
+    "save_stats", "load_stats", "TargetParams", "WiseKernel", "WiseParams", "WiseState",
 ]

@@ -90,7 +90,7 @@ def edit_checkpoint(model_dir: str | pathlib.Path, requests_file: str | pathlib.
     st = stats.load_stats(stats_dir, name, lays)
   else:
     raise ValueError("edit needs key statistics: --stats DIR (saved) or --stats-text FILE")
-  cov = {l: s.moment() for l, s in st.items()}
+  cov = {l: s.gram for l, s in st.items()}
   tpl = req_lib.context_templates(module, params, tok)
   sel = lambda p, _: p in where
   t0 = time.perf_counter()

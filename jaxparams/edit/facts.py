@@ -194,16 +194,34 @@ def encode_words(tokenizer: Any, text: str, *, what: str = "text") -> list[int]:
   return list(enc.ids)
 
 
-def build_corpus(fs: FactsSet, tokenizer: Any, *, repeats: int = 8, seed: int = 0
-                 ) -> np.ndarray:
+def build_corpus(fs: FactsSet, tokenizer: Any, *, repeats: int = 8, seed: int = 0,
+                 profiles: int = 0) -> np.ndarray:
   """``int32`` token stream: every fact in every phrasing, ``<s>``-separated, shuffled ``repeats``
-  times (each pass a new order, so each sentence is seen after varied contexts)."""
+  times (each pass a new order, so each sentence is seen after varied contexts).
+
+  ``profiles`` > 0 adds, per pass, that many *profile lines* per subject: ``<s> subject o_1 ...
+  o_m`` with the subject's objects in a random order. Predicting the next word after the subject
+  then needs every object of that subject, so the model stores a subject's facts at the subject's
+  last token (as the name-token "knowledge storage" of Allen-Zhu & Li, Physics of LMs 3.1, with
+  permuted biographies), which is where ROME/MEMIT read keys (``fact_token='subject_last'``).
+  """
   bos = tokenizer.token_to_id(BOS)
   sents = [[bos] + encode_words(tokenizer, sentence(p, f.subject, f.object))
            for f in fs.facts for p in fs.relations[f.relation]]
+  by_subject: dict[str, list[list[int]]] = {}
+  for f in fs.facts:
+    by_subject.setdefault(f.subject, []).append(encode_words(tokenizer, f.object))
+  subj = {s: encode_words(tokenizer, s) for s in by_subject}
   rng = np.random.default_rng(seed)
   out: list[int] = []
   for _ in range(repeats):
-    for i in rng.permutation(len(sents)):
-      out.extend(sents[i])
+    rows = list(sents)
+    for s, objs in by_subject.items():
+      for _ in range(profiles):
+        row = [bos] + subj[s]
+        for j in rng.permutation(len(objs)):
+          row += objs[j]
+        rows.append(row)
+    for i in rng.permutation(len(rows)):
+      out.extend(rows[i])
   return np.asarray(out, np.int32)

@@ -33,7 +33,7 @@ __all__ = ["FactsLM", "facts_lm_config", "corpus", "train_facts_lm", "load_facts
 # Model sizes: name -> (hidden, intermediate, layers, heads, steps, batch, seq_len, lr).
 SIZES = {
     "default": dict(hidden_size=128, intermediate_size=256, num_hidden_layers=4,
-                    num_attention_heads=4, steps=1500, batch_size=32, seq_len=48, lr=3e-3),
+                    num_attention_heads=4, steps=1200, batch_size=32, seq_len=48, lr=3e-3),
     "tiny": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                  num_attention_heads=2, steps=150, batch_size=16, seq_len=24, lr=1e-2),
 }
@@ -84,19 +84,29 @@ def _load_dir(root: str) -> facts_lib.FactsSet:
                                   edits if edits.exists() else None)
 
 
-def corpus(data_config: Any):
+PROFILES = 4
+
+
+def corpus(data_config: Any, profiles: int = PROFILES):
   """``config.data.corpus`` entry point: the facts corpus of ``data_config.root`` (a folder with
-  ``facts.jsonl`` and ``relations.json``; empty = packaged default). Eval = the first pass."""
+  ``facts.jsonl`` and ``relations.json``; empty = packaged default) with :data:`PROFILES`
+  profile lines per subject and pass. Eval = the first pass."""
   from jaxparams.train import data as data_lib  # pylint: disable=g-import-not-at-top
   fs = _load_dir(data_config.root)
   tok = facts_lib.build_tokenizer(fs)
-  stream = facts_lib.build_corpus(fs, tok, repeats=8)
+  stream = facts_lib.build_corpus(fs, tok, repeats=8, profiles=profiles)
   one = stream[: stream.size // 8]
   return data_lib.Corpus(train=stream, eval=one, train_files=("facts",), eval_files=("facts",))
 
 
+def corpus_sentences(data_config: Any):
+  """As :func:`corpus` without profile lines (fact sentences only)."""
+  return corpus(data_config, profiles=0)
+
+
 def facts_lm_config(data_dir: str = "", *, size: str = "default", steps: int = 0,
-                    seed: int = 0) -> ml_collections.ConfigDict:
+                    seed: int = 0, profiles: bool = True,
+                    weight_decay: float = 0.1) -> ml_collections.ConfigDict:
   """Trainer config of the facts LM for the facts set in ``data_dir`` ('' = packaged default).
 
   Args:
@@ -104,6 +114,11 @@ def facts_lm_config(data_dir: str = "", *, size: str = "default", steps: int = 0
     size: A key of :data:`SIZES` (``'default'``: 4 layers, hidden 128; ``'tiny'`` for tests).
     steps: Number of updates (0: the size's default).
     seed: Trainer seed.
+    profiles: Add :data:`PROFILES` profile lines per subject and pass
+      (:func:`jaxparams.edit.facts.build_corpus`): they make the model store a subject's facts
+      at the subject's last token, where ROME/MEMIT edit; False = fact sentences only.
+    weight_decay: AdamW weight decay (0.1 as LM pretraining; keeps the model from growing
+      logits without bound on a corpus it memorises).
   """
   from jaxparams.train import trainer  # pylint: disable=g-import-not-at-top
   if size not in SIZES:
@@ -122,10 +137,10 @@ def facts_lm_config(data_dir: str = "", *, size: str = "default", steps: int = 0
   c.keep_checkpoints = 1
   c.plot = False
   c.data.root = str(data_dir)
-  c.data.corpus = "jaxparams.edit.facts_lm:corpus"
+  c.data.corpus = "jaxparams.edit.facts_lm:" + ("corpus" if profiles else "corpus_sentences")
   c.optim.lr = s["lr"]
   c.optim.warmup_steps = min(100, c.num_steps // 10)
-  c.optim.weight_decay = 0.0
+  c.optim.weight_decay = float(weight_decay)
   c.optim.end_lr_ratio = 0.05
   c.model = ml_collections.ConfigDict(dict(
       name="llama", vocab_size=-(-vocab // 8) * 8, hidden_size=s["hidden_size"],

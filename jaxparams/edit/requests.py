@@ -9,8 +9,8 @@ Example:
   >>> tok = facts.build_tokenizer(facts.load_facts_set())
   >>> r = EditRequest(prompt='{} plays the', subject='Jorah Wexgrave', target_new='harp')
   >>> ids, look, tgt = encode_request(tok, r, '{}')
-  >>> len(ids), look, tgt
-  (5, 2, [4])
+  >>> len(ids), look, tgt, ids[tgt[0] + 1] == tok.token_to_id('harp')
+  (6, 2, [4], True)
 """
 
 from __future__ import annotations
@@ -135,9 +135,13 @@ def encode_text(tokenizer: Any, text: str) -> list[int]:
 def encode_request(tokenizer: Any, req: EditRequest, template: str, *,
                    with_target: bool = True, fact_token: str = "subject_last"
                    ) -> tuple[list[int], int, list[int]]:
-  """Row ``<s> template(prompt(subject)) target[:-1]``, the lookup index and the positions whose
-  next token is a target token. ``fact_token``: ``'subject_last'`` (the subject's last token)
-  or ``'last'`` (the prompt's last token), as the reference's ``fact_token`` hparam."""
+  """Row ``<s> template(prompt(subject)) target``, the lookup index and the positions whose
+  next token is a target token (``ids[p + 1]`` is that target token for every returned ``p``).
+
+  The reference feeds ``target[:-1]`` and gathers the target ids at those positions; the row
+  here holds the whole target, so the shifted ids are the labels (the extra last token changes
+  no earlier position of a causal LM). ``fact_token``: ``'subject_last'`` (the subject's last
+  token) or ``'last'`` (the prompt's last token), as the reference's ``fact_token`` hparam."""
   if fact_token not in ("subject_last", "last"):
     raise ValueError(f"fact_token must be 'subject_last' or 'last', found {fact_token!r}")
   full = template.replace("{}", req.prompt)
@@ -152,7 +156,7 @@ def encode_request(tokenizer: Any, req: EditRequest, template: str, *,
   if with_target:
     t = encode_text(tokenizer, req.target_new)
     tgt = list(range(len(ids) - 1, len(ids) - 1 + len(t)))
-    ids = ids + t[:-1]
+    ids = ids + t
   return ids, lookup, tgt
 
 

@@ -1,9 +1,12 @@
-"""Key statistics ``C = E[k k^T]`` of MLP output-projection inputs, streamed in fp32.
+"""Key statistics ``C = E[k k^T]`` of MLP output-projection inputs, through :mod:`jaxparams.calib`.
 
-``key_stats`` runs batches of token rows through the model (jitted; the batch may be sharded over
-devices, XLA sums across them), accumulating ``sum k k^T`` and the token count for each layer;
-padding tokens are excluded. ``save_stats`` / ``load_stats`` keep them per model name and layer
-(``STATS_DIR/<model>/layers_<l>.safetensors``), so the precompute runs once.
+``key_stats`` streams batches of token rows through the model with the calibration layer's
+jitted :func:`jaxparams.calib.stats_runner` (layer-input capture by method interception, fp32
+``X^T X`` sums, padding tokens masked out; a batch may be sharded over devices and XLA sums across
+them) and returns one :class:`jaxparams.calib.InputStats` per layer: ``.gram`` is
+``E[k k^T]`` (the reference's ``stat.mom2.moment()``). ``save_stats`` / ``load_stats`` keep them
+per model name and layer (``STATS_DIR/<model>/layers_<l>.safetensors``), so the precompute runs
+once.
 
 Example:
   >>> import jax, jax.numpy as jnp, numpy as np
@@ -13,15 +16,12 @@ Example:
   >>> m = Llama(cfg); p = m.init(jax.random.key(0), jnp.ones((1, 4), jnp.int32))['params']
   >>> rows = np.ones((4, 8), np.int32)
   >>> st = key_stats(m, p, [(rows, np.ones_like(rows))], layers=(1,))
-  >>> st[1].moment().shape, int(st[1].count)
+  >>> st[1].gram.shape, st[1].n
   ((16, 16), 32)
 """
 
 from __future__ import annotations
 
-import dataclasses
-import functools
-import json
 import pathlib
 from typing import Any, Iterable, Sequence
 
@@ -29,37 +29,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxparams import calib
 from jaxparams.edit import probe
 
 __all__ = ["KeyStats", "key_stats", "save_stats", "load_stats", "text_batches"]
 
-
-@dataclasses.dataclass
-class KeyStats:
-  """Uncentered second moment accumulator: ``xtx = sum k k^T`` (fp32) over ``count`` tokens."""
-  xtx: jax.Array
-  count: jax.Array
-
-  def moment(self) -> jax.Array:
-    """``E[k k^T] = xtx / count`` (``stat.mom2.moment()`` in the reference)."""
-    return self.xtx / jnp.maximum(self.count, 1).astype(jnp.float32)
-
-
-@functools.partial(jax.jit, static_argnames=("module", "layers"))
-def _batch_xtx(module, params, ids, mask, *, layers):
-  out = probe.run(module, params, ids, mask, keys=layers)
-  m = mask.astype(jnp.float32)[..., None]
-  res = {}
-  for l in layers:
-    k = out.keys[l].astype(jnp.float32) * m
-    k = k.reshape(-1, k.shape[-1])
-    res[l] = k.T @ k
-  return res, mask.sum()
+# The statistics type of the calibration layer (``xtx``, ``abs_sum``, ``count``; ``.gram``).
+KeyStats = calib.InputStats
 
 
 def key_stats(module: Any, params: Any, batches: Iterable[tuple[np.ndarray, np.ndarray]], *,
               layers: Sequence[int], max_tokens: int | None = None) -> dict[int, KeyStats]:
-  """Streams ``(ids, mask)`` batches, returning ``{layer: KeyStats}``.
+  """Streams ``(ids, mask)`` batches, returning ``{layer: InputStats}`` of the MLP output
+  projections' inputs (the keys).
 
   Args:
     module, params: The model.
@@ -68,18 +50,24 @@ def key_stats(module: Any, params: Any, batches: Iterable[tuple[np.ndarray, np.n
     max_tokens: Stop after this many tokens (subsample; ``mom2_n_samples``-like).
   """
   layers = tuple(sorted(set(int(l) for l in layers)))
-  acc: dict[int, jax.Array] = {}
-  count = jnp.zeros((), jnp.int32)
+  paths = {probe.kernel_path(l): l for l in layers}
+  run = calib.stats_runner(module, tuple(paths))
+  acc: dict[int, KeyStats] = {}
+  seen = 0.0
   for ids, mask in batches:
-    xtx, n = _batch_xtx(module, params, jnp.asarray(ids), jnp.asarray(mask), layers=layers)
-    for l in layers:
-      acc[l] = xtx[l] if l not in acc else acc[l] + xtx[l]
-    count = count + n
-    if max_tokens is not None and int(count) >= max_tokens:
+    out = calib.collect_stats(module, params, [{"input_ids": ids, "attention_mask": mask}],
+                              paths=tuple(paths), runner=run)
+    missing = sorted(set(paths) - set(out))
+    if missing:
+      raise ValueError(f"key_stats: the model has no layer(s) {missing}")
+    for path, l in paths.items():
+      acc[l] = out[path] if l not in acc else acc[l] + out[path]
+    seen = float(acc[layers[0]].count)
+    if max_tokens is not None and seen >= max_tokens:
       break
   if not acc:
     raise ValueError("key_stats: no batches")
-  return {l: KeyStats(acc[l], count) for l in layers}
+  return acc
 
 
 def text_batches(tokenizer: Any, texts: Sequence[str], *, batch_size: int = 64,
@@ -110,7 +98,8 @@ def save_stats(stats: dict[int, KeyStats], folder: str | pathlib.Path, model_nam
     jio.write_safetensors_file(
         base / f"layers_{l}.safetensors",
         {"xtx": np.asarray(jax.device_get(st.xtx), np.float32),
-         "count": np.asarray([int(st.count)], np.int64)},
+         "abs_sum": np.asarray(jax.device_get(st.abs_sum), np.float32),
+         "count": np.asarray([float(st.count)], np.float64)},
         {"model": model_name, "layer": str(l), "what": "sum k k^T of mlp down_proj inputs"})
 
 
@@ -125,5 +114,9 @@ def load_stats(folder: str | pathlib.Path, model_name: str, layers: Sequence[int
     if not f.is_file():
       raise FileNotFoundError(f"{f}: no key statistics for model {model_name!r} layer {l}")
     d = jio.load_safetensors(f)
-    out[int(l)] = KeyStats(jnp.asarray(d["xtx"]), jnp.asarray(int(np.asarray(d["count"])[0])))
+    xtx = jnp.asarray(d["xtx"], jnp.float32)
+    abs_sum = (jnp.asarray(d["abs_sum"], jnp.float32) if "abs_sum" in d
+               else jnp.zeros(xtx.shape[:1], jnp.float32))
+    out[int(l)] = KeyStats(xtx, abs_sum, jnp.asarray(float(np.asarray(d["count"])[0]),
+                                                     jnp.float32))
   return out

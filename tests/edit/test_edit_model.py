@@ -36,7 +36,7 @@ def test_rome_writes_v_star_exactly(model):
   st = stats.key_stats(m, p, batches, layers=(1,))
   req = requests.requests_from_edits(fs)[0]
   tpl = ["{}", "Jorah Wexgrave plays the harp <s> {}"]
-  new, d = methods.rome(m, p, tok, req, cov=st[1].moment(), where="layers_1/mlp/down_proj/kernel",
+  new, d = methods.rome(m, p, tok, req, cov=st[1].gram, where="layers_1/mlp/down_proj/kernel",
                         templates=tpl, hp=methods.RomeParams(target=FAST))
   assert list(d.updates) == ["layers_1/mlp/down_proj/kernel"]
   # k* and v* recomputed independently: the edited kernel maps k* to v*.
@@ -53,7 +53,7 @@ def test_rome_writes_v_star_exactly(model):
 def test_delta_reapply_rollback_export_bit_exact(model, tmp_path):
   m, p, tok, fs, batches = model
   st = stats.key_stats(m, p, batches, layers=(0, 1))
-  cov = {l: s.moment() + 1e-3 * jnp.eye(64) for l, s in st.items()}
+  cov = {l: s.gram + 1e-3 * jnp.eye(64) for l, s in st.items()}
   reqs = requests.requests_from_edits(fs)[:3]
   new, d = methods.memit(m, p, tok, reqs, cov=cov, where=re.compile(r"layers_[01]/mlp/down_proj/kernel"),
                          templates=[["{}"]], hp=methods.MemitParams(target=FAST))
@@ -75,7 +75,7 @@ def test_delta_reapply_rollback_export_bit_exact(model, tmp_path):
 def test_alphaedit_keeps_preserved_outputs(model):
   m, p, tok, fs, batches = model
   st = stats.key_stats(m, p, batches, layers=(1,))
-  cov = {1: st[1].moment()}
+  cov = {1: st[1].gram}
   state = methods.alpha_state(cov, methods.AlphaEditParams(nullspace_threshold=1e-3))
   reqs = requests.requests_from_edits(fs)[:2]
   hp = methods.AlphaEditParams(target=FAST, nullspace_threshold=1e-3)

@@ -1,0 +1,121 @@
+"""WISE: routing keeps unedited inputs exact, edits take, shard merge = TIES (EasyEdit GTA)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxparams.edit import evaluate, facts, probe, requests, wise
+from jaxparams.models import Llama, LlamaConfig
+
+LAYER = 1
+
+
+@pytest.fixture(scope="module")
+def setup():
+  fs = facts.load_facts_set()
+  tok = facts.build_tokenizer(fs)
+  cfg = LlamaConfig(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                    num_attention_heads=4)
+  m = Llama(cfg, dot=wise.dot)
+  p = m.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"]
+  return m, p, tok, fs
+
+
+def _others(fs, edited):
+  return [facts.sentence(fs.relations[f.relation][0], f.subject) for f in fs.facts[:60]
+          if f.subject not in edited]
+
+
+def test_no_edit_is_the_plain_model(setup):
+  m, p, tok, fs = setup
+  wrapped = wise.wrap_params(p, LAYER)
+  enc = evaluate.encode_prompts(tok, _others(fs, set())[:8])
+  a = evaluate.next_logits(m, p, enc)
+  b = evaluate.next_logits(m, wrapped, enc)
+  np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_routing_unrouted_inputs_are_exact(setup):
+  """A side memory that differs along one prompt's last key: that prompt is routed to it, and
+  every prompt whose tokens all stay below the threshold gets exactly the original logits."""
+  m, p, tok, fs = setup
+  prompts = _others(fs, set())[:40]
+  ids, mask = evaluate.encode_prompts(tok, prompts)
+  x = probe.run(m, p, jnp.asarray(ids), jnp.asarray(mask), keys=(LAYER,)).keys[LAYER]
+  last = int(mask[0].sum()) - 1
+  u = x[0, last] / jnp.linalg.norm(x[0, last])
+  w = p[f"layers_{LAYER}"]["mlp"]["down_proj"]["kernel"]
+  side = w + 50.0 * jnp.outer(u, jnp.ones(w.shape[1]))
+  d = wise._dist("silu", x @ side, x @ w)
+  thr = 0.5 * d[0, last]
+  params = wise._set(p, LAYER, wise.WiseKernel(w, side, w, thr, jnp.asarray(False)))
+  unrouted = np.asarray(jnp.all(d < thr, axis=-1))
+  assert not unrouted[0] and unrouted.sum() >= 5
+  a = np.asarray(evaluate.next_logits(m, p, (ids, mask)))
+  b = np.asarray(evaluate.next_logits(m, params, (ids, mask)))
+  np.testing.assert_array_equal(a[unrouted], b[unrouted])
+  assert np.abs(a[0] - b[0]).max() > 1e-3
+
+
+@pytest.mark.slow
+def test_edit_takes_on_the_facts_lm(tiny_lm, tiny_files):
+  lm = tiny_lm
+  fs = facts.load_facts_set(*tiny_files)
+  m = Llama(lm.config, dot=wise.dot)
+  reqs = requests.requests_from_edits(fs)
+  others = [f for f in fs.facts if f.subject != reqs[0].subject]
+  loc = facts.sentence(fs.relations[others[0].relation][0], others[0].subject)
+  hp = wise.WiseParams(n_iter=40, edit_lr=5.0, norm_constraint=0.5,
+                       act_margin=(0.5, 2.0, 1.0), save_freq=1, merge_freq=2)
+  params, state = wise.wrap_params(lm.params, 1), wise.WiseState()
+  for r in reqs:
+    params, state, _ = wise.wise_edit(m, params, lm.tokenizer, r, layer=1, loc_prompt=loc,
+                                      state=state, hp=hp)
+  params, state = wise.finalize(params, 1, state, hp)
+  k = params["layers_1"]["mlp"]["down_proj"]["kernel"]
+  assert not bool(jnp.array_equal(k.side, k.w))    # the shard was merged into the side memory
+  prompts = [r.prompt.replace("{}", r.subject) for r in reqs]
+  tg = [r.target_new for r in reqs]
+  before = evaluate.target_logprobs(m, lm.params, lm.tokenizer, prompts, tg)
+  after = evaluate.target_logprobs(m, params, lm.tokenizer, prompts, tg)
+  assert float(jnp.min(after - before)) > 1.0, (before, after)
+
+
+def _easyedit_ties(weights, base, tensors, density):
+  """Independent numpy transcription of EasyEdit's GTA('magnitude', 'sum', normalize=True)."""
+  deltas = []
+  for t in tensors:
+    d = (t - base).reshape(-1)
+    k = int(density * d.size)
+    keep = np.zeros(d.size, bool)
+    keep[np.argsort(-np.abs(d), kind="stable")[:k]] = True
+    deltas.append((d * keep).reshape(base.shape))
+  deltas = np.stack(deltas)
+  w = np.asarray(weights, np.float64).reshape(-1, 1, 1)
+  wd = deltas * w
+  sign = np.where(wd.sum(0) >= 0, 1.0, -1.0)
+  mask = np.sign(wd) == sign
+  mixed = (wd * mask).sum(0)
+  div = (w * mask).sum(0)
+  div[div == 0] = 1.0
+  return base + mixed / div
+
+
+def test_shard_merge_follows_ties():
+  rng = np.random.default_rng(0)
+  base = rng.normal(size=(12, 8)).astype(np.float32)
+  shards = [base + rng.normal(size=base.shape).astype(np.float32) * (rng.random(base.shape) < 0.3)
+            for _ in range(3)]
+  hp = wise.WiseParams()
+  got = wise.merge_shards(jnp.asarray(base), [jnp.asarray(s) for s in shards], None, hp)
+  want = _easyedit_ties([hp.weights / 3] * 3, base.astype(np.float64),
+                        [s.astype(np.float64) for s in shards], hp.densities)
+  np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-5)
+  # With an earlier side memory: shards at 0.4 / n, the side memory at 0.6 (merge_weight).
+  side = base + rng.normal(size=base.shape).astype(np.float32)
+  got = wise.merge_shards(jnp.asarray(base), [jnp.asarray(s) for s in shards], jnp.asarray(side),
+                          hp)
+  want = _easyedit_ties([0.4 / 3] * 3 + [0.6], base.astype(np.float64),
+                        [s.astype(np.float64) for s in shards + [side]], hp.densities)
+  np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-5)
