@@ -391,6 +391,9 @@ def _calibrated_blocks(m: _Model, plan: Mapping[str, Any], batches: list, sink: 
   if never:
     raise ValueError(f"layer(s) {never[:4]} never ran on the calibration batch; they cannot be "
                      "calibrated (keep them or use a calibration-free method)")
+  learned = [p for p in calibrated if plan[p][0] == "autoround"]
+  if learned:       # block-wise AutoRound stacks the samples: one sequence length for all
+    batches = _pad_batches(batches)
   first = block_names[0]
   prefix_mods = order[:order.index(first)]
   prefix = {p: jnp.asarray(m.read(p)) for p in m.abstract if p.split("/", 1)[0] in prefix_mods}
@@ -405,6 +408,7 @@ def _calibrated_blocks(m: _Model, plan: Mapping[str, Any], batches: list, sink: 
     mk = kw.get("attention_mask")
     masks.append(None if mk is None else jnp.asarray(mk))
   del prefix, pparams
+  fp_states = list(states) if learned else None   # AutoRound's targets: the fp model's chain
   done: set[str] = set()
   for name in block_names:
     module = blocks[name]
@@ -424,6 +428,16 @@ def _calibrated_blocks(m: _Model, plan: Mapping[str, Any], batches: list, sink: 
       for p, s in stats.items():
         if not bool(jnp.all(jnp.isfinite(s.xtx))):
           raise ValueError(f"calibration inputs of {p!r} contain NaN/inf (X^T X not finite)")
+    apply = _block_apply(module)
+    params = _nested(flat, name)
+    fp_next = None
+    if fp_states is not None:
+      fp_next = [((apply(params, args, kwargs),) + tuple(args[1:]), kwargs)
+                 for args, kwargs in fp_states]
+      ar = [p for p in todo if p in learned]
+      if ar:
+        stats = _autoround_block(module, name, flat, {p: plan[p][1] for p in ar}, stats,
+                                 states, fp_next, masks)
     current = dict(flat)
     for p in todo:
       qa = quantize(p, flat[p], stats.get(p))
@@ -438,12 +452,64 @@ def _calibrated_blocks(m: _Model, plan: Mapping[str, Any], batches: list, sink: 
         else:
           sink.add(p, None, None)
         done.add(p)
-    apply = _block_apply(module)
     params = _nested(current, name)
     states = [((apply(params, args, kwargs),) + tuple(args[1:]), kwargs)
               for args, kwargs in states]
+    if fp_next is not None:
+      fp_states = fp_next
     del flat, current, params, stats
   return done
+
+
+def _pad_batches(batches: list) -> list:
+  """Right-pads dict batches (``input_ids`` and same-shaped arrays) to one sequence length."""
+  if not all(isinstance(b, Mapping) and "input_ids" in b for b in batches):
+    return batches
+  t = max(np.shape(b["input_ids"])[1] for b in batches)
+  out = []
+  for b in batches:
+    shape = np.shape(b["input_ids"])
+    out.append({k: (np.pad(np.asarray(v), ((0, 0), (0, t - shape[1])))
+                    if v is not None and np.shape(v) == shape else v) for k, v in b.items()})
+  return out
+
+
+def _stack(trees: list) -> Any:
+  """Concatenates per-batch call trees along the sample axis (leading-1 leaves are shared)."""
+  def cat(*xs):
+    if all(x.shape[0] == 1 for x in xs) and len(xs) > 1 and all(
+        x.shape == xs[0].shape for x in xs):
+      return xs[0]
+    return jnp.concatenate(xs, axis=0)
+  return jax.tree.map(cat, *trees)
+
+
+def _autoround_block(module: nn.Module, name: str, flat: Mapping[str, jax.Array],
+                     configs: Mapping[str, Any], stats: Mapping[str, Any], states: list,
+                     fp_next: list, masks: list) -> dict[str, Any]:
+  """Block-wise AutoRound: learned rounding of ``configs``' layers; their stats carry it."""
+  from jaxparams.quant.autoround import LearnedRounding, autoround_block  # pylint: disable=g-import-not-at-top
+  n = len(name) + 1
+
+  def apply(rel_flat, x):
+    a, kw = x
+    return module.apply({"params": jtree.unflatten(dict(rel_flat))}, *a, **kw)
+
+  inputs = _stack([(tuple(a), {k: v for k, v in kw.items() if v is not None})
+                   for a, kw in states])
+  targets = jnp.concatenate([a[0] for a, _ in fp_next], axis=0)
+  mask = None if any(m is None for m in masks) else jnp.concatenate(masks, axis=0)
+  rel = {p[n:]: v for p, v in flat.items()}
+  learned, losses = autoround_block(apply, rel, {p[n:]: c for p, c in configs.items()},
+                                    inputs, targets, mask, name=name)
+  if len(losses):
+    log.info("autoround %s: loss %.3e -> best %.3e", name, float(losses[0]), float(losses.min()))
+  out = dict(stats)
+  for p in configs:
+    s, lp = stats[p], learned[p[n:]]
+    out[p] = LearnedRounding(xtx=s.xtx, abs_sum=s.abs_sum, count=s.count, v=lp["v"],
+                             alpha=lp["alpha"], beta=lp["beta"])
+  return out
 
 
 def _block_apply(module: nn.Module):
