@@ -140,3 +140,23 @@ def test_streamed_blockwise_autoround_lowers_block_error_and_exports_gptq(tmp_pa
     want = np.asarray(ours[n].dequantize(jnp.float32), np.float64)
     np.testing.assert_allclose(ref, want, rtol=2e-3, atol=2e-3 * np.abs(want).max())
   assert changed == 7                      # the learned rounding moved codes in every layer
+
+
+@pytest.mark.slow
+def test_cli_autoround_zero_iters_is_rtn(tmp_path):
+  from tests.quant.test_qp_stream import _cli
+  _tiny_hf(tmp_path, layers=1)
+  common = ["--bits", "4", "--group-size", "16", "--no-progress"]
+  _cli(["quantize", str(tmp_path / "src"), str(tmp_path / "a"), "--method", "autoround",
+        "--iters", "0", "--calibration", str(tmp_path / "calib.txt"), "--max-length", "16"]
+       + common)
+  _cli(["quantize", str(tmp_path / "src"), str(tmp_path / "r"), "--method", "rtn"] + common)
+  a, _ = C.load_quantized_flat(tmp_path / "a")
+  r, _ = C.load_quantized_flat(tmp_path / "r")
+  assert sum(C.is_quant(v) for v in a.values()) == 7
+  for n, v in a.items():
+    if C.is_quant(v):
+      np.testing.assert_array_equal(np.asarray(v.codes), np.asarray(r[n].codes))
+  with pytest.raises(ValueError, match="--iters does not apply to --method rtn"):
+    _cli(["quantize", str(tmp_path / "src"), str(tmp_path / "x"), "--method", "rtn",
+          "--iters", "3"] + common)
