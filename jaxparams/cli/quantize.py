@@ -50,9 +50,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
   p.add_argument("--calibration", metavar="TEXT_FILE",
                  help="calibration text, one sample per line (needed by gptq, awq, decoupleq)")
   p.add_argument("--rules", metavar="RULES.yml", help="YAML list of {pattern, method, ...} rules")
-  p.add_argument("--act-order", action="store_true", help="gptq, decoupleq: process columns by "
-                 "decreasing Hessian diagonal (desc_act; decoupleq always does); refused for "
-                 "other methods")
+  p.add_argument("--act-order", action=argparse.BooleanOptionalAction, default=None,
+                 help="gptq, decoupleq: process columns by decreasing Hessian diagonal (desc_act; "
+                 "gptq: on by default, --no-act-order turns it off; decoupleq always does); "
+                 "refused for other methods")
   p.add_argument("--symmetric", action="store_true",
                  help="symmetric grid (rtn, gptq, awq; refused for other methods)")
   p.add_argument("--iters", type=int, default=None,

@@ -53,3 +53,18 @@ def test_gptq_mse_with_identity_hessian_is_rtn_mse():
   np.testing.assert_array_equal(np.asarray(g.codes), np.asarray(r.codes))
   with pytest.raises(ValueError, match="mse"):
     gptq(W, jnp.eye(128), GPTQConfig(mse=-1.0))
+
+
+def test_cli_gptq_act_order_on_by_default():
+  import argparse
+  from jaxparams.cli import quantize as qcli
+  from jaxparams.quant.rule_file import flag_fields
+  assert flag_fields("gptq", 4, 32)["act_order"] is True
+  assert flag_fields("gptq", 4, 32, act_order=False)["act_order"] is False
+  assert "act_order" not in flag_fields("rtn", 4, 32)
+  parser = argparse.ArgumentParser()
+  qcli.add_parser(parser.add_subparsers())
+  args = parser.parse_args(["quantize", "a", "b", "--method", "gptq", "--no-act-order"])
+  assert args.act_order is False and qcli._option_fields(args) == {}
+  args = parser.parse_args(["quantize", "a", "b", "--method", "gptq", "--mse", "2.4"])
+  assert args.act_order is None and qcli._option_fields(args) == {"mse": 2.4}
