@@ -71,7 +71,8 @@ def test_signsgd_step_linear_decay_and_best_iterate():
 
 def test_layerwise_loss_best_checkpoint_below_rtn():
   cfg = AutoRoundConfig(bits=3, group_size=32, iters=60)
-  from jaxparams.quant import autoround as A
+  import importlib
+  A = importlib.import_module("jaxparams.quant.autoround")   # the package exports the function
   g = 32
   p, losses, best = A._layerwise(W, ST.gram, init_params(W, g),
                                  A._lrs({"w": None}, cfg, True), bits=3, group=g, sym=False,
