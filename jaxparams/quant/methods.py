@@ -33,6 +33,7 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from jaxparams.quant.autoround import AutoRoundConfig, autoround
 from jaxparams.quant.awq import AWQConfig, awq
 from jaxparams.quant.decoupleq import DecoupleQConfig, decoupleq
 from jaxparams.quant.fp8 import FP8Config, fp8
@@ -110,6 +111,8 @@ _TABLE = (  # name, function, config, needs, plain jnp (driver jits it), descrip
     ("awq", awq, AWQConfig, "act_stats", False, "activation-aware per-channel scaling"),
     ("decoupleq", decoupleq, DecoupleQConfig, "hessian", False,
      "decoupleQ: integer and float parts solved apart"),
+    ("autoround", autoround, AutoRoundConfig, "hessian", False,
+     "AutoRound: signed-gradient learned rounding and min-max clipping"),
 )
 
 
