@@ -149,3 +149,29 @@ def test_streaming_quantize_checkpoint_omniquant(tmp_path, fmt, let):
   if fmt == "jaxparams":
     flat, _ = C.load_quantized_flat(out)
     assert C.is_quant(flat["model.layers.0.self_attn.q_proj.weight"])
+
+
+@pytest.mark.slow
+def test_cli_quantize_method_omniquant(tmp_path):
+  import argparse
+  import json
+  from tokenizers import Tokenizer, models, pre_tokenizers
+  from jaxparams.cli import quantize as qcli
+  _tiny_hf(tmp_path)
+  words = "the a cat dog sat on mat rug ran fast".split()
+  tok = Tokenizer(models.WordLevel({"[UNK]": 0, **{w: i + 1 for i, w in enumerate(words)}},
+                                   unk_token="[UNK]"))
+  tok.pre_tokenizer = pre_tokenizers.Whitespace()
+  tok.save(str(tmp_path / "src" / "tokenizer.json"))
+  (tmp_path / "cal.txt").write_text("the cat sat on the mat\nthe dog ran fast\na cat ran\n")
+  rules = tmp_path / "rules.yml"
+  rules.write_text("- pattern: '**'\n  method: omniquant\n  epochs: 1\n  let: true\n")
+  parser = argparse.ArgumentParser()
+  qcli.add_parser(parser.add_subparsers())
+  args = parser.parse_args(["quantize", str(tmp_path / "src"), str(tmp_path / "q"), "--rules",
+                            str(rules), "--bits", "3", "--group-size", "16", "--calibration",
+                            str(tmp_path / "cal.txt"), "--no-progress"])
+  assert args.func(args) == 0
+  layout = json.loads((tmp_path / "q" / C.LAYOUT_FILE).read_text())["tensors"]
+  assert len(layout) == 14 and {v["method"] for v in layout.values()} == {"omniquant"}
+  assert {v["bits"] for v in layout.values()} == {3}
