@@ -140,7 +140,22 @@ def main() -> int:
   ap.add_argument("--epochs", type=int, default=20, help="OmniQuant epochs")
   ap.add_argument("--eval-windows", type=int, default=128)
   ap.add_argument("--out", default=str(ROOT / "benchmarks/results/quant_perplexity.md"))
+  ap.add_argument("--merge", default="", help="comma-separated .json outputs of runs (e.g. one "
+                  "per setting, run in parallel) to combine into --out instead of running")
   args = ap.parse_args()
+  settings = [tuple(int(v) for v in s.split(":")) for s in args.settings.split(",")]
+  if args.merge:
+    rows, secs = {}, {}
+    for f in args.merge.split(","):
+      d = json.loads(Path(f).read_text())
+      rows["fp32"] = d["fp32"]
+      for key, v in d["ppl"].items():
+        m, bg = key.split("/")
+        b, g = bg[1:].split("g")
+        rows[(m, int(b), int(g))] = v
+        secs[(m, int(b), int(g))] = d["seconds"][key]
+    print("\n".join(write(args, Path(args.work), rows, secs, settings)))
+    return 0
   import jax
   from jaxparams.quant import stream
   from jaxparams.train import data as data_lib
@@ -154,7 +169,6 @@ def main() -> int:
   rows = {"fp32": perplexity(hf, ev)}
   print(f"fp32 ppl {rows['fp32']:.4f}", flush=True)
   secs = {}
-  settings = [tuple(int(v) for v in s.split(":")) for s in args.settings.split(",")]
   for bits, group in settings:
     for method in [m for m in args.methods.split(",") if m]:
       name, fields = _spec(method, bits, group)
