@@ -136,7 +136,7 @@ def main() -> int:
   ap.add_argument("--settings", default=",".join(f"{b}:{g}" for b, g in SETTINGS))
   ap.add_argument("--nsamples", type=int, default=32)
   ap.add_argument("--seqlen", type=int, default=128)
-  ap.add_argument("--batch", type=int, default=4)
+  ap.add_argument("--batch", type=int, default=1, help="reference: batch 1")
   ap.add_argument("--epochs", type=int, default=20, help="OmniQuant epochs")
   ap.add_argument("--eval-windows", type=int, default=128)
   ap.add_argument("--out", default=str(ROOT / "benchmarks/results/quant_perplexity.md"))
@@ -174,7 +174,7 @@ def main() -> int:
       name, fields = _spec(method, bits, group)
       if name == "omniquant":
         fields["epochs"] = args.epochs * (2 if bits == 2 else 1)   # reference: 40 at W2
-      q, d = work / "q", work / "deq"
+      q, d = work / f"q_{os.getpid()}", work / f"deq_{os.getpid()}"   # parallel runs apart
       t0 = time.perf_counter()
       stream.quantize_checkpoint(hf, q, [("**", (name, fields))], calibration=batches,
                                  overwrite=True)
