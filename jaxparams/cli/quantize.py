@@ -23,6 +23,7 @@ missing ``method``/``bits``/``group_size`` fall back to the command-line values
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -49,11 +50,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
   p.add_argument("--calibration", metavar="TEXT_FILE",
                  help="calibration text, one sample per line (needed by gptq, awq, decoupleq)")
   p.add_argument("--rules", metavar="RULES.yml", help="YAML list of {pattern, method, ...} rules")
-  p.add_argument("--act-order", action="store_true", help="gptq, decoupleq: process columns by "
-                 "decreasing Hessian diagonal (desc_act; decoupleq always does); refused for "
-                 "other methods")
+  p.add_argument("--act-order", action=argparse.BooleanOptionalAction, default=None,
+                 help="gptq, decoupleq: process columns by decreasing Hessian diagonal (desc_act; "
+                 "gptq: on by default, --no-act-order turns it off; decoupleq always does); "
+                 "refused for other methods")
   p.add_argument("--symmetric", action="store_true",
                  help="symmetric grid (rtn, gptq, awq; refused for other methods)")
+  p.add_argument("--iters", type=int, default=None,
+                 help="autoround: signed-gradient steps per block (default 200; 0 = RTN)")
+  p.add_argument("--mse", type=float, default=None, metavar="NORM",
+                 help="rtn, gptq: per-group clip search with this error norm (2.4 as GPTQ's mse)")
   p.add_argument("--format", choices=("jaxparams", "gptq"), default="jaxparams",
                  help="output layout")
   p.add_argument("--max-length", type=int, default=128, help="calibration tokens per sample")
@@ -102,10 +108,26 @@ def quantize_checkpoint(src, out, rules, *, calibration_texts=None, fmt="jaxpara
             batch_size=batch_size, overwrite=overwrite, progress=progress)
 
 
+def _option_fields(args: argparse.Namespace) -> dict[str, Any]:
+  """``--iters``/``--mse`` as config fields; refused for methods without that field."""
+  from jaxparams.quant import methods as qmethods  # pylint: disable=g-import-not-at-top
+  has = {f.name for f in dataclasses.fields(qmethods.get_quantizer(args.method).config_cls)}
+  out = {}
+  for flag, field in (("--iters", "iters"), ("--mse", "mse")):
+    val = getattr(args, field, None)
+    if val is None:
+      continue
+    if field not in has:
+      raise ValueError(f"{flag} does not apply to --method {args.method}")
+    out[field] = val
+  return out
+
+
 def run(args: argparse.Namespace) -> int:
   from jaxparams.quant.stream import quantize_checkpoint as qc  # pylint: disable=g-import-not-at-top
   fields = rule_file.flag_fields(args.method, args.bits, args.group_size,
                                  act_order=args.act_order, symmetric=args.symmetric)
+  fields.update(_option_fields(args))
   if args.rules:
     rules = rule_file.read_rules(args.rules, args.method, fields)
   else:

@@ -39,6 +39,8 @@ from jaxparams.quant.rules import (DEFAULT_KEEP, QuantEntry, QuantReport, effect
                                    layer_error, plan_tree, quantize_leaf, quantize_tree)
 from jaxparams.quant.stats import accumulate_stats, gptq_hessian
 from jaxparams.quant.stream import dequantize_checkpoint, quantize_checkpoint
+from jaxparams.quant.autoround import AutoRoundConfig, autoround, autoround_block
+from jaxparams.quant.mixed import allocate_bits, layer_errors, mixed_rules
 
 __all__ = [
     # layout and methods (quant-methods)
@@ -59,6 +61,9 @@ __all__ = [
     # streaming (checkpoints larger than memory)
     "quantize_checkpoint", "dequantize_checkpoint",
     "OmniQuantConfig", "omniquant",
+    # learned rounding and mixed precision (issue 16)
+    "AutoRoundConfig", "autoround", "autoround_block", "allocate_bits", "layer_errors",
+    "mixed_rules",
 ]
 
 

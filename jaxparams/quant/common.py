@@ -20,7 +20,13 @@ import jax.numpy as jnp
 import numpy as np
 
 __all__ = ["resolve_group_size", "as_matrix", "check_finite", "check_bits", "is_concrete",
-           "minmax_params", "quantize_codes"]
+           "minmax_params", "quantize_codes", "clip_search", "MSE_GRID", "MSE_MAXSHRINK"]
+
+# GPTQ ``quant.py`` ``find_params(mse=True)`` (GPTQModel's ``mse`` option): shrink factors
+# ``1 - i / MSE_GRID`` for ``i < MSE_MAXSHRINK * MSE_GRID``; the error norm is the option's value
+# (2.4 in the reference).
+MSE_GRID = 100
+MSE_MAXSHRINK = 0.8
 
 
 def _where(name: str) -> str:
@@ -109,3 +115,43 @@ def minmax_params(wmin: jax.Array, wmax: jax.Array, bits: int, symmetric: bool):
 def quantize_codes(w: jax.Array, scale: jax.Array, zero: jax.Array, bits: int) -> jax.Array:
   """``clamp(round(w / scale) + zero, 0, 2**bits - 1)`` as float (shapes broadcast)."""
   return jnp.clip(jnp.round(w / scale) + zero, 0.0, float(2 ** bits - 1))
+
+
+def clip_search(w: jax.Array, grid_fn, bits: int, axis, norm: float, *, grid: int = MSE_GRID,
+                maxshrink: float = MSE_MAXSHRINK):
+  """Per-group clipping ratio by grid search (GPTQ's ``mse`` option, one compiled loop).
+
+  ``grid_fn(p)`` gives ``(scale, zero)`` of the range shrunk by ``p`` (keepdims over ``axis``);
+  ``p = 1 - i / grid`` for ``i = 0 .. int(maxshrink * grid) - 1`` and each group keeps the
+  ``p`` with the smallest ``sum |Q(w) - w| ** norm`` (first minimum; ``p = 1`` is min/max).
+
+  Example:
+    >>> import jax
+    >>> w = jax.random.normal(jax.random.key(0), (4, 64, 8))
+    >>> f = lambda p: minmax_params(p * w.min(1, keepdims=True), p * w.max(1, keepdims=True), 3,
+    ...                             False)
+    >>> s, z = clip_search(w, f, 3, 1, 2.4)
+    >>> bool((s <= f(1.0)[0] + 1e-7).all())
+    True
+  """
+  maxq = float(2 ** bits - 1)
+
+  def err(s, z):
+    q = jnp.clip(jnp.round(w / s) + z, 0.0, maxq)
+    return jnp.sum(jnp.abs((q - z) * s - w) ** norm, axis=axis, keepdims=True)
+
+  s0, z0 = grid_fn(1.0)
+  s0 = jnp.broadcast_to(s0, jnp.shape(s0))
+  z0 = jnp.broadcast_to(z0, jnp.shape(s0)).astype(jnp.float32)
+
+  def body(i, c):
+    s, z, best = c
+    p = 1.0 - i.astype(jnp.float32) / grid
+    s1, z1 = grid_fn(p)
+    z1 = jnp.broadcast_to(z1, s1.shape).astype(jnp.float32)
+    e = err(s1, z1)
+    better = e < best
+    return jnp.where(better, s1, s), jnp.where(better, z1, z), jnp.where(better, e, best)
+
+  s, z, _ = jax.lax.fori_loop(1, max(1, int(maxshrink * grid)), body, (s0, z0, err(s0, z0)))
+  return s, z

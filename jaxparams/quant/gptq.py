@@ -60,6 +60,8 @@ class GPTQConfig:
     damp_percent: dampening as a fraction of the mean Hessian diagonal.
     block_size: columns per lazy-update block.
     max_damp_retries: how many times to retry with 10x dampening on a failed Cholesky.
+    mse: error norm of the reference's ``mse`` grid search of each group's clipping range
+      (``quant.py`` ``find_params``, GPTQModel's ``mse``; 2.4 there); 0 = min/max.
   """
 
   bits: int = 4
@@ -70,19 +72,26 @@ class GPTQConfig:
   damp_percent: float = 0.01
   block_size: int = 128
   max_damp_retries: int = 4
+  mse: float = 0.0
 
 
-def _minmax_rows(wg: jax.Array, bits: int, sym: bool, axis: int):
-  return common.minmax_params(jnp.min(wg, axis=axis), jnp.max(wg, axis=axis), bits, sym)
+def _minmax_rows(wg: jax.Array, bits: int, sym: bool, axis: int, mse: float = 0.0):
+  lo, hi = jnp.min(wg, axis=axis), jnp.max(wg, axis=axis)
+  if not mse:
+    return common.minmax_params(lo, hi, bits, sym)
+  s, z = common.clip_search(
+      wg, lambda p: tuple(jnp.expand_dims(a, axis) for a in common.minmax_params(
+          p * lo, p * hi, bits, sym)), bits, axis, mse)
+  return jnp.squeeze(s, axis), jnp.squeeze(z, axis)
 
 
 hessian_inverse_chol = obs.inverse_cholesky  # the OBS core's factor (kept name)
 
 
 @functools.partial(jax.jit, static_argnames=("bits", "group", "sym", "act_order", "static_groups",
-                                             "per_channel", "block", "max_retries"))
+                                             "per_channel", "block", "max_retries", "mse"))
 def _gptq_jit(w, h, damp_percent, *, bits, group, sym, act_order, static_groups, per_channel,
-              block, max_retries):
+              block, max_retries, mse=0.0):
   k, n = w.shape
   maxq = float(2 ** bits - 1)
   ng = k // group
@@ -90,12 +99,12 @@ def _gptq_jit(w, h, damp_percent, *, bits, group, sym, act_order, static_groups,
   h = h.astype(jnp.float32)
 
   # Per-channel grid: the reference computes it before zeroing dead inputs.
-  pc_scale, pc_zero = _minmax_rows(w, bits, sym, axis=0)
+  pc_scale, pc_zero = _minmax_rows(w, bits, sym, axis=0, mse=mse)
 
   h, w = obs.fix_dead(h, w)
 
   if static_groups:
-    st_scale, st_zero = _minmax_rows(w.reshape(ng, group, n), bits, sym, axis=1)
+    st_scale, st_zero = _minmax_rows(w.reshape(ng, group, n), bits, sym, axis=1, mse=mse)
 
   if act_order:
     perm = jnp.argsort(-jnp.diagonal(h), stable=True)
@@ -134,7 +143,7 @@ def _gptq_jit(w, h, damp_percent, *, bits, group, sym, act_order, static_groups,
     valid = (cm < i1 + block) & (cm < k)
     segs = jax.vmap(lambda c: jax.lax.dynamic_slice(
         wfull, (jnp.minimum(c, k - group), 0), (group, n)))(cm)        # [M, G, N]
-    ps, pz = _minmax_rows(segs, bits, sym, axis=1)                     # [M, N]
+    ps, pz = _minmax_rows(segs, bits, sym, axis=1, mse=mse)                   # [M, N]
     gi = jnp.where(valid, cm // group, ng)
     scales = scales.at[gi].set(ps, mode="drop")
     zeros = zeros.at[gi].set(pz, mode="drop")
@@ -229,6 +238,8 @@ def gptq(w: jax.Array, hessian: InputStats | jax.Array, cfg: GPTQConfig = GPTQCo
   g = common.resolve_group_size(k, cfg.group_size, name=name)
   if cfg.block_size < 1:
     raise ValueError(f"gptq: block_size must be >= 1, got {cfg.block_size}")
+  if not cfg.mse >= 0:
+    raise ValueError(f"gptq: mse (the clip search's error norm) must be >= 0, got {cfg.mse}")
   if not cfg.damp_percent > 0:
     raise ValueError(f"gptq: damp_percent must be > 0, got {cfg.damp_percent}")
   per_channel = cfg.group_size in (None, -1, 0)
@@ -236,7 +247,7 @@ def gptq(w: jax.Array, hessian: InputStats | jax.Array, cfg: GPTQConfig = GPTQCo
       w, h, jnp.float32(cfg.damp_percent), bits=bits, group=g, sym=bool(cfg.symmetric),
       act_order=bool(cfg.act_order), static_groups=bool(cfg.static_groups) and not per_channel,
       per_channel=per_channel, block=min(int(cfg.block_size), k),
-      max_retries=int(cfg.max_damp_retries))
+      max_retries=int(cfg.max_damp_retries), mse=float(cfg.mse))
   obs.check_retries(tries, cfg.max_damp_retries, cfg.damp_percent, method="gptq", name=name)
   use_gidx = cfg.act_order and not cfg.static_groups and not per_channel
   return make_int_qarray(q, scale, zero, bits=bits, group_size=g, dtype=w.dtype,

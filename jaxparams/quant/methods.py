@@ -33,6 +33,7 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from jaxparams.quant.autoround import AutoRoundConfig, autoround
 from jaxparams.quant.awq import AWQConfig, awq
 from jaxparams.quant.decoupleq import DecoupleQConfig, decoupleq
 from jaxparams.quant.fp8 import FP8Config, fp8
@@ -111,6 +112,8 @@ _TABLE = (  # name, function, config, needs, plain jnp (driver jits it), descrip
      "decoupleQ: integer and float parts solved apart"),
     ("omniquant", omniquant, OmniQuantConfig, "hessian", False,
      "OmniQuant: learned weight clipping (+ equivalent transformation), block-wise"),
+    ("autoround", autoround, AutoRoundConfig, "hessian", False,
+     "AutoRound: signed-gradient learned rounding and min-max clipping"),
 )
 
 # Methods with a block-wise form: the streaming driver trains them on each block's output.

@@ -43,6 +43,8 @@ class RTNConfig:
     symmetric: absmax grid with ``zero = 2**(bits-1)`` instead of min/max.
     per_tensor: one scale (and zero) for the whole tensor (overrides group_size).
     clip_ratio: shrink factor in (0, 1] applied to the range before rounding.
+    mse: error norm of a per-group clip search (GPTQ's ``mse`` option, 2.4 there; see
+      :func:`jaxparams.quant.common.clip_search`); 0 = plain min/max (or ``clip_ratio``).
   """
 
   bits: int = 4
@@ -50,6 +52,7 @@ class RTNConfig:
   symmetric: bool = False
   per_tensor: bool = False
   clip_ratio: float = 1.0
+  mse: float = 0.0
 
 
 def _grid(wg: jax.Array, bits: int, symmetric: bool, clip_ratio: float, axis):
@@ -74,6 +77,10 @@ def rtn_params(w: jax.Array, cfg: RTNConfig, group_size: int):
     scale, zero = _grid(wg, cfg.bits, cfg.symmetric, cfg.clip_ratio, axis=(0, 1, 2))
     scale = jnp.broadcast_to(scale, (k // group_size, 1, n))
     zero = jnp.broadcast_to(zero, (k // group_size, 1, n))
+  elif cfg.mse > 0:
+    scale, zero = common.clip_search(
+        wg, lambda p: _grid(wg, cfg.bits, cfg.symmetric, cfg.clip_ratio * p, axis=1), cfg.bits,
+        1, cfg.mse)
   else:
     scale, zero = _grid(wg, cfg.bits, cfg.symmetric, cfg.clip_ratio, axis=1)
   q = common.quantize_codes(wg, scale, zero, cfg.bits).reshape(k, n)
@@ -100,6 +107,8 @@ def rtn(w: jax.Array, cfg: RTNConfig = RTNConfig(), *, name: str = "") -> QArray
   bits = common.check_bits(cfg.bits, (2, 3, 4, 8), name=name, method="rtn")
   if not 0 < cfg.clip_ratio <= 1:
     raise ValueError(f"rtn: clip_ratio must be in (0, 1], got {cfg.clip_ratio}")
+  if not cfg.mse >= 0:
+    raise ValueError(f"rtn: mse (the clip search's error norm) must be >= 0, got {cfg.mse}")
   w = common.as_matrix(w, name=name)
   common.check_finite(w, name=name)
   k = w.shape[0]

@@ -18,7 +18,7 @@ Example:
   >>> flag_fields('hqq', 4, 64, symmetric=True)
   Traceback (most recent call last):
   ...
-  ValueError: --symmetric does not apply to --method hqq; methods that take it: awq, gptq, rtn
+  ValueError: --symmetric does not apply to --method hqq; methods that take it: autoround, awq, gptq, rtn
 """
 
 from __future__ import annotations
@@ -38,13 +38,15 @@ def method_names() -> list[str]:
   return qmethods.quantizer_names()
 
 
-def flag_fields(method: str, bits: int, group_size: int, *, act_order: bool = False,
+def flag_fields(method: str, bits: int, group_size: int, *, act_order: bool | None = None,
                 symmetric: bool = False) -> dict[str, Any]:
   """The config fields the command-line flags mean for ``method``.
 
   ``--symmetric`` and ``--act-order`` apply to the methods whose config has that field
   (``symmetric``: rtn, gptq, awq; ``act_order``: gptq, decoupleq) and are refused for
-  the others, rather than ignored.
+  the others, rather than ignored. GPTQ runs with act-order unless ``act_order=False``
+  (``--no-act-order``): on all-MiniLM-L6-v2 it lifts the mean cosine at 4-bit g128 from 0.977
+  to 0.981 and at 3-bit g64 from 0.915 to 0.931 (issue 16's table).
 
   Raises:
     ValueError: a width the method does not have (nf4 is 4-bit, fp8 8-bit), a flag the
@@ -70,8 +72,8 @@ def flag_fields(method: str, bits: int, group_size: int, *, act_order: bool = Fa
       raise ValueError(f"--method fp8 is 8-bit only, got --bits {bits}")
     return {"group_size": group}
   fields: dict[str, Any] = {"bits": bits, "group_size": group}
-  if method == "gptq":
-    fields["act_order"] = act_order
+  if method == "gptq":   # act-order on unless refused (--no-act-order): measured to help
+    fields["act_order"] = True if act_order is None else bool(act_order)
   elif act_order:
     fields["act_order"] = True
   if symmetric:

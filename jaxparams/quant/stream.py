@@ -257,8 +257,8 @@ def quantize_checkpoint(src: str | Path, out: str | Path, rules: Any, *,
                         keep: Sequence[Any] = qrules.DEFAULT_KEEP, max_length: int = 128,
                         batch_size: int = 16, overwrite: bool = False,
                         max_shard_bytes: float = 1e9,
-                        progress: Callable[[str, int, int], None] | None = None
-                        ) -> qrules.QuantReport:
+                        progress: Callable[[str, int, int], None] | None = None,
+                        true_sequential: bool = False) -> qrules.QuantReport:
   """Quantizes an HF checkpoint folder by rules, streaming; returns the report.
 
   Args:
@@ -275,6 +275,9 @@ def quantize_checkpoint(src: str | Path, out: str | Path, rules: Any, *,
     overwrite: replace ``out``.
     max_shard_bytes: output shard size (also the writer's buffer).
     progress: ``progress(path, index, total)`` before each quantized tensor.
+    true_sequential: inside a block, recapture each stage's inputs (q/k/v, then the attention
+      output, then gate/up, then down) with the earlier stages already quantized (GPTQ's
+      ``--true-sequential``); default: all layers of a block calibrated on its inputs at once.
 
   Raises:
     ValueError: unsupported architecture, calibrated methods without calibration,
@@ -291,13 +294,15 @@ def quantize_checkpoint(src: str | Path, out: str | Path, rules: Any, *,
     try:
       return _quantize(src, out, m, rules, calibration=calibration, fmt=fmt, keep=keep,
                        max_length=max_length, batch_size=batch_size, overwrite=overwrite,
-                       max_shard_bytes=max_shard_bytes, progress=progress)
+                       max_shard_bytes=max_shard_bytes, progress=progress,
+                       true_sequential=true_sequential)
     finally:
       m.close()
 
 
 def _quantize(src: Path, out: Path, m: _Model, rules: Any, *, calibration, fmt, keep,
-              max_length, batch_size, overwrite, max_shard_bytes, progress):
+              max_length, batch_size, overwrite, max_shard_bytes, progress,
+              true_sequential=False):
   reader = m.reader
   plan, reasons = qrules.plan_tree(m.abstract, rules, keep=keep)
   calibrated = [p for p, s in plan.items() if s is not None and qrules.is_calibrated(s[0])]
@@ -332,7 +337,7 @@ def _quantize(src: Path, out: Path, m: _Model, rules: Any, *, calibration, fmt, 
 
     done: set[str] = set()
     if batches:       # sequential, block by block (data-free layers get output errors too)
-      done = _calibrated_blocks(m, plan, batches, sink, quantize)
+      done = _calibrated_blocks(m, plan, batches, sink, quantize, true_sequential)
     for path in m.abstract:                       # everything else: tensor by tensor
       if path in done:
         continue
@@ -388,7 +393,7 @@ def _card(src: Path, report: qrules.QuantReport) -> str:
 
 
 def _calibrated_blocks(m: _Model, plan: Mapping[str, Any], batches: list, sink: _Out,
-                       quantize: Callable) -> set[str]:
+                       quantize: Callable, true_sequential: bool = False) -> set[str]:
   """Quantizes the transformer blocks sequentially; returns the flax paths written."""
   order, blocks = _top_level_calls(m, batches[0])
   block_names = [n for n in order if n in blocks]
@@ -404,6 +409,9 @@ def _calibrated_blocks(m: _Model, plan: Mapping[str, Any], batches: list, sink: 
   if never:
     raise ValueError(f"layer(s) {never[:4]} never ran on the calibration batch; they cannot be "
                      "calibrated (keep them or use a calibration-free method)")
+  learned = [p for p in calibrated if plan[p][0] == "autoround"]
+  if learned:       # block-wise AutoRound stacks the samples: one sequence length for all
+    batches = _pad_batches(batches)
   first = block_names[0]
   prefix_mods = order[:order.index(first)]
   prefix = {p: jnp.asarray(m.read(p)) for p in m.abstract if p.split("/", 1)[0] in prefix_mods}
@@ -422,29 +430,28 @@ def _calibrated_blocks(m: _Model, plan: Mapping[str, Any], batches: list, sink: 
   # block-wise methods (OmniQuant) train against the full-precision chain's block outputs
   blockwise = {p: get_record(s[0]).info["block"] for p, s in plan.items()
                if s is not None and "block" in get_record(s[0]).info}
-  fp_states = list(states) if blockwise else None
+  # AutoRound's and OmniQuant's targets: the fp model's chain
+  fp_states = list(states) if learned or blockwise else None
   for name in block_names:
     module = blocks[name]
     paths = [p for p in m.abstract if p.split("/", 1)[0] == name]
     flat = {p: jnp.asarray(m.read(p)) for p in paths}
     todo = [p for p in linears if p in flat and plan[p] is not None]
-    want = todo
-    stats = {}
-    if want:
-      run = stats_runner(module, [p[len(name) + 1:] for p in want])
-      params = _nested(flat, name)
-      for (args, kwargs), mk in zip(states, masks):
-        got = run(params, args, kwargs, mk)
-        for rel, s in got.items():
-          full = f"{name}/{rel}"
-          stats[full] = stats[full] + s if full in stats else s
-      for p, s in stats.items():
-        if not bool(jnp.all(jnp.isfinite(s.xtx))):
-          raise ValueError(f"calibration inputs of {p!r} contain NaN/inf (X^T X not finite)")
+    stats = _collect(module, name, flat, todo, states, masks) if todo else {}
+    apply = _block_apply(module)
+    params = _nested(flat, name)
+    fp_next = None
+    if fp_states is not None:
+      fp_next = [((apply(params, args, kwargs),) + tuple(args[1:]), kwargs)
+                 for args, kwargs in fp_states]
+      ar = [p for p in todo if p in learned]
+      if ar:
+        stats = _autoround_block(module, name, flat, {p: plan[p][1] for p in ar}, stats,
+                                 states, fp_next, masks)
     current = dict(flat)
     changed: dict[str, Any] = {}
-    if fp_states is not None:
-      targets = _block_targets(module, _nested(flat, name), fp_states)
+    if fp_next is not None:
+      targets = [a[0] for a, _ in fp_next]
       n = len(name) + 1
       for fn in dict.fromkeys(blockwise[p] for p in todo if p in blockwise):
         mine = [p for p in todo if blockwise.get(p) is fn]
@@ -460,14 +467,18 @@ def _calibrated_blocks(m: _Model, plan: Mapping[str, Any], batches: list, sink: 
           done.add(p)
         current.update({f"{name}/{r}": v for r, v in res.params.items()})
         changed.update({f"{name}/{r}": v for r, v in res.changed.items()})
-      fp_states = [((y,) + tuple(a[1:]), kw) for y, (a, kw) in zip(targets, fp_states)]
-    for p in todo:
-      if p in done:
-        continue
-      qa = quantize(p, flat[p], stats.get(p))
-      current[p] = qrules.effective_weight(qa, flat[p].dtype).reshape(flat[p].shape)
-      sink.add(p, qa, plan[p][0])
-      done.add(p)
+    rest = [p for p in todo if p not in done]
+    stages = _stages(rest, stats) if true_sequential else [rest]
+    for i, stage in enumerate(stages):
+      if i:      # true-sequential: this stage sees the earlier stages of the block quantized
+        again = [p for p in stage if p not in learned]
+        if again:
+          stats.update(_collect(module, name, current, again, states, masks))
+      for p in stage:
+        qa = quantize(p, flat[p], stats.get(p))
+        current[p] = qrules.effective_weight(qa, flat[p].dtype).reshape(flat[p].shape)
+        sink.add(p, qa, plan[p][0])
+        done.add(p)
     for p in paths:
       if p not in done:
         if p in changed:                           # full precision, changed by a block method
@@ -478,17 +489,95 @@ def _calibrated_blocks(m: _Model, plan: Mapping[str, Any], batches: list, sink: 
         else:
           sink.add(p, None, None)
         done.add(p)
-    apply = _block_apply(module)
     params = _nested(current, name)
     states = [((apply(params, args, kwargs),) + tuple(args[1:]), kwargs)
               for args, kwargs in states]
+    if fp_next is not None:
+      fp_states = fp_next
     del flat, current, params, stats
   return done
 
 
-def _block_targets(module: nn.Module, params: Any, states: list) -> list:
-  apply = _block_apply(module)
-  return [apply(params, a, kw) for a, kw in states]
+def _collect(module: nn.Module, name: str, flat: Mapping[str, jax.Array], want: list,
+             states: list, masks: list) -> dict[str, Any]:
+  """Input statistics of the block's layers ``want`` (full paths) over all batches."""
+  stats: dict[str, Any] = {}
+  run = stats_runner(module, [p[len(name) + 1:] for p in want])
+  params = _nested(flat, name)
+  for (args, kwargs), mk in zip(states, masks):
+    got = run(params, args, kwargs, mk)
+    for rel, s in got.items():
+      full = f"{name}/{rel}"
+      stats[full] = stats[full] + s if full in stats else s
+  for p, s in stats.items():
+    if not bool(jnp.all(jnp.isfinite(s.xtx))):
+      raise ValueError(f"calibration inputs of {p!r} contain NaN/inf (X^T X not finite)")
+  return stats
+
+
+def _stages(todo: list, stats: Mapping[str, Any]) -> list[list[str]]:
+  """Consecutive layers reading the same input (equal ``X^T X``: q/k/v, gate/up) form a stage."""
+  stages: list[list[str]] = []
+  for p in todo:
+    prev = stages[-1][-1] if stages else None
+    if (prev is not None and p in stats and prev in stats
+        and stats[p].xtx.shape == stats[prev].xtx.shape
+        and bool(jnp.array_equal(stats[p].xtx, stats[prev].xtx))):
+      stages[-1].append(p)
+    else:
+      stages.append([p])
+  return stages
+
+
+def _pad_batches(batches: list) -> list:
+  """Right-pads dict batches (``input_ids`` and same-shaped arrays) to one sequence length."""
+  if not all(isinstance(b, Mapping) and "input_ids" in b for b in batches):
+    return batches
+  t = max(np.shape(b["input_ids"])[1] for b in batches)
+  out = []
+  for b in batches:
+    shape = np.shape(b["input_ids"])
+    out.append({k: (np.pad(np.asarray(v), ((0, 0), (0, t - shape[1])))
+                    if v is not None and np.shape(v) == shape else v) for k, v in b.items()})
+  return out
+
+
+def _stack(trees: list) -> Any:
+  """Concatenates per-batch call trees along the sample axis (leading-1 leaves are shared)."""
+  def cat(*xs):
+    if all(x.shape[0] == 1 for x in xs) and len(xs) > 1 and all(
+        x.shape == xs[0].shape for x in xs):
+      return xs[0]
+    return jnp.concatenate(xs, axis=0)
+  return jax.tree.map(cat, *trees)
+
+
+def _autoround_block(module: nn.Module, name: str, flat: Mapping[str, jax.Array],
+                     configs: Mapping[str, Any], stats: Mapping[str, Any], states: list,
+                     fp_next: list, masks: list) -> dict[str, Any]:
+  """Block-wise AutoRound: learned rounding of ``configs``' layers; their stats carry it."""
+  from jaxparams.quant.autoround import LearnedRounding, autoround_block  # pylint: disable=g-import-not-at-top
+  n = len(name) + 1
+
+  def apply(rel_flat, x):
+    a, kw = x
+    return module.apply({"params": jtree.unflatten(dict(rel_flat))}, *a, **kw)
+
+  inputs = _stack([(tuple(a), {k: v for k, v in kw.items() if v is not None})
+                   for a, kw in states])
+  targets = jnp.concatenate([a[0] for a, _ in fp_next], axis=0)
+  mask = None if any(m is None for m in masks) else jnp.concatenate(masks, axis=0)
+  rel = {p[n:]: v for p, v in flat.items()}
+  learned, losses = autoround_block(apply, rel, {p[n:]: c for p, c in configs.items()},
+                                    inputs, targets, mask, name=name)
+  if len(losses):
+    log.info("autoround %s: loss %.3e -> best %.3e", name, float(losses[0]), float(losses.min()))
+  out = dict(stats)
+  for p in configs:
+    s, lp = stats[p], learned[p[n:]]
+    out[p] = LearnedRounding(xtx=s.xtx, abs_sum=s.abs_sum, count=s.count, v=lp["v"],
+                             alpha=lp["alpha"], beta=lp["beta"])
+  return out
 
 
 def _block_apply(module: nn.Module):
