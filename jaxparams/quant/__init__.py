@@ -23,6 +23,7 @@ from jaxparams.quant.checkpoint import (dequantize_flat, detect_layout, export_g
                                         load_quantized, load_quantized_flat, load_quantized_orbax,
                                         save_quantized, save_quantized_orbax)
 from jaxparams.quant.decoupleq import DecoupleQConfig, decoupleq
+from jaxparams.quant.omniquant import OmniQuantConfig, omniquant
 from jaxparams.quant.dot import dot, dot_general, kernel_supported
 from jaxparams.quant.fp8 import FP8Config, fp8
 from jaxparams.quant.gptq import GPTQConfig, gptq
@@ -60,6 +61,7 @@ __all__ = [
     "detect_layout", "effective_weight",
     # streaming (checkpoints larger than memory)
     "quantize_checkpoint", "dequantize_checkpoint",
+    "OmniQuantConfig", "omniquant",
     # learned rounding and mixed precision (issue 16)
     "AutoRoundConfig", "autoround", "autoround_block", "allocate_bits", "layer_errors",
     "mixed_rules",

@@ -40,6 +40,7 @@ from jaxparams.quant.fp8 import FP8Config, fp8
 from jaxparams.quant.gptq import GPTQConfig, gptq
 from jaxparams.quant.hqq import HQQConfig, hqq
 from jaxparams.quant.nf4 import NF4Config, nf4
+from jaxparams.quant.omniquant import OmniQuantConfig, omniquant, omniquant_block
 from jaxparams.quant.rf8 import RF8Config, rf8
 from jaxparams.quant.rtn import RTNConfig, rtn
 from jaxparams.transform import Registry, Transform
@@ -111,9 +112,14 @@ _TABLE = (  # name, function, config, needs, plain jnp (driver jits it), descrip
     ("awq", awq, AWQConfig, "act_stats", False, "activation-aware per-channel scaling"),
     ("decoupleq", decoupleq, DecoupleQConfig, "hessian", False,
      "decoupleQ: integer and float parts solved apart"),
+    ("omniquant", omniquant, OmniQuantConfig, "hessian", False,
+     "OmniQuant: learned weight clipping (+ equivalent transformation), block-wise"),
     ("autoround", autoround, AutoRoundConfig, "hessian", False,
      "AutoRound: signed-gradient learned rounding and min-max clipping"),
 )
+
+# Methods with a block-wise form: the streaming driver trains them on each block's output.
+_BLOCK_FNS = {"omniquant": omniquant_block}
 
 
 @functools.lru_cache(maxsize=None)
@@ -121,8 +127,11 @@ def _registry() -> Registry:
   records = []
   for name, fn, cfg, needs, jitted, desc in _TABLE:
     run = _data_free(fn, jitted) if needs == "none" else _calibrated(fn, name, needs)
+    info = {"needs": needs, "fn": fn}
+    if name in _BLOCK_FNS:
+      info["block"] = _BLOCK_FNS[name]
     records.append(Transform(name=name, fn=run, config=cfg, options=("stats", "name"),
-                             description=desc, info={"needs": needs, "fn": fn}))
+                             description=desc, info=info))
   return Registry("quantization method", records)
 
 

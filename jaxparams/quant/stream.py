@@ -37,6 +37,7 @@ import dataclasses
 import json
 import logging
 import re
+import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -51,7 +52,9 @@ from jaxparams.calib.capture import as_call, check_batches, linear_order, stats_
 from jaxparams.calib.corpus import text_batches
 from jaxparams.quant import card as qcard
 from jaxparams.quant import checkpoint as qckpt
+from jaxparams.quant import report as qreport
 from jaxparams.quant import rules as qrules
+from jaxparams.quant.methods import get_record
 from jaxparams.models.config_check import check_hf_config
 from jaxparams.transform.prefetch import read_tensor
 
@@ -206,6 +209,12 @@ class _Out:
     self.gptq_tensors: dict[str, Any] = {}
     self.gptq_format = "gptq"
 
+  def add_float(self, path: str, value: Any) -> None:
+    """A full-precision tensor changed by a block-wise method (e.g. a norm scale under LET)."""
+    hf, tr = self.m.nmap[path]
+    a = np.asarray(value)
+    self.w.add(hf, a.T if tr else a)
+
   def add(self, path: str, leaf: Any, method: str | None) -> None:
     hf, tr = self.m.nmap[path]
     if method is None:
@@ -319,7 +328,11 @@ def _quantize(src: Path, out: Path, m: _Model, rules: Any, *, calibration, fmt, 
     sink.gptq_format = _gptq_format(plan)
     counter = {"i": 0}
 
-    def quantize(path, w_, stats=None):
+    def quantize(path, w_, stats=None, *, qa=None, seconds=0.0):
+      if qa is not None:            # computed by a block-wise method: only recorded
+        report.entries[path] = qreport.make_entry(path, w_, qa, plan[path][0], reasons[path],
+                                                  stats=stats, seconds=seconds)
+        return qa
       if progress is not None:
         progress(path, counter["i"], len(todo))
       counter["i"] += 1
@@ -416,8 +429,12 @@ def _calibrated_blocks(m: _Model, plan: Mapping[str, Any], batches: list, sink: 
     mk = kw.get("attention_mask")
     masks.append(None if mk is None else jnp.asarray(mk))
   del prefix, pparams
-  fp_states = list(states) if learned else None   # AutoRound's targets: the fp model's chain
   done: set[str] = set()
+  # block-wise methods (OmniQuant) train against the full-precision chain's block outputs
+  blockwise = {p: get_record(s[0]).info["block"] for p, s in plan.items()
+               if s is not None and "block" in get_record(s[0]).info}
+  # AutoRound's and OmniQuant's targets: the fp model's chain
+  fp_states = list(states) if learned or blockwise else None
   for name in block_names:
     module = blocks[name]
     paths = [p for p in m.abstract if p.split("/", 1)[0] == name]
@@ -435,7 +452,26 @@ def _calibrated_blocks(m: _Model, plan: Mapping[str, Any], batches: list, sink: 
         stats = _autoround_block(module, name, flat, {p: plan[p][1] for p in ar}, stats,
                                  states, fp_next, masks)
     current = dict(flat)
-    stages = _stages(todo, stats) if true_sequential else [todo]
+    changed: dict[str, Any] = {}
+    if fp_next is not None:
+      targets = [a[0] for a, _ in fp_next]
+      n = len(name) + 1
+      for fn in dict.fromkeys(blockwise[p] for p in todo if p in blockwise):
+        mine = [p for p in todo if blockwise.get(p) is fn]
+        t0 = time.perf_counter()
+        res = fn(module, {p[n:]: v for p, v in flat.items()},
+                 {p[n:]: plan[p][1] for p in mine}, states, targets, masks)
+        secs = (time.perf_counter() - t0) / len(mine)
+        log.info("%s: block-wise %s, loss %.3g -> %.3g", name, plan[mine[0]][0],
+                 res.losses[0], res.losses[-1])
+        for p in mine:
+          quantize(p, flat[p], stats.get(p), qa=res.qarrays[p[n:]], seconds=secs)
+          sink.add(p, res.qarrays[p[n:]], plan[p][0])
+          done.add(p)
+        current.update({f"{name}/{r}": v for r, v in res.params.items()})
+        changed.update({f"{name}/{r}": v for r, v in res.changed.items()})
+    rest = [p for p in todo if p not in done]
+    stages = _stages(rest, stats) if true_sequential else [rest]
     for i, stage in enumerate(stages):
       if i:      # true-sequential: this stage sees the earlier stages of the block quantized
         again = [p for p in stage if p not in learned]
@@ -448,7 +484,9 @@ def _calibrated_blocks(m: _Model, plan: Mapping[str, Any], batches: list, sink: 
         done.add(p)
     for p in paths:
       if p not in done:
-        if plan[p] is not None:                    # planned but not a called linear
+        if p in changed:                           # full precision, changed by a block method
+          sink.add_float(p, changed[p])
+        elif plan[p] is not None:                  # planned but not a called linear
           qa = quantize(p, flat[p])
           sink.add(p, qa, plan[p][0])
         else:

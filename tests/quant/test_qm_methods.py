@@ -33,8 +33,8 @@ def _out_err(x, w_hat, w):
 
 # ------------------------------------------------------------------ registry
 def test_registry_names_and_needs():
-  assert set(methods.quantizer_names()) >= {"rtn", "nf4", "fp8", "rf8", "hqq", "gptq", "awq",
-                                            "decoupleq", "autoround"}
+  assert set(methods.quantizer_names()) == {"rtn", "nf4", "fp8", "rf8", "hqq", "gptq", "awq",
+                                            "decoupleq", "autoround", "omniquant"}
   assert methods.get_quantizer("gptq").needs == "hessian"
   assert methods.get_quantizer("awq").needs == "act_stats"
   assert methods.get_quantizer("HQQ").needs == "none"
