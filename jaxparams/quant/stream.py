@@ -546,12 +546,21 @@ def _pad_batches(batches: list) -> list:
 
 
 def _stack(trees: list) -> Any:
-  """Concatenates per-batch call trees along the sample axis (leading-1 leaves are shared)."""
+  """Concatenates per-batch call trees ``(args, kwargs)`` along the sample axis.
+
+  A leaf whose leading axis is its batch's size (that of ``args[0]``, the hidden states) is
+  per-sample and concatenated; a leaf with a leading 1 in a larger batch is broadcast and
+  shared. With batches of one sample every leaf is concatenated (broadcasting still holds).
+  """
+  sizes = [t[0][0].shape[0] for t in trees]
+
   def cat(*xs):
-    if all(x.shape[0] == 1 for x in xs) and len(xs) > 1 and all(
-        x.shape == xs[0].shape for x in xs):
+    if all(x.shape[0] == b for x, b in zip(xs, sizes)):
+      return jnp.concatenate(xs, axis=0)
+    if all(x.shape[0] == 1 and x.shape == xs[0].shape for x in xs):
       return xs[0]
-    return jnp.concatenate(xs, axis=0)
+    raise ValueError(f"calibration batches disagree on a block input: shapes "
+                     f"{[x.shape for x in xs]} for batch sizes {sizes}")
   return jax.tree.map(cat, *trees)
 
 

@@ -161,3 +161,22 @@ def test_cli_autoround_zero_iters_is_rtn(tmp_path):
   with pytest.raises(ValueError, match="--iters does not apply to --method rtn"):
     _cli(["quantize", str(tmp_path / "src"), str(tmp_path / "x"), "--method", "rtn",
           "--iters", "3"] + common)
+
+
+def test_block_inputs_of_one_sample_batches_are_all_kept():
+  """Batches of one calibration sample each: every sample's hidden states reach AutoRound.
+
+  (A leading-1 leaf used to be taken as broadcast and only the first sample was kept.)
+  """
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  from jaxparams.quant.stream import _stack  # pylint: disable=import-outside-toplevel
+  hs = [jnp.full((1, 3, 2), float(i)) for i in range(4)]
+  pos = jnp.arange(3)[None]
+  out_args, out_kw = _stack([((h,), {"pos": pos}) for h in hs])
+  assert out_args[0].shape == (4, 3, 2)
+  assert [float(v) for v in out_args[0][:, 0, 0]] == [0.0, 1.0, 2.0, 3.0]
+  assert out_kw["pos"].shape in ((1, 3), (4, 3))
+  # Batches of two samples share a leading-1 leaf and concatenate the hidden states.
+  hs2 = [jnp.full((2, 3, 2), float(i)) for i in range(3)]
+  out_args, out_kw = _stack([((h,), {"pos": pos}) for h in hs2])
+  assert out_args[0].shape == (6, 3, 2) and out_kw["pos"].shape == (1, 3)
