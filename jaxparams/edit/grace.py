@@ -116,18 +116,6 @@ def wrap_params(params: Any, layer: int, capacity: int = 16) -> Any:
   return jtree.unflatten(flat)
 
 
-def _leaf(params, layer) -> GraceKernel:
-  return params[f"layers_{layer}"]["mlp"]["down_proj"]["kernel"]
-
-
-def _set(params, layer, leaf):
-  params = dict(params)
-  lay = dict(params[f"layers_{layer}"])
-  mlp = dict(lay["mlp"])
-  mlp["down_proj"] = {**mlp["down_proj"], "kernel": leaf}
-  lay["mlp"] = mlp
-  params[f"layers_{layer}"] = lay
-  return params
 
 
 def grace_edit(module: Any, params: Any, tokenizer: Any, request: req_lib.EditRequest, *,
@@ -135,7 +123,7 @@ def grace_edit(module: Any, params: Any, tokenizer: Any, request: req_lib.EditRe
   """One GRACE edit on params whose layer ``layer`` kernel is a :class:`GraceKernel` (see
   :func:`wrap_params`); ``module`` must run with ``dot=grace.dot``. Returns the new params."""
   request.check(tokenizer)
-  g = _leaf(params, layer)
+  g = probe.get_kernel(params, layer)
   if not isinstance(g, GraceKernel):
     raise ValueError(f"layer {layer} kernel is not a GraceKernel: call grace.wrap_params first")
   key = methods.compute_keys(module, params, tokenizer, [request], layer, [["{}"]], "last")[0]
@@ -158,13 +146,13 @@ def grace_edit(module: Any, params: Any, tokenizer: Any, request: req_lib.EditRe
     g = g.add(key, value, dist / 2, edit_id=edit_id, label=label)
   else:  # same label: expand the nearest entry's radius to cover the query (coverage)
     g = GraceKernel(g.w, g.keys, g.values, g.eps.at[j].set(dist), g.active, g.edit_id, g.labels)
-  return _set(params, layer, g)
+  return probe.set_kernel(params, layer, g)
 
 
 def rollback(params: Any, layer: int, edit_id: int) -> Any:
   """Deactivates every codebook entry of ``edit_id`` (the model then behaves as without it)."""
-  g = _leaf(params, layer)
-  return _set(params, layer, GraceKernel(g.w, g.keys, g.values, g.eps,
+  g = probe.get_kernel(params, layer)
+  return probe.set_kernel(params, layer, GraceKernel(g.w, g.keys, g.values, g.eps,
                                          g.active & (g.edit_id != edit_id), g.edit_id, g.labels))
 
 

@@ -43,6 +43,21 @@ def kernel_path(layer: int) -> str:
   """Flat path of layer ``layer``'s MLP output kernel."""
   return MLP_OUT.format(layer)
 
+def get_kernel(params: Any, layer: int) -> Any:
+  """Layer ``layer``'s MLP output kernel leaf (a plain array or a side-memory wrapper)."""
+  return params[f"layers_{layer}"]["mlp"]["down_proj"]["kernel"]
+
+
+def set_kernel(params: Any, layer: int, leaf: Any) -> Any:
+  """A copy of ``params`` whose layer ``layer`` MLP output kernel is ``leaf`` (others shared)."""
+  params = dict(params)
+  lay = dict(params[f"layers_{layer}"])
+  mlp = dict(lay["mlp"])
+  mlp["down_proj"] = {**mlp["down_proj"], "kernel": leaf}
+  lay["mlp"] = mlp
+  params[f"layers_{layer}"] = lay
+  return params
+
 
 def layer_of_path(path: str) -> int:
   """Layer index of an MLP output kernel path; ValueError for any other leaf."""

@@ -136,27 +136,15 @@ class WiseState:
   seed: int = 0
 
 
-def _leaf(params, layer):
-  return params[f"layers_{layer}"]["mlp"]["down_proj"]["kernel"]
-
-
-def _set(params, layer, leaf):
-  params = dict(params)
-  lay = dict(params[f"layers_{layer}"])
-  mlp = dict(lay["mlp"])
-  mlp["down_proj"] = {**mlp["down_proj"], "kernel": leaf}
-  lay["mlp"] = mlp
-  params[f"layers_{layer}"] = lay
-  return params
 
 
 def wrap_params(params: Any, layer: int, act: str = "silu") -> Any:
   """Replaces layer ``layer``'s MLP output kernel by a :class:`WiseKernel` without edits."""
   try:
-    w = _leaf(params, layer)
+    w = probe.get_kernel(params, layer)
   except (KeyError, TypeError):
     raise ValueError(f"params have no leaf {probe.kernel_path(layer)!r}") from None
-  return _set(params, layer, WiseKernel.wrap(w, act))
+  return probe.set_kernel(params, layer, WiseKernel.wrap(w, act))
 
 
 def merge_shards(w: jax.Array, shards: Sequence[jax.Array], side: jax.Array | None,
@@ -181,14 +169,14 @@ def _pos_mean(v):
 
 @functools.partial(jax.jit, static_argnames=("module", "layer", "hp"))
 def _train(module, params, ids, mask, tmask, is_edit, grad_mask, *, layer, hp: WiseParams):
-  k0 = _leaf(params, layer)
+  k0 = probe.get_kernel(params, layer)
   w = k0.w.astype(jnp.float32)
   alpha, beta, gamma = hp.act_margin
   m = mask.astype(jnp.float32)
   n_tgt = jnp.maximum(tmask.sum(-1), 1.0)
 
   def losses(nw):
-    p = _set(params, layer, k0.replace(new=nw, editing=jnp.asarray(True)))
+    p = probe.set_kernel(params, layer, k0.replace(new=nw, editing=jnp.asarray(True)))
     out = probe.run(module, p, ids, mask, keys=(layer,))
     logp = jax.nn.log_softmax(out.logits[:, :-1].astype(jnp.float32), -1)
     tok = jnp.take_along_axis(logp, ids[:, 1:, None], -1)[..., 0]
@@ -242,7 +230,7 @@ def wise_edit(module: Any, params: Any, tokenizer: Any, request: req_lib.EditReq
   ``dot=wise.dot``). Returns ``(params, state, info)``; ``loc_prompt`` is an irrelevant prompt
   (the reference draws one from its training split)."""
   request.check(tokenizer)
-  k = _leaf(params, layer)
+  k = probe.get_kernel(params, layer)
   if not isinstance(k, WiseKernel):
     raise ValueError(f"layer {layer} kernel is not a WiseKernel: call wise.wrap_params first")
   mask = state.mask
@@ -259,7 +247,7 @@ def wise_edit(module: Any, params: Any, tokenizer: Any, request: req_lib.EditReq
     shards = shards + (nw,)
     k = k.replace(new=k.w)
   new_state = WiseState(count, min_act, shards, mask, state.seed)
-  params = _set(params, layer, k)
+  params = probe.set_kernel(params, layer, k)
   if count % hp.merge_freq == 0:
     params, new_state = finalize(params, layer, new_state, hp)
   return params, new_state, {"nll": float(nll), "act": float(in_mean)}
@@ -269,7 +257,7 @@ def finalize(params: Any, layer: int, state: WiseState, hp: WiseParams = WisePar
              ) -> tuple[Any, WiseState]:
   """Merges the saved shards (and the current one, once ``save_freq`` edits were made, as the
   reference does before inference) into the side memory with TIES; no-op otherwise."""
-  k = _leaf(params, layer)
+  k = probe.get_kernel(params, layer)
   shards = state.shards
   if state.count >= hp.save_freq and not bool(jnp.array_equal(k.new, k.w)):
     shards = shards + (k.new,)
@@ -277,4 +265,4 @@ def finalize(params: Any, layer: int, state: WiseState, hp: WiseParams = WisePar
     return params, state
   side = merge_shards(k.w, shards, k.side, hp)
   k = k.replace(side=side, new=k.w)
-  return _set(params, layer, k), dataclasses.replace(state, shards=())
+  return probe.set_kernel(params, layer, k), dataclasses.replace(state, shards=())

@@ -49,7 +49,7 @@ def test_routing_unrouted_inputs_are_exact(setup):
   side = w + 50.0 * jnp.outer(u, jnp.ones(w.shape[1]))
   d = wise._dist("silu", x @ side, x @ w)
   thr = 0.5 * d[0, last]
-  params = wise._set(p, LAYER, wise.WiseKernel(w, side, w, thr, jnp.asarray(False)))
+  params = probe.set_kernel(p, LAYER, wise.WiseKernel(w, side, w, thr, jnp.asarray(False)))
   unrouted = np.asarray(jnp.all(d < thr, axis=-1))
   assert not unrouted[0] and unrouted.sum() >= 5
   a = np.asarray(evaluate.next_logits(m, p, (ids, mask)))
