@@ -255,16 +255,27 @@ def atomic_dir(out_dir: str | Path, *, overwrite: bool = False) -> Iterator[Path
   """
   out = check_output_dir(out_dir, overwrite).absolute()
   out.parent.mkdir(parents=True, exist_ok=True)
-  while True:
-    tmp = _temp_path(out, "tmp")
-    try:
-      tmp.mkdir()  # mode 0o777 minus the umask
-      break
-    except FileExistsError:
-      continue
+  tmp = None
   try:
+    while True:
+      tmp = _temp_path(out, "tmp")
+      try:
+        tmp.mkdir()  # mode 0o777 minus the umask
+        break
+      except FileExistsError:
+        continue
     yield tmp
   except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
+    if tmp is not None:
+      _remove_tree(tmp)
     raise
   publish_dir(tmp, out, overwrite=overwrite)
+
+
+def _remove_tree(path: Path, tries: int = 20, wait_s: float = 0.05) -> None:
+  """Removes ``path``; retries while a writer that is still stopping adds files to it."""
+  for _ in range(tries):
+    shutil.rmtree(path, ignore_errors=True)
+    if not os.path.lexists(path):
+      return
+    time.sleep(wait_s)

@@ -202,6 +202,8 @@ class SafetensorsWriter:
     finally:
       if not f.closed:
         f.close()
+    _log.info("%s: wrote shard %d (%d tensors, %d bytes)", self.out_dir, len(self._shards) + 1,
+              len(self._file_entries), self._file_bytes)
     self.total_bytes += self._file_bytes
     self._shards.append((path.name, list(self._file_entries)))
     self._file_entries, self._file_bytes = {}, 0

@@ -18,7 +18,7 @@ Example:
   >>> flag_fields('hqq', 4, 64, symmetric=True)
   Traceback (most recent call last):
   ...
-  ValueError: --symmetric does not apply to --method hqq; methods that take it: autoround, awq, gptq, rtn
+  ValueError: --symmetric does not apply to --method hqq; methods that take it: autoround, awq, gptq, omniquant, rtn
 """
 
 from __future__ import annotations

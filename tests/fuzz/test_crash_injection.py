@@ -46,7 +46,8 @@ def test_kill_at_random_moments_loses_nothing_and_leaves_no_temp(tmp_path, targe
     had_output = out.exists()
     sig = signal.SIGINT if trial % 2 == 0 else signal.SIGKILL
     p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(rng.uniform(0.2, full * 1.1))
+    delay = rng.uniform(0.2, full * 1.1)
+    time.sleep(delay)
     p.send_signal(sig)
     _, err = p.communicate(timeout=300)
     counts["injections"] += 1
@@ -54,7 +55,10 @@ def test_kill_at_random_moments_loses_nothing_and_leaves_no_temp(tmp_path, targe
     counts["finished_first"] += p.returncode == 0
     counts["tracebacks"] += "Traceback" in err
     if sig == signal.SIGINT:
-      assert p.returncode in (0, 130), err
+      # -SIGINT: the signal came before the interpreter installed its handler (start-up of a
+      # loaded machine); nothing can have been written then.
+      early = p.returncode == -signal.SIGINT and delay < 2.0 and not err
+      assert p.returncode in (0, 130) or early, (p.returncode, delay, err)
       assert "Traceback" not in err and len(err.strip().splitlines()) <= 1, err
       time.sleep(1.0)  # a background writer still running would write here
       left = [q.name for q in tmp_path.iterdir() if q.name.startswith(".out.")]
