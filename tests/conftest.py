@@ -39,3 +39,19 @@ def _release_compiled_executables():
   import jax  # pylint: disable=import-outside-toplevel
   jax.clear_caches()
   gc.collect()
+
+
+@pytest.fixture(autouse=True)
+def _default_sigint_handler():
+  """Each test starts with Python's own SIGINT handler.
+
+  A full ``-n 2`` run once saw SIGINT ignored in a worker (set by code outside jaxparams, not
+  found) and the Ctrl-C tests that ran after it failed; tests of handler restoration compare
+  against the handler they started with.
+  """
+  import signal  # pylint: disable=import-outside-toplevel
+  import threading  # pylint: disable=import-outside-toplevel
+  if (threading.current_thread() is threading.main_thread()
+      and signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+  yield
