@@ -119,19 +119,13 @@ def capture_grams(folder: str | Path, texts: list[str], *, max_length: int = 128
   Raises:
     ValueError: no ``tokenizer.json`` in ``folder``, or an unsupported checkpoint.
   """
-  from tokenizers import Tokenizer  # pylint: disable=import-outside-toplevel
   from jaxparams import io as jio  # pylint: disable=import-outside-toplevel
   from jaxparams.calib import collect_stats, text_batches  # pylint: disable=import-outside-toplevel
   from jaxparams.models.families import family  # pylint: disable=import-outside-toplevel
-  from jaxparams.models.hf import from_hf, hf_name_map  # pylint: disable=import-outside-toplevel
-  folder = Path(folder)
-  tok_file = folder / "tokenizer.json"
-  if not tok_file.is_file():
-    raise ValueError(f"{folder}: no tokenizer.json; the calibration text cannot be tokenized "
-                     "for this model")
-  module, params, config = from_hf(folder, dtype=np.float32, strict=False)
+  from jaxparams.models.hf import hf_name_map  # pylint: disable=import-outside-toplevel
+  module, params, config, tokenizer = _load_with_tokenizer(folder)
   model_type = getattr(config, "model_type", None) or ""
-  batches = text_batches(Tokenizer.from_file(str(tok_file)), texts, batch_size=batch_size,
+  batches = text_batches(tokenizer, texts, batch_size=batch_size,
                          max_length=max_length, token_type_ids="bert" in model_type.lower()
                          or "Bert" in type(module).__name__)
   stats = collect_stats(module, params, batches)
@@ -169,20 +163,14 @@ def capture_fishers(folder: str | Path, texts: list[str], *, max_length: int = 1
   """
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  from tokenizers import Tokenizer  # pylint: disable=import-outside-toplevel
   from jaxparams import io as jio  # pylint: disable=import-outside-toplevel
   from jaxparams import tree as jtree  # pylint: disable=import-outside-toplevel
   from jaxparams.calib import text_batches  # pylint: disable=import-outside-toplevel
   from jaxparams.merge.learned.fisher import fisher_diagonal  # pylint: disable=import-outside-toplevel
   from jaxparams.models.families import family  # pylint: disable=import-outside-toplevel
-  from jaxparams.models.hf import from_hf, hf_name_map  # pylint: disable=import-outside-toplevel
-  folder = Path(folder)
-  tok_file = folder / "tokenizer.json"
-  if not tok_file.is_file():
-    raise ValueError(f"{folder}: no tokenizer.json; the calibration text cannot be tokenized "
-                     "for this model")
-  module, params, config = from_hf(folder, dtype=np.float32, strict=False)
-  batches = text_batches(Tokenizer.from_file(str(tok_file)), texts, batch_size=batch_size,
+  from jaxparams.models.hf import hf_name_map  # pylint: disable=import-outside-toplevel
+  module, params, config, tokenizer = _load_with_tokenizer(folder)
+  batches = text_batches(tokenizer, texts, batch_size=batch_size,
                          max_length=max_length)
   vocab = getattr(config, "vocab_size", None)
   probe = jax.eval_shape(lambda p, i: module.apply({"params": p}, i), params,
@@ -322,3 +310,16 @@ def merge_data_aware(recipe: Any, out_dir: str | Path, *, original: Any = None,
 
     return merge_checkpoints(linear, out_dir, extra_sources=extra, rewrite_jobs=rewrite,
                              card=original, **merge_kwargs)
+
+
+def _load_with_tokenizer(folder: str | Path) -> tuple[Any, Any, Any, Any]:
+  """An HF model folder as ``(module, fp32 params, config, tokenizer)`` for calibration text."""
+  from tokenizers import Tokenizer  # pylint: disable=import-outside-toplevel
+  from jaxparams.models.hf import from_hf  # pylint: disable=import-outside-toplevel
+  folder = Path(folder)
+  tok_file = folder / "tokenizer.json"
+  if not tok_file.is_file():
+    raise ValueError(f"{folder}: no tokenizer.json; the calibration text cannot be tokenized "
+                     "for this model")
+  module, params, config = from_hf(folder, dtype=np.float32, strict=False)
+  return module, params, config, Tokenizer.from_file(str(tok_file))
