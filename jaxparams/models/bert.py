@@ -11,6 +11,11 @@ The architecture is exactly HF ``BertModel`` (the all-MiniLM-L6-v2 backbone). Pa
   layers_{i}/mlp/{intermediate,output}/{kernel,bias}
   layers_{i}/mlp_norm/{scale,bias}
   pooler/{kernel,bias}                         (only when add_pooling_layer)
+  mlm_dense/{kernel,bias}, mlm_layer_norm/{scale,bias}, mlm_bias  (only when mlm_head)
+
+With ``mlm_head`` the model is HF ``BertForMaskedLM``: it returns masked-LM logits
+``[batch, seq, vocab]`` (decoder tied to the word embeddings, as HF's default
+``tie_word_embeddings``); ``return_hidden=True`` gives the encoder's hidden states instead.
 
 Example:
   >>> import jax, jax.numpy as jnp
@@ -61,6 +66,7 @@ class BertConfig:
   pad_token_id: int = 0
   add_pooling_layer: bool = True
   dtype: str = "float32"
+  mlm_head: bool = False
 
   def __post_init__(self):
     if self.hidden_act not in ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu"):
@@ -79,13 +85,20 @@ class BertConfig:
     names = {f.name for f in dataclasses.fields(cls)}
     kw = {k: v for k, v in d.items() if k in names and k != "dtype"}
     kw.update(overrides)
+    if kw.get("mlm_head") and d.get("tie_word_embeddings", True) is False:
+      raise ValueError("a masked-LM head with an untied decoder (tie_word_embeddings=false) is "
+                       "not supported")
     return cls(**kw)
 
   def to_hf_dict(self) -> dict:
     """The HF ``config.json`` dict (``model_type='bert'``, ``BertModel``)."""
     d = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("dtype",
-                                                                         "add_pooling_layer")}
-    return {"architectures": ["BertModel"], "model_type": "bert", **d,
+                                                                         "add_pooling_layer",
+                                                                         "mlm_head")}
+    if self.mlm_head:
+      d["tie_word_embeddings"] = True
+    arch = "BertForMaskedLM" if self.mlm_head else "BertModel"
+    return {"architectures": [arch], "model_type": "bert", **d,
             "position_embedding_type": "absolute", "hidden_dropout_prob": 0.1,
             "attention_probs_dropout_prob": 0.1, "initializer_range": 0.02}
 
@@ -173,13 +186,16 @@ class Bert(nn.Module):
     return_pooled: If True return ``(hidden, pooled)`` where ``pooled = tanh(pooler(hidden[:, 0]))``
       (needs ``add_pooling_layer``). The pooler parameters are created at ``init`` whenever
       ``add_pooling_layer`` is set, so checkpoints round-trip.
+    return_hidden: With ``config.mlm_head``, return the hidden states instead of the masked-LM
+      logits (without a head the hidden states are always returned).
   """
   config: BertConfig
   dot: Callable | None = None
 
   @nn.compact
   def __call__(self, input_ids: jax.Array, attention_mask: jax.Array | None = None,
-               token_type_ids: jax.Array | None = None, return_pooled: bool = False) -> Any:
+               token_type_ids: jax.Array | None = None, return_pooled: bool = False,
+               return_hidden: bool = False) -> Any:
     c = self.config
     b, t = input_ids.shape
     if attention_mask is None:
@@ -197,7 +213,21 @@ class Bert(nn.Module):
         return x, pooled
     elif return_pooled:
       raise ValueError("return_pooled=True needs BertConfig(add_pooling_layer=True)")
+    if c.mlm_head and (not (return_hidden or return_pooled) or self.is_initializing()):
+      logits = self._mlm_logits(x)
+      if not (return_hidden or return_pooled):
+        return logits
     return x
+
+  def _mlm_logits(self, x: jax.Array) -> jax.Array:
+    """HF ``BertLMPredictionHead``: dense, activation, LayerNorm, tied decoder + bias."""
+    c = self.config
+    h = Linear(c.hidden_size, use_bias=True, dot=self.dot, name="mlm_dense")(x)
+    h = LayerNorm(c.layer_norm_eps, name="mlm_layer_norm")(_activation(c.hidden_act)(h))
+    table = self.variables["params"]["embeddings"]["word_embeddings"]["embedding"]
+    bias = self.param("mlm_bias", nn.initializers.zeros_init(), (c.vocab_size,), jnp.float32)
+    logits = jnp.matmul(h, table.astype(h.dtype).T)
+    return (logits.astype(jnp.float32) + bias.astype(jnp.float32))
 
 
 def mean_pool(hidden: jax.Array, attention_mask: jax.Array) -> jax.Array:

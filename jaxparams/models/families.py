@@ -45,6 +45,8 @@ class Family:
       layers in the checkpoint headers with it before any model is built).
     before_write: optional ``(params, config) -> (params, config)`` that ``to_hf`` applies first
       (Phi-3: fuses projections that :func:`~jaxparams.models.phi3.split_projections` split).
+    write_name: optional ``(config, hf_name) -> stored name`` that ``to_hf`` applies (BERT
+      masked-LM checkpoints store the encoder under ``bert.``).
   """
   name: str
   model_type: str
@@ -55,6 +57,7 @@ class Family:
   normalize: Callable[[str], str] = staticmethod(lambda n: n)
   layer_prefix: str = "model.layers.{i}."
   before_write: Callable[[Any, Any], tuple[Any, Any]] | None = None
+  write_name: Callable[[Any, str], str] | None = None
 
 
 def _decoder(name: str, config_cls: type, **kw) -> Family:
@@ -75,7 +78,7 @@ FAMILIES: dict[str, Family] = {f.model_type: f for f in (
     Family("Gemma 2", "gemma2", Gemma2Config, Gemma, hf_gemma.name_map, hf_gemma.ignored),
     Family("Gemma 3", "gemma3_text", Gemma3Config, Gemma, hf_gemma.name_map, hf_gemma.ignored),
     Family("BERT", "bert", BertConfig, Bert, hf_bert.name_map, hf_bert.ignored,
-           hf_bert.strip_prefix, "encoder.layer.{i}."),
+           hf_bert.strip_prefix, "encoder.layer.{i}.", write_name=hf_bert.write_name),
 )}
 
 

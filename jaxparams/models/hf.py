@@ -138,6 +138,8 @@ def from_hf(path: str | Path, *, dtype: Any = None, strict: bool = True,
     check_hf_config(cfg_dict, arch, {n: reader.spec(n).shape for n in reader.names()}, where)
     if model_type == "bert" and "add_pooling_layer" not in config_overrides:
       config_overrides["add_pooling_layer"] = "pooler.dense.weight" in by_norm
+    if model_type == "bert" and "mlm_head" not in config_overrides:
+      config_overrides["mlm_head"] = "cls.predictions.transform.dense.weight" in by_norm
     try:
       config = arch.config_cls.from_hf_dict(cfg_dict, **config_overrides)
     except (TypeError, ValueError, KeyError, ZeroDivisionError, OverflowError) as e:
@@ -229,6 +231,8 @@ def to_hf(params: Any, config: Any, out_dir: str | Path, *,
       a = np.asarray(jax.device_get(flat[p]))
       if dtype is not None:
         a = a.astype(dtype)
+      if arch.write_name is not None:
+        hf = arch.write_name(config, hf)
       w.add(hf, np.ascontiguousarray(a.T) if transpose else a)
     cfg = config.to_hf_dict()
     first = flat[next(iter(nmap))]

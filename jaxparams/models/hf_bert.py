@@ -1,6 +1,9 @@
 """HF <-> Flax name map for BERT checkpoints (``BertModel`` tensor names).
 
 Checkpoints of ``BertFor*`` models prefix names with ``bert.``; :func:`strip_prefix` removes it.
+With ``config.mlm_head`` the map adds HF ``BertForMaskedLM``'s head (``cls.predictions.*``; its
+decoder weight and bias are tied to the word embeddings and ``cls.predictions.bias``, so stored
+copies are skipped) and :func:`write_name` restores the ``bert.`` prefix when writing, as HF saves.
 
 Example:
   >>> from jaxparams.models.bert import BertConfig
@@ -16,9 +19,11 @@ import re
 
 from jaxparams.models.bert import BertConfig
 
-__all__ = ["name_map", "IGNORED", "strip_prefix"]
+__all__ = ["name_map", "IGNORED", "strip_prefix", "write_name"]
 
 IGNORED = (re.compile(r"embeddings\.position_ids"),)
+# Tied copies in BertForMaskedLM checkpoints (HF re-ties them on load).
+_TIED_MLM = (re.compile(r"cls\.predictions\.decoder\.(weight|bias)"),)
 
 
 def name_map(config: BertConfig) -> dict[str, tuple[str, bool]]:
@@ -46,7 +51,21 @@ def name_map(config: BertConfig) -> dict[str, tuple[str, bool]]:
   if config.add_pooling_layer:
     m["pooler/kernel"] = ("pooler.dense.weight", True)
     m["pooler/bias"] = ("pooler.dense.bias", False)
+  if getattr(config, "mlm_head", False):
+    m["mlm_dense/kernel"] = ("cls.predictions.transform.dense.weight", True)
+    m["mlm_dense/bias"] = ("cls.predictions.transform.dense.bias", False)
+    m["mlm_layer_norm/scale"] = ("cls.predictions.transform.LayerNorm.weight", False)
+    m["mlm_layer_norm/bias"] = ("cls.predictions.transform.LayerNorm.bias", False)
+    m["mlm_bias"] = ("cls.predictions.bias", False)
   return m
+
+
+def write_name(config: BertConfig, hf_name: str) -> str:
+  """The stored name of ``hf_name``: ``bert.``-prefixed encoder names for a masked-LM model
+  (HF ``BertForMaskedLM`` layout), unchanged otherwise."""
+  if getattr(config, "mlm_head", False) and not hf_name.startswith("cls."):
+    return "bert." + hf_name
+  return hf_name
 
 
 def strip_prefix(name: str) -> str:
@@ -56,4 +75,6 @@ def strip_prefix(name: str) -> str:
 
 def ignored(config: BertConfig, hf_name: str) -> bool:
   """Whether a checkpoint tensor is not a model parameter and may be skipped."""
+  if getattr(config, "mlm_head", False) and any(p.fullmatch(hf_name) for p in _TIED_MLM):
+    return True
   return any(p.fullmatch(hf_name) for p in IGNORED)
