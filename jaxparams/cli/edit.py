@@ -1,6 +1,7 @@
 """``jaxparams edit MODEL_DIR REQUESTS.jsonl OUT_DIR --method rome|memit|alphaedit --layers L``.
 
-Edits facts in a Llama HF checkpoint (with ``tokenizer.json``); requests in EasyEdit's form
+Edits facts in a Llama or BERT masked-LM (``BertForMaskedLM``) HF checkpoint (with
+``tokenizer.json``); requests in EasyEdit's form
 (``{"prompt": "... {} ...", "subject": ..., "target_new": ...}``, JSONL). Key statistics come
 from ``--stats DIR`` (saved) or ``--stats-text FILE`` (streamed, and saved to ``--stats`` when
 given). Writes the edited checkpoint atomically and the delta in ``OUT_DIR/delta``.
@@ -18,7 +19,7 @@ __all__ = ["add_parser", "run"]
 def add_parser(sub: argparse._SubParsersAction) -> None:
   p = sub.add_parser("edit", help="Edit facts in a checkpoint (ROME, MEMIT, AlphaEdit); roll back.",
                      description=__doc__.split("\n\n", 1)[1])
-  p.add_argument("model", metavar="MODEL_DIR", help="HF Llama checkpoint with tokenizer.json")
+  p.add_argument("model", metavar="MODEL_DIR", help="HF Llama or BertForMaskedLM checkpoint with tokenizer.json")
   p.add_argument("rest", nargs="+", metavar="REQUESTS.jsonl OUT_DIR",
                  help="requests and output folder (only OUT_DIR with --rollback/--apply)")
   p.add_argument("--method", default="rome", help="rome, memit or alphaedit")

@@ -1,6 +1,7 @@
 """Editing an HF checkpoint on disk: the library behind ``jaxparams edit``.
 
-``edit_checkpoint`` loads a Llama checkpoint (with its ``tokenizer.json``), reads EasyEdit-style
+``edit_checkpoint`` loads a Llama or a BERT masked-LM (HF ``BertForMaskedLM``) checkpoint (with
+its ``tokenizer.json``), reads EasyEdit-style
 requests, gets the key statistics (saved ones, or streamed from a text file and saved), runs
 ROME/MEMIT/AlphaEdit, writes the edited HF checkpoint atomically and the delta in
 ``OUT_DIR/delta``. ``apply_delta_checkpoint`` re-applies or rolls back a delta.
@@ -18,6 +19,7 @@ from typing import Any
 import jax
 
 from jaxparams import io as jio
+from jaxparams.edit import arch as arch_lib
 from jaxparams.edit import delta as delta_lib
 from jaxparams.edit import methods, probe, stats
 from jaxparams.edit import requests as req_lib
@@ -51,9 +53,12 @@ def _load(model_dir: pathlib.Path):
   if not tok_file.is_file():
     raise FileNotFoundError(f"{tok_file}: the model folder needs a tokenizer.json")
   module, params, config = hf.from_hf(model_dir)
-  if type(module).__name__ != "Llama":
-    raise ValueError(f"{model_dir}: editing supports Llama checkpoints; found "
-                     f"{type(module).__name__}")
+  if type(module).__name__ == "Bert" and not getattr(config, "mlm_head", False):
+    raise ValueError(f"{model_dir}: a BERT without a masked-LM head (cls.predictions) cannot be "
+                     "edited; save it as BertForMaskedLM")
+  if type(module).__name__ not in ("Llama", "Bert"):
+    raise ValueError(f"{model_dir}: editing supports Llama and BERT masked-LM checkpoints; "
+                     f"found {type(module).__name__}")
   return module, params, config, Tokenizer.from_file(str(tok_file))
 
 
@@ -78,12 +83,14 @@ def edit_checkpoint(model_dir: str | pathlib.Path, requests_file: str | pathlib.
     raise ValueError(f"{requests_file}: ROME edits one request at a time, found {len(reqs)} "
                      "(use --method memit or alphaedit for batches)")
   lays = parse_layers(layers)
-  where = [probe.kernel_path(l) for l in lays]
+  where = [probe.kernel_path(l, module) for l in lays]
   methods.edited_layers(params, lambda p, _: p in where)
   name = model_dir.resolve().name
   if stats_text is not None:
     texts = pathlib.Path(stats_text).read_text().splitlines()
-    st = stats.key_stats(module, params, stats.text_batches(tok, texts), layers=lays)
+    batches = (arch_lib.text_batches_mlm(tok, texts) if arch_lib.of(module).masked
+               else stats.text_batches(tok, texts))
+    st = stats.key_stats(module, params, batches, layers=lays)
     if stats_dir is not None:
       stats.save_stats(st, stats_dir, name)
   elif stats_dir is not None:

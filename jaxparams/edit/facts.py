@@ -187,6 +187,8 @@ def encode_words(tokenizer: Any, text: str, *, what: str = "text") -> list[int]:
   """Token ids of ``text`` (no special tokens); raises ValueError on unknown words."""
   enc = tokenizer.encode(text, add_special_tokens=False)
   unk = tokenizer.token_to_id(UNK)
+  if unk is None:  # a BERT-style vocabulary
+    unk = tokenizer.token_to_id("[UNK]")
   if unk is not None and unk in enc.ids:
     words = [w for w, _ in tokenizer.pre_tokenizer.pre_tokenize_str(text)]
     bad = [w for w, i in zip(words, enc.ids) if i == unk]

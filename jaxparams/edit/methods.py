@@ -1,4 +1,5 @@
-"""ROME, MEMIT and AlphaEdit on a Llama: locate keys, optimise targets, closed-form update.
+"""ROME, MEMIT and AlphaEdit on a Llama or a BERT masked LM (:mod:`.arch`): locate keys,
+optimise targets, closed-form update.
 
 Each returns ``(new_params, Delta)`` (:mod:`jaxparams.edit.delta`: export, re-apply, rollback).
 The edited kernels are chosen with ``where=`` (any ``jp.tree`` selector) and must be MLP output
@@ -20,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxparams import tree as jtree
+from jaxparams.edit import arch as arch_lib
 from jaxparams.edit import delta as delta_lib
 from jaxparams.edit import probe, solve
 from jaxparams.edit import requests as req_lib
@@ -67,8 +69,13 @@ class AlphaEditState:
 
 
 def edited_layers(params: Any, where: Any) -> list[int]:
-  """Layers of the MLP output kernels selected by ``where`` (sorted)."""
-  paths = jtree.select(params, where)
+  """Layers of the MLP output kernels selected by ``where`` (sorted); a selector matching no
+  leaf raises ValueError listing the editable kernels."""
+  try:
+    paths = jtree.select(params, where)
+  except ValueError as e:
+    valid = [p for p in jtree.flatten(params) if arch_lib._LAYER.fullmatch(p)]  # pylint: disable=protected-access
+    raise ValueError(f"{e}; editable kernels (valid layers): {valid}") from None
   return sorted(probe.layer_of_path(p) for p in paths)
 
 
@@ -85,7 +92,8 @@ def compute_keys(module: Any, params: Any, tokenizer: Any, requests: Sequence[re
   (``compute_ks.py``); ``[n_requests, d_k]``."""
   groups = _groups(templates)
   flat = [t for g in groups for t in g]
-  batch = tgt_lib.encode_batch(tokenizer, requests, flat, (), fact_token)
+  batch = tgt_lib.encode_batch(tokenizer, requests, flat, (), fact_token,
+                               masked=arch_lib.of(module).masked)
   n, m, t = batch.ids.shape
   out = probe.run(module, params, jnp.asarray(batch.ids.reshape(n * m, t)),
                   jnp.asarray(batch.mask.reshape(n * m, t)), keys=(layer,))
@@ -99,7 +107,8 @@ def compute_keys(module: Any, params: Any, tokenizer: Any, requests: Sequence[re
 
 
 def _hidden_at_subject(module, params, tokenizer, requests, layer, fact_token) -> jax.Array:
-  batch = tgt_lib.encode_batch(tokenizer, requests, ["{}"], (), fact_token)
+  batch = tgt_lib.encode_batch(tokenizer, requests, ["{}"], (), fact_token,
+                               masked=arch_lib.of(module).masked)
   n, m, t = batch.ids.shape
   out = probe.run(module, params, jnp.asarray(batch.ids.reshape(n * m, t)),
                   jnp.asarray(batch.mask.reshape(n * m, t)), hidden=(layer,))
@@ -109,7 +118,13 @@ def _hidden_at_subject(module, params, tokenizer, requests, layer, fact_token) -
 
 
 def _kernel(params, layer):
-  return jtree.flatten(params)[probe.kernel_path(layer)]
+  return jtree.flatten(params)[probe.kernel_path(layer, params)]
+
+
+def _bias(params, layer):
+  """The edited layer's bias (0 without one): ROME's ``v*`` is the layer's output, so the
+  kernel's target is ``v* - b``."""
+  return jtree.flatten(params).get(arch_lib.bias_path(layer, params), 0.0)
 
 
 def rome(module: Any, params: Any, tokenizer: Any, request: req_lib.EditRequest, *,
@@ -136,14 +151,14 @@ def rome(module: Any, params: Any, tokenizer: Any, request: req_lib.EditRequest,
     ft = hp.target.fact_token
     k_avg = compute_keys(module, cur, tokenizer, [request], layer, [templates], ft)[0]
     batch = tgt_lib.encode_batch(tokenizer, [request], list(templates), hp.target.kl_prompts,
-                                 ft)
+                                 ft, masked=arch_lib.of(module).masked)
     tg = tgt_lib.optimize_targets(module, cur, batch, layer=layer, site="mlp", hp=hp.target)
     k_star = compute_keys(module, cur, tokenizer, [request], layer, [["{}"]], ft)[0]
     w = _kernel(cur, layer)
-    d = solve.rome_delta(w, c, k_avg, k_star, tg["target"][0])
-    updates[probe.kernel_path(layer)] = d
+    d = solve.rome_delta(w, c, k_avg, k_star, tg["target"][0] - _bias(cur, layer))
+    updates[probe.kernel_path(layer, params)] = d
     info[layer] = {"loss": float(tg["loss"][0]), "steps": int(tg["steps"][0])}
-    cur, _ = delta_lib.add_delta(cur, {probe.kernel_path(layer): d})
+    cur, _ = delta_lib.add_delta(cur, {probe.kernel_path(layer, params): d})
   meta = {"method": "rome", "layers": layers, "requests": [dataclasses.asdict(request)],
           "info": info}
   return delta_lib.add_delta(params, updates, meta)
@@ -157,7 +172,8 @@ def _locate_then_edit(module, params, tokenizer, requests, where, templates, tar
   z_layer = layers[-1]
   flat_templates = [t for g in _groups(templates) for t in g]
   ft = target_hp.fact_token
-  batch = tgt_lib.encode_batch(tokenizer, requests, flat_templates, target_hp.kl_prompts, ft)
+  batch = tgt_lib.encode_batch(tokenizer, requests, flat_templates, target_hp.kl_prompts, ft,
+                               masked=arch_lib.of(module).masked)
   tg = tgt_lib.optimize_targets(module, params, batch, layer=z_layer, site="block", hp=target_hp)
   zs = tg["target"]  # [n, d]
   cur = params
@@ -167,7 +183,7 @@ def _locate_then_edit(module, params, tokenizer, requests, where, templates, tar
     cur_z = _hidden_at_subject(module, cur, tokenizer, requests, z_layer, ft)
     resid = (zs - cur_z) / (len(layers) - i)
     d = update_fn(i, layer, ks.T, resid.T)
-    path = probe.kernel_path(layer)
+    path = probe.kernel_path(layer, params)
     updates[path] = d
     cur, _ = delta_lib.add_delta(cur, {path: d})
   meta = {"method": method, "layers": layers, "n_requests": len(requests),

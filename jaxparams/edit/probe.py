@@ -39,8 +39,12 @@ MLP_OUT = "layers_{}/mlp/down_proj/kernel"
 _LAYER = re.compile(r"layers_(\d+)/mlp/down_proj/kernel")
 
 
-def kernel_path(layer: int) -> str:
-  """Flat path of layer ``layer``'s MLP output kernel."""
+def kernel_path(layer: int, like: Any = None) -> str:
+  """Flat path of layer ``layer``'s MLP output kernel (``like``: a module or params tree whose
+  architecture decides, :mod:`jaxparams.edit.arch`; None = Llama)."""
+  if like is not None:
+    from jaxparams.edit import arch  # pylint: disable=g-import-not-at-top
+    return arch.kernel_path(layer, like)
   return MLP_OUT.format(layer)
 
 def get_kernel(params: Any, layer: int) -> Any:
@@ -60,12 +64,10 @@ def set_kernel(params: Any, layer: int, leaf: Any) -> Any:
 
 
 def layer_of_path(path: str) -> int:
-  """Layer index of an MLP output kernel path; ValueError for any other leaf."""
-  m = _LAYER.fullmatch(path)
-  if not m:
-    raise ValueError(f"leaf {path!r} is not an MLP output projection kernel "
-                     f"(expected {MLP_OUT.format('N')})")
-  return int(m.group(1))
+  """Layer index of an MLP output kernel path (Llama ``down_proj`` or BERT ``output``);
+  ValueError for any other leaf."""
+  from jaxparams.edit import arch  # pylint: disable=g-import-not-at-top
+  return arch.layer_of_path(path)
 
 
 @dataclasses.dataclass
@@ -95,7 +97,7 @@ def run(module: Any, params: Any, ids: jax.Array, mask: jax.Array | None, *,
   """Runs the model, capturing keys/hidden states and optionally adding a vector.
 
   Args:
-    module: A ``jaxparams.models.Llama``.
+    module: A ``jaxparams.models.Llama`` (or a ``Bert``: :func:`jaxparams.edit.arch.run_bert`).
     params: Its params.
     ids: ``int[b, t]``; mask: ``[b, t]`` attention mask or None.
     keys: Layers whose MLP output-projection inputs to capture.
@@ -104,6 +106,10 @@ def run(module: Any, params: Any, ids: jax.Array, mask: jax.Array | None, *,
     add_mlp: ``(layer, vec [d] or [b, d], pos int[b])`` added to that layer's MLP output.
     add_block: ``(layer, vec, pos)`` added to that block's output.
   """
+  from jaxparams.edit import arch  # pylint: disable=g-import-not-at-top
+  if arch.of(module).masked:  # BERT: its own sites (FFN output dense, pre-LayerNorm sum)
+    return arch.run_bert(module, params, ids, mask, keys=keys, hidden=hidden, mlp_out=mlp_out,
+                         add_mlp=add_mlp, add_block=add_block)
   from jaxparams.models.layers import Linear  # pylint: disable=g-import-not-at-top
   from jaxparams.models.llama import LlamaBlock  # pylint: disable=g-import-not-at-top
   got_keys: dict[int, jax.Array] = {}

@@ -164,7 +164,12 @@ def context_templates(module: Any, params: Any, tokenizer: Any, *,
                       length_params: Sequence[tuple[int, int]] = ((5, 10), (10, 10)),
                       seed: int = 0) -> list[str]:
   """``["{}"]`` plus model-sampled prefixes (``n`` of ``length`` tokens each, ROME's
-  ``context_template_length_params``), each followed by ``<s> {}``."""
+  ``context_template_length_params``), each followed by ``<s> {}`` (a masked LM samples them
+  at a trailing mask: :func:`jaxparams.edit.arch.context_templates_mlm`)."""
+  from jaxparams.edit import arch  # pylint: disable=g-import-not-at-top
+  if arch.of(module).masked:
+    return arch.context_templates_mlm(module, params, tokenizer, length_params=length_params,
+                                      seed=seed)
   bos = tokenizer.token_to_id(facts_lib.BOS)
   out = ["{}"]
   key = jax.random.key(seed)

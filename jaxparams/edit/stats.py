@@ -50,7 +50,7 @@ def key_stats(module: Any, params: Any, batches: Iterable[tuple[np.ndarray, np.n
     max_tokens: Stop after this many tokens (subsample; ``mom2_n_samples``-like).
   """
   layers = tuple(sorted(set(int(l) for l in layers)))
-  paths = {probe.kernel_path(l): l for l in layers}
+  paths = {probe.kernel_path(l, module): l for l in layers}
   run = calib.stats_runner(module, tuple(paths))
   acc: dict[int, KeyStats] = {}
   seen = 0.0

@@ -64,7 +64,10 @@ class Batch:
 
   ``lookup`` is the subject's last token per row, ``tmask`` marks positions whose next token is
   a target token, ``is_kl`` the KL rows; ``edit_ids/edit_mask/edit_lookup`` the plain edit prompt
-  (template ``{}``) of each request.
+  (template ``{}``) of each request. A masked LM's batch
+  (:func:`jaxparams.edit.arch.encode_batch_mlm`) also has ``labels`` (the target token at each
+  position ``tmask`` marks, instead of the next token) and ``kl_pos`` (where the KL term reads
+  the prediction, instead of ``lookup``).
   """
   ids: np.ndarray
   mask: np.ndarray
@@ -72,6 +75,8 @@ class Batch:
   lookup: np.ndarray
   is_kl: np.ndarray
   n_target: np.ndarray
+  labels: np.ndarray | None = None
+  kl_pos: np.ndarray | None = None
 
 
 def _pad_to(rows: Sequence[Sequence[int]], t: int) -> np.ndarray:
@@ -82,8 +87,13 @@ def _pad_to(rows: Sequence[Sequence[int]], t: int) -> np.ndarray:
 
 
 def encode_batch(tokenizer: Any, requests: Sequence[req_lib.EditRequest], templates: Sequence[str],
-                 kl_prompts: Sequence[str], fact_token: str = "subject_last") -> Batch:
-  """Encodes every request under every template, plus its KL prompts."""
+                 kl_prompts: Sequence[str], fact_token: str = "subject_last", *,
+                 masked: bool = False) -> Batch:
+  """Encodes every request under every template, plus its KL prompts (``masked``: as a masked
+  LM's cloze rows, :func:`jaxparams.edit.arch.encode_batch_mlm`)."""
+  if masked:
+    from jaxparams.edit import arch  # pylint: disable=g-import-not-at-top
+    return arch.encode_batch_mlm(tokenizer, requests, templates, kl_prompts, fact_token)
   all_rows, all_look, all_t = [], [], []
   for r in requests:
     rows, look, tpos = [], [], []
@@ -113,8 +123,8 @@ def encode_batch(tokenizer: Any, requests: Sequence[req_lib.EditRequest], templa
   return Batch(ids, mask, tmask, np.asarray(all_look, np.int32), is_kl, n_target)
 
 
-def _one_request(module, params, ids, mask, tmask, lookup, is_kl, n_target, *, layer, site,
-                 hp: TargetParams):
+def _one_request(module, params, ids, mask, tmask, lookup, is_kl, n_target, labels=None,
+                 kl_pos=None, *, layer, site, hp: TargetParams):
   """Optimises the delta of one request; returns ``(target, h_0, final loss, steps)``."""
   add_key = "add_mlp" if site == "mlp" else "add_block"
   capture = {"hidden": (layer,)} if site == "block" else {}
@@ -132,19 +142,25 @@ def _one_request(module, params, ids, mask, tmask, lookup, is_kl, n_target, *, l
     out0 = probe.run(module, params, ids[:1], mask[:1], hidden=(layer,))
     h0 = out0.hidden[layer][0, lookup[0]].astype(jnp.float32)
   logits0 = forward(zero).logits.astype(jnp.float32)
-  kl_rows = jnp.take_along_axis(logits0, lookup[:, None, None], 1)[:, 0]
+  kl_at = lookup if kl_pos is None else kl_pos
+  kl_rows = jnp.take_along_axis(logits0, kl_at[:, None, None], 1)[:, 0]
   kl_init = jax.nn.log_softmax(kl_rows, -1)
   n_kl = jnp.maximum(is_kl.sum(), 1)
   n_rw = jnp.maximum((~is_kl).sum(), 1)
 
   def loss_fn(delta):
     logits = forward(delta).logits.astype(jnp.float32)
-    logp = jax.nn.log_softmax(logits[:, :-1], -1)
-    tok = jnp.take_along_axis(logp, ids[:, 1:, None], -1)[..., 0]
-    nll_each = -(tok * tmask[:, :-1]).sum(-1) / n_target
+    if labels is None:  # causal: position p predicts ids[p + 1]
+      logp = jax.nn.log_softmax(logits[:, :-1], -1)
+      tok = jnp.take_along_axis(logp, ids[:, 1:, None], -1)[..., 0]
+      nll_each = -(tok * tmask[:, :-1]).sum(-1) / n_target
+    else:  # masked LM: position p predicts labels[p]
+      logp = jax.nn.log_softmax(logits, -1)
+      tok = jnp.take_along_axis(logp, labels[..., None], -1)[..., 0]
+      nll_each = -(tok * tmask).sum(-1) / n_target
     nll = jnp.where(is_kl, 0.0, nll_each).sum() / n_rw
     kl_logp = jax.nn.log_softmax(
-        jnp.take_along_axis(logits, lookup[:, None, None], 1)[:, 0], -1)
+        jnp.take_along_axis(logits, kl_at[:, None, None], 1)[:, 0], -1)
     kl_each = (jnp.exp(kl_logp) * (kl_logp - kl_init)).sum(-1)
     kl = hp.kl_factor * jnp.where(is_kl, kl_each, 0.0).sum() / n_kl
     # ||delta|| with a zero (sub)gradient at 0, as torch.norm's backward.
@@ -174,9 +190,10 @@ def _one_request(module, params, ids, mask, tmask, lookup, is_kl, n_target, *, l
 
 
 @functools.partial(jax.jit, static_argnames=("module", "layer", "site", "hp"))
-def _optimize(module, params, ids, mask, tmask, lookup, is_kl, n_target, *, layer, site, hp):
+def _optimize(module, params, ids, mask, tmask, lookup, is_kl, n_target, labels=None,
+              kl_pos=None, *, layer, site, hp):
   fn = functools.partial(_one_request, module, params, layer=layer, site=site, hp=hp)
-  return jax.vmap(fn)(ids, mask, tmask, lookup, is_kl, n_target)
+  return jax.vmap(fn)(ids, mask, tmask, lookup, is_kl, n_target, labels, kl_pos)
 
 
 def optimize_targets(module: Any, params: Any, batch: Batch, *, layer: int, site: str,
@@ -188,5 +205,6 @@ def optimize_targets(module: Any, params: Any, batch: Batch, *, layer: int, site
   target, init, loss, steps = _optimize(
       module, params, jnp.asarray(batch.ids), jnp.asarray(batch.mask), jnp.asarray(batch.tmask),
       jnp.asarray(batch.lookup), jnp.asarray(batch.is_kl), jnp.asarray(batch.n_target),
-      layer=layer, site=site, hp=hp)
+      None if batch.labels is None else jnp.asarray(batch.labels),
+      None if batch.kl_pos is None else jnp.asarray(batch.kl_pos), layer=layer, site=site, hp=hp)
   return {"target": target, "init": init, "loss": loss, "steps": steps}
