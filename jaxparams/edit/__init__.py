@@ -10,6 +10,9 @@
 * :mod:`.wise`: side memory beside one value matrix, activation routing through ``dot=``,
   knowledge shards with random masks merged with the TIES record of :mod:`jaxparams.merge`.
 * :mod:`.facts`, :mod:`.facts_lm`: facts/relations/edits files and the facts LM trained here.
+* :mod:`.arch`: Llama and BERT masked-LM edit sites (BERT: the FFN output dense
+  ``layers_{l}/mlp/output/kernel``, cloze targets at ``[MASK]``); :mod:`.facts_mlm`: a facts
+  BERT-MLM trained here.
 
 Example:
   >>> import jaxparams as jp

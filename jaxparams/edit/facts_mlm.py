@@ -3,10 +3,11 @@
 The BERT counterpart of :mod:`jaxparams.edit.facts_lm` (all-MiniLM-L6-v2 ships without a
 masked-LM head, so editing benchmarks on BERT train their own): a word-level tokenizer with
 BERT's special tokens (``[PAD] [UNK] [CLS] [SEP] [MASK]``), so every object is one token; rows
-``[CLS] prompt(subject) object [SEP]`` for every fact in every phrasing of its relation,
-sometimes after another fact's sentence (``[CLS] s_1 [SEP] s_2 [SEP]``, the form of context
-templates); the object is always masked, other words with probability ``mask_prob`` (dynamic
-masking, a new draw per step). A plain optax AdamW loop trains :class:`jaxparams.models.Bert`
+``[CLS] s_1 [SEP] s_2 [SEP] ...`` packing fact sentences ``prompt(subject) object`` (every fact in
+every phrasing of its relation; several sentences a row is also the form of context templates)
+plus profile rows ``[CLS] subject o_1 .. o_m [SEP]``; objects are masked (always in sentences,
+half of them in profiles), other words with probability ``mask_prob`` (dynamic masking, a new
+draw per step). A plain optax AdamW loop trains :class:`jaxparams.models.Bert`
 with ``mlm_head``; :func:`train_facts_mlm` exports an HF ``BertForMaskedLM`` checkpoint
 (``config.json``, ``model.safetensors``, ``tokenizer.json``) and :func:`load_facts_mlm` reads it
 back.
@@ -43,7 +44,7 @@ SPECIAL_TOKENS = (arch.PAD, arch.UNK, arch.CLS, arch.SEP, arch.MASK)
 # name -> model and training sizes.
 SIZES = {
     "default": dict(hidden_size=128, intermediate_size=256, num_hidden_layers=3,
-                    num_attention_heads=4, steps=1200, batch_size=64, lr=3e-3),
+                    num_attention_heads=4, steps=1500, batch_size=64, lr=3e-3),
     "tiny": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                  num_attention_heads=2, steps=200, batch_size=32, lr=5e-3),
 }
@@ -88,37 +89,51 @@ def _sentences(fs: facts_lib.FactsSet, tok: Any) -> list[tuple[list[int], list[i
   return out
 
 
-def _batch(rng: np.random.Generator, sents, tok, batch_size: int, seq_len: int,
-           mask_prob: float, pair_prob: float) -> tuple[np.ndarray, ...]:
+def _profiles(fs: facts_lib.FactsSet, tok: Any) -> list[tuple[list[int], list[list[int]]]]:
+  """``(subject ids, [object ids...])`` per subject (the profile rows)."""
+  by: dict[str, list[list[int]]] = {}
+  for f in fs.facts:
+    by.setdefault(f.subject, []).append(facts_lib.encode_words(tok, f.object, what="object"))
+  return [(facts_lib.encode_words(tok, s_, what="subject"), objs) for s_, objs in by.items()]
+
+
+def _batch(rng: np.random.Generator, sents, profiles, tok, batch_size: int, seq_len: int,
+           mask_prob: float, profile_prob: float) -> tuple[np.ndarray, ...]:
+  """Rows of packed fact sentences ``[CLS] s_1 [SEP] s_2 [SEP] ...`` (every object masked,
+  other words with ``mask_prob``) or, with ``profile_prob``, a profile row ``[CLS] subject o_1
+  .. o_m [SEP]`` (objects in a random order, half of them masked: the masked-LM form of the
+  facts LM's profile lines, so a subject's facts are stored at its tokens)."""
   cls, sep, msk = (tok.token_to_id(t) for t in (arch.CLS, arch.SEP, arch.MASK))
   ids = np.zeros((batch_size, seq_len), np.int32)
   att = np.zeros_like(ids)
   labels = np.zeros_like(ids)
   weights = np.zeros((batch_size, seq_len), np.float32)
-  for b, i in enumerate(rng.integers(0, len(sents), batch_size)):
-    prompt, obj = sents[i]
-    row, lab = [cls], [0]
-    if rng.random() < pair_prob:  # another fact's full sentence first, as a context template
-      p2, o2 = sents[rng.integers(0, len(sents))]
-      ctx = p2 + o2
-      row += ctx + [sep]
-      lab += [0] * (len(ctx) + 1)
-    start = len(row)
-    row += prompt + obj + [sep]
-    lab += [0] * (len(prompt) + len(obj) + 1)
-    row, lab = row[:seq_len], lab[:seq_len]
-    w = np.zeros(len(row), np.float32)
+  for b in range(batch_size):
+    row, target = [cls], [False]
+    if profiles and rng.random() < profile_prob:
+      subj, objs = profiles[rng.integers(0, len(profiles))]
+      row += subj
+      target += [False] * len(subj)
+      for j in rng.permutation(len(objs)):
+        row += objs[j]
+        target += [bool(rng.random() < 0.5)] * len(objs[j])
+      row, target = row[:seq_len - 1] + [sep], target[:seq_len - 1] + [False]
+    else:
+      while True:
+        prompt, obj = sents[rng.integers(0, len(sents))]
+        if len(row) + len(prompt) + len(obj) + 1 > seq_len and len(row) > 1:
+          break
+        row += prompt + obj + [sep]
+        target += [False] * len(prompt) + [True] * len(obj) + [False]
+        row, target = row[:seq_len], target[:seq_len]
     for j in range(1, len(row)):
       if row[j] in (cls, sep):
         continue
-      is_obj = start + len(prompt) <= j < start + len(prompt) + len(obj)
-      if is_obj or rng.random() < mask_prob:
-        lab[j], w[j] = row[j], 1.0
+      if target[j] or rng.random() < mask_prob:
+        labels[b, j], weights[b, j] = row[j], 1.0
         row[j] = msk
     ids[b, :len(row)] = row
     att[b, :len(row)] = 1
-    labels[b, :len(row)] = lab
-    weights[b, :len(row)] = w
   return ids, att, labels, weights
 
 
@@ -137,7 +152,7 @@ def model_config(tokenizer: Any, size: str = "default", seq_len: int = 32) -> An
 
 def train_facts_mlm(workdir: str | pathlib.Path, facts: Any = None, relations: Any = None,
                     edits: Any = None, *, size: str = "default", steps: int = 0, seed: int = 0,
-                    seq_len: int = 32, mask_prob: float = 0.15, pair_prob: float = 0.3,
+                    seq_len: int = 32, mask_prob: float = 0.1, profile_prob: float = 0.25,
                     weight_decay: float = 0.01, log_every: int = 250) -> FactsMLM:
   """Trains the facts BERT-MLM (reusing ``workdir/hf`` when it exists) and exports it.
 
@@ -172,11 +187,11 @@ def train_facts_mlm(workdir: str | pathlib.Path, facts: Any = None, relations: A
     upd, opt_state = opt.update(g, opt_state, params)
     return optax.apply_updates(params, upd), opt_state, loss
 
-  sents = _sentences(fs, tok)
+  sents, profiles = _sentences(fs, tok), _profiles(fs, tok)
   rng = np.random.default_rng(seed)
   t0 = time.perf_counter()
   for i in range(n_steps):
-    batch = _batch(rng, sents, tok, s["batch_size"], seq_len, mask_prob, pair_prob)
+    batch = _batch(rng, sents, profiles, tok, s["batch_size"], seq_len, mask_prob, profile_prob)
     params, opt_state, loss = step(params, opt_state, *map(jnp.asarray, batch))
     if log_every and (i % log_every == 0 or i == n_steps - 1):
       print(f"facts MLM step {i}: loss {float(loss):.4f} ({time.perf_counter() - t0:.0f} s)",

@@ -3,7 +3,8 @@ optimise targets, closed-form update.
 
 Each returns ``(new_params, Delta)`` (:mod:`jaxparams.edit.delta`: export, re-apply, rollback).
 The edited kernels are chosen with ``where=`` (any ``jp.tree`` selector) and must be MLP output
-projections (``layers_{l}/mlp/down_proj/kernel``); a selector matching nothing is an error.
+projections (``layers_{l}/mlp/down_proj/kernel``; a BERT's ``layers_{l}/mlp/output/kernel``); a
+selector matching nothing is an error listing the editable kernels.
 Keys/targets come from :mod:`.probe`/:mod:`.targets`; the updates from :mod:`.solve`.
 
 Example (needs a trained model; see tests/edit):
