@@ -99,7 +99,7 @@ def main(argv=None):
   ap.add_argument("--steps", type=int, default=0, help="facts MLM training steps (0: default)")
   ap.add_argument("--n-rome", type=int, default=12)
   ap.add_argument("--batch", type=int, default=50)
-  ap.add_argument("--rome-layer", type=int, default=1)
+  ap.add_argument("--rome-layer", type=int, default=0)
   ap.add_argument("--memit-layers", default="0,1")
   ap.add_argument("--lam", type=float, default=100.0, help="MEMIT mom2_update_weight")
   ap.add_argument("--v-steps", type=int, default=20)
@@ -108,6 +108,8 @@ def main(argv=None):
   ap.add_argument("--z-steps", type=int, default=25)
   ap.add_argument("--z-clamp", type=float, default=4.0)
   ap.add_argument("--fact-token", default="subject_last")
+  ap.add_argument("--stats-cloze", type=int, default=1, help="1: key statistics also over the "
+                  "cloze rows '[CLS] prompt [MASK] [SEP]' of unedited facts (0: sentences only)")
   a = ap.parse_args(argv)
   meths = [m.strip() for m in a.methods.split(",") if m.strip()]
   bad = [m for m in meths if m not in ("rome", "memit", "alphaedit")]
@@ -122,8 +124,11 @@ def main(argv=None):
   print(f"facts MLM: {len(fs.facts)} facts, recall {rec['accuracy']:.3f} (edit prompt "
         f"{rec1['accuracy']:.3f}), {t_train:.0f} s", flush=True)
   edited_pairs = {(e.subject, e.relation) for e in fs.edits}
-  texts = [facts.sentence(p, f.subject, f.object) for f in fs.facts
-           for p in fs.relations[f.relation] if (f.subject, f.relation) not in edited_pairs]
+  kept = [(f, p) for f in fs.facts for p in fs.relations[f.relation]
+          if (f.subject, f.relation) not in edited_pairs]
+  texts = [facts.sentence(p, f.subject, f.object) for f, p in kept]
+  if a.stats_cloze:  # the queries the model answers: keys at [MASK] rows are preserved too
+    texts += [facts.sentence(p, f.subject) + f" {arch.MASK}" for f, p in kept]
   layers = sorted({a.rome_layer, *[int(x) for x in a.memit_layers.split(",")]})
   t0 = time.perf_counter()
   st = stats.key_stats(lm.module, lm.params, arch.text_batches_mlm(lm.tokenizer, texts,
@@ -147,7 +152,7 @@ def main(argv=None):
       "train_seconds": t_train, "model": {k: getattr(lm.config, k) for k in (
           "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")},
       "stats_tokens": int(st[layers[0]].count), "stats_seconds": t_stats,
-      "rome_layer": a.rome_layer, "memit_layers": a.memit_layers, "lambda": a.lam,
+      "stats_cloze": bool(a.stats_cloze), "rome_layer": a.rome_layer, "memit_layers": a.memit_layers, "lambda": a.lam,
       "fact_token": a.fact_token, "context_templates": tpl[1:4],
       "target": {"v_steps": a.v_steps, "v_lr": a.v_lr, "rome_clamp": a.clamp,
                  "z_steps": a.z_steps, "z_clamp": a.z_clamp},
@@ -202,7 +207,8 @@ def write_md(results, path):
            f"{s['recall_edit_prompt']:.3f} on the edit prompts. Edited kernel: the FFN output "
            f"dense `layers_{{l}}/mlp/output/kernel`; keys at the subject's last token "
            f"(fact_token={s['fact_token']}); key statistics from {s['stats_tokens']} tokens of "
-           f"unedited facts ({s['stats_seconds']:.1f} s); ROME layer {s['rome_layer']}, "
+           f"unedited facts ({s['stats_seconds']:.1f} s; "
+           f"{'sentences and their cloze rows' if s.get('stats_cloze') else 'sentences only'}); ROME layer {s['rome_layer']}, "
            f"MEMIT/AlphaEdit layers {s['memit_layers']}, lambda {s['lambda']}; target "
            f"optimisation {s['target']}.", "",
            "| method | setting | efficacy | generalization | locality | locality (argmax) | "

@@ -17,6 +17,8 @@ Example:
   >>> tok = build_tokenizer(facts.load_facts_set())
   >>> tok.encode('Jorah Wexgrave plays the harp').tokens
   ['[CLS]', 'Jorah', 'Wexgrave', 'plays', 'the', 'harp', '[SEP]']
+  >>> tok.encode('Jorah Wexgrave plays the [MASK]').tokens[-2]
+  '[MASK]'
 """
 
 from __future__ import annotations
@@ -72,6 +74,7 @@ def build_tokenizer(fs: facts_lib.FactsSet) -> Any:
     vocab.setdefault(w, len(vocab))
   tok = Tokenizer(models.WordLevel(vocab, unk_token=arch.UNK))
   tok.pre_tokenizer = pre_tokenizers.Whitespace()
+  tok.add_special_tokens(list(SPECIAL_TOKENS))  # "[MASK]" in a text is the mask token
   tok.post_processor = processors.TemplateProcessing(
       single=f"{arch.CLS} $A {arch.SEP}", pair=f"{arch.CLS} $A {arch.SEP} $B {arch.SEP}",
       special_tokens=[(arch.CLS, vocab[arch.CLS]), (arch.SEP, vocab[arch.SEP])])

@@ -158,13 +158,6 @@ def test_memit_two_layers_delta_bit_exact(model, tmp_path):
                          templates=[["{}"]], hp=methods.MemitParams(target=FAST, mom2_update_weight=1.0))
   assert sorted(d.updates) == ["layers_0/mlp/output/kernel", K1]
   _assert_delta_round_trips(p, new, d, tmp_path)
-  # The last edited layer closes the residual: the block site reaches z (up to the lambda C
-  # regularisation), so the targets' loss on the edited model is far below the unedited one.
-  ref = arch.mlm_target_logprobs(m, p, tok, [r.prompt.format(r.subject) for r in reqs],
-                                 [r.target_new for r in reqs])
-  got = arch.mlm_target_logprobs(m, new, tok, [r.prompt.format(r.subject) for r in reqs],
-                                 [r.target_new for r in reqs])
-  assert bool(jnp.all(got > ref))
 
 
 def test_stats_streamed_equal_one_shot(model):
