@@ -24,7 +24,7 @@ def model():
   fs = facts.load_facts_set()
   tok = facts_mlm.build_tokenizer(fs)
   cfg = BertConfig(vocab_size=-(-tok.get_vocab_size() // 8) * 8, hidden_size=32,
-                   intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+                   intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                    max_position_embeddings=64, mlm_head=True, add_pooling_layer=False)
   m = Bert(cfg)
   p = m.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"]
@@ -108,21 +108,21 @@ def test_masked_target_loss_is_mask_nll(model):
 def test_probe_sites(model):
   m, p, tok, fs, batches = model
   ids, mask = (jnp.asarray(a[:4]) for a in batches[0])
-  out = probe.run(m, p, ids, mask, keys=(2,), hidden=(2,), mlp_out=(2,))
+  out = probe.run(m, p, ids, mask, keys=(1,), hidden=(1,), mlp_out=(1,))
   # hidden[l] is the pre-LayerNorm sum: its LayerNorm is the encoder's output (last layer).
   ln = LayerNorm(m.config.layer_norm_eps)
-  last = ln.apply({"params": p["layers_2"]["mlp_norm"]}, out.hidden[2])
+  last = ln.apply({"params": p["layers_1"]["mlp_norm"]}, out.hidden[1])
   ref = m.apply({"params": p}, ids, attention_mask=mask, return_hidden=True)
   np.testing.assert_allclose(np.asarray(last), np.asarray(ref), rtol=1e-5, atol=1e-5)
   # keys are the GELU activations of `intermediate` and map to mlp_out through the kernel.
-  w, b = p["layers_2"]["mlp"]["output"]["kernel"], p["layers_2"]["mlp"]["output"]["bias"]
-  np.testing.assert_allclose(np.asarray(out.keys[2] @ w + b), np.asarray(out.mlp_out[2]),
+  w, b = p["layers_1"]["mlp"]["output"]["kernel"], p["layers_1"]["mlp"]["output"]["bias"]
+  np.testing.assert_allclose(np.asarray(out.keys[1] @ w + b), np.asarray(out.mlp_out[1]),
                              rtol=1e-5, atol=1e-5)
   # add_block adds exactly at the given position of the pre-LayerNorm sum.
   v = jnp.arange(32.0) / 32
   pos = jnp.asarray([1, 2, 3, 1])
-  out2 = probe.run(m, p, ids, mask, hidden=(2,), add_block=(2, v, pos))
-  diff = out2.hidden[2] - out.hidden[2]
+  out2 = probe.run(m, p, ids, mask, hidden=(1,), add_block=(1, v, pos))
+  diff = out2.hidden[1] - out.hidden[1]
   np.testing.assert_allclose(np.asarray(diff[jnp.arange(4), pos]), np.tile(v, (4, 1)),
                              atol=1e-6)
   assert float(jnp.abs(diff).sum() - jnp.abs(diff[jnp.arange(4), pos]).sum()) < 1e-5
@@ -162,10 +162,10 @@ def test_memit_two_layers_delta_bit_exact(model, tmp_path):
 
 def test_stats_streamed_equal_one_shot(model):
   m, p, tok, fs, batches = model
-  streamed = stats.key_stats(m, p, batches, layers=(2,))[2]
+  streamed = stats.key_stats(m, p, batches, layers=(1,))[1]
   ids = np.concatenate([b[0] for b in batches])
   mask = np.concatenate([b[1] for b in batches])
-  k = np.asarray(probe.run(m, p, jnp.asarray(ids), jnp.asarray(mask), keys=(2,)).keys[2],
+  k = np.asarray(probe.run(m, p, jnp.asarray(ids), jnp.asarray(mask), keys=(1,)).keys[1],
                  np.float64)[mask.astype(bool)]
   np.testing.assert_allclose(np.asarray(streamed.xtx), k.T @ k, rtol=1e-4, atol=1e-4)
   assert int(streamed.count) == int(mask.sum())
@@ -173,10 +173,10 @@ def test_stats_streamed_equal_one_shot(model):
 
 def test_where_selects_bert_output_dense(model):
   m, p, tok, fs, batches = model
-  assert methods.edited_layers(p, re.compile(r"layers_[02]/mlp/output/kernel")) == [0, 2]
+  assert methods.edited_layers(p, re.compile(r"layers_[01]/mlp/output/kernel")) == [0, 1]
   with pytest.raises(ValueError, match="not an MLP output projection"):
     methods.edited_layers(p, "layers_0/mlp/intermediate/kernel")
-  with pytest.raises(ValueError, match=r"valid layers.*layers_2/mlp/output/kernel"):
+  with pytest.raises(ValueError, match=r"valid layers.*layers_1/mlp/output/kernel"):
     methods.edited_layers(p, "layers_9/mlp/output/kernel")
 
 
