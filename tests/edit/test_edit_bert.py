@@ -232,3 +232,18 @@ def test_minilm_key_stats_streamed_equal_one_shot():
   xtx = k.T @ k
   np.testing.assert_allclose(np.asarray(st.xtx), xtx, rtol=1e-4, atol=1e-4 * np.abs(xtx).max())
   assert int(st.count) == int(mask.sum())
+
+
+@pytest.mark.slow
+def test_facts_mlm_trains_and_exports_bert_for_masked_lm(tmp_path):
+  from jaxparams import io as jio
+  lm = facts_mlm.train_facts_mlm(tmp_path / "w", size="tiny", steps=30, log_every=0)
+  cfg = json.loads((lm.hf_dir / "config.json").read_text())
+  assert cfg["architectures"] == ["BertForMaskedLM"] and lm.config.mlm_head
+  with jio.open_checkpoint(lm.hf_dir) as r:
+    names = set(r.names())
+  assert "cls.predictions.transform.dense.weight" in names and "cls.predictions.bias" in names
+  assert all(n.startswith(("bert.", "cls.")) for n in names)   # HF BertForMaskedLM layout
+  assert lm.tokenizer.encode("Jorah Wexgrave plays the [MASK]").tokens[-2] == "[MASK]"
+  rec = facts_mlm.recall(lm)
+  assert rec["n"] == 2400   # every fact (all single-token objects) in every phrasing
