@@ -66,3 +66,30 @@ def test_tiny_lm_learns_and_exports(tiny_lm):
   again = facts_lm.load_facts_lm(hf, hf.parent / "data")
   np.testing.assert_array_equal(np.asarray(again.params["lm_head"]["kernel"]),
                                 np.asarray(tiny_lm.params["lm_head"]["kernel"]))
+
+
+def _make_facts_set():
+  import importlib.util
+  import pathlib
+  path = pathlib.Path(__file__).resolve().parents[2] / "benchmarks" / "make_facts_set.py"
+  spec = importlib.util.spec_from_file_location("_make_facts_set", path)
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod
+
+
+def test_make_facts_set_default_and_distinct_subjects(tmp_path, capsys):
+  mod = _make_facts_set()
+  mod.main(out=tmp_path / "d")   # the shipped default set, byte for byte
+  for f, name in zip(facts.default_paths(), ("facts.jsonl", "relations.json", "edits.jsonl")):
+    assert (tmp_path / "d" / name).read_bytes() == f.read_bytes()
+  mod.main(450, 400, out=tmp_path / "w", relations_per_subject=2, distinct_subjects=True)
+  fs = facts.load_facts_set(*(tmp_path / "w" / n for n in ("facts.jsonl", "relations.json",
+                                                           "edits.jsonl")))
+  subjects = [f.subject for f in fs.facts]
+  assert len(set(subjects)) == 450 and all(subjects.count(s) == 2 for s in set(subjects))
+  edited = [e.subject for e in fs.edits]
+  assert len(edited) == len(set(edited)) == 400      # each subject edited at most once
+  assert len(facts.stats_sentences(fs, "other_subjects")) == 50 * 2 * 4
+  with pytest.raises(SystemExit, match="more subjects"):
+    mod.main(100, 101, out=tmp_path / "x", distinct_subjects=True)
