@@ -18,7 +18,7 @@ MEMIT/AlphaEdit/GRACE/WISE/FT, and ``--seq-edits`` sequential edits in batches o
 (``<method>_seq`` keys, with a ``curve`` per batch). Writes the JSON and
 ``benchmarks/results/edit.md``. Defaults: keys and targets at the subject's last token
 (``fact_token='subject_last'``), ROME at layer 0 with the reference's target optimisation
-(20 steps, lr 0.5, clamp 4), MEMIT/AlphaEdit on layers 0-1 (25 steps, clamp 4, lambda = the
+(20 steps, lr 0.5, clamp 4), MEMIT/AlphaEdit on layer 0 (25 steps, clamp 4, lambda = the
 reference's 15000 scaled to the key width, ``--lam width``), key statistics from the facts of
 subjects that no edit of the run names (``--stats-from other_subjects``, the analogue of the
 reference's Wikipedia statistics; ``auto`` falls back to the unedited facts on sets whose edits
@@ -136,7 +136,7 @@ def main(argv=None):
                   "facts; auto (default): other_subjects when they hold >= 20%% of the facts, "
                   "else unedited (the default set's 300 edits name 98 of its 100 subjects)")
   ap.add_argument("--rome-layer", type=int, default=0)
-  ap.add_argument("--memit-layers", default="0,1")
+  ap.add_argument("--memit-layers", default="0")
   ap.add_argument("--lam", default="width", help="MEMIT mom2_update_weight: a number, or "
                   "'width' (default): the reference's 15000 for 16384-wide keys (GPT-J) scaled to "
                   "this model's key width, 15000 * d_ff / 16384, so that lambda weighs each key "
