@@ -18,10 +18,15 @@ MEMIT/AlphaEdit/GRACE/WISE/FT, and ``--seq-edits`` sequential edits in batches o
 (``<method>_seq`` keys, with a ``curve`` per batch). Writes the JSON and
 ``benchmarks/results/edit.md``. Defaults: keys and targets at the subject's last token
 (``fact_token='subject_last'``), ROME at layer 0 with the reference's target optimisation
-(20 steps, lr 0.5, clamp 4), MEMIT/AlphaEdit on layers 0-1 (25 steps, clamp 4, lambda 100 for
-this 128-wide model), WISE at layer 2 with margins scaled to the model. For 1000 sequential
-edits, generate a bigger set (``benchmarks/make_facts_set.py --subjects 200 --edits 1000 --out
-DIR``) and pass ``--facts/--relations/--edits`` from DIR with ``--seq-edits 1000``.
+(20 steps, lr 0.5, clamp 4), MEMIT/AlphaEdit on layer 0 (25 steps, clamp 4, lambda = the
+reference's 15000 scaled to the key width, ``--lam width``), key statistics from the facts of
+subjects that no edit of the run names (``--stats-from other_subjects``, the analogue of the
+reference's Wikipedia statistics; ``auto`` falls back to the unedited facts on sets whose edits
+name nearly every subject, as the default set), WISE at layer 2 with margins scaled to the model. For 1000
+sequential edits, generate the 1000-edit set (``benchmarks/make_facts_set.py --subjects 1300
+--relations-per-subject 2 --edits 1000 --distinct-subjects --out DIR``), train its LM with
+``facts_lm.train_facts_lm(WORK, ..., size='wide')`` and pass ``--lm WORK --memit-layers 0
+--alpha-threshold 0.1 --seq-edits 1000`` (benchmarks/results/edit_batch.md).
 """
 
 from __future__ import annotations
@@ -124,11 +129,22 @@ def main(argv=None):
   ap.add_argument("--seq-edits", type=int, default=300)
   ap.add_argument("--seq-batch", type=int, default=100)
   ap.add_argument("--fact-token", default="subject_last")
-  ap.add_argument("--stats-from", default="unedited", choices=("unedited", "all"),
-                  help="key statistics from the sentences of unedited facts (default) or all")
+  ap.add_argument("--stats-from", default="auto", choices=("auto",) + facts.STATS_SOURCES,
+                  help="key statistics from the facts of subjects that no edit of this run "
+                  "names (other_subjects: the analogue of the reference's Wikipedia C0), from "
+                  "every unedited fact (the edited subjects' other facts included), or from all "
+                  "facts; auto (default): other_subjects when they hold >= 20%% of the facts, "
+                  "else unedited (the default set's 300 edits name 98 of its 100 subjects)")
   ap.add_argument("--rome-layer", type=int, default=0)
-  ap.add_argument("--memit-layers", default="0,1")
-  ap.add_argument("--lam", type=float, default=100.0, help="MEMIT mom2_update_weight")
+  ap.add_argument("--memit-layers", default="0")
+  ap.add_argument("--lam", default="width", help="MEMIT mom2_update_weight: a number, or "
+                  "'width' (default): the reference's 15000 for 16384-wide keys (GPT-J) scaled to "
+                  "this model's key width, 15000 * d_ff / 16384, so that lambda weighs each key "
+                  "direction as in the reference (C0 is a per-token mean: its trace does not grow "
+                  "with the width, its per-direction scale shrinks as 1 / d_ff)")
+  ap.add_argument("--alpha-threshold", type=float, default=2e-2,
+                  help="AlphaEdit nullspace_threshold (absolute, as the reference)")
+  ap.add_argument("--alpha-l2", type=float, default=10.0, help="AlphaEdit L2")
   ap.add_argument("--v-steps", type=int, default=20, help="target optimisation steps")
   ap.add_argument("--v-lr", type=float, default=0.5)
   ap.add_argument("--clamp", type=float, default=4.0, help="ROME clamp_norm_factor")
@@ -156,9 +172,15 @@ def main(argv=None):
   fs = lm.facts
   rec = facts_lm.recall(lm)
   print(f"facts LM: {len(fs.facts)} facts, recall {rec['accuracy']:.3f} ({t_train:.0f} s)")
-  edited_pairs = {(e.subject, e.relation) for e in fs.edits}
-  texts = [facts.sentence(p, f.subject, f.object) for f in fs.facts for p in fs.relations[f.relation]
-           if a.stats_from == "all" or (f.subject, f.relation) not in edited_pairs]
+  n_used = max([a.batch if set(meths) - {"rome"} else 0, a.seq_edits if set(meths) - {"rome"}
+                else 0, a.n_rome if "rome" in meths else 0])
+  if a.stats_from == "auto":
+    named = {e.subject for e in fs.edits[:n_used]}
+    a.stats_from = ("other_subjects" if sum(f.subject not in named for f in fs.facts)
+                    >= 0.2 * len(fs.facts) else "unedited")
+  texts = facts.stats_sentences(fs, a.stats_from, fs.edits[:n_used])
+  d_ff = int(lm.config.intermediate_size)
+  lam = 15000.0 * d_ff / 16384 if a.lam == "width" else float(a.lam)
   layers = sorted({a.rome_layer, *[int(x) for x in a.memit_layers.split(",")]})
   t0 = time.perf_counter()
   st = stats.key_stats(lm.module, lm.params, stats.text_batches(lm.tokenizer, texts), layers=layers)
@@ -183,7 +205,8 @@ def main(argv=None):
                         "stats_seconds_per_million_tokens": t_stats / n_tok * 1e6,
                         "fact_token": a.fact_token, "rome_layer": a.rome_layer,
                         "stats_from": a.stats_from,
-                        "memit_layers": a.memit_layers, "lambda": a.lam,
+                        "memit_layers": a.memit_layers, "lambda": lam, "d_ff": d_ff,
+                        "alpha_threshold": a.alpha_threshold, "alpha_l2": a.alpha_l2,
                         "target": {"v_steps": a.v_steps, "v_lr": a.v_lr, "rome_clamp": a.clamp,
                                    "z_steps": a.z_steps, "z_clamp": a.z_clamp},
                         "wise": {"layer": a.wise_layer, "n_iter": a.wise_iters, "lr": a.wise_lr,
@@ -230,9 +253,10 @@ def main(argv=None):
     if name == "memit":
       return methods.memit(lm.module, params, lm.tokenizer, rq, cov=cov, where=memit_where,
                            templates=groups, hp=methods.MemitParams(
-                               target=tpm, mom2_update_weight=a.lam)), state
+                               target=tpm, mom2_update_weight=lam)), state
     if name == "alphaedit":
-      hp = methods.AlphaEditParams(target=tpm)
+      hp = methods.AlphaEditParams(target=tpm, nullspace_threshold=a.alpha_threshold,
+                                   L2=a.alpha_l2)
       state = state or methods.alpha_state({l: cov[l] for l in methods.edited_layers(
           lm.params, memit_where)}, hp)
       new, d, state = methods.alphaedit(lm.module, params, lm.tokenizer, rq, state=state,
@@ -289,7 +313,8 @@ def write_md(results, path):
            f"{s['stats_seconds']:.1f} s ({s['stats_seconds_per_million_tokens']:.0f} s per "
            f"million tokens); fact_token={s['fact_token']}, ROME layer {s['rome_layer']}, "
            f"MEMIT/AlphaEdit layers {s['memit_layers']}, lambda {s['lambda']}, key statistics from "
-           f"{s.get('stats_from', 'all')} facts; target optimisation {s.get('target')}.", "",
+           f"{s.get('stats_from', 'all')} facts; AlphaEdit threshold {s.get('alpha_threshold')}, L2 "
+           f"{s.get('alpha_l2')}; target optimisation {s.get('target')}.", "",
            "| method | setting | efficacy | generalization | locality | locality (argmax) | "
            "margin edit | margin para | time |", "|---|---|---|---|---|---|---|---|---|"]
   for k, r in results.items():

@@ -8,7 +8,9 @@ store a subject's facts at the subject's last token, where ROME/MEMIT edit; Adam
   python -m jaxparams.train --config=configs/facts_lm.py:data=DIR,size=tiny --workdir=/tmp/f
 
 Arguments (``:arg``): ``data=DIR`` (a folder with ``facts.jsonl`` and ``relations.json``;
-default: the set packaged in ``jaxparams/edit/data``), ``size=default|tiny``, ``steps=N``,
+default: the set packaged in ``jaxparams/edit/data``), ``size=default|wide|tiny`` (``wide``: d_ff
+512, 3000 steps, for the 1000-edit set of ``benchmarks/make_facts_set.py --subjects 1300
+--relations-per-subject 2 --edits 1000 --distinct-subjects``), ``steps=N``,
 ``runlocal`` (= ``size=tiny,steps=3``). To export the HF checkpoint (config, safetensors,
 tokenizer.json) use ``jaxparams.edit.facts_lm.train_facts_lm(workdir)``, which runs this same
 config through the trainer (reusing a finished run) and calls ``jp.models.to_hf``.

@@ -28,6 +28,27 @@ def test_bad_files_named(tmp_path):
     facts.load_facts_set(bad, r, e)
 
 
+def test_stats_sentences_sources():
+  fs = facts.load_facts_set()
+  edits = fs.edits[:40]
+  subjects = {e.subject for e in edits}
+  other = facts.stats_sentences(fs, "other_subjects", edits)
+  kept = [f for f in fs.facts if f.subject not in subjects]
+  assert len(other) == sum(len(fs.relations[f.relation]) for f in kept) > 0
+  assert not any(s in t for t in other for s in subjects)   # no edited subject's sentence
+  une = facts.stats_sentences(fs, "unedited", edits)
+  assert len(une) == sum(len(fs.relations[f.relation]) for f in fs.facts) - 4 * len(edits)
+  e0 = edits[0]
+  edited = facts.sentence(fs.relations[e0.relation][0], e0.subject, fs.object_of(e0.subject,
+                                                                                  e0.relation))
+  assert edited not in une and edited in facts.stats_sentences(fs, "all", edits)
+  with pytest.raises(ValueError, match="valid: other_subjects"):
+    facts.stats_sentences(fs, "wikipedia")
+  with pytest.raises(ValueError, match="no fact is left"):
+    facts.stats_sentences(fs, "other_subjects", [facts.Edit(s, "city", "x")
+                                                 for s in {f.subject for f in fs.facts}])
+
+
 def test_corpus_holds_every_phrasing():
   fs = facts.load_facts_set()
   tok = facts.build_tokenizer(fs)
@@ -45,3 +66,30 @@ def test_tiny_lm_learns_and_exports(tiny_lm):
   again = facts_lm.load_facts_lm(hf, hf.parent / "data")
   np.testing.assert_array_equal(np.asarray(again.params["lm_head"]["kernel"]),
                                 np.asarray(tiny_lm.params["lm_head"]["kernel"]))
+
+
+def _make_facts_set():
+  import importlib.util
+  import pathlib
+  path = pathlib.Path(__file__).resolve().parents[2] / "benchmarks" / "make_facts_set.py"
+  spec = importlib.util.spec_from_file_location("_make_facts_set", path)
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod
+
+
+def test_make_facts_set_default_and_distinct_subjects(tmp_path, capsys):
+  mod = _make_facts_set()
+  mod.main(out=tmp_path / "d")   # the shipped default set, byte for byte
+  for f, name in zip(facts.default_paths(), ("facts.jsonl", "relations.json", "edits.jsonl")):
+    assert (tmp_path / "d" / name).read_bytes() == f.read_bytes()
+  mod.main(450, 400, out=tmp_path / "w", relations_per_subject=2, distinct_subjects=True)
+  fs = facts.load_facts_set(*(tmp_path / "w" / n for n in ("facts.jsonl", "relations.json",
+                                                           "edits.jsonl")))
+  subjects = [f.subject for f in fs.facts]
+  assert len(set(subjects)) == 450 and all(subjects.count(s) == 2 for s in set(subjects))
+  edited = [e.subject for e in fs.edits]
+  assert len(edited) == len(set(edited)) == 400      # each subject edited at most once
+  assert len(facts.stats_sentences(fs, "other_subjects")) == 50 * 2 * 4
+  with pytest.raises(SystemExit, match="more subjects"):
+    mod.main(100, 101, out=tmp_path / "x", distinct_subjects=True)
