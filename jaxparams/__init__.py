@@ -15,11 +15,26 @@ from jaxparams.cli.startup import quiet_interrupt_at_startup as _quiet_interrupt
 
 _quiet_interrupt_at_startup()  # the `jaxparams` command only: Ctrl-C while importing -> exit 130
 
-from jaxparams import adapt, calib, edit, io, merge, models, prune, quant, scale, transform, tree
+import importlib as _importlib
 
 __version__ = "0.1.0"
+
+# Sub-packages are imported on first use (PEP 562): `import jaxparams` stays light (no jax,
+# flax or orbax until an area needs them), `jp.merge...` works as before.
+_SUBPACKAGES = ("adapt", "calib", "edit", "io", "merge", "models", "prune", "quant", "scale",
+                "transform", "tree")
 
 __all__ = [
     "adapt", "calib", "edit", "io", "merge", "models", "prune", "quant", "scale", "transform",
     "tree", "__version__",
 ]
+
+
+def __getattr__(name: str):
+  if name in _SUBPACKAGES:
+    return _importlib.import_module(f"{__name__}.{name}")  # binds it here too
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+  return sorted(set(globals()) | set(__all__))

@@ -25,8 +25,13 @@ SUBCOMMANDS = ("demo", "inspect", "convert", "merge", "quantize", "dequantize", 
                "edit")
 
 
-def build_parser() -> argparse.ArgumentParser:
-  """Builds the argument parser with every sub-command."""
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+  """Builds the argument parser with every sub-command (or only the one named ``only``).
+
+  Example:
+    >>> build_parser('inspect').parse_args(['inspect', 'model']).command
+    'inspect'
+  """
   parser = argparse.ArgumentParser(
       prog="jaxparams",
       description="Transform model parameters with JAX: inspect, convert, merge, quantize.")
@@ -36,9 +41,27 @@ def build_parser() -> argparse.ArgumentParser:
                       help="only errors: no progress bar, summaries or warnings")
   sub = parser.add_subparsers(dest="command", metavar="COMMAND")
   sub.required = True
-  for name in SUBCOMMANDS:
+  for name in SUBCOMMANDS if only is None else (only,):
     importlib.import_module(f"jaxparams.cli.{name}").add_parser(sub)
   return parser
+
+
+def named_command(argv: Sequence[str]) -> str | None:
+  """The sub-command ``argv`` runs, if it names one: only its module is imported then.
+
+  The options before it (``-v``, ``-q``) take no value, so the first word not starting
+  with ``-`` is the command. ``None`` (every sub-command) for ``--help`` or a typo.
+
+  Example:
+    >>> named_command(['-v', 'merge', 'r.yml', 'out']), named_command(['--help'])
+    ('merge', None)
+  """
+  for word in argv:
+    if not word.startswith("-"):
+      return word if word in SUBCOMMANDS else None
+    if word in ("-h", "--help"):
+      return None
+  return None
 
 
 def error_line(e: BaseException) -> str:
@@ -104,12 +127,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     >>> main(['--help'])  # doctest: +SKIP
   """
   in_main_thread = threading.current_thread() is threading.main_thread()
-  if in_main_thread:
-    signal.signal(signal.SIGINT, signal.default_int_handler)
   command = "jaxparams"
   try:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    words = sys.argv[1:] if argv is None else list(argv)
+    # One sub-command's imports, not all (jax comes with them): still under the start-up
+    # Ctrl-C handler of `jaxparams/__init__.py`, then KeyboardInterrupt as usual.
+    parser = build_parser(named_command(words))
+    if in_main_thread:
+      signal.signal(signal.SIGINT, signal.default_int_handler)
+    args = parser.parse_args(words)
     command = f"jaxparams {args.command}"
     if args.log_quiet and hasattr(args, "quiet"):
       args.quiet = True  # the sub-command's own --quiet (progress bars, summaries)

@@ -34,7 +34,7 @@ from jaxparams.merge.tree_api import (arcee_fusion, breadcrumbs, breadcrumbs_tie
                                       dare_ties, della, della_linear, karcher, linear, merge_trees,
                                       model_stock, multislerp, nearswap, nuslerp, passthrough, ram,
                                       ramplus_tl, sce, slerp, task_arithmetic, ties)
-from jaxparams.merge import learned  # noqa: E402  (data-/search-driven merges)
+import importlib as _importlib
 
 __all__ = [
     # registry of records (per-tensor)
@@ -52,3 +52,13 @@ __all__ = [
     # merging that learns (Fisher, RegMean, AdaMerging, CMA-ES, MAP)
     "learned",
 ]
+
+
+def __getattr__(name: str):
+  if name == "learned":  # data-/search-driven merges (optax, calib): imported on first use
+    return _importlib.import_module(f"{__name__}.learned")
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+  return sorted(set(globals()) | set(__all__))

@@ -122,10 +122,10 @@ def _window_counts_traced(kind, density, gamma, n):
   return k, jnp.zeros_like(k)
 
 
-def _cuts(deltas, ks, implementation):
-  # Exact top-k per model: (threshold key, tie cut) so exactly k are kept.
-  stacked = jnp.stack([jnp.ravel(d) for d in deltas])
-  return kapi.topk_cuts(stacked, jnp.maximum(ks, 1), implementation=implementation)
+def _cuts(base, models, ks, implementation):
+  # Exact top-k of |model - base| per model: (threshold key, tie cut) so exactly k are kept;
+  # the differences are made chunk by chunk inside the search (no (N, n) float32 copies).
+  return kapi.delta_topk_cuts(base, models, jnp.maximum(ks, 1), implementation=implementation)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
@@ -140,11 +140,11 @@ def _gta_core(base, models, weights, lam, k_hi, k_lo, density, epsilon, lo_given
   if cfg.given_lo:
     lo = lo_given  # whole-model trim: all ties at the global threshold kept
   elif cfg.search_lo:
-    lo, lo_cut = _cuts(deltas, k_hi, cfg.implementation)
+    lo, lo_cut = _cuts(base, models, k_hi, cfg.implementation)
     lo = jnp.where(k_hi >= n, jnp.uint32(0), jnp.where(k_hi <= 0, KEY_MAX, lo))
     lo_cut = jnp.where(k_hi >= n, KEY_MAX, lo_cut)
   if cfg.search_hi:
-    hi, hi_cut = _cuts(deltas, k_lo, cfg.implementation)
+    hi, hi_cut = _cuts(base, models, k_lo, cfg.implementation)
     hi = jnp.where(k_lo <= 0, KEY_MAX, hi)
   p = seeds = None
   if cfg.sparsify == "random":

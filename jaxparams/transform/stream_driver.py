@@ -313,6 +313,7 @@ def stream_checkpoints(tasks: Sequence[StreamTask], sources: Mapping[str, Any],
                     prepare=prepare) as reader:
       inflight: list = []
       pending = None  # the previous task, dispatched (XLA computes it) but not yet written
+      pending_inputs: list = []  # its input arrays: read buffers to reuse once it is written
       for task, arrays, nbytes in reader:
         interrupt.check()
         _log.debug("%s%s: %s from %d inputs (%d bytes)", prefix, task.name,
@@ -321,10 +322,11 @@ def stream_checkpoints(tasks: Sequence[StreamTask], sources: Mapping[str, Any],
         try:
           # Dispatch this task, then fetch, check and write the previous one while XLA
           # computes this one (jax calls are asynchronous).
-          started = _start_task(task, [arrays[i] for i in task.inputs], compiled, key, shard)
+          inputs = [arrays[i] for i in task.inputs]
+          started = _start_task(task, inputs, compiled, key, shard)
           inflight[:] = [started[1]] + ([pending[1]] if pending is not None else [])
           outs = _finish_task(pending, compiled) if pending is not None else []
-          pending = started
+          pending, done_inputs, pending_inputs = started, pending_inputs, inputs
         except ValueError as e:
           _drain(inflight)
           raise type(e)(f"{prefix}{e}") from None
@@ -334,9 +336,15 @@ def stream_checkpoints(tasks: Sequence[StreamTask], sources: Mapping[str, Any],
           # can crash the process.
           _drain(inflight)
           raise
-        del arrays
+        del arrays, inputs
         for name, value in outs:
-          writer.add(name, value)
+          writer.add(name, value)  # written through to the file: nothing keeps `value`
+        outs = value = None
+        # The previous task is computed and written: its input buffers take later reads
+        # (a fresh buffer per tensor costs page faults). Not while a writer queues arrays.
+        if writer.header_reserve is not None:
+          reader.recycle(done_inputs)
+        del done_inputs
         bytes_read += nbytes
         done += 1
         interrupt.check()

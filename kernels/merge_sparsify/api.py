@@ -31,6 +31,7 @@ from jaxparams.kernels.merge_sparsify.reference import KEY_MAX
 
 __all__ = [
     "KEY_MAX", "topk_threshold", "topk_thresholds", "key_threshold", "key_thresholds", "topk_cuts",
+    "delta_topk_cuts",
     "sparsify_merge", "resolve_implementation",
 ]
 
@@ -112,6 +113,41 @@ def topk_cuts(x: jax.Array, k: jax.Array, *, implementation: str | None = None
   else:
     cut = kernel("tie_cuts")(keys, t, k)
   return t, cut
+
+
+def delta_topk_cuts(base: jax.Array, models: Sequence[jax.Array], k: jax.Array, *,
+                    implementation: str | None = None, chunk: int = 1 << 20
+                    ) -> tuple[jax.Array, jax.Array]:
+  """:func:`topk_cuts` of the float32 differences ``models[m] - base``, without making them.
+
+  The same (threshold key, tie cut) pairs as ``topk_cuts(stack([m - base ...]), k)``. On XLA the
+  keys are computed ``chunk`` elements at a time inside the search
+  (:func:`reference.key_cut_chunked`): no ``(N, n)`` float32 differences, keys, indices or
+  masks are held, so a model's largest tensor needs a few of its own sizes, not ~13. Pallas
+  targets run :func:`topk_cuts` on the stacked differences.
+
+  Example:
+    >>> base = jnp.zeros(4); models = [jnp.array([1., -3., 2., .5]), jnp.array([0., 1., 1., 2.])]
+    >>> t, cut = delta_topk_cuts(base, models, jnp.array([2, 2]))
+    >>> [int(c) for c in cut]  # model 0: no tie at its threshold; model 1: the first 1.0 kept
+    [4294967295, 1]
+  """
+  choice = choose(implementation, op="merge_sparsify")
+  k = jnp.broadcast_to(jnp.asarray(k, jnp.int32), (len(models),))
+  if choice.implementation != "xla":
+    stacked = jnp.stack([jnp.ravel(m.astype(jnp.float32) - base.astype(jnp.float32))
+                         for m in models])
+    return topk_cuts(stacked, k, implementation=implementation)
+  flat_base = jnp.ravel(jax.lax.stop_gradient(base))
+  n = flat_base.size
+
+  def keys_of(pair, start, size):
+    b, m = (jax.lax.dynamic_slice_in_dim(x, start, size) for x in pair)
+    return ref.magnitude_bits(m.astype(jnp.float32) - b.astype(jnp.float32))
+
+  out = [ref.key_cut_chunked(keys_of, (flat_base, jnp.ravel(jax.lax.stop_gradient(m))), n, k[i],
+                             chunk=chunk) for i, m in enumerate(models)]
+  return jnp.stack([t for t, _ in out]), jnp.stack([c for _, c in out])
 
 
 def sparsify_merge(base: jax.Array, models: jax.Array | Sequence[jax.Array], *, weights: jax.Array,

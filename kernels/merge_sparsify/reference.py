@@ -41,7 +41,7 @@ Example:
 from __future__ import annotations
 
 import functools
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -49,7 +49,7 @@ import numpy as np
 
 __all__ = [
     "KEY_MAX", "magnitude_bits", "float_keys", "key_to_float", "kth_largest_key",
-    "kth_largest_key_histogram", "tie_cut", "in_top", "candidate_keys",
+    "kth_largest_key_histogram", "tie_cut", "key_cut_chunked", "in_top", "candidate_keys",
     "hash_uniform", "della_probabilities", "sparsify_merge_reference", "keep_mask",
 ]
 
@@ -108,6 +108,33 @@ def kth_largest_key(keys: jax.Array | Sequence[jax.Array], k) -> jax.Array:
   return jax.lax.fori_loop(0, len(_SHIFTS), body, jnp.uint32(0))
 
 
+def _hist_high(keys: jax.Array) -> jax.Array:
+  # Pass 1 histogram: the top 16 bits of each key.
+  return jnp.bincount((keys >> 16).astype(jnp.int32), length=1 << 16)
+
+
+def _pick_high(h1: jax.Array, kk: jax.Array) -> tuple[jax.Array, jax.Array]:
+  # (b1, above): the bucket holding the kk-th largest key and #(keys above that bucket).
+  ge1 = jnp.cumsum(h1[::-1])[::-1]  # ge1[b] = #(hi >= b)
+  b1 = jnp.sum(ge1 >= kk) - 1  # largest bucket with #(hi >= b1) >= k
+  return b1, ge1[b1] - h1[b1]
+
+
+def _hist_low(keys: jax.Array, b1: jax.Array) -> jax.Array:
+  # Pass 2 histogram: the low 16 bits of the keys in bucket b1.
+  hi = (keys >> 16).astype(jnp.int32)
+  lo = jnp.where(hi == b1, (keys & np.uint32(0xFFFF)).astype(jnp.int32), 1 << 16)
+  return jnp.bincount(lo, length=(1 << 16) + 1)[: 1 << 16]
+
+
+def _pick_low(h2, kk, k, n, b1, above) -> jax.Array:
+  ge2 = jnp.cumsum(h2[::-1])[::-1] + above
+  b2 = jnp.sum(ge2 >= kk) - 1
+  out = (b1.astype(jnp.uint32) << 16) | b2.astype(jnp.uint32)
+  out = jnp.where(k > n, jnp.uint32(0), out)
+  return jnp.where(k <= 0, KEY_MAX, out)
+
+
 def kth_largest_key_histogram(keys: jax.Array | Sequence[jax.Array], k) -> jax.Array:
   """Same result as :func:`kth_largest_key` by a two-pass radix select.
 
@@ -125,18 +152,19 @@ def kth_largest_key_histogram(keys: jax.Array | Sequence[jax.Array], k) -> jax.A
   n = keys.size
   k = jnp.asarray(k, jnp.int32)
   kk = jnp.clip(k, 1, max(n, 1))
-  hi = (keys >> 16).astype(jnp.int32)
-  h1 = jnp.bincount(hi, length=1 << 16)
-  ge1 = jnp.cumsum(h1[::-1])[::-1]  # ge1[b] = #(hi >= b)
-  b1 = jnp.sum(ge1 >= kk) - 1  # largest bucket with #(hi >= b1) >= k
-  above = ge1[b1] - h1[b1]  # #(hi > b1)
-  lo = jnp.where(hi == b1, (keys & np.uint32(0xFFFF)).astype(jnp.int32), 1 << 16)
-  h2 = jnp.bincount(lo, length=(1 << 16) + 1)[: 1 << 16]
-  ge2 = jnp.cumsum(h2[::-1])[::-1] + above
-  b2 = jnp.sum(ge2 >= kk) - 1
-  out = (b1.astype(jnp.uint32) << 16) | b2.astype(jnp.uint32)
-  out = jnp.where(k > n, jnp.uint32(0), out)
-  return jnp.where(k <= 0, KEY_MAX, out)
+  b1, above = _pick_high(_hist_high(keys), kk)
+  return _pick_low(_hist_low(keys, b1), kk, k, n, b1, above)
+
+
+def _tie_width(n: int) -> int:
+  return min(4096, max(n, 1))  # tie_cut's block width
+
+
+def _cut_in_block(row_eq: jax.Array, r, width: int, before, need) -> jax.Array:
+  # The flat index of the need-th tie, in block r whose ties are row_eq (int32, width).
+  inner = jnp.cumsum(row_eq) + before
+  j = jnp.argmax(inner >= need)
+  return (r * width + j).astype(jnp.uint32)
 
 
 def tie_cut(keys: jax.Array, t: jax.Array, k) -> jax.Array:
@@ -159,7 +187,7 @@ def tie_cut(keys: jax.Array, t: jax.Array, k) -> jax.Array:
   eq = keys == t
   need = k - jnp.sum(keys > t, dtype=jnp.int32)
   n_eq = jnp.sum(eq, dtype=jnp.int32)
-  width = min(4096, max(n, 1))
+  width = _tie_width(n)
   rows = -(-n // width)
 
   def cut(_):
@@ -171,11 +199,87 @@ def tie_cut(keys: jax.Array, t: jax.Array, k) -> jax.Array:
     csum = jnp.cumsum(per_block)
     r = jnp.argmax(csum >= need)
     before = csum[r] - per_block[r]
-    inner = jnp.cumsum(jax.lax.dynamic_index_in_dim(blocks, r, 0, keepdims=False)) + before
-    j = jnp.argmax(inner >= need)
-    return (r * width + j).astype(jnp.uint32)
+    return _cut_in_block(jax.lax.dynamic_index_in_dim(blocks, r, 0, keepdims=False), r, width,
+                         before, need)
 
   return jax.lax.cond(need < n_eq, cut, lambda _: KEY_MAX, None)
+
+
+def _over_chunks(keys_of: Callable[[Any, Any, int], jax.Array], arrays: Any, n: int, chunk: int,
+                 f: Callable[[Any, jax.Array, Any], Any], acc: Any) -> Any:
+  # f(acc, keys, start) over the whole chunks (a loop) and the shorter tail (static). `arrays`
+  # ride in the loop state behind an optimization barrier: otherwise XLA hoists a whole-array
+  # conversion out of the loop (loop-invariant code motion) and holds it, which chunking avoids.
+  n_full, tail = divmod(n, chunk)
+  if n_full:
+    def body(i, state):
+      a, xs = state
+      xs = jax.lax.optimization_barrier(xs)
+      return f(a, keys_of(xs, i * chunk, chunk), i * chunk), xs
+
+    acc = jax.lax.fori_loop(0, n_full, body, (acc, arrays))[0]
+  if tail:
+    acc = f(acc, keys_of(arrays, n_full * chunk, tail), n_full * chunk)
+  return acc
+
+
+def key_cut_chunked(keys_of: Callable[[Any, Any, int], jax.Array], arrays: Any, n: int, k, *,
+                    chunk: int = 1 << 20) -> tuple[jax.Array, jax.Array]:
+  """``(kth_largest_key_histogram(keys, k), tie_cut(keys, t, k))`` of ``n`` keys made chunk by
+  chunk: ``keys_of(arrays, start, size)`` returns the uint32 keys of elements
+  ``start .. start+size-1`` from the pytree ``arrays`` (``start`` may be traced, ``size`` is
+  static). Only one chunk of keys exists at a time (no
+  ``n``-sized key, index or mask arrays); histograms and counts are integers, so both results
+  equal the whole-array functions' exactly. ``chunk`` is rounded to whole tie blocks.
+
+  Example:
+    >>> keys = jnp.array([5, 1, 9, 7, 9, 2], jnp.uint32)
+    >>> of = lambda x, s, size: jax.lax.dynamic_slice(x, (s,), (size,))
+    >>> [int(v) for v in key_cut_chunked(of, keys, 6, 1)]
+    [9, 2]
+    >>> int(kth_largest_key_histogram(keys, 1)), int(tie_cut(keys, jnp.uint32(9), 1))
+    (9, 2)
+  """
+  k = jnp.asarray(k, jnp.int32)
+  width = _tie_width(n)
+  chunk = max(width, chunk // width * width)
+  kk = jnp.clip(k, 1, max(n, 1))
+  h1 = _over_chunks(keys_of, arrays, n, chunk, lambda h, keys, _: h + _hist_high(keys),
+                    jnp.zeros(1 << 16, jnp.int32))
+  b1, above = _pick_high(h1, kk)
+  h2 = _over_chunks(keys_of, arrays, n, chunk, lambda h, keys, _: h + _hist_low(keys, b1),
+                    jnp.zeros(1 << 16, jnp.int32))
+  t = _pick_low(h2, kk, k, n, b1, above)
+  # The tie cut: #(keys > t), #(keys == t) and the ties per block of `width`.
+  rows = -(-n // width)
+
+  def count(acc, keys, start):
+    gt, n_eq, per_block = acc
+    eq = keys == t
+    size = keys.shape[0]
+    pad = -size % width
+    sums = jnp.sum(jnp.pad(eq, (0, pad)).reshape(-1, width).astype(jnp.int32), axis=1)
+    per_block = jax.lax.dynamic_update_slice(per_block, sums, (start // width,))
+    return (gt + jnp.sum(keys > t, dtype=jnp.int32), n_eq + jnp.sum(eq, dtype=jnp.int32),
+            per_block)
+
+  gt, n_eq, per_block = _over_chunks(keys_of, arrays, n, chunk, count,
+                                     (jnp.int32(0), jnp.int32(0), jnp.zeros(rows, jnp.int32)))
+  need = k - gt
+
+  def cut(_):
+    csum = jnp.cumsum(per_block)
+    r = jnp.argmax(csum >= need)
+    before = csum[r] - per_block[r]
+    # Block r (the last one may be short): read `width` keys ending no later than n, shift
+    # them into place, and count nothing past n (tie_cut pads with False).
+    start = jnp.minimum(r * width, n - width)
+    eq = (keys_of(arrays, start, width) == t).astype(jnp.int32)
+    row = jax.lax.dynamic_slice(jnp.concatenate([eq, jnp.zeros(width, jnp.int32)]),
+                                (r * width - start,), (width,))
+    return _cut_in_block(row, r, width, before, need)
+
+  return t, jax.lax.cond(need < n_eq, cut, lambda _: KEY_MAX, None)
 
 
 def in_top(bits: jax.Array, idx: jax.Array, t, cut) -> jax.Array:

@@ -180,3 +180,43 @@ def test_dare_keep_fraction_and_uniforms():
   assert abs(np.mean(u < 0.3) - 0.3) < 0.01
   u2 = np.asarray(ref.hash_uniform(jnp.uint32(10), jnp.arange(100_000, dtype=jnp.uint32)))
   assert abs(np.corrcoef(u, u2)[0, 1]) < 0.02
+
+
+@pytest.mark.parametrize("n", [4095, 12289])
+def test_chunked_key_cut_equals_whole_array_search(n):
+  """key_cut_chunked (keys made chunk by chunk: whole chunks in a loop + a static tail, a short
+  last tie block) gives exactly kth_largest_key_histogram + tie_cut, ties included."""
+  of = lambda x, s, size: jax.lax.dynamic_slice(x, (s,), (size,))
+  chunked = jax.jit(lambda x, kk: ref.key_cut_chunked(of, x, n, kk, chunk=4096))
+
+  @jax.jit
+  def whole(x, kk):
+    t = ref.kth_largest_key_histogram(x, kk)
+    return t, ref.tie_cut(x, t, kk)
+
+  for distinct, k in ((3, n // 2), (n, n // 3), (5, n), (2, 0), (7, n + 2)):
+    keys = jnp.asarray(RNG.integers(0, distinct, n).astype(np.uint32) * np.uint32(65537))
+    got, want = chunked(keys, k), whole(keys, k)
+    assert [int(v) for v in got] == [int(v) for v in want], (distinct, k)
+
+
+def test_delta_topk_cuts_equals_topk_cuts_of_the_differences():
+  """The chunked search from base and models == topk_cuts of the stacked float32 differences
+  (bf16 inputs, many ties), and it holds no n-sized temporaries (XLA memory analysis)."""
+  n = 3 * 4096 + 77
+  base = jnp.asarray(RNG.standard_normal(n).astype(np.float32)).astype(jnp.bfloat16)
+  models = [(base.astype(jnp.float32) + jnp.asarray(
+      np.round(RNG.standard_normal(n) * 4) / 64, jnp.float32)).astype(jnp.bfloat16)
+            for _ in range(2)]
+  k = jnp.array([n // 2, n // 5])
+  got = jax.jit(lambda b, ms, kk: api.delta_topk_cuts(b, ms, kk, implementation="xla",
+                                                      chunk=4096))(base, models, k)
+  stacked = jnp.stack([m.astype(jnp.float32) - base.astype(jnp.float32) for m in models])
+  want = api.topk_cuts(stacked, k, implementation="xla")
+  for g, w in zip(got, want):
+    np.testing.assert_array_equal(np.asarray(g), np.asarray(w))
+  big = jax.ShapeDtypeStruct((1 << 21,), jnp.bfloat16)
+  f = jax.jit(lambda b, ms, kk: api.delta_topk_cuts(b, ms, kk, implementation="xla",
+                                                    chunk=1 << 16))
+  temp = f.lower(big, [big, big], k).compile().memory_analysis().temp_size_in_bytes
+  assert temp < (1 << 21) * 4  # below one float32 copy (the whole-array search holds ~13)
