@@ -134,13 +134,13 @@ def main(argv=None):
   ap.add_argument("--v-lr", type=float, default=0.5)
   ap.add_argument("--clamp", type=float, default=4.0, help="ROME clamp_norm_factor")
   # WISE / GRACE / FT-L / sequential settings (see benchmarks/results/edit_seq.md for why).
-  ap.add_argument("--wise-layer", type=int, default=3, help="WISE value matrix (a late layer)")
+  ap.add_argument("--wise-layer", type=int, default=2, help="WISE value matrix (a late layer)")
   ap.add_argument("--wise-iters", type=int, default=70)
   ap.add_argument("--wise-lr", type=float, default=1.0)
   ap.add_argument("--wise-nc", type=float, default=1.0, help="WISE norm_constraint")
   ap.add_argument("--wise-margin", default="5,20,10", help="WISE alpha,beta,gamma")
   ap.add_argument("--wise-save", type=int, default=500, help="WISE save_freq (merge: 2x)")
-  ap.add_argument("--wise-in-scope", default="all", choices=("target", "all"))
+  ap.add_argument("--wise-in-scope", default="target", choices=("target", "all"))
   ap.add_argument("--wise-act-ratio", type=float, default=0.88)
   ap.add_argument("--wise-mask-ratio", type=float, default=0.2)
   ap.add_argument("--wise-templates", type=int, default=11,

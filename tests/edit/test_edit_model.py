@@ -21,7 +21,7 @@ def model():
   cfg = LlamaConfig(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
                     num_attention_heads=4)
   m = Llama(cfg)
-  p = m.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"]
+  p = jax.jit(m.init)(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"]
   texts = [facts.sentence(pr, f.subject, f.object) for f in fs.facts[:48]
            for pr in fs.relations[f.relation]]
   batches = stats.text_batches(tok, texts, batch_size=32, seq_len=16)
