@@ -125,11 +125,20 @@ def main(argv=None):
   ap.add_argument("--seq-edits", type=int, default=300)
   ap.add_argument("--seq-batch", type=int, default=100)
   ap.add_argument("--fact-token", default="subject_last")
-  ap.add_argument("--stats-from", default="unedited", choices=("unedited", "all"),
-                  help="key statistics from the sentences of unedited facts (default) or all")
+  ap.add_argument("--stats-from", default="other_subjects", choices=facts.STATS_SOURCES,
+                  help="key statistics from the facts of subjects that no edit of this run "
+                  "names (default; the analogue of the reference's Wikipedia C0), from every "
+                  "unedited fact (the edited subjects' other facts included), or from all facts")
   ap.add_argument("--rome-layer", type=int, default=0)
   ap.add_argument("--memit-layers", default="0,1")
-  ap.add_argument("--lam", type=float, default=100.0, help="MEMIT mom2_update_weight")
+  ap.add_argument("--lam", default="width", help="MEMIT mom2_update_weight: a number, or "
+                  "'width' (default): the reference's 15000 for 16384-wide keys (GPT-J) scaled to "
+                  "this model's key width, 15000 * d_ff / 16384, so that lambda weighs each key "
+                  "direction as in the reference (C0 is a per-token mean: its trace does not grow "
+                  "with the width, its per-direction scale shrinks as 1 / d_ff)")
+  ap.add_argument("--alpha-threshold", type=float, default=2e-2,
+                  help="AlphaEdit nullspace_threshold (absolute, as the reference)")
+  ap.add_argument("--alpha-l2", type=float, default=10.0, help="AlphaEdit L2")
   ap.add_argument("--v-steps", type=int, default=20, help="target optimisation steps")
   ap.add_argument("--v-lr", type=float, default=0.5)
   ap.add_argument("--clamp", type=float, default=4.0, help="ROME clamp_norm_factor")
@@ -175,9 +184,11 @@ def main(argv=None):
   fs = lm.facts
   rec = facts_lm.recall(lm)
   print(f"facts LM: {len(fs.facts)} facts, recall {rec['accuracy']:.3f} ({t_train:.0f} s)")
-  edited_pairs = {(e.subject, e.relation) for e in fs.edits}
-  texts = [facts.sentence(p, f.subject, f.object) for f in fs.facts for p in fs.relations[f.relation]
-           if a.stats_from == "all" or (f.subject, f.relation) not in edited_pairs]
+  n_used = max([a.batch if set(meths) - {"rome"} else 0, a.seq_edits if set(meths) - {"rome"}
+                else 0, a.n_rome if "rome" in meths else 0])
+  texts = facts.stats_sentences(fs, a.stats_from, fs.edits[:n_used])
+  d_ff = int(lm.config.intermediate_size)
+  lam = 15000.0 * d_ff / 16384 if a.lam == "width" else float(a.lam)
   layers = sorted({a.rome_layer, *[int(x) for x in a.memit_layers.split(",")]})
   t0 = time.perf_counter()
   st = stats.key_stats(lm.module, lm.params, stats.text_batches(lm.tokenizer, texts), layers=layers)
@@ -202,7 +213,8 @@ def main(argv=None):
                         "stats_seconds_per_million_tokens": t_stats / n_tok * 1e6,
                         "fact_token": a.fact_token, "rome_layer": a.rome_layer,
                         "stats_from": a.stats_from,
-                        "memit_layers": a.memit_layers, "lambda": a.lam,
+                        "memit_layers": a.memit_layers, "lambda": lam, "d_ff": d_ff,
+                        "alpha_threshold": a.alpha_threshold, "alpha_l2": a.alpha_l2,
                         "target": {"v_steps": a.v_steps, "v_lr": a.v_lr, "rome_clamp": a.clamp,
                                    "z_steps": a.z_steps, "z_clamp": a.z_clamp},
                         "wise": {"layer": a.wise_layer, "n_iter": a.wise_iters, "lr": a.wise_lr,
@@ -258,9 +270,10 @@ def main(argv=None):
     if name == "memit":
       return methods.memit(lm.module, params, lm.tokenizer, rq, cov=cov, where=memit_where,
                            templates=groups, hp=methods.MemitParams(
-                               target=tpm, mom2_update_weight=a.lam)), state
+                               target=tpm, mom2_update_weight=lam)), state
     if name == "alphaedit":
-      hp = methods.AlphaEditParams(target=tpm)
+      hp = methods.AlphaEditParams(target=tpm, nullspace_threshold=a.alpha_threshold,
+                                   L2=a.alpha_l2)
       state = state or methods.alpha_state({l: cov[l] for l in methods.edited_layers(
           lm.params, memit_where)}, hp)
       new, d, state = methods.alphaedit(lm.module, params, lm.tokenizer, rq, state=state,

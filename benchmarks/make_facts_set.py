@@ -1,11 +1,16 @@
 """Writes the default invented facts set shipped in ``jaxparams/edit/data/`` (deterministic).
 
   python benchmarks/make_facts_set.py                       # the packaged default set
-  python benchmarks/make_facts_set.py --subjects 200 --edits 1000 --out DIR   # 1000 edits
+  python benchmarks/make_facts_set.py --subjects 1300 --relations-per-subject 2 \
+      --edits 1000 --distinct-subjects --out DIR      # the 1000-edit set (facts LM "wide")
 
 Subjects are invented two-word names, objects invented or common words; every subject has one
-fact per relation. Edits change the object of distinct (subject, relation) facts to another object
-of the same relation (CounterFact style).
+fact per relation (or per ``--relations-per-subject`` relations drawn at random). Edits change the
+object of distinct (subject, relation) facts to another object of the same relation (CounterFact
+style); with ``--distinct-subjects`` each subject is edited at most once, as in CounterFact, and
+the subjects no edit names are the held-out "other subjects" whose sentences give the key
+statistics (``benchmarks/edit_facts.py --stats-from other_subjects``, the analogue of the
+reference's Wikipedia statistics, which do not come from the edited facts).
 """
 
 import json
@@ -51,21 +56,37 @@ SYL_B = ["dane", "wick", "more", "ford", "bright", "vale", "stone", "mere", "tho
          "grave", "lund", "mark", "ridge", "wyn", "brook"]
 
 
-def main(n_subjects: int = 100, n_edits: int = 300, seed: int = 0, out: pathlib.Path = OUT
-         ) -> None:
-  if n_edits > n_subjects * len(RELATIONS):
-    raise SystemExit(f"{n_edits} edits need at least {-(-n_edits // len(RELATIONS))} subjects")
+SYL_C = ["an", "el", "or", "is", "un", "ar", "en", "ol"]
+
+
+def main(n_subjects: int = 100, n_edits: int = 300, seed: int = 0, out: pathlib.Path = OUT,
+         relations_per_subject: int = 0, distinct_subjects: bool = False) -> None:
+  per = relations_per_subject or len(RELATIONS)
+  if not 1 <= per <= len(RELATIONS):
+    raise SystemExit(f"--relations-per-subject must be in 1..{len(RELATIONS)}")
+  if n_edits > (n_subjects if distinct_subjects else n_subjects * per):
+    raise SystemExit(f"{n_edits} edits need more subjects than {n_subjects}")
   rng = random.Random(seed)
   lasts = sorted({a + b for a in SYL_A for b in SYL_B})
+  if n_subjects > len(lasts):  # three-syllable names (the default set keeps two)
+    lasts = sorted({a + c + b for a in SYL_A for b in SYL_B for c in SYL_C})
   if n_subjects > len(lasts):
     raise SystemExit(f"at most {len(lasts)} subjects")
   rng.shuffle(lasts)
   subjects = [f"{rng.choice(FIRST)} {last}" for last in lasts[:n_subjects]]
   facts = []
   for s in subjects:
-    for rel, spec in RELATIONS.items():
-      facts.append({"subject": s, "relation": rel, "object": rng.choice(spec["objects"])})
-  edit_facts = rng.sample(facts, n_edits)
+    rels = list(RELATIONS) if per == len(RELATIONS) else sorted(rng.sample(list(RELATIONS), per))
+    for rel in rels:
+      facts.append({"subject": s, "relation": rel,
+                    "object": rng.choice(RELATIONS[rel]["objects"])})
+  if distinct_subjects:
+    by_subject = {}
+    for f in facts:
+      by_subject.setdefault(f["subject"], []).append(f)
+    edit_facts = [rng.choice(by_subject[s]) for s in rng.sample(subjects, n_edits)]
+  else:
+    edit_facts = rng.sample(facts, n_edits)
   edits = []
   for f in edit_facts:
     options = [o for o in RELATIONS[f["relation"]]["objects"] if o != f["object"]]
@@ -87,5 +108,10 @@ if __name__ == "__main__":
   ap.add_argument("--edits", type=int, default=300)
   ap.add_argument("--seed", type=int, default=0)
   ap.add_argument("--out", default=str(OUT))
+  ap.add_argument("--relations-per-subject", type=int, default=0,
+                  help="facts per subject (relations drawn at random; 0: every relation)")
+  ap.add_argument("--distinct-subjects", action="store_true",
+                  help="edit each subject at most once (CounterFact)")
   a = ap.parse_args()
-  main(a.subjects, a.edits, a.seed, pathlib.Path(a.out))
+  main(a.subjects, a.edits, a.seed, pathlib.Path(a.out), a.relations_per_subject,
+       a.distinct_subjects)

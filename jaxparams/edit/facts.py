@@ -29,7 +29,8 @@ from typing import Any
 import numpy as np
 
 __all__ = ["Fact", "Edit", "FactsSet", "load_facts_set", "default_paths", "build_tokenizer",
-           "sentence", "encode_words", "build_corpus", "SPECIAL_TOKENS", "BOS"]
+           "sentence", "encode_words", "build_corpus", "stats_sentences", "STATS_SOURCES",
+           "SPECIAL_TOKENS", "BOS"]
 
 DATA = pathlib.Path(__file__).resolve().parent / "data"
 BOS, EOS, PAD, UNK = "<s>", "</s>", "<pad>", "<unk>"
@@ -158,6 +159,48 @@ def sentence(prompt: str, subject: str, obj: str | None = None) -> str:
   """The prompt with the subject filled in, followed by the object when given."""
   text = prompt.replace("{}", subject)
   return text if obj is None else f"{text} {obj}"
+
+
+STATS_SOURCES = ("other_subjects", "unedited", "all")
+
+
+def stats_sentences(fs: FactsSet, source: str = "other_subjects",
+                    edits: Any = None) -> list[str]:
+  """Sentences (every phrasing, with the object) whose MLP keys give the key statistics ``C0``.
+
+  Args:
+    fs: The facts set.
+    source: ``'other_subjects'``: the facts of subjects that no edit names -- the analogue of the
+      reference's ``C0`` over Wikipedia text, which is not made of the edited facts or of the
+      edited subjects' other facts; ``'unedited'``: every fact that no edit changes (the edited
+      subjects' other facts included); ``'all'``: every fact.
+    edits: The edits made (default ``fs.edits``).
+
+  Raises:
+    ValueError: an unknown ``source``, or no sentence left.
+
+  Example:
+    >>> fs = load_facts_set()
+    >>> len(stats_sentences(fs, 'all')), len(stats_sentences(fs, 'unedited'))
+    (2400, 1200)
+    >>> len(stats_sentences(fs, 'other_subjects', fs.edits[:10])) // 24
+    90
+  """
+  if source not in STATS_SOURCES:
+    raise ValueError(f"unknown statistics source {source!r}; valid: {', '.join(STATS_SOURCES)}")
+  edits = fs.edits if edits is None else tuple(edits)
+  pairs = {(e.subject, e.relation) for e in edits}
+  subjects = {e.subject for e in edits}
+  keep = {"all": lambda f: True,
+          "unedited": lambda f: (f.subject, f.relation) not in pairs,
+          "other_subjects": lambda f: f.subject not in subjects}[source]
+  out = [sentence(p, f.subject, f.object) for f in fs.facts if keep(f)
+         for p in fs.relations[f.relation]]
+  if not out:
+    raise ValueError(f"statistics source {source!r}: no fact is left (every subject is edited); "
+                     "use a set with subjects that no edit names (make_facts_set.py "
+                     "--distinct-subjects) or another source")
+  return out
 
 
 def build_tokenizer(fs: FactsSet) -> Any:

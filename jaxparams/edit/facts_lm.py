@@ -34,6 +34,10 @@ __all__ = ["FactsLM", "facts_lm_config", "corpus", "train_facts_lm", "load_facts
 SIZES = {
     "default": dict(hidden_size=128, intermediate_size=256, num_hidden_layers=4,
                     num_attention_heads=4, steps=1200, batch_size=32, seq_len=48, lr=3e-3),
+    # The 1000-edit set (benchmarks/make_facts_set.py --subjects 1300 ...): 2600 facts, keys
+    # 512 wide (d_ff = 4 x hidden, twice the default's), ~40 passes over the corpus.
+    "wide": dict(hidden_size=128, intermediate_size=512, num_hidden_layers=4,
+                 num_attention_heads=4, steps=3000, batch_size=32, seq_len=48, lr=3e-3),
     "tiny": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                  num_attention_heads=2, steps=150, batch_size=16, seq_len=24, lr=1e-2),
 }

@@ -28,6 +28,27 @@ def test_bad_files_named(tmp_path):
     facts.load_facts_set(bad, r, e)
 
 
+def test_stats_sentences_sources():
+  fs = facts.load_facts_set()
+  edits = fs.edits[:40]
+  subjects = {e.subject for e in edits}
+  other = facts.stats_sentences(fs, "other_subjects", edits)
+  kept = [f for f in fs.facts if f.subject not in subjects]
+  assert len(other) == sum(len(fs.relations[f.relation]) for f in kept) > 0
+  assert not any(s in t for t in other for s in subjects)   # no edited subject's sentence
+  une = facts.stats_sentences(fs, "unedited", edits)
+  assert len(une) == sum(len(fs.relations[f.relation]) for f in fs.facts) - 4 * len(edits)
+  e0 = edits[0]
+  edited = facts.sentence(fs.relations[e0.relation][0], e0.subject, fs.object_of(e0.subject,
+                                                                                  e0.relation))
+  assert edited not in une and edited in facts.stats_sentences(fs, "all", edits)
+  with pytest.raises(ValueError, match="valid: other_subjects"):
+    facts.stats_sentences(fs, "wikipedia")
+  with pytest.raises(ValueError, match="no fact is left"):
+    facts.stats_sentences(fs, "other_subjects", [facts.Edit(s, "city", "x")
+                                                 for s in {f.subject for f in fs.facts}])
+
+
 def test_corpus_holds_every_phrasing():
   fs = facts.load_facts_set()
   tok = facts.build_tokenizer(fs)
