@@ -16,7 +16,9 @@ for each method measures, in [0, 1]:
 Settings: single ROME edits (each from the original model), one batch of ``--batch`` edits for
 MEMIT/AlphaEdit/GRACE/WISE/FT, and ``--seq-edits`` sequential edits in batches of ``--seq-batch``
 (``<method>_seq`` keys, with a ``curve`` per batch). Writes the JSON and
-``benchmarks/results/edit.md``. Defaults: keys and targets at the subject's last token
+``benchmarks/results/edit.md``. ``--seq-only`` runs only the sequential setting (scores and
+cumulative edit time after every batch) into ``benchmarks/results/edit_seq.{json,md}``;
+``--combine A.json,B.json`` joins the sequential runs of separate processes. Defaults: keys and targets at the subject's last token
 (``fact_token='subject_last'``), ROME at layer 0 with the reference's target optimisation
 (20 steps, lr 0.5, clamp 4), MEMIT/AlphaEdit on layers 0-1 (25 steps, clamp 4, lambda 100 for
 this 128-wide model), WISE at layer 2 with margins scaled to the model. For 1000 sequential
