@@ -16,7 +16,9 @@ for each method measures, in [0, 1]:
 Settings: single ROME edits (each from the original model), one batch of ``--batch`` edits for
 MEMIT/AlphaEdit/GRACE/WISE/FT, and ``--seq-edits`` sequential edits in batches of ``--seq-batch``
 (``<method>_seq`` keys, with a ``curve`` per batch). Writes the JSON and
-``benchmarks/results/edit.md``. Defaults: keys and targets at the subject's last token
+``benchmarks/results/edit.md``. ``--seq-only`` runs only the sequential setting (scores and
+cumulative edit time after every batch) into ``benchmarks/results/edit_seq.{json,md}``;
+``--combine A.json,B.json`` joins the sequential runs of separate processes. Defaults: keys and targets at the subject's last token
 (``fact_token='subject_last'``), ROME at layer 0 with the reference's target optimisation
 (20 steps, lr 0.5, clamp 4), MEMIT/AlphaEdit on layer 0 (25 steps, clamp 4, lambda = the
 reference's 15000 scaled to the key width, ``--lam width``), key statistics from the facts of
@@ -32,6 +34,7 @@ sequential edits, generate the 1000-edit set (``benchmarks/make_facts_set.py --s
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import pathlib
 import platform
@@ -148,17 +151,35 @@ def main(argv=None):
   ap.add_argument("--v-steps", type=int, default=20, help="target optimisation steps")
   ap.add_argument("--v-lr", type=float, default=0.5)
   ap.add_argument("--clamp", type=float, default=4.0, help="ROME clamp_norm_factor")
+  # WISE / GRACE / FT-L / sequential settings (see benchmarks/results/edit_seq.md for why).
   ap.add_argument("--wise-layer", type=int, default=2, help="WISE value matrix (a late layer)")
-  ap.add_argument("--wise-iters", type=int, default=40)
-  ap.add_argument("--wise-lr", type=float, default=5.0)
-  ap.add_argument("--wise-nc", type=float, default=0.5, help="WISE norm_constraint")
-  ap.add_argument("--wise-margin", default="0.5,2.0,1.0", help="WISE alpha,beta,gamma")
-  ap.add_argument("--wise-save", type=int, default=50, help="WISE save_freq (merge: 2x)")
+  ap.add_argument("--wise-iters", type=int, default=70)
+  ap.add_argument("--wise-lr", type=float, default=1.0)
+  ap.add_argument("--wise-nc", type=float, default=1.0, help="WISE norm_constraint")
+  ap.add_argument("--wise-margin", default="5,20,10", help="WISE alpha,beta,gamma")
+  ap.add_argument("--wise-save", type=int, default=500, help="WISE save_freq (merge: 2x)")
+  ap.add_argument("--wise-in-scope", default="target", choices=("target", "all"))
+  ap.add_argument("--wise-act-ratio", type=float, default=0.88)
+  ap.add_argument("--wise-mask-ratio", type=float, default=0.2)
+  ap.add_argument("--wise-templates", type=int, default=11,
+                  help="edit rows per request: '{}' plus this many - 1 context templates")
+  ap.add_argument("--grace-layer", type=int, default=0)
+  ap.add_argument("--ft-layer", type=int, default=0)
+  ap.add_argument("--ft-tuned", default="25,5e-4,5e-2",
+                  help="steps,lr,norm_constraint of the 'ft_tuned' method (a setting that edits)")
+  ap.add_argument("--seq-only", action="store_true",
+                  help="only the sequential runs, written to --seq-out / --seq-md")
+  ap.add_argument("--seq-out", default=str(RESULTS / "edit_seq.json"))
+  ap.add_argument("--seq-md", default=str(RESULTS / "edit_seq.md"))
+  ap.add_argument("--combine", default="", help="comma-separated --seq-out JSON files of "
+                  "separate runs: merge them into --seq-out / --seq-md and exit")
   ap.add_argument("--z-steps", type=int, default=25, help="MEMIT/AlphaEdit target steps")
   ap.add_argument("--z-clamp", type=float, default=4.0, help="MEMIT/AlphaEdit clamp_norm_factor")
   a = ap.parse_args(argv)
+  if a.combine:
+    return combine_seq(a.combine.split(","), pathlib.Path(a.seq_out), pathlib.Path(a.seq_md))
   meths = [m.strip() for m in a.methods.split(",") if m.strip()]
-  valid = ("rome", "memit", "alphaedit", "ft", "grace", "wise")
+  valid = ("rome", "memit", "alphaedit", "ft", "ft_tuned", "grace", "wise")
   bad = [m for m in meths if m not in valid]
   if bad:
     raise SystemExit(f"unknown method(s) {bad}; valid here: {', '.join(valid)}")
@@ -219,10 +240,18 @@ def main(argv=None):
   grace_module = Llama(lm.config, dot=grace.dot)
   wise_module = Llama(lm.config, dot=wise.dot)
   mod_of = lambda name: {"grace": grace_module, "wise": wise_module}.get(name, lm.module)
-  # WISE: margins scaled to this model's activation distances (the 7B defaults are absolute).
   wise_hp = wise.WiseParams(n_iter=a.wise_iters, edit_lr=a.wise_lr, norm_constraint=a.wise_nc,
                             act_margin=tuple(float(x) for x in a.wise_margin.split(",")),
-                            save_freq=a.wise_save, merge_freq=2 * a.wise_save)
+                            save_freq=a.wise_save, merge_freq=2 * a.wise_save,
+                            in_scope=a.wise_in_scope, act_ratio=a.wise_act_ratio,
+                            mask_ratio=a.wise_mask_ratio)
+  wise_tpl = tuple(tpl[:a.wise_templates])
+  ft_steps, ft_lr, ft_nc = a.ft_tuned.split(",")
+  ft_hp = {"ft": ft.FTParams(), "ft_tuned": ft.FTParams(num_steps=int(ft_steps), lr=float(ft_lr),
+                                                        norm_constraint=float(ft_nc))}
+  results["_setup"].update(wise_hp=dataclasses.asdict(wise_hp), wise_templates=len(wise_tpl),
+                           grace_layer=a.grace_layer, ft_layer=a.ft_layer,
+                           ft={k: dataclasses.asdict(v) for k, v in ft_hp.items()})
   loc_pool = [(f.subject, facts.sentence(fs.relations[f.relation][0], f.subject))
               for f in fs.facts]
 
@@ -235,9 +264,10 @@ def main(argv=None):
   def batch_edit(name, params, rq, state=None):
     if name == "grace":
       state = state or 0
-      if state == 0:
-        params = grace.wrap_params(params, a.rome_layer, capacity=64)
-      new = grace.edit_many(grace_module, params, lm.tokenizer, rq, layer=a.rome_layer,
+      if state == 0:  # room for every edit: no codebook growth (and recompile) on the way
+        params = grace.wrap_params(params, a.grace_layer,
+                                   capacity=max(64, a.seq_edits, a.batch))
+      new = grace.edit_many(grace_module, params, lm.tokenizer, rq, layer=a.grace_layer,
                             first_id=state)
       return (new, None), state + len(rq)
     if name == "wise":
@@ -247,7 +277,7 @@ def main(argv=None):
       for r in rq:
         params, st, _ = wise.wise_edit(wise_module, params, lm.tokenizer, r, layer=a.wise_layer,
                                        loc_prompt=loc_prompt(st.count, r.subject), state=st,
-                                       hp=wise_hp)
+                                       templates=wise_tpl, hp=wise_hp)
       params, st = wise.finalize(params, a.wise_layer, st, wise_hp)
       return (params, None), st
     if name == "memit":
@@ -262,10 +292,10 @@ def main(argv=None):
       new, d, state = methods.alphaedit(lm.module, params, lm.tokenizer, rq, state=state,
                                         where=memit_where, templates=groups, hp=hp)
       return (new, d), state
-    return ft.finetune(lm.module, params, lm.tokenizer, rq,
-                       where=f"layers_{a.rome_layer}/mlp/down_proj/kernel"), state
+    return ft.finetune(lm.module, params, lm.tokenizer, rq, hp=ft_hp[name],
+                       where=f"layers_{a.ft_layer}/mlp/down_proj/kernel"), state
 
-  if "rome" in meths:
+  if "rome" in meths and not a.seq_only:
     per, times = [], []
     for e, r in list(zip(edits, reqs))[:a.n_rome]:
       t0 = time.perf_counter()
@@ -280,29 +310,94 @@ def main(argv=None):
         np.median(times[1:] or times)))
     print("rome", results["rome"], flush=True)
   for name in [m for m in meths if m != "rome"]:
-    t0 = time.perf_counter()
-    (new, _), _ = batch_edit(name, lm.params, reqs[:a.batch])
-    jax.block_until_ready(new)
-    dt = time.perf_counter() - t0
-    results[name] = score(new, edits[:a.batch], mod_of(name))
-    results[name].update(setting=f"one batch of {min(a.batch, len(reqs))}", seconds_per_batch=dt)
-    print(name, results[name], flush=True)
+    if not a.seq_only:
+      t0 = time.perf_counter()
+      (new, _), _ = batch_edit(name, lm.params, reqs[:a.batch])
+      jax.block_until_ready(new)
+      dt = time.perf_counter() - t0
+      results[name] = score(new, edits[:a.batch], mod_of(name))
+      results[name].update(setting=f"one batch of {min(a.batch, len(reqs))}",
+                           seconds_per_batch=dt)
+      print(name, results[name], flush=True)
     if a.seq_edits:
-      params, state, curve, t0 = lm.params, None, [], time.perf_counter()
-      n = min(a.seq_edits, len(reqs))
-      for s in range(0, n, a.seq_batch):
-        (params, _), state = batch_edit(name, params, reqs[s:s + a.seq_batch], state)
-        sc = score(params, edits[:s + a.seq_batch], mod_of(name))
-        sc["n_edits"] = min(s + a.seq_batch, n)
-        curve.append(sc)
-        print(f"  {name} sequential {sc['n_edits']}: {sc}", flush=True)
-      results[f"{name}_seq"] = dict(curve[-1], setting=f"{n} sequential edits in batches of "
-                                    f"{a.seq_batch}", seconds_total=time.perf_counter() - t0,
-                                    curve=curve)
+      results[f"{name}_seq"] = run_sequential(name, batch_edit, score, lm.params, reqs, edits,
+                                              mod_of(name), a.seq_edits, a.seq_batch)
+  if a.seq_only:
+    results = {k: v for k, v in results.items() if k == "_setup" or k.endswith("_seq")
+               or k == "unedited"}
+    pathlib.Path(a.seq_out).parent.mkdir(parents=True, exist_ok=True)
+    pathlib.Path(a.seq_out).write_text(json.dumps(results, indent=1))
+    write_seq_md(results, pathlib.Path(a.seq_md))
+    print(f"wrote {a.seq_out} and {a.seq_md}")
+    return 0
   pathlib.Path(a.out).parent.mkdir(parents=True, exist_ok=True)
   pathlib.Path(a.out).write_text(json.dumps(results, indent=1))
   write_md(results, pathlib.Path(a.md))
   print(f"wrote {a.out} and {a.md}")
+
+
+def run_sequential(name, batch_edit, score, params, reqs, edits, module, n_edits, batch):
+  """``n_edits`` sequential edits in batches of ``batch`` (each batch edits the params the
+  previous one left); after every batch, the scores on every edit so far (``curve``) with the
+  cumulative editing time (scoring excluded)."""
+  state, curve, t_edit = None, [], 0.0
+  n = min(n_edits, len(reqs))
+  if n < n_edits:
+    print(f"  {name}: only {n} edits available (asked {n_edits})", flush=True)
+  for s in range(0, n, batch):
+    t0 = time.perf_counter()
+    (params, _), state = batch_edit(name, params, reqs[s:min(s + batch, n)], state)
+    jax.block_until_ready(params)
+    dt = time.perf_counter() - t0
+    t_edit += dt
+    sc = score(params, edits[:min(s + batch, n)], module)
+    sc.update(n_edits=min(s + batch, n), batch_seconds=dt, seconds=t_edit)
+    curve.append(sc)
+    print(f"  {name} sequential {sc['n_edits']}: " + ", ".join(
+        f"{k} {v:.3f}" for k, v in sc.items() if k != "n_edits"), flush=True)
+  return dict(curve[-1], setting=f"{n} sequential edits in batches of {batch}",
+              seconds_total=t_edit, curve=curve)
+
+
+def combine_seq(files, out, md):
+  """Merges the ``*_seq`` entries of separate runs (same LM) into one JSON and table."""
+  merged = {}
+  for f in files:
+    r = json.loads(pathlib.Path(f).read_text())
+    merged.setdefault("_setup", r["_setup"])
+    merged.setdefault("unedited", r.get("unedited"))
+    merged.update({k: v for k, v in r.items() if k.endswith("_seq")})
+  out.parent.mkdir(parents=True, exist_ok=True)
+  out.write_text(json.dumps(merged, indent=1))
+  write_seq_md(merged, md)
+  print(f"wrote {out} and {md}")
+  return 0
+
+
+def write_seq_md(results, path):
+  """The sequential table: final scores and the per-batch curve of each method."""
+  s = results["_setup"]
+  lines = ["# Sequential knowledge editing on the facts LM (benchmarks/edit_facts.py --seq-only)",
+           "", f"Machine: {s['machine']} (CPU shared with other jobs); facts LM: {s['facts']} "
+           f"facts, recall {s['recall']:.3f}, {s['edits_available']} edits available.", "",
+           "| method | setting | efficacy | generalization | locality | locality (argmax) | "
+           "edit time |", "|---|---|---|---|---|---|---|"]
+  for k, r in results.items():
+    if k.startswith("_") or not r or "curve" not in r:
+      continue
+    lines.append(f"| {k[:-4]} | {r['setting']} | {r['efficacy']:.3f} | "
+                 f"{r['generalization']:.3f} | {r['locality']:.3f} | {r['locality_argmax']:.3f} "
+                 f"| {r['seconds_total']:.1f} s |")
+  lines += ["", "Per batch (efficacy / generalization / locality after n sequential edits, "
+            "cumulative edit time):", ""]
+  for k, r in results.items():
+    if k.startswith("_") or not r or "curve" not in r:
+      continue
+    lines.append(f"* {k[:-4]}: " + "; ".join(
+        f"{c['n_edits']}: {c['efficacy']:.2f}/{c['generalization']:.2f}/{c['locality']:.2f} "
+        f"({c['seconds']:.0f} s)" for c in r["curve"]))
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_text("\n".join(lines) + "\n")
 
 
 def write_md(results, path):

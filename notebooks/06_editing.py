@@ -74,18 +74,30 @@ print("re-apply bit-identical:", same(delta.apply_delta(params, dl), new),
       "| rollback bit-exact:", same(delta.rollback(new, dl), params))
 
 # %% [markdown]
-# ## 3. Sequential edits on the facts LM (from `benchmarks/results/edit.json`)
+# ## 3. Sequential edits on the facts LM (from `benchmarks/results/edit_seq.json`)
+#
+# `benchmarks/edit_facts.py --seq-only` edits in batches, each batch on the params the previous
+# one left, and scores every edit made so far after each batch: efficacy (edit prompt),
+# generalization (paraphrases), locality (other subjects' facts against the new target,
+# CounterFact's neighbourhood score) and the fraction of a fixed set of unedited facts whose
+# argmax answer is unchanged. `benchmarks/results/edit_seq.md` explains the settings.
 
 # %%
-res_file = pathlib.Path(jaxparams.__file__).resolve().parents[1] / "benchmarks" / "results" / "edit.json"
-if res_file.exists():
+results = pathlib.Path(jaxparams.__file__).resolve().parents[1] / "benchmarks" / "results"
+res_file = next((f for f in (results / "edit_seq.json", results / "edit.json") if f.exists()), None)
+if res_file is not None:
   res = json.loads(res_file.read_text())
   seq = {k[:-4]: v["curve"] for k, v in res.items() if k.endswith("_seq")}
-  fig, axes = plt.subplots(1, 3, figsize=(13, 3.5), sharey=True)
-  for ax, metric in zip(axes, ("efficacy", "generalization", "locality_argmax")):
+  metrics = ("efficacy", "generalization", "locality", "locality_argmax")
+  fig, axes = plt.subplots(1, 4, figsize=(16, 3.6), sharey=True)
+  for ax, metric in zip(axes, metrics):
     for name, curve in seq.items():
       ax.plot([c["n_edits"] for c in curve], [c[metric] for c in curve], marker="o", label=name)
     ax.set_title(metric); ax.set_xlabel("sequential edits"); ax.set_ylim(-0.02, 1.02)
-  axes[0].legend(); plt.tight_layout(); plt.show()
+  axes[0].legend(fontsize=8); plt.tight_layout(); plt.show()
+  for name, v in res.items():
+    if name.endswith("_seq"):
+      print(f"{name[:-4]:10s} {v['setting']}: " + ", ".join(f"{m} {v[m]:.2f}" for m in metrics)
+            + f", edit time {v.get('seconds_total', float('nan')):.0f} s")
 else:
-  print("run benchmarks/edit_facts.py to produce", res_file)
+  print("run benchmarks/edit_facts.py --seq-only to produce", results / "edit_seq.json")

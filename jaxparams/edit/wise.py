@@ -14,16 +14,22 @@ multiplied by the shard's random mask ``M ~ Bernoulli(mask_ratio)``, ``new`` cla
 ``w +- norm_constraint`` after each step) on the target's NLL plus the activation margins
 ``[alpha, beta, gamma] = act_margin`` (``max(0, d_out - alpha) + max(0, beta - d_in) +
 max(0, d_out - d_in + gamma)``, each averaged over its positive entries as the reference;
-``d_in`` on the edit rows, ``d_out`` on an irrelevant prompt). ``thr = act_ratio * min d_in``
+``d_in`` on the edit rows -- every token (``in_scope='all'``, the reference without an
+``act_mask``) or the positions that predict the target (``'target'``) --, ``d_out`` on an
+irrelevant prompt). The edit rows are the prompt under each context template
+(``templates``; the reference uses ``"{}"`` and 10 sampled prefixes). ``thr = act_ratio * min d_in``
 over the edits so far. Every ``save_freq`` edits the shard ``new`` is saved and reset to ``w``
 (and a new mask drawn); every ``merge_freq`` edits (and in :func:`finalize`, as the reference
 before inference) the saved shards are merged into ``side`` with the TIES record of
 :mod:`jaxparams.merge` (``weights / n_shards`` each, ``density = densities``, normalised; merged
 again with the previous ``side`` at weights ``0.4 / n`` and ``0.6`` once one exists).
 
-Departure: routing is per token (the reference routes a whole sequence on its mean distance,
-with a batch of one); per-token routing needs no attention mask inside ``dot=`` and keeps padding
-from changing any output.
+Departure: routing is per token (the reference routes a whole sequence, prompt and target
+tokens together, on its mean distance, with a batch of one); per-token routing needs no
+attention mask inside ``dot=``, keeps padding from changing any output and is causal (a
+prompt's next-token prediction does not depend on the target being scored). A causal running
+mean over the tokens so far routed almost no edit prompt on the facts LM (the prompt alone stays
+below the threshold its target tokens helped set), so it is not offered.
 
 Example:
   >>> import jax.numpy as jnp
@@ -123,6 +129,11 @@ class WiseParams:
   densities: float = 0.53
   weights: float = 1.0
   weight_decay: float = 1e-5
+  in_scope: str = "all"
+
+  def __post_init__(self):
+    if self.in_scope not in ("all", "target"):
+      raise ValueError(f"WiseParams.in_scope={self.in_scope!r}; valid: 'all', 'target'")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,7 +195,11 @@ def _train(module, params, ids, mask, tmask, is_edit, grad_mask, *, layer, hp: W
     nll = jnp.sum(jnp.where(is_edit, nll_rows, 0.0)) / jnp.maximum(is_edit.sum(), 1)
     x = out.keys[layer].astype(jnp.float32)
     d = _dist(k0.act, x @ nw, x @ w, safe=True)
-    d_row = (d * m).sum(-1) / jnp.maximum(m.sum(-1), 1.0)
+    # In-scope distance over the edit rows' answer positions (``in_scope='target'``) or all
+    # their tokens ('all', the reference's mean without an act_mask); out-of-scope: the
+    # irrelevant row's tokens.
+    site = jnp.where(is_edit[:, None], tmask, m) if hp.in_scope == "target" else m
+    d_row = (d * site).sum(-1) / jnp.maximum(site.sum(-1), 1.0)
     d_in = jnp.where(is_edit, d_row, jnp.nan)
     d_out = jnp.where(is_edit, jnp.nan, d_row)
     pair = d_out[None, :] - d_in[:, None] + gamma
@@ -207,18 +222,29 @@ def _train(module, params, ids, mask, tmask, is_edit, grad_mask, *, layer, hp: W
 
 
 def _rows(tokenizer, request, templates, loc_prompt):
-  """Edit rows (``<s> template(prompt) target``) and one irrelevant row, padded together."""
-  prompts = [t.replace("{}", request.prompt.replace("{}", request.subject)) for t in templates]
-  prompts = [p.replace(facts_lib.BOS, "").strip() if p.startswith(facts_lib.BOS) else p
-             for p in prompts]
-  ids, mask, tm = evaluate.encode_pairs(tokenizer, prompts + [loc_prompt],
-                                        [request.target_new] * (len(prompts) + 1))
-  tm[-1] = 0
-  is_edit = np.arange(len(ids)) < len(prompts)
-  # The irrelevant row is the prompt alone (no target tokens).
-  n_loc = len(facts_lib.encode_words(tokenizer, loc_prompt)) + 1
-  ids[-1, n_loc:] = 0
-  mask[-1, n_loc:] = 0
+  """Edit rows (``<s> template(prompt) target``; a template may hold ``<s>`` between its
+  context prefix and the prompt, as :func:`requests.context_templates` writes) and one
+  irrelevant row (``<s> loc_prompt``), padded together."""
+  bos = tokenizer.token_to_id(facts_lib.BOS)
+  words = lambda t: facts_lib.encode_words(tokenizer, t, what="prompt") if t.strip() else []
+  prompt = request.prompt.replace("{}", request.subject)
+  tgt = facts_lib.encode_words(tokenizer, request.target_new, what="target")
+  rows, tmask = [], []
+  for t in templates:
+    ids = [bos]
+    for j, part in enumerate(t.replace("{}", prompt).split(facts_lib.BOS)):
+      ids += ([bos] if j else []) + words(part)
+    ids = ids[:1] + [i for k, i in enumerate(ids[1:]) if not (k == 0 and i == bos)]
+    rows.append(ids + tgt)
+    tmask.append([0] * (len(ids) - 1) + [1] * len(tgt))
+  rows.append([bos] + words(loc_prompt))
+  tmask.append([])
+  n = len(rows)
+  width = -(-max(map(len, rows)) // 8) * 8
+  ids, mask, tm = (np.zeros((n, width), np.int32) for _ in range(3))
+  for i, (r, m) in enumerate(zip(rows, tmask)):
+    ids[i, :len(r)], mask[i, :len(r)], tm[i, :len(m)] = r, 1, m
+  is_edit = np.arange(n) < n - 1
   return ids, mask, tm.astype(np.float32), is_edit
 
 

@@ -20,7 +20,7 @@ def model_dir(tmp_path_factory):
   facts_lm.prepare_data(d / "data")
   cfg = LlamaConfig(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                     num_attention_heads=4)
-  p = Llama(cfg).init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"]
+  p = jax.jit(Llama(cfg).init)(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"]
   to_hf(p, cfg, d / "hf", copy_from=d / "data")
   (d / "stats.txt").write_text("\n".join(facts.sentence(pr, f.subject, f.object)
                                          for f in fs.facts[:30] for pr in fs.relations[f.relation]))

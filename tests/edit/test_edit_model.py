@@ -21,7 +21,7 @@ def model():
   cfg = LlamaConfig(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
                     num_attention_heads=4)
   m = Llama(cfg)
-  p = m.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"]
+  p = jax.jit(m.init)(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"]
   texts = [facts.sentence(pr, f.subject, f.object) for f in fs.facts[:48]
            for pr in fs.relations[f.relation]]
   batches = stats.text_batches(tok, texts, batch_size=32, seq_len=16)
@@ -31,6 +31,7 @@ def model():
 FAST = targets.TargetParams(v_num_grad_steps=4)
 
 
+@pytest.mark.slow  # default run: test_solve.py::test_rome_exact_and_matches_reference
 def test_rome_writes_v_star_exactly(model):
   m, p, tok, fs, batches = model
   st = stats.key_stats(m, p, batches, layers=(1,))
@@ -50,6 +51,7 @@ def test_rome_writes_v_star_exactly(model):
   assert int(jnp.linalg.matrix_rank(d.updates["layers_1/mlp/down_proj/kernel"])) == 1
 
 
+@pytest.mark.slow  # default run: test_delta.py and test_solve.py (exactness)
 def test_delta_reapply_rollback_export_bit_exact(model, tmp_path):
   m, p, tok, fs, batches = model
   st = stats.key_stats(m, p, batches, layers=(0, 1))
@@ -72,6 +74,7 @@ def test_delta_reapply_rollback_export_bit_exact(model, tmp_path):
   assert loaded.meta["method"] == "memit"
 
 
+@pytest.mark.slow  # default run: test_delta.py and test_solve.py (exactness)
 def test_alphaedit_keeps_preserved_outputs(model):
   m, p, tok, fs, batches = model
   st = stats.key_stats(m, p, batches, layers=(1,))

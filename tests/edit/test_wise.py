@@ -18,7 +18,7 @@ def setup():
   cfg = LlamaConfig(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                     num_attention_heads=4)
   m = Llama(cfg, dot=wise.dot)
-  p = m.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"]
+  p = jax.jit(m.init)(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"]
   return m, p, tok, fs
 
 
@@ -119,3 +119,27 @@ def test_shard_merge_follows_ties():
   want = _easyedit_ties([0.4 / 3] * 3 + [0.6], base.astype(np.float64),
                         [s.astype(np.float64) for s in shards + [side]], hp.densities)
   np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-5)
+
+
+def test_edit_rows_with_context_templates(setup):
+  """Rows are ``<s> [prefix <s>] prompt target``: the '{}' row equals evaluate.encode_pairs, a
+  context template adds its prefix and a second <s>; the last row is the irrelevant prompt."""
+  _, _, tok, fs = setup
+  r = requests.requests_from_edits(fs)[0]
+  loc = _others(fs, {r.subject})[0]
+  ids, mask, tm, is_edit = wise._rows(tok, r, ["{}", "Jorah Wexgrave plays the harp <s> {}"], loc)
+  prompt = r.prompt.replace("{}", r.subject)
+  want, wmask, wtm = evaluate.encode_pairs(tok, [prompt], [r.target_new])
+  n = int(wmask[0].sum())
+  np.testing.assert_array_equal(ids[0, :n], want[0, :n])
+  np.testing.assert_array_equal(tm[0, :n], wtm[0, :n])
+  bos = tok.token_to_id(facts.BOS)
+  pre = facts.encode_words(tok, "Jorah Wexgrave plays the harp")
+  np.testing.assert_array_equal(ids[1, :len(pre) + n + 1], [bos] + pre + list(want[0, :n]))
+  assert tm[1].sum() == tm[0].sum() == len(facts.encode_words(tok, r.target_new))
+  loc_ids = [bos] + facts.encode_words(tok, loc)
+  np.testing.assert_array_equal(ids[2, :len(loc_ids)], loc_ids)
+  assert mask[2].sum() == len(loc_ids) and tm[2].sum() == 0
+  assert is_edit.tolist() == [True, True, False]
+  with pytest.raises(ValueError, match="in_scope"):
+    wise.WiseParams(in_scope="subject")
