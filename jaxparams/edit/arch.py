@@ -121,48 +121,17 @@ def run_bert(module: Any, params: Any, ids: jax.Array, mask: jax.Array | None, *
   ``hidden[l]`` = the pre-LayerNorm sum ``h + FFN(h)`` of layer ``l`` (``add_block`` adds
   there); ``logits`` are the masked-LM logits (the hidden states without a head)."""
   from jaxparams.edit import probe  # pylint: disable=g-import-not-at-top
-  from jaxparams.models.layers import LayerNorm, Linear  # pylint: disable=g-import-not-at-top
-  got_keys: dict[int, jax.Array] = {}
-  got_hidden: dict[int, jax.Array] = {}
-  got_out: dict[int, jax.Array] = {}
-  keys, hidden, mlp_out = set(keys), set(hidden), set(mlp_out)
+  from jaxparams.models.layers import LayerNorm  # pylint: disable=g-import-not-at-top
 
-  def layer_of(name: str) -> int:
-    return int(name.split("_")[1])
+  def block_site(mod, path, next_fun, args, kwargs):  # the sum entering the FFN's LayerNorm
+    if not (isinstance(mod, LayerNorm) and len(path) == 2 and path[1] == "mlp_norm"):
+      return None
+    return (int(path[0].split("_")[1]), args[0],
+            lambda x: next_fun(x, *args[1:], **kwargs))
 
-  def interceptor(next_fun, args, kwargs, context):
-    mod = context.module
-    if context.method_name != "__call__":
-      return next_fun(*args, **kwargs)
-    path = mod.path
-    if isinstance(mod, Linear) and len(path) == 3 and path[1:] == ("mlp", "output"):
-      layer = layer_of(path[0])
-      if layer in keys:
-        got_keys[layer] = args[0]
-      out = next_fun(*args, **kwargs)
-      if layer in mlp_out:
-        got_out[layer] = out
-      if add_mlp is not None and add_mlp[0] == layer:
-        out = probe._add_at(out, add_mlp[1], add_mlp[2])  # pylint: disable=protected-access
-      return out
-    if isinstance(mod, LayerNorm) and len(path) == 2 and path[1] == "mlp_norm":
-      layer = layer_of(path[0])
-      x = args[0]
-      if add_block is not None and add_block[0] == layer:
-        x = probe._add_at(x, add_block[1], add_block[2])  # pylint: disable=protected-access
-      if layer in hidden:
-        got_hidden[layer] = x
-      return next_fun(x, *args[1:], **kwargs)
-    return next_fun(*args, **kwargs)
-
-  with nn.intercept_methods(interceptor):
-    logits = module.apply({"params": params}, ids, attention_mask=mask)
-  missing = sorted((keys - set(got_keys)) | (hidden - set(got_hidden))
-                   | (mlp_out - set(got_out)))
-  if missing:
-    raise ValueError(f"layer(s) {missing} not found in the model (it has "
-                     f"{module.config.num_hidden_layers} layers)")
-  return probe.ProbeOut(logits, got_keys, got_hidden, got_out)
+  return probe.capture(module, params, ids, mask, mlp_name="output", block_site=block_site,
+                       keys=keys, hidden=hidden, mlp_out=mlp_out, add_mlp=add_mlp,
+                       add_block=add_block)
 
 
 # ---- token rows of a masked LM --------------------------------------------------------------
@@ -334,13 +303,5 @@ def text_batches_mlm(tokenizer: Any, texts: Sequence[str], *, batch_size: int = 
   cls, sep = _special(tokenizer, CLS), _special(tokenizer, SEP)
   rows = [([cls] + tokenizer.encode(t.strip(), add_special_tokens=False).ids)[:seq_len - 1]
           + [sep] for t in texts if t.strip()]
-  out = []
-  for s in range(0, len(rows), batch_size):
-    chunk = rows[s:s + batch_size]
-    ids = np.zeros((len(chunk), seq_len), np.int32)
-    mask = np.zeros_like(ids)
-    for i, r in enumerate(chunk):
-      ids[i, :len(r)] = r
-      mask[i, :len(r)] = 1
-    out.append((ids, mask))
-  return out
+  from jaxparams.edit import stats  # pylint: disable=g-import-not-at-top
+  return stats.pad_rows(rows, batch_size, seq_len)

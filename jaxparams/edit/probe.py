@@ -110,8 +110,30 @@ def run(module: Any, params: Any, ids: jax.Array, mask: jax.Array | None, *,
   if arch.of(module).masked:  # BERT: its own sites (FFN output dense, pre-LayerNorm sum)
     return arch.run_bert(module, params, ids, mask, keys=keys, hidden=hidden, mlp_out=mlp_out,
                          add_mlp=add_mlp, add_block=add_block)
-  from jaxparams.models.layers import Linear  # pylint: disable=g-import-not-at-top
   from jaxparams.models.llama import LlamaBlock  # pylint: disable=g-import-not-at-top
+
+  def block_site(mod, path, next_fun, args, kwargs):  # the block's output (residual stream)
+    if not (isinstance(mod, LlamaBlock) and len(path) == 1):
+      return None
+    return _layer_of(path[0]), next_fun(*args, **kwargs), lambda out: out
+
+  return capture(module, params, ids, mask, mlp_name="down_proj", block_site=block_site,
+                 keys=keys, hidden=hidden, mlp_out=mlp_out, add_mlp=add_mlp, add_block=add_block)
+
+
+def _layer_of(name: str) -> int:
+  return int(name.split("_")[1])
+
+
+def capture(module: Any, params: Any, ids: jax.Array, mask: jax.Array | None, *, mlp_name: str,
+            block_site: Any, keys: Sequence[int] = (), hidden: Sequence[int] = (),
+            mlp_out: Sequence[int] = (), add_mlp: tuple[int, jax.Array, jax.Array] | None = None,
+            add_block: tuple[int, jax.Array, jax.Array] | None = None) -> ProbeOut:
+  """The interception shared by every architecture: keys/outputs of ``layers_{l}/mlp/<mlp_name>``
+  and the block site ``block_site(mod, path, next_fun, args, kwargs) -> (layer, value, finish)
+  | None``: ``value`` receives ``add_block`` and is captured in ``hidden``, ``finish(value)`` is
+  what the intercepted call returns (see :func:`run`)."""
+  from jaxparams.models.layers import Linear  # pylint: disable=g-import-not-at-top
   got_keys: dict[int, jax.Array] = {}
   got_hidden: dict[int, jax.Array] = {}
   got_out: dict[int, jax.Array] = {}
@@ -122,8 +144,8 @@ def run(module: Any, params: Any, ids: jax.Array, mask: jax.Array | None, *,
     if context.method_name != "__call__":
       return next_fun(*args, **kwargs)
     path = mod.path
-    if isinstance(mod, Linear) and len(path) == 3 and path[1:] == ("mlp", "down_proj"):
-      layer = int(path[0].split("_")[1])
+    if isinstance(mod, Linear) and len(path) == 3 and path[1:] == ("mlp", mlp_name):
+      layer = _layer_of(path[0])
       if layer in keys:
         got_keys[layer] = args[0]
       out = next_fun(*args, **kwargs)
@@ -132,15 +154,15 @@ def run(module: Any, params: Any, ids: jax.Array, mask: jax.Array | None, *,
       if add_mlp is not None and add_mlp[0] == layer:
         out = _add_at(out, add_mlp[1], add_mlp[2])
       return out
-    if isinstance(mod, LlamaBlock) and len(path) == 1:
-      layer = int(path[0].split("_")[1])
-      out = next_fun(*args, **kwargs)
-      if add_block is not None and add_block[0] == layer:
-        out = _add_at(out, add_block[1], add_block[2])
-      if layer in hidden:
-        got_hidden[layer] = out
-      return out
-    return next_fun(*args, **kwargs)
+    site = block_site(mod, path, next_fun, args, kwargs)
+    if site is None:
+      return next_fun(*args, **kwargs)
+    layer, out, finish = site
+    if add_block is not None and add_block[0] == layer:
+      out = _add_at(out, add_block[1], add_block[2])
+    if layer in hidden:
+      got_hidden[layer] = out
+    return finish(out)
 
   with nn.intercept_methods(interceptor):
     logits = module.apply({"params": params}, ids, attention_mask=mask)

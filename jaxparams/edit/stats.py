@@ -77,6 +77,12 @@ def text_batches(tokenizer: Any, texts: Sequence[str], *, batch_size: int = 64,
   from jaxparams.edit import facts as facts_lib  # pylint: disable=g-import-not-at-top
   bos = tokenizer.token_to_id(facts_lib.BOS)
   rows = [([bos] + req_lib.encode_text(tokenizer, t))[:seq_len] for t in texts if t.strip()]
+  return pad_rows(rows, batch_size, seq_len)
+
+
+def pad_rows(rows: Sequence[Sequence[int]], batch_size: int,
+             seq_len: int) -> list[tuple[np.ndarray, np.ndarray]]:
+  """Token rows right-padded to ``seq_len`` in batches of ``batch_size``: ``(ids, mask)``."""
   out = []
   for s in range(0, len(rows), batch_size):
     chunk = rows[s:s + batch_size]
