@@ -117,6 +117,23 @@ class Scorer:
     return out
 
 
+def rome_singles(lm, edits, reqs, score, cov, templates, target, n, where):
+  """ROME single edits, each from the original params: mean scores, median seconds per edit."""
+  per, times = [], []
+  for e, r in list(zip(edits, reqs))[:n]:
+    t0 = time.perf_counter()
+    new, _ = methods.rome(lm.module, lm.params, lm.tokenizer, r, cov=cov, where=where,
+                          templates=templates, hp=methods.RomeParams(target=target))
+    jax.block_until_ready(new)
+    times.append(time.perf_counter() - t0)
+    per.append(score(new, [e]))
+  out = {k: float(np.mean([p[k] for p in per])) for k in per[0]}
+  out.update(setting=f"{len(per)} single edits", seconds_per_edit=float(
+      np.median(times[1:] or times)))
+  print("rome", out, flush=True)
+  return out
+
+
 def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   ap.add_argument("--facts"), ap.add_argument("--relations"), ap.add_argument("--edits")
@@ -296,19 +313,8 @@ def main(argv=None):
                        where=f"layers_{a.ft_layer}/mlp/down_proj/kernel"), state
 
   if "rome" in meths and not a.seq_only:
-    per, times = [], []
-    for e, r in list(zip(edits, reqs))[:a.n_rome]:
-      t0 = time.perf_counter()
-      new, _ = methods.rome(lm.module, lm.params, lm.tokenizer, r, cov=cov,
-                            where=f"layers_{a.rome_layer}/mlp/down_proj/kernel", templates=tpl,
-                            hp=methods.RomeParams(target=tp))
-      jax.block_until_ready(new)
-      times.append(time.perf_counter() - t0)
-      per.append(score(new, [e]))
-    results["rome"] = {k: float(np.mean([p[k] for p in per])) for k in per[0]}
-    results["rome"].update(setting=f"{len(per)} single edits", seconds_per_edit=float(
-        np.median(times[1:] or times)))
-    print("rome", results["rome"], flush=True)
+    results["rome"] = rome_singles(lm, edits, reqs, score, cov, tpl, tp, a.n_rome,
+                                   f"layers_{a.rome_layer}/mlp/down_proj/kernel")
   for name in [m for m in meths if m != "rome"]:
     if not a.seq_only:
       t0 = time.perf_counter()

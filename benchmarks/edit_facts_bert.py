@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from edit_facts import _neighbours, _pairs  # pylint: disable=g-import-not-at-top,wrong-import-position
+from edit_facts import _neighbours, _pairs, rome_singles  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from jaxparams.edit import arch, facts, facts_mlm, methods, stats, targets  # pylint: disable=wrong-import-position
 from jaxparams.edit import requests as req_lib  # pylint: disable=wrong-import-position
@@ -161,19 +161,8 @@ def main(argv=None):
   results["unedited"] = score(lm.params, edits[:a.batch])
   print("unedited", results["unedited"], flush=True)
   if "rome" in meths:
-    per, times = [], []
-    for e, r in list(zip(edits, reqs))[:a.n_rome]:
-      t0 = time.perf_counter()
-      new, _ = methods.rome(lm.module, lm.params, lm.tokenizer, r, cov=cov,
-                            where=f"layers_{a.rome_layer}/mlp/output/kernel", templates=tpl,
-                            hp=methods.RomeParams(target=tp))
-      jax.block_until_ready(new)
-      times.append(time.perf_counter() - t0)
-      per.append(score(new, [e]))
-    results["rome"] = {k: float(np.mean([p[k] for p in per])) for k in per[0]}
-    results["rome"].update(setting=f"{len(per)} single edits", seconds_per_edit=float(
-        np.median(times[1:] or times)))
-    print("rome", results["rome"], flush=True)
+    results["rome"] = rome_singles(lm, edits, reqs, score, cov, tpl, tp, a.n_rome,
+                                   f"layers_{a.rome_layer}/mlp/output/kernel")
   for name in [m for m in meths if m != "rome"]:
     t0 = time.perf_counter()
     rq = reqs[:a.batch]
