@@ -23,7 +23,6 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import pathlib
@@ -37,6 +36,7 @@ import optax
 
 from jaxparams.edit import arch
 from jaxparams.edit import facts as facts_lib
+from jaxparams.edit import facts_lm
 
 __all__ = ["FactsMLM", "SIZES", "build_tokenizer", "train_facts_mlm", "load_facts_mlm",
            "recall", "SPECIAL_TOKENS"]
@@ -52,15 +52,9 @@ SIZES = {
 }
 
 
-@dataclasses.dataclass
-class FactsMLM:
-  """A trained facts BERT-MLM: module, params, config, tokenizer, facts set and HF folder."""
-  module: Any
-  params: Any
-  config: Any
-  tokenizer: Any
-  facts: facts_lib.FactsSet
-  hf_dir: pathlib.Path | None = None
+# A trained facts BERT-MLM has the fields of a facts LM (module, params, config, tokenizer, facts,
+# hf_dir).
+FactsMLM = facts_lm.FactsLM
 
 
 def build_tokenizer(fs: facts_lib.FactsSet) -> Any:
@@ -162,7 +156,6 @@ def train_facts_mlm(workdir: str | pathlib.Path, facts: Any = None, relations: A
   Writes ``workdir/data`` (the facts files) and ``workdir/hf`` (an HF ``BertForMaskedLM``
   checkpoint with ``tokenizer.json``).
   """
-  from jaxparams.edit import facts_lm  # pylint: disable=g-import-not-at-top
   from jaxparams.models import Bert, to_hf  # pylint: disable=g-import-not-at-top
   workdir = pathlib.Path(workdir)
   hf_dir, data_dir = workdir / "hf", workdir / "data"
@@ -213,7 +206,6 @@ def load_facts_mlm(hf_dir: str | pathlib.Path, data_dir: str | pathlib.Path | No
   """Loads an exported facts BERT-MLM (and its facts set from ``data_dir``, default the
   packaged one)."""
   from tokenizers import Tokenizer  # pylint: disable=g-import-not-at-top
-  from jaxparams.edit import facts_lm  # pylint: disable=g-import-not-at-top
   from jaxparams.models import from_hf  # pylint: disable=g-import-not-at-top
   hf_dir = pathlib.Path(hf_dir)
   module, params, config = from_hf(hf_dir)
