@@ -117,6 +117,14 @@ class Scorer:
     return out
 
 
+def target_params(a):
+  """(ROME's v*, MEMIT/AlphaEdit's z) target optimisation settings from the command line."""
+  return (targets.TargetParams(fact_token=a.fact_token, v_num_grad_steps=a.v_steps, v_lr=a.v_lr,
+                               clamp_norm_factor=a.clamp),
+          targets.TargetParams(fact_token=a.fact_token, v_num_grad_steps=a.z_steps, v_lr=a.v_lr,
+                               clamp_norm_factor=a.z_clamp))
+
+
 def rome_singles(lm, edits, reqs, score, cov, templates, target, n, where):
   """ROME single edits, each from the original params: mean scores, median seconds per edit."""
   per, times = [], []
@@ -231,10 +239,7 @@ def main(argv=None):
   reqs = req_lib.requests_from_edits(fs)
   edits = list(fs.edits)
   score = Scorer(lm)
-  tp = targets.TargetParams(fact_token=a.fact_token, v_num_grad_steps=a.v_steps, v_lr=a.v_lr,
-                            clamp_norm_factor=a.clamp)
-  tpm = targets.TargetParams(fact_token=a.fact_token, v_num_grad_steps=a.z_steps, v_lr=a.v_lr,
-                             clamp_norm_factor=a.z_clamp)
+  tp, tpm = target_params(a)
   memit_where = re.compile("|".join(f"layers_{l}/mlp/down_proj/kernel"
                                     for l in a.memit_layers.split(",")))
   results = {"_setup": {"facts": len(fs.facts), "edits_available": len(edits),

@@ -33,9 +33,9 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from edit_facts import _neighbours, _pairs, rome_singles  # pylint: disable=g-import-not-at-top,wrong-import-position
+from edit_facts import _neighbours, _pairs, rome_singles, target_params  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-from jaxparams.edit import arch, facts, facts_mlm, methods, stats, targets  # pylint: disable=wrong-import-position
+from jaxparams.edit import arch, facts, facts_mlm, methods, stats  # pylint: disable=wrong-import-position
 from jaxparams.edit import requests as req_lib  # pylint: disable=wrong-import-position
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
@@ -141,10 +141,7 @@ def main(argv=None):
   reqs = req_lib.requests_from_edits(fs)
   edits = list(fs.edits)
   score = Scorer(lm)
-  tp = targets.TargetParams(fact_token=a.fact_token, v_num_grad_steps=a.v_steps, v_lr=a.v_lr,
-                            clamp_norm_factor=a.clamp)
-  tpm = targets.TargetParams(fact_token=a.fact_token, v_num_grad_steps=a.z_steps, v_lr=a.v_lr,
-                             clamp_norm_factor=a.z_clamp)
+  tp, tpm = target_params(a)
   where = re.compile("|".join(f"layers_{l}/mlp/output/kernel"
                               for l in a.memit_layers.split(",")))
   results = {"_setup": {
