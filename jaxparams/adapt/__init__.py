@@ -8,7 +8,7 @@
 * :mod:`~jaxparams.adapt.extract`: LoRA extraction by truncated SVD (``mergekit-extract-lora``).
 * :mod:`~jaxparams.adapt.stream`: merge a PEFT adapter into an HF checkpoint on disk, streamed.
 * :mod:`~jaxparams.adapt.records`: the ``lora_merge`` / ``lora_unmerge`` transform records.
-* :mod:`~jaxparams.adapt.finetune`: LoRA/DoRA training through :mod:`jaxparams.train`.
+* :mod:`~jaxparams.adapt.finetune`: the LoRA/DoRA model trained by :mod:`jaxparams.train.lora`.
 
 Example:
   >>> import jax, jax.numpy as jnp
@@ -29,8 +29,7 @@ from jaxparams.adapt.peft_io import (PeftAdapter, apply_overrides, from_tree, lo
                                      to_tree, write_peft)
 from jaxparams.adapt.combining import COMBINATION_TYPES, combine
 from jaxparams.adapt.stream import merge_checkpoint
-from jaxparams.adapt.finetune import (LoraFinetuneConfig, full_adapter, split_trainable,
-                                      train_lora)
+from jaxparams.adapt.finetune import LoraFinetuneConfig, full_adapter, split_trainable
 from jaxparams.adapt.extract import choose_rank, extract_checkpoint, extract_tensor, extract_tree
 
 __all__ = [
@@ -40,5 +39,11 @@ __all__ = [
     "apply_overrides",
     "from_tree", "load_peft", "read_peft", "save_peft", "to_tree", "write_peft", "choose_rank",
     "extract_checkpoint", "extract_tensor", "extract_tree", "COMBINATION_TYPES", "combine",
-    "merge_checkpoint", "LoraFinetuneConfig", "full_adapter", "split_trainable", "train_lora",
+    "merge_checkpoint", "LoraFinetuneConfig", "full_adapter", "split_trainable",
 ]
+
+
+def __getattr__(name: str):
+  if name == "train_lora":  # it drives the trainer, a floor above adapt
+    raise AttributeError("jaxparams.adapt.train_lora moved to jaxparams.train.lora.train_lora")
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -11,6 +11,7 @@ Run ``python -m jaxparams.train --config=configs/tokenformer_lm.py:runlocal --wo
 * :mod:`.zo` / :mod:`.zo2`: MeZO zeroth-order steps (seed-regenerated SPSA) and the ZO2 driver
   streaming blocks from host memory.
 * :mod:`.wtacrs`: WTA-CRS sampled weight gradients as a ``custom_vjp`` matmul for ``dot=``.
+* :mod:`.lora`: LoRA/DoRA fine-tuning (the ``'lora'`` family) saved as a PEFT adapter.
 * :mod:`.snapshot`: asynchronous in-memory snapshots with XOR parity across nodes.
 * :mod:`.eata` / :mod:`.digits`: EATA and Tent test-time adaptation; digits under shifts.
 

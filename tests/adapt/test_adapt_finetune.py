@@ -12,6 +12,7 @@ import pytest
 
 import jaxparams as jp
 from jaxparams.adapt import finetune
+from jaxparams.train.lora import train_lora
 
 REPO = Path(__file__).resolve().parents[2]
 FIX = REPO / "tests" / "fixtures"
@@ -30,7 +31,7 @@ def run(tmp_path_factory):
   cfg = _config()
   cfg.plot = False
   work = tmp_path_factory.mktemp("lora_run")
-  return cfg, work, finetune.train_lora(cfg, work)
+  return cfg, work, train_lora(cfg, work)
 
 
 def test_only_the_adapter_trains_and_loss_drops(run):
@@ -66,10 +67,10 @@ def test_resume_is_exact(run, tmp_path):
   cfg = _config()
   cfg.plot = False
   cfg.stop_at_step = 6
-  half = finetune.train_lora(cfg, tmp_path)
+  half = train_lora(cfg, tmp_path)
   assert half.step == 6 and not (tmp_path / "adapter").exists()
   cfg.stop_at_step = 0
-  resumed = finetune.train_lora(cfg, tmp_path)
+  resumed = train_lora(cfg, tmp_path)
   assert resumed.step == 12 and (tmp_path / "adapter" / "adapter_config.json").is_file()
   assert jp.tree.allclose(jax.device_get(resumed.params), jax.device_get(result.params), rtol=0)
 
@@ -105,7 +106,7 @@ def test_peft_loads_the_finetuned_adapter(run, tmp_path):
 def test_dora_finetune_writes_a_dora_adapter(tmp_path):
   cfg = _config("runlocal,dora=1,steps=3")
   cfg.plot = False
-  result = finetune.train_lora(cfg, tmp_path)
+  result = train_lora(cfg, tmp_path)
   leaves = {p.rsplit("/", 1)[-1] for p in jp.tree.flatten(result.params)}
   assert leaves == {"a", "b", "magnitude"}
   ad = jp.adapt.read_peft(tmp_path / "adapter")
