@@ -27,7 +27,7 @@ reference's Wikipedia statistics; ``auto`` falls back to the unedited facts on s
 name nearly every subject, as the default set), WISE at layer 2 with margins scaled to the model. For 1000
 sequential edits, generate the 1000-edit set (``benchmarks/make_facts_set.py --subjects 1300
 --relations-per-subject 2 --edits 1000 --distinct-subjects --out DIR``), train its LM with
-``facts_lm.train_facts_lm(WORK, ..., size='wide')`` and pass ``--lm WORK --memit-layers 0
+``train_facts_lm(WORK, ..., size='wide')`` and pass ``--lm WORK --memit-layers 0
 --alpha-threshold 0.1 --seq-edits 1000`` (benchmarks/results/edit_batch.md).
 """
 
@@ -47,6 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxparams.edit import evaluate, facts, facts_lm, ft, grace, methods, stats, targets, wise
+from jaxparams.train.facts_lm import train_facts_lm
 from jaxparams.models import Llama
 from jaxparams.edit import requests as req_lib
 
@@ -213,7 +214,7 @@ def main(argv=None):
   if a.lm:
     lm = facts_lm.load_facts_lm(pathlib.Path(a.lm) / "hf", pathlib.Path(a.lm) / "data")
   else:
-    lm = facts_lm.train_facts_lm(a.workdir, a.facts, a.relations, a.edits, steps=a.steps)
+    lm = train_facts_lm(a.workdir, a.facts, a.relations, a.edits, steps=a.steps)
   t_train = time.perf_counter() - t0
   fs = lm.facts
   rec = facts_lm.recall(lm)
