@@ -40,19 +40,14 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jaxparams.quant import common
 from jaxparams.quant.qarray import QArray
+from jaxparams.quant.rf8_table import BINADES, SIGNIFICANDS, TABLE, dequantize_codes  # noqa: F401
 
 __all__ = ["BINADES", "RF8Config", "SIGNIFICANDS", "TABLE", "rf8", "rf8_decode", "rf8_encode",
            "rf8_encode_with", "rf8_round"]
 
-SIGNIFICANDS = np.array([1.0, 1.0625, 1.125, 1.25, 1.5, 1.75, 1.875], np.float32)
-BINADES = 18
-# Magnitude of each 7-bit index in units of 2^b_low: 0, then 2^i * s for i = 0..17; 127 is NaN.
-TABLE = np.concatenate([[0.0], (2.0 ** np.arange(BINADES)[:, None] * SIGNIFICANDS).ravel(),
-                        [np.nan]]).astype(np.float32)
 
 
 def _pow2(e: jax.Array) -> jax.Array:
@@ -170,8 +165,3 @@ def _rf8_jit(w, g):
   return codes, _pow2(b_low[:, 0, :])
 
 
-def dequantize_codes(codes: jax.Array, scale_full: jax.Array) -> jax.Array:
-  """``TABLE[codes]`` with signs, times the (already expanded) scale: the QArray dequantizer."""
-  c = codes.astype(jnp.int32)
-  mag = jnp.asarray(TABLE)[c & 0x7F] * scale_full
-  return jnp.where(c >> 7, -mag, mag)
