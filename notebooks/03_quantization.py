@@ -32,7 +32,7 @@ import jaxparams.models  # noqa: F401
 from jaxparams.models.minilm import load_minilm
 from jaxparams.quant import corpus
 from jaxparams.quant.calibrate import collect_stats, text_batches
-from jaxparams.quant.demo import embed_cosines
+from jaxparams.demo.quant_minilm import embed_cosines
 from jaxparams.quant.dot import dot
 from jaxparams.quant.rules import quantize_tree
 
