@@ -181,8 +181,9 @@ def get_method(name: str) -> MergeMethod:
     ValueError: unknown name (the message lists the valid ones).
   """
   if name not in METHODS:
-    from jaxparams.merge.learned.checkpoints import DATA_AWARE_METHODS  # pylint: disable=import-outside-toplevel
+    # The data-aware records' table (it imports only the transform layer; not their driver).
+    from jaxparams.merge.learned.records import RECORDS as DATA_AWARE  # pylint: disable=import-outside-toplevel
     raise ValueError(f"unknown merge method {name!r}; valid methods: "
                      f"{', '.join(method_names())}; with calibration data (recipe "
-                     f"'parameters: {{calibration: FILE}}'): {', '.join(DATA_AWARE_METHODS)}")
+                     f"'parameters: {{calibration: FILE}}'): {', '.join(DATA_AWARE.names())}")
   return MergeMethod(METHODS.get(name))

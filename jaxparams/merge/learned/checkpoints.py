@@ -14,7 +14,7 @@ A mergekit-style recipe may name ``merge_method: regmean`` with a calibration te
   dtype: float32
 
 ``jaxparams merge recipe.yml OUT`` (:func:`jaxparams.merge.stream.merge_checkpoints`) then
-(1) loads each model in turn (one in memory at a time), tokenises the texts with the model's
+(1) (:func:`prepare_data_aware`) loads each model in turn (one in memory at a time), tokenises the texts with the model's
 own ``tokenizer.json`` and captures the Gram matrix ``X^T X`` of every Linear layer's inputs
 with :func:`jaxparams.calib.collect_stats`, written to a temporary safetensors folder under the
 tensor's name; (2) streams the merge with the transform layer's streaming driver: every
@@ -41,7 +41,7 @@ import dataclasses
 import logging
 import tempfile
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -49,9 +49,8 @@ from jaxparams.merge.learned.records import FISHER, RECORDS, FisherConfig, RegMe
 from jaxparams.merge.recipe import ModelInput, Recipe, load_recipe
 from jaxparams.transform import StreamTask
 
-__all__ = ["DATA_AWARE_METHODS", "DATA_PARAMETERS", "capture_fishers", "capture_grams",
-           "data_aware_parameters",
-           "merge_data_aware", "read_calibration"]
+__all__ = ["DATA_AWARE_METHODS", "DATA_PARAMETERS", "DataAwareMerge", "capture_fishers",
+           "capture_grams", "data_aware_parameters", "prepare_data_aware", "read_calibration"]
 
 _log = logging.getLogger(__name__)
 
@@ -236,24 +235,42 @@ def _check_params(recipe: Recipe, where: str) -> dict[str, Any]:
   return params
 
 
-def merge_data_aware(recipe: Any, out_dir: str | Path, *, original: Any = None,
-                     **merge_kwargs: Any) -> dict[str, Any]:
-  """Statistics per model, then a streamed merge (see the module docstring).
+@dataclasses.dataclass(frozen=True)
+class DataAwareMerge:
+  """What the streaming merge runs for a data-aware recipe (:func:`prepare_data_aware`).
+
+  Attributes:
+    recipe: a ``linear`` recipe over the same models (every tensor without statistics is
+      averaged).
+    extra_sources: ``{source name: folder of captured statistics}`` read besides the models.
+    rewrite_jobs: ``f(jobs) -> jobs``: every tensor with statistics runs the method's record
+      with the statistics as extra inputs.
+  """
+  recipe: Recipe
+  extra_sources: Mapping[str, Path]
+  rewrite_jobs: Callable[[list[StreamTask]], list[StreamTask]]
+
+
+def prepare_data_aware(recipe: Any, stats_dir: str | Path, *, out_dir: str | Path,
+                       overwrite: bool = False) -> DataAwareMerge:
+  """Checks a data-aware recipe, captures each model's statistics into ``stats_dir``.
+
+  The streamed merge itself is :func:`jaxparams.merge.merge_checkpoints`'s (which calls this for
+  a recipe naming a method of :data:`DATA_AWARE_METHODS`); this module never drives it.
 
   Args:
     recipe: a recipe naming a method of :data:`DATA_AWARE_METHODS` (path, dict or Recipe).
-    out_dir: the output folder (atomic).
-    original: what the user passed (for the ``mergekit_config.yml`` copy).
-    **merge_kwargs: options of :func:`jaxparams.merge.stream.merge_checkpoints`.
+    stats_dir: an existing folder for the statistics (a temporary folder of the caller).
+    out_dir: the merge's output folder, checked (``overwrite``) before any model is read.
+    overwrite: whether ``out_dir`` may exist.
 
   Raises:
     ValueError: unknown parameters (listing the valid ones), no calibration parameter,
-      models without ``tokenizer.json``, the errors of the streamed merge.
+      models without ``tokenizer.json``.
     FileNotFoundError: the calibration file or a model is missing.
+    FileExistsError: ``out_dir`` exists and ``overwrite`` is false.
   """
   from jaxparams.io import check_output_dir, save_safetensors  # pylint: disable=import-outside-toplevel
-  from jaxparams.merge.stream import merge_checkpoints  # pylint: disable=import-outside-toplevel
-  original = recipe if original is None else original
   recipe = load_recipe(recipe)
   where = recipe.source or "recipe"
   params = _check_params(recipe, where)
@@ -263,53 +280,59 @@ def merge_data_aware(recipe: Any, out_dir: str | Path, *, original: Any = None,
   one = np.zeros((1, 1), np.float32)
   record.run_static_checks(record.context((None, (one, one)), cfg0, "", ("model", "stats")))
   is_fisher = record is FISHER
-  check_output_dir(Path(out_dir), bool(merge_kwargs.get("overwrite", False)))
+  check_output_dir(Path(out_dir), overwrite)
   texts = read_calibration(params["calibration"], recipe, max_texts=params["max_texts"])
   refs = [m.model for m in recipe.models]
   folders = {ref: recipe.resolve_model(ref) for ref in refs}
   kind = "fisher" if is_fisher else "gram"
-  with tempfile.TemporaryDirectory(prefix=f"jaxparams-{recipe.merge_method}-") as tmp:
-    extra, axes = {}, {}
-    grams_of: dict[str, set] = {}
-    for i, ref in enumerate(refs):
-      _log.info("%s: capturing %s statistics of %s on %d calibration texts", where, kind, ref,
-                len(texts))
-      if is_fisher:
-        grams, ax = capture_fishers(folders[ref], texts, max_length=params["max_length"],
-                                    batch_size=params["batch_size"]), {}
-      else:
-        grams, ax = capture_grams(folders[ref], texts, max_length=params["max_length"],
-                                  batch_size=params["batch_size"])
-      if not grams:
-        raise ValueError(f"{folders[ref]}: no {kind} statistics from the calibration text; "
-                         f"{recipe.merge_method!r} has nothing to weigh the merge with")
-      path = Path(tmp) / f"stats_{i}"
-      save_safetensors(grams, path)
-      extra[f"{kind}:{ref}"] = path
-      axes.update(ax)
-      grams_of[ref] = set(grams)
-    linear = dataclasses.replace(recipe, merge_method="linear", base_model=None, parameters={},
-                                 models=tuple(ModelInput(r, {"weight": 1.0}) for r in refs))
+  extra, axes = {}, {}
+  grams_of: dict[str, set] = {}
+  for i, ref in enumerate(refs):
+    _log.info("%s: capturing %s statistics of %s on %d calibration texts", where, kind, ref,
+              len(texts))
+    if is_fisher:
+      grams, ax = capture_fishers(folders[ref], texts, max_length=params["max_length"],
+                                  batch_size=params["batch_size"]), {}
+    else:
+      grams, ax = capture_grams(folders[ref], texts, max_length=params["max_length"],
+                                batch_size=params["batch_size"])
+    if not grams:
+      raise ValueError(f"{folders[ref]}: no {kind} statistics from the calibration text; "
+                       f"{recipe.merge_method!r} has nothing to weigh the merge with")
+    path = Path(stats_dir) / f"stats_{i}"
+    save_safetensors(grams, path)
+    extra[f"{kind}:{ref}"] = path
+    axes.update(ax)
+    grams_of[ref] = set(grams)
+  linear = dataclasses.replace(recipe, merge_method="linear", base_model=None, parameters={},
+                               models=tuple(ModelInput(r, {"weight": 1.0}) for r in refs))
 
-    def rewrite(jobs: list[StreamTask]) -> list[StreamTask]:
-      out = []
-      for job in jobs:
-        names = [n for _, n in job.inputs]
-        if job.record is None or not all(n in grams_of[r] for r, n in job.inputs):
-          out.append(job)
-          continue
-        cfg = (FisherConfig(**rec_cfg) if is_fisher
-               else RegMeanConfig(**rec_cfg, input_axis=axes[names[0]]))
-        what = "Fisher" if is_fisher else "Gram"
-        out.append(dataclasses.replace(
-            job, record=record, config=cfg, has_base=False,
-            inputs=tuple(job.inputs) + tuple((f"{kind}:{r}", n) for r, n in job.inputs),
-            labels=tuple(job.labels or ()) + tuple(f"{what} of {r!r}" for r, _ in job.inputs),
-            compute_dtype=None, out_dtype=job.out_dtype or job.compute_dtype))
-      return out
+  def rewrite(jobs: list[StreamTask]) -> list[StreamTask]:
+    out = []
+    for job in jobs:
+      names = [n for _, n in job.inputs]
+      if job.record is None or not all(n in grams_of[r] for r, n in job.inputs):
+        out.append(job)
+        continue
+      cfg = (FisherConfig(**rec_cfg) if is_fisher
+             else RegMeanConfig(**rec_cfg, input_axis=axes[names[0]]))
+      what = "Fisher" if is_fisher else "Gram"
+      out.append(dataclasses.replace(
+          job, record=record, config=cfg, has_base=False,
+          inputs=tuple(job.inputs) + tuple((f"{kind}:{r}", n) for r, n in job.inputs),
+          labels=tuple(job.labels or ()) + tuple(f"{what} of {r!r}" for r, _ in job.inputs),
+          compute_dtype=None, out_dtype=job.out_dtype or job.compute_dtype))
+    return out
 
-    return merge_checkpoints(linear, out_dir, extra_sources=extra, rewrite_jobs=rewrite,
-                             card=original, **merge_kwargs)
+  return DataAwareMerge(recipe=linear, extra_sources=extra, rewrite_jobs=rewrite)
+
+
+def __getattr__(name: str):
+  if name == "merge_data_aware":  # the streamed merge is merge_checkpoints' (no cycle back)
+    raise AttributeError("jaxparams.merge.learned.checkpoints.merge_data_aware was removed: "
+                         "jaxparams.merge.merge_checkpoints(recipe, out_dir) merges data-aware "
+                         "recipes (it calls prepare_data_aware for the statistics)")
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _load_with_tokenizer(folder: str | Path) -> tuple[Any, Any, Any, Any]:
