@@ -7,6 +7,7 @@ names. The output folder is written atomically.
 
 Example:
   >>> import numpy as np, tempfile, os
+  >>> from jaxparams.io import save_safetensors
   >>> d = tempfile.mkdtemp()
   >>> save_safetensors({'w': np.arange(4, dtype=np.float32)}, os.path.join(d, 'st'))
   >>> convert_checkpoint(os.path.join(d, 'st'), os.path.join(d, 'orb'))['to']
