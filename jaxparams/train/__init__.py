@@ -3,6 +3,9 @@
 Run ``python -m jaxparams.train --config=configs/tokenformer_lm.py:runlocal --workdir=/tmp/run``.
 
 * :func:`train` / :func:`default_config` / :class:`TrainResult` (:mod:`.trainer`).
+* :mod:`.config` (fields, defaults, checks), :mod:`.mesh` (devices, shardings), :mod:`.optim`
+  (:class:`~jaxparams.train.optim.OptimFeatures`, learning rate, AdamW), :mod:`.step` (the
+  compiled model, step and growth): the trainer's pieces.
 * :mod:`.data`: byte-level corpus of the Python standard library's source.
 * :mod:`.growth`: growth hooks (TokenFormer ``grow``, Net2Net widen/deepen) and optimizer-state
   transfer.
