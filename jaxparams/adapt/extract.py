@@ -45,7 +45,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxparams import io as jio
 from jaxparams.adapt import peft_io
 
 __all__ = ["extract_tensor", "choose_rank", "extract_tree", "extract_checkpoint"]
@@ -190,21 +189,15 @@ def extract_checkpoint(base_dir: str | Path, finetuned_dir: str | Path, out_dir:
   Returns:
     A report ``{'ranks': {module: r}, 'tails': {module: error}, 'modules_to_save': [...]}``.
   """
-  from jaxparams.models import hf as mhf
+  from jaxparams.models.hf_open import open_hf
   base_dir, finetuned_dir = Path(base_dir), Path(finetuned_dir)
-  with jio.open_checkpoint(base_dir) as rb, jio.open_checkpoint(finetuned_dir) as rf:
-    cfg_b, cfg_f = rb.config(), rf.config()
-    if cfg_f is None:
-      raise ValueError(f"{finetuned_dir}: no config.json; extraction needs the architecture")
-    arch = mhf.ARCHITECTURES.get(cfg_f.get("model_type"))
-    if arch is None:
-      raise ValueError(f"{finetuned_dir}: model_type {cfg_f.get('model_type')!r} not supported; "
-                       f"supported: {sorted(mhf.ARCHITECTURES)}")
+  # The one HF opener: both config.json files checked against their headers before use.
+  with (open_hf(base_dir, purpose="LoRA extraction") as ckb,
+        open_hf(finetuned_dir, purpose="LoRA extraction") as ckf):
+    rb, rf, cfg_b, cfg_f, arch = ckb.reader, ckf.reader, ckb.cfg, ckf.cfg, ckf.family
     norm_b = {arch.normalize(n): n for n in rb.names()}
-    norm_f = {arch.normalize(n): n for n in rf.names()}
-    overrides = ({"add_pooling_layer": "pooler.dense.weight" in norm_f}
-                 if cfg_f.get("model_type") == "bert" else {})
-    config = arch.config_cls.from_hf_dict(cfg_f, **overrides)
+    norm_f = ckf.by_norm
+    config = ckf.model_config(detect=("add_pooling_layer",))
     kinds = _kinds(config)
     vocab_b = (cfg_b or {}).get("vocab_size", config.vocab_size)
     if vocab_b != config.vocab_size and embed_lora:

@@ -74,22 +74,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_calibrated(args: argparse.Namespace, fields: dict) -> int:
-  from pathlib import Path  # pylint: disable=import-outside-toplevel
   if args.calibration is None:
     raise ValueError(f"--method {args.method} needs --calibration TEXT_FILE")
   if args.where is not None:
     raise ValueError("--where applies to the data-free methods; calibrated methods prune every "
                      "Linear weight except embeddings and heads")
-  path = Path(args.calibration)
-  try:
-    lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
-  except FileNotFoundError:
-    raise FileNotFoundError(f"--calibration {path}: no such file") from None
-  except UnicodeDecodeError as e:
-    raise ValueError(f"--calibration {path}: not UTF-8 text ({e.reason} at byte {e.start})"
-                     ) from None
-  if not lines:
-    raise ValueError(f"--calibration {path}: no non-empty line")
+  from jaxparams.io import read_calibration_text  # pylint: disable=import-outside-toplevel
+  lines = read_calibration_text(args.calibration, what="--calibration text")
   if args.pattern is not None:
     fields["pattern"] = args.pattern
   report = jpr.prune_hf_model(args.src, args.out, args.method, lines[:args.max_samples],

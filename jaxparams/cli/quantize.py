@@ -88,17 +88,9 @@ def __getattr__(name: str):
 
 
 def _read_texts(path: str | Path, max_samples: int) -> list[str]:
-  path = Path(path)
-  if not path.is_file():
-    raise FileNotFoundError(f"{path}: no such calibration text file")
-  lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines()]
-  lines = [ln for ln in lines if ln]
-  if not lines:
-    raise ValueError(f"{path}: the calibration text is empty")
-  if len(lines) > max_samples:
-    idx = np.linspace(0, len(lines) - 1, max_samples).round().astype(int)
-    lines = [lines[i] for i in idx]
-  return lines
+  from jaxparams.calib.corpus import sample_evenly  # pylint: disable=g-import-not-at-top
+  from jaxparams.io import read_calibration_text  # pylint: disable=g-import-not-at-top
+  return sample_evenly(read_calibration_text(path), max_samples)
 
 
 def _option_fields(args: argparse.Namespace) -> dict[str, Any]:

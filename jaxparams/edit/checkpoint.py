@@ -45,13 +45,11 @@ def parse_layers(layers: str) -> list[int]:
 
 
 def _load(model_dir: pathlib.Path):
-  from tokenizers import Tokenizer  # pylint: disable=g-import-not-at-top
   from jaxparams.models import hf  # pylint: disable=g-import-not-at-top
+  from jaxparams.models.hf_open import hf_tokenizer  # pylint: disable=g-import-not-at-top
   if not model_dir.is_dir():
     raise FileNotFoundError(f"{model_dir}: no such folder")
-  tok_file = model_dir / "tokenizer.json"
-  if not tok_file.is_file():
-    raise FileNotFoundError(f"{tok_file}: the model folder needs a tokenizer.json")
+  tok = hf_tokenizer(model_dir, purpose="the model folder needs a tokenizer.json to edit")
   module, params, config = hf.from_hf(model_dir)
   if type(module).__name__ == "Bert" and not getattr(config, "mlm_head", False):
     raise ValueError(f"{model_dir}: a BERT without a masked-LM head (cls.predictions) cannot be "
@@ -59,7 +57,7 @@ def _load(model_dir: pathlib.Path):
   if type(module).__name__ not in ("Llama", "Bert"):
     raise ValueError(f"{model_dir}: editing supports Llama and BERT masked-LM checkpoints; "
                      f"found {type(module).__name__}")
-  return module, params, config, Tokenizer.from_file(str(tok_file))
+  return module, params, config, tok
 
 
 def edit_checkpoint(model_dir: str | pathlib.Path, requests_file: str | pathlib.Path,
@@ -87,7 +85,8 @@ def edit_checkpoint(model_dir: str | pathlib.Path, requests_file: str | pathlib.
   methods.edited_layers(params, lambda p, _: p in where)
   name = model_dir.resolve().name
   if stats_text is not None:
-    texts = pathlib.Path(stats_text).read_text().splitlines()
+    texts = jio.read_calibration_text(stats_text, what="--stats-text file", strip=False,
+                                      keep_empty=True)
     batches = (arch_lib.text_batches_mlm(tok, texts) if arch_lib.of(module).masked
                else stats.text_batches(tok, texts))
     st = stats.key_stats(module, params, batches, layers=lays)

@@ -13,6 +13,7 @@ Example:
 import numpy as np
 
 from jaxparams.io.any_checkpoint import is_orbax_dir, load_any
+from jaxparams.io.calibration_text import read_calibration_text
 from jaxparams.io.atomic import (atomic_dir, check_output_dir, check_writable, publish_dir,
                                  sweep_stale)
 from jaxparams.io.convert import convert_checkpoint
@@ -53,7 +54,8 @@ __all__ = [
     "SafetensorsFile", "SafetensorsReader", "SafetensorsWriter", "TensorSpec", "atomic_dir",
     "check_output_dir", "check_writable", "checkpoint_rows", "convert_checkpoint", "finish_before_interrupt", "is_orbax_dir", "load_any",
     "load_safetensors", "open_checkpoint", "parse_dtype", "parse_header", "parse_size",
-    "publish_dir", "read_json", "read_text", "refuse_pickle", "resolve_inside", "restore_orbax",
+    "publish_dir", "read_calibration_text", "read_json", "read_text", "refuse_pickle",
+    "resolve_inside", "restore_orbax",
     "save_orbax", "save_safetensors", "sweep_stale", "to_numpy_dtype", "to_safetensors_dtype",
     "write_safetensors_file",
 ]

@@ -54,6 +54,7 @@ import optax
 from flax import linen as nn
 
 from jaxparams import tree as jtree
+from jaxparams.calib.capture import input_abs_max
 from jaxparams.quant import common
 from jaxparams.quant.qarray import QArray, make_int_qarray
 
@@ -268,35 +269,6 @@ def let_fold(flat: Mapping[str, jax.Array], pairs: Sequence[_Pair],
   return out
 
 
-def _act_absmax(module: nn.Module, params: Any, states: Sequence, paths: Sequence[str]
-                ) -> dict[str, jax.Array]:
-  """Per-input-channel max |x| of the linears ``paths`` over the calibration states."""
-  from jaxparams.calib.capture import _linear_path  # pylint: disable=g-import-not-at-top
-  want = frozenset(paths)
-
-  @jax.jit
-  def run(p, a, kw):
-    got: dict[str, jax.Array] = {}
-
-    def interceptor(next_fun, a_, kw_, context):
-      if context.method_name == "__call__":
-        path = _linear_path(context.module, a_)
-        if path in want and path not in got:
-          x = a_[0].astype(jnp.float32)
-          got[path] = jnp.max(jnp.abs(x.reshape(-1, x.shape[-1])), axis=0)
-      return next_fun(*a_, **kw_)
-
-    with nn.intercept_methods(interceptor):
-      module.apply({"params": p}, *a, **kw)
-    return got
-
-  acc: dict[str, jax.Array] = {}
-  for a, kw in states:
-    for k, v in run(params, a, kw).items():
-      acc[k] = v if k not in acc else jnp.maximum(acc[k], v)
-  return acc
-
-
 def _head_dim(module: nn.Module) -> int | None:
   c = getattr(module, "config", None)
   return getattr(c, "head_dim_", None) if c is not None else None
@@ -304,7 +276,7 @@ def _head_dim(module: nn.Module) -> int | None:
 
 def _let_init(module, flat, pairs, states, alpha):
   wanted = [p.dst[0] for p in pairs]
-  amax = _act_absmax(module, jtree.unflatten(dict(flat)), states, wanted)
+  amax = input_abs_max(module, jtree.unflatten(dict(flat)), states, wanted)
   hd = _head_dim(module)
   scales = {}
   for p in pairs:

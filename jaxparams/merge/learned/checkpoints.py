@@ -90,7 +90,7 @@ def read_calibration(path: str | Path, recipe: Recipe | None = None, *,
     FileNotFoundError: the file is missing (naming it and where it was looked for).
     ValueError: the file has no non-empty line.
   """
-  from jaxparams.io.text_files import read_text  # pylint: disable=import-outside-toplevel
+  from jaxparams.io import read_calibration_text  # pylint: disable=import-outside-toplevel
   p = Path(path).expanduser()
   tried = [str(p)]
   if not p.is_file() and recipe is not None and recipe.source and not p.is_absolute():
@@ -102,10 +102,7 @@ def read_calibration(path: str | Path, recipe: Recipe | None = None, *,
     raise FileNotFoundError(f"{where}: calibration file {str(path)!r} not found (looked for "
                             f"{', '.join(tried)}); it must be a text file with one calibration "
                             "text per line")
-  texts = [t.strip() for t in read_text(p, what="calibration file").splitlines() if t.strip()]
-  if not texts:
-    raise ValueError(f"{p}: calibration file has no non-empty line")
-  return texts[:max_texts] if max_texts else texts
+  return read_calibration_text(p, what="calibration file", max_lines=max_texts or None)
 
 
 def capture_grams(folder: str | Path, texts: list[str], *, max_length: int = 128,
@@ -118,9 +115,7 @@ def capture_grams(folder: str | Path, texts: list[str], *, max_length: int = 128
   Raises:
     ValueError: no ``tokenizer.json`` in ``folder``, or an unsupported checkpoint.
   """
-  from jaxparams import io as jio  # pylint: disable=import-outside-toplevel
   from jaxparams.calib import collect_stats, text_batches  # pylint: disable=import-outside-toplevel
-  from jaxparams.models.families import family  # pylint: disable=import-outside-toplevel
   from jaxparams.models.hf import hf_name_map  # pylint: disable=import-outside-toplevel
   module, params, config, tokenizer = _load_with_tokenizer(folder)
   model_type = getattr(config, "model_type", None) or ""
@@ -129,10 +124,7 @@ def capture_grams(folder: str | Path, texts: list[str], *, max_length: int = 128
                          or "Bert" in type(module).__name__)
   stats = collect_stats(module, params, batches)
   nmap = hf_name_map(config)
-  with jio.open_checkpoint(folder) as reader:
-    cfg = reader.config() or {}
-    arch = family(cfg.get("model_type"))
-    by_norm = {arch.normalize(n): n for n in reader.names()}
+  by_norm = _stored_names(folder)
   grams, axes = {}, {}
   for path, s in stats.items():
     if path not in nmap:
@@ -162,11 +154,9 @@ def capture_fishers(folder: str | Path, texts: list[str], *, max_length: int = 1
   """
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  from jaxparams import io as jio  # pylint: disable=import-outside-toplevel
   from jaxparams import tree as jtree  # pylint: disable=import-outside-toplevel
   from jaxparams.calib import text_batches  # pylint: disable=import-outside-toplevel
-  from jaxparams.merge.learned.fisher import fisher_diagonal  # pylint: disable=import-outside-toplevel
-  from jaxparams.models.families import family  # pylint: disable=import-outside-toplevel
+  from jaxparams.calib.fisher import causal_lm_fisher  # pylint: disable=import-outside-toplevel
   from jaxparams.models.hf import hf_name_map  # pylint: disable=import-outside-toplevel
   module, params, config, tokenizer = _load_with_tokenizer(folder)
   batches = text_batches(tokenizer, texts, batch_size=batch_size,
@@ -178,27 +168,12 @@ def capture_fishers(folder: str | Path, texts: list[str], *, max_length: int = 1
     raise ValueError(f"{folder}: 'fisher' needs a causal language model (logits over the "
                      f"vocabulary); {type(module).__name__} outputs {getattr(probe, 'shape', '?')}")
 
-  def loglik(p, ids, mask):
-    logp = jax.nn.log_softmax(module.apply({"params": p}, ids[None], mask[None])[0, :-1], -1)
-    tok = jnp.take_along_axis(logp, ids[1:, None], -1)[:, 0]
-    return jnp.sum(tok * mask[1:])
-
-  fisher, n = None, 0
-  for b in batches:  # each batch padded to its own length
-    ids = jnp.asarray(np.asarray(b["input_ids"], np.int32))
-    mask = jnp.asarray(np.asarray(b["attention_mask"], np.int32))
-    f = jax.tree.map(lambda v, k=ids.shape[0]: v * k,
-                     fisher_diagonal(loglik, params, ids, mask, batch_size=batch_size))
-    fisher = f if fisher is None else jax.tree.map(jnp.add, fisher, f)
-    n += ids.shape[0]
-  fisher = jax.tree.map(lambda v: v / n, fisher)
+  fisher = causal_lm_fisher(module, params, batches, batch_size=batch_size)
   norm = jnp.sqrt(sum(jnp.sum(f * f) for f in jax.tree.leaves(fisher)))
   flat = {k: np.asarray(v / jnp.maximum(norm, 1e-30), np.float32)
           for k, v in jtree.flatten(fisher).items()}
   nmap = hf_name_map(config)
-  with jio.open_checkpoint(folder) as reader:
-    arch = family((reader.config() or {}).get("model_type"))
-    by_norm = {arch.normalize(n): n for n in reader.names()}
+  by_norm = _stored_names(folder)
   out = {}
   for path, f in flat.items():
     if path in nmap and by_norm.get(nmap[path][0]) is not None:
@@ -337,12 +312,16 @@ def __getattr__(name: str):
 
 def _load_with_tokenizer(folder: str | Path) -> tuple[Any, Any, Any, Any]:
   """An HF model folder as ``(module, fp32 params, config, tokenizer)`` for calibration text."""
-  from tokenizers import Tokenizer  # pylint: disable=import-outside-toplevel
   from jaxparams.models.hf import from_hf  # pylint: disable=import-outside-toplevel
+  from jaxparams.models.hf_open import hf_tokenizer  # pylint: disable=import-outside-toplevel
   folder = Path(folder)
-  tok_file = folder / "tokenizer.json"
-  if not tok_file.is_file():
-    raise ValueError(f"{folder}: no tokenizer.json; the calibration text cannot be tokenized "
-                     "for this model")
+  tok = hf_tokenizer(folder, purpose="the calibration text cannot be tokenized for this model")
   module, params, config = from_hf(folder, dtype=np.float32, strict=False)
-  return module, params, config, Tokenizer.from_file(str(tok_file))
+  return module, params, config, tok
+
+
+def _stored_names(folder: str | Path) -> dict[str, str]:
+  """Normalised HF tensor name -> name in the files, through the one HF opener."""
+  from jaxparams.models.hf_open import open_hf  # pylint: disable=import-outside-toplevel
+  with open_hf(folder, purpose="a data-aware merge") as ck:
+    return dict(ck.by_norm)
