@@ -22,9 +22,8 @@ from typing import Any, Sequence
 import jax
 
 from jaxparams import io as jio
-from jaxparams.edit import arch as arch_lib
 from jaxparams.edit import delta as delta_lib
-from jaxparams.edit import methods, probe, registry, stats
+from jaxparams.edit import methods, probe, registry, sites, stats
 from jaxparams.edit import requests as req_lib
 
 __all__ = ["edit_checkpoint", "apply_delta_checkpoint", "METHODS", "parse_layers", "edit_params"]
@@ -151,7 +150,7 @@ def edit_checkpoint(model_dir: str | pathlib.Path, requests_file: str | pathlib.
   name = model_dir.resolve().name
   if stats_text is not None:
     texts = pathlib.Path(stats_text).read_text().splitlines()
-    batches = (arch_lib.text_batches_mlm(tok, texts) if arch_lib.of(module).masked
+    batches = (stats.text_batches_mlm(tok, texts) if sites.of(module).masked
                else stats.text_batches(tok, texts))
     st = stats.key_stats(module, params, batches, layers=lays)
     if stats_dir is not None:
