@@ -22,9 +22,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxparams import tree as jtree
-from jaxparams.edit import sites
+from jaxparams.calib import stats as calib_stats
 from jaxparams.edit import delta as delta_lib
-from jaxparams.edit import probe, solve
+from jaxparams.edit import probe, sites, solve
 from jaxparams.edit import requests as req_lib
 from jaxparams.edit import targets as tgt_lib
 
@@ -229,5 +229,5 @@ def alphaedit(module: Any, params: Any, tokenizer: Any, requests: Sequence[req_l
   cache = dict(state.cache)
   for layer in d.meta["layers"]:
     ks = compute_keys(module, new, tokenizer, requests, layer, templates, hp.target.fact_token)
-    cache[layer] = cache[layer] + ks.T @ ks
+    cache[layer] = cache[layer] + calib_stats.accumulate(None, ks).xtx   # K_p^T K_p
   return new, d, AlphaEditState(dict(state.projectors), cache)
