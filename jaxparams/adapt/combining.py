@@ -48,7 +48,6 @@ from typing import Any, Sequence
 import jax
 import jax.numpy as jnp
 
-from jaxparams import tree as jtree
 from jaxparams.adapt import records
 from jaxparams.adapt.merge_utils import (disjoint_merge, magnitude_prune_tensor,  # noqa: F401
                                          majority_sign_mask, peft_merge, random_prune_tensor)

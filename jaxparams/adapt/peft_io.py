@@ -11,7 +11,7 @@ Example:
   True
 """
 
-from jaxparams.adapt import peft_format, peft_tree
+from jaxparams.adapt import peft_format, peft_tree  # noqa: F401  (the two halves)
 from jaxparams.adapt.peft_format import (CONFIG_NAME, PREFIX, WEIGHTS_NAME, PeftAdapter,
                                          make_config, pattern_value, read_peft, write_peft)
 from jaxparams.adapt.peft_tree import (apply_overrides, from_tree, load_peft, module_map,

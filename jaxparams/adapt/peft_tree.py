@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxparams import tree as jtree
-from jaxparams.adapt.peft_format import PeftAdapter, make_config, read_peft, write_peft
+from jaxparams.adapt.peft_format import PREFIX, PeftAdapter, make_config, read_peft, write_peft
 from jaxparams.adapt.tree_api import entries
 
 __all__ = ["module_map", "to_tree", "from_tree", "apply_overrides", "load_peft", "save_peft"]

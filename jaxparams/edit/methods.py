@@ -19,7 +19,6 @@ from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jaxparams import tree as jtree
 from jaxparams.calib import stats as calib_stats
