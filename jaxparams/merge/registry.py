@@ -153,10 +153,7 @@ class MergeMethod:
     base = None if base is None else _to_device(base)
     models = [_to_device(m) for m in models]
     skip = () if check_finite else ("finite",)
-    out, flags = rec.apply(base, models, config=cfg, key=key, path=name, skip=skip)
-    if not isinstance(flags, jax.core.Tracer):
-      rec.verify(flags, rec.context((base, tuple(models)), cfg, name), skip)
-    return out
+    return rec(base, models, config=cfg, key=key, path=name, skip=skip)
 
 
 def get_record(name: str) -> Transform:

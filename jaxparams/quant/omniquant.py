@@ -56,6 +56,7 @@ from flax import linen as nn
 from jaxparams import tree as jtree
 from jaxparams.calib.capture import input_abs_max
 from jaxparams.quant import common
+from jaxparams.quant import record as qrec
 from jaxparams.quant.qarray import QArray, make_int_qarray
 
 __all__ = ["OmniQuantConfig", "omniquant", "lwc_fake", "lwc_qarray", "let_pairs", "let_fold",
@@ -162,6 +163,26 @@ def _optimizer(cfg: OmniQuantConfig) -> optax.GradientTransformation:
 
 
 # ----------------------------------------------------------------------------- per matrix
+def _omniquant(w: jax.Array, stats: Any, cfg: OmniQuantConfig, *, name: str = "") -> QArray:
+  # The math; bits, group size, shape, dtype and finiteness are the record's checks.
+  w = common.as_matrix(w, name=name)
+  g = _check(cfg, w.shape[0], name)
+  h = getattr(stats, "gram", stats)
+  h = jnp.asarray(h, jnp.float32)
+  if h.shape != (w.shape[0], w.shape[0]):
+    raise ValueError(f"omniquant: Hessian of {name or 'weight'!r} has shape {tuple(h.shape)}, "
+                     f"expected {(w.shape[0], w.shape[0])}")
+  gamma, beta = _fit_matrix(w.astype(jnp.float32), h / jnp.maximum(jnp.trace(h), 1e-30),
+                            cfg, g)
+  return lwc_qarray(w, gamma, beta, bits=cfg.bits, group_size=g, symmetric=cfg.symmetric,
+                    dtype=w.dtype)
+
+
+OMNIQUANT_RECORD = qrec.quantizer(
+    "omniquant", _omniquant, OmniQuantConfig, needs="hessian",
+    description="OmniQuant: learned weight clipping (+ equivalent transformation), block-wise")
+
+
 def omniquant(w: jax.Array, stats: Any, cfg: OmniQuantConfig = OmniQuantConfig(), *,
               name: str = "") -> QArray:
   """LWC of one matrix trained on its layer-output error (the tree API's form).
@@ -175,18 +196,7 @@ def omniquant(w: jax.Array, stats: Any, cfg: OmniQuantConfig = OmniQuantConfig()
   Returns:
     An integer :class:`QArray` (min-max layout, as RTN/GPTQ).
   """
-  w = common.as_matrix(w, name=name)
-  common.check_finite(w, name=name)
-  g = _check(cfg, w.shape[0], name)
-  h = getattr(stats, "gram", stats)
-  h = jnp.asarray(h, jnp.float32)
-  if h.shape != (w.shape[0], w.shape[0]):
-    raise ValueError(f"omniquant: Hessian of {name or 'weight'!r} has shape {tuple(h.shape)}, "
-                     f"expected {(w.shape[0], w.shape[0])}")
-  gamma, beta = _fit_matrix(w.astype(jnp.float32), h / jnp.maximum(jnp.trace(h), 1e-30),
-                            cfg, g)
-  return lwc_qarray(w, gamma, beta, bits=cfg.bits, group_size=g, symmetric=cfg.symmetric,
-                    dtype=w.dtype)
+  return qrec.call(OMNIQUANT_RECORD, w, cfg, stats, name=name)
 
 
 @functools.partial(jax.jit, static_argnums=(2, 3))

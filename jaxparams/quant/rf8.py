@@ -42,10 +42,11 @@ import jax
 import jax.numpy as jnp
 
 from jaxparams.quant import common
+from jaxparams.quant import record as qrec
 from jaxparams.quant.qarray import QArray
 from jaxparams.quant.rf8_table import BINADES, SIGNIFICANDS, TABLE, dequantize_codes  # noqa: F401
 
-__all__ = ["BINADES", "RF8Config", "SIGNIFICANDS", "TABLE", "rf8", "rf8_decode", "rf8_encode",
+__all__ = ["BINADES", "RF8Config", "RF8_RECORD", "SIGNIFICANDS", "TABLE", "rf8", "rf8_decode", "rf8_encode",
            "rf8_encode_with", "rf8_round"]
 
 
@@ -139,6 +140,20 @@ class RF8Config:
   group_size: int | None = -1
 
 
+def _rf8(w: jax.Array, cfg: RF8Config, *, name: str = "") -> QArray:
+  # The math; group size, shape, dtype and finiteness are the record's checks.
+  w = common.as_matrix(w, name=name)
+  k, n = w.shape
+  g = common.resolve_group_size(k, cfg.group_size, name=name)
+  codes, scale = _rf8_jit(w, g)
+  return QArray(codes=codes, scale=scale, zero=None, shape=(k, n), bits=8, group_size=g,
+                kind="rf8", dtype=jnp.dtype(w.dtype).name)
+
+
+RF8_RECORD = qrec.quantizer("rf8", _rf8, RF8Config, jitted=True, bit_widths=None,
+                            description="RF8: two powers of two per weight, 8-bit codes")
+
+
 def rf8(w: jax.Array, cfg: RF8Config = RF8Config(), *, name: str = "") -> QArray:
   """Quantizes ``w[K, N]`` to RF8 codes with one power-of-two scale per group and channel.
 
@@ -147,13 +162,7 @@ def rf8(w: jax.Array, cfg: RF8Config = RF8Config(), *, name: str = "") -> QArray
     >>> qa.kind, qa.dequantize().tolist()
     ('rf8', [[0.3125, 2.0], [-0.75, 0.0]])
   """
-  w = common.as_matrix(w, name=name)
-  common.check_finite(w, name=name)
-  k, n = w.shape
-  g = common.resolve_group_size(k, cfg.group_size, name=name)
-  codes, scale = _rf8_jit(w, g)
-  return QArray(codes=codes, scale=scale, zero=None, shape=(k, n), bits=8, group_size=g,
-                kind="rf8", dtype=jnp.dtype(w.dtype).name)
+  return qrec.call(RF8_RECORD, w, cfg, name=name)
 
 
 @functools.partial(jax.jit, static_argnums=(1,))
