@@ -67,7 +67,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -81,6 +80,7 @@ from jaxparams.quant.gptq_format import (_iter_gptq, export_gptq, gptq_config,  
                                          gptq_encode, gptq_pack, gptq_summary, gptq_unpack,
                                          import_gptq)
 from jaxparams.quant.checkpoint_orbax import load_quantized_orbax, save_quantized_orbax
+from jaxparams.quant.qentry import read_layout as _read_layout
 from jaxparams.quant.qentry import (FORMAT, SUFFIXES, VERSION, _FP8, _decode, _encode,  # noqa: F401
                                     _expected_shapes, _is_int, _meta, check_entry, dequantize_leaf,
                                     encode_parts, layout_entry)
@@ -166,28 +166,6 @@ def save_quantized(tree: Any, out_dir: str | Path, *, transpose: Mapping[str, bo
         if (Path(copy_from) / fn).is_file():
           (w.folder_tmp / fn).parent.mkdir(parents=True, exist_ok=True)
           w.copy_from(copy_from, [fn])
-
-
-def _read_layout(folder: Path) -> dict[str, Any]:
-  f = folder / LAYOUT_FILE
-  if not f.is_file():
-    if (folder / GPTQ_CONFIG_FILE).is_file() or config_quant(folder):
-      raise ValueError(f"{folder}: this is an HF GPTQ checkpoint ({GPTQ_CONFIG_FILE}), not the "
-                       f"jaxparams layout; read it with jaxparams.quant.import_gptq")
-    raise ValueError(f"{folder}: no {LAYOUT_FILE}; not a jaxparams quantized checkpoint")
-  try:
-    layout = json.loads(f.read_text())
-  except ValueError as e:
-    raise ValueError(f"{f}: not valid JSON ({e})") from None
-  if not isinstance(layout, dict):
-    raise ValueError(f"{f}: must be a JSON object")
-  if layout.get("format") != FORMAT or not isinstance(layout.get("tensors"), dict):
-    raise ValueError(f"{f}: expected format {FORMAT!r} with a 'tensors' dict, got "
-                     f"format={layout.get('format')!r}")
-  if not _is_int(layout.get("version")) or layout.get("version") != VERSION:
-    raise ValueError(f"{f}: layout version {layout.get('version')!r} is not supported "
-                     f"(supported: {VERSION})")
-  return layout
 
 
 def load_quantized_flat(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:

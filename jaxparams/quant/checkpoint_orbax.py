@@ -25,7 +25,7 @@ import numpy as np
 
 from jaxparams import io as jio
 from jaxparams import tree as jtree
-from jaxparams.quant.qentry import FORMAT, VERSION, _encode, _meta, decode_entry
+from jaxparams.quant.qentry import FORMAT, VERSION, _encode, _meta, decode_entry, read_layout
 from jaxparams.quant.qformat import LAYOUT_FILE, is_quant
 
 __all__ = ["save_quantized_orbax", "load_quantized_orbax"]
@@ -55,8 +55,7 @@ def save_quantized_orbax(tree: Any, path: str | Path, *, overwrite: bool = False
 def load_quantized_orbax(path: str | Path) -> Any:
   """Restores :func:`save_quantized_orbax` output as a nested dict with QArray leaves."""
   path = Path(path)
-  from jaxparams.quant.checkpoint import _read_layout  # pylint: disable=g-import-not-at-top
-  layout = _read_layout(path)
+  layout = read_layout(path)
   restored = jtree.flatten(jio.restore_orbax(path / "arrays"))
   out: dict[str, Any] = {}
   qmeta = layout["tensors"]

@@ -20,6 +20,8 @@ Example:
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any, Mapping
 
 import jax
@@ -28,9 +30,9 @@ import numpy as np
 
 from jaxparams.quant import packing
 from jaxparams.quant.qarray import QArray
-from jaxparams.quant.qformat import LAYOUT_FILE
+from jaxparams.quant.qformat import GPTQ_CONFIG_FILE, LAYOUT_FILE, config_quant
 
-__all__ = ["FORMAT", "VERSION", "SUFFIXES", "layout_entry", "encode_parts", "check_entry",
+__all__ = ["FORMAT", "VERSION", "SUFFIXES", "read_layout", "layout_entry", "encode_parts", "check_entry",
            "decode_entry", "dequantize_leaf"]
 
 FORMAT = "jaxparams.quant"
@@ -204,3 +206,26 @@ def dequantize_leaf(leaf: Any, meta: Mapping[str, Any], dtype: Any = None) -> np
   if "orig_shape" in meta:
     w = w.reshape(meta["orig_shape"])
   return np.ascontiguousarray(w)
+
+
+def read_layout(folder: Path) -> dict[str, Any]:
+  """The checked ``jaxparams_quant.json`` of a jaxparams-layout folder (format and version)."""
+  f = folder / LAYOUT_FILE
+  if not f.is_file():
+    if (folder / GPTQ_CONFIG_FILE).is_file() or config_quant(folder):
+      raise ValueError(f"{folder}: this is an HF GPTQ checkpoint ({GPTQ_CONFIG_FILE}), not the "
+                       f"jaxparams layout; read it with jaxparams.quant.import_gptq")
+    raise ValueError(f"{folder}: no {LAYOUT_FILE}; not a jaxparams quantized checkpoint")
+  try:
+    layout = json.loads(f.read_text())
+  except ValueError as e:
+    raise ValueError(f"{f}: not valid JSON ({e})") from None
+  if not isinstance(layout, dict):
+    raise ValueError(f"{f}: must be a JSON object")
+  if layout.get("format") != FORMAT or not isinstance(layout.get("tensors"), dict):
+    raise ValueError(f"{f}: expected format {FORMAT!r} with a 'tensors' dict, got "
+                     f"format={layout.get('format')!r}")
+  if not _is_int(layout.get("version")) or layout.get("version") != VERSION:
+    raise ValueError(f"{f}: layout version {layout.get('version')!r} is not supported "
+                     f"(supported: {VERSION})")
+  return layout
