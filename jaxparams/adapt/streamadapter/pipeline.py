@@ -17,7 +17,7 @@ Example:
   ...     adapter=dict(steps=1), streamadapter=dict(num_queries=4), lora=dict(rank=2),
   ...     eval=dict(ks=(1, 2), n_tasks=8))))
   >>> cfgs['family'].vocab_size, cfgs['model'].hidden_size, cfgs['ks']
-  (16, 16, (1, 2))
+  (40, 16, (1, 2))
 """
 
 from __future__ import annotations

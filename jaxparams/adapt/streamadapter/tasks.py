@@ -141,7 +141,7 @@ def ideal_icl_accuracy(k: int, n_in: int, n_out: int) -> float:
 
   Example:
     >>> round(ideal_icl_accuracy(0, 8, 16), 4), round(ideal_icl_accuracy(8, 8, 16), 3)
-    (0.0625, 0.685)
+    (0.0625, 0.678)
   """
   p = 1.0 - (1.0 - 1.0 / n_in) ** k
   return p + (1.0 - p) / n_out
