@@ -51,5 +51,5 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
     c.adapter.update(dict(steps=2, batch_size=8, max_k=4))
     c.streamadapter.update(dict(num_queries=4, state_dim=8, chunk_size=4))
     c.lora.update(dict(rank=2, steps=2))
-    c.eval.update(dict(ks=(1, 2, 4), n_tasks=8))
+    c.eval.update(dict(ks=(1, 2), n_tasks=8))
   return c

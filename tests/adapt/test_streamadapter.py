@@ -157,12 +157,12 @@ def test_config_runs_with_the_trainer_on_8_devices(tmp_path):
   out = subprocess.run(
       [sys.executable, "-m", "jaxparams.train",
        f"--config={ROOT / 'configs' / 'streamadapter.py'}:runlocal", f"--workdir={tmp_path}"],
-      capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+      capture_output=True, text=True, env=env, cwd=ROOT, timeout=1500)
   assert out.returncode == 0, out.stderr[-3000:]
   res = json.loads((tmp_path / "results.json").read_text())
-  assert res["devices"] == 8 and res["k"] == [1, 2, 4]
+  assert res["devices"] == 8 and res["k"] == [1, 2]
   for name in ("icl", "streamadapter", "lora_ttt", "icl_ms_per_query",
                "streamadapter_flops_per_query"):
-    assert len(res[name]) == 3, name
+    assert len(res[name]) == 2, name
   assert (tmp_path / "base" / "model.safetensors").is_file()
   assert (tmp_path / "adapter" / "model.safetensors").is_file()
