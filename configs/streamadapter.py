@@ -13,7 +13,8 @@ for k = 1..32 demonstrations (``WORKDIR/results.json``). Data-parallel over all 
 
 Arguments (``:arg``): ``runlocal`` (seconds on one CPU), ``quick`` (the benchmark's ``--quick``:
 a tiny model, minutes), ``tasks=N`` (size of the adapter's training-task pool, 0 = fresh tasks
-every step), ``queries=M`` (learnable queries = rank of the update).
+every step), ``queries=M`` (learnable queries = rank of the update), ``adapter_steps=N`` (override
+the adapter's training steps).
 """
 
 import ml_collections
@@ -22,7 +23,8 @@ from jaxparams.train import config_args
 
 
 def get_config(arg=None) -> ml_collections.ConfigDict:
-  arg = config_args.parse_arg(arg, runlocal=False, quick=False, tasks=0, queries=16)
+  arg = config_args.parse_arg(arg, runlocal=False, quick=False, tasks=0, queries=16,
+                              adapter_steps=0)
   c = ml_collections.ConfigDict()
   c.entry = "jaxparams.adapt.streamadapter.pipeline:run"
   c.task = ml_collections.ConfigDict(dict(n_in=8, n_out=16, format="pair_tokens"))
@@ -44,6 +46,8 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
     c.adapter.update(dict(steps=400))
     c.streamadapter.update(dict(state_dim=32))
     c.eval.n_tasks = 128
+  if arg.adapter_steps:
+    c.adapter.steps = int(arg.adapter_steps)
   if arg.runlocal:
     c.model.update(dict(hidden_size=16, intermediate_size=32, num_attention_heads=2,
                         num_key_value_heads=1))
