@@ -9,7 +9,8 @@
 * :mod:`~jaxparams.adapt.stream`: merge a PEFT adapter into an HF checkpoint on disk, streamed.
 * :mod:`~jaxparams.adapt.records`: the ``lora_merge`` / ``lora_unmerge`` transform records.
 * :mod:`~jaxparams.adapt.finetune`: LoRA/DoRA training through :mod:`jaxparams.train`.
-* :mod:`~jaxparams.adapt.streamadapter`: StreamAdapter, demonstrations absorbed into a low-rank update.
+* :mod:`~jaxparams.adapt.streamadapter`: StreamAdapter (imported on its own: ``from jaxparams.adapt
+  import streamadapter``), demonstrations absorbed into a low-rank update.
 
 Example:
   >>> import jax, jax.numpy as jnp
@@ -33,7 +34,6 @@ from jaxparams.adapt.stream import merge_checkpoint
 from jaxparams.adapt.finetune import (LoraFinetuneConfig, full_adapter, split_trainable,
                                       train_lora)
 from jaxparams.adapt.extract import choose_rank, extract_checkpoint, extract_tensor, extract_tree
-from jaxparams.adapt import streamadapter  # noqa: F401  (sub-package, issue 28)
 
 __all__ = [
     "delta", "dora_merge_tensor", "dora_norm", "dora_unmerge_tensor", "init_tensor",

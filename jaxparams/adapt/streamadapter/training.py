@@ -20,7 +20,8 @@ Example:
   >>> fam = TaskFamily(n_in=4, n_out=4)
   >>> mc = LlamaConfig(vocab_size=fam.vocab_size, hidden_size=16, intermediate_size=32,
   ...                  num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=64)
-  >>> base, log = train_base(mc, fam, BaseTrainConfig(steps=2, batch_size=8, max_k=4))
+  >>> base, log = train_base(mc, fam, BaseTrainConfig(steps=2, batch_size=8, max_k=4),
+  ...                        log_every=1)
   >>> len(log), sorted(base)[:2]
   (2, ['embed_tokens', 'layers_0'])
 """
