@@ -14,6 +14,8 @@
   :mod:`~jaxparams.adapt.merge_utils` and :mod:`~jaxparams.adapt.svd`; every caller runs a record
   the one way, ``record(...)`` (checks, apply, verify).
 * :mod:`~jaxparams.adapt.finetune`: the LoRA/DoRA model trained by :mod:`jaxparams.train.lora`.
+* :mod:`~jaxparams.adapt.streamadapter`: StreamAdapter (imported on its own: ``from jaxparams.adapt
+  import streamadapter``), demonstrations absorbed into a low-rank update.
 
 Example:
   >>> import jax, jax.numpy as jnp

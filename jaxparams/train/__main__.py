@@ -31,6 +31,8 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
 
 def format_record(r: dict) -> str:
   """One progress line for a JSONL record."""
+  if r["event"] in ("base", "adapter"):  # configs/streamadapter.py stages
+    return f"{r['event']} step {r['step']:>6}  loss {r['loss']:.4f}"
   if r["event"] == "train":
     return (f"step {r['step']:>6}  loss {r['loss']:.4f}  lr {r['lr']:.2e}  "
             f"{r['tokens_per_s']:,.0f} tok/s  params {r['n_params']:,}")
@@ -70,8 +72,26 @@ def parse_flags(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) ->
   return rest
 
 
+def run_entry(config, workdir: str) -> int:
+  """Runs a config that names its own driver (``config.entry = 'module:function'``, called as
+  ``function(config, workdir, progress=...)``), e.g. ``configs/streamadapter.py``."""
+  import importlib  # pylint: disable=g-import-not-at-top
+  module, sep, fn = str(config.entry).partition(":")
+  try:
+    if not sep:
+      raise ValueError(f"config.entry must be 'module:function', found {config.entry!r}")
+    driver = getattr(importlib.import_module(module), fn)
+    driver(config, workdir, progress=lambda r: print(format_record(r), flush=True))
+  except (ImportError, AttributeError, ValueError) as e:
+    fail(e)
+  print(f"done: outputs in {workdir}")
+  return 0
+
+
 def run(config, workdir: str) -> int:
   """Trains; returns the exit code (0, or 128 + signal when interrupted). Config errors exit 2."""
+  if "entry" in config:
+    return run_entry(config, workdir)
   try:
     result = trainer.train(config, workdir, progress=lambda r: print(format_record(r), flush=True))
   except trainer.ConfigError as e:
