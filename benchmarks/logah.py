@@ -17,7 +17,11 @@
 
 Writes ``{"configs": {NAME: {"width_ratio", "steps", "random", "tiled", "logah",
 "decoder_params": {"tiled", "logah"}}}, "meta": {...}}`` (losses: means over seeds; per-seed
-values, hypernetwork training curves and timings under ``meta``). The trained hypernetworks go to
+values, hypernetwork training curves and timings under ``meta``). ``decoder_params`` is each
+decoder's size at that width: sized to emit the model's widest matrix without repeats (tiled:
+``T = d``, LoGAH: ``ck = d``; same ``hid`` and rank); the sizes of the decoders actually trained
+(tile = widest training width) are under ``meta.heldout.NAME.decoder_params_as_trained``.
+``--medium`` is the size that was run on the shared 2-core machine (see RESULTS.md). The trained hypernetworks go to
 ``--workdir`` (default: a temporary folder), never into the repository.
 """
 
@@ -47,6 +51,14 @@ FULL = dict(
         "gpt2-w64-d5": ("gpt2", 5, 64, 4, 256, 4),
     },
     steps=(0, 100, 500, 2000), batch=8, seq=64, lr=1e-3, seeds=3)
+# The size that fits this shared 2-core machine under load (compiles dominate: one per distinct
+# architecture, so the dataset repeats few architectures, as GPTS-1K repeats ~80 among 1000).
+MEDIUM = dict(
+    n_archs=200, depth=(1, 2), width=(8, 16), head_dim=4, ffn_ratios=(4.0,), hn_steps=500,
+    hn_batch=8, hn_seq=32, hn_lr=1e-3, hid=16, layers=2, heads=2, rank=4,
+    heldout={"llama-w64-d3": ("llama", 3, 64, 16, 256, 16),
+             "gpt2-w32-d3": ("gpt2", 3, 32, 8, 128, 8)},
+    steps=(0, 100, 500, 2000), batch=4, seq=32, lr=1e-3, seeds=3)
 QUICK = dict(
     n_archs=12, depth=(1, 2), width=(8, 16), hn_steps=60, hn_batch=4, hn_seq=32,
     hid=16, layers=2, heads=2, rank=4,
@@ -98,16 +110,19 @@ def main(argv=None) -> None:
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument("--out", required=True)
   ap.add_argument("--quick", action="store_true")
+  ap.add_argument("--medium", action="store_true", help="the size run on the shared 2-core VM")
   ap.add_argument("--workdir", default=None, help="where the trained hypernetworks are saved")
   args = ap.parse_args(argv)
-  s = QUICK if args.quick else FULL
+  s = QUICK if args.quick else MEDIUM if args.medium else FULL
   t0, c0 = time.time(), cpu_seconds()
   workdir = args.workdir or tempfile.mkdtemp(prefix="logah_bench_")
 
   train_tok = predict.byte_tokens(corpus.docstring_sentences())
   eval_tok = predict.byte_tokens(corpus.reference_sentences())
   eval_b = eval_batches(eval_tok, 16, s["seq"])
-  archs = predict.sample_configs(s["n_archs"], seed=1, depth=s["depth"], width=s["width"])
+  archs = predict.sample_configs(s["n_archs"], seed=1, depth=s["depth"], width=s["width"],
+                                 head_dim=s.get("head_dim"),
+                                 ffn_ratios=s.get("ffn_ratios", (2.0, 8 / 3, 4.0)))
   widest = predict.widest(archs)
   log = lambda m: print(f"[{time.time() - t0:7.1f}s] {m}", flush=True)
   log(f"{len(archs)} architectures ({len(set(archs))} distinct), widest {widest}, depth "
@@ -126,6 +141,7 @@ def main(argv=None) -> None:
     hn = predict.init(jax.random.key(0), hc)
     c1, w1 = cpu_seconds(), time.time()
     fc = predict.FitConfig(steps=s["hn_steps"], batch_size=s["hn_batch"], seq_len=s["hn_seq"],
+                           lr=s.get("hn_lr", 3e-4),
                            warmup=max(1, s["hn_steps"] // 20), log_every=max(1, s["hn_steps"] // 10))
     hn, hist = predict.fit(hn, archs, train_tok, fc, key=jax.random.key(1),
                            log=lambda r, k=kind: log(f"{k} step {r['step']} loss {r['loss']:.3f}"))
@@ -150,16 +166,18 @@ def main(argv=None) -> None:
       starts[kind] = [p] * s["seeds"]
     curves = train_curves(starts, module, train_tok, eval_b, s)
     run_time[name] = {"wall_s": time.time() - w1, "cpu_s": cpu_seconds() - c1}
-    # decoder size each hypernetwork needs at this width without repeating tiles
-    d = max(cfg.hidden_size, cfg.intermediate_size)
-    n_no_tile = predict.decoders.tiled_size(hid=s["hid"], tile=d)
+    # decoder size each hypernetwork needs to emit this model's widest matrix without repeats
+    d = max(max(cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size), 1)
+    at_width = {"tiled": predict.decoders.tiled_size(hid=s["hid"], tile=d),
+                "logah": predict.decoders.lowrank_size(hid=s["hid"], rank=s["rank"], ck=d)}
     results[name] = {
         "width_ratio": cfg.hidden_size / widest,
         "steps": list(s["steps"]),
         **{k: [float(np.mean(v)) for v in curves[k]] for k in ("random", "tiled", "logah")},
-        "decoder_params": {k: predict.decoder_params(hypernets[k]) for k in ("tiled", "logah")},
+        "decoder_params": at_width,
     }
-    per_seed[name] = {"curves": curves, "tiled_decoder_params_without_tiling": n_no_tile,
+    per_seed[name] = {"curves": curves, "decoder_params_as_trained": {
+                          k: predict.decoder_params(hypernets[k]) for k in ("tiled", "logah")},
                       "depth": cfg.num_hidden_layers, "width": cfg.hidden_size,
                       "ffn": cfg.intermediate_size, "style": s["heldout"][name][0]}
     log(f"{name}: " + json.dumps(results[name]))

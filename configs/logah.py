@@ -15,11 +15,11 @@ tiled baseline), ``rank=N`` (LoGAH's r).
 
 import ml_collections
 
-from jaxparams.train import config_args
+from jaxparams.train.config_args import parse_arg
 
 
 def get_config(arg=None) -> ml_collections.ConfigDict:
-  arg = config_args.parse_arg(arg, runlocal=False, decoder="logah", rank=8)
+  arg = parse_arg(arg, runlocal=False, decoder="logah", rank=8)
   c = ml_collections.ConfigDict()
   c.task = "hypernet"
   c.seed = 0
@@ -30,7 +30,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
       steps=1200, batch_size=8, seq_len=64, lr=3e-4, weight_decay=1e-2, warmup=60, grad_clip=5.0,
       archs_per_step=1, log_every=50))
   if arg.runlocal:
-    c.archs.update(dict(n=3, depth=(1, 1), width=(8, 16)))
+    c.archs.update(dict(n=2, depth=(1, 1), width=(8, 8)))
     c.hypernet.update(dict(hid=16, layers=1, heads=2, rank=min(arg.rank, 4), max_width=256,
                            tile=16))
     c.fit.update(dict(steps=3, batch_size=2, seq_len=16, warmup=1, log_every=1))

@@ -47,12 +47,15 @@ def make_config(style: str, *, depth: int, width: int, heads: int, ffn: int,
 
 def sample_configs(n: int, *, seed: int = 1, depth: tuple[int, int] = (1, 4),
                    width: tuple[int, int] = (16, 64), styles: Sequence[str] = STYLES,
-                   vocab_size: int = VOCAB_SIZE) -> list[LlamaConfig]:
+                   vocab_size: int = VOCAB_SIZE, head_dim: int | None = None,
+                   ffn_ratios: Sequence[float] = (2.0, 8 / 3, 4.0)) -> list[LlamaConfig]:
   """``n`` sampled architectures (deterministic in ``seed``).
 
   As in GPTS-1K the width range narrows with depth: the deepest third of ``depth`` draws from the
   lower half of ``width``, the shallowest third from the upper half. Heads divide the width with a
-  head dimension >= 4; the FFN is 4x (gpt2) or one of 2x, 8/3x, 4x rounded to 8 (llama).
+  head dimension >= 4; the FFN is 4x (gpt2) or one of ``ffn_ratios`` rounded to 8 (llama).
+  ``head_dim`` fixes the head size (heads = width / head_dim, no grouped queries), as GPTS-1K
+  fixes 8 heads: fewer distinct architectures, so fewer compilations.
   """
   rng = np.random.default_rng(seed)
   lo_d, hi_d = depth
@@ -65,12 +68,15 @@ def sample_configs(n: int, *, seed: int = 1, depth: tuple[int, int] = (1, 4),
     a, b = (lo_w, mid) if frac > 2 / 3 else (mid, hi_w) if frac < 1 / 3 else (lo_w, hi_w)
     w = int(rng.choice(np.arange(a, b + 1, 8)))
     style = str(rng.choice(list(styles)))
-    heads = int(rng.choice([h for h in (1, 2, 4, 8) if w % h == 0 and w // h >= 4]))
+    if head_dim:
+      heads = max(1, w // head_dim)
+    else:
+      heads = int(rng.choice([h for h in (1, 2, 4, 8) if w % h == 0 and w // h >= 4]))
     if style == "gpt2":
       ffn, kv = 4 * w, heads
     else:
-      ffn = int(round(w * float(rng.choice([2.0, 8 / 3, 4.0])) / 8) * 8)
-      kv = int(rng.choice([k for k in (1, 2, heads) if heads % k == 0]))
+      ffn = int(round(w * float(rng.choice(list(ffn_ratios))) / 8) * 8)
+      kv = heads if head_dim else int(rng.choice([k for k in (1, 2, heads) if heads % k == 0]))
     out.append(make_config(style, depth=d, width=w, heads=heads, ffn=ffn, kv_heads=kv,
                            vocab_size=vocab_size))
   return out
