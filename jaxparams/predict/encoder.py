@@ -17,7 +17,7 @@ Example:
   >>> import numpy as np
   >>> w = encoder.init(np.random.default_rng(0), hid=16, layers=2, heads=2, n_bins=3)
   >>> encoder.encode(w, arrays, heads=2).shape
-  (21, 16)
+  (22, 16)
 """
 
 from __future__ import annotations
