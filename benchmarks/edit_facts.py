@@ -27,7 +27,7 @@ reference's Wikipedia statistics; ``auto`` falls back to the unedited facts on s
 name nearly every subject, as the default set), WISE at layer 2 with margins scaled to the model. For 1000
 sequential edits, generate the 1000-edit set (``benchmarks/make_facts_set.py --subjects 1300
 --relations-per-subject 2 --edits 1000 --distinct-subjects --out DIR``), train its LM with
-``facts_lm.train_facts_lm(WORK, ..., size='wide')`` and pass ``--lm WORK --memit-layers 0
+``train_facts_lm(WORK, ..., size='wide')`` and pass ``--lm WORK --memit-layers 0
 --alpha-threshold 0.1 --seq-edits 1000`` (benchmarks/results/edit_batch.md).
 """
 
@@ -47,7 +47,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxparams.edit import evaluate, facts, facts_lm, ft, grace, methods, stats, targets, wise
+from jaxparams.train.facts_lm import train_facts_lm
 from jaxparams.models import Llama
+from jaxparams.edit import registry as edit_registry
 from jaxparams.edit import requests as req_lib
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
@@ -125,13 +127,26 @@ def target_params(a):
                                clamp_norm_factor=a.z_clamp))
 
 
+def method_params(a, name: str, fields: dict) -> object:
+  """The parameters of registry method ``name``: its defaults, the benchmark's flags
+  (``fields``), then ``--set NAME.FIELD=VALUE`` (unknown fields raise listing the valid ones)."""
+  hp = edit_registry.make_params(name, fields, where="benchmark flags")
+  own = [x.split(".", 1)[1] for x in getattr(a, "assign", []) if x.split(".", 1)[0] == name]
+  if own:
+    hp = edit_registry.make_params(name, edit_registry.parse_assignments(own), base=hp,
+                                   where="--set")
+  return hp
+
+
 def rome_singles(lm, edits, reqs, score, cov, templates, target, n, where):
   """ROME single edits, each from the original params: mean scores, median seconds per edit."""
   per, times = [], []
   for e, r in list(zip(edits, reqs))[:n]:
     t0 = time.perf_counter()
     new, _ = methods.rome(lm.module, lm.params, lm.tokenizer, r, cov=cov, where=where,
-                          templates=templates, hp=methods.RomeParams(target=target))
+                          templates=templates,
+                          hp=edit_registry.make_params("rome",
+                                                       {"target": dataclasses.asdict(target)}))
     jax.block_until_ready(new)
     times.append(time.perf_counter() - t0)
     per.append(score(new, [e]))
@@ -143,6 +158,7 @@ def rome_singles(lm, edits, reqs, score, cov, templates, target, n, where):
 
 
 def main(argv=None):
+  dflt = {n: edit_registry.get(n).defaults() for n in edit_registry.names()}  # one place
   ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   ap.add_argument("--facts"), ap.add_argument("--relations"), ap.add_argument("--edits")
   ap.add_argument("--methods", default="rome,memit,alphaedit,grace,wise,ft")
@@ -156,7 +172,7 @@ def main(argv=None):
   ap.add_argument("--batch", type=int, default=100)
   ap.add_argument("--seq-edits", type=int, default=300)
   ap.add_argument("--seq-batch", type=int, default=100)
-  ap.add_argument("--fact-token", default="subject_last")
+  ap.add_argument("--fact-token", default=dflt["rome"].target.fact_token)
   ap.add_argument("--stats-from", default="auto", choices=("auto",) + facts.STATS_SOURCES,
                   help="key statistics from the facts of subjects that no edit of this run "
                   "names (other_subjects: the analogue of the reference's Wikipedia C0), from "
@@ -170,22 +186,27 @@ def main(argv=None):
                   "this model's key width, 15000 * d_ff / 16384, so that lambda weighs each key "
                   "direction as in the reference (C0 is a per-token mean: its trace does not grow "
                   "with the width, its per-direction scale shrinks as 1 / d_ff)")
-  ap.add_argument("--alpha-threshold", type=float, default=2e-2,
+  ap.add_argument("--alpha-threshold", type=float, default=dflt["alphaedit"].nullspace_threshold,
                   help="AlphaEdit nullspace_threshold (absolute, as the reference)")
-  ap.add_argument("--alpha-l2", type=float, default=10.0, help="AlphaEdit L2")
-  ap.add_argument("--v-steps", type=int, default=20, help="target optimisation steps")
-  ap.add_argument("--v-lr", type=float, default=0.5)
-  ap.add_argument("--clamp", type=float, default=4.0, help="ROME clamp_norm_factor")
+  ap.add_argument("--alpha-l2", type=float, default=dflt["alphaedit"].L2, help="AlphaEdit L2")
+  ap.add_argument("--v-steps", type=int, default=dflt["rome"].target.v_num_grad_steps,
+                  help="target optimisation steps")
+  ap.add_argument("--v-lr", type=float, default=dflt["rome"].target.v_lr)
+  ap.add_argument("--clamp", type=float, default=dflt["rome"].target.clamp_norm_factor,
+                  help="ROME clamp_norm_factor")
   # WISE / GRACE / FT-L / sequential settings (see benchmarks/results/edit_seq.md for why).
   ap.add_argument("--wise-layer", type=int, default=2, help="WISE value matrix (a late layer)")
-  ap.add_argument("--wise-iters", type=int, default=70)
-  ap.add_argument("--wise-lr", type=float, default=1.0)
-  ap.add_argument("--wise-nc", type=float, default=1.0, help="WISE norm_constraint")
-  ap.add_argument("--wise-margin", default="5,20,10", help="WISE alpha,beta,gamma")
-  ap.add_argument("--wise-save", type=int, default=500, help="WISE save_freq (merge: 2x)")
+  ap.add_argument("--wise-iters", type=int, default=dflt["wise"].n_iter)
+  ap.add_argument("--wise-lr", type=float, default=dflt["wise"].edit_lr)
+  ap.add_argument("--wise-nc", type=float, default=dflt["wise"].norm_constraint,
+                  help="WISE norm_constraint")
+  ap.add_argument("--wise-margin", default=",".join(f"{x:g}" for x in dflt["wise"].act_margin),
+                  help="WISE alpha,beta,gamma")
+  ap.add_argument("--wise-save", type=int, default=dflt["wise"].save_freq,
+                  help="WISE save_freq (merge: 2x)")
   ap.add_argument("--wise-in-scope", default="target", choices=("target", "all"))
-  ap.add_argument("--wise-act-ratio", type=float, default=0.88)
-  ap.add_argument("--wise-mask-ratio", type=float, default=0.2)
+  ap.add_argument("--wise-act-ratio", type=float, default=dflt["wise"].act_ratio)
+  ap.add_argument("--wise-mask-ratio", type=float, default=dflt["wise"].mask_ratio)
   ap.add_argument("--wise-templates", type=int, default=11,
                   help="edit rows per request: '{}' plus this many - 1 context templates")
   ap.add_argument("--grace-layer", type=int, default=0)
@@ -198,13 +219,18 @@ def main(argv=None):
   ap.add_argument("--seq-md", default=str(RESULTS / "edit_seq.md"))
   ap.add_argument("--combine", default="", help="comma-separated --seq-out JSON files of "
                   "separate runs: merge them into --seq-out / --seq-md and exit")
-  ap.add_argument("--z-steps", type=int, default=25, help="MEMIT/AlphaEdit target steps")
+  ap.add_argument("--z-steps", type=int, default=dflt["memit"].target.v_num_grad_steps,
+                  help="MEMIT/AlphaEdit target steps")
   ap.add_argument("--z-clamp", type=float, default=4.0, help="MEMIT/AlphaEdit clamp_norm_factor")
+  ap.add_argument("--set", action="append", default=[], dest="assign",
+                  metavar="METHOD.NAME=VALUE",
+                  help="set any parameter of a method's record on top of the flags above "
+                  "(repeatable), e.g. --set alphaedit.fp64=true --set wise.weight_decay=0")
   a = ap.parse_args(argv)
   if a.combine:
     return combine_seq(a.combine.split(","), pathlib.Path(a.seq_out), pathlib.Path(a.seq_md))
   meths = [m.strip() for m in a.methods.split(",") if m.strip()]
-  valid = ("rome", "memit", "alphaedit", "ft", "ft_tuned", "grace", "wise")
+  valid = tuple(edit_registry.names()) + ("ft_tuned",)
   bad = [m for m in meths if m not in valid]
   if bad:
     raise SystemExit(f"unknown method(s) {bad}; valid here: {', '.join(valid)}")
@@ -213,7 +239,7 @@ def main(argv=None):
   if a.lm:
     lm = facts_lm.load_facts_lm(pathlib.Path(a.lm) / "hf", pathlib.Path(a.lm) / "data")
   else:
-    lm = facts_lm.train_facts_lm(a.workdir, a.facts, a.relations, a.edits, steps=a.steps)
+    lm = train_facts_lm(a.workdir, a.facts, a.relations, a.edits, steps=a.steps)
   t_train = time.perf_counter() - t0
   fs = lm.facts
   rec = facts_lm.recall(lm)
@@ -262,18 +288,28 @@ def main(argv=None):
   grace_module = Llama(lm.config, dot=grace.dot)
   wise_module = Llama(lm.config, dot=wise.dot)
   mod_of = lambda name: {"grace": grace_module, "wise": wise_module}.get(name, lm.module)
-  wise_hp = wise.WiseParams(n_iter=a.wise_iters, edit_lr=a.wise_lr, norm_constraint=a.wise_nc,
-                            act_margin=tuple(float(x) for x in a.wise_margin.split(",")),
-                            save_freq=a.wise_save, merge_freq=2 * a.wise_save,
-                            in_scope=a.wise_in_scope, act_ratio=a.wise_act_ratio,
-                            mask_ratio=a.wise_mask_ratio)
+  wise_hp = method_params(a, "wise", dict(
+      n_iter=a.wise_iters, edit_lr=a.wise_lr, norm_constraint=a.wise_nc,
+      act_margin=tuple(float(x) for x in a.wise_margin.split(",")), save_freq=a.wise_save,
+      merge_freq=2 * a.wise_save, in_scope=a.wise_in_scope, act_ratio=a.wise_act_ratio,
+      mask_ratio=a.wise_mask_ratio))
+  grace_hp = method_params(a, "grace", {})
   wise_tpl = tuple(tpl[:a.wise_templates])
   ft_steps, ft_lr, ft_nc = a.ft_tuned.split(",")
-  ft_hp = {"ft": ft.FTParams(), "ft_tuned": ft.FTParams(num_steps=int(ft_steps), lr=float(ft_lr),
-                                                        norm_constraint=float(ft_nc))}
+  ft_hp = {"ft": method_params(a, "ft", {}),
+           "ft_tuned": method_params(a, "ft", dict(num_steps=int(ft_steps), lr=float(ft_lr),
+                                                   norm_constraint=float(ft_nc)))}
+  memit_hp = method_params(a, "memit", {"target": dataclasses.asdict(tpm),
+                                        "mom2_update_weight": lam})
+  alpha_hp = method_params(a, "alphaedit", {"target": dataclasses.asdict(tpm),
+                                            "nullspace_threshold": a.alpha_threshold,
+                                            "L2": a.alpha_l2})
   results["_setup"].update(wise_hp=dataclasses.asdict(wise_hp), wise_templates=len(wise_tpl),
                            grace_layer=a.grace_layer, ft_layer=a.ft_layer,
-                           ft={k: dataclasses.asdict(v) for k, v in ft_hp.items()})
+                           ft={k: dataclasses.asdict(v) for k, v in ft_hp.items()},
+                           method_params={"memit": dataclasses.asdict(memit_hp),
+                                          "alphaedit": dataclasses.asdict(alpha_hp),
+                                          "grace": dataclasses.asdict(grace_hp)})
   loc_pool = [(f.subject, facts.sentence(fs.relations[f.relation][0], f.subject))
               for f in fs.facts]
 
@@ -290,7 +326,7 @@ def main(argv=None):
         params = grace.wrap_params(params, a.grace_layer,
                                    capacity=max(64, a.seq_edits, a.batch))
       new = grace.edit_many(grace_module, params, lm.tokenizer, rq, layer=a.grace_layer,
-                            first_id=state)
+                            first_id=state, hp=grace_hp)
       return (new, None), state + len(rq)
     if name == "wise":
       st = state or wise.WiseState()
@@ -304,11 +340,9 @@ def main(argv=None):
       return (params, None), st
     if name == "memit":
       return methods.memit(lm.module, params, lm.tokenizer, rq, cov=cov, where=memit_where,
-                           templates=groups, hp=methods.MemitParams(
-                               target=tpm, mom2_update_weight=lam)), state
+                           templates=groups, hp=memit_hp), state
     if name == "alphaedit":
-      hp = methods.AlphaEditParams(target=tpm, nullspace_threshold=a.alpha_threshold,
-                                   L2=a.alpha_l2)
+      hp = alpha_hp
       state = state or methods.alpha_state({l: cov[l] for l in methods.edited_layers(
           lm.params, memit_where)}, hp)
       new, d, state = methods.alphaedit(lm.module, params, lm.tokenizer, rq, state=state,

@@ -21,6 +21,7 @@ Writes the JSON and ``benchmarks/results/edit_bert.md``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import pathlib
 import platform
@@ -36,6 +37,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from edit_facts import _neighbours, _pairs, rome_singles, target_params  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from jaxparams.edit import arch, facts, facts_mlm, methods, stats  # pylint: disable=wrong-import-position
+from jaxparams.edit import registry as edit_registry  # pylint: disable=wrong-import-position
 from jaxparams.edit import requests as req_lib  # pylint: disable=wrong-import-position
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
@@ -112,9 +114,10 @@ def main(argv=None):
                   "cloze rows '[CLS] prompt [MASK] [SEP]' of unedited facts (0: sentences only)")
   a = ap.parse_args(argv)
   meths = [m.strip() for m in a.methods.split(",") if m.strip()]
-  bad = [m for m in meths if m not in ("rome", "memit", "alphaedit")]
+  valid = edit_registry.checkpoint_names()   # the locate-then-edit methods (weights, a Delta)
+  bad = [m for m in meths if m not in valid]
   if bad:
-    raise SystemExit(f"unknown method(s) {bad}; valid here: rome, memit, alphaedit")
+    raise SystemExit(f"unknown method(s) {bad}; valid here: {', '.join(valid)}")
 
   t0 = time.perf_counter()
   lm = facts_mlm.train_facts_mlm(a.workdir, a.facts, a.relations, a.edits, steps=a.steps)
@@ -165,10 +168,11 @@ def main(argv=None):
     rq = reqs[:a.batch]
     if name == "memit":
       new, _ = methods.memit(lm.module, lm.params, lm.tokenizer, rq, cov=cov, where=where,
-                             templates=groups, hp=methods.MemitParams(target=tpm,
-                                                                      mom2_update_weight=a.lam))
+                             templates=groups, hp=edit_registry.make_params(
+                                 "memit", {"target": dataclasses.asdict(tpm),
+                                           "mom2_update_weight": a.lam}))
     else:
-      hp = methods.AlphaEditParams(target=tpm)
+      hp = edit_registry.make_params("alphaedit", {"target": dataclasses.asdict(tpm)})
       state = methods.alpha_state({l: cov[l] for l in methods.edited_layers(lm.params, where)},
                                   hp)
       new, _, _ = methods.alphaedit(lm.module, lm.params, lm.tokenizer, rq, state=state,

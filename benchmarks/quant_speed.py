@@ -43,7 +43,7 @@ COMPILE = ("/jax/core/compile/jaxpr_trace_duration",
 def whole(cache: str, specs: list[str]) -> dict:
   # pylint: disable=import-outside-toplevel
   from jaxparams.calib import corpus
-  from jaxparams.cli.merge import enable_compile_cache
+  from jaxparams.cli.common import enable_compile_cache
   from jaxparams.models.minilm import load_minilm
   from jaxparams.quant import rules as qrules
   from jaxparams.quant.calibrate import collect_stats, text_batches

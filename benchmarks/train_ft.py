@@ -28,18 +28,21 @@ import orbax.checkpoint as ocp
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jaxparams.scale.tokenformer import TokenFormerConfig
-from jaxparams.train import data, snapshot, trainer
+from jaxparams.train import data, optim, snapshot, trainer
+from jaxparams.train import step as train_step_lib
+from jaxparams.train import mesh as train_mesh
 
 
 def measure(steps: int, every: int, mode: str, tmp: pathlib.Path) -> dict:
   mesh = trainer.make_mesh(1)
   cfg = TokenFormerConfig(vocab_size=256, d_model=128, n_layers=2, n_heads=4, qkv_tokens=64,
                           out_tokens=64, ffn_tokens=256, max_len=64)
-  model = trainer._build("tokenformer", cfg, (1.0, 0.9, 0.95, 0.1), mesh, 64)  # pylint: disable=protected-access
+  features = optim.OptimFeatures(grad_clip=1.0, b1=0.9, b2=0.95, weight_decay=0.1)
+  model = train_step_lib.build_model("tokenformer", cfg, features, mesh, 64)
   corpus = data.load_corpus(max_bytes=300_000)
   bs = NamedSharding(mesh, P("data"))
-  batches = [trainer._put(data.train_batch(corpus, step=i, batch_size=16, seq_len=64, seed=0),  # pylint: disable=protected-access
-                          bs) for i in range(steps)]
+  batches = [train_mesh.put(data.train_batch(corpus, step=i, batch_size=16, seq_len=64, seed=0),
+                            bs) for i in range(steps)]
   params = model.init_params(np.asarray(jax.random.PRNGKey(0)))
   opt = model.init_opt(params)
   key = np.asarray(jax.random.PRNGKey(1))

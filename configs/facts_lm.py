@@ -12,13 +12,13 @@ default: the set packaged in ``jaxparams/edit/data``), ``size=default|wide|tiny`
 512, 3000 steps, for the 1000-edit set of ``benchmarks/make_facts_set.py --subjects 1300
 --relations-per-subject 2 --edits 1000 --distinct-subjects``), ``steps=N``,
 ``runlocal`` (= ``size=tiny,steps=3``). To export the HF checkpoint (config, safetensors,
-tokenizer.json) use ``jaxparams.edit.facts_lm.train_facts_lm(workdir)``, which runs this same
+tokenizer.json) use ``jaxparams.train.facts_lm.train_facts_lm(workdir)``, which runs this same
 config through the trainer (reusing a finished run) and calls ``jp.models.to_hf``.
 """
 
 import ml_collections
 
-from jaxparams.edit import facts_lm
+from jaxparams.train import facts_lm
 from jaxparams.train import config_args
 
 

@@ -4,9 +4,9 @@ Only the adapter trains (the ``'lora'`` model family's params are the LoRA's ``a
 base is a constant and the scales are not parameters); checkpoints and exact resume come from the
 trainer; ``train_lora`` writes the adapter in PEFT's format to ``WORKDIR/adapter`` at the end.
 
-  python -m jaxparams.adapt.finetune --config=configs/lora_llama.py:base=/path/to/hf_llama \
+  python -m jaxparams.train.lora --config=configs/lora_llama.py:base=/path/to/hf_llama \
       --workdir=/tmp/lora
-  python -m jaxparams.adapt.finetune --config=configs/lora_llama.py:runlocal --workdir=/tmp/l
+  python -m jaxparams.train.lora --config=configs/lora_llama.py:runlocal --workdir=/tmp/l
 
 Arguments (``:arg``): ``runlocal`` (seconds on one CPU; base = the tiny Llama of the tests'
 fixtures), ``base=PATH`` (an HF Llama folder whose vocabulary covers the 256 byte values),

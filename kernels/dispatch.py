@@ -13,6 +13,12 @@ Every op's ``api.py`` takes ``implementation`` and asks :func:`choose` which cod
   interpreted) unless the op is told otherwise: to lower it with
   ``jax.export(..., platforms=['tpu'|'cuda'])`` from a CPU host.
 
+Each op names its implementations once, as data (as tokamax does): an :class:`Implementations`
+table maps ``'xla'`` to the reference and each Pallas target (``'tpu'``, ``'gpu'``) to its kernel
+and shape planner; :meth:`Implementations.select` applies the rule above and returns the callable
+to run (a Pallas kernel differentiated as its reference). No op branches on implementation or
+target names itself.
+
 Example:
   >>> choose(None)                       # CPU host: the XLA reference
   Choice(implementation='xla', target=None, interpret=False)
@@ -29,12 +35,13 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+import functools
+from typing import Any, Callable, Mapping
 
 import jax
 
-__all__ = ["IMPLEMENTATIONS", "Choice", "check_implementation", "choose", "mosaic_gpu_supported",
-           "with_reference_vjp"]
+__all__ = ["IMPLEMENTATIONS", "Choice", "Implementations", "check_implementation", "choose",
+           "mosaic_gpu_supported", "with_reference_vjp"]
 
 IMPLEMENTATIONS = ("xla", "pallas", "pallas_tpu", "pallas_gpu")
 
@@ -134,3 +141,76 @@ def with_reference_vjp(kernel_fn: Callable[..., Any], reference_fn: Callable[...
 
   f.defvjp(fwd, bwd)
   return f
+
+
+def _interpret_true(target: str) -> Any:  # pylint: disable=unused-argument
+  return True
+
+
+@dataclasses.dataclass(frozen=True)
+class Implementations:
+  """One op's implementations, by name, in one place (what ``implementation=`` selects).
+
+  Attributes:
+    op: the op's name, for error messages.
+    xla: the pure-``jnp`` reference (``'xla'``); it is also the specification the Pallas kernels
+      are differentiated as.
+    pallas: ``{target: kernel}`` for the targets that have a Pallas kernel (``'tpu'``, ``'gpu'``);
+      a kernel takes the reference's arguments plus ``interpret=``.
+    plan: ``{target: plan}``; ``plan(*plan_args, **plan_kwargs)`` raises ``ValueError`` (with the
+      reason) when that kernel cannot take the shapes. A target without one takes every shape.
+    reference_vjp: differentiate the Pallas kernels as ``xla`` (:func:`with_reference_vjp`);
+      False for integer-valued ops.
+    interpret: ``interpret(target)``: the ``interpret=`` a kernel gets when it runs interpreted
+      on a CPU host (``'pallas'`` there) and the caller gave none (default ``True``).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> double = Implementations('double', xla=lambda x: 2 * x,
+    ...                          pallas={'tpu': lambda x, *, interpret: x + x})
+    >>> double.select('xla')(jnp.ones(2)).tolist()
+    [2.0, 2.0]
+    >>> double.select('pallas')(jnp.ones(2)).tolist()  # CPU host: the TPU kernel, interpreted
+    [2.0, 2.0]
+    >>> double.select('pallas_gpu')
+    Traceback (most recent call last):
+    ...
+    ValueError: double: no Pallas kernel for target 'gpu'; implementations: xla, pallas_tpu
+  """
+
+  op: str
+  xla: Callable[..., Any]
+  pallas: Mapping[str, Callable[..., Any]] = dataclasses.field(default_factory=dict)
+  plan: Mapping[str, Callable[..., Any]] = dataclasses.field(default_factory=dict)
+  reference_vjp: bool = True
+  interpret: Callable[[str], Any] = _interpret_true
+
+  def choose(self, implementation: str | None, *plan_args: Any, **plan_kwargs: Any) -> Choice:
+    """:func:`choose` for this op, with its planners on ``plan_args`` (the one fallback rule)."""
+    target = choose(implementation, op=self.op).target  # what runs, before the shapes are seen
+    if target is not None and target not in self.pallas:
+      if implementation is None:
+        return _XLA
+      names = ", ".join(["xla", *(f"pallas_{t}" for t in self.pallas)])
+      raise ValueError(f"{self.op}: no Pallas kernel for target {target!r}; "
+                       f"implementations: {names}")
+
+    def plan(target: str) -> None:
+      if target in self.plan:
+        self.plan[target](*plan_args, **plan_kwargs)
+
+    return choose(implementation, plan=plan, op=self.op)
+
+  def bind(self, choice: Choice, *, interpret: Any = None) -> Callable[..., Any]:
+    """The callable that runs ``choice`` (a Pallas kernel differentiated as the reference)."""
+    if choice.implementation == "xla":
+      return self.xla
+    if interpret is None and choice.interpret:
+      interpret = self.interpret(choice.target)
+    kernel = functools.partial(self.pallas[choice.target], interpret=interpret)
+    return with_reference_vjp(kernel, self.xla) if self.reference_vjp else kernel
+
+  def select(self, implementation: str | None, *plan_args: Any, interpret: Any = None,
+             **plan_kwargs: Any) -> Callable[..., Any]:
+    """``bind(choose(implementation, *plan_args, **plan_kwargs), interpret=interpret)``."""
+    return self.bind(self.choose(implementation, *plan_args, **plan_kwargs), interpret=interpret)

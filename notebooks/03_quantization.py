@@ -32,7 +32,7 @@ import jaxparams.models  # noqa: F401
 from jaxparams.models.minilm import load_minilm
 from jaxparams.quant import corpus
 from jaxparams.quant.calibrate import collect_stats, text_batches
-from jaxparams.quant.demo import embed_cosines
+from jaxparams.demo.quant_minilm import embed_cosines
 from jaxparams.quant.dot import dot
 from jaxparams.quant.rules import quantize_tree
 
@@ -54,20 +54,26 @@ print(f"{len(evals)} evaluation sentences, e.g. {evals[0]!r}")
 # %%
 path = "layers_0/mlp/intermediate/kernel"
 w = np.asarray(jp.tree.flatten(params)[path])
-fig, axes = plt.subplots(1, 3, figsize=(13, 3.2))
+fig, axes = plt.subplots(2, 3, figsize=(13, 5.6))
 qs = {bits: quantize_tree(params, [(path, ("rtn", {"bits": bits, "group_size": 64}))])
       for bits in (4, 3)}
-axes[0].hist(w.ravel(), bins=200, color="0.3")
-axes[0].set_title(f"full precision\n{path}")
-for ax, bits in zip(axes[1:], (4, 3)):
+# The axis spans the central 99.9% of the weights: the few outliers (up to ~1.5) would
+# otherwise squash the histogram to a spike at 0.
+lo, hi = np.quantile(w, [0.0005, 0.9995])
+axes[0, 0].hist(w.ravel(), bins=200, range=(lo, hi), color="0.3")
+axes[0, 0].set_title(f"full precision\n{path}")
+axes[1, 0].axis("off")
+for col, bits in zip((1, 2), (4, 3)):
   q, report = qs[bits]
   wq = np.asarray(jp.tree.flatten(q, is_leaf=jp.quant.is_qarray)[path].dequantize())
-  ax.hist(wq.ravel(), bins=200, color="tab:blue", alpha=0.8, label="dequantized")
-  ax.hist((wq - w).ravel(), bins=200, color="tab:red", alpha=0.6, label="error")
+  axes[0, col].hist(wq.ravel(), bins=200, range=(lo, hi), color="tab:blue")
   e = report.entries[path]
-  ax.set_title(f"RTN {bits}-bit g64: rel. error {e.error:.3f}\n"
-               f"{e.bytes_before / 2**20:.2f} MiB -> {e.bytes_after / 2**20:.2f} MiB")
-  ax.legend(fontsize=8)
+  axes[0, col].set_title(f"RTN {bits}-bit g64 dequantized: rel. error {e.error:.3f}\n"
+                         f"{e.bytes_before / 2**20:.2f} MiB -> {e.bytes_after / 2**20:.2f} MiB")
+  err = (wq - w).ravel()
+  axes[1, col].hist(err, bins=200, color="tab:red")
+  axes[1, col].set_title(f"{bits}-bit error (dequantized - original), own axis")
+  axes[1, col].set_xlabel(f"error; std {err.std():.4f} vs weight std {w.std():.4f}")
 plt.tight_layout()
 plt.show()
 

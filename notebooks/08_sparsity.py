@@ -134,7 +134,7 @@ qa, priors["rf8_vs_fp8_minilm"]
 
 # %%
 lm = json.loads((results / "prune_gg_lm.json").read_text())
-fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+fig, axes = plt.subplots(1, 2, figsize=(12, 4.2), gridspec_kw={"wspace": 0.45})
 names = {"0.0": "own init (normal 0.02)", "2.0": "GG nu=2", "1.0": "GG nu=1", "0.5": "GG nu=0.5"}
 for nu, c in lm["curves"].items():
   axes[0].plot(c["steps"], c["mean"], label=names[nu])
@@ -146,8 +146,11 @@ axes[1].barh(np.arange(len(leaves)) - 0.2, [shapes["0.0/trained"][p] for p in le
              label="own init, trained")
 axes[1].barh(np.arange(len(leaves)) + 0.2, [shapes["1.0/trained"][p] for p in leaves], 0.4,
              label="GG nu=1 init, trained")
-axes[1].set_yticks(range(len(leaves)), [p.replace("/kernel", "") for p in leaves], fontsize=7)
-axes[1].set_xlabel("GG shape (jp.tree.summary)"); axes[1].legend(fontsize=7)
+axes[1].set_yticks(range(len(leaves)),
+                   [p.replace("/kernel", "").replace("layers_", "L") for p in leaves], fontsize=7)
+axes[1].set_xlabel("GG shape (jp.tree.summary)"); axes[1].set_title("fitted shape per matrix")
+axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+plt.tight_layout()
 {nu: round(c["mean"][-1], 3) for nu, c in lm["curves"].items()}
 
 # %% [markdown]

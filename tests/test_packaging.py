@@ -32,6 +32,22 @@ def test_kernels_importable_under_jaxparams():
   assert r.returncode != 0, "a top-level `kernels` module must not be installed"
 
 
+def test_repository_kernels_folder_never_shadows_an_installed_kernels(tmp_path):
+  """From a clone's root, ``import kernels`` gets an installed package of that name (Hugging
+  Face's ``kernels``, which transformers imports), not the repository's ``kernels/`` folder."""
+  site = tmp_path / "site" / "kernels"
+  site.mkdir(parents=True)
+  (site / "__init__.py").write_text("MARK = 'installed'\n")
+  env = {**__import__("os").environ, "PYTHONPATH": str(tmp_path / "site")}
+  r = subprocess.run([sys.executable, "-c", "import kernels; print(kernels.MARK)"],
+                     capture_output=True, text=True, cwd=ROOT, env=env)
+  assert r.returncode == 0 and r.stdout.strip() == "installed", r.stdout + r.stderr
+  env.pop("PYTHONPATH")
+  r = subprocess.run([sys.executable, "-c", "import kernels"], capture_output=True, text=True,
+                     cwd=ROOT, env=env)
+  assert r.returncode != 0 and "ModuleNotFoundError" in r.stderr, r.stderr
+
+
 @pytest.mark.slow
 def test_wheel_layout(tmp_path):
   subprocess.run([sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps",

@@ -48,7 +48,9 @@ from typing import Any, Sequence
 import jax
 import jax.numpy as jnp
 
-from jaxparams import tree as jtree
+from jaxparams.adapt import records
+from jaxparams.adapt.merge_utils import (disjoint_merge, magnitude_prune_tensor,  # noqa: F401
+                                         majority_sign_mask, peft_merge, random_prune_tensor)
 from jaxparams.adapt.tree_api import _from_entries, entries
 
 __all__ = ["combine", "COMBINATION_TYPES", "magnitude_prune_tensor", "random_prune_tensor",
@@ -57,54 +59,6 @@ __all__ = ["combine", "COMBINATION_TYPES", "magnitude_prune_tensor", "random_pru
 _AB_TYPES = ("peft_linear", "ties", "dare_linear", "dare_ties", "magnitude_prune")
 _SVD_TYPES = ("svd", "ties_svd", "dare_linear_svd", "dare_ties_svd", "magnitude_prune_svd")
 COMBINATION_TYPES = ("linear", "cat") + _AB_TYPES + _SVD_TYPES
-
-
-def magnitude_prune_tensor(t: jax.Array, density: float) -> jax.Array:
-  """Keeps the top ``int(density * t.size)`` entries by ``|t|`` (PEFT's ``magnitude_based_pruning``).
-
-  Example:
-    >>> import jax.numpy as jnp
-    >>> magnitude_prune_tensor(jnp.array([1., -3., 2., 0.5]), 0.5).tolist()
-    [0.0, -3.0, 2.0, 0.0]
-  """
-  if density >= 1:
-    return t
-  if density < 0:
-    raise ValueError(f"density should be >= 0, got {density}")
-  k = int(density * t.size)
-  flat = t.reshape(-1)
-  _, idx = jax.lax.top_k(jnp.abs(flat), k)
-  mask = jnp.zeros(flat.shape, t.dtype).at[idx].set(1)
-  return (flat * mask).reshape(t.shape)
-
-
-def random_prune_tensor(t: jax.Array, density: float | jax.Array, *, rescale: bool,
-                        key: jax.Array | None = None, mask: jax.Array | None = None) -> jax.Array:
-  """DARE's drop: Bernoulli(``density``) mask (from ``key``, or ``mask`` given), ``/ density``."""
-  if mask is None:
-    if key is None:
-      raise ValueError("random pruning needs key= (or an explicit mask=)")
-    mask = jax.random.bernoulli(key, density, t.shape)
-  out = t * jnp.asarray(mask).astype(t.dtype)
-  return out / density if rescale else out
-
-
-def majority_sign_mask(stacked: jax.Array, method: str = "total") -> jax.Array:
-  """``sign(t_i) == majority`` where the majority is the sign of ``sum t`` or ``sum sign t``."""
-  sign = jnp.sign(stacked)
-  if method == "total":
-    mag = stacked.sum(0)
-  elif method == "frequency":
-    mag = sign.sum(0)
-  else:
-    raise ValueError(f"majority_sign_method {method!r} not supported; supported: 'total', "
-                     "'frequency'")
-  return sign == jnp.where(mag >= 0, 1.0, -1.0).astype(stacked.dtype)
-
-
-def disjoint_merge(weighted: jax.Array, mask: jax.Array) -> jax.Array:
-  """``sum(weighted * mask) / max(count(mask), 1)``."""
-  return (weighted * mask).sum(0) / jnp.maximum(mask.sum(0), 1).astype(weighted.dtype)
 
 
 def merge_tensors(kind: str, tensors: Sequence[jax.Array], weights: Sequence[Any], *,
@@ -123,7 +77,6 @@ def merge_tensors(kind: str, tensors: Sequence[jax.Array], weights: Sequence[Any
     ...               density=1.0).tolist()
     [2.0, -2.0]
   """
-  from jaxparams.adapt import records
   ts = [jnp.asarray(t, jnp.float32) for t in tensors]
   if kind == "linear":
     from jaxparams.merge.registry import get_method
@@ -139,32 +92,7 @@ def merge_tensors(kind: str, tensors: Sequence[jax.Array], weights: Sequence[Any
   cfg = records.PeftMergeConfig(weights=tuple(float(w) for w in weights), density=float(density),
                                 majority_sign_method=majority_sign_method)
   opts = {"masks": tuple(masks)} if masks is not None and "dare" in kind else None
-  out, flags = rec.apply(None, ts, config=cfg, key=key, path=path, options=opts)
-  if not isinstance(flags, jax.core.Tracer):
-    rec.verify(flags, rec.context((None, tuple(ts)), cfg, path))
-  return out
-
-
-def peft_merge(kind: str, tensors: Sequence[jax.Array], weights: Any, *, density: float,
-               majority_sign_method: str = "total", key: jax.Array | None = None,
-               masks: Sequence[jax.Array] | None = None) -> jax.Array:
-  """The math of ``peft.utils.merge_utils.{ties, dare_linear, dare_ties, magnitude_prune}``."""
-  w = jnp.asarray(weights, jnp.float32)
-  ts = list(tensors)
-  if kind in ("ties", "magnitude_prune"):
-    ts = [magnitude_prune_tensor(t, density) for t in ts]
-  elif density < 1:  # DARE; PEFT returns the tensor unchanged for density >= 1
-    if masks is None and key is None:
-      raise ValueError(f"{kind!r} is random: pass key= (or masks=)")
-    ks = [None] * len(ts) if key is None else list(jax.random.split(key, len(ts)))
-    ms = [None] * len(ts) if masks is None else list(masks)
-    ts = [random_prune_tensor(t, density, rescale=True, key=k, mask=m)
-          for t, k, m in zip(ts, ks, ms)]
-  stacked = jnp.stack(ts)
-  weighted = stacked * w.reshape((-1,) + (1,) * (stacked.ndim - 1))
-  if kind in ("ties", "dare_ties"):
-    return disjoint_merge(weighted, majority_sign_mask(stacked, majority_sign_method))
-  return weighted.sum(0)
+  return rec(None, ts, config=cfg, key=key, path=path, options=opts)
 
 
 def _key(key, path: str):

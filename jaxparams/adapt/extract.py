@@ -45,47 +45,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxparams import io as jio
 from jaxparams.adapt import peft_io
+from jaxparams.adapt.records import LORA_EXTRACT, LoraExtractConfig
+from jaxparams.adapt.svd import choose_rank, factorize as _factorize  # noqa: F401
 
 __all__ = ["extract_tensor", "choose_rank", "extract_tree", "extract_checkpoint"]
-
-
-@jax.jit
-def _svd(delta: jax.Array):
-  return jnp.linalg.svd(delta.astype(jnp.float32), full_matrices=False)
-
-
-def choose_rank(s: np.ndarray, *, max_rank: int, sv_epsilon: float = 0.0,
-                energy: float | None = None) -> int:
-  """mergekit's rank rule (``max_rank``, absolute ``sv_epsilon``) plus an optional energy share.
-
-  Example:
-    >>> choose_rank(np.array([5.0, 1e-3, 1e-6]), max_rank=8, sv_epsilon=1e-4)
-    2
-    >>> choose_rank(np.array([3.0, 2.0, 1.0]), max_rank=8, energy=0.9)
-    2
-  """
-  s = np.asarray(s, np.float64)
-  rank = min(int(max_rank), len(s))
-  if sv_epsilon > 0:
-    rank = min(int((s > sv_epsilon).sum()), rank)
-  if energy is not None:
-    if not 0 < energy <= 1:
-      raise ValueError(f"energy must be in (0, 1], got {energy}")
-    cum = np.cumsum(s ** 2) / max(float((s ** 2).sum()), 1e-300)
-    rank = min(rank, int(np.searchsorted(cum, energy - 1e-12) + 1))
-  return max(rank, 1)
-
-
-def _factorize(delta: jax.Array, c: Any) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """The math of the ``lora_extract`` record: ``(a [in, r], b [r, out], S)`` of a delta."""
-  u, s, vh = _svd(delta)
-  r = choose_rank(np.asarray(s), max_rank=c.max_rank, sv_epsilon=c.sv_epsilon, energy=c.energy)
-  if c.distribute_scale:
-    root = jnp.sqrt(s[:r])
-    return u[:, :r] * root, root[:, None] * vh[:r], s
-  return u[:, :r] * s[:r], vh[:r], s
 
 
 def _info(s: Any, rank: int) -> dict:
@@ -95,10 +59,7 @@ def _info(s: Any, rank: int) -> dict:
 
 
 def _run_extract(base, finetuned, cfg, path: str = "", labels=None) -> dict:
-  from jaxparams.adapt.records import LORA_EXTRACT
-  out, flags = LORA_EXTRACT.apply(base, (finetuned,), config=cfg, path=path, labels=labels)
-  LORA_EXTRACT.verify(flags, LORA_EXTRACT.context((base, (finetuned,)), cfg, path, labels))
-  return out
+  return LORA_EXTRACT(base, (finetuned,), config=cfg, path=path, labels=labels)
 
 
 def extract_tensor(delta: jax.Array, *, max_rank: int, sv_epsilon: float = 0.0,
@@ -110,7 +71,6 @@ def extract_tensor(delta: jax.Array, *, max_rank: int, sv_epsilon: float = 0.0,
   ``info`` has ``rank``, ``singular_values`` and ``tail`` (``sqrt(sum S[r:]^2)``, the Frobenius
   error of the truncation). Runs the ``lora_extract`` record on ``(0, delta)``.
   """
-  from jaxparams.adapt.records import LoraExtractConfig
   if delta.ndim != 2:
     raise ValueError(f"extract_tensor needs a 2-D delta, got shape {tuple(delta.shape)}")
   cfg = LoraExtractConfig(max_rank=max_rank, sv_epsilon=sv_epsilon, energy=energy,
@@ -131,7 +91,6 @@ def extract_tree(base: Any, finetuned: Any, where: Any, *, max_rank: int,
     if path not in ff or tuple(ff[path].shape) != tuple(fb[path].shape):
       raise ValueError(f"extract: {path!r} is missing from the fine-tuned tree or has another "
                        f"shape ({getattr(ff.get(path), 'shape', None)} vs {fb[path].shape})")
-    from jaxparams.adapt.records import LoraExtractConfig
     cfg = LoraExtractConfig(max_rank=max_rank, sv_epsilon=sv_epsilon, energy=energy,
                             distribute_scale=distribute_scale)
     out = _run_extract(fb[path], ff[path], cfg, path)
@@ -190,21 +149,15 @@ def extract_checkpoint(base_dir: str | Path, finetuned_dir: str | Path, out_dir:
   Returns:
     A report ``{'ranks': {module: r}, 'tails': {module: error}, 'modules_to_save': [...]}``.
   """
-  from jaxparams.models import hf as mhf
+  from jaxparams.models.hf_open import open_hf
   base_dir, finetuned_dir = Path(base_dir), Path(finetuned_dir)
-  with jio.open_checkpoint(base_dir) as rb, jio.open_checkpoint(finetuned_dir) as rf:
-    cfg_b, cfg_f = rb.config(), rf.config()
-    if cfg_f is None:
-      raise ValueError(f"{finetuned_dir}: no config.json; extraction needs the architecture")
-    arch = mhf.ARCHITECTURES.get(cfg_f.get("model_type"))
-    if arch is None:
-      raise ValueError(f"{finetuned_dir}: model_type {cfg_f.get('model_type')!r} not supported; "
-                       f"supported: {sorted(mhf.ARCHITECTURES)}")
+  # The one HF opener: both config.json files checked against their headers before use.
+  with (open_hf(base_dir, purpose="LoRA extraction") as ckb,
+        open_hf(finetuned_dir, purpose="LoRA extraction") as ckf):
+    rb, rf, cfg_b, cfg_f, arch = ckb.reader, ckf.reader, ckb.cfg, ckf.cfg, ckf.family
     norm_b = {arch.normalize(n): n for n in rb.names()}
-    norm_f = {arch.normalize(n): n for n in rf.names()}
-    overrides = ({"add_pooling_layer": "pooler.dense.weight" in norm_f}
-                 if cfg_f.get("model_type") == "bert" else {})
-    config = arch.config_cls.from_hf_dict(cfg_f, **overrides)
+    norm_f = ckf.by_norm
+    config = ckf.model_config(detect=("add_pooling_layer",))
     kinds = _kinds(config)
     vocab_b = (cfg_b or {}).get("vocab_size", config.vocab_size)
     if vocab_b != config.vocab_size and embed_lora:
@@ -252,7 +205,6 @@ def extract_checkpoint(base_dir: str | Path, finetuned_dir: str | Path, out_dir:
       wb, wf = rb.read(norm_b[hf]), rf.read(norm_f[hf])
       if wb.shape != wf.shape:
         raise ValueError(f"tensor {hf!r}: base shape {wb.shape} vs fine-tuned {wf.shape}")
-      from jaxparams.adapt.records import LoraExtractConfig
       cfg = LoraExtractConfig(max_rank=max_rank, sv_epsilon=sv_epsilon, energy=energy,
                               distribute_scale=distribute_scale, layout="hf",
                               embedding=kind == "embed")

@@ -1,15 +1,15 @@
-"""LoRA / DoRA fine-tuning through the trainer (:mod:`jaxparams.train`), saved in PEFT's format.
+"""The LoRA / DoRA model the trainer fine-tunes (:mod:`jaxparams.train`), saved in PEFT's format.
 
 The trainer's model family ``'lora'`` (``config.model.name = 'lora'``, fields of
 :class:`LoraFinetuneConfig`) is :class:`LoraLM`: a frozen HF base model (loaded from
 ``config.model.base``) run unmerged through ``dot=jaxparams.adapt.dot``, whose *only* parameters
 are the trainable adapter leaves (``a``, ``b``, DoRA ``magnitude``). The scales are constants of
 the model, not parameters: the adapter tree is partitioned into trainable and frozen parts, so the
-trainer's optimizer, checkpoints and exact resume see nothing else. :func:`train_lora` runs the
-trainer and writes the adapter as a PEFT folder (``workdir/adapter``), which PEFT loads on the
-HF base.
+trainer's optimizer, checkpoints and exact resume see nothing else. :func:`save_adapter` writes the
+adapter as a PEFT folder, which PEFT loads on the HF base; ``jaxparams.train.lora.train_lora``
+runs the trainer and then :func:`save_adapter` (it lives in ``train``, the floor above):
 
-  python -m jaxparams.adapt.finetune --config=configs/lora_llama.py:runlocal --workdir=/tmp/lora
+  python -m jaxparams.train.lora --config=configs/lora_llama.py:runlocal --workdir=/tmp/lora
 
 Example:
   >>> cfg = LoraFinetuneConfig(base='path/to/hf_llama', rank=4)
@@ -34,7 +34,7 @@ from jaxparams.adapt.tree_api import dot as lora_dot
 from jaxparams.adapt.tree_api import entries, init as lora_init, inject
 
 __all__ = ["LoraFinetuneConfig", "LoraLM", "make", "split_trainable", "full_adapter",
-           "train_lora", "save_adapter"]
+           "save_adapter"]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -141,27 +141,9 @@ def save_adapter(params: Any, config: LoraFinetuneConfig, out_dir: str | pathlib
                            task_type="CAUSAL_LM")
 
 
-def train_lora(config: Any, workdir: str | pathlib.Path, **kwargs: Any):
-  """``jaxparams.train.train`` then :func:`save_adapter` to ``workdir/adapter`` (when finished)."""
-  from jaxparams.train import families, trainer
-  result = trainer.train(config, workdir, **kwargs)
-  if result.step == int(config.num_steps) and jax.process_index() == 0:
-    fam = families.get_family(config.model.name)
-    mc = families.model_config_from(fam, config.model)
-    save_adapter(result.params, mc, pathlib.Path(workdir) / "adapter", overwrite=True)
-  return result
-
-
-def _main(argv) -> None:  # pragma: no cover - thin CLI
-  from absl import flags
-  from jaxparams.train.__main__ import format_record
-  result = train_lora(flags.FLAGS.config, flags.FLAGS.workdir,
-                      progress=lambda r: print(format_record(r), flush=True))
-  print(f"done: {result.step} steps; PEFT adapter in {result.workdir}/adapter")
-
-
-if __name__ == "__main__":  # pragma: no cover
-  from absl import app
-  from jaxparams.train.__main__ import define_flags
-  define_flags()
-  app.run(_main)
+def __getattr__(name: str):
+  if name == "train_lora":  # moved up a floor: it drives the trainer, which imports this module
+    raise AttributeError("jaxparams.adapt.finetune.train_lora moved to "
+                         "jaxparams.train.lora.train_lora (the trainer is a floor above adapt); "
+                         "the command is `python -m jaxparams.train.lora --config=... --workdir=...`")
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

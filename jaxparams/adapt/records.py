@@ -31,11 +31,12 @@ from __future__ import annotations
 
 import dataclasses
 
-import jax
 import jax.numpy as jnp
 
 from jaxparams import transform as jt
 from jaxparams.adapt import lora as L
+from jaxparams.adapt.merge_utils import peft_merge
+from jaxparams.adapt.svd import factorize
 
 __all__ = ["LoraMergeConfig", "LORA_MERGE", "LORA_UNMERGE", "LORA_BIAS_MERGE", "RECORDS",
            "to_flax", "PeftMergeConfig", "PEFT_MERGES", "LoraExtractConfig", "LORA_EXTRACT"]
@@ -147,7 +148,6 @@ def _peft_static(ctx: jt.CheckContext) -> None:
 
 def _peft_record(kind: str) -> jt.Transform:
   def fn(base, models, c, key=None, masks=None):
-    from jaxparams.adapt.combining import peft_merge
     return peft_merge(kind, models, c.weights, density=c.density,
                       majority_sign_method=c.majority_sign_method, key=key, masks=masks)
   random = "dare" in kind
@@ -176,11 +176,10 @@ class LoraExtractConfig:
 
 
 def _extract(base, models, c):
-  from jaxparams.adapt.extract import _factorize  # pylint: disable=g-import-not-at-top
   w0, w1 = base, models[0]
   if c.layout == "hf" and not c.embedding:
     w0, w1 = w0.T, w1.T
-  a, b, s = _factorize(w1.astype(jnp.float32) - w0.astype(jnp.float32), c)
+  a, b, s = factorize(w1.astype(jnp.float32) - w0.astype(jnp.float32), c)
   if c.layout == "hf":
     return {"lora_A": a.T, "lora_B": b.T, "singular_values": s}
   return {"a": a, "b": b, "singular_values": s}

@@ -44,6 +44,7 @@ import jax.numpy as jnp
 
 from jaxparams import tree as jtree
 from jaxparams.adapt import lora as L
+from jaxparams.adapt.records import LORA_MERGE, LORA_UNMERGE, LoraMergeConfig
 
 __all__ = ["init", "entries", "merge", "unmerge", "dora_norms", "inject", "LoraWeight", "dot",
            "trainable_mask", "scale_adapter", "ENTRY_KEYS"]
@@ -166,13 +167,7 @@ def _apply_bias(flat: dict, path: str, e: Mapping[str, Any], weight: Any, sign: 
 
 def _run(record, path: str, w, models, scale) -> jax.Array:
   """One record call on one tensor (its checks run; value checks read unless traced)."""
-  from jaxparams.adapt.records import LoraMergeConfig
-  cfg = LoraMergeConfig(scale=scale)
-  out, flags = record.apply(w, tuple(models), config=cfg, path=path)
-  if not isinstance(flags, jax.core.Tracer):
-    ctx = record.context((w, tuple(models)), cfg, path)
-    record.verify(flags, ctx)
-  return out
+  return record(w, tuple(models), config=LoraMergeConfig(scale=scale), path=path)
 
 
 def merge(params: Any, adapter: Any, *, weight: jax.Array | float = 1.0) -> Any:
@@ -182,7 +177,6 @@ def merge(params: Any, adapter: Any, *, weight: jax.Array | float = 1.0) -> Any:
   multiplies every module's scale (a traced array is fine: vmap a sweep over it). DoRA modules use
   ``weight`` on the delta only (the magnitude is the trained one).
   """
-  from jaxparams.adapt.records import LORA_MERGE
   flat = dict(jtree.flatten(params))
   for path, e in entries(adapter).items():
     w = _check_target(flat, path, e)
@@ -209,7 +203,6 @@ def unmerge(merged: Any, adapter: Any, *, weight: jax.Array | float = 1.0,
   trip is off by up to about one step of that dtype (bf16: ``2**-8`` relative); keep a float32
   master copy of the base (and merge into it) when the exact base is needed back.
   """
-  from jaxparams.adapt.records import LORA_UNMERGE
   flat = dict(jtree.flatten(merged))
   for path, e in entries(adapter).items():
     w = _check_target(flat, path, e)

@@ -32,7 +32,7 @@ Example:
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -42,7 +42,7 @@ from flax import linen as nn
 from jaxparams.calib.stats import InputStats, accumulate
 
 __all__ = ["capture_inputs", "collect_stats", "stats_runner", "linear_order", "block_of",
-           "as_call", "check_batches"]
+           "as_call", "check_batches", "linear_path", "input_abs_max"]
 
 
 def _linear_path(module: nn.Module, args: tuple) -> str | None:
@@ -59,6 +59,17 @@ def _linear_path(module: nn.Module, args: tuple) -> str | None:
   if args[0].shape[-1] != shape[0]:
     return None
   return "/".join(module.scope.path) + "/kernel"
+
+
+def linear_path(module: nn.Module, args: tuple) -> str | None:
+  """The kernel path of a Dense-like ``module`` called on ``args`` (inside an interceptor), else None.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> linear_path(object(), (jnp.ones(2),)) is None
+    True
+  """
+  return _linear_path(module, args)
 
 
 def _variables(params: Any) -> dict:
@@ -264,6 +275,53 @@ def linear_order(module: nn.Module, params: Any, batch: Any) -> list[str]:
 
   jax.eval_shape(f, params, *_device_call(a, kw))
   return order
+
+
+def input_abs_max(module: nn.Module, params: Any, states: Sequence, paths: Iterable[str]
+                  ) -> dict[str, jax.Array]:
+  """Per-input-channel ``max |x|`` (float32) of the layers ``paths`` over calibration calls.
+
+  Args:
+    module: a flax module (a whole model or one block).
+    params: its params.
+    states: its call arguments ``[(args, kwargs)]`` (e.g. a block's inputs per batch).
+    paths: kernel paths relative to ``module``; a layer called twice counts its first call.
+
+  Returns:
+    ``{path: [K] max |x|}`` for the layers called.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> import jaxparams as jp
+    >>> mlp = jp.models.MLP(features=(4, 2))
+    >>> p = mlp.init(jax.random.key(0), jnp.ones((1, 3)))['params']
+    >>> x = jnp.array([[1., -5., 2.], [-3., 1., 0.]])
+    >>> input_abs_max(mlp, p, [((x,), {})], ['layers_0/kernel'])['layers_0/kernel'].tolist()
+    [3.0, 5.0, 2.0]
+  """
+  want = frozenset(paths)
+
+  @jax.jit
+  def run(p, a, kw):
+    got: dict[str, jax.Array] = {}
+
+    def interceptor(next_fun, a_, kw_, context):
+      if context.method_name == "__call__":
+        path = _linear_path(context.module, a_)
+        if path in want and path not in got:
+          x = a_[0].astype(jnp.float32)
+          got[path] = jnp.max(jnp.abs(x.reshape(-1, x.shape[-1])), axis=0)
+      return next_fun(*a_, **kw_)
+
+    with nn.intercept_methods(interceptor):
+      module.apply({"params": p}, *a, **kw)
+    return got
+
+  acc: dict[str, jax.Array] = {}
+  for a, kw in states:
+    for k, v in run(params, a, kw).items():
+      acc[k] = v if k not in acc else jnp.maximum(acc[k], v)
+  return acc
 
 
 _BLOCK = re.compile(r"^(.*?(?:layers?|blocks?|h)[_./]?\d+)/")

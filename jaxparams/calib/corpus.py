@@ -27,8 +27,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-__all__ = ["docstring_sentences", "reference_sentences", "sklearn_sentences", "split_sentences",
-           "text_batches"]
+__all__ = ["docstring_sentences", "folder_text_batches", "reference_sentences", "sample_evenly", "sklearn_sentences",
+           "split_sentences", "text_batches"]
 
 _STDLIB = ("json", "re", "collections", "argparse", "textwrap", "itertools", "functools",
            "pathlib", "subprocess", "logging", "shutil", "tempfile", "string", "heapq", "bisect",
@@ -116,6 +116,20 @@ def reference_sentences(limit: int | None = None) -> list[str]:
   return list(seen)
 
 
+def sample_evenly(texts: Sequence[str], n: int) -> list[str]:
+  """At most ``n`` of ``texts``, evenly spaced over the list (first and last kept).
+
+  Example:
+    >>> sample_evenly([str(i) for i in range(10)], 4)
+    ['0', '3', '6', '9']
+  """
+  texts = list(texts)
+  if len(texts) <= n:
+    return texts
+  idx = np.linspace(0, len(texts) - 1, n).round().astype(int)
+  return [texts[i] for i in idx]
+
+
 def text_batches(tokenizer: Any, texts: Sequence[str], *, batch_size: int = 32,
                  max_length: int = 128, token_type_ids: bool = False) -> list[dict[str, np.ndarray]]:
   """Tokenizes calibration texts into padded batches ``{'input_ids', 'attention_mask'}``.
@@ -155,3 +169,20 @@ def text_batches(tokenizer: Any, texts: Sequence[str], *, batch_size: int = 32,
       b["token_type_ids"] = np.zeros_like(b["input_ids"])
     out.append(b)
   return out
+
+
+def folder_text_batches(folder: Any, texts: Sequence[str], *, batch_size: int = 32,
+                        max_length: int = 128, token_type_ids: bool = False,
+                        purpose: str = "the calibration text cannot be tokenized"
+                        ) -> list[dict[str, np.ndarray]]:
+  """:func:`text_batches` of ``texts`` with the ``tokenizer.json`` of the model ``folder``.
+
+  The tokenizer is opened by :func:`jaxparams.models.hf_open.hf_tokenizer` (refused when
+  missing, a symlink out of the folder, too large or invalid).
+
+  Raises:
+    ValueError: no usable ``tokenizer.json`` (the folder and ``purpose`` named); no text.
+  """
+  from jaxparams.models.hf_open import hf_tokenizer  # pylint: disable=g-import-not-at-top
+  return text_batches(hf_tokenizer(folder, purpose=purpose), texts, batch_size=batch_size,
+                      max_length=max_length, token_type_ids=token_type_ids)

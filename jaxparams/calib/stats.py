@@ -41,7 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["InputStats", "accumulate", "as_hessian"]
+__all__ = ["InputStats", "accumulate", "accumulate_gram", "as_hessian"]
 
 _HI = jax.lax.Precision.HIGHEST
 
@@ -274,3 +274,20 @@ def as_hessian(h: Any, *, k: int, name: str = "") -> jax.Array:
     raise ValueError(f"Hessian{where} has shape {tuple(h.shape)}, expected ({k}, {k}) "
                      f"(K = input features of the weight)")
   return h.astype(jnp.float32)
+
+
+def accumulate_gram(acc: jax.Array | None, x: jax.Array) -> jax.Array:
+  """``acc + x^T x`` for rows ``x[n, K]`` (``acc=None``: ``x^T x``), in ``x``'s dtype.
+
+  The plain Gram of keys (no mask, no float32 cast, default matmul precision), e.g.
+  AlphaEdit's cache of preserved keys grown batch by batch; :class:`InputStats` is the
+  float32, masked, highest-precision statistic of layer inputs.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> g = accumulate_gram(None, jnp.array([[1., 2.]]))
+    >>> accumulate_gram(g, jnp.array([[0., 1.]])).tolist()
+    [[1.0, 2.0], [2.0, 5.0]]
+  """
+  g = x.T @ x
+  return g if acc is None else acc + g

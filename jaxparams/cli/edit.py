@@ -7,6 +7,10 @@ from ``--stats DIR`` (saved) or ``--stats-text FILE`` (streamed, and saved to ``
 given). Writes the edited checkpoint atomically and the delta in ``OUT_DIR/delta``.
 ``jaxparams edit EDITED_DIR OUT_DIR --rollback DELTA_DIR`` restores the original tensors
 bit-exactly; ``--apply DELTA_DIR`` re-applies a delta to another copy.
+
+Every parameter of the method (its dataclass in ``jaxparams.edit.registry``) is settable:
+``--params FILE`` (JSON/YAML ``{name: value}``) then ``--set name=value`` (repeatable);
+``--list-params`` prints them with their values.
 """
 
 from __future__ import annotations
@@ -19,14 +23,24 @@ __all__ = ["add_parser", "run"]
 def add_parser(sub: argparse._SubParsersAction) -> None:
   p = sub.add_parser("edit", help="Edit facts in a checkpoint (ROME, MEMIT, AlphaEdit); roll back.",
                      description=__doc__.split("\n\n", 1)[1])
-  p.add_argument("model", metavar="MODEL_DIR", help="HF Llama or BertForMaskedLM checkpoint with tokenizer.json")
-  p.add_argument("rest", nargs="+", metavar="REQUESTS.jsonl OUT_DIR",
+  p.add_argument("model", metavar="MODEL_DIR", nargs="?", help="HF Llama or BertForMaskedLM checkpoint with tokenizer.json")
+  p.add_argument("rest", nargs="*", metavar="REQUESTS.jsonl OUT_DIR",
                  help="requests and output folder (only OUT_DIR with --rollback/--apply)")
-  p.add_argument("--method", default="rome", help="rome, memit or alphaedit")
+  p.add_argument("--method", default="rome",
+                 help="the method (from jaxparams.edit.registry): rome, memit or alphaedit")
   p.add_argument("--layers", default=None, help="edited layers: 3 or 3,4,5 or 3-5")
   p.add_argument("--stats", default=None, help="folder of saved key statistics")
   p.add_argument("--stats-text", default=None, help="text file (one line a sample) for stats")
-  p.add_argument("--fact-token", default="subject_last", help="subject_last or last")
+  p.add_argument("--fact-token", default=None,
+                 help="subject_last (default) or last (= --set target.fact_token=...)")
+  p.add_argument("--params", default=None, metavar="FILE",
+                 help="JSON/YAML file of the method's parameters ({name: value}; nested or "
+                      "dotted names, e.g. target.v_num_grad_steps)")
+  p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", dest="assign",
+                 help="set one parameter (repeatable; after --params), e.g. "
+                      "--set mom2_update_weight=5000 --set target.v_lr=0.1")
+  p.add_argument("--list-params", action="store_true",
+                 help="print the method's parameters and defaults, then exit")
   p.add_argument("--rollback", default=None, metavar="DELTA_DIR", help="roll a delta back")
   p.add_argument("--apply", default=None, metavar="DELTA_DIR", help="re-apply a delta")
   p.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it exists")
@@ -35,6 +49,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
   from jaxparams.edit import checkpoint  # pylint: disable=g-import-not-at-top
+  if args.list_params:
+    hp = checkpoint.edit_params(args.method, params_file=args.params, assignments=args.assign,
+                                fact_token=args.fact_token)
+    print(_describe(args.method, hp))
+    return 0
+  if args.model is None:
+    raise ValueError("give MODEL_DIR REQUESTS.jsonl OUT_DIR (or MODEL_DIR OUT_DIR with "
+                     "--rollback/--apply)")
   delta_dir = args.rollback or args.apply
   if args.rollback and args.apply:
     raise ValueError("give --rollback or --apply, not both")
@@ -54,7 +76,20 @@ def run(args: argparse.Namespace) -> int:
   info = checkpoint.edit_checkpoint(args.model, args.rest[0], args.rest[1], method=args.method,
                                     layers=args.layers, stats_dir=args.stats,
                                     stats_text=args.stats_text, overwrite=args.overwrite,
-                                    fact_token=args.fact_token)
+                                    fact_token=args.fact_token, params_file=args.params,
+                                    assignments=args.assign)
   print(f"{info['method']}: {info['n_requests']} request(s) into layer(s) {info['layers']} in "
         f"{info['seconds']:.1f} s -> {info['out']} (delta in {info['out']}/delta)")
   return 0
+
+
+def _describe(method: str, hp) -> str:
+  from jaxparams.edit import registry  # pylint: disable=g-import-not-at-top
+  rec = registry.get(method)
+  lines = [f"{rec.name}: {rec.description}"]
+  for name in rec.param_names():
+    v = hp
+    for part in name.split("."):
+      v = getattr(v, part)
+    lines.append(f"  {name} = {v!r}")
+  return "\n".join(lines)

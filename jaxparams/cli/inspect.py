@@ -1,5 +1,9 @@
 """``jaxparams inspect PATH``: a checkpoint's tensors from headers, optional stats.
 
+Thin: the rows are :func:`jaxparams.io.checkpoint_rows` (the tree layer's
+:class:`~jaxparams.tree.summary.LeafStats`, bytes formatted by its ``human_bytes``); this module
+only prints them.
+
 Rows are printed as they are produced, a block at a time (a million-tensor
 header starts printing at once). Names come from files and are shown as plain
 text: never as rich markup, control characters escaped.
@@ -8,12 +12,11 @@ text: never as rich markup, control characters escaped.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
-from typing import Iterable, Iterator
 
 from jaxparams import io as jio
+from jaxparams.tree.summary import human_bytes
 
 _BLOCK = 500  # rows per printed block
 _COLUMNS = ("path", "shape", "dtype", "params", "bytes")
@@ -48,45 +51,6 @@ def plain(text: object) -> str:
   return s
 
 
-def _human(n: float) -> str:
-  for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-    if abs(n) < 1024 or unit == "TiB":
-      return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-    n /= 1024
-  return str(n)
-
-
-def _select(names: list[str], where: str | None) -> list[str]:
-  if where is None:
-    return names
-  from jaxparams import tree as jtree  # pylint: disable=import-outside-toplevel
-  return jtree.select({n: None for n in names}, where, flat=True)
-
-
-def _rows(path: Path, stats: bool, where: str | None) -> Iterator[tuple]:
-  """(name, shape, dtype name, params, bytes[, mean, std, absmax, zeros]) per tensor."""
-  if jio.is_orbax_dir(path):
-    flat, _ = jio.load_any(path)
-    items: Iterable = ((n, flat[n]) for n in _select(list(flat), where))
-    for n, a in items:
-      yield _row(n, tuple(a.shape), str(a.dtype), int(a.nbytes), a if stats else None)
-    return
-  with jio.open_checkpoint(path) as ck:
-    for n in _select(ck.names(), where):
-      s = ck.spec(n)
-      yield _row(n, s.shape, str(s.dtype), s.nbytes,
-                 ck.read(n) if stats else None)
-
-
-def _row(name, shape, dtype, nbytes, array) -> tuple:
-  row = (name, shape, dtype, math.prod(shape), nbytes)
-  if array is None:
-    return row
-  from jaxparams import tree as jtree  # pylint: disable=import-outside-toplevel
-  st = jtree.leaf_stats(name, array)
-  return row + (st.mean, st.std, st.absmax, st.zeros)
-
-
 def _widths(block: list[list[str]], header: list[str]) -> list[int]:
   return [min(max(len(r[i]) for r in block + [header]), 120 if i == 0 else 40)
           for i in range(len(header))]
@@ -118,19 +82,18 @@ def run(args: argparse.Namespace) -> int:
     out.flush()
     block.clear()
 
-  for row in _rows(path, args.stats, args.where):
-    name, shape, dtype, params, nbytes = row[:5]
-    cells = [plain(name), plain(shape), plain(dtype), f"{params:,}", _human(nbytes)]
+  for row in jio.checkpoint_rows(path, stats=args.stats, where=args.where):
+    cells = [plain(row.path), plain(row.shape), plain(row.dtype), f"{row.params:,}",
+             human_bytes(row.bytes)]
     if args.stats:
-      mean, std, absmax, zeros = row[5:]
-      cells += [f"{mean:.4g}", f"{std:.4g}", f"{absmax:.4g}", f"{zeros:.2%}"]
+      cells += [f"{row.mean:.4g}", f"{row.std:.4g}", f"{row.absmax:.4g}", f"{row.zeros:.2%}"]
     block.append(cells)
-    total_params += params
-    total_bytes += nbytes
+    total_params += row.params
+    total_bytes += row.bytes
     count += 1
     if len(block) == _BLOCK:
       flush()
   if block or widths is None:
     flush()
-  out.write(f"total: {count:,} tensors, {total_params:,} params, {_human(total_bytes)}\n")
+  out.write(f"total: {count:,} tensors, {total_params:,} params, {human_bytes(total_bytes)}\n")
   return 0

@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from jaxparams.cli.common import enable_compile_cache  # noqa: F401  (also its old home)
+
 __all__ = ["add_parser", "run", "MERGEKIT_NOTES"]
 
 #: mergekit command-line flags accepted for pasted commands, and what they mean here.
@@ -102,25 +104,6 @@ def run(args: argparse.Namespace) -> int:
     console.print(f"[green]merged[/] {summary['tensors']} tensors ({gb:.2f} GB read) into "
                   f"{summary['out_dir']} in {summary['seconds']:.1f} s")
   return 0
-
-
-def enable_compile_cache(folder: str | None) -> str | None:
-  """Turns on jax's persistent compilation cache (every kernel, however fast to compile).
-
-  ``folder`` ``None`` means ``$JAXPARAMS_COMPILE_CACHE`` or ``~/.cache/jaxparams/xla``;
-  ``'none'`` leaves the cache off. Returns the folder used.
-  """
-  import os  # pylint: disable=import-outside-toplevel
-
-  import jax  # pylint: disable=import-outside-toplevel
-  folder = folder or os.environ.get("JAXPARAMS_COMPILE_CACHE") or os.path.join(
-      os.path.expanduser("~"), ".cache", "jaxparams", "xla")
-  if folder.lower() == "none":
-    return None
-  jax.config.update("jax_compilation_cache_dir", folder)
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-  return folder
 
 
 def _fmt(v):

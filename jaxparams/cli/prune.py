@@ -1,6 +1,9 @@
 """``jaxparams prune SRC OUT``: one-shot pruning of an HF safetensors checkpoint, streamed.
 
-Thin: parses, calls :func:`jaxparams.prune.prune_checkpoint`, prints the achieved sparsity.
+Thin: parses, calls :func:`jaxparams.prune.prune_checkpoint` (or
+:func:`jaxparams.prune.prune_hf_model` for the calibrated methods), prints the achieved sparsity.
+Method names and which options each takes come from the registry (:data:`jaxparams.prune.PRUNERS`,
+the fields of each record's config).
 """
 
 from __future__ import annotations
@@ -9,6 +12,14 @@ import argparse
 import re
 
 from jaxparams import prune as jpr
+from jaxparams.prune.records import CALIBRATED
+from jaxparams.transform import param_fields
+
+
+def _takes(option: str, *, calibrated: bool = False) -> list[str]:
+  """The registered methods whose config has the field ``option``."""
+  return [r.name for r in jpr.PRUNERS
+          if option in param_fields(r.config) and (r.name in CALIBRATED) == calibrated]
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -20,8 +31,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
       "jaxparams.models knows (they load the model and prune it layer by layer).")
   p.add_argument("src", help="model folder, .safetensors file or sharded index")
   p.add_argument("out", help="output folder")
-  p.add_argument("--method", default="magnitude",
-                 choices=("magnitude", "random", "wanda", "sparsegpt"))
+  p.add_argument("--method", default="magnitude", choices=jpr.PRUNERS.names(),
+                 help="; ".join(f"{r.name}: {r.description}" for r in jpr.PRUNERS))
   p.add_argument("--sparsity", type=float, default=0.5, help="fraction pruned (default 0.5)")
   p.add_argument("--pattern", default=None, help="N:M along the input dimension, e.g. 2:4")
   p.add_argument("--scope", default="tensor", choices=("tensor", "row"),
@@ -39,14 +50,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
   import jax  # pylint: disable=import-outside-toplevel
   fields = {"sparsity": args.sparsity}
-  if args.method in ("wanda", "sparsegpt"):
+  if args.method in CALIBRATED:
     return _run_calibrated(args, fields)
   if args.calibration is not None:
-    raise ValueError(f"--calibration applies to wanda/sparsegpt, not {args.method}")
-  if args.method == "magnitude":
-    fields.update(pattern=args.pattern, scope=args.scope)
-  elif args.pattern is not None:
-    raise ValueError("--pattern applies to --method magnitude only")
+    raise ValueError(f"--calibration applies to {'/'.join(CALIBRATED)}, not {args.method}")
+  valid = param_fields(jpr.PRUNERS.get(args.method).config)
+  if args.pattern is not None and "pattern" not in valid:
+    raise ValueError(f"--pattern applies to --method {'/'.join(_takes('pattern'))} only")
+  fields.update({k: getattr(args, k) for k in ("pattern", "scope") if k in valid})
   where = None
   if args.where is not None:
     try:
@@ -63,22 +74,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_calibrated(args: argparse.Namespace, fields: dict) -> int:
-  from pathlib import Path  # pylint: disable=import-outside-toplevel
   if args.calibration is None:
     raise ValueError(f"--method {args.method} needs --calibration TEXT_FILE")
   if args.where is not None:
     raise ValueError("--where applies to the data-free methods; calibrated methods prune every "
                      "Linear weight except embeddings and heads")
-  path = Path(args.calibration)
-  try:
-    lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
-  except FileNotFoundError:
-    raise FileNotFoundError(f"--calibration {path}: no such file") from None
-  except UnicodeDecodeError as e:
-    raise ValueError(f"--calibration {path}: not UTF-8 text ({e.reason} at byte {e.start})"
-                     ) from None
-  if not lines:
-    raise ValueError(f"--calibration {path}: no non-empty line")
+  from jaxparams.io import read_calibration_text  # pylint: disable=import-outside-toplevel
+  lines = read_calibration_text(args.calibration, what="--calibration text")
   if args.pattern is not None:
     fields["pattern"] = args.pattern
   report = jpr.prune_hf_model(args.src, args.out, args.method, lines[:args.max_samples],

@@ -31,7 +31,7 @@ import numpy as np
 
 from jaxparams.quant import rule_file
 
-__all__ = ["add_parser", "run", "quantize_checkpoint", "method_fields", "read_rules"]
+__all__ = ["add_parser", "run"]
 
 METHODS = tuple(rule_file.method_names())
 
@@ -75,41 +75,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
   p.set_defaults(func=run)
 
 
-def method_fields(method: str, bits: int, group_size: int, *, act_order: bool = False,
-                  symmetric: bool = False) -> dict[str, Any]:
-  """Deprecated alias of :func:`jaxparams.quant.rule_file.flag_fields`.
-
-  Example:
-    >>> method_fields('nf4', 4, 64)
-    {'block_size': 64}
-  """
-  return rule_file.flag_fields(method, bits, group_size, act_order=act_order,
-                               symmetric=symmetric)
+# The library functions this module used to re-export, and where they are.
+_MOVED = {"method_fields": "jaxparams.quant.rule_file.flag_fields",
+          "read_rules": "jaxparams.quant.rule_file.read_rules",
+          "quantize_checkpoint": "jaxparams.quant.quantize_checkpoint (calibration= takes the texts)"}
 
 
-read_rules = rule_file.read_rules
+def __getattr__(name: str):
+  if name in _MOVED:  # deprecated aliases, removed: the command line holds no library calls
+    raise AttributeError(f"jaxparams.cli.quantize.{name} was a deprecated alias; use {_MOVED[name]}")
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _read_texts(path: str | Path, max_samples: int) -> list[str]:
-  path = Path(path)
-  if not path.is_file():
-    raise FileNotFoundError(f"{path}: no such calibration text file")
-  lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines()]
-  lines = [ln for ln in lines if ln]
-  if not lines:
-    raise ValueError(f"{path}: the calibration text is empty")
-  if len(lines) > max_samples:
-    idx = np.linspace(0, len(lines) - 1, max_samples).round().astype(int)
-    lines = [lines[i] for i in idx]
-  return lines
-
-
-def quantize_checkpoint(src, out, rules, *, calibration_texts=None, fmt="jaxparams",
-                        max_length=128, batch_size=16, overwrite=False, progress=None):
-  """Deprecated: use :func:`jaxparams.quant.quantize_checkpoint` (the library call)."""
-  from jaxparams.quant.stream import quantize_checkpoint as qc  # pylint: disable=g-import-not-at-top
-  return qc(src, out, rules, calibration=calibration_texts, fmt=fmt, max_length=max_length,
-            batch_size=batch_size, overwrite=overwrite, progress=progress)
+  from jaxparams.calib.corpus import sample_evenly  # pylint: disable=g-import-not-at-top
+  from jaxparams.io import read_calibration_text  # pylint: disable=g-import-not-at-top
+  return sample_evenly(read_calibration_text(path), max_samples)
 
 
 def _option_fields(args: argparse.Namespace) -> dict[str, Any]:
@@ -128,7 +109,7 @@ def _option_fields(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-  from jaxparams.cli.merge import enable_compile_cache  # pylint: disable=g-import-not-at-top
+  from jaxparams.cli.common import enable_compile_cache  # pylint: disable=g-import-not-at-top
   from jaxparams.quant.stream import quantize_checkpoint as qc  # pylint: disable=g-import-not-at-top
   enable_compile_cache(getattr(args, "compile_cache", None))  # one compile per shape, ever
   fields = rule_file.flag_fields(args.method, args.bits, args.group_size,

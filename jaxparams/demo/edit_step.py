@@ -31,6 +31,7 @@ def run(console: Any) -> dict[str, Any]:
   from rich.table import Table
   from jaxparams.edit import delta as delta_lib
   from jaxparams.edit import evaluate, facts, facts_lm, methods, stats, targets
+  from jaxparams.train.facts_lm import train_facts_lm
   from jaxparams.edit import requests as req_lib
   fs = facts.load_facts_set()
   subjects = sorted({f.subject for f in fs.facts})[:4]
@@ -45,7 +46,7 @@ def run(console: Any) -> dict[str, Any]:
     (d / "edits.jsonl").write_text(json.dumps({"subject": rows[0].subject,
                                                "relation": rows[0].relation,
                                                "target_new": target}) + "\n")
-    lm = facts_lm.train_facts_lm(d / "lm", d / "facts.jsonl", d / "relations.json",
+    lm = train_facts_lm(d / "lm", d / "facts.jsonl", d / "relations.json",
                                  d / "edits.jsonl", size="tiny", steps=500)
     rec = facts_lm.recall(lm)["accuracy"]
     console.print(f"facts LM: {len(rows)} facts, recall {rec:.2f} after 500 steps")

@@ -1,5 +1,7 @@
 """Knowledge editing: ROME, MEMIT, AlphaEdit, GRACE, WISE and FT-L as pure functions on Llama params.
 
+* :mod:`.registry`: the methods as records (name, frozen parameter dataclass with the
+  defaults, library function); the CLI, the benchmarks and :mod:`.checkpoint` read them here.
 * :mod:`.solve`: closed-form updates on one ``[d_k, d_v]`` kernel (jitted).
 * :mod:`.methods`: ``rome``/``memit``/``alphaedit`` -> ``(new_params, Delta)``; layers chosen
   with ``where=`` (MLP output kernels ``layers_{l}/mlp/down_proj/kernel``).
@@ -19,12 +21,16 @@ Example:
   >>> from jaxparams import edit
   >>> sorted(edit.METHODS)
   ['alphaedit', 'memit', 'rome']
+  >>> edit.registry.names()
+  ['alphaedit', 'ft', 'grace', 'memit', 'rome', 'wise']
 """
 
-from jaxparams.edit.checkpoint import METHODS, apply_delta_checkpoint, edit_checkpoint
+from jaxparams.edit import registry
+from jaxparams.edit.checkpoint import METHODS, apply_delta_checkpoint, edit_checkpoint, edit_params
 from jaxparams.edit.delta import Delta, add_delta, apply_delta, load_delta, rollback, save_delta
 from jaxparams.edit.facts import FactsSet, load_facts_set
 from jaxparams.edit.ft import FTParams, finetune
+from jaxparams.edit.grace import GraceParams
 from jaxparams.edit.methods import (AlphaEditParams, AlphaEditState, MemitParams, RomeParams,
                                     alpha_state, alphaedit, memit, rome)
 from jaxparams.edit.requests import EditRequest, read_requests
@@ -33,7 +39,7 @@ from jaxparams.edit.targets import TargetParams
 from jaxparams.edit.wise import WiseKernel, WiseParams, WiseState
 
 __all__ = [
-    "METHODS", "edit_checkpoint", "apply_delta_checkpoint", "Delta", "add_delta", "apply_delta",
+    "METHODS", "registry", "edit_params", "GraceParams", "edit_checkpoint", "apply_delta_checkpoint", "Delta", "add_delta", "apply_delta",
     "rollback", "save_delta", "load_delta", "FactsSet", "load_facts_set", "FTParams", "finetune",
     "RomeParams", "MemitParams", "AlphaEditParams", "AlphaEditState", "rome", "memit",
     "alphaedit", "alpha_state", "EditRequest", "read_requests", "KeyStats", "key_stats",

@@ -3,8 +3,10 @@
 ``edit_checkpoint`` loads a Llama or a BERT masked-LM (HF ``BertForMaskedLM``) checkpoint (with
 its ``tokenizer.json``), reads EasyEdit-style
 requests, gets the key statistics (saved ones, or streamed from a text file and saved), runs
-ROME/MEMIT/AlphaEdit, writes the edited HF checkpoint atomically and the delta in
-``OUT_DIR/delta``. ``apply_delta_checkpoint`` re-applies or rolls back a delta.
+ROME/MEMIT/AlphaEdit, writes the edited HF checkpoint atomically (:func:`jaxparams.io.atomic_dir`) and the delta in
+``OUT_DIR/delta``. Methods and their parameters come from :mod:`jaxparams.edit.registry`
+(defaults in the parameter dataclasses; every field settable with ``params=``, a JSON/YAML
+``params_file`` or ``name=value`` assignments). ``apply_delta_checkpoint`` re-applies or rolls back a delta.
 
 Example (needs a checkpoint; the CLI tests run it):
   >>> edit_checkpoint('lm', 'req.jsonl', 'out', method='rome', layers='1')  # doctest: +SKIP
@@ -12,21 +14,65 @@ Example (needs a checkpoint; the CLI tests run it):
 
 from __future__ import annotations
 
+import difflib
 import pathlib
 import time
-from typing import Any
+from typing import Any, Sequence
 
 import jax
 
 from jaxparams import io as jio
-from jaxparams.edit import arch as arch_lib
 from jaxparams.edit import delta as delta_lib
-from jaxparams.edit import methods, probe, stats
+from jaxparams.edit import methods, probe, registry, sites, stats
 from jaxparams.edit import requests as req_lib
 
-__all__ = ["edit_checkpoint", "apply_delta_checkpoint", "METHODS", "parse_layers"]
+__all__ = ["edit_checkpoint", "apply_delta_checkpoint", "METHODS", "parse_layers", "edit_params"]
 
-METHODS = ("rome", "memit", "alphaedit")
+METHODS = tuple(registry.checkpoint_names())
+"""Names of the methods :func:`edit_checkpoint` runs (read from :mod:`jaxparams.edit.registry`)."""
+
+
+def _checkpoint_method(method: str) -> registry.EditMethod:
+  if method not in registry.METHODS:
+    close = difflib.get_close_matches(str(method), METHODS, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise ValueError(f"unknown edit method {method!r}{hint}; valid: {', '.join(METHODS)}")
+  rec = registry.get(method)
+  if rec.run is None:
+    why = ("edits through an adaptor run by dot= and cannot be written as an HF checkpoint"
+           if rec.form == "adaptor" else "is not run on checkpoints")
+    raise ValueError(f"edit method {method!r} {why}; use jaxparams.edit in a program. "
+                     f"valid: {', '.join(METHODS)}")
+  return rec
+
+
+def edit_params(method: str, params: Any = None, *, params_file: str | pathlib.Path | None = None,
+                assignments: Sequence[str] = (), fact_token: str | None = None) -> Any:
+  """The parameters of ``method``: its defaults, then ``params_file``, then ``assignments``.
+
+  Args:
+    method: a registered method name.
+    params: a parameters instance of the method, or a mapping of fields (applied first).
+    params_file: a JSON/YAML file of ``{name: value}`` (dotted or nested names).
+    assignments: ``['name=value', ...]`` (the CLI's ``--set``).
+    fact_token: shorthand for ``target.fact_token`` (methods with a target optimisation).
+
+  Raises:
+    ValueError: unknown method or parameter, or a value of the wrong type (naming the file
+      and the parameter).
+  """
+  rec = registry.get(method)
+  if params is None or isinstance(params, rec.params):
+    hp = params if params is not None else rec.defaults()
+  else:
+    hp = rec.make_params(params, where="params")
+  if params_file is not None:
+    hp = rec.make_params(registry.read_params(params_file), base=hp, where=str(params_file))
+  if assignments:
+    hp = rec.make_params(registry.parse_assignments(assignments), base=hp, where="--set")
+  if fact_token is not None:
+    hp = rec.make_params({"target.fact_token": fact_token}, base=hp, where="--fact-token")
+  return hp
 
 
 def parse_layers(layers: str) -> list[int]:
@@ -45,13 +91,11 @@ def parse_layers(layers: str) -> list[int]:
 
 
 def _load(model_dir: pathlib.Path):
-  from tokenizers import Tokenizer  # pylint: disable=g-import-not-at-top
   from jaxparams.models import hf  # pylint: disable=g-import-not-at-top
+  from jaxparams.models.hf_open import hf_tokenizer  # pylint: disable=g-import-not-at-top
   if not model_dir.is_dir():
     raise FileNotFoundError(f"{model_dir}: no such folder")
-  tok_file = model_dir / "tokenizer.json"
-  if not tok_file.is_file():
-    raise FileNotFoundError(f"{tok_file}: the model folder needs a tokenizer.json")
+  tok = hf_tokenizer(model_dir, purpose="the model folder needs a tokenizer.json to edit")
   module, params, config = hf.from_hf(model_dir)
   if type(module).__name__ == "Bert" and not getattr(config, "mlm_head", False):
     raise ValueError(f"{model_dir}: a BERT without a masked-LM head (cls.predictions) cannot be "
@@ -59,36 +103,53 @@ def _load(model_dir: pathlib.Path):
   if type(module).__name__ not in ("Llama", "Bert"):
     raise ValueError(f"{model_dir}: editing supports Llama and BERT masked-LM checkpoints; "
                      f"found {type(module).__name__}")
-  return module, params, config, Tokenizer.from_file(str(tok_file))
+  return module, params, config, tok
 
 
 def edit_checkpoint(model_dir: str | pathlib.Path, requests_file: str | pathlib.Path,
                     out_dir: str | pathlib.Path, *, method: str, layers: str,
                     stats_dir: str | pathlib.Path | None = None,
                     stats_text: str | pathlib.Path | None = None, overwrite: bool = False,
-                    fact_token: str = "subject_last") -> dict[str, Any]:
-  """Edits the checkpoint; returns a summary dict (method, layers, n_requests, seconds).
+                    fact_token: str | None = None, params: Any = None,
+                    params_file: str | pathlib.Path | None = None,
+                    assignments: Sequence[str] = ()) -> dict[str, Any]:
+  """Edits the checkpoint; returns a summary dict (method, layers, n_requests, seconds, params).
+
+  Args:
+    model_dir: HF Llama or BertForMaskedLM folder with ``tokenizer.json``.
+    requests_file: EasyEdit-style requests (JSONL or a JSON list).
+    out_dir: output folder (published atomically; the delta in ``out_dir/delta``).
+    method: one of :data:`METHODS` (:func:`jaxparams.edit.registry.checkpoint_names`).
+    layers: ``'3'``, ``'3,4,5'`` or ``'3-5'``.
+    stats_dir: saved key statistics (read, or written when ``stats_text`` is given).
+    stats_text: text file (one sample a line) to compute the key statistics from.
+    overwrite: replace ``out_dir``.
+    fact_token: ``target.fact_token`` (``'subject_last'`` by default).
+    params, params_file, assignments: the method's parameters (see :func:`edit_params`).
 
   Raises:
-    ValueError: unknown method, bad request (file:line), no statistics source, layers that do
-      not exist.
+    ValueError: unknown method or parameter, bad request (file:line), no statistics source,
+      layers that do not exist.
   """
-  if method not in METHODS:
-    raise ValueError(f"unknown edit method {method!r}; valid: {', '.join(METHODS)}")
+  rec = _checkpoint_method(method)
+  hp = edit_params(method, params, params_file=params_file, assignments=assignments,
+                   fact_token=fact_token)
   model_dir, out_dir = pathlib.Path(model_dir), pathlib.Path(out_dir)
   jio.check_output_dir(out_dir, overwrite)
   module, params, config, tok = _load(model_dir)
   reqs = req_lib.read_requests(requests_file, tok)
-  if method == "rome" and len(reqs) != 1:
-    raise ValueError(f"{requests_file}: ROME edits one request at a time, found {len(reqs)} "
-                     "(use --method memit or alphaedit for batches)")
+  if not rec.batch and len(reqs) != 1:
+    raise ValueError(f"{requests_file}: {method.upper()} edits one request at a time, found "
+                     f"{len(reqs)} (use --method "
+                     f"{' or '.join(n for n in METHODS if registry.get(n).batch)} for batches)")
   lays = parse_layers(layers)
   where = [probe.kernel_path(l, module) for l in lays]
   methods.edited_layers(params, lambda p, _: p in where)
   name = model_dir.resolve().name
   if stats_text is not None:
-    texts = pathlib.Path(stats_text).read_text().splitlines()
-    batches = (arch_lib.text_batches_mlm(tok, texts) if arch_lib.of(module).masked
+    texts = jio.read_calibration_text(stats_text, what="--stats-text file", strip=False,
+                                      keep_empty=True)
+    batches = (stats.text_batches_mlm(tok, texts) if sites.of(module).masked
                else stats.text_batches(tok, texts))
     st = stats.key_stats(module, params, batches, layers=lays)
     if stats_dir is not None:
@@ -101,43 +162,21 @@ def edit_checkpoint(model_dir: str | pathlib.Path, requests_file: str | pathlib.
   tpl = req_lib.context_templates(module, params, tok)
   sel = lambda p, _: p in where
   t0 = time.perf_counter()
-  if method == "rome":
-    hp = methods.RomeParams(target=methods.tgt_lib.TargetParams(fact_token=fact_token))
-    new, d = methods.rome(module, params, tok, reqs[0], cov=cov, where=sel, templates=tpl, hp=hp)
-  elif method == "memit":
-    hp = methods.MemitParams(target=methods.tgt_lib.TargetParams(
-        fact_token=fact_token, clamp_norm_factor=0.75, v_num_grad_steps=25))
-    new, d = methods.memit(module, params, tok, reqs, cov=cov, where=sel,
-                           templates=[["{}"], tpl[1:6]], hp=hp)
-  else:
-    hp = methods.AlphaEditParams(target=methods.tgt_lib.TargetParams(
-        fact_token=fact_token, clamp_norm_factor=0.75, v_num_grad_steps=25, v_lr=0.1))
-    new, d, _ = methods.alphaedit(module, params, tok, reqs, state=methods.alpha_state(cov, hp),
-                                  where=sel, templates=[["{}"], tpl[1:6]], hp=hp)
+  new, d = rec.run(module, params, tok, reqs, cov=cov, where=sel, templates=tpl, hp=hp)
   seconds = time.perf_counter() - t0
   _write(new, config, out_dir, model_dir, d, overwrite)
   return {"method": method, "layers": lays, "n_requests": len(reqs), "seconds": seconds,
-          "out": str(out_dir)}
+          "out": str(out_dir), "params": hp}
 
 
 def _write(params, config, out_dir, copy_from, d, overwrite):
+  """The HF checkpoint (+ ``delta/``) into a temporary sibling, published by one rename
+  (:func:`jaxparams.io.atomic_dir`): a killed run leaves ``out_dir`` as it was."""
   from jaxparams.models import hf  # pylint: disable=g-import-not-at-top
-  tmp = out_dir.with_name(out_dir.name + ".edit-tmp")
-  if tmp.exists():
-    import shutil  # pylint: disable=g-import-not-at-top
-    shutil.rmtree(tmp)
-  try:
-    hf.to_hf(jax.device_get(params), config, tmp, copy_from=copy_from)
+  with jio.atomic_dir(out_dir, overwrite=overwrite) as tmp:
+    hf.to_hf(jax.device_get(params), config, tmp, copy_from=copy_from, overwrite=True)
     if d is not None:
       delta_lib.save_delta(d, tmp / "delta")
-    if out_dir.exists() and overwrite:
-      import shutil  # pylint: disable=g-import-not-at-top
-      shutil.rmtree(out_dir)
-    tmp.rename(out_dir)
-  finally:
-    if tmp.exists():
-      import shutil  # pylint: disable=g-import-not-at-top
-      shutil.rmtree(tmp)
 
 
 def apply_delta_checkpoint(model_dir: str | pathlib.Path, delta_dir: str | pathlib.Path,

@@ -34,7 +34,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxparams.edit import arch
+from jaxparams.edit import mlm
+from jaxparams.edit import sites as arch
 from jaxparams.edit import facts as facts_lib
 from jaxparams.edit import facts_lm
 
@@ -233,7 +234,7 @@ def recall(lm: FactsMLM, params: Any = None, *, prompts: str = "all") -> dict[st
       continue
     ps = lm.facts.relations[f.relation]
     for p in (ps if prompts == "all" else ps[:1]):
-      ids, _, mp, _ = arch.encode_request_mlm(
+      ids, _, mp, _ = mlm.encode_request_mlm(
           lm.tokenizer, req_lib.EditRequest(p, f.subject, f.object), "{}")
       rows.append(ids), pos.append(mp[0]), objs.append(obj[0])
   t = -(-max(len(r) for r in rows) // 8) * 8

@@ -19,12 +19,11 @@ from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jaxparams import tree as jtree
-from jaxparams.edit import arch as arch_lib
+from jaxparams.calib import stats as calib_stats
 from jaxparams.edit import delta as delta_lib
-from jaxparams.edit import probe, solve
+from jaxparams.edit import probe, sites, solve
 from jaxparams.edit import requests as req_lib
 from jaxparams.edit import targets as tgt_lib
 
@@ -75,7 +74,7 @@ def edited_layers(params: Any, where: Any) -> list[int]:
   try:
     paths = jtree.select(params, where)
   except ValueError as e:
-    valid = [p for p in jtree.flatten(params) if arch_lib._LAYER.fullmatch(p)]  # pylint: disable=protected-access
+    valid = [p for p in jtree.flatten(params) if sites.LAYER_RE.fullmatch(p)]
     raise ValueError(f"{e}; editable kernels (valid layers): {valid}") from None
   return sorted(probe.layer_of_path(p) for p in paths)
 
@@ -94,7 +93,7 @@ def compute_keys(module: Any, params: Any, tokenizer: Any, requests: Sequence[re
   groups = _groups(templates)
   flat = [t for g in groups for t in g]
   batch = tgt_lib.encode_batch(tokenizer, requests, flat, (), fact_token,
-                               masked=arch_lib.of(module).masked)
+                               masked=sites.of(module).masked)
   n, m, t = batch.ids.shape
   out = probe.run(module, params, jnp.asarray(batch.ids.reshape(n * m, t)),
                   jnp.asarray(batch.mask.reshape(n * m, t)), keys=(layer,))
@@ -109,7 +108,7 @@ def compute_keys(module: Any, params: Any, tokenizer: Any, requests: Sequence[re
 
 def _hidden_at_subject(module, params, tokenizer, requests, layer, fact_token) -> jax.Array:
   batch = tgt_lib.encode_batch(tokenizer, requests, ["{}"], (), fact_token,
-                               masked=arch_lib.of(module).masked)
+                               masked=sites.of(module).masked)
   n, m, t = batch.ids.shape
   out = probe.run(module, params, jnp.asarray(batch.ids.reshape(n * m, t)),
                   jnp.asarray(batch.mask.reshape(n * m, t)), hidden=(layer,))
@@ -125,7 +124,7 @@ def _kernel(params, layer):
 def _bias(params, layer):
   """The edited layer's bias (0 without one): ROME's ``v*`` is the layer's output, so the
   kernel's target is ``v* - b``."""
-  return jtree.flatten(params).get(arch_lib.bias_path(layer, params), 0.0)
+  return jtree.flatten(params).get(sites.bias_path(layer, params), 0.0)
 
 
 def rome(module: Any, params: Any, tokenizer: Any, request: req_lib.EditRequest, *,
@@ -152,7 +151,7 @@ def rome(module: Any, params: Any, tokenizer: Any, request: req_lib.EditRequest,
     ft = hp.target.fact_token
     k_avg = compute_keys(module, cur, tokenizer, [request], layer, [templates], ft)[0]
     batch = tgt_lib.encode_batch(tokenizer, [request], list(templates), hp.target.kl_prompts,
-                                 ft, masked=arch_lib.of(module).masked)
+                                 ft, masked=sites.of(module).masked)
     tg = tgt_lib.optimize_targets(module, cur, batch, layer=layer, site="mlp", hp=hp.target)
     k_star = compute_keys(module, cur, tokenizer, [request], layer, [["{}"]], ft)[0]
     w = _kernel(cur, layer)
@@ -174,7 +173,7 @@ def _locate_then_edit(module, params, tokenizer, requests, where, templates, tar
   flat_templates = [t for g in _groups(templates) for t in g]
   ft = target_hp.fact_token
   batch = tgt_lib.encode_batch(tokenizer, requests, flat_templates, target_hp.kl_prompts, ft,
-                               masked=arch_lib.of(module).masked)
+                               masked=sites.of(module).masked)
   tg = tgt_lib.optimize_targets(module, params, batch, layer=z_layer, site="block", hp=target_hp)
   zs = tg["target"]  # [n, d]
   cur = params
@@ -229,5 +228,5 @@ def alphaedit(module: Any, params: Any, tokenizer: Any, requests: Sequence[req_l
   cache = dict(state.cache)
   for layer in d.meta["layers"]:
     ks = compute_keys(module, new, tokenizer, requests, layer, templates, hp.target.fact_token)
-    cache[layer] = cache[layer] + ks.T @ ks
+    cache[layer] = cache[layer] + calib_stats.accumulate(None, ks).xtx   # K_p^T K_p
   return new, d, AlphaEditState(dict(state.projectors), cache)

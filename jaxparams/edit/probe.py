@@ -32,7 +32,9 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-__all__ = ["ProbeOut", "run", "kernel_path", "layer_of_path", "MLP_OUT"]
+from jaxparams.edit import sites
+
+__all__ = ["ProbeOut", "run", "run_bert", "capture", "kernel_path", "layer_of_path", "MLP_OUT"]
 
 # Path of the edited kernel of layer l (the MLP output projection; "value matrix").
 MLP_OUT = "layers_{}/mlp/down_proj/kernel"
@@ -43,8 +45,7 @@ def kernel_path(layer: int, like: Any = None) -> str:
   """Flat path of layer ``layer``'s MLP output kernel (``like``: a module or params tree whose
   architecture decides, :mod:`jaxparams.edit.arch`; None = Llama)."""
   if like is not None:
-    from jaxparams.edit import arch  # pylint: disable=g-import-not-at-top
-    return arch.kernel_path(layer, like)
+    return sites.kernel_path(layer, like)
   return MLP_OUT.format(layer)
 
 def get_kernel(params: Any, layer: int) -> Any:
@@ -66,8 +67,7 @@ def set_kernel(params: Any, layer: int, leaf: Any) -> Any:
 def layer_of_path(path: str) -> int:
   """Layer index of an MLP output kernel path (Llama ``down_proj`` or BERT ``output``);
   ValueError for any other leaf."""
-  from jaxparams.edit import arch  # pylint: disable=g-import-not-at-top
-  return arch.layer_of_path(path)
+  return sites.layer_of_path(path)
 
 
 @dataclasses.dataclass
@@ -97,7 +97,7 @@ def run(module: Any, params: Any, ids: jax.Array, mask: jax.Array | None, *,
   """Runs the model, capturing keys/hidden states and optionally adding a vector.
 
   Args:
-    module: A ``jaxparams.models.Llama`` (or a ``Bert``: :func:`jaxparams.edit.arch.run_bert`).
+    module: A ``jaxparams.models.Llama`` (or a ``Bert``: :func:`run_bert`).
     params: Its params.
     ids: ``int[b, t]``; mask: ``[b, t]`` attention mask or None.
     keys: Layers whose MLP output-projection inputs to capture.
@@ -106,9 +106,8 @@ def run(module: Any, params: Any, ids: jax.Array, mask: jax.Array | None, *,
     add_mlp: ``(layer, vec [d] or [b, d], pos int[b])`` added to that layer's MLP output.
     add_block: ``(layer, vec, pos)`` added to that block's output.
   """
-  from jaxparams.edit import arch  # pylint: disable=g-import-not-at-top
-  if arch.of(module).masked:  # BERT: its own sites (FFN output dense, pre-LayerNorm sum)
-    return arch.run_bert(module, params, ids, mask, keys=keys, hidden=hidden, mlp_out=mlp_out,
+  if sites.of(module).masked:  # BERT: its own sites (FFN output dense, pre-LayerNorm sum)
+    return run_bert(module, params, ids, mask, keys=keys, hidden=hidden, mlp_out=mlp_out,
                          add_mlp=add_mlp, add_block=add_block)
   from jaxparams.models.llama import LlamaBlock  # pylint: disable=g-import-not-at-top
 
@@ -172,3 +171,23 @@ def capture(module: Any, params: Any, ids: jax.Array, mask: jax.Array | None, *,
     raise ValueError(f"layer(s) {missing} not found in the model (it has "
                      f"{getattr(module.config, 'num_hidden_layers', '?')} layers)")
   return ProbeOut(logits, got_keys, got_hidden, got_out)
+
+
+def run_bert(module: Any, params: Any, ids: jax.Array, mask: jax.Array | None, *,
+             keys: Sequence[int] = (), hidden: Sequence[int] = (), mlp_out: Sequence[int] = (),
+             add_mlp: tuple[int, jax.Array, jax.Array] | None = None,
+             add_block: tuple[int, jax.Array, jax.Array] | None = None, **_: Any) -> Any:
+  """:func:`run` for a BERT: keys = inputs of ``layers_{l}/mlp/output``,
+  ``hidden[l]`` = the pre-LayerNorm sum ``h + FFN(h)`` of layer ``l`` (``add_block`` adds
+  there); ``logits`` are the masked-LM logits (the hidden states without a head)."""
+  from jaxparams.models.layers import LayerNorm  # pylint: disable=g-import-not-at-top
+
+  def block_site(mod, path, next_fun, args, kwargs):  # the sum entering the FFN's LayerNorm
+    if not (isinstance(mod, LayerNorm) and len(path) == 2 and path[1] == "mlp_norm"):
+      return None
+    return (int(path[0].split("_")[1]), args[0],
+            lambda x: next_fun(x, *args[1:], **kwargs))
+
+  return capture(module, params, ids, mask, mlp_name="output", block_site=block_site,
+                       keys=keys, hidden=hidden, mlp_out=mlp_out, add_mlp=add_mlp,
+                       add_block=add_block)

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxparams.edit import facts as facts_lib
+from jaxparams.edit import mlm, sites
 
 __all__ = ["EditRequest", "read_requests", "encode_text", "encode_request", "context_templates",
            "requests_from_edits"]
@@ -165,10 +166,9 @@ def context_templates(module: Any, params: Any, tokenizer: Any, *,
                       seed: int = 0) -> list[str]:
   """``["{}"]`` plus model-sampled prefixes (``n`` of ``length`` tokens each, ROME's
   ``context_template_length_params``), each followed by ``<s> {}`` (a masked LM samples them
-  at a trailing mask: :func:`jaxparams.edit.arch.context_templates_mlm`)."""
-  from jaxparams.edit import arch  # pylint: disable=g-import-not-at-top
-  if arch.of(module).masked:
-    return arch.context_templates_mlm(module, params, tokenizer, length_params=length_params,
+  at a trailing mask: :func:`jaxparams.edit.mlm.context_templates_mlm`)."""
+  if sites.of(module).masked:
+    return mlm.context_templates_mlm(module, params, tokenizer, length_params=length_params,
                                       seed=seed)
   bos = tokenizer.token_to_id(facts_lib.BOS)
   out = ["{}"]

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxparams import calib
-from jaxparams.edit import probe
+from jaxparams.edit import mlm, probe, sites
 
 __all__ = ["KeyStats", "key_stats", "save_stats", "load_stats", "text_batches"]
 
@@ -68,6 +68,16 @@ def key_stats(module: Any, params: Any, batches: Iterable[tuple[np.ndarray, np.n
   if not acc:
     raise ValueError("key_stats: no batches")
   return acc
+
+
+def text_batches_mlm(tokenizer: Any, texts: Sequence[str], *, batch_size: int = 64,
+                     seq_len: int = 64) -> list[tuple[np.ndarray, np.ndarray]]:
+  """``[CLS] text [SEP]`` rows (truncated to ``seq_len``), right-padded, in batches: the key
+  statistics' text of a masked LM (:func:`text_batches` for a causal one)."""
+  cls, sep = mlm.special(tokenizer, sites.CLS), mlm.special(tokenizer, sites.SEP)
+  rows = [([cls] + tokenizer.encode(t.strip(), add_special_tokens=False).ids)[:seq_len - 1]
+          + [sep] for t in texts if t.strip()]
+  return pad_rows(rows, batch_size, seq_len)
 
 
 def text_batches(tokenizer: Any, texts: Sequence[str], *, batch_size: int = 64,

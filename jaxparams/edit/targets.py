@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxparams.edit import probe
+from jaxparams.edit import mlm, probe
 from jaxparams.edit import requests as req_lib
 
 __all__ = ["TargetParams", "Batch", "encode_batch", "optimize_targets"]
@@ -65,7 +65,7 @@ class Batch:
   ``lookup`` is the subject's last token per row, ``tmask`` marks positions whose next token is
   a target token, ``is_kl`` the KL rows; ``edit_ids/edit_mask/edit_lookup`` the plain edit prompt
   (template ``{}``) of each request. A masked LM's batch
-  (:func:`jaxparams.edit.arch.encode_batch_mlm`) also has ``labels`` (the target token at each
+  (:func:`encode_batch_mlm`) also has ``labels`` (the target token at each
   position ``tmask`` marks, instead of the next token) and ``kl_pos`` (where the KL term reads
   the prediction, instead of ``lookup``).
   """
@@ -86,14 +86,21 @@ def _pad_to(rows: Sequence[Sequence[int]], t: int) -> np.ndarray:
   return out
 
 
+def encode_batch_mlm(tokenizer: Any, requests: Sequence[Any], templates: Sequence[str],
+                     kl_prompts: Sequence[str], fact_token: str = "subject_last") -> Batch:
+  """:func:`encode_batch` for a masked LM: ``labels`` hold the target token at each ``[MASK]``
+  (``tmask`` marks them) and ``kl_pos`` the mask of the KL prompts
+  (:func:`jaxparams.edit.mlm.encode_rows_mlm`)."""
+  return Batch(**mlm.encode_rows_mlm(tokenizer, requests, templates, kl_prompts, fact_token))
+
+
 def encode_batch(tokenizer: Any, requests: Sequence[req_lib.EditRequest], templates: Sequence[str],
                  kl_prompts: Sequence[str], fact_token: str = "subject_last", *,
                  masked: bool = False) -> Batch:
   """Encodes every request under every template, plus its KL prompts (``masked``: as a masked
-  LM's cloze rows, :func:`jaxparams.edit.arch.encode_batch_mlm`)."""
+  LM's cloze rows, :func:`encode_batch_mlm`)."""
   if masked:
-    from jaxparams.edit import arch  # pylint: disable=g-import-not-at-top
-    return arch.encode_batch_mlm(tokenizer, requests, templates, kl_prompts, fact_token)
+    return encode_batch_mlm(tokenizer, requests, templates, kl_prompts, fact_token)
   all_rows, all_look, all_t = [], [], []
   for r in requests:
     rows, look, tpos = [], [], []

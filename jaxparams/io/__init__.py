@@ -13,8 +13,11 @@ Example:
 import numpy as np
 
 from jaxparams.io.any_checkpoint import is_orbax_dir, load_any
+from jaxparams.io.calibration_text import read_calibration_text
 from jaxparams.io.atomic import (atomic_dir, check_output_dir, check_writable, publish_dir,
                                  sweep_stale)
+from jaxparams.io.convert import convert_checkpoint
+from jaxparams.io.listing import checkpoint_rows
 from jaxparams.io.dtypes import parse_dtype, to_numpy_dtype, to_safetensors_dtype
 from jaxparams.io.interrupt import finish_before_interrupt
 from jaxparams.io.orbax_io import restore_orbax, save_orbax
@@ -49,9 +52,10 @@ def load_safetensors(path):
 __all__ = [
     "DTYPE_BITS", "INDEX_NAME", "SENTENCE_TRANSFORMERS_FILES", "TOKENIZER_FILES",
     "SafetensorsFile", "SafetensorsReader", "SafetensorsWriter", "TensorSpec", "atomic_dir",
-    "check_output_dir", "check_writable", "finish_before_interrupt", "is_orbax_dir", "load_any",
+    "check_output_dir", "check_writable", "checkpoint_rows", "convert_checkpoint", "finish_before_interrupt", "is_orbax_dir", "load_any",
     "load_safetensors", "open_checkpoint", "parse_dtype", "parse_header", "parse_size",
-    "publish_dir", "read_json", "read_text", "refuse_pickle", "resolve_inside", "restore_orbax",
+    "publish_dir", "read_calibration_text", "read_json", "read_text", "refuse_pickle",
+    "resolve_inside", "restore_orbax",
     "save_orbax", "save_safetensors", "sweep_stale", "to_numpy_dtype", "to_safetensors_dtype",
     "write_safetensors_file",
 ]

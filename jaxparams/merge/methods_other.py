@@ -1,4 +1,4 @@
-"""sce, ram, ramplus_tl and arcee_fusion (mergekit 0.1.5 semantics, float32 math).
+"""sce, ram, ramplus_tl and arcee_fusion (mergekit 0.1.5 semantics).
 
 Example:
   >>> import jax.numpy as jnp
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Sequence
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -100,28 +100,50 @@ def _quantile_sorted_index(q: float, n: int) -> int:
   return int(np.float32(q) * np.float32(n - 1))
 
 
+def _rounder(dtype) -> Callable[[jax.Array], jax.Array]:
+  """Rounds float32 values to ``dtype``'s precision (identity for 32/64-bit floats).
+
+  mergekit computes in the merge's dtype: in torch every bfloat16/float16 op rounds its
+  result. ``lax.reduce_precision`` reproduces that rounding on float32 values and, unlike a
+  cast pair, is never simplified away by XLA's excess-precision rewrites.
+  """
+  dtype = jnp.dtype(dtype)
+  if dtype.itemsize >= 4 or not jnp.issubdtype(dtype, jnp.floating):
+    return lambda x: x
+  info = jnp.finfo(dtype)
+  return functools.partial(jax.lax.reduce_precision, exponent_bits=info.nexp,
+                           mantissa_bits=info.nmant)
+
+
 @jax.jit
 def arcee_fusion_tensor(base: jax.Array, other: jax.Array) -> jax.Array:
   """mergekit ``arcee_fusion``: keep the model's delta where
   ``|delta| * KL(softmax(model) || softmax(base))`` (per row, last axis) is at
   least ``median + 1.5 IQR``. Quantiles are exact over the whole tensor (mergekit
-  samples 1M elements with replacement for larger tensors, which is random)."""
+  samples 1M elements with replacement for larger tensors, which is random).
+
+  Computed in the inputs' dtype, op by op, as mergekit does in the merge's ``dtype``: for
+  bfloat16/float16 inputs each step rounds to that precision (the importance threshold is a
+  hard decision, so float32 math would keep other elements: 405 of 4,096 on a 64x64 bf16
+  pair). A recipe's ``dtype: float32`` gives float32 math, in mergekit and here.
+  """
+  r = _rounder(base.dtype)
   b, m = base.astype(_f32), other.astype(_f32)
   if b.ndim == 0:
     b, m = b[None], m[None]
-  diff = jnp.abs(m - b)
-  p = jax.nn.softmax(m, axis=-1) + 1e-8
-  q = jax.nn.softmax(b, axis=-1) + 1e-8
-  kl = jnp.sum(p * jnp.log(p / q), axis=-1, keepdims=True)
-  imp = (diff * kl).reshape(-1)
+  diff = r(jnp.abs(r(m - b)))
+  p = r(r(jax.nn.softmax(m, axis=-1)) + 1e-8)
+  q = r(r(jax.nn.softmax(b, axis=-1)) + 1e-8)
+  kl = r(jnp.sum(r(p * r(jnp.log(r(p / q)))), axis=-1, keepdims=True))
+  imp = r(diff * kl).reshape(-1)
   n = imp.size
   keys = float_keys(imp)
   # ascending index j == (n - j)-th largest
   q1, med, q3 = (key_to_float(kapi.key_threshold(keys, n - _quantile_sorted_index(qq, n)))
                  for qq in (0.25, 0.5, 0.75))
-  thr = med + 1.5 * (q3 - q1)
+  thr = r(med + r(1.5 * r(q3 - q1)))
   mask = (imp >= thr).reshape(b.shape).astype(_f32)
-  return (b + (m - b) * mask).reshape(base.shape).astype(base.dtype)
+  return r(b + r(r(m - b) * mask)).reshape(base.shape).astype(base.dtype)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Any, Mapping, Protocol, Sequence
+from typing import Any, Iterator, Mapping, NamedTuple, Protocol, Sequence
 
 from jaxparams.merge.recipe import UNSET, Recipe, resolve_setting
 from jaxparams.merge.registry import get_method
@@ -144,9 +144,228 @@ def _numeric_globals(method: Any) -> set[str]:
           if f.metadata.get("scope") == "global" and str(f.type) in ("float", "int")}
 
 
+class _Slice(NamedTuple):
+  """One output slice: ``sources`` are ``(model, (first, end) layer range, parameters)``."""
+  sources: tuple[tuple[str, tuple[int, int], Mapping[str, Any]], ...]
+  base: str | None
+  params: Mapping[str, Any]
+
+
+def _check_parameter_names(recipe: Recipe, method: Any) -> None:
+  """Every parameter the recipe sets is one of the method's (model-wise or global)."""
+  model_keys, global_keys = set(method.model_params), set(method.global_params)
+  unknown = recipe.parameter_names() - model_keys - global_keys
+  if unknown:
+    raise ValueError(
+        f"{recipe.source or 'recipe'}: unknown parameter(s) {sorted(unknown)} for merge_method "
+        f"{recipe.merge_method!r}; valid: {sorted(model_keys | global_keys)}.")
+
+
+def _check_same_tensor_sets(readers: Mapping[str, _Reader], ref: str, models: Sequence[str],
+                            src: str) -> None:
+  ref_set = set(readers[ref].names())
+  for model in models:
+    if model == ref:
+      continue
+    other = set(readers[model].names())
+    missing, extra = sorted(ref_set - other), sorted(other - ref_set)
+    if missing or extra:
+      what = (f"tensor {missing[0]!r} is in {ref!r} but missing from {model!r}" if missing else
+              f"tensor {extra[0]!r} is in {model!r} but missing from {ref!r}")
+      n = len(missing) + len(extra)
+      raise ValueError(f"{src}: the models have different tensor sets: {what}"
+                       f"{f' ({n - 1} more differ)' if n > 1 else ''}.")
+
+
+def _slices(recipe: Recipe, readers: Mapping[str, _Reader], src: str) -> list[_Slice]:
+  """The recipe's slices; ``models:`` is one slice over every layer (base appended when not
+  listed, as mergekit does), after checking that the models hold the same tensors."""
+  if recipe.models is None:
+    return [_Slice(tuple((s.model, s.layer_range, s.parameters) for s in sl.sources),
+                   sl.base_model or recipe.base_model, sl.parameters) for sl in recipe.slices]
+  entries = [(m.model, m.parameters) for m in recipe.models]
+  if recipe.base_model and recipe.base_model not in [e[0] for e in entries]:
+    entries.append((recipe.base_model, {}))
+  ref = recipe.base_model or entries[0][0]
+  _check_same_tensor_sets(readers, ref, [m for m, _ in entries], src)
+  nl = count_layers(readers[ref].names())
+  return [_Slice(tuple((m, (0, nl), p) for m, p in entries), recipe.base_model, {})]
+
+
+def _layer_tables(slices: Sequence[_Slice], readers: Mapping[str, _Reader], src: str
+                  ) -> dict[str, tuple[dict[int, list[tuple[str, str]]], list[str], list[str]]]:
+  """:func:`_layer_table` of every source model; a layer range past a model's end is refused."""
+  tables = {}
+  for sl in slices:
+    for model, lr, _ in sl.sources:
+      if model not in tables:
+        names = readers[model].names()
+        tables[model] = _layer_table(names)
+        nl = count_layers(names)
+        if lr[1] > nl:
+          raise ValueError(f"{src}: layer_range {list(lr)} of model {model!r} goes past its "
+                           f"{nl} layers.")
+      elif lr[1] > count_layers(readers[model].names()):
+        raise ValueError(f"{src}: layer_range {list(lr)} of model {model!r} goes past its "
+                         f"{count_layers(readers[model].names())} layers.")
+  return tables
+
+
+def _first_model(sl: _Slice) -> str:
+  """The slice's base model when it is a source, else its first source."""
+  for m, _, _ in sl.sources:
+    if m == sl.base:
+      return m
+  return sl.sources[0][0]
+
+
+def _outputs(recipe: Recipe, slices: Sequence[_Slice], tables: Mapping[str, Any]
+             ) -> Iterator[tuple[str, _Slice, list[str], float]]:
+  """``(output name, slice, input names, t)`` in output order: pre-layer tensors (embeddings)
+  from the first slice, each slice's layers renumbered, post-layer tensors from the last."""
+  first = slices[0]
+  _, pre, _ = tables[_first_model(first)]
+  for n in pre:
+    yield n, first, [n] * len(first.sources), 0.0
+  out_layer = 0
+  for sl in slices:
+    layers, _, _ = tables[_first_model(sl)]
+    ref_lr = [lr for m, lr, _ in sl.sources if m == _first_model(sl)][0]
+    n_layers = ref_lr[1] - ref_lr[0]
+    # models: one slice over every layer; with several layer stacks (a vision and a text
+    # tower) each stack is its own module with its own layer count, as in mergekit.
+    per_stack = _stack_sizes(layers) if recipe.models is not None else {}
+    for off in range(n_layers):
+      for prefix, rest in layers.get(ref_lr[0] + off, []):
+        n = per_stack.get(prefix, n_layers)
+        t = off / (n - 1) if n > 1 else 1.0
+        in_names = [f"{prefix}{lr[0] + off}.{rest}" for _, lr, _ in sl.sources]
+        yield f"{prefix}{out_layer}.{rest}", sl, in_names, t
+      out_layer += 1
+  last = slices[-1]
+  _, _, post = tables[_first_model(last)]
+  for n in post:
+    yield n, last, [n] * len(last.sources), 0.0
+
+
+class _Planner:
+  """Checks the inputs of each output tensor and resolves its parameters into a TensorTask."""
+
+  def __init__(self, recipe: Recipe, readers: Mapping[str, _Reader], method: Any, src: str):
+    self.recipe, self.readers, self.src = recipe, readers, src
+    self.name = recipe.merge_method
+    self.model_keys = dict(method.model_params)
+    self.global_keys = dict(method.global_params)
+    self.needs_base = method.needs_base
+    self.numeric_globals = _numeric_globals(method)
+    # The base model's role comes from the record ('ignored': an ordinary input, as mergekit).
+    self.ignore_base = method.base_policy == "ignored"
+    self.tasks: list[TensorTask] = []
+    self.out_names: set[str] = set()
+    self.name_sets: dict[str, set[str]] = {}
+
+  def has(self, model: str, n: str) -> bool:
+    if model not in self.name_sets:
+      self.name_sets[model] = set(self.readers[model].names())
+    return n in self.name_sets[model]
+
+  def check_inputs(self, out_name: str, sources, in_names: Sequence[str], vocab: bool) -> None:
+    """Written once; every input present; equal shapes (vocabulary rows may differ when a
+    ``tokenizer_source`` aligns them)."""
+    src = self.src
+    if out_name in self.out_names:
+      raise ValueError(f"{src}: output tensor {out_name!r} would be written twice.")
+    self.out_names.add(out_name)
+    for (model, _, _), n in zip(sources, in_names):
+      if not self.has(model, n):
+        raise ValueError(f"{src}: tensor {n!r} is missing from model {model!r} "
+                         f"(needed for output tensor {out_name!r}).")
+    shapes = [_shape(self.readers[m], n) for (m, _, _), n in zip(sources, in_names)]
+    for (model, _, _), shp in zip(sources[1:], shapes[1:]):
+      if shp == shapes[0]:
+        continue
+      m0 = sources[0][0]
+      if vocab and shp[1:] == shapes[0][1:]:
+        if self.recipe.tokenizer_source is None:
+          raise ValueError(
+              f"{src}: vocabulary sizes differ for tensor {in_names[0]!r}: {shapes[0][0]} rows in "
+              f"{m0!r} but {shp[0]} in {model!r}; set tokenizer_source: base|union|<model> so "
+              "the rows can be aligned to one vocabulary.")
+        continue
+      raise ValueError(f"{src}: tensor {in_names[0]!r} has shape {shapes[0]} in model {m0!r} "
+                       f"but {shp} in model {model!r}.")
+
+  def base_index(self, out_name: str, sources, base_ref: str | None) -> int | None:
+    """Index of the base among the sources (None: no base, or the method ignores it)."""
+    base_i = None
+    if base_ref is not None and not self.ignore_base:
+      for i, (m, _, _) in enumerate(sources):
+        if m == base_ref:
+          base_i = i
+          break
+    if self.needs_base and base_i is None:
+      raise ValueError(f"{self.src}: merge_method {self.name!r} needs a base model for tensor "
+                       f"{out_name!r}{'' if base_ref else '; set base_model'}"
+                       f"{'' if base_ref is None else f' ({base_ref!r} is not among the inputs)'}.")
+    return base_i
+
+  def global_params(self, out_name: str, slice_params, t: float) -> dict[str, Any]:
+    gparams = {}
+    for k in self.global_keys:
+      v = resolve_setting(k, [slice_params, self.recipe.parameters], out_name, t)
+      if v is not UNSET:
+        if isinstance(v, str) and k in self.numeric_globals:
+          raise ValueError(f"{self.src}: parameter {k!r} is {v!r}, not a number (tensor "
+                           f"{out_name!r}).")
+        gparams[k] = v
+    return gparams
+
+  def model_params(self, sources, slice_params, in_names: Sequence[str], others: list[int],
+                   t: float) -> dict[str, tuple[Any, ...]]:
+    src = self.src
+    mparams = {}
+    for k, default in self.model_keys.items():
+      vals = [resolve_setting(k, [sources[i][2], slice_params, self.recipe.parameters],
+                              in_names[i], t) for i in others]
+      if all(v is UNSET for v in vals):
+        continue
+      filled = []
+      for i, v in zip(others, vals):
+        if isinstance(v, str):  # every per-model parameter is a number
+          raise ValueError(f"{src}: parameter {k!r} of model {sources[i][0]!r} is {v!r}, not a "
+                           f"number (tensor {in_names[i]!r}).")
+        if v is UNSET:
+          if default is None or not isinstance(default, (bool, int, float, str)):
+            raise ValueError(f"{src}: parameter {k!r} is set for some models but not for "
+                             f"{sources[i][0]!r} (tensor {in_names[i]!r}); it has no default.")
+          v = default
+        filled.append(v)
+      mparams[k] = tuple(filled)
+    return mparams
+
+  def add(self, out_name: str, sl: _Slice, in_names: Sequence[str], t: float) -> None:
+    sources = sl.sources
+    vocab = is_vocab_tensor(out_name)
+    self.check_inputs(out_name, sources, in_names, vocab)
+    base_i = self.base_index(out_name, sources, sl.base)
+    others = [i for i in range(len(sources)) if i != base_i]
+    gparams = self.global_params(out_name, sl.params, t)
+    mparams = self.model_params(sources, sl.params, in_names, others, t)
+    self.tasks.append(TensorTask(
+        name=out_name,
+        base=(sources[base_i][0], in_names[base_i]) if base_i is not None else None,
+        models=tuple((sources[i][0], in_names[i]) for i in others),
+        model_params=mparams, global_params=gparams, t=t, vocab=vocab))
+
+
 def plan_merge(recipe: Recipe, readers: Mapping[str, _Reader], method: Any = None
                ) -> list[TensorTask]:
   """Plans every output tensor of ``recipe`` over opened checkpoints.
+
+  The steps: the recipe's parameter names are the method's; its slices (``models:`` = one slice
+  over every layer, the models holding the same tensors); every source's layer table (layer
+  ranges within the model); then each output tensor in order, its inputs checked and its
+  parameters resolved (:class:`_Planner`).
 
   Args:
     recipe: a parsed recipe.
@@ -162,166 +381,13 @@ def plan_merge(recipe: Recipe, readers: Mapping[str, _Reader], method: Any = Non
       (tensor and models named); vocabulary sizes that differ without a
       ``tokenizer_source``; a ``layer_range`` past a model's last layer.
   """
-  name = recipe.merge_method
   if method is None:
-    method = get_method(name)
-  model_keys = dict(method.model_params)
-  global_keys = dict(method.global_params)
-  needs_base = method.needs_base
-  numeric_globals = _numeric_globals(method)
-  unknown = recipe.parameter_names() - set(model_keys) - set(global_keys)
-  if unknown:
-    raise ValueError(
-        f"{recipe.source or 'recipe'}: unknown parameter(s) {sorted(unknown)} for merge_method "
-        f"{name!r}; valid: {sorted(set(model_keys) | set(global_keys))}.")
-  # The base model's role comes from the record ('ignored': an ordinary input, as mergekit).
-  ignore_base = method.base_policy == "ignored"
+    method = get_method(recipe.merge_method)
+  _check_parameter_names(recipe, method)
   src = recipe.source or "recipe"
-
-  if recipe.models is not None:
-    # models: -> one slice over every layer (base appended when not listed, as mergekit does).
-    entries = [(m.model, m.parameters) for m in recipe.models]
-    if recipe.base_model and recipe.base_model not in [e[0] for e in entries]:
-      entries.append((recipe.base_model, {}))
-    ref = recipe.base_model or entries[0][0]
-    ref_names = readers[ref].names()
-    ref_set = set(ref_names)
-    for model, _ in entries:
-      if model == ref:
-        continue
-      other = set(readers[model].names())
-      missing, extra = sorted(ref_set - other), sorted(other - ref_set)
-      if missing or extra:
-        what = (f"tensor {missing[0]!r} is in {ref!r} but missing from {model!r}" if missing else
-                f"tensor {extra[0]!r} is in {model!r} but missing from {ref!r}")
-        n = len(missing) + len(extra)
-        raise ValueError(f"{src}: the models have different tensor sets: {what}"
-                         f"{f' ({n - 1} more differ)' if n > 1 else ''}.")
-    nl = count_layers(ref_names)
-    slices = [((tuple((m, (0, nl), p) for m, p in entries)), recipe.base_model, {})]
-  else:
-    slices = [(tuple((s.model, s.layer_range, s.parameters) for s in sl.sources),
-               sl.base_model or recipe.base_model, sl.parameters) for sl in recipe.slices]
-
-  tasks: list[TensorTask] = []
-  out_names: set[str] = set()
-  name_sets: dict[str, set[str]] = {}
-
-  def has(model: str, n: str) -> bool:
-    if model not in name_sets:
-      name_sets[model] = set(readers[model].names())
-    return n in name_sets[model]
-
-  def add(out_name: str, sources, base_ref, slice_params, in_names: Sequence[str],
-          t: float) -> None:
-    if out_name in out_names:
-      raise ValueError(f"{src}: output tensor {out_name!r} would be written twice.")
-    out_names.add(out_name)
-    vocab = is_vocab_tensor(out_name)
-    for (model, _, _), n in zip(sources, in_names):
-      if not has(model, n):
-        raise ValueError(f"{src}: tensor {n!r} is missing from model {model!r} "
-                         f"(needed for output tensor {out_name!r}).")
-    shapes = [_shape(readers[m], n) for (m, _, _), n in zip(sources, in_names)]
-    for (model, _, _), shp in zip(sources[1:], shapes[1:]):
-      if shp == shapes[0]:
-        continue
-      m0 = sources[0][0]
-      if vocab and shp[1:] == shapes[0][1:]:
-        if recipe.tokenizer_source is None:
-          raise ValueError(
-              f"{src}: vocabulary sizes differ for tensor {in_names[0]!r}: {shapes[0][0]} rows in "
-              f"{m0!r} but {shp[0]} in {model!r}; set tokenizer_source: base|union|<model> so "
-              "the rows can be aligned to one vocabulary.")
-        continue
-      raise ValueError(f"{src}: tensor {in_names[0]!r} has shape {shapes[0]} in model {m0!r} "
-                       f"but {shp} in model {model!r}.")
-    base_i = None
-    if base_ref is not None and not ignore_base:
-      for i, (m, _, _) in enumerate(sources):
-        if m == base_ref:
-          base_i = i
-          break
-    if needs_base and base_i is None:
-      raise ValueError(f"{src}: merge_method {name!r} needs a base model for tensor {out_name!r}"
-                       f"{'' if base_ref else '; set base_model'}"
-                       f"{'' if base_ref is None else f' ({base_ref!r} is not among the inputs)'}.")
-    others = [i for i in range(len(sources)) if i != base_i]
-    gparams = {}
-    for k in global_keys:
-      v = resolve_setting(k, [slice_params, recipe.parameters], out_name, t)
-      if v is not UNSET:
-        if isinstance(v, str) and k in numeric_globals:
-          raise ValueError(f"{src}: parameter {k!r} is {v!r}, not a number (tensor "
-                           f"{out_name!r}).")
-        gparams[k] = v
-    mparams = {}
-    for k, default in model_keys.items():
-      vals = [resolve_setting(k, [sources[i][2], slice_params, recipe.parameters], in_names[i], t)
-              for i in others]
-      if all(v is UNSET for v in vals):
-        continue
-      filled = []
-      for i, v in zip(others, vals):
-        if isinstance(v, str):  # every per-model parameter is a number
-          raise ValueError(f"{src}: parameter {k!r} of model {sources[i][0]!r} is {v!r}, not a "
-                           f"number (tensor {in_names[i]!r}).")
-        if v is UNSET:
-          if default is None or not isinstance(default, (bool, int, float, str)):
-            raise ValueError(f"{src}: parameter {k!r} is set for some models but not for "
-                             f"{sources[i][0]!r} (tensor {in_names[i]!r}); it has no default.")
-          v = default
-        filled.append(v)
-      mparams[k] = tuple(filled)
-    tasks.append(TensorTask(
-        name=out_name,
-        base=(sources[base_i][0], in_names[base_i]) if base_i is not None else None,
-        models=tuple((sources[i][0], in_names[i]) for i in others),
-        model_params=mparams, global_params=gparams, t=t, vocab=vocab))
-
-  tables = {}
-  for sl in slices:
-    for model, lr, _ in sl[0]:
-      if model not in tables:
-        names = readers[model].names()
-        tables[model] = _layer_table(names)
-        nl = count_layers(names)
-        if lr[1] > nl:
-          raise ValueError(f"{src}: layer_range {list(lr)} of model {model!r} goes past its "
-                           f"{nl} layers.")
-      elif lr[1] > count_layers(readers[model].names()):
-        raise ValueError(f"{src}: layer_range {list(lr)} of model {model!r} goes past its "
-                         f"{count_layers(readers[model].names())} layers.")
-
-  def first_model(sl) -> str:
-    base_ref = sl[1]
-    for m, _, _ in sl[0]:
-      if m == base_ref:
-        return m
-    return sl[0][0][0]
-
-  # Pre-layer tensors (embeddings) from the first slice's sources.
-  first = slices[0]
-  _, pre, _ = tables[first_model(first)]
-  for n in pre:
-    add(n, first[0], first[1], first[2], [n] * len(first[0]), 0.0)
-  out_layer = 0
-  for sources, base_ref, sparams in slices:
-    layers, _, _ = tables[first_model((sources, base_ref, sparams))]
-    ref_lr = [lr for m, lr, _ in sources if m == first_model((sources, base_ref, sparams))][0]
-    n_layers = ref_lr[1] - ref_lr[0]
-    # models: one slice over every layer; with several layer stacks (a vision and a text
-    # tower) each stack is its own module with its own layer count, as in mergekit.
-    per_stack = _stack_sizes(layers) if recipe.models is not None else {}
-    for off in range(n_layers):
-      for prefix, rest in layers.get(ref_lr[0] + off, []):
-        n = per_stack.get(prefix, n_layers)
-        t = off / (n - 1) if n > 1 else 1.0
-        in_names = [f"{prefix}{lr[0] + off}.{rest}" for _, lr, _ in sources]
-        add(f"{prefix}{out_layer}.{rest}", sources, base_ref, sparams, in_names, t)
-      out_layer += 1
-  last = slices[-1]
-  _, _, post = tables[first_model(last)]
-  for n in post:
-    add(n, last[0], last[1], last[2], [n] * len(last[0]), 0.0)
-  return tasks
+  slices = _slices(recipe, readers, src)
+  tables = _layer_tables(slices, readers, src)
+  planner = _Planner(recipe, readers, method, src)
+  for out_name, sl, in_names, t in _outputs(recipe, slices, tables):
+    planner.add(out_name, sl, in_names, t)
+  return planner.tasks

@@ -63,4 +63,5 @@ def merge_record(name: str, compute: ComputeFn, config: type, *, base: str = "re
       array_params=numeric_fields(config),
       checks=(same_shapes, non_float_identical, *checks, finite),
       inputs="base+models", base=base, min_models=min_models, max_models=max_models,
-      needs_key=needs_key, options=options, description=description, info=dict(info or {}))
+      needs_key=needs_key, options=options, description=description, info=dict(info or {}),
+      kind="merge method")

@@ -153,10 +153,7 @@ class MergeMethod:
     base = None if base is None else _to_device(base)
     models = [_to_device(m) for m in models]
     skip = () if check_finite else ("finite",)
-    out, flags = rec.apply(base, models, config=cfg, key=key, path=name, skip=skip)
-    if not isinstance(flags, jax.core.Tracer):
-      rec.verify(flags, rec.context((base, tuple(models)), cfg, name), skip)
-    return out
+    return rec(base, models, config=cfg, key=key, path=name, skip=skip)
 
 
 def get_record(name: str) -> Transform:
@@ -181,8 +178,9 @@ def get_method(name: str) -> MergeMethod:
     ValueError: unknown name (the message lists the valid ones).
   """
   if name not in METHODS:
-    from jaxparams.merge.learned.checkpoints import DATA_AWARE_METHODS  # pylint: disable=import-outside-toplevel
+    # The data-aware records' table (it imports only the transform layer; not their driver).
+    from jaxparams.merge.learned.records import RECORDS as DATA_AWARE  # pylint: disable=import-outside-toplevel
     raise ValueError(f"unknown merge method {name!r}; valid methods: "
                      f"{', '.join(method_names())}; with calibration data (recipe "
-                     f"'parameters: {{calibration: FILE}}'): {', '.join(DATA_AWARE_METHODS)}")
+                     f"'parameters: {{calibration: FILE}}'): {', '.join(DATA_AWARE.names())}")
   return MergeMethod(METHODS.get(name))

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Mapping
@@ -179,7 +180,8 @@ def merge_checkpoints(recipe: str | Path | Mapping[str, Any] | Recipe, out_dir: 
       (default: ``recipe``).
 
   A recipe naming a data-aware method (``regmean`` or ``fisher``, with ``parameters: {calibration:
-  FILE}``) is merged by :func:`jaxparams.merge.learned.checkpoints.merge_data_aware`.
+  FILE}``) first has its statistics captured by
+  :func:`jaxparams.merge.learned.checkpoints.prepare_data_aware`, then streams as above.
 
   Returns:
     A summary dict: ``tensors``, ``bytes_read``, ``bytes_written``, ``seconds``,
@@ -196,13 +198,17 @@ def merge_checkpoints(recipe: str | Path | Mapping[str, Any] | Recipe, out_dir: 
   original = recipe
   recipe = load_recipe(recipe)
   if method is None and _data_aware(recipe.merge_method):
+    # Statistics first (merge.learned), then this same streamed merge of a rewritten plan.
     from jaxparams.merge.learned import checkpoints as data_aware  # pylint: disable=import-outside-toplevel
-    return data_aware.merge_data_aware(
-        recipe, out_dir, original=original, key=key, seed=seed, overwrite=overwrite,
-        max_shard_bytes=max_shard_bytes, allow_nonfinite=allow_nonfinite,
-        copy_tokenizer=copy_tokenizer, prefetch=prefetch, prefetch_bytes=prefetch_bytes,
-        progress=progress, console=console, shard=shard, shard_min_bytes=shard_min_bytes,
-        write_model_card=write_model_card)
+    with tempfile.TemporaryDirectory(prefix=f"jaxparams-{recipe.merge_method}-") as tmp:
+      prepared = data_aware.prepare_data_aware(recipe, tmp, out_dir=out_dir, overwrite=overwrite)
+      return merge_checkpoints(
+          prepared.recipe, out_dir, key=key, seed=seed, overwrite=overwrite,
+          max_shard_bytes=max_shard_bytes, allow_nonfinite=allow_nonfinite,
+          copy_tokenizer=copy_tokenizer, prefetch=prefetch, prefetch_bytes=prefetch_bytes,
+          progress=progress, console=console, shard=shard, shard_min_bytes=shard_min_bytes,
+          write_model_card=write_model_card, extra_sources=prepared.extra_sources,
+          rewrite_jobs=prepared.rewrite_jobs, card=original)
   where = recipe.source or "recipe"
   out_dir = Path(out_dir)
   shard_bytes = parse_size(max_shard_bytes, what="max_shard_bytes")

@@ -21,7 +21,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Callable
 
@@ -31,8 +30,8 @@ import numpy as np
 
 from jaxparams import io as jio
 from jaxparams import tree as jtree
-from jaxparams.models.config_check import check_hf_config
-from jaxparams.models.families import FAMILIES, Family, family, family_for_config, model_types
+from jaxparams.models.families import FAMILIES, Family, family_for_config
+from jaxparams.models.hf_open import open_hf
 
 __all__ = ["from_hf", "to_hf", "hf_name_map", "model_for_config", "ARCHITECTURES",
            "SENTENCE_TRANSFORMERS_FILES"]
@@ -85,20 +84,6 @@ def _nest(flat: dict[str, Any]) -> dict[str, Any]:
   return out
 
 
-def _read_config(reader, path: Path) -> Any:
-  file = (path if path.is_dir() else path.parent) / "config.json"
-  if not file.is_file():
-    raise ValueError(f"{path}: no config.json next to the weights; from_hf needs the HF config "
-                     "to know the architecture (model_type).")
-  cfg = reader.config()
-  if cfg is None:
-    try:
-      cfg = json.loads(file.read_text())
-    except ValueError as e:
-      raise ValueError(f"{file}: invalid JSON ({e}).") from None
-  return cfg
-
-
 def from_hf(path: str | Path, *, dtype: Any = None, strict: bool = True,
             dot: Callable | None = None, **config_overrides: Any):
   """Loads an HF safetensors checkpoint into a reference Flax model.
@@ -122,28 +107,10 @@ def from_hf(path: str | Path, *, dtype: Any = None, strict: bool = True,
       wrongly-shaped tensor (named, with its file).
   """
   path = Path(path)
-  with jio.open_checkpoint(path) as reader:
-    cfg_dict = _read_config(reader, path)
-    where = str((path if path.is_dir() else path.parent) / "config.json")
-    if not isinstance(cfg_dict, dict):
-      kind = "null" if cfg_dict is None else type(cfg_dict).__name__
-      raise ValueError(f"{where}: must be a JSON object, found {kind}")
-    model_type = cfg_dict.get("model_type")
-    if not isinstance(model_type, str) or model_type not in ARCHITECTURES:
-      raise ValueError(f"{where}: model_type {model_type!r:.60} is not supported; "
-                       f"supported: {list(model_types())}")
-    arch = family(model_type)
-    by_norm = {arch.normalize(n): n for n in reader.names()}
-    # The config against the headers first: nothing below may grow with a hostile config.
-    check_hf_config(cfg_dict, arch, {n: reader.spec(n).shape for n in reader.names()}, where)
-    if model_type == "bert" and "add_pooling_layer" not in config_overrides:
-      config_overrides["add_pooling_layer"] = "pooler.dense.weight" in by_norm
-    if model_type == "bert" and "mlm_head" not in config_overrides:
-      config_overrides["mlm_head"] = "cls.predictions.transform.dense.weight" in by_norm
-    try:
-      config = arch.config_cls.from_hf_dict(cfg_dict, **config_overrides)
-    except (TypeError, ValueError, KeyError, ZeroDivisionError, OverflowError) as e:
-      raise ValueError(f"{where}: invalid {model_type} config: {e}") from None
+  with open_hf(path, purpose="from_hf") as ck:
+    reader, arch, by_norm, where = ck.reader, ck.family, ck.by_norm, ck.where
+    model_type = ck.model_type
+    config = ck.model_config(**config_overrides)
     module = arch.module_cls(config, dot=dot)
     nmap = arch.name_map(config)
     try:

@@ -55,23 +55,28 @@ def prune_model(module: nn.Module, params: Any, batches: Any, method: str, *, wh
                      "use prune_tree (no data needed)")
   flat = jtree.flatten(params)
   chosen = jtree.select(flat, where if where is not None else default_prune_where, flat=True)
-  groups: dict[str, list[str]] = {}
   if sequential:
-    for p in calib.linear_order(module, params, calib.capture.check_batches(batches)[0]):
-      if p in chosen:
-        groups.setdefault(calib.block_of(p), []).append(p)
-    missing = sorted(set(chosen) - {p for g in groups.values() for p in g})
+    order = [p for p in calib.linear_order(module, params,
+                                           calib.capture.check_batches(batches)[0])
+             if p in chosen]
+    missing = sorted(set(chosen) - set(order))
     if missing:
       raise ValueError(f"prune_model: {missing[:3]} are not kernels of Linear layers the forward "
                        "pass calls")
+    groups = calib.sequential.block_groups(order)
   else:
-    groups[""] = list(chosen)
+    groups = [list(chosen)]
   report: dict[str, float] = {}
-  runner = calib.stats_runner(module, chosen)
-  for paths in groups.values():
-    stats = calib.collect_stats(module, params, batches, paths=paths, runner=runner)
+
+  def step(paths: list[str], stats: dict) -> Any:
+    nonlocal params
     params, rep = prune_tree(params, method, where=paths, stats=stats, **fields)
     report.update(rep)
+    return params
+
+  # the one sequential block driver: each block's statistics with the blocks before it pruned
+  calib.sequential.run_groups(module, params, batches, groups, step,
+                              runner=calib.stats_runner(module, chosen))
   return params, report
 
 
@@ -88,16 +93,13 @@ def prune_hf_model(src: str | Path, out_dir: str | Path, method: str, texts: Seq
   Returns:
     ``{kernel path: achieved sparsity}``.
   """
-  from tokenizers import Tokenizer  # pylint: disable=import-outside-toplevel
-
   from jaxparams import models  # pylint: disable=import-outside-toplevel
+  from jaxparams.models.hf_open import hf_tokenizer  # pylint: disable=import-outside-toplevel
   src = Path(src)
   jio.check_output_dir(Path(out_dir), overwrite)
-  if not (src / "tokenizer.json").is_file():
-    raise ValueError(f"{src}: calibrated pruning needs the model's tokenizer.json in the folder")
+  tok = hf_tokenizer(src, purpose="calibrated pruning needs the model's tokenizer")
   module, params, config = models.from_hf(src)
   dtype = np.asarray(jtree.flatten(params)[next(iter(jtree.flatten(params)))]).dtype
-  tok = Tokenizer.from_file(str(src / "tokenizer.json"))
   is_bert = type(config).__name__.lower().startswith("bert")
   batches = calib.text_batches(tok, texts, batch_size=batch_size, max_length=max_length,
                                token_type_ids=is_bert)

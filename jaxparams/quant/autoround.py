@@ -58,6 +58,7 @@ import numpy as np
 
 from jaxparams.calib.stats import InputStats
 from jaxparams.quant import common
+from jaxparams.quant import record as qrec
 from jaxparams.quant.qarray import QArray, make_int_qarray
 
 __all__ = ["AutoRoundConfig", "LearnedRounding", "autoround", "autoround_block", "init_params",
@@ -230,25 +231,11 @@ def _check(cfg: AutoRoundConfig, name: str) -> int:
   return bits
 
 
-def autoround(w: jax.Array, stats: InputStats | LearnedRounding,
-              cfg: AutoRoundConfig = AutoRoundConfig(), *, name: str = "") -> QArray:
-  """AutoRound of one matrix ``w[K, N]``; returns packed integer codes.
-
-  Args:
-    w: float weight, flax layout ``[K, N]``.
-    stats: :class:`~jaxparams.calib.InputStats` (layer-wise AutoRound on the exact output
-      MSE ``tr(D^T G D) / N``, ``G = X^T X / n``), or :class:`LearnedRounding` from
-      :func:`autoround_block` (exports the learned parameters).
-    cfg: :class:`AutoRoundConfig`.
-    name: tree path for messages.
-
-  Returns:
-    QArray (kind 'int', codes/scale/zero as RTN's, so every exporter takes it).
-  """
+def _autoround(w: jax.Array, stats: Any, cfg: AutoRoundConfig, *, name: str = "") -> QArray:
+  # The math; bits, group size, shape, dtype and finiteness are the record's checks.
   bits = _check(cfg, name)
   w = common.as_matrix(w, name=name)
   k, n = w.shape
-  common.check_finite(w, name=name)
   g = common.resolve_group_size(k, cfg.group_size, name=name)
   sym = bool(cfg.symmetric)
   if isinstance(stats, LearnedRounding) and stats.v is not None:
@@ -271,6 +258,29 @@ def autoround(w: jax.Array, stats: InputStats | LearnedRounding,
                            iters=int(cfg.iters), use_best=bool(cfg.use_best))
   q, scale, zero = _export(w, p, bits=bits, group=g, sym=sym)
   return make_int_qarray(q, scale, zero, bits=bits, group_size=g, dtype=w.dtype)
+
+
+AUTOROUND_RECORD = qrec.quantizer(
+    "autoround", _autoround, AutoRoundConfig, needs="hessian",
+    description="AutoRound: signed-gradient learned rounding and min-max clipping")
+
+
+def autoround(w: jax.Array, stats: InputStats | LearnedRounding,
+              cfg: AutoRoundConfig = AutoRoundConfig(), *, name: str = "") -> QArray:
+  """AutoRound of one matrix ``w[K, N]``; returns packed integer codes.
+
+  Args:
+    w: float weight, flax layout ``[K, N]``.
+    stats: :class:`~jaxparams.calib.InputStats` (layer-wise AutoRound on the exact output
+      MSE ``tr(D^T G D) / N``, ``G = X^T X / n``), or :class:`LearnedRounding` from
+      :func:`autoround_block` (exports the learned parameters).
+    cfg: :class:`AutoRoundConfig`.
+    name: tree path for messages.
+
+  Returns:
+    QArray (kind 'int', codes/scale/zero as RTN's, so every exporter takes it).
+  """
+  return qrec.call(AUTOROUND_RECORD, w, cfg, stats, name=name)
 
 
 # ----------------------------------------------------------------------------- block-wise

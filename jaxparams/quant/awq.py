@@ -33,11 +33,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
 from jaxparams.quant import common
+from jaxparams.quant import record as qrec
 from jaxparams.quant.qarray import QArray, make_int_qarray
 from jaxparams.quant.rtn import RTNConfig, rtn_fake, rtn_params
 from jaxparams.calib.stats import InputStats, accumulate
@@ -139,25 +141,13 @@ def _awq_jit(w, x_mean, gram, *, cfg: AWQConfig, group: int):
   return q.astype(jnp.int32), scale, zero, s, ratio
 
 
-def awq(w: jax.Array, x_stats: InputStats | jax.Array, cfg: AWQConfig = AWQConfig(), *,
-        name: str = "") -> AWQResult:
-  """AWQ-quantizes ``w[K, N]`` given calibration inputs or their :class:`~jaxparams.calib.InputStats`.
-
-  Args:
-    w: float weight ``[K, N]``.
-    x_stats: :class:`~jaxparams.calib.InputStats` or raw inputs ``x[..., K]``.
-    cfg: :class:`AWQConfig`.
-    name: tree path for messages.
-
-  Returns:
-    :class:`AWQResult` (quantized scaled weight + ``input_scale``); see the module doc.
-  """
-  bits = common.check_bits(cfg.bits, (2, 3, 4, 8), name=name, method="awq")
+def _awq(w: jax.Array, x_stats: Any, cfg: AWQConfig, *, name: str = "") -> AWQResult:
+  # The math; bits, group size, shape, dtype and finiteness are the record's checks.
+  bits = int(cfg.bits)
   if cfg.n_grid < 1 or not 0 <= cfg.max_shrink < 1:
     raise ValueError(f"awq: need n_grid >= 1 and 0 <= max_shrink < 1, got {cfg}")
   w = common.as_matrix(w, name=name)
   k = w.shape[0]
-  common.check_finite(w, name=name)
   if not isinstance(x_stats, InputStats):
     x = jnp.asarray(x_stats)
     if x.ndim < 2 or x.shape[-1] != k:
@@ -174,3 +164,23 @@ def awq(w: jax.Array, x_stats: InputStats | jax.Array, cfg: AWQConfig = AWQConfi
                                       cfg=dataclasses.replace(cfg, bits=bits), group=g)
   qa = make_int_qarray(q, scale, zero, bits=bits, group_size=g, dtype=w.dtype)
   return AWQResult(qarray=qa, input_scale=s, ratio=ratio)
+
+
+AWQ_RECORD = qrec.quantizer("awq", _awq, AWQConfig, needs="act_stats",
+                            description="activation-aware per-channel scaling")
+
+
+def awq(w: jax.Array, x_stats: InputStats | jax.Array, cfg: AWQConfig = AWQConfig(), *,
+        name: str = "") -> AWQResult:
+  """AWQ-quantizes ``w[K, N]`` given calibration inputs or their :class:`~jaxparams.calib.InputStats`.
+
+  Args:
+    w: float weight ``[K, N]``.
+    x_stats: :class:`~jaxparams.calib.InputStats` or raw inputs ``x[..., K]``.
+    cfg: :class:`AWQConfig`.
+    name: tree path for messages.
+
+  Returns:
+    :class:`AWQResult` (quantized scaled weight + ``input_scale``); see the module doc.
+  """
+  return qrec.call(AWQ_RECORD, w, cfg, x_stats, name=name)

@@ -36,6 +36,7 @@ from jaxparams import tree as jtree
 from jaxparams.calib.capture import (as_call, block_of, capture_inputs, check_batches,
                                      collect_stats, linear_order, stats_runner)
 from jaxparams.calib.corpus import text_batches
+from jaxparams.calib.sequential import block_groups, run_groups
 from jaxparams.calib.stats import InputStats
 from jaxparams.quant import rules as qrules
 
@@ -104,35 +105,26 @@ def quantize_model(module: nn.Module, params: Any, rules: Any, batches: Any = No
     raise ValueError(f"quantize_model: layer(s) {never[:4]} never ran on the calibration batch; "
                      "they cannot be calibrated (keep them or use a calibration-free method)")
   order += [p for p in todo if p not in order]  # not executed: quantized without statistics
-  groups: list[list[str]] = []
-  for p in order:
-    if groups and block_of(groups[-1][0]) == block_of(p):
-      groups[-1].append(p)
-    else:
-      groups.append([p])
-
   current = dict(flat)        # what the forward pass uses (dequantized where quantized)
   out = dict(flat)
   report = qrules.QuantReport()
-  all_stats: dict[str, InputStats] = {}
-  if not sequential:
-    all_stats = collect_stats(module, params, batches, paths=order)
-  done = 0
-  for group in groups:
-    if sequential:
-      stats = collect_stats(module, jtree.unflatten(current, like=params), batches,
-                            paths=group)
-    else:
-      stats = {p: all_stats[p] for p in group if p in all_stats}
+  done = [0]
+
+  def step(group: list[str], stats: dict[str, InputStats]) -> Any:
     for path in group:
       if progress is not None:
-        progress(path, done, len(order))
+        progress(path, done[0], len(order))
       w = flat[path]
       qa = qrules.quantize_planned(path, w, plan[path], reasons[path], report,
                                    stats=stats.get(path))
       out[path] = qa
       current[path] = qrules.effective_weight(qa, w.dtype).reshape(w.shape)
-      done += 1
+      done[0] += 1
+    return jtree.unflatten(current, like=params)
+
+  # the one sequential block driver: each block calibrated on the blocks before it quantized
+  run_groups(module, jtree.unflatten(current, like=params), batches, block_groups(order), step,
+             sequential=sequential)
   final = qrules.finish_report(flat, report, reasons)
   return jtree.unflatten(out, like=params), final
 

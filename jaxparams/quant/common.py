@@ -1,8 +1,9 @@
 """Shared checks and small helpers for the quantization methods.
 
-Every method takes a weight ``W[K, N]`` (flax layout), a ``name=`` used in error
-messages (the tree path), and validates bits / group size / finiteness up
-front, outside of jit.
+Every method takes a weight ``W[K, N]`` (flax layout) and a ``name=`` used in error
+messages (the tree path). Bits, group size, matrix shape, float dtype and finiteness are
+checked once, by the method's record (:mod:`jaxparams.quant.record`), which calls the
+helpers here.
 
 Example:
   >>> resolve_group_size(256, 64)
@@ -19,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["resolve_group_size", "as_matrix", "check_finite", "check_bits", "is_concrete",
+__all__ = ["resolve_group_size", "as_matrix", "check_matrix", "check_finite", "check_bits", "is_concrete",
            "minmax_params", "quantize_codes", "clip_search", "MSE_GRID", "MSE_MAXSHRINK"]
 
 # GPTQ ``quant.py`` ``find_params(mse=True)`` (GPTQModel's ``mse`` option): shrink factors
@@ -59,14 +60,19 @@ def resolve_group_size(k: int, group_size: int | None, *, name: str = "") -> int
   return g
 
 
+def check_matrix(shape: tuple[int, ...], dtype: Any, *, name: str = "") -> None:
+  """A weight matrix: at least two dimensions and a floating dtype (``ValueError`` naming it)."""
+  if len(shape) < 2:
+    raise ValueError(f"expected a weight matrix (>= 2 dims){_where(name)}, "
+                     f"got shape {tuple(shape)}")
+  if not jnp.issubdtype(dtype, jnp.floating):
+    raise ValueError(f"expected a floating weight{_where(name)}, got dtype {dtype}")
+
+
 def as_matrix(w: jax.Array, *, name: str = "") -> jax.Array:
   """Returns ``w`` as a 2-D ``(prod(shape[:-1]), shape[-1])`` view; rejects scalars/vectors."""
   w = jnp.asarray(w) if not hasattr(w, "shape") else w
-  if w.ndim < 2:
-    raise ValueError(f"expected a weight matrix (>= 2 dims){_where(name)}, "
-                     f"got shape {tuple(w.shape)}")
-  if not jnp.issubdtype(w.dtype, jnp.floating):
-    raise ValueError(f"expected a floating weight{_where(name)}, got dtype {w.dtype}")
+  check_matrix(tuple(w.shape), w.dtype, name=name)
   if w.ndim > 2:
     w = w.reshape(-1, w.shape[-1])
   return w

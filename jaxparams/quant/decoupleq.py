@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -44,6 +45,7 @@ import jax.numpy as jnp
 from jaxparams.calib import obs
 from jaxparams.calib.stats import InputStats, as_hessian
 from jaxparams.quant import common
+from jaxparams.quant import record as qrec
 from jaxparams.quant.qarray import QArray, make_int_qarray
 
 __all__ = ["DecoupleQConfig", "decoupleq"]
@@ -220,20 +222,14 @@ def _decoupleq_jit(w, h, *, cfg: DecoupleQConfig, group: int, chunk: int):
   return q.astype(jnp.int32), s, -z / s, jnp.sum(e), tries
 
 
-def decoupleq(w: jax.Array, hessian: InputStats | jax.Array,
-              cfg: DecoupleQConfig = DecoupleQConfig(), *, name: str = "") -> QArray:
-  """decoupleQ-quantizes ``w[K, N]`` given the input Hessian (see the module docstring).
-
-  Raises:
-    ValueError: bad bits / group size / Hessian shape, or non-finite inputs.
-  """
-  bits = common.check_bits(cfg.bits, (2, 3, 4, 8), name=name, method="decoupleq")
+def _decoupleq(w: jax.Array, hessian: Any, cfg: DecoupleQConfig, *, name: str = "") -> QArray:
+  # The math; bits, group size, shape, dtype and finiteness are the record's checks.
+  bits = int(cfg.bits)
   if cfg.outer_iters < 1 or cfg.pgd_iters < 0 or cfg.init_grid < 1:
     raise ValueError(f"decoupleq: need outer_iters >= 1, pgd_iters >= 0, init_grid >= 1; got {cfg}")
   w = common.as_matrix(w, name=name)
   k, n = w.shape
   h = as_hessian(hessian, k=k, name=name)
-  common.check_finite(w, name=name)
   common.check_finite(h, name=name, what="Hessian")
   g = common.resolve_group_size(k, cfg.group_size, name=name)
   ng = k // g
@@ -244,3 +240,17 @@ def decoupleq(w: jax.Array, hessian: InputStats | jax.Array,
   q, s, zero, _, tries = _decoupleq_jit(w, h, cfg=run_cfg, group=g, chunk=chunk)
   obs.check_retries(tries, 4, cfg.damp_percent, method="decoupleq", name=name)
   return make_int_qarray(q, s, zero, bits=bits, group_size=g, dtype=w.dtype)
+
+
+DECOUPLEQ_RECORD = qrec.quantizer("decoupleq", _decoupleq, DecoupleQConfig, needs="hessian",
+                                  description="decoupleQ: integer and float parts solved apart")
+
+
+def decoupleq(w: jax.Array, hessian: InputStats | jax.Array,
+              cfg: DecoupleQConfig = DecoupleQConfig(), *, name: str = "") -> QArray:
+  """decoupleQ-quantizes ``w[K, N]`` given the input Hessian (see the module docstring).
+
+  Raises:
+    ValueError: bad bits / group size / Hessian shape, or non-finite inputs.
+  """
+  return qrec.call(DECOUPLEQ_RECORD, w, cfg, hessian, name=name)

@@ -20,9 +20,10 @@ import jax
 import jax.numpy as jnp
 
 from jaxparams.quant import common
+from jaxparams.quant import record as qrec
 from jaxparams.quant.qarray import FP8_DTYPES, QArray
 
-__all__ = ["FP8Config", "fp8", "FP8_MAX"]
+__all__ = ["FP8Config", "FP8_RECORD", "fp8", "FP8_MAX"]
 
 FP8_MAX = {"e4m3": 448.0, "e5m2": 57344.0}
 
@@ -40,18 +41,26 @@ class FP8Config:
   group_size: int | None = -1
 
 
-def fp8(w: jax.Array, cfg: FP8Config = FP8Config(), *, name: str = "") -> QArray:
-  """Casts ``w[K, N]`` to fp8 after dividing by a per-channel/group absmax scale."""
+def _fp8(w: jax.Array, cfg: FP8Config, *, name: str = "") -> QArray:
+  # The math; group size, shape, dtype and finiteness are the record's checks.
   if cfg.fmt not in FP8_MAX:
     raise ValueError(f"fp8: unknown fmt {cfg.fmt!r}; valid: {sorted(FP8_MAX)}")
   w = common.as_matrix(w, name=name)
-  common.check_finite(w, name=name)
   k, n = w.shape
   g = common.resolve_group_size(k, cfg.group_size, name=name)
   kind = f"fp8_{cfg.fmt}"
   codes, scale = _fp8_jit(w, g, cfg.fmt)
   return QArray(codes=codes, scale=scale, zero=None, shape=(k, n), bits=8, group_size=g,
                 kind=kind, dtype=jnp.dtype(w.dtype).name)
+
+
+FP8_RECORD = qrec.quantizer("fp8", _fp8, FP8Config, jitted=True, bit_widths=None,
+                            description="fp8 e4m3/e5m2 with per-channel/group scales")
+
+
+def fp8(w: jax.Array, cfg: FP8Config = FP8Config(), *, name: str = "") -> QArray:
+  """Casts ``w[K, N]`` to fp8 after dividing by a per-channel/group absmax scale."""
+  return qrec.call(FP8_RECORD, w, cfg, name=name)
 
 
 @functools.partial(jax.jit, static_argnums=(1, 2))

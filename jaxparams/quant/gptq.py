@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -41,6 +42,7 @@ import jax.numpy as jnp
 from jaxparams.calib import obs
 from jaxparams.calib.stats import InputStats, as_hessian
 from jaxparams.quant import common
+from jaxparams.quant import record as qrec
 from jaxparams.quant.qarray import QArray, make_int_qarray
 from jaxparams.quant.stats import gptq_hessian
 
@@ -212,28 +214,12 @@ def _gptq_jit(w, h, damp_percent, *, bits, group, sym, act_order, static_groups,
   return q.astype(jnp.int32), scales, zeros, g_idx.astype(jnp.int32), loss, tries
 
 
-def gptq(w: jax.Array, hessian: InputStats | jax.Array, cfg: GPTQConfig = GPTQConfig(), *,
-         name: str = "") -> QArray:
-  """Quantizes ``w[K, N]`` with GPTQ given the input Hessian ``H[K, K]``.
-
-  Args:
-    w: float weight in flax layout ``[K, N]`` (``y = x @ w``).
-    hessian: :class:`~jaxparams.calib.InputStats`, or the ``[K, K]`` Hessian ``2 X^T X / n``.
-    cfg: :class:`GPTQConfig`.
-    name: tree path for messages.
-
-  Returns:
-    QArray (kind 'int'); with ``act_order`` and dynamic groups it carries ``g_idx``.
-
-  Raises:
-    ValueError: bad bits/group size/shapes, NaN/inf in ``w`` or ``H``, or a Hessian
-      that stays singular after ``max_damp_retries`` dampening increases.
-  """
-  bits = common.check_bits(cfg.bits, (2, 3, 4, 8), name=name, method="gptq")
+def _gptq(w: jax.Array, hessian: Any, cfg: GPTQConfig, *, name: str = "") -> QArray:
+  # The math; bits, group size, shape, dtype and finiteness are the record's checks.
+  bits = int(cfg.bits)
   w = common.as_matrix(w, name=name)
   k, n = w.shape
   h = as_hessian(hessian, k=k, name=name)
-  common.check_finite(w, name=name, what="weight")
   common.check_finite(h, name=name, what="Hessian")
   g = common.resolve_group_size(k, cfg.group_size, name=name)
   if cfg.block_size < 1:
@@ -252,6 +238,30 @@ def gptq(w: jax.Array, hessian: InputStats | jax.Array, cfg: GPTQConfig = GPTQCo
   use_gidx = cfg.act_order and not cfg.static_groups and not per_channel
   return make_int_qarray(q, scale, zero, bits=bits, group_size=g, dtype=w.dtype,
                          g_idx=g_idx if use_gidx else None)
+
+
+GPTQ_RECORD = qrec.quantizer("gptq", _gptq, GPTQConfig, needs="hessian",
+                             description="GPTQ (OBS error feedback with H = 2X^TX/n)")
+
+
+def gptq(w: jax.Array, hessian: InputStats | jax.Array, cfg: GPTQConfig = GPTQConfig(), *,
+         name: str = "") -> QArray:
+  """Quantizes ``w[K, N]`` with GPTQ given the input Hessian ``H[K, K]``.
+
+  Args:
+    w: float weight in flax layout ``[K, N]`` (``y = x @ w``).
+    hessian: :class:`~jaxparams.calib.InputStats`, or the ``[K, K]`` Hessian ``2 X^T X / n``.
+    cfg: :class:`GPTQConfig`.
+    name: tree path for messages.
+
+  Returns:
+    QArray (kind 'int'); with ``act_order`` and dynamic groups it carries ``g_idx``.
+
+  Raises:
+    ValueError: bad bits/group size/shapes, NaN/inf in ``w`` or ``H``, or a Hessian
+      that stays singular after ``max_damp_retries`` dampening increases.
+  """
+  return qrec.call(GPTQ_RECORD, w, cfg, hessian, name=name)
 
 
 def gptq_fake(w: jax.Array, hessian, cfg: GPTQConfig = GPTQConfig(), *,

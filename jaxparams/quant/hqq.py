@@ -45,9 +45,10 @@ import jax
 import jax.numpy as jnp
 
 from jaxparams.quant import common
+from jaxparams.quant import record as qrec
 from jaxparams.quant.qarray import QArray, make_int_qarray
 
-__all__ = ["HQQConfig", "hqq", "shrink_lp"]
+__all__ = ["HQQConfig", "HQQ_RECORD", "hqq", "shrink_lp"]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -123,17 +124,25 @@ def _hqq_jit(w, *, cfg: HQQConfig, group: int):
   return q.astype(jnp.int32), (1.0 / s)[:, 0, :], z[:, 0, :]
 
 
-def hqq(w: jax.Array, cfg: HQQConfig = HQQConfig(), *, name: str = "") -> QArray:
-  """Quantizes ``w[K, N]`` with HQQ (zero-point optimisation, no calibration data)."""
-  bits = common.check_bits(cfg.bits, (2, 3, 4, 8), name=name, method="hqq")
+def _hqq(w: jax.Array, cfg: HQQConfig, *, name: str = "") -> QArray:
+  # The math; bits, group size, shape, dtype and finiteness are the record's checks.
+  bits = int(cfg.bits)
   if not 0 < cfg.lp_norm <= 1:
     raise ValueError(f"hqq: lp_norm must be in (0, 1], got {cfg.lp_norm}")
   if cfg.kappa <= 1 or cfg.beta <= 0 or cfg.iters < 1:
     raise ValueError(f"hqq: need beta > 0, kappa > 1, iters >= 1; got {cfg}")
   w = common.as_matrix(w, name=name)
-  common.check_finite(w, name=name)
   g = common.resolve_group_size(w.shape[0], cfg.group_size, name=name)
   round_zero = bits == 4 if cfg.round_zero is None else bool(cfg.round_zero)
   q, scale, zero = _hqq_jit(w, cfg=dataclasses.replace(cfg, bits=bits, round_zero=round_zero),
                             group=g)
   return make_int_qarray(q, scale, zero, bits=bits, group_size=g, dtype=w.dtype)
+
+
+HQQ_RECORD = qrec.quantizer("hqq", _hqq, HQQConfig,
+                            description="half-quadratic zero/scale optimisation")
+
+
+def hqq(w: jax.Array, cfg: HQQConfig = HQQConfig(), *, name: str = "") -> QArray:
+  """Quantizes ``w[K, N]`` with HQQ (zero-point optimisation, no calibration data)."""
+  return qrec.call(HQQ_RECORD, w, cfg, name=name)

@@ -31,28 +31,28 @@ import functools
 from typing import Any, Callable, NamedTuple
 
 import jax
-import jax.numpy as jnp
 
-from jaxparams.quant.autoround import AutoRoundConfig, autoround
-from jaxparams.quant.awq import AWQConfig, awq
-from jaxparams.quant.decoupleq import DecoupleQConfig, decoupleq
-from jaxparams.quant.fp8 import FP8Config, fp8
-from jaxparams.quant.gptq import GPTQConfig, gptq
-from jaxparams.quant.hqq import HQQConfig, hqq
-from jaxparams.quant.nf4 import NF4Config, nf4
-from jaxparams.quant.omniquant import OmniQuantConfig, omniquant, omniquant_block
-from jaxparams.quant.rf8 import RF8Config, rf8
-from jaxparams.quant.rtn import RTNConfig, rtn
+from jaxparams.quant.autoround import AUTOROUND_RECORD, autoround
+from jaxparams.quant.awq import AWQ_RECORD, awq
+from jaxparams.quant.decoupleq import DECOUPLEQ_RECORD, decoupleq
+from jaxparams.quant.fp8 import FP8_RECORD, fp8
+from jaxparams.quant.gptq import GPTQ_RECORD, gptq
+from jaxparams.quant.hqq import HQQ_RECORD, hqq
+from jaxparams.quant.nf4 import NF4_RECORD, nf4
+from jaxparams.quant.omniquant import OMNIQUANT_RECORD, omniquant, omniquant_block
+from jaxparams.quant import record as qrec
+from jaxparams.quant.record import NEEDS
+from jaxparams.quant.rf8 import RF8_RECORD, rf8
+from jaxparams.quant.rtn import RTN_RECORD, rtn
 from jaxparams.transform import Registry, Transform
 
 __all__ = ["Quantizer", "get_quantizer", "quantizer_names", "make_config", "quantize_matrix",
            "NEEDS", "METHODS", "get_record"]
 
-NEEDS = ("none", "hessian", "act_stats")
-
 
 class Quantizer(NamedTuple):
-  """A registered method (the raw per-matrix function; see :func:`get_record` for the record)."""
+  """A registered method (the public checked per-matrix function; :func:`get_record` gives the
+  record)."""
 
   name: str
   fn: Callable[..., Any]
@@ -60,62 +60,10 @@ class Quantizer(NamedTuple):
   needs: str
 
 
-@jax.jit
-def _all_finite(w: jax.Array) -> jax.Array:
-  return jnp.all(jnp.isfinite(w))
-
-
-@functools.partial(jax.jit, static_argnums=(0, 2))
-def _jit_call(fn: Callable, w: jax.Array, config: Any) -> Any:
-  return fn(w, config)
-
-
-def _data_free(fn: Callable, jitted: bool) -> Callable:
-  """``fn(w, cfg, *, stats, name)`` of a calibration-free method.
-
-  Plain-jnp methods (``jitted``) are validated eagerly on the abstract value and on
-  finiteness, then run compiled (inside a trace they just run).
-  """
-
-  def run(w, cfg, *, stats=None, name=""):
-    del stats  # only used for the report's output error
-    if jitted and getattr(w, "ndim", 0) == 2 and not isinstance(w, jax.core.Tracer):
-      jax.eval_shape(lambda a: fn(a, cfg, name=name), w)
-      if not bool(_all_finite(w)):
-        raise ValueError(f"weight {name!r} contains non-finite value(s) (NaN/inf); shape "
-                         f"{tuple(w.shape)}")
-      return _jit_call(fn, w, cfg)
-    return fn(w, cfg, name=name)
-
-  return run
-
-
-def _calibrated(fn: Callable, method: str, needs: str) -> Callable:
-
-  def run(w, cfg, *, stats=None, name=""):
-    if stats is None:
-      raise ValueError(f"method {method!r} needs calibration ({needs}) for {name or 'weight'!r}: "
-                       "pass jaxparams.calib.InputStats (calibration={path: inputs} in "
-                       "quantize_tree, or use jaxparams.quant.quantize_model)")
-    return fn(w, stats, cfg, name=name)
-
-  return run
-
-
-_TABLE = (  # name, function, config, needs, plain jnp (driver jits it), description
-    ("rtn", rtn, RTNConfig, "none", True, "round-to-nearest min/max grid per group"),
-    ("nf4", nf4, NF4Config, "none", True, "4-bit NormalFloat code book, absmax blocks"),
-    ("fp8", fp8, FP8Config, "none", True, "fp8 e4m3/e5m2 with per-channel/group scales"),
-    ("rf8", rf8, RF8Config, "none", True, "RF8: two powers of two per weight, 8-bit codes"),
-    ("hqq", hqq, HQQConfig, "none", False, "half-quadratic zero/scale optimisation"),
-    ("gptq", gptq, GPTQConfig, "hessian", False, "GPTQ (OBS error feedback with H = 2X^TX/n)"),
-    ("awq", awq, AWQConfig, "act_stats", False, "activation-aware per-channel scaling"),
-    ("decoupleq", decoupleq, DecoupleQConfig, "hessian", False,
-     "decoupleQ: integer and float parts solved apart"),
-    ("omniquant", omniquant, OmniQuantConfig, "hessian", False,
-     "OmniQuant: learned weight clipping (+ equivalent transformation), block-wise"),
-    ("autoround", autoround, AutoRoundConfig, "hessian", False,
-     "AutoRound: signed-gradient learned rounding and min-max clipping"),
+_TABLE = (  # the record (math, config, checks, needs, description), the public function
+    (RTN_RECORD, rtn), (NF4_RECORD, nf4), (FP8_RECORD, fp8), (RF8_RECORD, rf8),
+    (HQQ_RECORD, hqq), (GPTQ_RECORD, gptq), (AWQ_RECORD, awq), (DECOUPLEQ_RECORD, decoupleq),
+    (OMNIQUANT_RECORD, omniquant), (AUTOROUND_RECORD, autoround),
 )
 
 # Methods with a block-wise form: the streaming driver trains them on each block's output.
@@ -125,13 +73,11 @@ _BLOCK_FNS = {"omniquant": omniquant_block}
 @functools.lru_cache(maxsize=None)
 def _registry() -> Registry:
   records = []
-  for name, fn, cfg, needs, jitted, desc in _TABLE:
-    run = _data_free(fn, jitted) if needs == "none" else _calibrated(fn, name, needs)
-    info = {"needs": needs, "fn": fn}
-    if name in _BLOCK_FNS:
-      info["block"] = _BLOCK_FNS[name]
-    records.append(Transform(name=name, fn=run, config=cfg, options=("stats", "name"),
-                             description=desc, info=info))
+  for rec, fn in _TABLE:
+    info = dict(rec.info, fn=fn)
+    if rec.name in _BLOCK_FNS:
+      info["block"] = _BLOCK_FNS[rec.name]
+    records.append(dataclasses.replace(rec, info=info))
   return Registry("quantization method", records)
 
 
@@ -139,7 +85,7 @@ class _Methods:
   """Read-only view of the registry (``METHODS.names()``, ``METHODS.get(name)``, ``in``)."""
 
   def names(self) -> list[str]:
-    return [r[0] for r in _TABLE]
+    return [r.name for r, _ in _TABLE]
 
   def get(self, name: str) -> Transform:
     return _registry().get(str(name).lower())
@@ -208,6 +154,4 @@ def quantize_matrix(method: str, w: jax.Array, cfg: Any = None, stats: Any = Non
   if cfg is not None and not isinstance(cfg, r.config):
     raise ValueError(f"method {method!r} expects a {r.config.__name__}, "
                      f"got {type(cfg).__name__}")
-  if r.info["needs"] == "none":
-    return r.info["fn"](w, r.coerce_config(cfg), name=name)
-  return r(w, config=cfg, options={"stats": stats, "name": name}, path=name)
+  return qrec.call(r, w, cfg, stats, name=name)

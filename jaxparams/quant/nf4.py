@@ -24,9 +24,10 @@ import jax
 import jax.numpy as jnp
 
 from jaxparams.quant import common, packing
+from jaxparams.quant import record as qrec
 from jaxparams.quant.qarray import NF4_CODEBOOK, QArray
 
-__all__ = ["NF4Config", "nf4"]
+__all__ = ["NF4Config", "NF4_RECORD", "nf4"]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -40,19 +41,28 @@ class NF4Config:
   block_size: int | None = 64
 
 
+def _nf4(w: jax.Array, cfg: NF4Config, *, name: str = "") -> QArray:
+  # The math; block size, shape, dtype and finiteness are the record's checks.
+  w = common.as_matrix(w, name=name)
+  k, n = w.shape
+  g = common.resolve_group_size(k, cfg.block_size, name=name)
+  idx, amax = _nf4_jit(w, g)
+  return QArray(codes=packing.pack(idx, 4), scale=amax, zero=None, shape=(k, n), bits=4,
+                group_size=g, kind="nf4", dtype=jnp.dtype(w.dtype).name)
+
+
+NF4_RECORD = qrec.quantizer("nf4", _nf4, NF4Config, jitted=True, bit_widths=None,
+                            group_field="block_size",
+                            description="4-bit NormalFloat code book, absmax blocks")
+
+
 def nf4(w: jax.Array, cfg: NF4Config = NF4Config(), *, name: str = "") -> QArray:
   """Quantizes ``w[K, N]`` to NF4 codes with block absmax scales.
 
   Raises:
     ValueError: block size not dividing K, or non-finite weights.
   """
-  w = common.as_matrix(w, name=name)
-  common.check_finite(w, name=name)
-  k, n = w.shape
-  g = common.resolve_group_size(k, cfg.block_size, name=name)
-  idx, amax = _nf4_jit(w, g)
-  return QArray(codes=packing.pack(idx, 4), scale=amax, zero=None, shape=(k, n), bits=4,
-                group_size=g, kind="nf4", dtype=jnp.dtype(w.dtype).name)
+  return qrec.call(NF4_RECORD, w, cfg, name=name)
 
 
 @functools.partial(jax.jit, static_argnums=1)

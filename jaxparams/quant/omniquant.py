@@ -54,7 +54,9 @@ import optax
 from flax import linen as nn
 
 from jaxparams import tree as jtree
+from jaxparams.calib.capture import input_abs_max
 from jaxparams.quant import common
+from jaxparams.quant import record as qrec
 from jaxparams.quant.qarray import QArray, make_int_qarray
 
 __all__ = ["OmniQuantConfig", "omniquant", "lwc_fake", "lwc_qarray", "let_pairs", "let_fold",
@@ -161,6 +163,26 @@ def _optimizer(cfg: OmniQuantConfig) -> optax.GradientTransformation:
 
 
 # ----------------------------------------------------------------------------- per matrix
+def _omniquant(w: jax.Array, stats: Any, cfg: OmniQuantConfig, *, name: str = "") -> QArray:
+  # The math; bits, group size, shape, dtype and finiteness are the record's checks.
+  w = common.as_matrix(w, name=name)
+  g = _check(cfg, w.shape[0], name)
+  h = getattr(stats, "gram", stats)
+  h = jnp.asarray(h, jnp.float32)
+  if h.shape != (w.shape[0], w.shape[0]):
+    raise ValueError(f"omniquant: Hessian of {name or 'weight'!r} has shape {tuple(h.shape)}, "
+                     f"expected {(w.shape[0], w.shape[0])}")
+  gamma, beta = _fit_matrix(w.astype(jnp.float32), h / jnp.maximum(jnp.trace(h), 1e-30),
+                            cfg, g)
+  return lwc_qarray(w, gamma, beta, bits=cfg.bits, group_size=g, symmetric=cfg.symmetric,
+                    dtype=w.dtype)
+
+
+OMNIQUANT_RECORD = qrec.quantizer(
+    "omniquant", _omniquant, OmniQuantConfig, needs="hessian",
+    description="OmniQuant: learned weight clipping (+ equivalent transformation), block-wise")
+
+
 def omniquant(w: jax.Array, stats: Any, cfg: OmniQuantConfig = OmniQuantConfig(), *,
               name: str = "") -> QArray:
   """LWC of one matrix trained on its layer-output error (the tree API's form).
@@ -174,18 +196,7 @@ def omniquant(w: jax.Array, stats: Any, cfg: OmniQuantConfig = OmniQuantConfig()
   Returns:
     An integer :class:`QArray` (min-max layout, as RTN/GPTQ).
   """
-  w = common.as_matrix(w, name=name)
-  common.check_finite(w, name=name)
-  g = _check(cfg, w.shape[0], name)
-  h = getattr(stats, "gram", stats)
-  h = jnp.asarray(h, jnp.float32)
-  if h.shape != (w.shape[0], w.shape[0]):
-    raise ValueError(f"omniquant: Hessian of {name or 'weight'!r} has shape {tuple(h.shape)}, "
-                     f"expected {(w.shape[0], w.shape[0])}")
-  gamma, beta = _fit_matrix(w.astype(jnp.float32), h / jnp.maximum(jnp.trace(h), 1e-30),
-                            cfg, g)
-  return lwc_qarray(w, gamma, beta, bits=cfg.bits, group_size=g, symmetric=cfg.symmetric,
-                    dtype=w.dtype)
+  return qrec.call(OMNIQUANT_RECORD, w, cfg, stats, name=name)
 
 
 @functools.partial(jax.jit, static_argnums=(2, 3))
@@ -268,35 +279,6 @@ def let_fold(flat: Mapping[str, jax.Array], pairs: Sequence[_Pair],
   return out
 
 
-def _act_absmax(module: nn.Module, params: Any, states: Sequence, paths: Sequence[str]
-                ) -> dict[str, jax.Array]:
-  """Per-input-channel max |x| of the linears ``paths`` over the calibration states."""
-  from jaxparams.calib.capture import _linear_path  # pylint: disable=g-import-not-at-top
-  want = frozenset(paths)
-
-  @jax.jit
-  def run(p, a, kw):
-    got: dict[str, jax.Array] = {}
-
-    def interceptor(next_fun, a_, kw_, context):
-      if context.method_name == "__call__":
-        path = _linear_path(context.module, a_)
-        if path in want and path not in got:
-          x = a_[0].astype(jnp.float32)
-          got[path] = jnp.max(jnp.abs(x.reshape(-1, x.shape[-1])), axis=0)
-      return next_fun(*a_, **kw_)
-
-    with nn.intercept_methods(interceptor):
-      module.apply({"params": p}, *a, **kw)
-    return got
-
-  acc: dict[str, jax.Array] = {}
-  for a, kw in states:
-    for k, v in run(params, a, kw).items():
-      acc[k] = v if k not in acc else jnp.maximum(acc[k], v)
-  return acc
-
-
 def _head_dim(module: nn.Module) -> int | None:
   c = getattr(module, "config", None)
   return getattr(c, "head_dim_", None) if c is not None else None
@@ -304,7 +286,7 @@ def _head_dim(module: nn.Module) -> int | None:
 
 def _let_init(module, flat, pairs, states, alpha):
   wanted = [p.dst[0] for p in pairs]
-  amax = _act_absmax(module, jtree.unflatten(dict(flat)), states, wanted)
+  amax = input_abs_max(module, jtree.unflatten(dict(flat)), states, wanted)
   hd = _head_dim(module)
   scales = {}
   for p in pairs:

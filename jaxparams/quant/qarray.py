@@ -42,7 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxparams.kernels.dequant_matmul import reference as spec
-from jaxparams.quant import packing
+from jaxparams.quant import packing, rf8_table
 
 __all__ = ["QArray", "KINDS", "NF4_CODEBOOK", "is_qarray", "dequantize"]
 
@@ -152,8 +152,7 @@ def _dequantize_jit(codes, scale, zero, g_idx, *, kind, bits, group_size, k, dty
     book = jnp.asarray(NF4_CODEBOOK, jnp.float32)
     w = book[packing.unpack(codes, 4, k)] * scale
   elif kind == "rf8":
-    from jaxparams.quant.rf8 import dequantize_codes  # pylint: disable=import-outside-toplevel
-    w = dequantize_codes(codes, scale)   # (a lazy import: jaxparams.quant.rf8 imports QArray)
+    w = rf8_table.dequantize_codes(codes, scale)
   else:
     w = codes.astype(jnp.float32) * scale
   return w.astype(dtype)

@@ -40,19 +40,15 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jaxparams.quant import common
+from jaxparams.quant import record as qrec
 from jaxparams.quant.qarray import QArray
+from jaxparams.quant.rf8_table import BINADES, SIGNIFICANDS, TABLE, dequantize_codes  # noqa: F401
 
-__all__ = ["BINADES", "RF8Config", "SIGNIFICANDS", "TABLE", "rf8", "rf8_decode", "rf8_encode",
+__all__ = ["BINADES", "RF8Config", "RF8_RECORD", "SIGNIFICANDS", "TABLE", "rf8", "rf8_decode", "rf8_encode",
            "rf8_encode_with", "rf8_round"]
 
-SIGNIFICANDS = np.array([1.0, 1.0625, 1.125, 1.25, 1.5, 1.75, 1.875], np.float32)
-BINADES = 18
-# Magnitude of each 7-bit index in units of 2^b_low: 0, then 2^i * s for i = 0..17; 127 is NaN.
-TABLE = np.concatenate([[0.0], (2.0 ** np.arange(BINADES)[:, None] * SIGNIFICANDS).ravel(),
-                        [np.nan]]).astype(np.float32)
 
 
 def _pow2(e: jax.Array) -> jax.Array:
@@ -144,6 +140,20 @@ class RF8Config:
   group_size: int | None = -1
 
 
+def _rf8(w: jax.Array, cfg: RF8Config, *, name: str = "") -> QArray:
+  # The math; group size, shape, dtype and finiteness are the record's checks.
+  w = common.as_matrix(w, name=name)
+  k, n = w.shape
+  g = common.resolve_group_size(k, cfg.group_size, name=name)
+  codes, scale = _rf8_jit(w, g)
+  return QArray(codes=codes, scale=scale, zero=None, shape=(k, n), bits=8, group_size=g,
+                kind="rf8", dtype=jnp.dtype(w.dtype).name)
+
+
+RF8_RECORD = qrec.quantizer("rf8", _rf8, RF8Config, jitted=True, bit_widths=None,
+                            description="RF8: two powers of two per weight, 8-bit codes")
+
+
 def rf8(w: jax.Array, cfg: RF8Config = RF8Config(), *, name: str = "") -> QArray:
   """Quantizes ``w[K, N]`` to RF8 codes with one power-of-two scale per group and channel.
 
@@ -152,13 +162,7 @@ def rf8(w: jax.Array, cfg: RF8Config = RF8Config(), *, name: str = "") -> QArray
     >>> qa.kind, qa.dequantize().tolist()
     ('rf8', [[0.3125, 2.0], [-0.75, 0.0]])
   """
-  w = common.as_matrix(w, name=name)
-  common.check_finite(w, name=name)
-  k, n = w.shape
-  g = common.resolve_group_size(k, cfg.group_size, name=name)
-  codes, scale = _rf8_jit(w, g)
-  return QArray(codes=codes, scale=scale, zero=None, shape=(k, n), bits=8, group_size=g,
-                kind="rf8", dtype=jnp.dtype(w.dtype).name)
+  return qrec.call(RF8_RECORD, w, cfg, name=name)
 
 
 @functools.partial(jax.jit, static_argnums=(1,))
@@ -170,8 +174,3 @@ def _rf8_jit(w, g):
   return codes, _pow2(b_low[:, 0, :])
 
 
-def dequantize_codes(codes: jax.Array, scale_full: jax.Array) -> jax.Array:
-  """``TABLE[codes]`` with signs, times the (already expanded) scale: the QArray dequantizer."""
-  c = codes.astype(jnp.int32)
-  mag = jnp.asarray(TABLE)[c & 0x7F] * scale_full
-  return jnp.where(c >> 7, -mag, mag)

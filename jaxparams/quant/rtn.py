@@ -28,9 +28,10 @@ import jax
 import jax.numpy as jnp
 
 from jaxparams.quant import common
+from jaxparams.quant import record as qrec
 from jaxparams.quant.qarray import QArray, make_int_qarray
 
-__all__ = ["RTNConfig", "rtn", "rtn_params", "rtn_fake"]
+__all__ = ["RTNConfig", "RTN_RECORD", "rtn", "rtn_params", "rtn_fake"]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -90,6 +91,25 @@ def rtn_params(w: jax.Array, cfg: RTNConfig, group_size: int):
 _rtn_jit = jax.jit(rtn_params, static_argnums=(1, 2))
 
 
+def _rtn(w: jax.Array, cfg: RTNConfig, *, name: str = "") -> QArray:
+  # The math; bits, group size, shape, dtype and finiteness are the record's checks.
+  bits = int(cfg.bits)
+  if not 0 < cfg.clip_ratio <= 1:
+    raise ValueError(f"rtn: clip_ratio must be in (0, 1], got {cfg.clip_ratio}")
+  if not cfg.mse >= 0:
+    raise ValueError(f"rtn: mse (the clip search's error norm) must be >= 0, got {cfg.mse}")
+  w = common.as_matrix(w, name=name)
+  k = w.shape[0]
+  g = k if cfg.per_tensor else common.resolve_group_size(k, cfg.group_size, name=name)
+  q, scale, zero = _rtn_jit(w, dataclasses.replace(cfg, bits=bits), g)
+  return make_int_qarray(q.astype(jnp.int32), scale, zero, bits=bits, group_size=g, dtype=w.dtype)
+
+
+RTN_RECORD = qrec.quantizer("rtn", _rtn, RTNConfig, jitted=True,
+                            group_when=lambda c: not c.per_tensor,
+                            description="round-to-nearest min/max grid per group")
+
+
 def rtn(w: jax.Array, cfg: RTNConfig = RTNConfig(), *, name: str = "") -> QArray:
   """Round-to-nearest quantization of ``w[K, N]`` into a packed :class:`QArray`.
 
@@ -104,17 +124,7 @@ def rtn(w: jax.Array, cfg: RTNConfig = RTNConfig(), *, name: str = "") -> QArray
   Raises:
     ValueError: unsupported bits, group size not dividing K, or non-finite weights.
   """
-  bits = common.check_bits(cfg.bits, (2, 3, 4, 8), name=name, method="rtn")
-  if not 0 < cfg.clip_ratio <= 1:
-    raise ValueError(f"rtn: clip_ratio must be in (0, 1], got {cfg.clip_ratio}")
-  if not cfg.mse >= 0:
-    raise ValueError(f"rtn: mse (the clip search's error norm) must be >= 0, got {cfg.mse}")
-  w = common.as_matrix(w, name=name)
-  common.check_finite(w, name=name)
-  k = w.shape[0]
-  g = k if cfg.per_tensor else common.resolve_group_size(k, cfg.group_size, name=name)
-  q, scale, zero = _rtn_jit(w, dataclasses.replace(cfg, bits=bits), g)
-  return make_int_qarray(q.astype(jnp.int32), scale, zero, bits=bits, group_size=g, dtype=w.dtype)
+  return qrec.call(RTN_RECORD, w, cfg, name=name)
 
 
 def rtn_fake(w: jax.Array, cfg: RTNConfig = RTNConfig()) -> jax.Array:

@@ -17,6 +17,11 @@ full precision before any rule is consulted; pass ``keep=()`` to let rules reach
 them. A rule that claims no candidate leaf is an error (a typo in a pattern must
 not silently quantize nothing).
 
+Each method's leaves go through the transform layer's tree driver
+(:func:`jaxparams.transform.apply_tree`) with the method's record, so the record's checks
+(bits, group size, a float matrix, finite: :mod:`jaxparams.quant.record`) run once per leaf
+and the finiteness flags of all leaves are read in one transfer.
+
 Calibrated methods (GPTQ, AWQ, decoupleQ) need per-layer statistics:
 ``calibration`` maps a kernel path to a :class:`~jaxparams.calib.InputStats`
 or to the raw inputs ``x[..., K]`` that the layer saw (see
@@ -45,10 +50,12 @@ import numpy as np
 
 from jaxparams import tree as jtree
 from jaxparams.calib.stats import InputStats
+from jaxparams.quant import record as qrec
 from jaxparams.quant.plan import (_KEEP_WORDS, DEFAULT_KEEP, _get, _method_names,  # noqa: F401
                                   is_calibrated, is_keep, normalize_rules, parse_spec, plan_tree)
 from jaxparams.quant.report import (KEEP, QuantEntry, QuantReport,  # noqa: F401
                                     effective_weight, keep_entry, layer_error, make_entry)
+from jaxparams.transform import apply_tree
 
 __all__ = [
     "DEFAULT_KEEP", "KEEP", "QuantEntry", "QuantReport", "quantize_tree", "normalize_rules",
@@ -132,6 +139,32 @@ def finish_report(leaves: Mapping[str, Any], report: QuantReport,
 
 
 # ----------------------------------------------------------------------------- the tree
+def _drive(record: Any, leaves: dict[str, Any], plan: Mapping[str, Any],
+           reasons: Mapping[str, str], calibration: Mapping[str, Any], report: QuantReport,
+           out: dict[str, Any], progress: Callable[[str], None] | None) -> None:
+  """One method's leaves through the transform layer's tree driver (checks read once)."""
+  stats = {p: _stats_for(p, calibration.get(p), int(np.prod(w.shape[:-1])))
+           for p, w in leaves.items()}
+  for p in leaves:
+    qrec.require_stats(record, stats[p], name=p)
+  started: dict[str, float] = {}
+
+  def options(path: str) -> dict[str, Any]:
+    if progress is not None:
+      progress(path)
+    started[path] = time.perf_counter()
+    return {"stats": stats[path], "name": path}
+
+  # ``leaves`` is flat ({path: array}): the driver's paths are the tree's paths.
+  done = apply_tree(record, leaves, leaf_config=lambda p: plan[p][1], leaf_options=options)
+  jax.block_until_ready(done)
+  ends = list(started.values())[1:] + [time.perf_counter()]
+  for (path, t0), t1 in zip(started.items(), ends):
+    out[path] = done[path]
+    report.entries[path] = make_entry(path, leaves[path], done[path], plan[path][0],
+                                      reasons[path], stats=stats[path], seconds=t1 - t0)
+
+
 def quantize_tree(params: Any, rules: Any, calibration: Mapping[str, Any] | None = None, *,
                   keep: Sequence[Any] = DEFAULT_KEEP,
                   progress: Callable[[str], None] | None = None) -> tuple[Any, QuantReport]:
@@ -164,15 +197,14 @@ def quantize_tree(params: Any, rules: Any, calibration: Mapping[str, Any] | None
   if unknown:
     raise ValueError(f"quantize_tree: calibration given for paths not in the tree: {unknown[:5]}")
   report = QuantReport()
-  out = {}
-  for path, leaf in flat.items():
-    if plan[path] is None:
-      out[path] = leaf
-      continue
-    if progress is not None:
-      progress(path)
-    k = int(np.prod(leaf.shape[:-1]))
-    out[path] = quantize_planned(path, leaf, plan[path], reasons[path], report,
-                                 stats=_stats_for(path, calibration.get(path), k))
+  out = dict(flat)
+  by_method: dict[str, list[str]] = {}
+  for path in flat:
+    if plan[path] is not None:
+      by_method.setdefault(plan[path][0], []).append(path)
+  for method, paths in by_method.items():
+    _drive(_get(method).record, {p: flat[p] for p in paths}, plan, reasons, calibration, report,
+           out, progress)
+  report = finish_report(flat, report, reasons)
   report = finish_report(flat, report, reasons)
   return jtree.unflatten(out, like=params), report

@@ -3,6 +3,9 @@
 Run ``python -m jaxparams.train --config=configs/tokenformer_lm.py:runlocal --workdir=/tmp/run``.
 
 * :func:`train` / :func:`default_config` / :class:`TrainResult` (:mod:`.trainer`).
+* :mod:`.config` (fields, defaults, checks), :mod:`.mesh` (devices, shardings), :mod:`.optim`
+  (:class:`~jaxparams.train.optim.OptimFeatures`, learning rate, AdamW), :mod:`.step` (the
+  compiled model, step and growth): the trainer's pieces.
 * :mod:`.data`: byte-level corpus of the Python standard library's source.
 * :mod:`.growth`: growth hooks (TokenFormer ``grow``, Net2Net widen/deepen) and optimizer-state
   transfer.
@@ -11,6 +14,7 @@ Run ``python -m jaxparams.train --config=configs/tokenformer_lm.py:runlocal --wo
 * :mod:`.zo` / :mod:`.zo2`: MeZO zeroth-order steps (seed-regenerated SPSA) and the ZO2 driver
   streaming blocks from host memory.
 * :mod:`.wtacrs`: WTA-CRS sampled weight gradients as a ``custom_vjp`` matmul for ``dot=``.
+* :mod:`.lora`: LoRA/DoRA fine-tuning (the ``'lora'`` family) saved as a PEFT adapter.
 * :mod:`.snapshot`: asynchronous in-memory snapshots with XOR parity across nodes.
 * :mod:`.eata` / :mod:`.digits`: EATA and Tent test-time adaptation; digits under shifts.
 

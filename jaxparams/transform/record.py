@@ -108,6 +108,8 @@ class Transform:
     description: one line for listings.
     info: free-form extra facts for the area that owns the record (mergekit
       parameter scopes, aliases...).
+    kind: what the record is, for error messages (``'transform'``; an area may name its own,
+      e.g. ``'merge method'``).
   """
 
   name: str
@@ -123,6 +125,7 @@ class Transform:
   options: tuple[str, ...] = ()
   description: str = ""
   info: Mapping[str, Any] = dataclasses.field(default_factory=dict, compare=False)
+  kind: str = "transform"
 
   def __post_init__(self):
     if self.inputs not in _INPUTS:
@@ -228,7 +231,7 @@ class Transform:
     if self.base == "ignored":
       base = None
     if self.base == "required" and base is None:
-      raise ValueError(f"merge method {self.name!r} requires a base model{where}")
+      raise ValueError(f"{self.kind} {self.name!r} requires a base model{where}")
     models = tuple(models)
     n = len(models)
     if n < self.min_models or (self.max_models is not None and n > self.max_models):
@@ -238,7 +241,7 @@ class Transform:
         want = f"at least {self.min_models}"
       else:
         want = f"{self.min_models} to {self.max_models}"
-      raise ValueError(f"merge method {self.name!r} needs {want} non-base model(s), got {n}"
+      raise ValueError(f"{self.kind} {self.name!r} needs {want} non-base model(s), got {n}"
                        f"{where}")
     return (base, models)
 
@@ -331,10 +334,10 @@ class Transform:
       except _TRACE_ERRORS:  # a traced parameter decides: the function copes with key=None
         wanted = False
       if wanted:
-        raise ValueError(f"merge method {self.name!r} is random: pass key= (e.g. "
+        raise ValueError(f"{self.kind} {self.name!r} is random: pass key= (e.g. "
                          f"jaxparams.transform.tensor_key(jax.random.key(seed), {path!r}))"
                          if self.inputs != "one" else
-                         f"transform {self.name!r} is random: pass key=")
+                         f"{self.kind} {self.name!r} is random: pass key=")
       kwargs["key"] = key
     out = self.fn(*arranged, config, **kwargs)
     flat = self._flat_inputs(arranged)

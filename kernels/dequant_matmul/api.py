@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxparams.kernels.dequant_matmul import reference
-from jaxparams.kernels.dispatch import IMPLEMENTATIONS, choose, with_reference_vjp
+from jaxparams.kernels.dispatch import IMPLEMENTATIONS, Implementations
 
 __all__ = ["IMPLEMENTATIONS", "dequant_matmul", "check_layout"]
 
@@ -47,26 +47,49 @@ def check_layout(k: int, codes, scale, zero, *, bits: int, group_size: int) -> i
   return n
 
 
-def _pallas(x2, codes, scale, zero, *, bits, group_size, backend, interpret):
-  if backend == "gpu":
-    from jaxparams.kernels.dequant_matmul import pallas_gpu
-    return pallas_gpu.dequant_matmul_gpu(x2, codes, scale, zero, bits=bits,
-                                         group_size=group_size, interpret=interpret)
-  from jaxparams.kernels.dequant_matmul import pallas_tpu
+def _pallas_tpu(x2, codes, scale, zero, *, bits, group_size, interpret):
+  from jaxparams.kernels.dequant_matmul import pallas_tpu  # pylint: disable=import-outside-toplevel
   return pallas_tpu.dequant_matmul_tpu(x2, codes, scale, zero, bits=bits, group_size=group_size,
                                        interpret=False if interpret is None else interpret)
 
 
-def _plan(m, k, n, *, bits, group_size, dtype):
-  """``plan(target)`` for :func:`dispatch.choose`: raises ValueError when the shapes do not tile."""
-  def plan(target):
-    if target == "gpu":
-      from jaxparams.kernels.dequant_matmul import pallas_gpu
-      pallas_gpu.plan_tiles(m, k, n, bits=bits, group_size=group_size, dtype=dtype)
-    else:
-      from jaxparams.kernels.dequant_matmul import pallas_tpu
-      pallas_tpu.plan_blocks(m, k, n, bits=bits, group_size=group_size, dtype=dtype)
-  return plan
+def _pallas_gpu(x2, codes, scale, zero, *, bits, group_size, interpret):
+  from jaxparams.kernels.dequant_matmul import pallas_gpu  # pylint: disable=import-outside-toplevel
+  return pallas_gpu.dequant_matmul_gpu(x2, codes, scale, zero, bits=bits, group_size=group_size,
+                                       interpret=interpret)
+
+
+def _plan_tpu(m, k, n, *, bits, group_size, dtype):
+  from jaxparams.kernels.dequant_matmul import pallas_tpu  # pylint: disable=import-outside-toplevel
+  pallas_tpu.plan_blocks(m, k, n, bits=bits, group_size=group_size, dtype=dtype)
+
+
+def _plan_gpu(m, k, n, *, bits, group_size, dtype):
+  from jaxparams.kernels.dequant_matmul import pallas_gpu  # pylint: disable=import-outside-toplevel
+  pallas_gpu.plan_tiles(m, k, n, bits=bits, group_size=group_size, dtype=dtype)
+
+
+def _cpu_interpret(target):  # pylint: disable=unused-argument
+  from jax.experimental.pallas import tpu as pltpu  # pylint: disable=import-outside-toplevel
+  return pltpu.InterpretParams()
+
+
+def _kernels(*, lead, m, k, n, bits, group_size):
+  """The op's implementations for one call (the kernels take ``x`` as ``[M, K]``)."""
+  def on_2d(kernel):
+    def run(x, codes, scale, zero, *, interpret):
+      y = kernel(x.reshape(m, k), codes, scale, zero, bits=bits, group_size=group_size,
+                 interpret=interpret)
+      return y.reshape(*lead, n)
+    return run
+
+  return Implementations(
+      op="dequant_matmul",
+      xla=lambda x, codes, scale, zero: reference.dequant_matmul_reference(
+          x, codes, scale, zero, bits=bits, group_size=group_size),
+      pallas={"tpu": on_2d(_pallas_tpu), "gpu": on_2d(_pallas_gpu)},
+      plan={"tpu": _plan_tpu, "gpu": _plan_gpu},
+      interpret=_cpu_interpret)
 
 
 def dequant_matmul(x: jax.Array, codes: jax.Array, scale: jax.Array, zero: jax.Array | None, *,
@@ -94,19 +117,7 @@ def dequant_matmul(x: jax.Array, codes: jax.Array, scale: jax.Array, zero: jax.A
   m = 1
   for d in lead:
     m *= int(d)
-  choice = choose(implementation, op="dequant_matmul",
-                  plan=_plan(m, k, n, bits=bits, group_size=group_size, dtype=x.dtype))
-  ref = lambda x, codes, scale, zero: reference.dequant_matmul_reference(
-      x, codes, scale, zero, bits=bits, group_size=group_size)
-  if choice.implementation == "xla":
-    return ref(x, codes, scale, zero)
-  if interpret is None and choice.interpret:
-    from jax.experimental.pallas import tpu as pltpu
-    interpret = pltpu.InterpretParams()
-
-  def kernel(x, codes, scale, zero):
-    y = _pallas(x.reshape(m, k), codes, scale, zero, bits=bits, group_size=group_size,
-                backend=choice.target, interpret=interpret)
-    return y.reshape(*lead, n)
-
-  return with_reference_vjp(kernel, ref)(x, codes, scale, zero)
+  impls = _kernels(lead=lead, m=m, k=k, n=n, bits=bits, group_size=group_size)
+  run = impls.select(implementation, m, k, n, bits=bits, group_size=group_size, dtype=x.dtype,
+                     interpret=interpret)
+  return run(x, codes, scale, zero)

@@ -25,7 +25,7 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 
-from jaxparams.kernels.dispatch import choose, with_reference_vjp
+from jaxparams.kernels.dispatch import Implementations
 from jaxparams.kernels.merge_sparsify import reference as ref
 from jaxparams.kernels.merge_sparsify.reference import KEY_MAX
 
@@ -36,44 +36,72 @@ __all__ = [
 ]
 
 
+def _pallas_kth_keys(keys, k, *, target, interpret):
+  from jaxparams.kernels.merge_sparsify import pallas  # pylint: disable=import-outside-toplevel
+  return pallas.kth_largest_keys(keys, k, target=target, interpret=bool(interpret))
+
+
+def _pallas_tie_cuts(keys, t, k, *, target, interpret):
+  from jaxparams.kernels.merge_sparsify import pallas  # pylint: disable=import-outside-toplevel
+  return pallas.tie_cuts(keys, t, k, target=target, interpret=bool(interpret))
+
+
+def _pallas_sparsify_merge(base, models, arrays, *, static, target, interpret):
+  from jaxparams.kernels.merge_sparsify import pallas  # pylint: disable=import-outside-toplevel
+  return pallas.sparsify_merge(base, models, **arrays, **static, target=target,
+                               interpret=bool(interpret))
+
+
+def _xla_kth_keys(keys, k):
+  k = jnp.broadcast_to(jnp.asarray(k, jnp.int32), (keys.shape[0],))
+  return jnp.stack([ref.kth_largest_key_histogram(keys[m], k[m]) for m in range(keys.shape[0])])
+
+
+def _xla_tie_cuts(keys, t, k):
+  return jnp.stack([ref.tie_cut(keys[m], t[m], k[m]) for m in range(keys.shape[0])])
+
+
+def _on_targets(kernel, **bound):
+  return {t: functools.partial(kernel, target=t, **bound) for t in ("tpu", "gpu")}
+
+
+# The op's implementations, by name, in one place (every shape is accepted: no planner).
+KTH_LARGEST_KEYS = Implementations("merge_sparsify", xla=_xla_kth_keys,
+                                   pallas=_on_targets(_pallas_kth_keys), reference_vjp=False)
+TIE_CUTS = Implementations("merge_sparsify", xla=_xla_tie_cuts, pallas=_on_targets(_pallas_tie_cuts),
+                           reference_vjp=False)
+
+
+def _sparsify_merge_impls(static: dict) -> Implementations:
+  return Implementations(
+      "merge_sparsify",
+      xla=lambda b, m, a: ref.sparsify_merge_reference(b, m, **a, **static),
+      pallas=_on_targets(_pallas_sparsify_merge, static=static))
+
+
 def resolve_implementation(implementation: str | None) -> str:
   """``'xla'`` or ``'pallas'``: what ``implementation`` runs on the default backend."""
-  return choose(implementation, op="merge_sparsify").implementation
-
-
-def _kernels(implementation: str | None):
-  """(Choice, bound Pallas functions) for ``implementation``."""
-  choice = choose(implementation, op="merge_sparsify")
-  return choice, functools.partial(_bind, target=choice.target, interpret=choice.interpret)
-
-
-def _bind(fn_name: str, *, target, interpret):
-  from jaxparams.kernels.merge_sparsify import pallas
-  return functools.partial(getattr(pallas, fn_name), target=target, interpret=interpret)
+  return KTH_LARGEST_KEYS.choose(implementation).implementation
 
 
 @functools.partial(jax.jit, static_argnames=("implementation",))
 def key_thresholds(keys: jax.Array, k: jax.Array, *, implementation: str | None = None
                    ) -> jax.Array:
   """Batched: the k[m]-th largest key of each row of keys (M, n) -> (M,) uint32."""
-  choice, kernel = _kernels(implementation)
   keys = keys.reshape(keys.shape[0], -1)
-  if choice.implementation == "xla":
-    k = jnp.broadcast_to(jnp.asarray(k, jnp.int32), (keys.shape[0],))
-    return jnp.stack([ref.kth_largest_key_histogram(keys[m], k[m]) for m in range(keys.shape[0])])
-  return kernel("kth_largest_keys")(keys, k)
+  return KTH_LARGEST_KEYS.select(implementation)(keys, k)
 
 
 def key_threshold(keys: jax.Array | Sequence[jax.Array], k, *, implementation: str | None = None
                   ) -> jax.Array:
   """The k-th largest uint32 key (no sort): histogram radix select on XLA,
   the 8-pass counting kernel on Pallas; see :mod:`reference`."""
-  choice, kernel = _kernels(implementation)
-  if choice.implementation == "xla":
+  choice = KTH_LARGEST_KEYS.choose(implementation)
+  if choice.implementation == "xla":  # the XLA search takes the parts as they are (no concat)
     return ref.kth_largest_key_histogram(keys, k)
   parts = list(keys) if isinstance(keys, (list, tuple)) else [keys]
   flat = jnp.concatenate([jnp.ravel(p) for p in parts])[None]
-  return kernel("kth_largest_keys")(flat, jnp.reshape(k, (1,)))[0]
+  return KTH_LARGEST_KEYS.bind(choice)(flat, jnp.reshape(k, (1,)))[0]
 
 
 def topk_threshold(x: jax.Array | Sequence[jax.Array], k, *, implementation: str | None = None
@@ -107,12 +135,7 @@ def topk_cuts(x: jax.Array, k: jax.Array, *, implementation: str | None = None
   keys = ref.magnitude_bits(jax.lax.stop_gradient(x)).reshape(x.shape[0], -1)
   k = jnp.broadcast_to(jnp.asarray(k, jnp.int32), (keys.shape[0],))
   t = key_thresholds(keys, k, implementation=implementation)
-  choice, kernel = _kernels(implementation)
-  if choice.implementation == "xla":
-    cut = jnp.stack([ref.tie_cut(keys[m], t[m], k[m]) for m in range(keys.shape[0])])
-  else:
-    cut = kernel("tie_cuts")(keys, t, k)
-  return t, cut
+  return t, TIE_CUTS.select(implementation)(keys, t, k)
 
 
 def delta_topk_cuts(base: jax.Array, models: Sequence[jax.Array], k: jax.Array, *,
@@ -132,9 +155,9 @@ def delta_topk_cuts(base: jax.Array, models: Sequence[jax.Array], k: jax.Array, 
     >>> [int(c) for c in cut]  # model 0: no tie at its threshold; model 1: the first 1.0 kept
     [4294967295, 1]
   """
-  choice = choose(implementation, op="merge_sparsify")
+  choice = TIE_CUTS.choose(implementation)
   k = jnp.broadcast_to(jnp.asarray(k, jnp.int32), (len(models),))
-  if choice.implementation != "xla":
+  if choice.implementation != "xla":  # Pallas: the stacked differences (no chunked search)
     stacked = jnp.stack([jnp.ravel(m.astype(jnp.float32) - base.astype(jnp.float32))
                          for m in models])
     return topk_cuts(stacked, k, implementation=implementation)
@@ -172,16 +195,9 @@ def sparsify_merge(base: jax.Array, models: jax.Array | Sequence[jax.Array], *, 
     p = jnp.asarray(p, jnp.float32)
     if p.ndim > 1:
       p = p.reshape(p.shape[0], -1)
-  choice, kernel = _kernels(implementation)
   arrays = dict(weights=jnp.asarray(weights, jnp.float32), lo=jnp.asarray(lo, jnp.uint32),
                 hi=jnp.asarray(hi, jnp.uint32), lam=lam, p=p, seeds=seeds, lo_cut=lo_cut,
                 hi_cut=hi_cut)
   static = dict(rescale=rescale, consensus=consensus, normalize=normalize)
-  reference = lambda b, m, a: ref.sparsify_merge_reference(b, m, **a, **static)
-  if choice.implementation == "xla":
-    out = reference(flat_base, models, arrays)
-  else:
-    fused = kernel("sparsify_merge")
-    out = with_reference_vjp(lambda b, m, a: fused(b, m, **a, **static), reference)(
-        flat_base, models, arrays)
-  return out.reshape(shape)
+  run = _sparsify_merge_impls(static).select(implementation)
+  return run(flat_base, models, arrays).reshape(shape)

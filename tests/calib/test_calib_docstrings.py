@@ -6,7 +6,8 @@ import importlib
 import pytest
 
 MODULES = ["jaxparams.calib", "jaxparams.calib.capture", "jaxparams.calib.corpus",
-           "jaxparams.calib.obs", "jaxparams.calib.stats"]
+           "jaxparams.calib.fisher", "jaxparams.calib.obs", "jaxparams.calib.sequential",
+           "jaxparams.calib.stats"]
 
 
 @pytest.mark.parametrize("name", MODULES)

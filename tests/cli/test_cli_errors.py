@@ -17,6 +17,7 @@ import pytest
 import jaxparams as jp
 from jaxparams.cli import inspect as cli_inspect
 from jaxparams.cli.main import main
+from jaxparams.tree.summary import LeafStats
 
 JAXPARAMS = [str(Path(sys.executable).parent / "jaxparams")]  # the console script
 
@@ -108,14 +109,14 @@ def test_file_too_large_for_real(ck, tmp_path):
 def test_keyboard_interrupt_in_a_command_is_one_line_130(ck, capsys, monkeypatch):
   def interrupted(*a, **k):
     raise KeyboardInterrupt
-  monkeypatch.setattr(jp.io, "load_any", interrupted)
+  monkeypatch.setattr(jp.io.convert, "load_any", interrupted)  # what convert_checkpoint reads with
   _one_line(capsys, 130, ["convert", str(ck), str(ck.parent / "o")], "interrupted")
 
 
 def test_bug_keyerror_keeps_its_traceback(ck, monkeypatch):
   def bug(*a, **k):
     return {}["x"]
-  monkeypatch.setattr(jp.io, "load_any", bug)
+  monkeypatch.setattr(jp.io.convert, "load_any", bug)
   with pytest.raises(KeyError):
     main(["convert", str(ck), str(ck.parent / "o")])
 
@@ -142,11 +143,11 @@ def test_inspect_escapes_markup_and_control_characters(tmp_path, capsys):
 def test_inspect_prints_rows_before_the_whole_table_is_built(tmp_path, capsys, monkeypatch):
   n_ok = cli_inspect._BLOCK + 10
 
-  def rows(path, stats, where):
+  def rows(path, *, stats, where):
     for i in range(n_ok):
-      yield (f"t{i}", (1,), "float32", 1, 4)
+      yield LeafStats(f"t{i}", (1,), "float32", 1, 4)
     raise ValueError(f"{path}: stop here")
-  monkeypatch.setattr(cli_inspect, "_rows", rows)
+  monkeypatch.setattr(jp.io, "checkpoint_rows", rows)  # the library call the command prints
   assert main(["inspect", str(tmp_path)]) == 2
   out = capsys.readouterr().out
   assert f"t{cli_inspect._BLOCK - 1}" in out  # the first block was printed already

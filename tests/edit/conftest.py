@@ -5,6 +5,7 @@ import json
 import pytest
 
 from jaxparams.edit import facts, facts_lm
+from jaxparams.train.facts_lm import train_facts_lm
 
 
 @pytest.fixture(scope="session")
@@ -25,5 +26,5 @@ def tiny_files(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_lm(tiny_files, tmp_path_factory):
-  return facts_lm.train_facts_lm(tmp_path_factory.mktemp("lm"), *tiny_files, size="tiny",
+  return train_facts_lm(tmp_path_factory.mktemp("lm"), *tiny_files, size="tiny",
                                  steps=500)

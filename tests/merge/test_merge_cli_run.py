@@ -4,6 +4,7 @@ import argparse
 
 import numpy as np
 
+from jaxparams.cli import common as cli_common
 from jaxparams.cli import merge as cli_merge
 from jaxparams.io import load_safetensors
 from jaxparams.demo.tiny_llama import llama_config, write_llama
@@ -61,7 +62,7 @@ def test_add_parser_sets_func_and_options():
   assert args.func is cli_merge.run
   assert (args.overwrite, args.seed, args.max_shard_size, args.copy_tokenizer) == (
       True, 5, "500M", False)
-  assert cli_merge.enable_compile_cache("none") is None
+  assert cli_common.enable_compile_cache("none") is None
 
 
 def test_mergekit_flags_model_card_and_recipe_written(tmp_path, monkeypatch, capsys):

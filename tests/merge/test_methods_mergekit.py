@@ -16,7 +16,9 @@ import jaxparams.merge  # noqa: F401  (jp.merge)
 from jaxparams.merge import get_method, merge_trees
 
 FIX = pathlib.Path(__file__).parent.parent / "fixtures" / "mergekit_methods"
-CASES = json.loads((FIX / "cases.json").read_text())["cases"]
+ALL_CASES = json.loads((FIX / "cases.json").read_text())["cases"]
+CASES = [c for c in ALL_CASES if c.get("dtype", "float32") == "float32"]
+BF16_CASES = [c for c in ALL_CASES if c.get("dtype") == "bfloat16"]
 ARRAYS = dict(np.load(FIX / "cases.npz"))
 
 
@@ -58,3 +60,18 @@ def test_tree_api_matches_mergekit_all_methods():
                       global_params=cases[0]["global_params"])
     for j, c in enumerate(cases):
       assert _rel_err(out[f"leaf{j}"], ARRAYS[c["output"]]) <= 1e-6, (method, c)
+
+
+@pytest.mark.parametrize("case", BF16_CASES,
+                         ids=[f"{c['method']}-{'x'.join(map(str, c['shape']))}" for c in BF16_CASES])
+def test_bfloat16_merges_match_mergekit_bit_for_bit(case):
+  """mergekit computes in the merge's dtype, rounding every op; arcee_fusion's importance
+  threshold is a hard decision, so float32 math would keep other elements."""
+  base, models = _inputs(case)
+  bf = lambda x: jnp.asarray(x).astype(jnp.bfloat16)
+  out = get_method(case["method"]).merge_tensor(
+      bf(base), [bf(m) for m in models], model_params=case["model_params"],
+      global_params=case["global_params"], name="t")
+  assert out.dtype == jnp.bfloat16
+  np.testing.assert_array_equal(np.asarray(out.astype(jnp.float32)),
+                                np.asarray(bf(ARRAYS[case["output"]]).astype(jnp.float32)))

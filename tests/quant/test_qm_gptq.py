@@ -120,7 +120,7 @@ def test_bad_inputs_name_the_path():
     gptq(w, np.eye(32, dtype=np.float32), GPTQConfig(group_size=32))
   wn = w.copy()
   wn[0, 0] = np.nan
-  with pytest.raises(ValueError, match="'attn/q/kernel'.*non-finite"):
+  with pytest.raises(ValueError, match="'attn/q/kernel'.*NaN or Inf"):
     gptq(wn, h, GPTQConfig(group_size=32), name="attn/q/kernel")
   hn = h.copy()
   hn[2, 3] = np.inf

@@ -1,9 +1,7 @@
 """Quantized outputs that other tools load correctly, or refuse (issue 9)."""
 
 import json
-import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +12,6 @@ from jaxparams.quant import checkpoint as C
 from jaxparams.quant import stream
 
 FIX = Path(__file__).parents[1] / "fixtures"
-TORCH_PY = Path("/work/torchvenv/bin/python")
 RTN4 = [("**", ("rtn", {"bits": 4, "group_size": 16}))]
 ST_SIDE = {"modules.json": '[{"idx": 0, "name": "0", "path": "", "type": '
                            '"sentence_transformers.models.Transformer"}]',
@@ -57,17 +54,8 @@ def test_jaxparams_layout_refuses_plain_loaders_has_card_and_still_loads(tmp_pat
   assert (deq / "1_Pooling/config.json").is_file()
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(not TORCH_PY.is_file(), reason="needs the torch venv /work/torchvenv")
-def test_transformers_refuses_jaxparams_layout(tmp_path):
-  out = tmp_path / "q"
-  stream.quantize_checkpoint(_bert_src(tmp_path), out, RTN4)
-  code = ("import sys\nfrom transformers import AutoModel\n"
-          "try:\n  AutoModel.from_pretrained(sys.argv[1])\nexcept ValueError as e:\n"
-          "  print('REFUSED', e); sys.exit(0)\nprint('LOADED'); sys.exit(1)\n")
-  r = subprocess.run([str(TORCH_PY), "-c", code, str(out)], capture_output=True, text=True,
-                     timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-  assert r.returncode == 0 and "REFUSED" in r.stdout and "quant_method" in r.stdout, r.stdout + r.stderr
+# transformers itself refusing this layout is checked by benchmarks/peer_checks.py
+# (transformers_refuses_jaxparams_layout), in the peer environment benchmarks/peer_env.sh builds.
 
 
 # ----------------------------------------------------------------------------- HF GPTQ export

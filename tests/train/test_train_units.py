@@ -78,13 +78,13 @@ def test_unknown_hook_is_named():
     ({"TPU_WORKER_HOSTNAMES": "localhost"}, False),
 ])
 def test_multi_process_detection(monkeypatch, env, expected):
-  from jaxparams.train import trainer
+  from jaxparams.train import mesh, trainer
   for var in ("JAX_COORDINATOR_ADDRESS", "MEGASCALE_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES",
               "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "TPU_WORKER_HOSTNAMES"):
     monkeypatch.delenv(var, raising=False)
   for k, v in env.items():
     monkeypatch.setenv(k, v)
-  assert trainer._multi_process_env() is expected  # pylint: disable=protected-access
+  assert mesh._multi_process_env() is expected  # pylint: disable=protected-access
   if not expected:  # single process: initialisation is skipped
     assert trainer.maybe_initialize_distributed("auto") is False
   with pytest.raises(ValueError, match="'auto', 'on' or 'off'"):
@@ -107,12 +107,12 @@ def test_pad_transfer_matches_tokenformer_grow_optimizer_state():
   import chex
   import jax
   from jaxparams.scale import tokenformer as tf
-  from jaxparams.train import trainer
+  from jaxparams.train import optim
   cfg = tf.TokenFormerConfig(vocab_size=16, d_model=8, n_layers=1, n_heads=2, qkv_tokens=4,
                              out_tokens=4, ffn_tokens=8, max_len=8)
   init = jax.jit(lambda k: tf.TokenFormer(cfg).init(k, jnp.zeros((1, 8), jnp.int32))["params"])
   params = init(jax.random.PRNGKey(0))
-  tx = trainer._make_optimizer((1.0, 0.9, 0.95, 0.1))  # pylint: disable=protected-access
+  tx = optim.make_optimizer(optim.OptimFeatures(grad_clip=1.0, b1=0.9, b2=0.95, weight_decay=0.1))
   grads = jax.tree.map(lambda p: jnp.full(p.shape, 0.5, p.dtype), params)
   state = jax.jit(lambda g, p: tx.update(g, tx.init(p), p)[1])(grads, params)
   n_new = {"qkv": 2, "out": 4, "ffn": 8}

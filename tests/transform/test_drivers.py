@@ -244,10 +244,14 @@ def test_registry_and_config_errors():
   with pytest.raises(ValueError, match=r"unknown parameter\(s\) \['tt'\]; valid parameters: "
                                        r"\['noise', 't', 'weight'\]"):
     MIX.make_config(tt=1.0)
-  with pytest.raises(ValueError, match=r"needs at least 1 non-base model\(s\), got 0"):
+  # The generic record names itself a transform (an area may name its kind: 'merge method').
+  with pytest.raises(ValueError, match=r"^transform 'mix' needs at least 1 non-base model\(s\), "
+                                       r"got 0"):
     jt.apply_tree(MIX, _trees()[0], [])
-  with pytest.raises(ValueError, match="requires a base model"):
+  with pytest.raises(ValueError, match="^transform 'mix' requires a base model"):
     jt.apply_tree(MIX, None, _trees()[1:])
+  with pytest.raises(ValueError, match="^merge method 'mix' requires a base model"):
+    jt.apply_tree(dataclasses.replace(MIX, kind="merge method"), None, _trees()[1:])
 
 
 def test_stream_sigint_is_deferred_to_a_tensor_boundary(tmp_path):

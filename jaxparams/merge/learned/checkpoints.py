@@ -14,7 +14,7 @@ A mergekit-style recipe may name ``merge_method: regmean`` with a calibration te
   dtype: float32
 
 ``jaxparams merge recipe.yml OUT`` (:func:`jaxparams.merge.stream.merge_checkpoints`) then
-(1) loads each model in turn (one in memory at a time), tokenises the texts with the model's
+(1) (:func:`prepare_data_aware`) loads each model in turn (one in memory at a time), tokenises the texts with the model's
 own ``tokenizer.json`` and captures the Gram matrix ``X^T X`` of every Linear layer's inputs
 with :func:`jaxparams.calib.collect_stats`, written to a temporary safetensors folder under the
 tensor's name; (2) streams the merge with the transform layer's streaming driver: every
@@ -41,7 +41,7 @@ import dataclasses
 import logging
 import tempfile
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -49,9 +49,8 @@ from jaxparams.merge.learned.records import FISHER, RECORDS, FisherConfig, RegMe
 from jaxparams.merge.recipe import ModelInput, Recipe, load_recipe
 from jaxparams.transform import StreamTask
 
-__all__ = ["DATA_AWARE_METHODS", "DATA_PARAMETERS", "capture_fishers", "capture_grams",
-           "data_aware_parameters",
-           "merge_data_aware", "read_calibration"]
+__all__ = ["DATA_AWARE_METHODS", "DATA_PARAMETERS", "DataAwareMerge", "capture_fishers",
+           "capture_grams", "data_aware_parameters", "prepare_data_aware", "read_calibration"]
 
 _log = logging.getLogger(__name__)
 
@@ -91,7 +90,7 @@ def read_calibration(path: str | Path, recipe: Recipe | None = None, *,
     FileNotFoundError: the file is missing (naming it and where it was looked for).
     ValueError: the file has no non-empty line.
   """
-  from jaxparams.io.text_files import read_text  # pylint: disable=import-outside-toplevel
+  from jaxparams.io import read_calibration_text  # pylint: disable=import-outside-toplevel
   p = Path(path).expanduser()
   tried = [str(p)]
   if not p.is_file() and recipe is not None and recipe.source and not p.is_absolute():
@@ -103,10 +102,7 @@ def read_calibration(path: str | Path, recipe: Recipe | None = None, *,
     raise FileNotFoundError(f"{where}: calibration file {str(path)!r} not found (looked for "
                             f"{', '.join(tried)}); it must be a text file with one calibration "
                             "text per line")
-  texts = [t.strip() for t in read_text(p, what="calibration file").splitlines() if t.strip()]
-  if not texts:
-    raise ValueError(f"{p}: calibration file has no non-empty line")
-  return texts[:max_texts] if max_texts else texts
+  return read_calibration_text(p, what="calibration file", max_lines=max_texts or None)
 
 
 def capture_grams(folder: str | Path, texts: list[str], *, max_length: int = 128,
@@ -119,9 +115,7 @@ def capture_grams(folder: str | Path, texts: list[str], *, max_length: int = 128
   Raises:
     ValueError: no ``tokenizer.json`` in ``folder``, or an unsupported checkpoint.
   """
-  from jaxparams import io as jio  # pylint: disable=import-outside-toplevel
   from jaxparams.calib import collect_stats, text_batches  # pylint: disable=import-outside-toplevel
-  from jaxparams.models.families import family  # pylint: disable=import-outside-toplevel
   from jaxparams.models.hf import hf_name_map  # pylint: disable=import-outside-toplevel
   module, params, config, tokenizer = _load_with_tokenizer(folder)
   model_type = getattr(config, "model_type", None) or ""
@@ -130,10 +124,7 @@ def capture_grams(folder: str | Path, texts: list[str], *, max_length: int = 128
                          or "Bert" in type(module).__name__)
   stats = collect_stats(module, params, batches)
   nmap = hf_name_map(config)
-  with jio.open_checkpoint(folder) as reader:
-    cfg = reader.config() or {}
-    arch = family(cfg.get("model_type"))
-    by_norm = {arch.normalize(n): n for n in reader.names()}
+  by_norm = _stored_names(folder)
   grams, axes = {}, {}
   for path, s in stats.items():
     if path not in nmap:
@@ -163,11 +154,9 @@ def capture_fishers(folder: str | Path, texts: list[str], *, max_length: int = 1
   """
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  from jaxparams import io as jio  # pylint: disable=import-outside-toplevel
   from jaxparams import tree as jtree  # pylint: disable=import-outside-toplevel
   from jaxparams.calib import text_batches  # pylint: disable=import-outside-toplevel
-  from jaxparams.merge.learned.fisher import fisher_diagonal  # pylint: disable=import-outside-toplevel
-  from jaxparams.models.families import family  # pylint: disable=import-outside-toplevel
+  from jaxparams.calib.fisher import causal_lm_fisher  # pylint: disable=import-outside-toplevel
   from jaxparams.models.hf import hf_name_map  # pylint: disable=import-outside-toplevel
   module, params, config, tokenizer = _load_with_tokenizer(folder)
   batches = text_batches(tokenizer, texts, batch_size=batch_size,
@@ -179,27 +168,12 @@ def capture_fishers(folder: str | Path, texts: list[str], *, max_length: int = 1
     raise ValueError(f"{folder}: 'fisher' needs a causal language model (logits over the "
                      f"vocabulary); {type(module).__name__} outputs {getattr(probe, 'shape', '?')}")
 
-  def loglik(p, ids, mask):
-    logp = jax.nn.log_softmax(module.apply({"params": p}, ids[None], mask[None])[0, :-1], -1)
-    tok = jnp.take_along_axis(logp, ids[1:, None], -1)[:, 0]
-    return jnp.sum(tok * mask[1:])
-
-  fisher, n = None, 0
-  for b in batches:  # each batch padded to its own length
-    ids = jnp.asarray(np.asarray(b["input_ids"], np.int32))
-    mask = jnp.asarray(np.asarray(b["attention_mask"], np.int32))
-    f = jax.tree.map(lambda v, k=ids.shape[0]: v * k,
-                     fisher_diagonal(loglik, params, ids, mask, batch_size=batch_size))
-    fisher = f if fisher is None else jax.tree.map(jnp.add, fisher, f)
-    n += ids.shape[0]
-  fisher = jax.tree.map(lambda v: v / n, fisher)
+  fisher = causal_lm_fisher(module, params, batches, batch_size=batch_size)
   norm = jnp.sqrt(sum(jnp.sum(f * f) for f in jax.tree.leaves(fisher)))
   flat = {k: np.asarray(v / jnp.maximum(norm, 1e-30), np.float32)
           for k, v in jtree.flatten(fisher).items()}
   nmap = hf_name_map(config)
-  with jio.open_checkpoint(folder) as reader:
-    arch = family((reader.config() or {}).get("model_type"))
-    by_norm = {arch.normalize(n): n for n in reader.names()}
+  by_norm = _stored_names(folder)
   out = {}
   for path, f in flat.items():
     if path in nmap and by_norm.get(nmap[path][0]) is not None:
@@ -236,24 +210,42 @@ def _check_params(recipe: Recipe, where: str) -> dict[str, Any]:
   return params
 
 
-def merge_data_aware(recipe: Any, out_dir: str | Path, *, original: Any = None,
-                     **merge_kwargs: Any) -> dict[str, Any]:
-  """Statistics per model, then a streamed merge (see the module docstring).
+@dataclasses.dataclass(frozen=True)
+class DataAwareMerge:
+  """What the streaming merge runs for a data-aware recipe (:func:`prepare_data_aware`).
+
+  Attributes:
+    recipe: a ``linear`` recipe over the same models (every tensor without statistics is
+      averaged).
+    extra_sources: ``{source name: folder of captured statistics}`` read besides the models.
+    rewrite_jobs: ``f(jobs) -> jobs``: every tensor with statistics runs the method's record
+      with the statistics as extra inputs.
+  """
+  recipe: Recipe
+  extra_sources: Mapping[str, Path]
+  rewrite_jobs: Callable[[list[StreamTask]], list[StreamTask]]
+
+
+def prepare_data_aware(recipe: Any, stats_dir: str | Path, *, out_dir: str | Path,
+                       overwrite: bool = False) -> DataAwareMerge:
+  """Checks a data-aware recipe, captures each model's statistics into ``stats_dir``.
+
+  The streamed merge itself is :func:`jaxparams.merge.merge_checkpoints`'s (which calls this for
+  a recipe naming a method of :data:`DATA_AWARE_METHODS`); this module never drives it.
 
   Args:
     recipe: a recipe naming a method of :data:`DATA_AWARE_METHODS` (path, dict or Recipe).
-    out_dir: the output folder (atomic).
-    original: what the user passed (for the ``mergekit_config.yml`` copy).
-    **merge_kwargs: options of :func:`jaxparams.merge.stream.merge_checkpoints`.
+    stats_dir: an existing folder for the statistics (a temporary folder of the caller).
+    out_dir: the merge's output folder, checked (``overwrite``) before any model is read.
+    overwrite: whether ``out_dir`` may exist.
 
   Raises:
     ValueError: unknown parameters (listing the valid ones), no calibration parameter,
-      models without ``tokenizer.json``, the errors of the streamed merge.
+      models without ``tokenizer.json``.
     FileNotFoundError: the calibration file or a model is missing.
+    FileExistsError: ``out_dir`` exists and ``overwrite`` is false.
   """
   from jaxparams.io import check_output_dir, save_safetensors  # pylint: disable=import-outside-toplevel
-  from jaxparams.merge.stream import merge_checkpoints  # pylint: disable=import-outside-toplevel
-  original = recipe if original is None else original
   recipe = load_recipe(recipe)
   where = recipe.source or "recipe"
   params = _check_params(recipe, where)
@@ -263,63 +255,73 @@ def merge_data_aware(recipe: Any, out_dir: str | Path, *, original: Any = None,
   one = np.zeros((1, 1), np.float32)
   record.run_static_checks(record.context((None, (one, one)), cfg0, "", ("model", "stats")))
   is_fisher = record is FISHER
-  check_output_dir(Path(out_dir), bool(merge_kwargs.get("overwrite", False)))
+  check_output_dir(Path(out_dir), overwrite)
   texts = read_calibration(params["calibration"], recipe, max_texts=params["max_texts"])
   refs = [m.model for m in recipe.models]
   folders = {ref: recipe.resolve_model(ref) for ref in refs}
   kind = "fisher" if is_fisher else "gram"
-  with tempfile.TemporaryDirectory(prefix=f"jaxparams-{recipe.merge_method}-") as tmp:
-    extra, axes = {}, {}
-    grams_of: dict[str, set] = {}
-    for i, ref in enumerate(refs):
-      _log.info("%s: capturing %s statistics of %s on %d calibration texts", where, kind, ref,
-                len(texts))
-      if is_fisher:
-        grams, ax = capture_fishers(folders[ref], texts, max_length=params["max_length"],
-                                    batch_size=params["batch_size"]), {}
-      else:
-        grams, ax = capture_grams(folders[ref], texts, max_length=params["max_length"],
-                                  batch_size=params["batch_size"])
-      if not grams:
-        raise ValueError(f"{folders[ref]}: no {kind} statistics from the calibration text; "
-                         f"{recipe.merge_method!r} has nothing to weigh the merge with")
-      path = Path(tmp) / f"stats_{i}"
-      save_safetensors(grams, path)
-      extra[f"{kind}:{ref}"] = path
-      axes.update(ax)
-      grams_of[ref] = set(grams)
-    linear = dataclasses.replace(recipe, merge_method="linear", base_model=None, parameters={},
-                                 models=tuple(ModelInput(r, {"weight": 1.0}) for r in refs))
+  extra, axes = {}, {}
+  grams_of: dict[str, set] = {}
+  for i, ref in enumerate(refs):
+    _log.info("%s: capturing %s statistics of %s on %d calibration texts", where, kind, ref,
+              len(texts))
+    if is_fisher:
+      grams, ax = capture_fishers(folders[ref], texts, max_length=params["max_length"],
+                                  batch_size=params["batch_size"]), {}
+    else:
+      grams, ax = capture_grams(folders[ref], texts, max_length=params["max_length"],
+                                batch_size=params["batch_size"])
+    if not grams:
+      raise ValueError(f"{folders[ref]}: no {kind} statistics from the calibration text; "
+                       f"{recipe.merge_method!r} has nothing to weigh the merge with")
+    path = Path(stats_dir) / f"stats_{i}"
+    save_safetensors(grams, path)
+    extra[f"{kind}:{ref}"] = path
+    axes.update(ax)
+    grams_of[ref] = set(grams)
+  linear = dataclasses.replace(recipe, merge_method="linear", base_model=None, parameters={},
+                               models=tuple(ModelInput(r, {"weight": 1.0}) for r in refs))
 
-    def rewrite(jobs: list[StreamTask]) -> list[StreamTask]:
-      out = []
-      for job in jobs:
-        names = [n for _, n in job.inputs]
-        if job.record is None or not all(n in grams_of[r] for r, n in job.inputs):
-          out.append(job)
-          continue
-        cfg = (FisherConfig(**rec_cfg) if is_fisher
-               else RegMeanConfig(**rec_cfg, input_axis=axes[names[0]]))
-        what = "Fisher" if is_fisher else "Gram"
-        out.append(dataclasses.replace(
-            job, record=record, config=cfg, has_base=False,
-            inputs=tuple(job.inputs) + tuple((f"{kind}:{r}", n) for r, n in job.inputs),
-            labels=tuple(job.labels or ()) + tuple(f"{what} of {r!r}" for r, _ in job.inputs),
-            compute_dtype=None, out_dtype=job.out_dtype or job.compute_dtype))
-      return out
+  def rewrite(jobs: list[StreamTask]) -> list[StreamTask]:
+    out = []
+    for job in jobs:
+      names = [n for _, n in job.inputs]
+      if job.record is None or not all(n in grams_of[r] for r, n in job.inputs):
+        out.append(job)
+        continue
+      cfg = (FisherConfig(**rec_cfg) if is_fisher
+             else RegMeanConfig(**rec_cfg, input_axis=axes[names[0]]))
+      what = "Fisher" if is_fisher else "Gram"
+      out.append(dataclasses.replace(
+          job, record=record, config=cfg, has_base=False,
+          inputs=tuple(job.inputs) + tuple((f"{kind}:{r}", n) for r, n in job.inputs),
+          labels=tuple(job.labels or ()) + tuple(f"{what} of {r!r}" for r, _ in job.inputs),
+          compute_dtype=None, out_dtype=job.out_dtype or job.compute_dtype))
+    return out
 
-    return merge_checkpoints(linear, out_dir, extra_sources=extra, rewrite_jobs=rewrite,
-                             card=original, **merge_kwargs)
+  return DataAwareMerge(recipe=linear, extra_sources=extra, rewrite_jobs=rewrite)
+
+
+def __getattr__(name: str):
+  if name == "merge_data_aware":  # the streamed merge is merge_checkpoints' (no cycle back)
+    raise AttributeError("jaxparams.merge.learned.checkpoints.merge_data_aware was removed: "
+                         "jaxparams.merge.merge_checkpoints(recipe, out_dir) merges data-aware "
+                         "recipes (it calls prepare_data_aware for the statistics)")
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _load_with_tokenizer(folder: str | Path) -> tuple[Any, Any, Any, Any]:
   """An HF model folder as ``(module, fp32 params, config, tokenizer)`` for calibration text."""
-  from tokenizers import Tokenizer  # pylint: disable=import-outside-toplevel
   from jaxparams.models.hf import from_hf  # pylint: disable=import-outside-toplevel
+  from jaxparams.models.hf_open import hf_tokenizer  # pylint: disable=import-outside-toplevel
   folder = Path(folder)
-  tok_file = folder / "tokenizer.json"
-  if not tok_file.is_file():
-    raise ValueError(f"{folder}: no tokenizer.json; the calibration text cannot be tokenized "
-                     "for this model")
+  tok = hf_tokenizer(folder, purpose="the calibration text cannot be tokenized for this model")
   module, params, config = from_hf(folder, dtype=np.float32, strict=False)
-  return module, params, config, Tokenizer.from_file(str(tok_file))
+  return module, params, config, tok
+
+
+def _stored_names(folder: str | Path) -> dict[str, str]:
+  """Normalised HF tensor name -> name in the files, through the one HF opener."""
+  from jaxparams.models.hf_open import open_hf  # pylint: disable=import-outside-toplevel
+  with open_hf(folder, purpose="a data-aware merge") as ck:
+    return dict(ck.by_norm)

@@ -2,7 +2,7 @@
 
 ``theta*_j = sum_i w_i F_ij theta_ij / sum_i w_i F_ij`` with the diagonal empirical Fisher
 ``F_i = mean_n (d log p(y_n | x_n; theta_i) / d theta)^2`` of each model on its own data
-(per-example gradients by ``jax.vmap(jax.grad(...))``). FusionBench's defaults: Fishers
+(the statistic: :func:`jaxparams.calib.fisher.fisher_diagonal`, re-exported here). FusionBench's defaults: Fishers
 normalised by their global norm, floored at ``1e-6``.
 
 Example:
@@ -15,40 +15,16 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
 
+from jaxparams.calib.fisher import fisher_diagonal  # the statistic lives in calib
+
 __all__ = ["fisher_diagonal", "fisher_merge"]
 
 PyTree = Any
-
-
-def fisher_diagonal(log_likelihood: Callable[[PyTree, jax.Array, jax.Array], jax.Array],
-                    params: PyTree, x: jax.Array, y: jax.Array, *,
-                    batch_size: int = 256) -> PyTree:
-  """Diagonal empirical Fisher ``mean_n g_n^2`` of per-example log-likelihood gradients.
-
-  Args:
-    log_likelihood: ``f(params, x_n, y_n) -> log p(y_n | x_n)`` for ONE example.
-    params: the model's parameters (a pytree of float arrays).
-    x: inputs ``[N, ...]``; y: labels ``[N, ...]``.
-    batch_size: examples per vmapped chunk (bounds memory).
-
-  Returns:
-    A pytree like ``params`` of non-negative Fisher diagonals.
-  """
-  n = int(x.shape[0])
-  if n == 0 or int(y.shape[0]) != n:
-    raise ValueError(f"fisher_diagonal needs N > 0 examples with N labels, got x {x.shape} "
-                     f"and y {y.shape}")
-  per_example = jax.jit(jax.vmap(jax.grad(log_likelihood), in_axes=(None, 0, 0)))
-  total = jax.tree.map(jnp.zeros_like, params)
-  for s in range(0, n, batch_size):
-    g = per_example(params, x[s:s + batch_size], y[s:s + batch_size])
-    total = jax.tree.map(lambda t, gi: t + jnp.sum(gi * gi, axis=0), total, g)
-  return jax.tree.map(lambda t: t / n, total)
 
 
 def fisher_merge(models: Sequence[PyTree], fishers: Sequence[PyTree], *, weights: Any = None,

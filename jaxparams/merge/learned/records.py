@@ -163,7 +163,7 @@ REGMEAN = Transform(
             finite),
     inputs="base+models", base="ignored", min_models=1, options=("grams",),
     description="RegMean: per linear layer W* = (sum G_i)^-1 sum G_i W_i from input Grams",
-    info={"statistics": "gram"})
+    info={"statistics": "gram"}, kind="merge method")
 """The RegMean record (weights then Grams, or ``grams=``)."""
 
 FISHER = Transform(
@@ -171,7 +171,7 @@ FISHER = Transform(
     checks=(float_inputs, fisher_inputs, in_range("min_fisher", 0.0, lo_open=True), finite),
     inputs="base+models", base="ignored", min_models=2,
     description="Fisher merging: diagonal-Fisher-weighted average (weights then Fishers)",
-    info={"statistics": "fisher"})
+    info={"statistics": "fisher"}, kind="merge method")
 """The Fisher-merging record (weights then Fisher diagonals)."""
 
 RECORDS = Registry("data-aware merge method", (REGMEAN, FISHER))
