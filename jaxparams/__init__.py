@@ -21,12 +21,12 @@ __version__ = "0.1.0"
 
 # Sub-packages are imported on first use (PEP 562): `import jaxparams` stays light (no jax,
 # flax or orbax until an area needs them), `jp.merge...` works as before.
-_SUBPACKAGES = ("adapt", "calib", "edit", "io", "merge", "models", "prune", "quant", "scale",
-                "transform", "tree")
+_SUBPACKAGES = ("adapt", "calib", "edit", "io", "merge", "models", "predict", "prune", "quant",
+                "scale", "transform", "tree")
 
 __all__ = [
-    "adapt", "calib", "edit", "io", "merge", "models", "prune", "quant", "scale", "transform",
-    "tree", "__version__",
+    "adapt", "calib", "edit", "io", "merge", "models", "predict", "prune", "quant", "scale",
+    "transform", "tree", "__version__",
 ]
 
 

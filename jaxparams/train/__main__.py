@@ -92,6 +92,15 @@ def run(config, workdir: str) -> int:
   """Trains; returns the exit code (0, or 128 + signal when interrupted). Config errors exit 2."""
   if "entry" in config:
     return run_entry(config, workdir)
+  if config.get("task") == "hypernet":  # configs/logah.py: a graph hypernetwork, not one model
+    from jaxparams.train import hypernet  # pylint: disable=g-import-not-at-top
+    try:
+      out = hypernet.run(config, workdir, progress=lambda r: print(
+          f"step {r['step']:>6}  loss {r['loss']:.4f}  arch {r['arch']}", flush=True))
+    except (TypeError, ValueError) as e:
+      fail(e)
+    print(f"done: hypernetwork {out}")
+    return 0
   try:
     result = trainer.train(config, workdir, progress=lambda r: print(format_record(r), flush=True))
   except trainer.ConfigError as e:
