@@ -14,6 +14,7 @@ from jaxparams.flash.bundle import (BUNDLE_KEY, LAYOUTS, BundleConfig, bundle, b
                                     unbundle, unbundle_record)
 from jaxparams.flash.neurons import NeuronMatrix, Window
 from jaxparams.flash.predictor import (LayerPredictor, expand_predictor, load_predictors,
+                                       predicted_loss, predicted_perplexity,
                                        predictor_metrics, save_predictors, train_predictors)
 from jaxparams.flash.reads import ChunkReader, aligned_empty
 from jaxparams.flash.runtime import FlashConfig, FlashModel, prepare_layout, rss_bytes
@@ -24,5 +25,5 @@ __all__ = ["BUNDLE_KEY", "LAYOUTS", "BundleConfig", "ChunkReader", "FlashConfig"
            "LayerPredictor", "NeuronMatrix", "Window", "active_neurons", "aligned_empty", "bundle",
            "bundle_name", "bundle_record", "bundled_layers", "byte_ids", "expand_predictor",
            "ffn_inputs", "ffn_sparsity", "finetune", "is_bundled", "lm_loss", "load_predictors",
-           "perplexity", "predictor_metrics", "prepare_layout", "relufy", "rss_bytes",
+           "perplexity", "predicted_loss", "predicted_perplexity", "predictor_metrics", "prepare_layout", "relufy", "rss_bytes",
            "save_predictors", "split_record", "train_predictors", "unbundle", "unbundle_record"]

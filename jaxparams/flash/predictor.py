@@ -33,7 +33,7 @@ import optax
 from jaxparams.io import open_checkpoint, save_safetensors
 
 __all__ = ["LayerPredictor", "train_predictors", "predictor_metrics", "save_predictors",
-           "load_predictors", "expand_predictor"]
+           "load_predictors", "expand_predictor", "predicted_loss", "predicted_perplexity"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,3 +167,43 @@ def load_predictors(path: str | Path) -> list[LayerPredictor]:
   return [LayerPredictor(arrays[f"layers.{i}.a"], arrays[f"layers.{i}.b"],
                          arrays[f"layers.{i}.bias"], float(arrays[f"layers.{i}.threshold"][0]))
           for i in range(n)]
+
+
+def predicted_loss(module, params, preds: Sequence[LayerPredictor], ids: jax.Array) -> jax.Array:
+  """Mean next-token loss when each FFN keeps only the neurons its predictor marks active.
+
+  Exact sparse inference with the learned predictors, in memory (without the runtime's
+  window, which only adds neurons back): the input of ``down_proj`` is masked by
+  ``score(x) > threshold`` of the FFN input ``x`` (flax method interception).
+  """
+  import flax.linen as nn  # pylint: disable=import-outside-toplevel
+
+  def run(p, x):
+    seen: dict[str, jax.Array] = {}
+
+    def interceptor(next_fun, a, kw, context):
+      path = getattr(context.module, "path", ())
+      if context.method_name == "__call__" and len(path) >= 3 and path[-2] == "mlp":
+        layer = int(path[-3].split("_")[-1])
+        if path[-1] == "gate_proj":
+          seen[path[-3]] = a[0]
+        elif path[-1] == "down_proj":
+          pr = preds[layer]
+          keep = pr.scores(seen[path[-3]].astype(jnp.float32)) > pr.threshold
+          a = (a[0] * keep.astype(a[0].dtype),) + tuple(a[1:])
+      return next_fun(*a, **kw)
+
+    with nn.intercept_methods(interceptor):
+      logits = module.apply({"params": p}, x[:, :-1]).astype(jnp.float32)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, x[:, 1:]).mean()
+
+  return run(params, ids)
+
+
+def predicted_perplexity(module, params, preds: Sequence[LayerPredictor], batches) -> float:
+  """``exp`` of :func:`predicted_loss` averaged over ``batches``."""
+  f = jax.jit(lambda p, x: predicted_loss(module, p, preds, x))
+  losses = [float(f(params, jnp.asarray(b))) for b in batches]
+  if not losses:
+    raise ValueError("predicted_perplexity: no batches")
+  return float(np.exp(np.mean(losses)))

@@ -121,7 +121,6 @@ def prepare_layout(src: str | Path, out: str | Path, *, bundled: bool = True) ->
   return Path(out)
 
 
-@jax.jit
 def _rms(x, scale, eps):
   return RMSNorm(epsilon=eps).apply({"params": {"scale": scale}}, x)
 
@@ -193,7 +192,6 @@ class FlashModel:
   def __init__(self, path: str | Path, config: FlashConfig = FlashConfig(), *,
                predictors: Sequence[LayerPredictor] | None = None, bundled: bool = True):
     self.cfg = config
-    self.base_rss = rss_bytes()[0]
     self._tmp = None
     path = Path(path)
     with open_checkpoint(path) as r:
@@ -219,11 +217,12 @@ class FlashModel:
 
   # -- loading ---------------------------------------------------------------------------------
   def _open(self, predictors) -> None:
+    """Sizes from the headers, programs compiled, baseline RSS, then the resident weights."""
     c, cfg = self.mc, self.cfg
     reader = open_checkpoint(self.path)
     try:
       self.model_bytes = reader.nbytes
-      ffn_names, parts = [], []
+      parts = []
       for i in range(self.L):
         pre = f"model.layers.{i}.mlp"
         layer_parts = ([f"{pre}.bundle"] if self.bundled else
@@ -231,41 +230,64 @@ class FlashModel:
         missing = [n for n in layer_parts if n not in reader]
         if missing:
           raise ValueError(f"{self.path}: missing FFN tensor(s) {missing}")
-        specs = [reader.spec(n) for n in layer_parts]
-        parts.append(specs)
-        ffn_names += layer_parts
+        parts.append([reader.spec(n) for n in layer_parts])
       self.ffn_bytes = sum(s.nbytes for p in parts for s in p)
       files = sorted({str(s.file) for p in parts for s in p})
       self._file_index = {f: i for i, f in enumerate(files)}
       self.parts = [[(self._file_index[str(s.file)], s.offset) for s in p] for p in parts]
-      arr0 = reader.read(ffn_names[0])[:1]
-      self.np_dtype = arr0.dtype
-      self.itemsize = arr0.dtype.itemsize
-      # Resident parameters.
-      res: dict[str, Any] = {}
-      rb = 0
-
-      def get(name, transpose=False):
-        nonlocal rb
-        a = np.asarray(reader.read(name), np.float32)
-        rb += reader.spec(name).nbytes
-        return jnp.asarray(a.T if transpose else a)
-
-      self.embed = get("model.embed_tokens.weight")
-      self.norm = get("model.norm.weight")
-      self.head = (self.embed.T if c.tie_word_embeddings or "lm_head.weight" not in reader
-                   else get("lm_head.weight", True))
-      self.layers = []
+      self.np_dtype = np.dtype(parts[0][0].dtype)
+      self.itemsize = self.np_dtype.itemsize
+      # The resident parameters: (key, checkpoint name, transpose) per layer, from headers.
+      plan = []
       for i in range(self.L):
         a = f"model.layers.{i}.self_attn"
-        p = {"in_norm": get(f"model.layers.{i}.input_layernorm.weight"),
-             "post_norm": get(f"model.layers.{i}.post_attention_layernorm.weight")}
+        lp = [("in_norm", f"model.layers.{i}.input_layernorm.weight", False),
+              ("post_norm", f"model.layers.{i}.post_attention_layernorm.weight", False)]
         for k in "qkvo":
-          p[k] = get(f"{a}.{k}_proj.weight", True)
+          lp.append((k, f"{a}.{k}_proj.weight", True))
           if f"{a}.{k}_proj.bias" in reader:
-            p[k + "_b"] = get(f"{a}.{k}_proj.bias")
-        self.layers.append(p)
-      del res
+            lp.append((k + "_b", f"{a}.{k}_proj.bias", False))
+        plan.append(lp)
+      tied = c.tie_word_embeddings or "lm_head.weight" not in reader
+      top = ["model.embed_tokens.weight", "model.norm.weight"] + ([] if tied else
+                                                                   ["lm_head.weight"])
+      rb = sum(reader.spec(n).nbytes for lp in plan for _, n, _ in lp)
+      rb += sum(reader.spec(n).nbytes for n in top)
+      if predictors is not None and not cfg.naive and not cfg.oracle:
+        rb += sum(p.nbytes for p in predictors)
+      # The KV cache is activation memory (like the activations of a dense run): reported,
+      # not charged to the parameter budget.
+      self.kv_bytes = self.L * 2 * cfg.max_seq * c.num_key_value_heads * c.head_dim_ * 4
+      self.resident_bytes = rb
+      self.budget_bytes = self._budget()
+      allowance = self.budget_bytes - self.resident_bytes
+      self.row_bytes = 3 * self.H * self.itemsize
+      layer_bytes = self.I * self.row_bytes
+      if allowance < (layer_bytes if cfg.naive else self.row_bytes * self.L):
+        raise ValueError(f"memory budget {self.budget_bytes} bytes leaves {allowance} for the FFN "
+                         f"after {self.resident_bytes} resident bytes; need at least "
+                         f"{layer_bytes if cfg.naive else self.row_bytes * self.L}")
+      if cfg.naive:
+        self.keep_all = allowance >= self.L * layer_bytes
+        self.capacity = self.I
+      else:
+        self.capacity = int(min(self.I, allowance // self.L // self.row_bytes))
+      # Every program compiled ahead of time from shapes alone, before any weight is read:
+      # the baseline RSS then holds python, jax and the compiled programs.
+      shapes = {k: (tuple(reader.spec(n).shape[::-1]) if t else tuple(reader.spec(n).shape))
+                for k, n, t in plan[0]}
+      self._compile(shapes, None if tied else tuple(reader.spec("lm_head.weight").shape[::-1]),
+                    predictors)
+      self.base_rss = rss_bytes()[0]
+
+      def get(name, transpose=False):
+        a = np.asarray(reader.read(name), np.float32)
+        return jnp.asarray(a.T if transpose else a)
+
+      self.embed = np.asarray(reader.read("model.embed_tokens.weight"), np.float32)
+      self.norm = get("model.norm.weight")
+      self.head = jnp.asarray(self.embed.T) if tied else get("lm_head.weight", True)
+      self.layers = [{k: get(n, t) for k, n, t in lp} for lp in plan]
       if cfg.oracle:  # correctness device: dense gates, outside the budget
         self.oracle_gates = []
         for i in range(self.L):
@@ -274,41 +296,54 @@ class FlashModel:
           else:
             g = np.asarray(reader.read(f"model.layers.{i}.mlp.gate_proj.weight"))
           self.oracle_gates.append(jnp.asarray(np.ascontiguousarray(g.T), jnp.float32))
+          del g
     finally:
       reader.close()
     self.predictors = None
     if predictors is not None and not cfg.naive and not cfg.oracle:
       self.predictors = [(jnp.asarray(p.a), jnp.asarray(p.b), jnp.asarray(p.bias),
                           jnp.float32(p.threshold)) for p in predictors]
-      rb += sum(p.nbytes for p in predictors)
-    # The KV cache is activation memory (like the activations of a dense run): reported, not
-    # charged to the parameter budget.
-    self.kv_bytes = self.L * 2 * cfg.max_seq * c.num_key_value_heads * c.head_dim_ * 4
-    self.resident_bytes = rb
-    self.budget_bytes = self._budget()
-    allowance = self.budget_bytes - self.resident_bytes
-    self.row_bytes = 3 * self.H * self.itemsize
-    layer_bytes = self.I * self.row_bytes
-    if allowance < (layer_bytes if cfg.naive else self.row_bytes * self.L):
-      raise ValueError(f"memory budget {self.budget_bytes} bytes leaves {allowance} for the FFN "
-                       f"after {self.resident_bytes} resident bytes; need at least "
-                       f"{layer_bytes if cfg.naive else self.row_bytes * self.L}")
     if cfg.naive:
-      self.keep_all = allowance >= self.L * layer_bytes
       n_buf = self.L if self.keep_all else 1
       self.layer_buf = [aligned_empty((self.I, 3 * self.H), self.np_dtype) for _ in range(n_buf)]
       self.layer_loaded = [False] * self.L
       self.ffn_alloc_bytes = n_buf * layer_bytes
     else:
-      cap = min(self.I, allowance // self.L // self.row_bytes)
-      self.matrices = [NeuronMatrix(capacity=cap, num_neurons=self.I, row=3 * self.H,
+      self.matrices = [NeuronMatrix(capacity=self.capacity, num_neurons=self.I, row=3 * self.H,
                                     dtype=self.np_dtype) for _ in range(self.L)]
       self.windows = [Window(self.I, cfg.window) for _ in range(self.L)]
-      self.ffn_alloc_bytes = self.L * cap * self.row_bytes
+      self.ffn_alloc_bytes = self.L * self.capacity * self.row_bytes
     self.reader = ChunkReader(list(self._file_index), threads=cfg.threads)
-    self._attn = _attention_step(c)
-    self._ffn = _ffn_fn(self.act, self.H)
-    self._scores = _scores_fn()
+
+  def _buckets(self) -> list[int]:
+    if self.cfg.naive:
+      return [self.I]
+    out, b = [], self.cfg.min_bucket
+    while True:
+      out.append(min(b, self.capacity))
+      if b >= self.capacity:
+        return sorted(set(out))
+      b *= 2
+
+  def _compile(self, shapes: dict, head_shape, predictors) -> None:
+    c, f32, S = self.mc, jnp.float32, jax.ShapeDtypeStruct
+    x = S((1, self.H), f32)
+    p = {k: S(v, f32) for k, v in shapes.items()}
+    kc = S((1, self.cfg.max_seq, c.num_key_value_heads, c.head_dim_), f32)
+    i32 = S((), jnp.int32)
+    self._attn = _attention_step(c).lower(x, p, kc, kc, i32).compile()
+    hs = head_shape or (self.H, c.vocab_size)
+    eps = c.rms_norm_eps
+    self._head = jax.jit(lambda x, n, w: _rms(x, n, eps) @ w).lower(
+        x, S((self.H,), f32), S(hs, f32)).compile()
+    ffn = _ffn_fn(self.act, self.H)
+    self._ffn = {b: ffn.lower(x, S((b, 3 * self.H), self.np_dtype), i32).compile()
+                 for b in self._buckets()}
+    self._scores = None
+    if predictors is not None and not self.cfg.naive and not self.cfg.oracle:
+      r = predictors[0].a.shape[1]
+      self._scores = _scores_fn().lower(x, S((self.H, r), f32), S((r, self.I), f32),
+                                        S((self.I,), f32), S((), f32)).compile()
 
   def _budget(self) -> int:
     b = self.cfg.memory_budget
@@ -359,7 +394,7 @@ class FlashModel:
         self.reader.read(reqs)
         self.layer_loaded[i] = True
       t0 = time.perf_counter()
-      out = self._ffn(h, buf, self.I).block_until_ready()
+      out = self._ffn[self.I](h, buf, np.int32(self.I)).block_until_ready()
       stats["compute"] += time.perf_counter() - t0
       stats["active"][i] += self.I
       return out
@@ -397,7 +432,7 @@ class FlashModel:
     self.reader.read(reqs)
     t0 = time.perf_counter()
     bucket = self._bucket(m.n, m.capacity)
-    out = self._ffn(h, m.rows[:bucket], m.n).block_until_ready()
+    out = self._ffn[bucket](h, m.rows[:bucket], np.int32(m.n)).block_until_ready()
     stats["compute"] += time.perf_counter() - t0
     stats["active"][i] += active.size
     stats["loaded"][i] += m.n
@@ -405,7 +440,7 @@ class FlashModel:
 
   def _step(self, token: int, pos: int, caches: list, stats: dict) -> jax.Array:
     t0 = time.perf_counter()
-    x = self.embed[token][None]
+    x = jnp.asarray(self.embed[token][None])
     stats["compute"] += time.perf_counter() - t0
     for i, p in enumerate(self.layers):
       t0 = time.perf_counter()
@@ -416,7 +451,7 @@ class FlashModel:
       stats["compute"] += time.perf_counter() - t0
       x = x + self._ffn_layer(i, h, pos, stats)
     t0 = time.perf_counter()
-    logits = (_rms(x, self.norm, self.mc.rms_norm_eps) @ self.head)[0]
+    logits = self._head(x, self.norm, self.head)[0]
     logits.block_until_ready()
     stats["compute"] += time.perf_counter() - t0
     if self.cfg.drop_cache_every_token:
@@ -424,29 +459,6 @@ class FlashModel:
       self.reader.drop_cache()
       stats["mem"] += time.perf_counter() - t0
     return logits
-
-  def warmup(self) -> None:
-    """Compiles the attention, predictor and every FFN bucket (not timed by :meth:`generate`)."""
-    c = self.mc
-    kc = jnp.zeros((1, self.cfg.max_seq, c.num_key_value_heads, c.head_dim_), jnp.float32)
-    x = jnp.zeros((1, self.H), jnp.float32)
-    _, h, _, _ = self._attn(x, self.layers[0], kc, kc, jnp.int32(0))
-    _rms(x, self.norm, self.mc.rms_norm_eps).block_until_ready()
-    if self.cfg.naive:
-      self._ffn(h, self.layer_buf[0], self.I).block_until_ready()
-      return
-    if self.predictors is not None:
-      self._scores(h, *self.predictors[0])[0].block_until_ready()
-    cap = self.matrices[0].capacity
-    b = self.cfg.min_bucket
-    sizes = set()
-    while True:
-      sizes.add(min(b, cap))
-      if b >= cap:
-        break
-      b *= 2
-    for s in sorted(sizes):
-      self._ffn(h, self.matrices[0].rows[:s], 0).block_until_ready()
 
   def generate(self, prompt: Sequence[int], new_tokens: int, *,
                keep_logits: bool = False) -> dict[str, Any]:
@@ -465,7 +477,6 @@ class FlashModel:
     if bad:
       raise ValueError(f"generate: token ids {bad[:4]} outside the vocabulary "
                        f"[0, {self.mc.vocab_size})")
-    self.warmup()
     c = self.mc
     kc = jnp.zeros((1, self.cfg.max_seq, c.num_key_value_heads, c.head_dim_), jnp.float32)
     caches = [(kc, kc) for _ in range(self.L)]

@@ -61,10 +61,29 @@ def byte_ids(texts: Sequence[str], seq_len: int) -> np.ndarray:
   return data[:n * seq_len].reshape(n, seq_len)
 
 
-def lm_loss(module: Any, params: Any, ids: jax.Array) -> jax.Array:
-  """Mean next-token cross-entropy of ``ids[b, t]`` (nats)."""
-  logits = module.apply({"params": params}, ids[:, :-1]).astype(jnp.float32)
-  return optax.softmax_cross_entropy_with_integer_labels(logits, ids[:, 1:]).mean()
+def lm_loss(module: Any, params: Any, ids: jax.Array, activation_l1: float = 0.0) -> jax.Array:
+  """Mean next-token cross-entropy of ``ids[b, t]`` (nats).
+
+  ``activation_l1 > 0`` adds that times the mean ``|act(gate x) * up x|`` of every FFN (the
+  input of ``down_proj``): the activation sparsity regulariser of ProSparse (Song et al.
+  2024), which pushes a relufied model's gates below zero.
+  """
+  if not activation_l1:
+    logits = module.apply({"params": params}, ids[:, :-1]).astype(jnp.float32)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, ids[:, 1:]).mean()
+  import flax.linen as nn  # pylint: disable=import-outside-toplevel
+  acts = []
+
+  def interceptor(next_fun, a, kw, context):
+    path = getattr(context.module, "path", ())
+    if context.method_name == "__call__" and path[-2:-1] == ("mlp",) and path[-1] == "down_proj":
+      acts.append(jnp.abs(a[0].astype(jnp.float32)).mean())
+    return next_fun(*a, **kw)
+
+  with nn.intercept_methods(interceptor):
+    logits = module.apply({"params": params}, ids[:, :-1]).astype(jnp.float32)
+  ce = optax.softmax_cross_entropy_with_integer_labels(logits, ids[:, 1:]).mean()
+  return ce + activation_l1 * jnp.mean(jnp.stack(acts))
 
 
 def perplexity(module: Any, params: Any, batches: Iterable[Any]) -> float:
@@ -78,11 +97,12 @@ def perplexity(module: Any, params: Any, batches: Iterable[Any]) -> float:
 
 def finetune(module: Any, params: Any, batches: Sequence[Any], *, steps: int,
              learning_rate: float = 1e-3, weight_decay: float = 0.0, warmup: int = 20,
-             log_every: int = 0) -> tuple[Any, list[float]]:
+             activation_l1: float = 0.0, log_every: int = 0) -> tuple[Any, list[float]]:
   """Trains every parameter for ``steps`` next-token steps (AdamW, cosine schedule).
 
   Used for relufication (swap the activation, then fine-tune briefly) and for
-  training small models from scratch. ``batches`` are cycled.
+  training small models from scratch. ``batches`` are cycled. ``activation_l1``: see
+  :func:`lm_loss` (losses logged include it).
 
   Returns:
     ``(params, losses)``.
@@ -90,14 +110,15 @@ def finetune(module: Any, params: Any, batches: Sequence[Any], *, steps: int,
   if steps < 1 or not batches:
     raise ValueError(f"finetune: need steps >= 1 and batches, got steps={steps}, "
                      f"{len(batches)} batches")
-  sched = optax.warmup_cosine_decay_schedule(0.0, learning_rate, min(warmup, steps), steps,
+  sched = optax.warmup_cosine_decay_schedule(0.0, learning_rate, min(warmup, max(steps // 10, 1)),
+                                             steps + 1,
                                              learning_rate * 0.1)
   opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(sched, weight_decay=weight_decay))
   state = opt.init(params)
 
   @jax.jit
   def step(p, s, x):
-    loss, g = jax.value_and_grad(lambda q: lm_loss(module, q, x))(p)
+    loss, g = jax.value_and_grad(lambda q: lm_loss(module, q, x, activation_l1))(p)
     u, s = opt.update(g, s, p)
     return optax.apply_updates(p, u), s, loss
 
