@@ -52,9 +52,9 @@ from jaxparams.models.hf_llama import name_map
 from jaxparams.scale import widen_llama_ffn
 from jaxparams.scale.unit_mapping import wider_mapping
 
-FULL = dict(hidden=128, layers=4, heads=4, inter=512, seq=64, batch=16, silu_steps=150,
-            relu_steps=100, l1=5.0, lr=3e-3, rank=32, pred_steps=400, capture_rows=64,
-            grow_to=327680, new_tokens=16, prompt_bytes=24)
+FULL = dict(hidden=128, layers=4, heads=4, inter=512, seq=64, batch=16, silu_steps=80,
+            relu_steps=50, l1=5.0, lr=3e-3, rank=32, pred_steps=400, capture_rows=64,
+            grow_to=327680, new_tokens=12, prompt_bytes=24)
 QUICK = dict(hidden=64, layers=4, heads=4, inter=256, seq=64, batch=16, silu_steps=40,
              relu_steps=30, l1=5.0, lr=3e-3, rank=16, pred_steps=200, capture_rows=32,
              grow_to=4096, new_tokens=8, prompt_bytes=16)
