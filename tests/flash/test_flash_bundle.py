@@ -40,6 +40,10 @@ def test_bundle_row_is_gate_up_down_of_one_neuron(tmp_path):
   np.testing.assert_array_equal(row[h:2 * h], a["model.layers.1.mlp.up_proj.weight"][7])
   np.testing.assert_array_equal(row[2 * h:], a["model.layers.1.mlp.down_proj.weight"][:, 7])
   assert not any(".mlp.gate_proj" in k for k in b)
+  from safetensors.numpy import load_file  # pylint: disable=import-outside-toplevel
+  other = load_file(str(tmp_path / "b" / "model.safetensors"))  # another tool reads it
+  assert sorted(other) == sorted(b)
+  np.testing.assert_array_equal(other["model.layers.1.mlp.bundle"], b["model.layers.1.mlp.bundle"])
   with open_checkpoint(tmp_path / "b") as r:  # a plain safetensors folder, marked
     assert r.metadata.get(flash.BUNDLE_KEY) == "bundled"
     assert flash.bundled_layers(r) == {0: "model.layers.0.mlp.bundle",
