@@ -84,8 +84,9 @@ def _run(args: argparse.Namespace) -> int:
     pass
   cfg = flash.FlashConfig(memory_budget=budget, naive=args.naive, oracle=args.oracle,
                           window=args.window, threads=args.threads)
-  preds = flash.load_predictors(args.predictors) if args.predictors else None
-  with flash.FlashModel(args.model, cfg, predictors=preds, bundled=not args.no_bundle) as m:
+  # A folder: read by the runtime after its baseline RSS (the predictors count in the budget).
+  with flash.FlashModel(args.model, cfg, predictors=args.predictors,
+                        bundled=not args.no_bundle) as m:
     report = m.generate(_ids(args.prompt_ids), args.new_tokens)
   out = Path(args.report)
   tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")

@@ -47,7 +47,7 @@ import numpy as np
 
 from jaxparams.flash.bundle import bundle, bundled_layers
 from jaxparams.flash.neurons import NeuronMatrix, Window
-from jaxparams.flash.predictor import LayerPredictor
+from jaxparams.flash.predictor import LayerPredictor, load_predictors
 from jaxparams.flash.reads import ChunkReader, aligned_empty
 from jaxparams.io import open_checkpoint, parse_size, read_json
 from jaxparams.models import LlamaConfig
@@ -185,12 +185,15 @@ class FlashModel:
     path: an HF folder (rewritten into the needed layout in a temporary folder, removed on
       :meth:`close`), or a bundled / split folder from :func:`jaxparams.flash.bundle`.
     config: :class:`FlashConfig`.
-    predictors: one :class:`LayerPredictor` per layer (required unless naive or oracle).
+    predictors: one :class:`LayerPredictor` per layer (required unless naive or oracle), or
+      the folder written by :func:`jaxparams.flash.save_predictors` (read after the
+      baseline RSS is taken, so that their bytes count once: in the budget).
     bundled: read the bundled layout (else the split one).
   """
 
   def __init__(self, path: str | Path, config: FlashConfig = FlashConfig(), *,
-               predictors: Sequence[LayerPredictor] | None = None, bundled: bool = True):
+               predictors: Sequence[LayerPredictor] | str | Path | None = None,
+               bundled: bool = True):
     self.cfg = config
     self._tmp = None
     path = Path(path)
@@ -209,6 +212,8 @@ class FlashModel:
                        "qk_norm, sliding window or MLP bias)")
     if not (config.naive or config.oracle) and predictors is None:
       raise ValueError("FlashModel: predictors are required unless naive or oracle")
+    if isinstance(predictors, (str, Path)):
+      predictors = _PredictorFolder(Path(predictors))
     if predictors is not None and len(predictors) != c.num_hidden_layers:
       raise ValueError(f"FlashModel: {len(predictors)} predictors for {c.num_hidden_layers} layers")
     self.act = _ACT[c.hidden_act]
@@ -300,6 +305,8 @@ class FlashModel:
     finally:
       reader.close()
     self.predictors = None
+    if isinstance(predictors, _PredictorFolder):
+      predictors = predictors.load()
     if predictors is not None and not cfg.naive and not cfg.oracle:
       self.predictors = [(jnp.asarray(p.a), jnp.asarray(p.b), jnp.asarray(p.bias),
                           jnp.float32(p.threshold)) for p in predictors]
@@ -341,7 +348,7 @@ class FlashModel:
                  for b in self._buckets()}
     self._scores = None
     if predictors is not None and not self.cfg.naive and not self.cfg.oracle:
-      r = predictors[0].a.shape[1]
+      r = predictors.rank if isinstance(predictors, _PredictorFolder) else predictors[0].a.shape[1]
       self._scores = _scores_fn().lower(x, S((self.H, r), f32), S((r, self.I), f32),
                                         S((self.I,), f32), S((), f32)).compile()
 
@@ -533,6 +540,34 @@ class FlashModel:
 
   def __exit__(self, *exc) -> None:
     self.close()
+
+
+class _PredictorFolder:
+  """Sizes of saved predictors from their headers; the arrays are read by :meth:`load`."""
+
+  def __init__(self, path: Path):
+    self.path = path
+    with open_checkpoint(path) as r:
+      names = r.names()
+      self.n = len({k.split(".")[1] for k in names if k.startswith("layers.")})
+      self.nbytes = sum(r.spec(k).nbytes for k in names)
+      if "layers.0.a" not in names:
+        raise ValueError(f"{path}: not a predictor checkpoint (no 'layers.0.a')")
+      self.rank = r.spec("layers.0.a").shape[1]
+
+  def __len__(self) -> int:
+    return self.n
+
+  def __iter__(self):
+    yield _Bytes(self.nbytes)
+
+  def load(self) -> list:
+    return load_predictors(self.path)
+
+
+@dataclasses.dataclass
+class _Bytes:
+  nbytes: int
 
 
 def _new_stats(layers: int) -> dict:
