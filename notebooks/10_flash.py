@@ -35,7 +35,7 @@ import jaxparams as jp
 
 results = pathlib.Path(jp.__file__).resolve().parents[1] / "benchmarks" / "results"
 r = json.loads((results / "flash.json").read_text())
-names = ["naive", "predictor", "windowing", "bundled"]
+names = [n for n in ["naive", "predictor", "windowing", "bundled"] if n in r["settings"]]
 s = [r["settings"][n] for n in names]
 print(f"model: {r['model']['params'] / 1e6:.0f}M parameters, grown from "
       f"{r['model']['grown_from_params'] / 1e6:.2f}M ({r['date']}, {r['machine']})")
