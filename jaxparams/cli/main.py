@@ -22,7 +22,7 @@ from typing import Sequence
 
 # Sub-command modules, in the order ``--help`` lists them.
 SUBCOMMANDS = ("demo", "inspect", "convert", "merge", "quantize", "dequantize", "lora", "prune",
-               "edit")
+               "edit", "flash")
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:

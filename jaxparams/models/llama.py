@@ -44,6 +44,9 @@ from jaxparams.models.rope import apply_rotary, rope_cos_sin, rope_type
 __all__ = ["LlamaConfig", "Llama", "LlamaBlock", "LlamaAttention", "LlamaMLP"]
 
 
+# FFN gate activations (hidden_act); 'relu' gives the sparse FFNs of relufied Llamas.
+_ACTS = {"silu": jax.nn.silu, "swish": jax.nn.silu, "relu": jax.nn.relu}
+
 _FAMILY_FIELDS = ("qkv_bias", "qk_norm", "sliding_window", "layer_types", "fused_projections")
 
 
@@ -111,8 +114,8 @@ class LlamaConfig:
     if self.num_attention_heads % self.num_key_value_heads:
       raise ValueError(f"num_attention_heads ({self.num_attention_heads}) must be a multiple of "
                        f"num_key_value_heads ({self.num_key_value_heads})")
-    if self.hidden_act not in ("silu", "swish"):
-      raise ValueError(f"hidden_act {self.hidden_act!r} not supported; supported: 'silu'")
+    if self.hidden_act not in _ACTS:
+      raise ValueError(f"hidden_act {self.hidden_act!r} not supported; supported: {list(_ACTS)}")
     if isinstance(self.layer_types, list):
       object.__setattr__(self, "layer_types", tuple(self.layer_types))
     if self.layer_types is not None:
@@ -223,7 +226,8 @@ class LlamaAttention(nn.Module):
 
 
 class LlamaMLP(nn.Module):
-  """SwiGLU feed-forward: ``down_proj(silu(gate_proj(x)) * up_proj(x))``."""
+  """Gated feed-forward: ``down_proj(act(gate_proj(x)) * up_proj(x))``; act is ``hidden_act``
+  (SiLU: SwiGLU, the default; ReLU: the sparse FFN of relufied models)."""
   config: LlamaConfig
   dot: Callable | None = None
 
@@ -235,7 +239,7 @@ class LlamaMLP(nn.Module):
       gate, up = jnp.split(lin(2 * c.intermediate_size, "gate_up_proj")(x), 2, axis=-1)
     else:
       gate, up = lin(c.intermediate_size, "gate_proj")(x), lin(c.intermediate_size, "up_proj")(x)
-    return lin(c.hidden_size, "down_proj")(jax.nn.silu(gate) * up)
+    return lin(c.hidden_size, "down_proj")(_ACTS[c.hidden_act](gate) * up)
 
 
 class LlamaBlock(nn.Module):
