@@ -262,6 +262,7 @@ def _autoround(w: jax.Array, stats: Any, cfg: AutoRoundConfig, *, name: str = ""
 
 AUTOROUND_RECORD = qrec.quantizer(
     "autoround", _autoround, AutoRoundConfig, needs="hessian",
+    params_check=lambda cfg, name: _check(cfg, name),
     description="AutoRound: signed-gradient learned rounding and min-max clipping")
 
 

@@ -132,6 +132,7 @@ def quantizer(name: str, math_fn: Callable, config: type, *, needs: str = "none"
               jitted: bool = False, bit_widths: tuple[int, ...] | None = INT_BITS,
               group_field: str | None = "group_size",
               group_when: Callable[[Any], bool] | None = None,
+              params_check: Callable[[Any, str], Any] | None = None,
               description: str = "") -> Transform:
   """The record of one per-matrix quantizer.
 
@@ -145,11 +146,15 @@ def quantizer(name: str, math_fn: Callable, config: type, *, needs: str = "none"
     bit_widths: allowed ``config.bits`` (``None``: the method has a fixed width).
     group_field: the config field holding the group size (``None``: no groups).
     group_when: restricts the group check (``config -> bool``).
+    params_check: the method's own parameter validation, ``(config, tensor_path)`` raising
+      ``ValueError``; run right after the matrix check, before bits and group size.
     description: one line for listings.
   """
   if needs not in NEEDS:
     raise ValueError(f"quantizer {name!r}: needs must be one of {NEEDS}, got {needs!r}")
   checks = [matrix]
+  if params_check is not None:
+    checks.append(Check(f"{name}_params", static=lambda ctx: params_check(ctx.config, ctx.path)))
   if bit_widths is not None:
     checks.append(bits(bit_widths))
   if group_field is not None:
