@@ -247,7 +247,10 @@ def _quantize_one(path, leaf, x, spec, reason, report, cfg, config, log):
     xs = x / np.asarray(lf.smooth, np.float32) if lf.smooth is not None else x
     r0 = lf.rotation()
     w_in = r0 @ lf.weight()      # the weight in the basis of xs
-    r, l0, l1 = learn_rotation(xs, w_in, r0, bits=bits, group=group, act_bits=cfg.act_bits,
+    # SpinQuant's recipe: with a calibrated weight method (GPTQ) the rotation is learned with
+    # full-precision weights (W16) and the method quantizes afterwards.
+    lbits = 0 if qrules.is_calibrated(spec[0]) else bits
+    r, l0, l1 = learn_rotation(xs, w_in, r0, bits=lbits, group=group, act_bits=cfg.act_bits,
                                act_clip=cfg.act_clip, cfg=cfg.learn, seed=cfg.seed)
     r = np.asarray(r, np.float64)
     # re-orthonormalise (float32 Cayley steps drift ~1e-6) so the fold stays exact
@@ -258,9 +261,8 @@ def _quantize_one(path, leaf, x, spec, reason, report, cfg, config, log):
     log.setdefault(path, {}).update(learned_loss_start=l0, learned_loss_best=l1)
   stats = None
   if x is not None:
-    xt = np.asarray(jax.jit(lambda v: dataclasses.replace(lf, act_bits=0).transform_input(v))(
-        jnp.asarray(x)))
-    stats = InputStats.from_inputs(jnp.asarray(xt))
+    xt = dataclasses.replace(lf, act_bits=0).transform_input(jnp.asarray(x))   # eager: no
+    stats = InputStats.from_inputs(xt)                                          # compile/layer
   w = jnp.asarray(lf.w)
   qa = qrules.quantize_planned(path, w, spec, reason, report, stats=stats)
   lf = dataclasses.replace(lf, w=qa, act_bits=cfg.act_bits, act_clip=cfg.act_clip)

@@ -3,7 +3,7 @@
 SpinQuant starts its rotations from a random Hadamard and learns them with ``SGDG``
 (Li et al.'s Cayley SGD, ``stiefel=True``): with ``G = dL/dR``,
 
-    G^ = G R^T - 1/2 R R^T G R^T,   Y = G^ - G^^T   (skew-symmetric),
+    M = -G,  M^ = M R^T - 1/2 R R^T M R^T,   Y = M^ - M^^T   (skew-symmetric),
     R <- (I - lr/2 Y)^-1 (I + lr/2 Y) R,
 
 a Cayley retraction, so ``R`` stays orthogonal (SpinQuant solves the inverse by a short
@@ -54,7 +54,7 @@ class LearnConfig:
     rows: calibration rows (tokens) used per layer (a seeded subsample).
   """
   steps: int = 40
-  lr: float = 1.0
+  lr: float = 0.5
   rows: int = 1024
 
   def __post_init__(self):
@@ -63,8 +63,10 @@ class LearnConfig:
 
 
 def cayley_step(r: jax.Array, g: jax.Array, lr: jax.Array | float) -> jax.Array:
-  """One Cayley SGD step of ``R`` along the Riemannian gradient of ``G`` (module doc)."""
-  ghat = g @ r.T - 0.5 * r @ (r.T @ g @ r.T)
+  """One Cayley SGD descent step of ``R`` for the loss gradient ``G`` (module doc; Li et al.'s
+  ``M = -G``: the update moves against the gradient)."""
+  m = -g
+  ghat = m @ r.T - 0.5 * r @ (r.T @ m @ r.T)
   y = ghat - ghat.T
   eye = jnp.eye(r.shape[0], dtype=r.dtype)
   return jnp.linalg.solve(eye - 0.5 * lr * y, (eye + 0.5 * lr * y) @ r)
@@ -119,4 +121,6 @@ def learn_rotation(x: Any, w: Any, r0: Any, *, bits: int, group: int, act_bits: 
   if steps == 0:
     return np.asarray(r0), start, start
   r, best = run(r0)
+  if not float(best) < start:      # never worse than the start
+    return np.asarray(r0), start, start
   return np.asarray(r), start, float(best)
