@@ -208,9 +208,34 @@ def acts(args) -> None:
          for p, e in out["layers"].items()})
 
 
+def table(args) -> None:
+  """Markdown tables of the rows in ``--out`` (what benchmarks/RESULTS.md quotes)."""
+  rows = json.loads(Path(args.out).read_text())
+  name = lambda r: (f"{r['method']} W{r['bits']}" + (f" g{r['group_size']}" if r['group_size'] > 0
+                    else " ch") + f" A{r['act_bits'] or 16}")
+  mini = [r for r in rows if r.get("model") == "minilm"]
+  if mini:
+    print("| setting | rotation | smooth | mean cos | min cos | CPU s | wall s |")
+    print("|---|---|---|---|---|---|---|")
+    for r in mini:
+      print(f"| {name(r)} | {r['rotate'] or 'none'} | {r['smooth'] if r['smooth'] is not None else '-'}"
+            f" | {r['mean_cos']:.4f} | {r['min_cos']:.4f} | {r['cpu_seconds']:.0f} | "
+            f"{r['seconds']:.0f} |")
+  lm_rows = [r for r in rows if r.get("model") == "lm"]
+  if lm_rows:
+    print("\n| setting | rotation | perplexity | CPU s | wall s |")
+    print("|---|---|---|---|---|")
+    for r in lm_rows:
+      if r["method"] == "fp":
+        print(f"| full precision | - | {r['ppl']:.3f} | - | - |")
+        continue
+      print(f"| {name(r)} | {r['rotate'] or 'none'} | {r['ppl']:.3f} | {r['cpu_seconds']:.0f} | "
+            f"{r['seconds']:.0f} |")
+
+
 def main() -> int:
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  ap.add_argument("--part", choices=("minilm", "lm", "acts"), required=True)
+  ap.add_argument("--part", choices=("minilm", "lm", "acts", "table"), required=True)
   ap.add_argument("--rows", default=",".join(MINILM_ROWS),
                   help="method:bits:group:act_bits:rotation[:smooth] specs, comma-separated")
   ap.add_argument("--calib", type=int, default=190)
@@ -218,10 +243,15 @@ def main() -> int:
   ap.add_argument("--learn-steps", type=int, default=30)
   ap.add_argument("--learn-rows", type=int, default=512)
   ap.add_argument("--work", default="/tmp/jaxparams_quant_ppl")
+  ap.add_argument("--xla-cache", default="", help="persistent XLA compilation cache folder")
   ap.add_argument("--out", required=True, help="JSON file rows are appended to")
   args = ap.parse_args()
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
-  {"minilm": minilm, "lm": lm, "acts": acts}[args.part](args)
+  import jax  # pylint: disable=g-import-not-at-top
+  if args.xla_cache:   # rows recompile the same captures: a persistent cache shares them
+    jax.config.update("jax_compilation_cache_dir", args.xla_cache)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  {"minilm": minilm, "lm": lm, "acts": acts, "table": table}[args.part](args)
   return 0
 
 

@@ -34,10 +34,7 @@ import numpy as np
 import jaxparams as jp
 from jaxparams.quant import hadamard, rotate
 
-ROOT = pathlib.Path.cwd()
-while not (ROOT / "benchmarks").is_dir() and ROOT != ROOT.parent:
-  ROOT = ROOT.parent
-RES = ROOT / "benchmarks" / "results"
+RES = pathlib.Path(jp.__file__).resolve().parents[1] / "benchmarks" / "results"
 acts = json.loads((RES / "rotation_activations.json").read_text())
 
 # %% [markdown]
@@ -99,17 +96,17 @@ print("Hadamard factor of 48 and 96:", hadamard.split_pow2(48), hadamard.split_p
 rows_path = RES / "quant_rotation.json"
 rows = json.loads(rows_path.read_text()) if rows_path.is_file() else []
 mini = [r for r in rows if r.get("model") == "minilm"]
+fig, ax = plt.subplots(figsize=(9, 3.2))
+labels = [f"{r['method']} W{r['bits']}A{r['act_bits'] or 16}\n{r['rotate'] or 'no rot'}"
+          + (f" sq{r['smooth']}" if r.get("smooth") is not None else "") for r in mini]
+ax.bar(np.arange(len(mini)), [r["mean_cos"] for r in mini])
+ax.set_xticks(np.arange(len(mini)), labels, fontsize=7)
 if mini:
-  fig, ax = plt.subplots(figsize=(9, 3.2))
-  labels = [f"{r['method']} W{r['bits']}A{r['act_bits'] or 16}\n{r['rotate'] or 'no rot'}"
-            + (f" sq{r['smooth']}" if r.get("smooth") is not None else "") for r in mini]
-  ax.bar(np.arange(len(mini)), [r["mean_cos"] for r in mini])
-  ax.set_xticks(np.arange(len(mini)), labels, fontsize=7)
   ax.set_ylim(min(r["mean_cos"] for r in mini) - 0.01, 1.0)
-  ax.set_ylabel("mean cosine to fp")
-  ax.set_title("all-MiniLM-L6-v2, held-out sentences")
-  plt.tight_layout()
-  plt.show()
+ax.set_ylabel("mean cosine to fp")
+ax.set_title("all-MiniLM-L6-v2, held-out sentences")
+plt.tight_layout()
+plt.show()
 for r in rows:
   print({k: r[k] for k in ("model", "method", "bits", "group_size", "act_bits", "rotate",
                            "smooth", "mean_cos", "ppl") if k in r})
