@@ -38,6 +38,13 @@ def dequantize_checkpoint(qdir: str | Path, out: str | Path, *, dtype: Any = Non
 
 
 def run(args: argparse.Namespace) -> int:
+  from jaxparams.quant import rotated_checkpoint as rc  # pylint: disable=g-import-not-at-top
+  if rc.is_outliers_checkpoint(args.qdir):   # issue 29: rotations multiplied back
+    info = rc.dequantize_outliers_checkpoint(args.qdir, args.out, dtype=args.dtype,
+                                             overwrite=args.overwrite)
+    print(f"wrote {args.out}: {info['dequantized']} tensors dequantized, {info['unrotated']} "
+          "with their rotations multiplied back (stock full-precision weights)")
+    return 0
   info = stream.dequantize_checkpoint(args.qdir, args.out, dtype=args.dtype,
                                       overwrite=args.overwrite)
   print(f"wrote {args.out}: {info['tensors']} tensors ({info['dequantized']} dequantized from the "

@@ -68,6 +68,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
   p.add_argument("--max-shard-bytes", type=float, default=1e9, help="output shard size (bytes)")
   p.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it exists")
   p.add_argument("--no-progress", action="store_true", help="no progress bar")
+  # -- issue 29 (rotations, SmoothQuant, activation bits): jaxparams.quant.rotated_checkpoint
+  p.add_argument("--rotate", choices=("hadamard", "random", "learned"), default=None,
+                 help="fold rotations into the weights first (QuaRot; learned = SpinQuant's "
+                 "Cayley SGD); runs in memory")
+  p.add_argument("--smooth", default=None, metavar="ALPHA",
+                 help="SmoothQuant scales with this alpha in [0, 1], or 'auto' (per-site search)")
+  p.add_argument("--act-bits", type=int, choices=(0, 4, 8), default=0,
+                 help="per-token dynamic activation bits of the quantized Linears (W8A8, W4A8)")
   p.add_argument("--compile-cache", default=None,
                  help="persistent XLA compilation cache folder, so repeated runs skip "
                  "compilation (default: $JAXPARAMS_COMPILE_CACHE or ~/.cache/jaxparams/xla; "
@@ -120,6 +128,9 @@ def run(args: argparse.Namespace) -> int:
   else:
     rules = [("**", (args.method, fields))]
   texts = _read_texts(args.calibration, args.max_samples) if args.calibration else None
+  if args.rotate or args.smooth is not None or args.act_bits:   # issue 29: in-memory path
+    from jaxparams.quant.rotated_checkpoint import run_cli  # pylint: disable=g-import-not-at-top
+    return run_cli(args, rules, texts)
 
   progress_cm = None
   callback = None

