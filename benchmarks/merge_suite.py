@@ -52,6 +52,10 @@ VARIANTS = {
 }
 
 
+#: Rows --core leaves out.
+CORE_SKIP = ("cmaes_task", "cmaes_layer", "m2n2")
+
+
 def entropy_sweep(suite, lams=(0.0, 0.1, 0.2, 0.3, 0.5, 0.8, 1.0)):
   """Summed entropy (AdaMerging's loss) and mean test accuracy of task arithmetic along lam."""
   ent, acc = ds.entropy_objective(suite), ds.task_accuracies_fn(suite)
@@ -155,6 +159,8 @@ def report(js, names) -> str:
     lines.append(f"- {m}: " + ", ".join(f"{t['step']}: {t['entropy']:.2f}/"
                                         f"{100 * t['accuracy']:.1f}" for t in tr))
   mp = js["_map"]
+  if mp is None:
+    return "\n".join(lines)
   lines += [
       "", f"## MAP: quadratic surrogate vs dense grid ({mp['tasks'][0]} x {mp['tasks'][1]})", "",
       f"Task-arithmetic coefficients c in [0, 1.5]^2; surrogate fitted from {mp['samples']} "
@@ -185,6 +191,8 @@ def summarize(paths) -> str:
   lines = [f"| method | mean +- sd (seeds {', '.join(map(str, seeds))}) | per seed | "
            "evals | CPU s (mean) | FusionBench |", "|---|---|---|---|---|---|"]
   for m in methods:
+    if any(m not in r for r in runs):
+      continue
     a = np.array([100 * r[m]["average"] for r in runs])
     sd = a.std(ddof=1) if len(a) > 1 else 0.0
     cpu = np.mean([r[m]["cpu_seconds"] for r in runs])
@@ -202,6 +210,9 @@ def main(argv=None):
                   help="JSON path (markdown beside it); default benchmarks/results/"
                   "merge_suite_s<seed>.json")
   ap.add_argument("--no-variants", action="store_true", help="skip the AdaMerging variants")
+  ap.add_argument("--core", action="store_true",
+                  help="only the rows of goals 1-2 (no black-box searches, AdaMerging "
+                  "variants, traces, MAP or MergeLock): for extra seeds on a busy machine")
   ap.add_argument("--summarize", nargs="+", metavar="JSON",
                   help="print the mean +- sd table of these runs' JSON files (writes nothing)")
   a = ap.parse_args(argv)
@@ -213,16 +224,18 @@ def main(argv=None):
   suite = ds.build_suite(a.tasks.split(","), seed=a.seed)
   jax.block_until_ready(suite.experts)
   t_build, c_build = time.perf_counter() - t00, time.process_time() - c00
-  table = dm.merge_table(suite, seed=a.seed)
+  methods = [m for m in dm.TABLE_METHODS if not a.core or m not in CORE_SKIP]
+  table = dm.merge_table(suite, methods, seed=a.seed,
+                         **({"ada_trace_every": 0} if a.core else {}))
   js = {m: _row(r) for m, r in table.items()}
-  if not a.no_variants:
+  if not (a.no_variants or a.core):
     for name, (method, opts) in VARIANTS.items():
       js[name] = _row(dm.merge_table(suite, (method,), seed=a.seed, **opts)[method])
   js["_adamerging"] = {"sweep": entropy_sweep(suite),
                        "trace": {m: r.pop("trace") for m, r in js.items()
                                  if isinstance(r, dict) and "trace" in r}}
-  js["_map"] = map_study(suite, seed=a.seed)
-  js["_mergelock"] = mergelock_study(suite)
+  js["_map"] = None if a.core else map_study(suite, seed=a.seed)
+  js["_mergelock"] = None if a.core else mergelock_study(suite)
   js["_meta"] = {"seed": a.seed, "tasks": suite.names,
                  "machine": f"{platform.machine()} CPU ({jax.device_count()} JAX devices)",
                  "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),

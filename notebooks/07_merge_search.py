@@ -35,13 +35,18 @@ RES = ROOT / "benchmarks" / "results"
 runs = {s: json.loads((RES / f"merge_suite_s{s}.json").read_text()) for s in (0, 1, 2)}
 held_out = (json.loads((RES / "merge_suite_s7.json").read_text())
             if (RES / "merge_suite_s7.json").exists() else None)
-methods = [m for m in runs[0] if not m.startswith("_")]
+# Seeds 1 and 2 ran the core rows only (`--core`); the black-box searches ran on seed 0.
+methods = [m for m in runs[0] if not m.startswith("_") and all(m in r for r in runs.values())]
 acc = {m: np.array([100 * runs[s][m]["average"] for s in runs]) for m in methods}
 print(f"{'method':30s} {'mean':>6s} {'sd':>5s}   per seed 0/1/2" + ("   seed 7" if held_out else ""))
 for m in methods:
   a = acc[m]
   print(f"{m:30s} {a.mean():6.1f} {a.std(ddof=1):5.1f}   " + " / ".join(f"{v:.1f}" for v in a)
         + (f"   {100 * held_out[m]['average']:.1f}" if held_out and m in held_out else ""))
+print("\nseed 0 only (black-box searches; evaluations of the validation error):")
+for m in ("cmaes_task", "cmaes_layer", "m2n2"):
+  if m in runs[0]:
+    print(f"{m:30s} {100 * runs[0][m]['average']:6.1f}   {runs[0][m]['evaluations']} evaluations")
 
 # %% [markdown]
 # ## The table against FusionBench's ViT-B/32 (8 tasks)
@@ -55,7 +60,7 @@ FB = {"pretrained": 48.2, "simple_average": 66.5, "task_arithmetic": 68.0, "ties
       "adamerging_ties_layer": 83.4, "expert": 90.3}
 show = [m for m in ("pretrained", "simple_average", "task_arithmetic", "ties", "fisher",
                     "regmean", "adamerging_task", "adamerging_layer", "adamerging_ties_layer",
-                    "cmaes_task", "cmaes_layer", "m2n2", "expert") if m in acc]
+                    "expert") if m in acc]
 fig, ax = plt.subplots(figsize=(9, 3.8))
 x = np.arange(len(show))
 ax.bar(x, [acc[m].mean() for m in show], yerr=[acc[m].std(ddof=1) for m in show], capsize=3,
