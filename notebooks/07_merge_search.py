@@ -32,16 +32,24 @@ ROOT = pathlib.Path.cwd()
 while not (ROOT / "benchmarks").is_dir() and ROOT != ROOT.parent:
   ROOT = ROOT.parent
 RES = ROOT / "benchmarks" / "results"
-runs = {s: json.loads((RES / f"merge_suite_s{s}.json").read_text()) for s in (0, 1, 2)}
+runs = {s: json.loads((RES / f"merge_suite_s{s}.json").read_text()) for s in (0, 1, 2)
+        if (RES / f"merge_suite_s{s}.json").exists()}
+
+
+def sd(a):
+  return float(np.std(a, ddof=1)) if len(a) > 1 else 0.0
+
+
 held_out = (json.loads((RES / "merge_suite_s7.json").read_text())
             if (RES / "merge_suite_s7.json").exists() else None)
 # Seeds 1 and 2 ran the core rows only (`--core`); the black-box searches ran on seed 0.
 methods = [m for m in runs[0] if not m.startswith("_") and all(m in r for r in runs.values())]
 acc = {m: np.array([100 * runs[s][m]["average"] for s in runs]) for m in methods}
-print(f"{'method':30s} {'mean':>6s} {'sd':>5s}   per seed 0/1/2" + ("   seed 7" if held_out else ""))
+print(f"{'method':30s} {'mean':>6s} {'sd':>5s}   per seed {'/'.join(map(str, runs))}"
+      + ("   seed 7" if held_out else ""))
 for m in methods:
   a = acc[m]
-  print(f"{m:30s} {a.mean():6.1f} {a.std(ddof=1):5.1f}   " + " / ".join(f"{v:.1f}" for v in a)
+  print(f"{m:30s} {a.mean():6.1f} {sd(a):5.1f}   " + " / ".join(f"{v:.1f}" for v in a)
         + (f"   {100 * held_out[m]['average']:.1f}" if held_out and m in held_out else ""))
 print("\nseed 0 only (black-box searches; evaluations of the validation error):")
 for m in ("cmaes_task", "cmaes_layer", "m2n2"):
@@ -63,7 +71,7 @@ show = [m for m in ("pretrained", "simple_average", "task_arithmetic", "ties", "
                     "expert") if m in acc]
 fig, ax = plt.subplots(figsize=(9, 3.8))
 x = np.arange(len(show))
-ax.bar(x, [acc[m].mean() for m in show], yerr=[acc[m].std(ddof=1) for m in show], capsize=3,
+ax.bar(x, [acc[m].mean() for m in show], yerr=[sd(acc[m]) for m in show], capsize=3,
        color=["C7" if m in ("pretrained", "expert") else "C0" for m in show])
 ax.scatter([i for i, m in enumerate(show) if m in FB], [FB[m] for m in show if m in FB],
            marker="_", s=300, color="k", label="FusionBench ViT-B/32")
