@@ -28,10 +28,9 @@ import pathlib
 import matplotlib.pyplot as plt
 import numpy as np
 
-ROOT = pathlib.Path.cwd()
-while not (ROOT / "benchmarks").is_dir() and ROOT != ROOT.parent:
-  ROOT = ROOT.parent
-RES = ROOT / "benchmarks" / "results"
+import jaxparams
+
+RES = pathlib.Path(jaxparams.__file__).resolve().parents[1] / "benchmarks" / "results"
 runs = {s: json.loads((RES / f"merge_suite_s{s}.json").read_text()) for s in (0, 1, 2)
         if (RES / f"merge_suite_s{s}.json").exists()}
 
