@@ -8,7 +8,8 @@ import pytest
 
 import jaxparams.merge.learned as learned
 
-MODULES = ["jaxparams.merge.learned", "jaxparams.demo.digits_suite"] + [
+MODULES = ["jaxparams.merge.learned", "jaxparams.demo.digits_suite", "jaxparams.demo.digits_shifts",
+           "jaxparams.demo.digits_methods"] + [
     i.name for i in pkgutil.iter_modules(learned.__path__, "jaxparams.merge.learned.")]
 
 

@@ -46,8 +46,8 @@ def test_llama_rope_gqa_lock_preserves_logits():
 
 def test_mlp_lock_on_suite_preserves_expert_and_collapses_merge():
   from jaxparams.demo import digits_suite as ds
-  s = ds.build_suite(("rotate", "mirror"), hidden=(64, 32), pretrain_steps=150, probe_steps=20,
-                     finetune_steps=100, finetune_lr=3e-3, n_val=60)
+  s = ds.build_suite(("rotate", "mirror"), hidden=(64, 32), activation="relu", copies=2,
+                     pretrain_steps=300, finetune_steps=150)
   locked, secret = mergelock.lock_mlp(s.experts[0], jax.random.key(0),
                                       pairs=[("layers_0", "layers_1")])
   x = jnp.asarray(s.tasks[0].x_test)

@@ -53,44 +53,58 @@ def layerwise_merge(base: PyTree, models: Sequence[PyTree], lam: jax.Array) -> P
   return jax.tree.unflatten(treedef, out)
 
 
-def ties_vectors(base: PyTree, models: Sequence[PyTree], *, density: float = 0.2
-                 ) -> list[PyTree]:
+def ties_vectors(base: PyTree, models: Sequence[PyTree], *, density: float = 0.2,
+                 scope: str = "tensor", mean: bool = False) -> list[PyTree]:
   """TIES's trimmed, sign-elected task vectors, as fixed-mask models ``base + m_k * tau_k``.
 
-  Per tensor: keep the ``density`` fraction of largest ``|tau_k|`` of each model (trim),
-  elect the sign of ``sum_k`` of the trimmed vectors, keep the entries that agree (disjoint
-  merge). Task arithmetic over these models with one weight ``lam`` equals TIES with
-  ``normalize=False`` (sum) and ``lam`` (:func:`jaxparams.merge.ties`); AdaMerging over them
-  learns the coefficients with the masks fixed (the paper's AdaMerging over TIES).
+  Keep the ``density`` fraction of largest ``|tau_k|`` of each model (trim; per tensor as
+  mergekit, ``scope='model'`` over the whole model as the TIES paper and FusionBench), elect
+  the sign of ``sum_k`` of the trimmed vectors per entry, keep the entries that agree
+  (disjoint merge). Task arithmetic over these models with one weight ``lam`` equals TIES with
+  ``lam`` and ``normalize=False`` (sum), or with ``mean=True`` (each kept entry divided by the
+  number of models keeping it) ``normalize=True`` (the disjoint mean) -- see
+  :func:`jaxparams.merge.ties`. AdaMerging over them learns the coefficients with the masks
+  fixed (the paper's AdaMerging++).
 
   Raises:
-    ValueError: ``density`` not in ``(0, 1]`` or no models.
+    ValueError: ``density`` not in ``(0, 1]``, unknown scope, or no models.
   """
   if not 0.0 < density <= 1.0 or not models:
     raise ValueError(f"ties_vectors needs models and density in (0, 1], got {len(models)} "
                      f"models and density {density}")
+  if scope not in ("tensor", "model"):
+    raise ValueError(f"unknown TIES trim scope {scope!r}; valid: ['model', 'tensor']")
+  n = len(models)
+  leaves, treedef = jax.tree.flatten(base)
+  taus = [jnp.stack([jax.tree.leaves(m)[j].astype(jnp.float32) - b.astype(jnp.float32)
+                     for m in models]) for j, b in enumerate(leaves)]
 
-  def leaf(b, *ms):
-    taus = jnp.stack([m.astype(jnp.float32) - b.astype(jnp.float32) for m in ms])
-    flat = jnp.abs(taus.reshape(len(ms), -1))
+  def kth(flat):  # [n, size] -> per-model threshold [n]
     k = flat.shape[1] if density >= 1 else max(1, int(density * flat.shape[1]))  # as mergekit
-    thr = jax.lax.top_k(flat, k)[0][:, -1].reshape((-1,) + (1,) * b.ndim)
-    trimmed = jnp.where(jnp.abs(taus) >= thr, taus, 0.0)
-    sign = jnp.sign(jnp.sum(trimmed, 0))
-    kept = jnp.where(jnp.sign(trimmed) == sign, trimmed, 0.0)
-    return tuple((b.astype(jnp.float32) + kept[i]).astype(b.dtype) for i in range(len(ms)))
+    return jax.lax.top_k(flat, k)[0][:, -1]
 
-  per_leaf = jax.tree.map(leaf, base, *models)
-  return [jax.tree.map(lambda t, i=i: t[i], per_leaf, is_leaf=lambda x: isinstance(x, tuple))
-          for i in range(len(models))]
+  if scope == "model":
+    thr_all = kth(jnp.concatenate([jnp.abs(t.reshape(n, -1)) for t in taus], axis=1))
+  out = [[] for _ in range(n)]
+  for b, t in zip(leaves, taus):
+    thr = thr_all if scope == "model" else kth(jnp.abs(t.reshape(n, -1)))
+    trimmed = jnp.where(jnp.abs(t) >= thr.reshape((-1,) + (1,) * b.ndim), t, 0.0)
+    sign = jnp.sign(jnp.sum(trimmed, 0))
+    kept = jnp.where((jnp.sign(trimmed) == sign) & (trimmed != 0), trimmed, 0.0)
+    if mean:
+      kept = kept / jnp.maximum(jnp.sum(kept != 0, 0), 1)
+    for i in range(n):
+      out[i].append((b.astype(jnp.float32) + kept[i]).astype(b.dtype))
+  return [jax.tree.unflatten(treedef, o) for o in out]
 
 
 def adamerging(base: PyTree, models: Sequence[PyTree],
                objective: Callable[[PyTree], jax.Array], *, granularity: str = "layer",
                init: float = 0.3, steps: int = 200, lr: float = 1e-3,
                clamp: tuple[float, float] | None = (0.0, 1.0), ties_density: float | None = None,
-               callback_every: int = 0, callback: Callable | None = None
-               ) -> tuple[PyTree, jax.Array, jax.Array]:
+               ties_scope: str = "tensor", ties_mean: bool = False,
+               callback_every: int = 0, callback: Callable | None = None,
+               key: jax.Array | None = None) -> tuple[PyTree, jax.Array, jax.Array]:
   """Learns merge coefficients minimising ``objective(merged)`` by Adam through the merge.
 
   Args:
@@ -101,15 +115,21 @@ def adamerging(base: PyTree, models: Sequence[PyTree],
     granularity: ``'task'`` (one coefficient per model) or ``'layer'`` (per model and leaf).
     init: initial value of every coefficient.
     steps: Adam steps (all in one compiled ``lax.scan``).
-    lr: Adam learning rate.
+    lr: Adam learning rate: a number, or an array broadcastable to the coefficients'
+      shape (per-layer learning rates, e.g. ``[1, leaves]``).
     clamp: coefficients are clipped to this range in the merge (AdaMerging's code clamps
       to ``[0, 1]``; unclamped entropy minimisation can sharpen predictions by scaling the
       task vectors up); ``None`` for no clipping.
     ties_density: if set, learn coefficients of TIES's trimmed, sign-elected task vectors
       with fixed masks (:func:`ties_vectors`, the paper's AdaMerging over TIES).
+    ties_scope, ties_mean: :func:`ties_vectors`'s ``scope`` and ``mean``.
     callback_every, callback: call ``callback(step, clipped_coefficients, merged)`` every
       ``callback_every`` steps (tracing the optimisation, e.g. accuracy vs entropy); the
       steps between calls run in one compiled ``lax.scan``.
+
+    key: if given, the objective is stochastic: ``objective(merged, step_key)`` with
+      ``step_key = fold_in(key, step)`` (e.g. a fresh minibatch of unlabelled inputs per
+      step, as AdaMerging's code draws batches of 16 per task).
 
   Returns:
     ``(merged, coefficients, objective per step)``.
@@ -121,7 +141,8 @@ def adamerging(base: PyTree, models: Sequence[PyTree],
   if not models:
     raise ValueError("adamerging needs at least one model")
   if ties_density is not None:
-    models = ties_vectors(base, models, density=ties_density)
+    models = ties_vectors(base, models, density=ties_density, scope=ties_scope,
+                          mean=ties_mean)
   if granularity == "task":
     merge, lam0 = taskwise_merge, jnp.full((len(models),), init, jnp.float32)
   elif granularity == "layer":
@@ -132,16 +153,20 @@ def adamerging(base: PyTree, models: Sequence[PyTree],
   if clamp is not None:
     unclamped, lo, hi = merge, float(clamp[0]), float(clamp[1])
     merge = lambda b, m, lam: unclamped(b, m, jnp.clip(lam, lo, hi))
-  opt = optax.adam(lr)
-  loss = lambda lam: objective(merge(base, models, lam))
+  opt = optax.scale_by_adam()
+  step_size = jnp.broadcast_to(jnp.asarray(lr, jnp.float32), lam0.shape)  # per coefficient
+  if key is None:
+    loss = lambda lam, i: objective(merge(base, models, lam))
+  else:
+    loss = lambda lam, i: objective(merge(base, models, lam), jax.random.fold_in(key, i))
 
-  def _scan(lam, s, n):
-    def step(carry, _):
+  def _scan(lam, s, n, start=0):
+    def step(carry, i):
       lam, s = carry
-      v, g = jax.value_and_grad(loss)(lam)
+      v, g = jax.value_and_grad(loss)(lam, i)
       u, s = opt.update(g, s, lam)
-      return (optax.apply_updates(lam, u), s), v
-    (lam, s), hist = jax.lax.scan(step, (lam, s), None, length=n)
+      return (lam - step_size * u, s), v
+    (lam, s), hist = jax.lax.scan(step, (lam, s), start + jnp.arange(n))
     return lam, s, hist
 
   @jax.jit
@@ -151,13 +176,13 @@ def adamerging(base: PyTree, models: Sequence[PyTree],
 
   if callback is not None and callback_every > 0:
     lam, s, hist = lam0, opt.init(lam0), []
-    chunk = jax.jit(lambda lam, s, n: _scan(lam, s, n), static_argnums=2)
+    chunk = jax.jit(_scan, static_argnums=2)
     done = 0
     while done < steps:
       callback(done, jnp.clip(lam, lo, hi) if clamp is not None else lam,
                merge(base, models, lam))
       n = min(callback_every, steps - done)
-      lam, s, h = chunk(lam, s, n)
+      lam, s, h = chunk(lam, s, n, done)
       hist.append(h)
       done += n
     callback(done, jnp.clip(lam, lo, hi) if clamp is not None else lam,
