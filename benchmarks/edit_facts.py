@@ -163,7 +163,7 @@ def main(argv=None):
   ap.add_argument("--facts"), ap.add_argument("--relations"), ap.add_argument("--edits")
   ap.add_argument("--methods", default="rome,memit,alphaedit,grace,wise,ft")
   ap.add_argument("--out", default=str(RESULTS / "edit.json"))
-  ap.add_argument("--md", default=str(RESULTS / "edit.md"))
+  ap.add_argument("--md", default=None, help="markdown table (default: --out with .md)")
   ap.add_argument("--workdir", default="/tmp/jaxparams_edit_facts")
   ap.add_argument("--lm", default="", help="reuse an exported facts LM: a folder with hf/ and "
                   "data/ (as train_facts_lm writes) instead of training in --workdir")
@@ -216,7 +216,8 @@ def main(argv=None):
   ap.add_argument("--seq-only", action="store_true",
                   help="only the sequential runs, written to --seq-out / --seq-md")
   ap.add_argument("--seq-out", default=str(RESULTS / "edit_seq.json"))
-  ap.add_argument("--seq-md", default=str(RESULTS / "edit_seq.md"))
+  ap.add_argument("--seq-md", default=None,
+                  help="markdown table of the sequential runs (default: --seq-out with .md)")
   ap.add_argument("--combine", default="", help="comma-separated --seq-out JSON files of "
                   "separate runs: merge them into --seq-out / --seq-md and exit")
   ap.add_argument("--z-steps", type=int, default=dflt["memit"].target.v_num_grad_steps,
@@ -227,6 +228,9 @@ def main(argv=None):
                   help="set any parameter of a method's record on top of the flags above "
                   "(repeatable), e.g. --set alphaedit.fp64=true --set wise.weight_decay=0")
   a = ap.parse_args(argv)
+  # Results go only where --out / --seq-out say: the tables sit beside them unless named.
+  a.md = a.md or str(pathlib.Path(a.out).with_suffix(".md"))
+  a.seq_md = a.seq_md or str(pathlib.Path(a.seq_out).with_suffix(".md"))
   if a.combine:
     return combine_seq(a.combine.split(","), pathlib.Path(a.seq_out), pathlib.Path(a.seq_md))
   meths = [m.strip() for m in a.methods.split(",") if m.strip()]

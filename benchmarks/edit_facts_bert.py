@@ -97,7 +97,7 @@ def main(argv=None):
   ap.add_argument("--methods", default="rome,memit,alphaedit")
   ap.add_argument("--workdir", default="/tmp/jaxparams_edit_facts_bert")
   ap.add_argument("--out", default=str(RESULTS / "edit_bert.json"))
-  ap.add_argument("--md", default=str(RESULTS / "edit_bert.md"))
+  ap.add_argument("--md", default=None, help="markdown table (default: --out with .md)")
   ap.add_argument("--steps", type=int, default=0, help="facts MLM training steps (0: default)")
   ap.add_argument("--n-rome", type=int, default=12)
   ap.add_argument("--batch", type=int, default=50)
@@ -113,6 +113,7 @@ def main(argv=None):
   ap.add_argument("--stats-cloze", type=int, default=1, help="1: key statistics also over the "
                   "cloze rows '[CLS] prompt [MASK] [SEP]' of unedited facts (0: sentences only)")
   a = ap.parse_args(argv)
+  a.md = a.md or str(pathlib.Path(a.out).with_suffix(".md"))  # results only where --out says
   meths = [m.strip() for m in a.methods.split(",") if m.strip()]
   valid = edit_registry.checkpoint_names()   # the locate-then-edit methods (weights, a Delta)
   bad = [m for m in meths if m not in valid]
