@@ -115,7 +115,8 @@ def test_streamed_blockwise_autoround_lowers_block_error_and_exports_gptq(tmp_pa
   zero = [("**", ("autoround", {"bits": 4, "group_size": 16, "iters": 0}))]
   kw = dict(calibration=texts, batch_size=4, max_length=16)
   import logging
-  with caplog.at_level(logging.INFO, logger="jaxparams.quant.stream"):
+  # The block loop logs from quant.block_calibration (quant/stream.py's split).
+  with caplog.at_level(logging.INFO, logger="jaxparams.quant.block_calibration"):
     stream.quantize_checkpoint(tmp_path / "src", tmp_path / "q", rules, **kw)
   msg = [r.getMessage() for r in caplog.records if "autoround layers_0" in r.getMessage()]
   first, best = (float(v) for v in msg[0].split("loss ")[1].split(" -> best "))
