@@ -14,7 +14,7 @@ Example:
   >>> expect_int('a.json', 'r', 8.7, lo=1)
   Traceback (most recent call last):
   ...
-  ValueError: a.json: field 'r' must be an integer >= 1, found number 8.7
+  ValueError: a.json: field 'r' must be an integer in [1, 2147483647], found number 8.7
   >>> expect_bool('a.json', 'use_rslora', 'no')
   Traceback (most recent call last):
   ...
@@ -109,7 +109,8 @@ def expect_str_list(where: str, name: str, value: Any, *, optional: bool = True,
 def expect_object(where: str, value: Any, what: str = "file") -> dict:
   """``value`` if it is a JSON object (the top level of a config file)."""
   if not isinstance(value, dict):
-    raise ValueError(f"{where}: {what} must be a JSON object, found {describe(value)}")
+    lead = f"{what} " if what else ""
+    raise ValueError(f"{where}: {lead}must be a JSON object, found {describe(value)}")
   return value
 
 
@@ -120,4 +121,4 @@ def expect_mapping(where: str, name: str, value: Any, check_value) -> dict[str, 
   if not isinstance(value, dict):
     raise ValueError(f"{where}: field {name!r} must be an object or null, found "
                      f"{describe(value)}")
-  return {k: check_value(where, f"{name}[{k[:60]!r}]", v) for k, v in value.items()}
+  return {k: check_value(where, f"{name}[{k[:60]}]", v) for k, v in value.items()}

@@ -15,7 +15,7 @@ Example:
   >>> read_model_config(d)
   Traceback (most recent call last):
   ...
-  ValueError: .../config.json: config.json must be a JSON object, found list [1, 2]
+  ValueError: .../config.json: must be a JSON object, found list [1, 2]
   >>> _ = open(os.path.join(d, 'config.json'), 'w').write('{"hidden_size": "64"}')
   >>> read_model_config(d)
   Traceback (most recent call last):
@@ -56,13 +56,13 @@ def _token_ids(where: str, name: str, value: Any) -> None:
     F.expect_int(where, name, v, lo=0)
 
 
-def check_model_config(cfg: Any, where: str) -> dict[str, Any]:
+def check_model_config(cfg: Any, where: str, what: str = "") -> dict[str, Any]:
   """Checks a parsed ``config.json`` (see the module docstring); returns it.
 
   Raises:
     ValueError: naming ``where``, the field, the expected and the found value.
   """
-  cfg = F.expect_object(where, cfg, "config.json")
+  cfg = F.expect_object(where, cfg, what)
   if "model_type" in cfg:
     F.expect_str(where, "model_type", cfg["model_type"], max_len=200)
   for name, hi in SIZE_LIMITS.items():
@@ -95,4 +95,4 @@ def read_model_config(folder: str | Path, *, max_bytes: int = MAX_CONFIG_BYTES,
   if not file.exists() and not file.is_symlink():
     raise FileNotFoundError(f"{folder}: no config.json")
   return check_model_config(read_json(file, what=what, max_bytes=max_bytes, folder=folder),
-                            str(file))
+                            str(file), "" if what == "config.json" else what)

@@ -1,7 +1,8 @@
 """The one reader of edit request files (EasyEdit's form): JSONL, or one JSON list.
 
 :func:`read_request_rows` reads the file through :func:`jaxparams.io.read_text` (size checked
-with ``os.stat`` before reading, a symlink leading outside its folder refused, UTF-8) and
+with ``os.stat`` before reading, a symlink leading outside its own folder refused, as for
+calibration text, UTF-8) and
 returns one :class:`RequestRow` per request, each checked: an object with string ``prompt``,
 ``subject`` and ``target_new`` (or ROME/MEMIT's ``{"str": ...}``), each at most
 ``max_chars`` long. Every error names the file and line (or list position), the field, what was
@@ -55,7 +56,8 @@ def read_request_rows(path: str | Path, *, max_bytes: int = MAX_REQUESTS_BYTES,
       row that is not an object, a missing or non-string field, a field too long, no rows.
   """
   path = Path(path)
-  text = read_text(path, what="requests file", max_bytes=max_bytes)
+  text = read_text(path, what="requests file", max_bytes=max_bytes,
+                   folder=path.absolute().parent)
   if text.lstrip().startswith("["):
     data = parse_json(text, str(path), "requests file")
     rows = [(f"{path}:[{i}]", r) for i, r in enumerate(data)]

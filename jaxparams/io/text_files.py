@@ -4,7 +4,8 @@ errors naming them.
 Every reader of a small text input (configs, adapter configs, tokenizers, requests, recipes)
 goes through :func:`read_bytes`: the size is taken with ``os.stat`` *before* anything is read
 (and at most ``max_bytes + 1`` bytes are ever read, so a file growing meanwhile is caught too),
-the file must be a regular file, and it must not resolve outside ``folder`` (a symlink to
+the file must be a regular file, and it must not resolve outside ``folder`` when one is given
+(every reader of a model or adapter folder gives it; a symlink to
 ``/etc/passwd`` is refused without reading it, so no outside content can end up in a message or
 an output). :func:`read_json` refuses ``NaN``/``Infinity`` literals, duplicate keys and deep
 nesting.
@@ -30,7 +31,7 @@ def describe(value: Any, width: int = 60) -> str:
 
   Example:
     >>> describe([1, 2]), describe('x' * 100)[:20]
-    ('list [1, 2]', "string 'xxxxxxxxxxxxx")
+    ('list [1, 2]', "string 'xxxxxxxxxxxx")
   """
   kind = {bool: "boolean", int: "integer", float: "number", str: "string", list: "list",
           dict: "object", type(None): "null"}.get(type(value), type(value).__name__)
@@ -51,7 +52,8 @@ def read_bytes(path: str | Path, *, what: str = "file", max_bytes: int = MAX_TEX
     what: what it is, for messages (``'adapter_config.json'``).
     max_bytes: refuse a larger file (checked with ``os.stat`` before any read).
     folder: the folder the file must really live in (symlinks resolved; a Hugging Face cache
-      snapshot may also point into its ``blobs``); default: the file's own folder.
+      snapshot may also point into its ``blobs``): every file of a model or adapter folder
+      passes it; ``None`` (a path the user named directly, e.g. a recipe): not checked.
 
   Raises:
     FileNotFoundError: no such file.
@@ -60,7 +62,7 @@ def read_bytes(path: str | Path, *, what: str = "file", max_bytes: int = MAX_TEX
   Example:
     >>> import os, tempfile
     >>> d = tempfile.mkdtemp(); os.symlink('/etc/hostname', os.path.join(d, 'config.json'))
-    >>> read_bytes(os.path.join(d, 'config.json'), what='config.json')
+    >>> read_bytes(os.path.join(d, 'config.json'), what='config.json', folder=d)
     Traceback (most recent call last):
     ...
     ValueError: .../config.json: config.json is a symlink to /etc/hostname, outside its folder ...
@@ -68,11 +70,11 @@ def read_bytes(path: str | Path, *, what: str = "file", max_bytes: int = MAX_TEX
   path = Path(path)
   if not path.exists() and not path.is_symlink():
     raise FileNotFoundError(f"{path}: no such {what}")
-  base = Path(folder) if folder is not None else path.absolute().parent
-  real = path.resolve()
-  if not any(real == r or real.is_relative_to(r) for r in allowed_roots(base)):
-    raise ValueError(f"{path}: {what} is a symlink to {real}, outside its folder "
-                     f"{base.resolve()}; refusing to read it (copy the file instead).")
+  if folder is not None:
+    real = path.resolve()
+    if not any(real == r or real.is_relative_to(r) for r in allowed_roots(folder)):
+      raise ValueError(f"{path}: {what} is a symlink to {real}, outside its folder "
+                       f"{Path(folder).resolve()}; refusing to read it (copy the file instead).")
   if not path.is_file():
     raise ValueError(f"{path}: {what} is not a regular file")
   size = os.stat(path).st_size
@@ -93,7 +95,7 @@ def read_text(path: str | Path, *, what: str = "file", max_bytes: int = MAX_TEXT
     path: the file (a recipe, a config, a calibration text...).
     what: what it is, for the message (``'recipe'``).
     max_bytes: size limit, checked before reading.
-    folder: the folder it must live in (default: its own).
+    folder: the folder it must live in (``None``: not checked).
 
   Example:
     >>> import tempfile, os

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from jaxparams.io import SafetensorsWriter, read_json, read_model_config
