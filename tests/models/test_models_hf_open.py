@@ -70,7 +70,7 @@ def test_tokenizer_guards(tmp_path):
   with pytest.raises(ValueError, match=r"tokenizer.json: not a valid tokenizers tokenizer.json"):
     hf_tokenizer(d)
   (d / "tokenizer.json").write_text("{not json")
-  with pytest.raises(ValueError, match=r"tokenizer.json: not valid JSON"):
+  with pytest.raises(ValueError, match=r"tokenizer.json: tokenizer.json is not valid JSON"):
     hf_tokenizer(d)
   (d / "tokenizer.json").write_bytes(b"\xff\xfe")
   with pytest.raises(ValueError, match=r"tokenizer.json is not valid UTF-8"):
