@@ -10,11 +10,13 @@ Follows ``mergekit-extract-lora`` (mergekit 0.1.5, ``mergekit/scripts/extract_lo
   ``A = S Vh``, ``B = U``; the adapter has ``r = lora_alpha = `` the largest realised rank and
   ``rank_pattern = alpha_pattern`` for the other modules (scaling 1 everywhere);
 * without ``embed_lora`` the input embedding, the output head and every other embedding table are
-  saved whole (the **fine-tuned** tensor) in ``modules_to_save``, keyed by the module's last name
+  saved whole (the **fine-tuned** tensor) in ``modules_to_save`` when they changed (unlike mergekit,
+  a tensor bit-equal to the base is left out: PEFT's copy of the base module equals it already), keyed by the module's last name
   component; with ``embed_lora`` the input embedding becomes ``lora_embedding_A/B`` (the delta is
   transposed) and the head a Linear LoRA; a vocabulary-size mismatch forces ``modules_to_save``;
 * every other tensor with a weight that is not a Linear (RMSNorm/LayerNorm) goes to
-  ``modules_to_save`` at full rank (mergekit does this for norms);
+  ``modules_to_save`` at full rank when it changed (mergekit does this for norms, changed or not);
+  modules named in ``modules_to_save=`` are saved whole, changed or not;
 * a Linear's bias delta is saved as ``lora_B.bias``; unlike mergekit we also set ``lora_bias``
   in the config, so PEFT actually loads it (mergekit leaves it unset and PEFT drops the tensor).
 
@@ -102,6 +104,13 @@ def extract_tree(base: Any, finetuned: Any, where: Any, *, max_rank: int,
   return jtree.unflatten(flat), infos
 
 
+def _same(a: np.ndarray, b: np.ndarray) -> bool:
+  """Bit-equal tensors (same shape and dtype; NaNs in the same places count as equal)."""
+  return (a.shape == b.shape and a.dtype == b.dtype
+          and np.array_equal(np.ascontiguousarray(a).reshape(-1).view(np.uint8),
+                             np.ascontiguousarray(b).reshape(-1).view(np.uint8)))
+
+
 def _kinds(config: Any) -> dict[str, tuple[str, str, bool]]:
   """``{hf_tensor: (kind, module, transposed)}``: kind 'linear', 'embed', 'head', 'bias', 'other'."""
   from jaxparams.models import hf_name_map
@@ -144,7 +153,7 @@ def extract_checkpoint(base_dir: str | Path, finetuned_dir: str | Path, out_dir:
     modules_to_save: extra module names (full or last component) saved at full rank.
     include, exclude: regexes (``re.search`` on the module name) limiting the LoRA modules.
     skip_undecomposable: do not save norms etc. at full rank.
-    progress: optional callable ``progress(name)`` called per tensor.
+    progress: optional callable ``progress(name, done, total)`` called before each tensor.
 
   Returns:
     A report ``{'ranks': {module: r}, 'tails': {module: error}, 'modules_to_save': [...]}``.
@@ -163,25 +172,35 @@ def extract_checkpoint(base_dir: str | Path, finetuned_dir: str | Path, out_dir:
     if vocab_b != config.vocab_size and embed_lora:
       embed_lora = False  # mergekit: a vocabulary change forces modules_to_save
     mts_keys = list(modules_to_save)
+    asked_keys = set(modules_to_save)  # saved whole even when unchanged (the caller asked)
     modules: dict[str, dict[str, Any]] = {}
     mts: dict[str, np.ndarray] = {}
     tails: dict[str, float] = {}
     search = lambda pats, m: any(re.search(p, m) for p in pats)
 
-    def save_full(hf: str, mod: str) -> None:
+    def save_full(hf: str, mod: str, *, asked: bool = False) -> None:
+      # A module saved whole because of its kind (embeddings, head, norms) but equal to the base
+      # is left out: PEFT's copy of the base module is then the fine-tuned one already.
       key = mod.rsplit(".", 1)[-1]
-      if key not in mts_keys:
-        mts_keys.append(key)
+      kept = {}
       for suffix in (".weight", ".bias"):
         n = mod + suffix
         if n in norm_f:
-          mts[n] = rf.read(norm_f[n])
+          wf = rf.read(norm_f[n])
+          if not asked and n in norm_b and _same(rb.read(norm_b[n]), wf):
+            continue
+          kept[n] = wf
+      if not kept and not asked:
+        return
+      mts.update(kept)
+      if key not in mts_keys:
+        mts_keys.append(key)
 
-    for hf, (kind, mod, t) in kinds.items():
+    for i, (hf, (kind, mod, t)) in enumerate(kinds.items()):
       if hf not in norm_f:
         raise ValueError(f"{finetuned_dir}: missing tensor {hf!r}")
       if progress is not None:
-        progress(hf)
+        progress(hf, i, len(kinds))
       if kind == "bias":
         continue  # handled with its Linear (or saved with a full module)
       if not hf.endswith(".weight"):
@@ -190,6 +209,9 @@ def extract_checkpoint(base_dir: str | Path, finetuned_dir: str | Path, out_dir:
       is_emb = kind in ("embed", "head")
       if is_emb and not embed_lora and not search(exclude, mod):
         save_full(hf, mod)
+        continue
+      if mod in asked_keys or last in asked_keys:
+        save_full(hf, mod, asked=True)
         continue
       if mod in mts_keys or last in mts_keys:
         save_full(hf, mod)
@@ -237,4 +259,6 @@ def extract_checkpoint(base_dir: str | Path, finetuned_dir: str | Path, out_dir:
            "lora_bias": any("bias" in m for m in modules.values()), "bias": "none",
            "use_dora": False}
     peft_io.write_peft(ad, out_dir, overwrite=overwrite, config=cfg)
+    if progress is not None:
+      progress("done", len(kinds), len(kinds))
   return {"ranks": ranks, "tails": tails, "modules_to_save": mts_keys}

@@ -26,8 +26,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
   p.add_argument("model", metavar="MODEL_DIR", nargs="?", help="HF Llama or BertForMaskedLM checkpoint with tokenizer.json")
   p.add_argument("rest", nargs="*", metavar="REQUESTS.jsonl OUT_DIR",
                  help="requests and output folder (only OUT_DIR with --rollback/--apply)")
-  p.add_argument("--method", default="rome",
-                 help="the method (from jaxparams.edit.registry): rome, memit or alphaedit")
+  from jaxparams.edit import registry  # pylint: disable=g-import-not-at-top
+  runs = registry.METHODS.checkpoint_names()
+  p.add_argument("--method", default="rome", choices=registry.METHODS.names(), metavar="METHOD",
+                 help=f"the method: {', '.join(runs)} edit checkpoints (default rome); "
+                 f"{', '.join(n for n in registry.METHODS.names() if n not in runs)} only with "
+                 "--list-params (jaxparams.edit in a program)")
   p.add_argument("--layers", default=None, help="edited layers: 3 or 3,4,5 or 3-5")
   p.add_argument("--stats", default=None, help="folder of saved key statistics")
   p.add_argument("--stats-text", default=None, help="text file (one line a sample) for stats")
