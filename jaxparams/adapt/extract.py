@@ -207,11 +207,11 @@ def extract_checkpoint(base_dir: str | Path, finetuned_dir: str | Path, out_dir:
         continue  # a norm's bias: saved with its weight below
       last = mod.rsplit(".", 1)[-1]
       is_emb = kind in ("embed", "head")
-      if is_emb and not embed_lora and not search(exclude, mod):
-        save_full(hf, mod)
-        continue
       if mod in asked_keys or last in asked_keys:
         save_full(hf, mod, asked=True)
+        continue
+      if is_emb and not embed_lora and not search(exclude, mod):
+        save_full(hf, mod)
         continue
       if mod in mts_keys or last in mts_keys:
         save_full(hf, mod)
