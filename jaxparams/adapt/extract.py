@@ -11,7 +11,9 @@ Follows ``mergekit-extract-lora`` (mergekit 0.1.5, ``mergekit/scripts/extract_lo
   ``rank_pattern = alpha_pattern`` for the other modules (scaling 1 everywhere);
 * without ``embed_lora`` the input embedding, the output head and every other embedding table are
   saved whole (the **fine-tuned** tensor) in ``modules_to_save`` when they changed (unlike mergekit,
-  a tensor bit-equal to the base is left out: PEFT's copy of the base module equals it already), keyed by the module's last name
+  a key -- a module's last name -- whose tensors all equal the base is left out: PEFT's copy of the
+  base module equals them already; PEFT needs every module of a listed key, so a key with one
+  changed module stores all of its modules), keyed by the module's last name
   component; with ``embed_lora`` the input embedding becomes ``lora_embedding_A/B`` (the delta is
   transposed) and the head a Linear LoRA; a vocabulary-size mismatch forces ``modules_to_save``;
 * every other tensor with a weight that is not a Linear (RMSNorm/LayerNorm) goes to
@@ -178,23 +180,17 @@ def extract_checkpoint(base_dir: str | Path, finetuned_dir: str | Path, out_dir:
     tails: dict[str, float] = {}
     search = lambda pats, m: any(re.search(p, m) for p in pats)
 
+    # modules_to_save key (a module's last name) -> [(module, changed)]. PEFT wraps every module
+    # of a key and needs each one's tensors, so a key is stored whole or left out whole.
+    full: dict[str, list[tuple[str, bool]]] = {}
+
     def save_full(hf: str, mod: str, *, asked: bool = False) -> None:
-      # A module saved whole because of its kind (embeddings, head, norms) but equal to the base
-      # is left out: PEFT's copy of the base module is then the fine-tuned one already.
-      key = mod.rsplit(".", 1)[-1]
-      kept = {}
+      changed = asked
       for suffix in (".weight", ".bias"):
         n = mod + suffix
-        if n in norm_f:
-          wf = rf.read(norm_f[n])
-          if not asked and n in norm_b and _same(rb.read(norm_b[n]), wf):
-            continue
-          kept[n] = wf
-      if not kept and not asked:
-        return
-      mts.update(kept)
-      if key not in mts_keys:
-        mts_keys.append(key)
+        if not changed and n in norm_f:
+          changed = n not in norm_b or not _same(rb.read(norm_b[n]), rf.read(norm_f[n]))
+      full.setdefault(mod.rsplit(".", 1)[-1], []).append((mod, changed))
 
     for i, (hf, (kind, mod, t)) in enumerate(kinds.items()):
       if hf not in norm_f:
@@ -213,7 +209,7 @@ def extract_checkpoint(base_dir: str | Path, finetuned_dir: str | Path, out_dir:
       if is_emb and not embed_lora and not search(exclude, mod):
         save_full(hf, mod)
         continue
-      if mod in mts_keys or last in mts_keys:
+      if last in full:
         save_full(hf, mod)
         continue
       if not (not include or search(include, mod)) or search(exclude, mod):
@@ -244,6 +240,18 @@ def extract_checkpoint(base_dir: str | Path, finetuned_dir: str | Path, out_dir:
                      - np.asarray(rb.read(norm_b[bias]), np.float32)).astype(out_dtype)
       modules[mod] = m
       tails[mod] = info["tail"]
+    # A key whose modules all equal the base is left out (unlike mergekit): PEFT's copy of the
+    # base module is the fine-tuned one already.
+    for key, mods in full.items():
+      if not any(changed for _, changed in mods):
+        continue
+      if key not in mts_keys:
+        mts_keys.append(key)
+      for mod, _ in mods:
+        for suffix in (".weight", ".bias"):
+          if mod + suffix in norm_f:
+            mts[mod + suffix] = rf.read(norm_f[mod + suffix])
+    mts_keys = [k for k in mts_keys if k in asked_keys or k in full and any(c for _, c in full[k])]
     if not modules:
       raise ValueError("extract: no module was decomposed (check include/exclude)")
     ad = peft_io.PeftAdapter(modules=modules, modules_to_save=mts)
