@@ -70,11 +70,12 @@ class Parser(argparse.ArgumentParser):
 
 
 class DeprecatedAlias(argparse.Action):
-  """An old flag spelling: stores like ``new`` (``store_true`` when ``nargs=0``) and notes once.
+  """An old flag spelling: stores like ``new`` (``store_true`` when ``nargs=0``), hidden from
+  ``--help``; a note on stderr when stderr is a terminal.
 
   Example:
     >>> p = argparse.ArgumentParser(); add_quiet(p)
-    >>> p.parse_args(['--no-progress']).quiet  # prints a note on stderr
+    >>> p.parse_args(['--no-progress']).quiet
     True
   """
 
@@ -84,14 +85,16 @@ class DeprecatedAlias(argparse.Action):
     super().__init__(option_strings, dest, nargs=nargs, const=const, **kwargs)
 
   def __call__(self, parser, namespace, values, option_string=None):
-    print(f"note: {option_string} is deprecated; use {self.new}", file=sys.stderr)
+    if sys.stderr.isatty():  # a person at a terminal; scripts and logs keep their stderr
+      print(f"note: {option_string} is deprecated; use {self.new}", file=sys.stderr)
     setattr(namespace, self.dest, self.const if self.nargs == 0 else values)
 
 
 def add_quiet(p: argparse.ArgumentParser) -> None:
   """``-q/--quiet`` (no progress bar, sets ``args.quiet``) and the deprecated ``--no-progress``."""
   p.add_argument("-q", "--quiet", action="store_true",
-                 help="no progress bar (jaxparams -q also silences notes and summaries)")
+                 help="no progress bar (jaxparams -q also silences notes and summaries; "
+                 "--no-progress: the deprecated spelling)")
   p.add_argument("--no-progress", dest="quiet", action=DeprecatedAlias, nargs=0, const=True,
                  new="-q/--quiet")
 
@@ -100,7 +103,8 @@ def add_max_shard_size(p: argparse.ArgumentParser, default: str = "5GB") -> None
   """``--max-shard-size SIZE`` (``args.max_shard_size``; 5GB, 500MB or 2e9) and the deprecated
   ``--max-shard-bytes``."""
   p.add_argument("--max-shard-size", default=default,
-                 help=f"output shard size, e.g. 5GB, 500MB or 2e9 bytes (default {default})")
+                 help=f"output shard size, e.g. 5GB, 500MB or 2e9 bytes (default {default}; "
+                 "--max-shard-bytes: the deprecated spelling)")
   p.add_argument("--max-shard-bytes", dest="max_shard_size", action=DeprecatedAlias,
                  new="--max-shard-size")
 

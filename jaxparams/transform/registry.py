@@ -13,7 +13,7 @@ Example:
   >>> reg.get('idnetity')
   Traceback (most recent call last):
   ...
-  ValueError: unknown demo 'idnetity' (did you mean 'identity'?); valid names: identity
+  ValueError: unknown demo 'idnetity'; valid names: identity (did you mean 'identity'?)
 """
 
 from __future__ import annotations
@@ -55,8 +55,8 @@ class Registry:
     except (KeyError, TypeError):
       close = difflib.get_close_matches(str(name), self.names(), n=1)
       hint = f" (did you mean {close[0]!r}?)" if close else ""
-      raise ValueError(f"unknown {self.kind} {name!r}{hint}; valid names: "
-                       f"{', '.join(self.names())}") from None
+      raise ValueError(f"unknown {self.kind} {name!r}; valid names: "
+                       f"{', '.join(self.names())}{hint}") from None
 
   def names(self) -> list[str]:
     """All names, sorted."""

@@ -72,7 +72,7 @@ def test_did_you_mean_on_commands_methods_and_registries(capsys):
   with pytest.raises(SystemExit):
     main(["edit", "--method", "memt", "--list-params"])
   assert "(did you mean 'memit'?)" in capsys.readouterr().err
-  with pytest.raises(ValueError, match=r"unknown pruning method 'wand' \(did you mean 'wanda'\?\)"):
+  with pytest.raises(ValueError, match=r"unknown pruning method 'wand'; .* \(did you mean 'wanda'\?\)"):
     jp.prune.PRUNERS.get("wand")
   with pytest.raises(ValueError, match=r"\(did you mean 'ties'\?\)"):
     jp.merge.get_method("tiess")
@@ -107,7 +107,8 @@ def test_quantize_help_names_families_loaders_and_format_default():
   assert "default jaxparams" in text and "jaxparams dequantize" in text
   assert "optimum" in text and "gptqmodel" in text
   assert "--max-shard-size" in text and "-q, --quiet" in text
-  assert "--no-progress" not in text and "--max-shard-bytes" not in text  # deprecated: hidden
+  # deprecated spellings: named in the help of the new flag, not listed as flags
+  assert "[--no-progress]" not in text and "[--max-shard-bytes" not in text
 
 
 def test_edit_method_choices_and_lora_extract_help():
@@ -127,11 +128,10 @@ def test_quiet_and_shard_flags_are_one_vocabulary(capsys):
     assert p.parse_args(pos).quiet is False, names
     assert p.parse_args(pos + ["-q"]).quiet is True, names
     assert p.parse_args(pos + ["--quiet"]).quiet is True, names
-    assert p.parse_args(pos + ["--no-progress"]).quiet is True, names
-    assert "--no-progress is deprecated; use -q/--quiet" in capsys.readouterr().err
+    assert p.parse_args(pos + ["--no-progress"]).quiet is True, names  # deprecated alias
+    assert "--no-progress: the deprecated spelling" in " ".join(p.format_help().split())
   p = _sub(build_parser("quantize"), "quantize")
   assert p.parse_args(["a", "b", "--max-shard-bytes", "2e9"]).max_shard_size == "2e9"
-  assert "--max-shard-bytes is deprecated; use --max-shard-size" in capsys.readouterr().err
   assert p.parse_args(["a", "b"]).max_shard_size == "1GB"
 
 
