@@ -40,7 +40,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
       description="Runs a mergekit recipe (YAML unchanged, or an ml-collections .py config) "
       "tensor by tensor over local HF safetensors checkpoints: jit-compiled merge methods, "
       "reading overlapped with compute, atomic sharded output with config.json and tokenizer "
-      f"files. Methods: {', '.join(method_names())}.")
+      f"files. Methods: {', '.join(method_names())}. Time: the first run compiles each "
+      "distinct (tensor shape, method) once, about a second each on a CPU; later runs reuse "
+      "the compilation cache (--compile-cache) and stream at disk speed.")
   p.add_argument("recipe", help="mergekit YAML recipe (or a .py ml-collections config)")
   p.add_argument("out_dir", help="output folder (must not exist unless --overwrite)")
   p.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it exists")
