@@ -96,8 +96,8 @@ def quantize(src: Path, out: Path, method: str, calib: Path | None, args,
              rules: Path | None = None) -> tuple[float, float]:
   exe = str(Path(sys.executable).parent / "jaxparams")
   cmd = [exe, "quantize", str(src), str(out), "--method", method, "--bits", "4",
-         "--group-size", "128", "--no-progress", "--overwrite",
-         "--max-shard-bytes", str(args.max_shard_bytes)]
+         "--group-size", "128", "-q", "--overwrite",
+         "--max-shard-size", str(args.max_shard_bytes)]
   if rules is not None:
     cmd += ["--rules", str(rules)]
   if calib is not None:

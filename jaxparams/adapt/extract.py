@@ -10,11 +10,15 @@ Follows ``mergekit-extract-lora`` (mergekit 0.1.5, ``mergekit/scripts/extract_lo
   ``A = S Vh``, ``B = U``; the adapter has ``r = lora_alpha = `` the largest realised rank and
   ``rank_pattern = alpha_pattern`` for the other modules (scaling 1 everywhere);
 * without ``embed_lora`` the input embedding, the output head and every other embedding table are
-  saved whole (the **fine-tuned** tensor) in ``modules_to_save``, keyed by the module's last name
+  saved whole (the **fine-tuned** tensor) in ``modules_to_save`` when they changed (unlike mergekit,
+  a key -- a module's last name -- whose tensors all equal the base is left out: PEFT's copy of the
+  base module equals them already; PEFT needs every module of a listed key, so a key with one
+  changed module stores all of its modules), keyed by the module's last name
   component; with ``embed_lora`` the input embedding becomes ``lora_embedding_A/B`` (the delta is
   transposed) and the head a Linear LoRA; a vocabulary-size mismatch forces ``modules_to_save``;
 * every other tensor with a weight that is not a Linear (RMSNorm/LayerNorm) goes to
-  ``modules_to_save`` at full rank (mergekit does this for norms);
+  ``modules_to_save`` at full rank when it changed (mergekit does this for norms, changed or not);
+  modules named in ``modules_to_save=`` are saved whole, changed or not;
 * a Linear's bias delta is saved as ``lora_B.bias``; unlike mergekit we also set ``lora_bias``
   in the config, so PEFT actually loads it (mergekit leaves it unset and PEFT drops the tensor).
 
@@ -102,6 +106,13 @@ def extract_tree(base: Any, finetuned: Any, where: Any, *, max_rank: int,
   return jtree.unflatten(flat), infos
 
 
+def _same(a: np.ndarray, b: np.ndarray) -> bool:
+  """Bit-equal tensors (same shape and dtype; NaNs in the same places count as equal)."""
+  return (a.shape == b.shape and a.dtype == b.dtype
+          and np.array_equal(np.ascontiguousarray(a).reshape(-1).view(np.uint8),
+                             np.ascontiguousarray(b).reshape(-1).view(np.uint8)))
+
+
 def _kinds(config: Any) -> dict[str, tuple[str, str, bool]]:
   """``{hf_tensor: (kind, module, transposed)}``: kind 'linear', 'embed', 'head', 'bias', 'other'."""
   from jaxparams.models import hf_name_map
@@ -144,7 +155,7 @@ def extract_checkpoint(base_dir: str | Path, finetuned_dir: str | Path, out_dir:
     modules_to_save: extra module names (full or last component) saved at full rank.
     include, exclude: regexes (``re.search`` on the module name) limiting the LoRA modules.
     skip_undecomposable: do not save norms etc. at full rank.
-    progress: optional callable ``progress(name)`` called per tensor.
+    progress: optional callable ``progress(name, done, total)`` called before each tensor.
 
   Returns:
     A report ``{'ranks': {module: r}, 'tails': {module: error}, 'modules_to_save': [...]}``.
@@ -163,35 +174,42 @@ def extract_checkpoint(base_dir: str | Path, finetuned_dir: str | Path, out_dir:
     if vocab_b != config.vocab_size and embed_lora:
       embed_lora = False  # mergekit: a vocabulary change forces modules_to_save
     mts_keys = list(modules_to_save)
+    asked_keys = set(modules_to_save)  # saved whole even when unchanged (the caller asked)
     modules: dict[str, dict[str, Any]] = {}
     mts: dict[str, np.ndarray] = {}
     tails: dict[str, float] = {}
     search = lambda pats, m: any(re.search(p, m) for p in pats)
 
-    def save_full(hf: str, mod: str) -> None:
-      key = mod.rsplit(".", 1)[-1]
-      if key not in mts_keys:
-        mts_keys.append(key)
+    # modules_to_save key (a module's last name) -> [(module, changed)]. PEFT wraps every module
+    # of a key and needs each one's tensors, so a key is stored whole or left out whole.
+    full: dict[str, list[tuple[str, bool]]] = {}
+
+    def save_full(hf: str, mod: str, *, asked: bool = False) -> None:
+      changed = asked
       for suffix in (".weight", ".bias"):
         n = mod + suffix
-        if n in norm_f:
-          mts[n] = rf.read(norm_f[n])
+        if not changed and n in norm_f:
+          changed = n not in norm_b or not _same(rb.read(norm_b[n]), rf.read(norm_f[n]))
+      full.setdefault(mod.rsplit(".", 1)[-1], []).append((mod, changed))
 
-    for hf, (kind, mod, t) in kinds.items():
+    for i, (hf, (kind, mod, t)) in enumerate(kinds.items()):
       if hf not in norm_f:
         raise ValueError(f"{finetuned_dir}: missing tensor {hf!r}")
       if progress is not None:
-        progress(hf)
+        progress(hf, i, len(kinds))
       if kind == "bias":
         continue  # handled with its Linear (or saved with a full module)
       if not hf.endswith(".weight"):
         continue  # a norm's bias: saved with its weight below
       last = mod.rsplit(".", 1)[-1]
       is_emb = kind in ("embed", "head")
+      if mod in asked_keys or last in asked_keys:
+        save_full(hf, mod, asked=True)
+        continue
       if is_emb and not embed_lora and not search(exclude, mod):
         save_full(hf, mod)
         continue
-      if mod in mts_keys or last in mts_keys:
+      if last in full:
         save_full(hf, mod)
         continue
       if not (not include or search(include, mod)) or search(exclude, mod):
@@ -222,6 +240,18 @@ def extract_checkpoint(base_dir: str | Path, finetuned_dir: str | Path, out_dir:
                      - np.asarray(rb.read(norm_b[bias]), np.float32)).astype(out_dtype)
       modules[mod] = m
       tails[mod] = info["tail"]
+    # A key whose modules all equal the base is left out (unlike mergekit): PEFT's copy of the
+    # base module is the fine-tuned one already.
+    for key, mods in full.items():
+      if not any(changed for _, changed in mods):
+        continue
+      if key not in mts_keys:
+        mts_keys.append(key)
+      for mod, _ in mods:
+        for suffix in (".weight", ".bias"):
+          if mod + suffix in norm_f:
+            mts[mod + suffix] = rf.read(norm_f[mod + suffix])
+    mts_keys = [k for k in mts_keys if k in asked_keys or k in full and any(c for _, c in full[k])]
     if not modules:
       raise ValueError("extract: no module was decomposed (check include/exclude)")
     ad = peft_io.PeftAdapter(modules=modules, modules_to_save=mts)
@@ -237,4 +267,6 @@ def extract_checkpoint(base_dir: str | Path, finetuned_dir: str | Path, out_dir:
            "lora_bias": any("bias" in m for m in modules.values()), "bias": "none",
            "use_dora": False}
     peft_io.write_peft(ad, out_dir, overwrite=overwrite, config=cfg)
+    if progress is not None:
+      progress("done", len(kinds), len(kinds))
   return {"ranks": ranks, "tails": tails, "modules_to_save": mts_keys}

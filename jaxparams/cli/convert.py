@@ -14,7 +14,8 @@ from jaxparams import io as jio
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-  p = sub.add_parser("convert", help="Convert a checkpoint between safetensors and orbax.",
+  from jaxparams.cli.main import SUMMARIES  # pylint: disable=import-outside-toplevel
+  p = sub.add_parser("convert", help=SUMMARIES["convert"],
                      description="safetensors (file or HF folder) -> orbax folder, or orbax "
                      "folder -> HF safetensors folder. Tensor names and values are kept exactly.")
   p.add_argument("src")

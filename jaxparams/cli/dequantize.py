@@ -20,7 +20,8 @@ __all__ = ["add_parser", "run", "dequantize_checkpoint"]
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-  p = sub.add_parser("dequantize", help="Write a full-precision HF checkpoint from a quantized one.",
+  from jaxparams.cli.main import SUMMARIES  # pylint: disable=import-outside-toplevel
+  p = sub.add_parser("dequantize", help=SUMMARIES["dequantize"],
                      description="Dequantize a jaxparams or HF GPTQ quantized checkpoint into a "
                      "full-precision HF safetensors checkpoint (same tensor names, config copied).")
   p.add_argument("qdir", metavar="QDIR", help="quantized checkpoint folder")

@@ -26,8 +26,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
   p.add_argument("model", metavar="MODEL_DIR", nargs="?", help="HF Llama or BertForMaskedLM checkpoint with tokenizer.json")
   p.add_argument("rest", nargs="*", metavar="REQUESTS.jsonl OUT_DIR",
                  help="requests and output folder (only OUT_DIR with --rollback/--apply)")
-  p.add_argument("--method", default="rome",
-                 help="the method (from jaxparams.edit.registry): rome, memit or alphaedit")
+  from jaxparams.edit import registry  # pylint: disable=g-import-not-at-top
+  runs = registry.METHODS.checkpoint_names()
+  p.add_argument("--method", default="rome", metavar="METHOD",  # checked by the library
+                 help=f"the method: {', '.join(runs)} edit checkpoints (default rome); "
+                 f"{', '.join(n for n in registry.METHODS.names() if n not in runs)} only with "
+                 "--list-params (jaxparams.edit in a program)")
   p.add_argument("--layers", default=None, help="edited layers: 3 or 3,4,5 or 3-5")
   p.add_argument("--stats", default=None, help="folder of saved key statistics")
   p.add_argument("--stats-text", default=None, help="text file (one line a sample) for stats")
@@ -44,6 +48,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
   p.add_argument("--rollback", default=None, metavar="DELTA_DIR", help="roll a delta back")
   p.add_argument("--apply", default=None, metavar="DELTA_DIR", help="re-apply a delta")
   p.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it exists")
+  from jaxparams.cli.common import add_quiet  # pylint: disable=g-import-not-at-top
+  add_quiet(p)
   p.set_defaults(func=run)
 
 
@@ -73,11 +79,14 @@ def run(args: argparse.Namespace) -> int:
     raise ValueError("give MODEL_DIR REQUESTS.jsonl OUT_DIR")
   if args.layers is None:
     raise ValueError("--layers is required (e.g. --layers 1 or --layers 0-2)")
-  info = checkpoint.edit_checkpoint(args.model, args.rest[0], args.rest[1], method=args.method,
-                                    layers=args.layers, stats_dir=args.stats,
-                                    stats_text=args.stats_text, overwrite=args.overwrite,
-                                    fact_token=args.fact_token, params_file=args.params,
-                                    assignments=args.assign)
+  from jaxparams.cli.common import status_line  # pylint: disable=g-import-not-at-top
+  with status_line(f"edit: {args.method} into layer(s) {args.layers} (statistics, edit, write)",
+                   quiet=getattr(args, "quiet", False)):
+    info = checkpoint.edit_checkpoint(args.model, args.rest[0], args.rest[1], method=args.method,
+                                      layers=args.layers, stats_dir=args.stats,
+                                      stats_text=args.stats_text, overwrite=args.overwrite,
+                                      fact_token=args.fact_token, params_file=args.params,
+                                      assignments=args.assign)
   print(f"{info['method']}: {info['n_requests']} request(s) into layer(s) {info['layers']} in "
         f"{info['seconds']:.1f} s -> {info['out']} (delta in {info['out']}/delta)")
   return 0

@@ -12,7 +12,8 @@ from pathlib import Path
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-  p = sub.add_parser("flash", help="Run a model larger than its memory budget from disk.",
+  from jaxparams.cli.main import SUMMARIES  # pylint: disable=import-outside-toplevel
+  p = sub.add_parser("flash", help=SUMMARIES["flash"],
                      description="Row-column bundling of FFN checkpoints and a runtime that "
                      "loads FFN neurons on demand (sparsity predictors, windowing).")
   s = p.add_subparsers(dest="flash_command", metavar="ACTION")

@@ -24,7 +24,8 @@ _STATS = ("mean", "std", "absmax", "zeros")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-  p = sub.add_parser("inspect", help="Summarise a checkpoint (safetensors file/folder or orbax).",
+  from jaxparams.cli.main import SUMMARIES  # pylint: disable=import-outside-toplevel
+  p = sub.add_parser("inspect", help=SUMMARIES["inspect"],
                      description="Prints one row per tensor (name, shape, dtype, params, bytes) "
                      "read from the headers alone; --stats streams through the tensors one at "
                      "a time for mean/std/abs-max/zeros.")

@@ -25,6 +25,46 @@ SUBCOMMANDS = ("demo", "inspect", "convert", "merge", "quantize", "dequantize", 
                "edit", "flash")
 
 
+# One line per sub-command for ``jaxparams --help``: shown without importing the sub-command
+# modules (their imports bring jax), so the top-level help and typos answer at once. Each module
+# uses its line as its ``help=`` (``SUMMARIES[name]``).
+SUMMARIES = {
+    "demo": "Run the end-to-end demo on embedded real data (no downloads).",
+    "inspect": "Summarise a checkpoint (safetensors file/folder or orbax).",
+    "convert": "Convert a checkpoint between safetensors and orbax.",
+    "merge": "Merge HF safetensors checkpoints from a mergekit YAML recipe.",
+    "quantize": "Quantize an HF checkpoint (RTN, GPTQ, AWQ, NF4, FP8, ...).",
+    "dequantize": "Write a full-precision HF checkpoint from a quantized one.",
+    "lora": "Merge a PEFT LoRA into an HF checkpoint, or extract one.",
+    "prune": "Prune the Linear weights of a checkpoint (magnitude, random, N:M, Wanda, SparseGPT).",
+    "edit": "Edit facts in a checkpoint (ROME, MEMIT, AlphaEdit); roll back.",
+    "flash": "Run a model larger than its memory budget from disk.",
+}
+
+
+def _summary_parser() -> argparse.ArgumentParser:
+  """The top-level parser with one-line sub-commands only (``--help``, typos): no imports."""
+  from jaxparams.cli.common import Parser  # pylint: disable=import-outside-toplevel
+  parser = Parser(prog="jaxparams", description=DESCRIPTION)
+  _global_flags(parser)
+  sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+  sub.required = True
+  for name in SUBCOMMANDS:
+    sub.add_parser(name, help=SUMMARIES[name], add_help=False)
+  return parser
+
+
+DESCRIPTION = ("Transform model parameters with JAX. Commands: " + ", ".join(SUBCOMMANDS) + ". "
+               "'jaxparams COMMAND --help' describes each; -q silences progress bars and notes.")
+
+
+def _global_flags(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument("-v", "--verbose", dest="log_verbose", action="count", default=0,
+                      help="log the main steps (-v) or every tensor (-vv) to stderr")
+  parser.add_argument("-q", "--quiet", dest="log_quiet", action="store_true",
+                      help="only errors: no progress bar, summaries or warnings")
+
+
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
   """Builds the argument parser with every sub-command (or only the one named ``only``).
 
@@ -32,13 +72,9 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     >>> build_parser('inspect').parse_args(['inspect', 'model']).command
     'inspect'
   """
-  parser = argparse.ArgumentParser(
-      prog="jaxparams",
-      description="Transform model parameters with JAX: inspect, convert, merge, quantize.")
-  parser.add_argument("-v", "--verbose", dest="log_verbose", action="count", default=0,
-                      help="log the main steps (-v) or every tensor (-vv) to stderr")
-  parser.add_argument("-q", "--quiet", dest="log_quiet", action="store_true",
-                      help="only errors: no progress bar, summaries or warnings")
+  from jaxparams.cli.common import Parser  # pylint: disable=import-outside-toplevel
+  parser = Parser(prog="jaxparams", description=DESCRIPTION)
+  _global_flags(parser)
   sub = parser.add_subparsers(dest="command", metavar="COMMAND")
   sub.required = True
   for name in SUBCOMMANDS if only is None else (only,):
@@ -132,7 +168,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     words = sys.argv[1:] if argv is None else list(argv)
     # One sub-command's imports, not all (jax comes with them): still under the start-up
     # Ctrl-C handler of `jaxparams/__init__.py`, then KeyboardInterrupt as usual.
-    parser = build_parser(named_command(words))
+    name = named_command(words)
+    parser = build_parser(name) if name is not None else _summary_parser()
     if in_main_thread:
       signal.signal(signal.SIGINT, signal.default_int_handler)
     args = parser.parse_args(words)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jaxparams.cli.common import enable_compile_cache  # noqa: F401  (also its old home)
+from jaxparams.cli.common import add_quiet, enable_compile_cache  # noqa: F401  (also its old home)
 
 __all__ = ["add_parser", "run", "MERGEKIT_NOTES"]
 
@@ -33,13 +33,16 @@ MERGEKIT_NOTES = (
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
   """Registers the ``merge`` sub-command (sets ``func=run``)."""
+  from jaxparams.cli.main import SUMMARIES  # pylint: disable=import-outside-toplevel
   from jaxparams.merge.registry import method_names  # pylint: disable=import-outside-toplevel
   p = sub.add_parser(
-      "merge", help="Merge HF safetensors checkpoints from a mergekit YAML recipe.",
+      "merge", help=SUMMARIES["merge"],
       description="Runs a mergekit recipe (YAML unchanged, or an ml-collections .py config) "
       "tensor by tensor over local HF safetensors checkpoints: jit-compiled merge methods, "
       "reading overlapped with compute, atomic sharded output with config.json and tokenizer "
-      f"files. Methods: {', '.join(method_names())}.")
+      f"files. Methods: {', '.join(method_names())}. Time: the first run compiles each "
+      "distinct (tensor shape, method) once, about a second each on a CPU; later runs reuse "
+      "the compilation cache (--compile-cache) and stream at disk speed.")
   p.add_argument("recipe", help="mergekit YAML recipe (or a .py ml-collections config)")
   p.add_argument("out_dir", help="output folder (must not exist unless --overwrite)")
   p.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it exists")
@@ -72,7 +75,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                  help="persistent XLA compilation cache folder, so repeated merges skip "
                  "compilation (default: $JAXPARAMS_COMPILE_CACHE or ~/.cache/jaxparams/xla; "
                  "'none' disables)")
-  p.add_argument("--quiet", action="store_true", help="no progress bar")
+  add_quiet(p)
   p.set_defaults(func=run)
 
 

@@ -180,7 +180,11 @@ def get_method(name: str) -> MergeMethod:
   if name not in METHODS:
     # The data-aware records' table (it imports only the transform layer; not their driver).
     from jaxparams.merge.learned.records import RECORDS as DATA_AWARE  # pylint: disable=import-outside-toplevel
+    import difflib  # pylint: disable=import-outside-toplevel
+    close = difflib.get_close_matches(str(name), method_names() + DATA_AWARE.names(), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
     raise ValueError(f"unknown merge method {name!r}; valid methods: "
                      f"{', '.join(method_names())}; with calibration data (recipe "
-                     f"'parameters: {{calibration: FILE}}'): {', '.join(DATA_AWARE.names())}")
+                     f"'parameters: {{calibration: FILE}}'): {', '.join(DATA_AWARE.names())}"
+                     f"{hint}")
   return MergeMethod(METHODS.get(name))

@@ -161,7 +161,11 @@ def to_hf(params: Any, config: Any, out_dir: str | Path, *,
     config: its config (any registered family, e.g. :class:`LlamaConfig`, ``Qwen2Config``).
     out_dir: output folder, created atomically.
     max_shard_bytes: shard size limit (HF index written when sharded).
-    copy_from: a folder whose tokenizer (and sentence-transformers) files are copied.
+    copy_from: the folder the model was loaded from (or any HF folder): its tokenizer and
+      sentence-transformers files are copied, and so are its tensors that are no parameter of
+      the model (buffers such as BERT's ``embeddings.position_ids``), so the output has every
+      tensor of the source and merges with it. A stored tied copy (an untied-looking
+      ``lm_head.weight`` of a tied model) is written with the new value of the tensor it copies.
     overwrite: replace an existing ``out_dir``.
     dtype: cast every tensor to this dtype before writing (``None`` keeps dtypes).
 
@@ -208,3 +212,42 @@ def to_hf(params: Any, config: Any, out_dir: str | Path, *,
     if copy_from is not None:
       w.copy_from(copy_from)
       w.copy_from(copy_from, SENTENCE_TRANSFORMERS_FILES)
+      _copy_source_tensors(w, copy_from, arch, config, flat, nmap, dtype)
+
+
+def _has_checkpoint(folder: Path) -> bool:
+  return folder.is_dir() and (any(folder.glob("*.safetensors"))
+                              or (folder / jio.INDEX_NAME).is_file())
+
+
+def _copy_source_tensors(w: Any, src: str | Path, arch: Family, config: Any, flat: dict,
+                         nmap: dict, dtype: Any) -> list[str]:
+  """Writes the source's tensors that ``to_hf`` did not (buffers, tied copies); returns them."""
+  src = Path(src)
+  if not _has_checkpoint(src):
+    return []
+  written = {arch.write_name(config, hf) if arch.write_name is not None else hf
+             for hf, _ in nmap.values()}
+  norm_written = {arch.normalize(n) for n in written}
+  by_hf = {hf: (p, t) for p, (hf, t) in nmap.items()}
+  copied = []
+  with jio.open_checkpoint(src) as r:
+    norm_src = {arch.normalize(n): n for n in r.names()}
+    for name in r.names():
+      if name in written or arch.normalize(name) in norm_written:
+        continue
+      a = r.read(name)
+      # A tied copy (equal to a parameter in the source) gets that parameter's new value.
+      for hf, (p, t) in by_hf.items() if a.ndim == 2 and a.shape[0] > 1 else ():
+        other = norm_src.get(hf)
+        if other is None or tuple(r.spec(other).shape) != tuple(a.shape):
+          continue
+        if np.array_equal(r.read(other), a):
+          new = np.asarray(jax.device_get(flat[p]))
+          a = np.ascontiguousarray(new.T) if t else new
+          if dtype is not None:
+            a = a.astype(dtype)
+          break
+      w.add(name, np.asarray(a))
+      copied.append(name)
+  return copied

@@ -29,8 +29,10 @@ __all__ = ["quantization_config", "model_card", "CARD_TAG"]
 
 CARD_TAG = "jaxparams-quantized"
 _FORMAT = "jaxparams.quant"
-_HOW = ("jaxparams quantized layout, not loadable by transformers; run `jaxparams dequantize "
-        "QDIR OUT_DIR` for a plain checkpoint, or jaxparams.quant.load_quantized(QDIR)")
+_HOW = ("jaxparams quantized layout: transformers and sentence-transformers refuse it on purpose "
+        "(\"has no `quant_method` attribute\"); run `jaxparams dequantize QDIR OUT_DIR` for a "
+        "plain checkpoint they load, or read it with jaxparams.quant.load_quantized(QDIR); "
+        "`jaxparams quantize --format gptq` writes the HF GPTQ layout instead")
 
 
 def quantization_config(version: int = 1) -> dict[str, Any]:

@@ -171,7 +171,10 @@ class Transform:
     try:
       return self.config(**{k: _freeze(v) for k, v in fields.items()})
     except (TypeError, ValueError) as e:
-      raise ValueError(f"transform {self.name!r}: {e}") from None
+      msg = str(e)
+      if msg.startswith(f"{self.name}: "):  # the config's own check names the method already
+        msg = msg[len(self.name) + 2:]
+      raise ValueError(f"transform {self.name!r}: {msg}") from None
 
   def coerce_config(self, config: Any) -> Any:
     """``None`` -> defaults, a mapping -> :meth:`make_config`, an instance -> itself."""

@@ -13,11 +13,12 @@ Example:
   >>> reg.get('idnetity')
   Traceback (most recent call last):
   ...
-  ValueError: unknown demo 'idnetity'; valid names: identity
+  ValueError: unknown demo 'idnetity'; valid names: identity (did you mean 'identity'?)
 """
 
 from __future__ import annotations
 
+import difflib
 from typing import Iterable, Iterator
 
 from jaxparams.transform.record import Transform
@@ -52,8 +53,10 @@ class Registry:
     try:
       return self._records[name]
     except (KeyError, TypeError):
+      close = difflib.get_close_matches(str(name), self.names(), n=1)
+      hint = f" (did you mean {close[0]!r}?)" if close else ""
       raise ValueError(f"unknown {self.kind} {name!r}; valid names: "
-                       f"{', '.join(self.names())}") from None
+                       f"{', '.join(self.names())}{hint}") from None
 
   def names(self) -> list[str]:
     """All names, sorted."""

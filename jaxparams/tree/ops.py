@@ -7,7 +7,7 @@ arrays return sharded arrays without gathering them.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -123,19 +123,20 @@ def cast(tree: PyTree, dtype: Any, where: Selector = None, *, strict: bool = Tru
   return map(f, tree, where, strict=strict)
 
 
-class LeafDiff(tuple):
-  """One row of :func:`diff`: ``(path, kind, max_abs, max_rel)``."""
+class LeafDiff(NamedTuple):
+  """One row of :func:`diff`, a named tuple: ``LeafDiff(path, kind, max_abs, max_rel)``.
 
-  __slots__ = ()
+  Unpacks as before (``path, kind, max_abs, max_rel = row``) and prints its field names.
 
-  def __new__(cls, path: str, kind: str, max_abs: float = float("nan"),
-              max_rel: float = float("nan")):
-    return super().__new__(cls, (path, kind, max_abs, max_rel))
+  Example:
+    >>> LeafDiff('w', 'value', 1e-3, 1.0)
+    LeafDiff(path='w', kind='value', max_abs=0.001, max_rel=1.0)
+  """
 
-  path = property(lambda self: self[0])
-  kind = property(lambda self: self[1])
-  max_abs = property(lambda self: self[2])
-  max_rel = property(lambda self: self[3])
+  path: str
+  kind: str
+  max_abs: float = float("nan")
+  max_rel: float = float("nan")
 
 
 def diff(a: PyTree, b: PyTree, *, rtol: float = 0.0, atol: float = 0.0) -> list[LeafDiff]:

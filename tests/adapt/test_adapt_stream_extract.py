@@ -114,3 +114,49 @@ def test_extract_tree_roundtrip_through_merge():
   ad, infos = jp.adapt.extract_tree(base, ft, "**/kernel", max_rank=5)
   assert infos["l/kernel"]["rank"] == 5 and infos["l/kernel"]["tail"] < 1e-4
   np.testing.assert_allclose(jp.adapt.merge(base, ad)["l"]["kernel"], ft["l"]["kernel"], atol=2e-5)
+
+
+def test_extract_leaves_unchanged_tensors_out_and_keeps_peft_semantics(tmp_path, capsys):
+  """Only the Linear weights changed: no embedding/head/norm is stored (issue 26 item 3: a 49 MB
+  adapter for a rank-8 delta of MiniLM was the unchanged embeddings); merging it gives the
+  fine-tuned model back up to the SVD tail."""
+  base = jp.io.load_safetensors(FIX / "llama_tiny")
+  ft = finetuned(base)
+  changed_linear = {n: ft[n] if base[n].ndim == 2 and "embed" not in n and "lm_head" not in n
+                    else np.asarray(base[n]) for n in base}
+  norm = "model.layers.0.input_layernorm.weight"
+  changed_linear_norm = dict(changed_linear, **{norm: ft[norm]})
+  cfg = json.loads((FIX / "llama_tiny" / "config.json").read_text())
+  for name, tensors in (("lin", changed_linear), ("lin_norm", changed_linear_norm)):
+    jp.io.save_safetensors(tensors, tmp_path / name, config=cfg)
+    assert main(["lora", "extract", str(FIX / "llama_tiny"), str(tmp_path / name),
+                 str(tmp_path / f"a_{name}"), "--rank", "8", "-q"]) == 0
+  capsys.readouterr()
+  lin = jp.adapt.read_peft(tmp_path / "a_lin")
+  assert lin.modules_to_save == {} and lin.config["modules_to_save"] is None
+  assert len(lin.modules) == 14
+  size = (tmp_path / "a_lin" / "adapter_model.safetensors").stat().st_size
+  factors = sum(m["A"].nbytes + m["B"].nbytes for m in lin.modules.values())
+  assert size < factors + 16_384, (size, factors)  # the factors and a header: nothing else
+  with_norm = jp.adapt.read_peft(tmp_path / "a_lin_norm")
+  # the changed norm's key only; PEFT wraps every module of a key and needs each one's tensors
+  assert set(with_norm.modules_to_save) == {n for n in base if "input_layernorm" in n}
+  assert len(with_norm.modules_to_save) > 1
+  assert with_norm.config["modules_to_save"] == ["input_layernorm"]
+  np.testing.assert_array_equal(with_norm.modules_to_save[norm], ft[norm])
+  # PEFT semantics: a wrapped module without a stored tensor is the base's copy; merged
+  # = fine-tuned (up to the truncation of the Linear deltas).
+  assert main(["lora", "merge", str(FIX / "llama_tiny"), str(tmp_path / "a_lin_norm"),
+               str(tmp_path / "merged"), "-q"]) == 0
+  merged = jp.io.load_safetensors(tmp_path / "merged")
+  for n, v in changed_linear_norm.items():
+    if v.ndim == 2 and "embed" not in n and "lm_head" not in n:
+      np.testing.assert_allclose(merged[n], v, atol=5e-3, err_msg=n)  # the rank-8 tail
+    else:
+      np.testing.assert_array_equal(merged[n], v, err_msg=n)
+  # --save-module still saves a module whole, changed or not
+  assert main(["lora", "extract", str(FIX / "llama_tiny"), str(tmp_path / "lin"),
+               str(tmp_path / "a_asked"), "--rank", "8", "--save-module", "embed_tokens",
+               "-q"]) == 0
+  asked = jp.adapt.read_peft(tmp_path / "a_asked")
+  assert set(asked.modules_to_save) == {"model.embed_tokens.weight"}

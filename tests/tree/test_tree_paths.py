@@ -139,6 +139,12 @@ def test_diff_and_allclose():
   assert ("extra", "missing_in_a") in [(r.path, r.kind) for r in jp.tree.diff(a, c)]
   d = jp.tree.map(lambda x: x.astype(jnp.bfloat16), a, where="embed/*")
   assert jp.tree.diff(a, d)[0].kind == "dtype"
+  # named records (issue 26 item 3) that still unpack as the 4-tuples they were
+  row = rows[0]
+  assert row._fields == ("path", "kind", "max_abs", "max_rel")
+  assert repr(row).startswith("LeafDiff(path='layers/1/mlp/kernel', kind='value', max_abs=")
+  path, kind, max_abs, max_rel = row
+  assert (path, kind, max_abs, max_rel) == tuple(row) and row._asdict()["kind"] == "value"
 
 
 def test_summary_statistics_against_numpy():
