@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxparams import io as jio
 from jaxparams.edit import facts as facts_lib
 from jaxparams.edit import mlm, sites
 
@@ -79,9 +80,16 @@ def read_requests(path: str | pathlib.Path, tokenizer: Any | None = None) -> lis
   path = pathlib.Path(path)
   if not path.is_file():
     raise FileNotFoundError(f"{path}: no such file")
-  text = path.read_text()
+  text = jio.read_text(path, what="requests file")
   if text.lstrip().startswith("["):
-    rows = [(i + 1, r) for i, r in enumerate(json.loads(text))]
+    try:
+      items = json.loads(text)
+    except json.JSONDecodeError as e:
+      raise ValueError(f"{path}:{e.lineno}: not valid JSON ({e.msg}, column {e.colno})"
+                       ) from None
+    if not isinstance(items, list):
+      raise ValueError(f"{path}: expected a JSON list of requests or JSONL")
+    rows = [(f"item {i + 1}", r) for i, r in enumerate(items)]
   else:
     rows = []
     for i, line in enumerate(text.splitlines(), 1):
@@ -92,7 +100,7 @@ def read_requests(path: str | pathlib.Path, tokenizer: Any | None = None) -> lis
           raise ValueError(f"{path}:{i}: not valid JSON ({e})") from None
   out = []
   for i, row in rows:
-    where = f"{path}:{i}"
+    where = f"{path}:{i}" if isinstance(i, int) else f"{path} ({i})"
     if not isinstance(row, dict):
       raise ValueError(f"{where}: expected an object, found {type(row).__name__}")
     miss = [k for k in ("prompt", "subject", "target_new") if k not in row]
