@@ -160,7 +160,10 @@ def rollback(params: Any, delta: Delta, *, check: bool = True) -> Any:
 
 def compose(first: Delta, second: Delta) -> Delta:
   """One delta for ``first`` then ``second`` (originals from ``first``; updates summed; rollback
-  restores the originals exactly, re-applying gives the sum in fp32)."""
+  restores the originals exactly, re-applying gives the sum in fp32). Its fingerprints are
+  those of applying it (originals + summed update): :func:`rollback` with ``check`` expects a
+  model edited by the composed delta; roll back a model edited by ``first`` then ``second``
+  with ``second`` then ``first``."""
   ups = dict(first.updates)
   for p, v in second.updates.items():
     ups[p] = ups[p] + v if p in ups else v
