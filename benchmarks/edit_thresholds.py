@@ -38,12 +38,14 @@ from jaxparams.edit import targets as tgt_lib  # pylint: disable=wrong-import-po
 
 SETTINGS = {
     "memit": [("absolute", 15000.0), ("absolute", "width"), ("relative", 0.03),
-              ("relative", 0.1), ("relative", 0.3), ("relative", 1.0)],
+              ("relative", 0.1), ("relative", 0.3), ("relative", 1.0),
+              ("relative", 0.1, {"clamp_norm_factor": 4.0})],
     "alphaedit": [("absolute", 2e-2, "absolute", 10.0), ("absolute", 0.1, "absolute", 10.0),
                   ("energy", 0.005, "relative", 0.1), ("energy", 0.01, "relative", 0.1),
                   ("energy", 0.02, "relative", 0.1), ("energy", 0.05, "relative", 0.1),
                   ("energy", 0.02, "relative", 0.01), ("energy", 0.02, "relative", 1.0),
-                  ("relative", 1e-3, "relative", 0.1)],
+                  ("relative", 1e-3, "relative", 0.1),
+                  ("energy", 0.02, "relative", 0.1, {"clamp_norm_factor": 4.0})],
 }
 
 
@@ -101,13 +103,16 @@ def run_model(kind, path, n):
   print(out["model"], flush=True)
   for name, rows in SETTINGS.items():
     for row in rows:
+      tgt = row[-1] if isinstance(row[-1], dict) else {}
+      row = row[:-1] if tgt else row
       if name == "memit":
         mode, w = row
         w = 15000.0 * d_ff / 16384 if w == "width" else w
-        hp = edit_registry.make_params("memit", {"lambda_mode": mode, "mom2_update_weight": w})
+        hp = edit_registry.make_params("memit", {"lambda_mode": mode, "mom2_update_weight": w,
+                                                 "target": tgt})
       else:
         hp = edit_registry.make_params("alphaedit", dict(zip(
-            ("nullspace_mode", "nullspace_threshold", "l2_mode", "L2"), row)))
+            ("nullspace_mode", "nullspace_threshold", "l2_mode", "L2"), row), target=tgt))
       t0 = time.perf_counter()
       if name == "memit":
         new, d = methods.memit(lm.module, lm.params, lm.tokenizer, reqs, cov=cov, where=where,
@@ -121,6 +126,7 @@ def run_model(kind, path, n):
       sc = call(new)
       default = hp == edit_registry.get(name).defaults()
       r = {"method": name, "setting": {k: v for k, v in vars(hp).items() if k != "target"},
+           "target": tgt,
            "default": default, "seconds": dt, **sc,
            **{k: d.meta[k] for k in ("lambda", "L2", "nullspace_dim") if k in d.meta}}
       out["rows"].append(r)
@@ -152,6 +158,8 @@ def write_md(results, path):
                 f"{s['L2']:g}")
         used = ", ".join(f"{v:.4g}" for v in r.get("L2", {}).values())
       dim = ", ".join(str(v) for v in r.get("nullspace_dim", {}).values()) or "-"
+      if r.get("target"):
+        desc += ", target " + ", ".join(f"{k} {v:g}" for k, v in r["target"].items())
       b = "**" if r["default"] else ""
       lines.append(f"| {r['method']} | {b}{desc}{b} | {used} | {dim} | {b}{r['efficacy']:.3f}{b}"
                    f" | {r['generalization']:.3f} | {r['locality']:.3f} | "

@@ -155,7 +155,8 @@ def alphaedit_l2(keys: jax.Array, projector: jax.Array, l2: float, mode: str = "
                  ) -> jax.Array:
   """AlphaEdit's ``L2``: ``l2`` (``'absolute'``, the reference's 10), or ``l2 x`` the edit keys'
   mean null-space energy ``||P k||^2`` (``'relative'``): a lone key then keeps ``1 / (1 + l2)``
-  of its residual, whatever the keys' scale.
+  of its residual, whatever the keys' scale (floored at ``1e-6`` of the keys' mean squared norm,
+  so that an empty null space gives a zero update).
 
   Example:
     >>> import jax.numpy as jnp
@@ -165,8 +166,11 @@ def alphaedit_l2(keys: jax.Array, projector: jax.Array, l2: float, mode: str = "
   check_mode(mode, LAMBDA_MODES, "AlphaEdit l2_mode")
   if mode == "absolute":
     return jnp.asarray(l2, jnp.float32)
-  pk = projector.astype(jnp.float32) @ keys.astype(jnp.float32)
-  return l2 * jnp.mean(jnp.sum(pk * pk, 0))
+  k = keys.astype(jnp.float32)
+  pk = projector.astype(jnp.float32) @ k
+  # floor: an empty null space (P = 0) gives a zero update, not a singular solve
+  floor = 1e-6 * jnp.mean(jnp.sum(k * k, 0)) + 1e-30
+  return jnp.maximum(l2 * jnp.mean(jnp.sum(pk * pk, 0)), floor)
 
 
 @jax.jit

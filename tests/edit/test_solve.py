@@ -142,3 +142,13 @@ def test_reference_constants_by_name_and_bad_modes():
     methods.AlphaEditParams(nullspace_mode="fraction")
   with pytest.raises(ValueError, match="a fraction"):
     methods.AlphaEditParams(nullspace_threshold=2.0)
+
+
+def test_empty_null_space_gives_no_update():
+  cov = jnp.eye(8)
+  p = solve.null_space_projector(cov, 1e-3, "relative")   # every eigenvalue is the largest
+  assert float(jnp.trace(p)) == 0.0
+  k = jnp.ones((8, 3))
+  l2 = solve.alphaedit_l2(k, p, 0.1, "relative")
+  d = solve.alphaedit_delta(k, jnp.ones((4, 3)), p, jnp.zeros((8, 8)), l2)
+  assert bool(jnp.all(d == 0))
