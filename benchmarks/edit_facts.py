@@ -20,8 +20,8 @@ MEMIT/AlphaEdit/GRACE/WISE/FT, and ``--seq-edits`` sequential edits in batches o
 cumulative edit time after every batch) into ``benchmarks/results/edit_seq.{json,md}``;
 ``--combine A.json,B.json`` joins the sequential runs of separate processes. Defaults: keys and targets at the subject's last token
 (``fact_token='subject_last'``), ROME at layer 0 with the reference's target optimisation
-(20 steps, lr 0.5, clamp 4), MEMIT/AlphaEdit on layer 0 (25 steps, clamp 4, lambda = the
-reference's 15000 scaled to the key width, ``--lam width``), key statistics from the facts of
+(20 steps, lr 0.5, clamp 4), MEMIT/AlphaEdit on layer 0 (25 steps, clamp 4; lambda, null space and L2 the
+records' scale-free defaults: ``--lam width`` / ``--alpha-threshold`` for absolute constants), key statistics from the facts of
 subjects that no edit of the run names (``--stats-from other_subjects``, the analogue of the
 reference's Wikipedia statistics; ``auto`` falls back to the unedited facts on sets whose edits
 name nearly every subject, as the default set), WISE at layer 2 with margins scaled to the model. For 1000
@@ -181,14 +181,15 @@ def main(argv=None):
                   "else unedited (the default set's 300 edits name 98 of its 100 subjects)")
   ap.add_argument("--rome-layer", type=int, default=0)
   ap.add_argument("--memit-layers", default="0")
-  ap.add_argument("--lam", default="width", help="MEMIT mom2_update_weight: a number, or "
-                  "'width' (default): the reference's 15000 for 16384-wide keys (GPT-J) scaled to "
-                  "this model's key width, 15000 * d_ff / 16384, so that lambda weighs each key "
-                  "direction as in the reference (C0 is a per-token mean: its trace does not grow "
-                  "with the width, its per-direction scale shrinks as 1 / d_ff)")
-  ap.add_argument("--alpha-threshold", type=float, default=dflt["alphaedit"].nullspace_threshold,
-                  help="AlphaEdit nullspace_threshold (absolute, as the reference)")
-  ap.add_argument("--alpha-l2", type=float, default=dflt["alphaedit"].L2, help="AlphaEdit L2")
+  ap.add_argument("--lam", default="record", help="MEMIT lambda: 'record' (the record's "
+                  "default, lambda_mode='relative'), 'width' (absolute 15000 x d_ff / 16384) or "
+                  "an absolute number (the reference: 15000)")
+  ap.add_argument("--alpha-threshold", type=float, default=None,
+                  help="AlphaEdit absolute nullspace_threshold (the reference: 2e-2; default: "
+                  "the record's, nullspace_mode='energy')")
+  ap.add_argument("--alpha-l2", type=float, default=None,
+                  help="AlphaEdit absolute L2 (the reference: 10; default: the record's, "
+                  "l2_mode='relative')")
   ap.add_argument("--v-steps", type=int, default=dflt["rome"].target.v_num_grad_steps,
                   help="target optimisation steps")
   ap.add_argument("--v-lr", type=float, default=dflt["rome"].target.v_lr)
@@ -256,7 +257,8 @@ def main(argv=None):
                     >= 0.2 * len(fs.facts) else "unedited")
   texts = facts.stats_sentences(fs, a.stats_from, fs.edits[:n_used])
   d_ff = int(lm.config.intermediate_size)
-  lam = 15000.0 * d_ff / 16384 if a.lam == "width" else float(a.lam)
+  lam = (a.lam if a.lam == "record" else 15000.0 * d_ff / 16384 if a.lam == "width"
+         else float(a.lam))
   layers = sorted({a.rome_layer, *[int(x) for x in a.memit_layers.split(",")]})
   t0 = time.perf_counter()
   st = stats.key_stats(lm.module, lm.params, stats.text_batches(lm.tokenizer, texts), layers=layers)
@@ -279,7 +281,7 @@ def main(argv=None):
                         "fact_token": a.fact_token, "rome_layer": a.rome_layer,
                         "stats_from": a.stats_from,
                         "memit_layers": a.memit_layers, "lambda": lam, "d_ff": d_ff,
-                        "alpha_threshold": a.alpha_threshold, "alpha_l2": a.alpha_l2,
+                        "alpha_threshold": a.alpha_threshold or "record", "alpha_l2": a.alpha_l2 or "record",
                         "target": {"v_steps": a.v_steps, "v_lr": a.v_lr, "rome_clamp": a.clamp,
                                    "z_steps": a.z_steps, "z_clamp": a.z_clamp},
                         "wise": {"layer": a.wise_layer, "n_iter": a.wise_iters, "lr": a.wise_lr,
@@ -303,11 +305,14 @@ def main(argv=None):
   ft_hp = {"ft": method_params(a, "ft", {}),
            "ft_tuned": method_params(a, "ft", dict(num_steps=int(ft_steps), lr=float(ft_lr),
                                                    norm_constraint=float(ft_nc)))}
-  memit_hp = method_params(a, "memit", {"target": dataclasses.asdict(tpm),
-                                        "mom2_update_weight": lam})
-  alpha_hp = method_params(a, "alphaedit", {"target": dataclasses.asdict(tpm),
-                                            "nullspace_threshold": a.alpha_threshold,
-                                            "L2": a.alpha_l2})
+  memit_hp = method_params(a, "memit", {"target": dataclasses.asdict(tpm), **(
+      {} if lam == "record" else {"lambda_mode": "absolute", "mom2_update_weight": lam})})
+  alpha_abs = {}
+  if a.alpha_threshold is not None:
+    alpha_abs.update(nullspace_mode="absolute", nullspace_threshold=a.alpha_threshold)
+  if a.alpha_l2 is not None:
+    alpha_abs.update(l2_mode="absolute", L2=a.alpha_l2)
+  alpha_hp = method_params(a, "alphaedit", {"target": dataclasses.asdict(tpm), **alpha_abs})
   results["_setup"].update(wise_hp=dataclasses.asdict(wise_hp), wise_templates=len(wise_tpl),
                            grace_layer=a.grace_layer, ft_layer=a.ft_layer,
                            ft={k: dataclasses.asdict(v) for k, v in ft_hp.items()},
@@ -371,6 +376,9 @@ def main(argv=None):
     if a.seq_edits:
       results[f"{name}_seq"] = run_sequential(name, batch_edit, score, lm.params, reqs, edits,
                                               mod_of(name), a.seq_edits, a.seq_batch)
+      # this run's own setup, so that a combined file (--combine) keeps each method's
+      results[f"{name}_seq"]["setup"] = {k: v for k, v in results["_setup"].items()
+                                          if k not in ("wise_hp", "ft")}
   if a.seq_only:
     results = {k: v for k, v in results.items() if k == "_setup" or k.endswith("_seq")
                or k == "unedited"}
@@ -415,7 +423,9 @@ def combine_seq(files, out, md):
     r = json.loads(pathlib.Path(f).read_text())
     merged.setdefault("_setup", r["_setup"])
     merged.setdefault("unedited", r.get("unedited"))
-    merged.update({k: v for k, v in r.items() if k.endswith("_seq")})
+    # each method keeps the setup of the run that made it (not the first file's)
+    merged.update({k: {**v, "setup": v.get("setup", r["_setup"])} for k, v in r.items()
+                   if k.endswith("_seq")})
   out.parent.mkdir(parents=True, exist_ok=True)
   out.write_text(json.dumps(merged, indent=1))
   write_seq_md(merged, md)
@@ -434,7 +444,11 @@ def write_seq_md(results, path):
   for k, r in results.items():
     if k.startswith("_") or not r or "curve" not in r:
       continue
-    lines.append(f"| {k[:-4]} | {r['setting']} | {r['efficacy']:.3f} | "
+    st = r.get("setup", s)
+    extra = {"memit": f", lambda {st.get('lambda')}",
+             "alphaedit": f", threshold {st.get('alpha_threshold')}, L2 {st.get('alpha_l2')}"
+             }.get(k[:-4], "")
+    lines.append(f"| {k[:-4]} | {r['setting']}{extra} | {r['efficacy']:.3f} | "
                  f"{r['generalization']:.3f} | {r['locality']:.3f} | {r['locality_argmax']:.3f} "
                  f"| {r['seconds_total']:.1f} s |")
   lines += ["", "Per batch (efficacy / generalization / locality after n sequential edits, "

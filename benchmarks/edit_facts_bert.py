@@ -103,7 +103,8 @@ def main(argv=None):
   ap.add_argument("--batch", type=int, default=50)
   ap.add_argument("--rome-layer", type=int, default=0)
   ap.add_argument("--memit-layers", default="0,1")
-  ap.add_argument("--lam", type=float, default=100.0, help="MEMIT mom2_update_weight")
+  ap.add_argument("--lam", type=float, default=None, help="MEMIT absolute mom2_update_weight "
+                  "(default: the record's relative lambda)")
   ap.add_argument("--v-steps", type=int, default=20)
   ap.add_argument("--v-lr", type=float, default=0.5)
   ap.add_argument("--clamp", type=float, default=4.0, help="ROME clamp_norm_factor")
@@ -153,7 +154,7 @@ def main(argv=None):
       "train_seconds": t_train, "model": {k: getattr(lm.config, k) for k in (
           "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")},
       "stats_tokens": int(st[layers[0]].count), "stats_seconds": t_stats,
-      "stats_cloze": bool(a.stats_cloze), "rome_layer": a.rome_layer, "memit_layers": a.memit_layers, "lambda": a.lam,
+      "stats_cloze": bool(a.stats_cloze), "rome_layer": a.rome_layer, "memit_layers": a.memit_layers, "lambda": "record" if a.lam is None else a.lam,
       "fact_token": a.fact_token, "context_templates": tpl[1:4],
       "target": {"v_steps": a.v_steps, "v_lr": a.v_lr, "rome_clamp": a.clamp,
                  "z_steps": a.z_steps, "z_clamp": a.z_clamp},
@@ -170,8 +171,9 @@ def main(argv=None):
     if name == "memit":
       new, _ = methods.memit(lm.module, lm.params, lm.tokenizer, rq, cov=cov, where=where,
                              templates=groups, hp=edit_registry.make_params(
-                                 "memit", {"target": dataclasses.asdict(tpm),
-                                           "mom2_update_weight": a.lam}))
+                                 "memit", {"target": dataclasses.asdict(tpm), **(
+                                     {} if a.lam is None else {"lambda_mode": "absolute",
+                                                               "mom2_update_weight": a.lam})}))
     else:
       hp = edit_registry.make_params("alphaedit", {"target": dataclasses.asdict(tpm)})
       state = methods.alpha_state({l: cov[l] for l in methods.edited_layers(lm.params, where)},

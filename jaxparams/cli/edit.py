@@ -4,9 +4,12 @@ Edits facts in a Llama or BERT masked-LM (``BertForMaskedLM``) HF checkpoint (wi
 ``tokenizer.json``); requests in EasyEdit's form
 (``{"prompt": "... {} ...", "subject": ..., "target_new": ...}``, JSONL). Key statistics come
 from ``--stats DIR`` (saved) or ``--stats-text FILE`` (streamed, and saved to ``--stats`` when
-given). Writes the edited checkpoint atomically and the delta in ``OUT_DIR/delta``.
-``jaxparams edit EDITED_DIR OUT_DIR --rollback DELTA_DIR`` restores the original tensors
-bit-exactly; ``--apply DELTA_DIR`` re-applies a delta to another copy.
+given; found again by the content fingerprint of the tensors they came from, never by folder
+name). Writes the edited checkpoint atomically and the delta in ``OUT_DIR/delta`` (with the
+fingerprints of the edited tensors before and after). ``jaxparams edit EDITED_DIR OUT_DIR
+--rollback DELTA_DIR`` restores the original tensors bit-exactly; ``--apply DELTA_DIR``
+re-applies a delta to another copy of the same model. Both refuse, writing nothing, a model
+whose tensors do not match the delta (another model, a second apply, a second rollback).
 
 Every parameter of the method (its dataclass in ``jaxparams.edit.registry``) is settable:
 ``--params FILE`` (JSON/YAML ``{name: value}``) then ``--set name=value`` (repeatable);
@@ -17,12 +20,19 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["add_parser", "run"]
+__all__ = ["add_parser", "run", "USAGE"]
+
+USAGE = """
+  %(prog)s MODEL_DIR REQUESTS.jsonl OUT_DIR --layers L [--method rome|memit|alphaedit]
+      (--stats DIR | --stats-text FILE [--stats DIR]) [--params FILE] [--set NAME=VALUE ...]
+      [--fact-token subject_last|last] [--overwrite]
+  %(prog)s MODEL_DIR OUT_DIR (--rollback DELTA_DIR | --apply DELTA_DIR) [--overwrite]
+  %(prog)s --method NAME --list-params [--params FILE] [--set NAME=VALUE ...]"""
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
   p = sub.add_parser("edit", help="Edit facts in a checkpoint (ROME, MEMIT, AlphaEdit); roll back.",
-                     description=__doc__.split("\n\n", 1)[1])
+                     description=__doc__.split("\n\n", 1)[1], usage=USAGE)
   p.add_argument("model", metavar="MODEL_DIR", nargs="?", help="HF Llama or BertForMaskedLM checkpoint with tokenizer.json")
   p.add_argument("rest", nargs="*", metavar="REQUESTS.jsonl OUT_DIR",
                  help="requests and output folder (only OUT_DIR with --rollback/--apply)")

@@ -7,7 +7,8 @@
   with ``where=`` (MLP output kernels ``layers_{l}/mlp/down_proj/kernel``).
 * :mod:`.delta`: export, re-apply (bit-identical) and roll back (bit-exact) an edit.
 * :mod:`.stats`: key second moment ``E[k k^T]`` through :mod:`jaxparams.calib` (fp32, streamed,
-  shardable), saved per model and layer.
+  shardable), saved per layer under the content fingerprint of the tensors it came from
+  (:mod:`.fingerprint`, which deltas also record to refuse a wrong model or a double apply).
 * :mod:`.grace`: codebook adaptor through ``dot=``, rollback by edit id; :mod:`.ft`: FT-L.
 * :mod:`.wise`: side memory beside one value matrix, activation routing through ``dot=``,
   knowledge shards with random masks merged with the TIES record of :mod:`jaxparams.merge`.

@@ -14,7 +14,9 @@ Example (needs a checkpoint; the CLI tests run it):
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import hashlib
 import pathlib
 import time
 from typing import Any, Sequence
@@ -23,6 +25,7 @@ import jax
 
 from jaxparams import io as jio
 from jaxparams.edit import delta as delta_lib
+from jaxparams.edit import fingerprint as fp_lib
 from jaxparams.edit import methods, probe, registry, sites, stats
 from jaxparams.edit import requests as req_lib
 
@@ -75,16 +78,36 @@ def edit_params(method: str, params: Any = None, *, params_file: str | pathlib.P
   return hp
 
 
-def parse_layers(layers: str) -> list[int]:
-  """``'3'``, ``'3,4,5'`` or ``'3-5'`` -> layer indices."""
+def parse_layers(layers: str, n_layers: int | None = None) -> list[int]:
+  """``'3'``, ``'3,4,5'`` or ``'3-5'`` -> layer indices (checked against ``n_layers``).
+
+  Example:
+    >>> parse_layers('0-2,5')
+    [0, 1, 2, 5]
+    >>> parse_layers('a-b')
+    Traceback (most recent call last):
+    ...
+    ValueError: --layers 'a-b': 'a-b' is not a layer index or a range (give 3, 3,4,5 or 3-5)
+  """
   out: list[int] = []
   for part in str(layers).split(","):
     part = part.strip()
-    if "-" in part:
-      a, b = part.split("-")
-      out.extend(range(int(a), int(b) + 1))
-    elif part:
-      out.append(int(part))
+    if not part:
+      continue
+    bad = ValueError(f"--layers {layers!r}: {part!r} is not a layer index or a range (give 3, "
+                     "3,4,5 or 3-5)")
+    a, sep, b = part.partition("-")
+    if not a.strip().isdigit() or (sep and not b.strip().isdigit()):
+      raise bad
+    lo, hi = int(a), int(b) if sep else int(a)
+    if hi < lo:
+      raise ValueError(f"--layers {layers!r}: the range {part!r} is empty (give low-high)")
+    if n_layers is not None and hi >= n_layers:
+      raise ValueError(f"--layers {layers!r}: layer {hi} does not exist (the model has "
+                       f"{n_layers} layers: 0-{n_layers - 1})")
+    if hi - lo > 100_000:
+      raise bad
+    out.extend(range(lo, hi + 1))
   if not out:
     raise ValueError(f"--layers {layers!r}: no layers")
   return sorted(set(out))
@@ -136,37 +159,56 @@ def edit_checkpoint(model_dir: str | pathlib.Path, requests_file: str | pathlib.
                    fact_token=fact_token)
   model_dir, out_dir = pathlib.Path(model_dir), pathlib.Path(out_dir)
   jio.check_output_dir(out_dir, overwrite)
+  parse_layers(layers)
+  if stats_text is None and stats_dir is None:
+    raise ValueError("edit needs key statistics: --stats DIR (saved) or --stats-text FILE")
   module, params, config, tok = _load(model_dir)
   reqs = req_lib.read_requests(requests_file, tok)
   if not rec.batch and len(reqs) != 1:
     raise ValueError(f"{requests_file}: {method.upper()} edits one request at a time, found "
                      f"{len(reqs)} (use --method "
                      f"{' or '.join(n for n in METHODS if registry.get(n).batch)} for batches)")
-  lays = parse_layers(layers)
+  lays = parse_layers(layers, getattr(config, "num_hidden_layers", None))
   where = [probe.kernel_path(l, module) for l in lays]
   methods.edited_layers(params, lambda p, _: p in where)
-  name = model_dir.resolve().name
-  if stats_text is not None:
-    texts = jio.read_calibration_text(stats_text, what="--stats-text file", strip=False,
-                                      keep_empty=True)
-    batches = (stats.text_batches_mlm(tok, texts) if sites.of(module).masked
-               else stats.text_batches(tok, texts))
-    st = stats.key_stats(module, params, batches, layers=lays)
-    if stats_dir is not None:
-      stats.save_stats(st, stats_dir, name)
-  elif stats_dir is not None:
-    st = stats.load_stats(stats_dir, name, lays)
-  else:
-    raise ValueError("edit needs key statistics: --stats DIR (saved) or --stats-text FILE")
+  st = _key_stats(module, params, tok, model_dir, lays, stats_dir, stats_text)
   cov = {l: s.gram for l, s in st.items()}
   tpl = req_lib.context_templates(module, params, tok)
   sel = lambda p, _: p in where
   t0 = time.perf_counter()
   new, d = rec.run(module, params, tok, reqs, cov=cov, where=sel, templates=tpl, hp=hp)
   seconds = time.perf_counter() - t0
+  d.meta.update(params=dataclasses.asdict(hp), model_dir=str(model_dir))
   _write(new, config, out_dir, model_dir, d, overwrite)
   return {"method": method, "layers": lays, "n_requests": len(reqs), "seconds": seconds,
           "out": str(out_dir), "params": hp}
+
+
+def _key_stats(module, params, tok, model_dir, lays, stats_dir, stats_text):
+  """The key statistics of ``lays``: from ``stats_dir`` when saved there for these tensors
+  (content fingerprints, :mod:`jaxparams.edit.fingerprint`; with ``stats_text``, also for that
+  text), else computed from ``stats_text`` and saved to ``stats_dir``."""
+  if stats_text is None and stats_dir is None:
+    raise ValueError("edit needs key statistics: --stats DIR (saved) or --stats-text FILE")
+  tok_bytes = (model_dir / "tokenizer.json").read_bytes()
+  fps = {l: fp_lib.stats_fingerprint(params, l, tok_bytes) for l in lays}
+  if stats_text is None:
+    return stats.load_stats(stats_dir, fps, lays)
+  raw = jio.read_text(stats_text, what="--stats-text file")
+  sha = hashlib.sha256(raw.encode()).hexdigest()
+  if stats_dir is not None:
+    st = stats.load_stats(stats_dir, fps, lays, text_sha256=sha)
+    if st is not None:
+      return st
+  texts = jio.read_calibration_text(stats_text, what="--stats-text file", strip=False,
+                                    keep_empty=True)
+  batches = (stats.text_batches_mlm(tok, texts) if sites.of(module).masked
+             else stats.text_batches(tok, texts))
+  st = stats.key_stats(module, params, batches, layers=lays)
+  if stats_dir is not None:
+    stats.save_stats(st, stats_dir, fps, {"model_dir": str(model_dir), "text_sha256": sha,
+                                          "text": str(stats_text)})
+  return st
 
 
 def _write(params, config, out_dir, copy_from, d, overwrite):
@@ -182,11 +224,27 @@ def _write(params, config, out_dir, copy_from, d, overwrite):
 def apply_delta_checkpoint(model_dir: str | pathlib.Path, delta_dir: str | pathlib.Path,
                            out_dir: str | pathlib.Path, *, rollback: bool,
                            overwrite: bool = False) -> dict[str, Any]:
-  """Rolls back (``rollback=True``: originals restored bit-exactly) or re-applies a delta."""
+  """Rolls back (``rollback=True``: originals restored bit-exactly) or re-applies a delta.
+
+  The checkpoint's tensors are checked against the fingerprints the delta recorded before
+  anything is written (:func:`jaxparams.edit.delta.check_target`): a delta of another model, a
+  second apply or a rollback of an unedited model is a one-line ValueError naming the folder
+  and the tensor, and ``out_dir`` is not created.
+  """
+  from jaxparams.models import hf  # pylint: disable=g-import-not-at-top
   model_dir, out_dir = pathlib.Path(model_dir), pathlib.Path(out_dir)
   jio.check_output_dir(out_dir, overwrite)
   _, params, config, _ = _load(model_dir)
   d = delta_lib.load_delta(delta_dir)
-  new = delta_lib.rollback(params, d) if rollback else delta_lib.apply_delta(params, d)
+  names = {p: n for p, (n, _) in hf.hf_name_map(config).items()}
+  try:
+    delta_lib.check_target(params, d, rollback=rollback)
+  except ValueError as e:
+    msg = str(e)
+    for p in d.updates:
+      msg = msg.replace(repr(p), f"{names.get(p, p)!r}")
+    raise ValueError(f"{model_dir}: {msg} (delta {delta_dir}); nothing written") from None
+  new = (delta_lib.rollback(params, d, check=False) if rollback
+         else delta_lib.apply_delta(params, d, check=False))
   _write(new, config, out_dir, model_dir, None, overwrite)
   return {"rollback": rollback, "tensors": list(d.updates), "out": str(out_dir)}

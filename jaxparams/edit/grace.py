@@ -10,8 +10,9 @@ An edit (``EasyEdit/easyeditor/models/grace/GRACE.py``): the key is the layer in
 prompt's last token; the value is trained (``n_iter`` Adam steps, ``edit_lr``) so the replaced
 output yields the target; codebook rules with ``d`` the distance to the nearest key:
 ``d > eps_init + eps_nearest`` -> add an entry; labels differ -> add and split the radii
-(``eps_nearest = d/2 - 1e-5``, ``eps_new = d/2``); same label -> expand (``eps_nearest = d``,
-``coverage``). :func:`rollback` deactivates the entries of one edit id.
+(``eps_nearest = d/2 - 1e-5``, ``eps_new = d/2``); same label -> grow the nearest radius to
+``d`` when ``d`` is beyond it (``coverage``; a radius is never shrunk there, as the reference).
+:func:`rollback` deactivates the entries of one edit id.
 
 Example:
   >>> import jax.numpy as jnp
@@ -35,7 +36,8 @@ from jaxparams.edit import methods, probe
 from jaxparams.edit import requests as req_lib
 from jaxparams.edit import targets as tgt_lib
 
-__all__ = ["GraceKernel", "GraceParams", "dot", "grace_edit", "rollback", "wrap_params"]
+__all__ = ["GraceKernel", "GraceParams", "dot", "grace_edit", "rollback", "wrap_params",
+           "update_codebook"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,6 +120,36 @@ def wrap_params(params: Any, layer: int, capacity: int = 16) -> Any:
 
 
 
+def update_codebook(g: GraceKernel, key: jax.Array, value: jax.Array, *, label: int,
+                    edit_id: int, eps_init: float) -> GraceKernel:
+  """GRACE's codebook rules for one (key, value) of class ``label`` (``GRACE.py``): add an
+  entry when the nearest key is beyond both radii, split the two radii on a label conflict,
+  grow the nearest radius to the distance when the same label lies outside it (never shrunk).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> g = GraceKernel.wrap(jnp.eye(2), capacity=2)
+    >>> g = update_codebook(g, jnp.array([0., 0.]), jnp.ones(2), label=1, edit_id=0, eps_init=3.)
+    >>> g = update_codebook(g, jnp.array([1., 0.]), jnp.ones(2), label=1, edit_id=1, eps_init=3.)
+    >>> float(g.eps[0]), g.n   # inside the radius: unchanged (not set to the distance 1)
+    (3.0, 1)
+  """
+  d = jnp.linalg.norm(g.keys - key, axis=-1)
+  d = jnp.where(g.active, d, jnp.inf)
+  j = int(jnp.argmin(d))
+  dist = float(d[j])
+  if not g.n or dist > eps_init + float(g.eps[j]):
+    return g.add(key, value, eps_init, edit_id=edit_id, label=label)
+  if int(g.labels[j]) != label:
+    g = GraceKernel(g.w, g.keys, g.values, g.eps.at[j].set(dist / 2 - 1e-5), g.active,
+                    g.edit_id, g.labels)
+    return g.add(key, value, dist / 2, edit_id=edit_id, label=label)
+  if dist > float(g.eps[j]):  # same label, query outside: grow the radius to cover it
+    return GraceKernel(g.w, g.keys, g.values, g.eps.at[j].set(dist), g.active, g.edit_id,
+                       g.labels)
+  return g
+
+
 def grace_edit(module: Any, params: Any, tokenizer: Any, request: req_lib.EditRequest, *,
                layer: int, edit_id: int, hp: GraceParams = GraceParams()) -> Any:
   """One GRACE edit on params whose layer ``layer`` kernel is a :class:`GraceKernel` (see
@@ -133,19 +165,8 @@ def grace_edit(module: Any, params: Any, tokenizer: Any, request: req_lib.EditRe
   batch = tgt_lib.encode_batch(tokenizer, [request], ["{}"], (), "last")
   value = tgt_lib.optimize_targets(module, params, batch, layer=layer, site="mlp",
                                    hp=thp)["target"][0]
-  d = jnp.linalg.norm(g.keys - key, axis=-1)
-  d = jnp.where(g.active, d, jnp.inf)
-  j = int(jnp.argmin(d))
-  dist = float(d[j])
   label = zlib.crc32(request.target_new.encode()) & 0x7FFFFFFF
-  if not g.n or dist > hp.eps + float(g.eps[j]):
-    g = g.add(key, value, hp.eps, edit_id=edit_id, label=label)
-  elif int(g.labels[j]) != label:
-    g = GraceKernel(g.w, g.keys, g.values, g.eps.at[j].set(dist / 2 - 1e-5), g.active,
-                    g.edit_id, g.labels)
-    g = g.add(key, value, dist / 2, edit_id=edit_id, label=label)
-  else:  # same label: expand the nearest entry's radius to cover the query (coverage)
-    g = GraceKernel(g.w, g.keys, g.values, g.eps.at[j].set(dist), g.active, g.edit_id, g.labels)
+  g = update_codebook(g, key, value, label=label, edit_id=edit_id, eps_init=hp.eps)
   return probe.set_kernel(params, layer, g)
 
 

@@ -8,8 +8,10 @@ selector matching nothing is an error listing the editable kernels.
 Keys/targets come from :mod:`.probe`/:mod:`.targets`; the updates from :mod:`.solve`.
 
 Example (needs a trained model; see tests/edit):
-  >>> RomeParams().target.v_lr, MemitParams().mom2_update_weight  # doctest: +SKIP
-  (0.5, 15000.0)
+  >>> RomeParams().target.v_lr, MemitParams().lambda_mode, AlphaEditParams().nullspace_mode
+  (0.5, 'relative', 'energy')
+  >>> MemitParams(lambda_mode='absolute', mom2_update_weight=15000.0).mom2_update_weight
+  15000.0
 """
 
 from __future__ import annotations
@@ -30,6 +32,12 @@ from jaxparams.edit import targets as tgt_lib
 __all__ = ["RomeParams", "MemitParams", "AlphaEditParams", "AlphaEditState", "rome", "memit",
            "alphaedit", "edited_layers", "compute_keys", "alpha_state"]
 
+# Scale-free defaults (benchmarks/edit_thresholds.py, results/edit_thresholds.md): chosen on
+# one batch of 100 edits of the facts LM (d_ff 256); the same numbers for every model.
+MEMIT_LAMBDA_REL = 0.03
+ALPHA_ENERGY = 0.05
+ALPHA_L2_REL = 0.1
+
 _MEMIT_TARGET = tgt_lib.TargetParams(clamp_norm_factor=0.75, v_num_grad_steps=25)
 
 
@@ -42,22 +50,57 @@ class RomeParams:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class MemitParams:
-  """MEMIT (``hparams/MEMIT/*.json``): ``mom2_update_weight`` (lambda), target params and
-  ``fp64`` (solve in float64 as the reference; False: float32 for accelerators without it)."""
+  """MEMIT (``hparams/MEMIT/*.json``): lambda, target params and ``fp64`` (solve in float64 as
+  the reference; False: float32 for accelerators without it).
+
+  ``mom2_update_weight`` is read in ``lambda_mode`` (:func:`jaxparams.edit.solve.memit_lambda`):
+  ``'relative'`` (default): lambda = ``mom2_update_weight x`` the edit keys' mean
+  ``k^T C^-1 k`` (a lone key keeps ``1 / (1 + w)`` of its residual, whatever the key width and
+  the statistics sample); ``'absolute'``: the number itself (the reference's
+  ``lambda_mode='absolute', mom2_update_weight=15000``).
+  """
   target: tgt_lib.TargetParams = _MEMIT_TARGET
-  mom2_update_weight: float = 15000.0
+  lambda_mode: str = "relative"
+  mom2_update_weight: float = MEMIT_LAMBDA_REL
   fp64: bool = True
+
+  def __post_init__(self):
+    solve.check_mode(self.lambda_mode, solve.LAMBDA_MODES, "MemitParams.lambda_mode")
+    if not self.mom2_update_weight >= 0:
+      raise ValueError(f"MemitParams.mom2_update_weight must be >= 0, found "
+                       f"{self.mom2_update_weight}")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class AlphaEditParams:
-  """AlphaEdit (``hparams/AlphaEdit/Llama3-8B.json``): ``nullspace_threshold``, ``L2``; the
-  reference solves in float32 (``fp64=False``)."""
+  """AlphaEdit (``hparams/AlphaEdit/Llama3-8B.json``); the reference solves in float32
+  (``fp64=False``).
+
+  ``nullspace_threshold`` is read in ``nullspace_mode``
+  (:func:`jaxparams.edit.solve.null_space_projector`): ``'energy'`` (default): the null space is
+  the smallest eigen-directions of ``C0`` holding at most that fraction of its trace;
+  ``'relative'``: eigenvalues below that fraction of the largest; ``'absolute'``: eigenvalues
+  below the value (the reference's ``nullspace_mode='absolute', nullspace_threshold=2e-2``).
+  ``L2`` is read in ``l2_mode`` (:func:`jaxparams.edit.solve.alphaedit_l2`): ``'relative'``
+  (default, times the edit keys' mean ``||P k||^2``) or ``'absolute'`` (the reference's 10).
+  """
   target: tgt_lib.TargetParams = tgt_lib.TargetParams(clamp_norm_factor=0.75,
                                                       v_num_grad_steps=25, v_lr=0.1)
-  nullspace_threshold: float = 2e-2
-  L2: float = 10.0
+  nullspace_mode: str = "energy"
+  nullspace_threshold: float = ALPHA_ENERGY
+  l2_mode: str = "relative"
+  L2: float = ALPHA_L2_REL
   fp64: bool = False
+
+  def __post_init__(self):
+    solve.check_mode(self.nullspace_mode, solve.NULLSPACE_MODES, "AlphaEditParams.nullspace_mode")
+    solve.check_mode(self.l2_mode, solve.LAMBDA_MODES, "AlphaEditParams.l2_mode")
+    if not self.nullspace_threshold >= 0 or not self.L2 >= 0:
+      raise ValueError(f"AlphaEditParams: nullspace_threshold and L2 must be >= 0, found "
+                       f"{self.nullspace_threshold}, {self.L2}")
+    if self.nullspace_mode != "absolute" and self.nullspace_threshold > 1:
+      raise ValueError(f"AlphaEditParams: nullspace_threshold is a fraction in mode "
+                       f"{self.nullspace_mode!r} (<= 1), found {self.nullspace_threshold}")
 
 
 @dataclasses.dataclass
@@ -201,16 +244,21 @@ def memit(module: Any, params: Any, tokenizer: Any, requests: Sequence[req_lib.E
   """
   def update(i, layer, k, r):
     with jax.enable_x64(hp.fp64):
-      return solve.memit_delta(k, r, cov[layer], hp.mom2_update_weight)
+      lam = solve.memit_lambda(k, cov[layer], hp.mom2_update_weight, hp.lambda_mode)
+      used[layer] = float(lam)
+      return solve.memit_delta(k, r, cov[layer], lam)
+  used: dict[int, float] = {}
   (new, d), _ = _locate_then_edit(module, params, tokenizer, requests, where, templates,
                                   hp.target, update, "memit")
+  d.meta["lambda"] = {str(l): v for l, v in used.items()}
   return new, d
 
 
 def alpha_state(cov: dict[int, jax.Array], hp: AlphaEditParams = AlphaEditParams()
                 ) -> AlphaEditState:
   """Initial AlphaEdit state: projectors from ``cov`` and empty key caches."""
-  proj = {l: solve.null_space_projector(c, hp.nullspace_threshold) for l, c in cov.items()}
+  proj = {l: solve.null_space_projector(c, hp.nullspace_threshold, hp.nullspace_mode)
+          for l, c in cov.items()}
   return AlphaEditState(proj, {l: jnp.zeros_like(p) for l, p in proj.items()})
 
 
@@ -222,9 +270,15 @@ def alphaedit(module: Any, params: Any, tokenizer: Any, requests: Sequence[req_l
   (key cache grown by this batch's keys, recomputed after the edit as the reference does)."""
   def update(i, layer, k, r):
     with jax.enable_x64(hp.fp64):
-      return solve.alphaedit_delta(k, r, state.projectors[layer], state.cache[layer], hp.L2)
+      l2 = solve.alphaedit_l2(k, state.projectors[layer], hp.L2, hp.l2_mode)
+      used[layer] = float(l2)
+      return solve.alphaedit_delta(k, r, state.projectors[layer], state.cache[layer], l2)
+  used: dict[int, float] = {}
   (new, d), _ = _locate_then_edit(module, params, tokenizer, requests, where, templates,
                                   hp.target, update, "alphaedit")
+  d.meta["L2"] = {str(l): v for l, v in used.items()}
+  d.meta["nullspace_dim"] = {str(l): int(round(float(jnp.trace(state.projectors[l]))))
+                             for l in d.meta["layers"]}
   cache = dict(state.cache)
   for layer in d.meta["layers"]:
     ks = compute_keys(module, new, tokenizer, requests, layer, templates, hp.target.fact_token)

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 
 __all__ = ["rome_delta", "memit_delta", "alphaedit_delta", "null_space_projector",
-           "solve_psd"]
+           "solve_psd", "memit_lambda", "alphaedit_l2", "NULLSPACE_MODES", "LAMBDA_MODES"]
 
 
 def _f64() -> bool:
@@ -81,13 +81,96 @@ def memit_delta(keys: jax.Array, resid: jax.Array, cov: jax.Array, lam: float | 
   return (adj @ resid.astype(f).T).astype(jnp.float32)
 
 
-@jax.jit
-def null_space_projector(cov: jax.Array, threshold: float | jax.Array) -> jax.Array:
-  """AlphaEdit's ``P = U_0 U_0^T`` over the left singular vectors of ``cov`` whose singular value
-  is below ``threshold`` (``experiments/evaluate.py:get_project``)."""
+NULLSPACE_MODES = ("absolute", "relative", "energy")
+"""How :func:`null_space_projector` reads its threshold: ``'absolute'`` (eigenvalue below the
+value, the reference's 2e-2), ``'relative'`` (below ``value x`` the largest eigenvalue),
+``'energy'`` (the smallest eigen-directions holding at most ``value`` of ``trace(C)``)."""
+
+LAMBDA_MODES = ("absolute", "relative")
+"""How MEMIT's lambda / AlphaEdit's L2 are read: ``'absolute'`` (the number itself, as the
+reference's 15000 / 10) or ``'relative'`` (times the edit keys' own scale: see
+:func:`memit_lambda` and :func:`alphaedit_l2`)."""
+
+
+def check_mode(mode: str, valid: tuple[str, ...], what: str) -> str:
+  """``mode`` if valid, else ValueError listing the valid ones."""
+  if mode not in valid:
+    raise ValueError(f"{what} must be one of {', '.join(valid)}; found {mode!r}")
+  return mode
+
+
+@functools.partial(jax.jit, static_argnames=("mode",))
+def null_space_projector(cov: jax.Array, threshold: float | jax.Array,
+                         mode: str = "absolute") -> jax.Array:
+  """AlphaEdit's ``P = U_0 U_0^T`` over the left singular vectors of ``cov`` kept by
+  ``threshold`` read in ``mode`` (:data:`NULLSPACE_MODES`); ``'absolute'``: singular value below
+  ``threshold`` (``experiments/evaluate.py:get_project``).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> c = jnp.diag(jnp.array([10., 1., 0.05, 0.01]))
+    >>> [int(jnp.trace(null_space_projector(c, t, m)).round()) for t, m in
+    ...  [(2e-2, 'absolute'), (0.1, 'relative'), (0.01, 'energy')]]
+    [1, 2, 2]
+  """
   u, s, _ = jnp.linalg.svd(cov.astype(jnp.float32), full_matrices=False)
-  keep = (s < threshold).astype(u.dtype)
-  return (u * keep[None, :]) @ u.T
+  if mode == "absolute":
+    keep = s < threshold
+  elif mode == "relative":
+    keep = s < threshold * s[0]
+  elif mode == "energy":   # s descending: tail[i] = energy of directions i.. (the smallest)
+    tail = jnp.cumsum(s[::-1])[::-1]
+    keep = tail <= threshold * jnp.sum(s)
+  else:
+    raise ValueError(f"null-space mode must be one of {', '.join(NULLSPACE_MODES)}; found "
+                     f"{mode!r}")
+  return (u * keep.astype(u.dtype)[None, :]) @ u.T
+
+
+@jax.jit
+def _mahalanobis(keys: jax.Array, cov: jax.Array) -> jax.Array:
+  k = keys.astype(jnp.float32)
+  return jnp.mean(jnp.sum(k * solve_psd(cov, k).astype(jnp.float32), 0))
+
+
+def memit_lambda(keys: jax.Array, cov: jax.Array, weight: float, mode: str = "absolute"
+                 ) -> jax.Array:
+  """MEMIT's ``lambda``: ``weight`` (``'absolute'``, the reference's 15000), or ``weight x``
+  the edit keys' mean ``k^T C^-1 k`` (``'relative'``): a lone key then keeps a fraction
+  ``1 / (1 + weight)`` of its residual whatever the key width, key scale or the number of tokens
+  behind ``C`` (``k^T C^-1 k`` is about ``d`` for keys drawn like ``C``'s).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> float(memit_lambda(jnp.ones((4, 3)), 2 * jnp.eye(4), 0.5, 'relative'))
+    1.0
+  """
+  check_mode(mode, LAMBDA_MODES, "MEMIT lambda_mode")
+  if mode == "absolute":
+    return jnp.asarray(weight, jnp.float32)
+  return weight * _mahalanobis(keys, cov)
+
+
+def alphaedit_l2(keys: jax.Array, projector: jax.Array, l2: float, mode: str = "absolute"
+                 ) -> jax.Array:
+  """AlphaEdit's ``L2``: ``l2`` (``'absolute'``, the reference's 10), or ``l2 x`` the edit keys'
+  mean null-space energy ``||P k||^2`` (``'relative'``): a lone key then keeps ``1 / (1 + l2)``
+  of its residual, whatever the keys' scale (floored at ``1e-6`` of the keys' mean squared norm,
+  so that an empty null space gives a zero update).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> float(alphaedit_l2(jnp.ones((4, 3)), jnp.eye(4), 0.5, 'relative'))
+    2.0
+  """
+  check_mode(mode, LAMBDA_MODES, "AlphaEdit l2_mode")
+  if mode == "absolute":
+    return jnp.asarray(l2, jnp.float32)
+  k = keys.astype(jnp.float32)
+  pk = projector.astype(jnp.float32) @ k
+  # floor: an empty null space (P = 0) gives a zero update, not a singular solve
+  floor = 1e-6 * jnp.mean(jnp.sum(k * k, 0)) + 1e-30
+  return jnp.maximum(l2 * jnp.mean(jnp.sum(pk * pk, 0)), floor)
 
 
 @jax.jit

@@ -5,8 +5,9 @@ jitted :func:`jaxparams.calib.stats_runner` (layer-input capture by method inter
 ``X^T X`` sums, padding tokens masked out; a batch may be sharded over devices and XLA sums across
 them) and returns one :class:`jaxparams.calib.InputStats` per layer: ``.gram`` is
 ``E[k k^T]`` (the reference's ``stat.mom2.moment()``). ``save_stats`` / ``load_stats`` keep them
-per model name and layer (``STATS_DIR/<model>/layers_<l>.safetensors``), so the precompute runs
-once.
+per layer under the content fingerprint of the tensors they came from
+(``STATS_DIR/layers_<l>-<fingerprint>.safetensors``, :mod:`jaxparams.edit.fingerprint`), so
+the precompute runs once per model and another model never picks them up.
 
 Example:
   >>> import jax, jax.numpy as jnp, numpy as np
@@ -23,7 +24,7 @@ Example:
 from __future__ import annotations
 
 import pathlib
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -32,7 +33,7 @@ import numpy as np
 from jaxparams import calib
 from jaxparams.edit import mlm, probe, sites
 
-__all__ = ["KeyStats", "key_stats", "save_stats", "load_stats", "text_batches"]
+__all__ = ["KeyStats", "key_stats", "save_stats", "load_stats", "stats_file", "text_batches"]
 
 # The statistics type of the calibration layer (``xtx``, ``abs_sum``, ``count``; ``.gram``).
 KeyStats = calib.InputStats
@@ -105,18 +106,36 @@ def pad_rows(rows: Sequence[Sequence[int]], batch_size: int,
   return out
 
 
-def save_stats(stats: dict[int, KeyStats], folder: str | pathlib.Path, model_name: str) -> None:
-  """Writes ``folder/<model_name>/layers_<l>.safetensors`` (xtx, count) for each layer."""
+def stats_file(folder: str | pathlib.Path, layer: int, fingerprint: str) -> pathlib.Path:
+  """``folder/layers_<l>-<fingerprint>.safetensors``: statistics are found by the content
+  fingerprint of the tensors they were computed from
+  (:func:`jaxparams.edit.fingerprint.stats_fingerprint`), never by a folder or model name."""
+  if not fingerprint or not all(c in "0123456789abcdef" for c in fingerprint):
+    raise ValueError(f"a statistics fingerprint is a hex digest, found {fingerprint!r}")
+  return pathlib.Path(folder) / f"layers_{int(layer)}-{fingerprint}.safetensors"
+
+
+def save_stats(stats: dict[int, KeyStats], folder: str | pathlib.Path,
+               fingerprints: Mapping[int, str], info: Mapping[str, str] | None = None) -> None:
+  """Writes each layer's statistics to :func:`stats_file` (xtx, abs_sum, count; ``info``, e.g.
+  the model folder and the text's digest, in the header metadata).
+
+  Args:
+    stats: ``{layer: KeyStats}``.
+    folder: the statistics folder (created).
+    fingerprints: ``{layer: fingerprint}`` of the tensors each layer's keys came from.
+    info: strings recorded beside them (``text_sha256`` is compared by :func:`load_stats`).
+  """
   from jaxparams import io as jio  # pylint: disable=g-import-not-at-top
-  base = pathlib.Path(folder) / model_name.replace("/", "_")
-  base.mkdir(parents=True, exist_ok=True)
+  pathlib.Path(folder).mkdir(parents=True, exist_ok=True)
   for l, st in stats.items():
     jio.write_safetensors_file(
-        base / f"layers_{l}.safetensors",
+        stats_file(folder, l, fingerprints[l]),
         {"xtx": np.asarray(jax.device_get(st.xtx), np.float32),
          "abs_sum": np.asarray(jax.device_get(st.abs_sum), np.float32),
          "count": np.asarray([float(st.count)], np.float64)},
-        {"model": model_name, "layer": str(l), "what": "sum k k^T of mlp down_proj inputs"})
+        {**{str(k): str(v) for k, v in (info or {}).items()}, "layer": str(l),
+         "fingerprint": fingerprints[l], "what": "sum k k^T of mlp down_proj inputs"})
 
 
 def _check_stats_file(f: pathlib.Path, d: dict) -> None:
@@ -139,16 +158,32 @@ def _check_stats_file(f: pathlib.Path, d: dict) -> None:
     raise ValueError(f"{f}: key statistics count is {float(count.reshape(-1)[0])}; expected > 0")
 
 
-def load_stats(folder: str | pathlib.Path, model_name: str, layers: Sequence[int]
-               ) -> dict[int, KeyStats]:
-  """Reads stats saved by :func:`save_stats`; FileNotFoundError names a missing layer file."""
+def load_stats(folder: str | pathlib.Path, fingerprints: Mapping[int, str],
+               layers: Sequence[int], *, text_sha256: str | None = None
+               ) -> dict[int, KeyStats] | None:
+  """Reads the statistics saved by :func:`save_stats` for these fingerprints.
+
+  Returns None when ``text_sha256`` is given and a layer's file is missing or was computed
+  from another text (the caller computes them); without it a missing file is a
+  FileNotFoundError naming the folder, the layer and the fingerprint.
+  """
   from jaxparams import io as jio  # pylint: disable=g-import-not-at-top
-  base = pathlib.Path(folder) / model_name.replace("/", "_")
   out = {}
   for l in layers:
-    f = base / f"layers_{l}.safetensors"
+    f = stats_file(folder, l, fingerprints[l])
     if not f.is_file():
-      raise FileNotFoundError(f"{f}: no key statistics for model {model_name!r} layer {l}")
+      if text_sha256 is not None:
+        return None
+      others = sorted(x.name for x in pathlib.Path(folder).glob(f"layers_{int(l)}-*.safetensors"))
+      hint = (f"; it holds statistics of layer {l} for other tensors ({', '.join(others[:3])})"
+              if others else "")
+      raise FileNotFoundError(
+          f"{folder}: no key statistics for layer {l} of this model (fingerprint "
+          f"{fingerprints[l][:12]}){hint}; compute them with --stats-text FILE")
+    if text_sha256 is not None:
+      with jio.open_checkpoint(f) as r:
+        if (r.metadata or {}).get("text_sha256") != text_sha256:
+          return None
     d = jio.load_safetensors(f)
     _check_stats_file(f, d)
     xtx = jnp.asarray(d["xtx"], jnp.float32)

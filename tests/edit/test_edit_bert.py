@@ -18,6 +18,10 @@ from jaxparams.models import Bert, BertConfig, LayerNorm, from_hf, to_hf
 FAST = targets.TargetParams(v_num_grad_steps=4)
 K1 = "layers_1/mlp/output/kernel"
 
+# The reference's absolute constants (a threshold of 1e-3 on these tiny models).
+ALPHA_ABS = dict(nullspace_mode="absolute", nullspace_threshold=1e-3, l2_mode="absolute",
+                 L2=10.0)
+
 
 @pytest.fixture(scope="module")
 def model():
@@ -131,9 +135,9 @@ def test_probe_sites(model):
 def test_alphaedit_keeps_preserved_outputs(model):
   m, p, tok, fs, batches = model
   st = stats.key_stats(m, p, batches, layers=(1,))
-  state = methods.alpha_state({1: st[1].gram}, methods.AlphaEditParams(nullspace_threshold=1e-3))
+  state = methods.alpha_state({1: st[1].gram}, methods.AlphaEditParams(**ALPHA_ABS))
   reqs = requests.requests_from_edits(fs)[:2]
-  hp = methods.AlphaEditParams(target=FAST, nullspace_threshold=1e-3)
+  hp = methods.AlphaEditParams(target=FAST, **ALPHA_ABS)
   new, d, state2 = methods.alphaedit(m, p, tok, reqs, state=state, where=K1,
                                      templates=[["{}"]], hp=hp)
   ids, mask = batches[0]
@@ -155,7 +159,8 @@ def test_memit_two_layers_delta_bit_exact(model, tmp_path):
   reqs = requests.requests_from_edits(fs)[:3]
   new, d = methods.memit(m, p, tok, reqs, cov=cov,
                          where=re.compile(r"layers_[01]/mlp/output/kernel"),
-                         templates=[["{}"]], hp=methods.MemitParams(target=FAST, mom2_update_weight=1.0))
+                         templates=[["{}"]], hp=methods.MemitParams(
+                             target=FAST, lambda_mode="absolute", mom2_update_weight=1.0))
   assert sorted(d.updates) == ["layers_0/mlp/output/kernel", K1]
   _assert_delta_round_trips(p, new, d, tmp_path)
 

@@ -10,8 +10,12 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jaxparams import tree as jtree
 from jaxparams.edit import delta as delta_lib
-from jaxparams.edit import facts, methods, probe, requests, stats, targets
+from jaxparams.edit import facts, fingerprint, methods, probe, requests, stats, targets
 from jaxparams.models import Llama, LlamaConfig
+
+# The reference's absolute constants (a threshold of 1e-3 on these tiny models).
+ALPHA_ABS = dict(nullspace_mode="absolute", nullspace_threshold=1e-3, l2_mode="absolute",
+                 L2=10.0)
 
 
 @pytest.fixture(scope="module")
@@ -79,9 +83,9 @@ def test_alphaedit_keeps_preserved_outputs(model):
   m, p, tok, fs, batches = model
   st = stats.key_stats(m, p, batches, layers=(1,))
   cov = {1: st[1].gram}
-  state = methods.alpha_state(cov, methods.AlphaEditParams(nullspace_threshold=1e-3))
+  state = methods.alpha_state(cov, methods.AlphaEditParams(**ALPHA_ABS))
   reqs = requests.requests_from_edits(fs)[:2]
-  hp = methods.AlphaEditParams(target=FAST, nullspace_threshold=1e-3)
+  hp = methods.AlphaEditParams(target=FAST, **ALPHA_ABS)
   new, d, state2 = methods.alphaedit(m, p, tok, reqs, state=state,
                                      where="layers_1/mlp/down_proj/kernel", templates=[["{}"]],
                                      hp=hp)
@@ -123,11 +127,18 @@ def test_stats_streamed_equal_one_shot_and_sharded(model):
 def test_stats_save_load(model, tmp_path):
   m, p, tok, fs, batches = model
   st = stats.key_stats(m, p, batches[:1], layers=(0,))
-  stats.save_stats(st, tmp_path, "org/facts-lm")
-  back = stats.load_stats(tmp_path, "org/facts-lm", [0])
+  fps = {l: fingerprint.stats_fingerprint(p, l) for l in (0, 1)}
+  stats.save_stats(st, tmp_path, fps, {"text_sha256": "abc"})
+  back = stats.load_stats(tmp_path, fps, [0])
   np.testing.assert_array_equal(np.asarray(back[0].xtx), np.asarray(st[0].xtx))
+  assert stats.load_stats(tmp_path, fps, [0], text_sha256="abd") is None   # another text
   with pytest.raises(FileNotFoundError, match="layer 1"):
-    stats.load_stats(tmp_path, "org/facts-lm", [1])
+    stats.load_stats(tmp_path, fps, [1])
+  # another model (one weight of layer 0 changed): its statistics are not these
+  other = jax.tree_util.tree_map(lambda x: x, p)
+  other["layers_0"]["mlp"]["up_proj"]["kernel"] = p["layers_0"]["mlp"]["up_proj"]["kernel"] * 2
+  with pytest.raises(FileNotFoundError, match="no key statistics for layer 0 of this model"):
+    stats.load_stats(tmp_path, {0: fingerprint.stats_fingerprint(other, 0)}, [0])
 
 
 def test_where_must_select_mlp_output(model):

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxparams.edit import solve
+from jaxparams.edit import methods, solve
 from tests.edit import reference_numpy as ref
 
 
@@ -88,3 +88,67 @@ def test_updates_under_jit_vmap():
     want = ref.memit_update(keys.astype(np.float64), resid.astype(np.float64),
                             cov.astype(np.float64), lam, 1)
     assert _rel(np.asarray(ds[i]).T, want) <= 1e-5
+
+
+def test_null_space_modes_exact_on_a_known_spectrum():
+  rng = np.random.default_rng(3)
+  q, _ = np.linalg.qr(rng.normal(size=(6, 6)))
+  ev = np.array([8.0, 4.0, 1.0, 0.05, 0.03, 0.01])
+  cov = jnp.asarray((q * ev) @ q.T, jnp.float32)
+  for thr, mode, dim in [(2e-2, "absolute", 1), (0.04, "absolute", 2), (0.005, "relative", 2),
+                         (0.2, "relative", 4), (0.005, "energy", 2), (0.01, "energy", 3),
+                         (0.07, "energy", 3), (0.1, "energy", 4)]:
+    p = np.asarray(solve.null_space_projector(cov, thr, mode))
+    # P projects on exactly the `dim` smallest eigen-directions (energy: their eigenvalues
+    # sum to at most thr x trace = thr x 13.09, the next one would exceed it)
+    want = q[:, 6 - dim:] @ q[:, 6 - dim:].T
+    np.testing.assert_allclose(p, want, atol=2e-5, err_msg=f"{mode} {thr}")
+  with pytest.raises(ValueError, match="absolute, relative, energy"):
+    solve.null_space_projector(cov, 0.1, "fraction")
+
+
+@pytest.mark.parametrize("d,n_tokens,scale", [(16, 40, 1.0), (48, 400, 30.0)])
+def test_relative_lambda_and_l2_keep_a_fixed_fraction(d, n_tokens, scale):
+  # A lone key keeps 1 / (1 + w) of its residual under lambda = w k^T C^-1 k (MEMIT) and
+  # L2 = w ||P k||^2 (AlphaEdit), whatever the width, the sample behind C and the key scale.
+  rng = np.random.default_rng(d)
+  x = rng.normal(size=(n_tokens, d)) * scale
+  cov = jnp.asarray(x.T @ x / n_tokens, jnp.float32)
+  k = jnp.asarray(rng.normal(size=(d, 1)) * scale, jnp.float32)
+  r = jnp.asarray(rng.normal(size=(5, 1)), jnp.float32)
+  w = 0.25
+  with jax.enable_x64(True):
+    lam = solve.memit_lambda(k, cov, w, "relative")
+    got = k.T @ solve.memit_delta(k, r, cov, lam)
+  np.testing.assert_allclose(np.asarray(got), np.asarray(r.T) / (1 + w), rtol=1e-4)
+  p = solve.null_space_projector(cov, 0.3, "energy")
+  l2 = solve.alphaedit_l2(k, p, w, "relative")
+  got = k.T @ solve.alphaedit_delta(k, r, p, jnp.zeros((d, d)), l2)
+  np.testing.assert_allclose(np.asarray(got), np.asarray(r.T) / (1 + w), rtol=1e-3)
+  # absolute: the number itself (the reference's constants, by name)
+  assert float(solve.memit_lambda(k, cov, 15000.0, "absolute")) == 15000.0
+  assert float(solve.alphaedit_l2(k, p, 10.0, "absolute")) == 10.0
+
+
+def test_reference_constants_by_name_and_bad_modes():
+  ref = methods.MemitParams(lambda_mode="absolute", mom2_update_weight=15000.0)
+  assert (ref.lambda_mode, ref.mom2_update_weight) == ("absolute", 15000.0)
+  a = methods.AlphaEditParams(nullspace_mode="absolute", nullspace_threshold=2e-2,
+                              l2_mode="absolute", L2=10.0)
+  assert (a.nullspace_threshold, a.L2) == (2e-2, 10.0)
+  with pytest.raises(ValueError, match="lambda_mode must be one of absolute, relative"):
+    methods.MemitParams(lambda_mode="scaled")
+  with pytest.raises(ValueError, match="nullspace_mode must be one of absolute, relative, energy"):
+    methods.AlphaEditParams(nullspace_mode="fraction")
+  with pytest.raises(ValueError, match="a fraction"):
+    methods.AlphaEditParams(nullspace_threshold=2.0)
+
+
+def test_empty_null_space_gives_no_update():
+  cov = jnp.eye(8)
+  p = solve.null_space_projector(cov, 1e-3, "relative")   # every eigenvalue is the largest
+  assert float(jnp.trace(p)) == 0.0
+  k = jnp.ones((8, 3))
+  l2 = solve.alphaedit_l2(k, p, 0.1, "relative")
+  d = solve.alphaedit_delta(k, jnp.ones((4, 3)), p, jnp.zeros((8, 8)), l2)
+  assert bool(jnp.all(d == 0))
