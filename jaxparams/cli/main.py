@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import importlib
 import logging
 import os
@@ -116,6 +117,7 @@ def log_to_stderr(verbose: int = 0, quiet: bool = False):
 
 
 # What a bad input raises: one line and exit 2. Anything else is a bug: traceback.
+_MAX_LINE = 2000
 USER_ERRORS = (ValueError, OSError, re.error, KeyError, RecursionError, OverflowError,
                UnicodeError, MemoryError)
 
@@ -139,20 +141,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = f"jaxparams {args.command}"
     if args.log_quiet and hasattr(args, "quiet"):
       args.quiet = True  # the sub-command's own --quiet (progress bars, summaries)
-    with log_to_stderr(args.log_verbose, args.log_quiet):
+    from jaxparams.io.interrupt import catch_signals  # pylint: disable=import-outside-toplevel
+    with log_to_stderr(args.log_verbose, args.log_quiet), catch_signals():
       return int(args.func(args) or 0)
   except USER_ERRORS as e:
     if isinstance(e, KeyError) and ": " not in error_line(e):
       raise  # a KeyError of ours names the file; any other is a bug: keep its traceback
-    print(f"{command}: error: {error_line(e)}", file=sys.stderr)
+    line = _disk_full_hint(e, error_line(e))
+    if len(line) > _MAX_LINE:  # a message quoting a hostile input (a 100 MB prompt) stays short
+      line = f"{line[:_MAX_LINE]}... ({len(line)} characters, cut)"
+    print(f"{command}: error: {line}", file=sys.stderr)
     return 2
-  except KeyboardInterrupt:
-    print(f"{command}: interrupted; no partial output was left.", file=sys.stderr)
+  except KeyboardInterrupt as e:
+    # SIGINT or SIGTERM (jaxparams.io.interrupt.Interrupted): one line, exit 128 + signal.
+    signum = getattr(e, "signum", signal.SIGINT)
+    what = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
+    print(f"{command}: {what}; no partial output was left.", file=sys.stderr)
     if argv is None and in_main_thread:  # the real command: exit now, skipping the shutdown
       sys.stdout.flush()                 # of jax/orbax threads that a Ctrl-C may have upset
       sys.stderr.flush()
-      os._exit(130)  # pylint: disable=protected-access
-    return 130
+      os._exit(128 + signum)  # pylint: disable=protected-access
+    return 128 + signum
+
+
+def _disk_full_hint(e: BaseException, line: str) -> str:
+  """A full disk named as such, also when the error came wrapped (orbax) or without a file."""
+  full = isinstance(e, OSError) and e.errno == errno.ENOSPC
+  full = full or "No space left on device" in str(e) or "ENOSPC" in str(e)
+  if not full:
+    return line
+  return (f"{line.split(chr(10))[0][:300]} (the disk is full: free space or write the output "
+          "elsewhere; nothing was published)")
 
 
 if __name__ == "__main__":

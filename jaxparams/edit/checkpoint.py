@@ -22,6 +22,7 @@ from typing import Any, Sequence
 import jax
 
 from jaxparams import io as jio
+from jaxparams.io import limits
 from jaxparams.edit import delta as delta_lib
 from jaxparams.edit import methods, probe, registry, sites, stats
 from jaxparams.edit import requests as req_lib
@@ -29,6 +30,10 @@ from jaxparams.edit import requests as req_lib
 __all__ = ["edit_checkpoint", "apply_delta_checkpoint", "METHODS", "parse_layers", "edit_params"]
 
 METHODS = tuple(registry.checkpoint_names())
+#: Largest requests file read (bytes): a MEMIT batch of 10,000 requests is about 2 MB.
+MAX_REQUESTS_BYTES = 16 * 2**20
+#: Tokens a context template adds before a prompt (ROME's longest: 10, plus BOS and a space).
+CONTEXT_TOKENS = 12
 """Names of the methods :func:`edit_checkpoint` runs (read from :mod:`jaxparams.edit.registry`)."""
 
 
@@ -75,8 +80,11 @@ def edit_params(method: str, params: Any = None, *, params_file: str | pathlib.P
   return hp
 
 
-def parse_layers(layers: str) -> list[int]:
-  """``'3'``, ``'3,4,5'`` or ``'3-5'`` -> layer indices."""
+def parse_layers(layers: str, count: int | None = None) -> list[int]:
+  """``'3'``, ``'3,4,5'`` or ``'3-5'`` -> layer indices (each checked ``< count`` when given,
+  before any range is expanded: :func:`jaxparams.io.limits.parse_index_ranges`)."""
+  if count is not None:
+    return limits.parse_index_ranges(layers, count=count)
   out: list[int] = []
   for part in str(layers).split(","):
     part = part.strip()
@@ -137,12 +145,18 @@ def edit_checkpoint(model_dir: str | pathlib.Path, requests_file: str | pathlib.
   model_dir, out_dir = pathlib.Path(model_dir), pathlib.Path(out_dir)
   jio.check_output_dir(out_dir, overwrite)
   module, params, config, tok = _load(model_dir)
+  limits.check_file_size(requests_file, MAX_REQUESTS_BYTES, what="requests file")
   reqs = req_lib.read_requests(requests_file, tok)
+  for r in reqs:  # the longest sequence an edit runs: context + prompt + target (issue 25)
+    n = (len(req_lib.encode_text(tok, r.prompt.replace("{}", r.subject)))
+         + len(req_lib.encode_text(tok, r.target_new)) + CONTEXT_TOKENS)
+    limits.check_token_count(n, limits.max_positions(config),
+                             what=f"{r.where or requests_file}: prompt + target (+ context)")
   if not rec.batch and len(reqs) != 1:
     raise ValueError(f"{requests_file}: {method.upper()} edits one request at a time, found "
                      f"{len(reqs)} (use --method "
                      f"{' or '.join(n for n in METHODS if registry.get(n).batch)} for batches)")
-  lays = parse_layers(layers)
+  lays = parse_layers(layers, getattr(config, "num_hidden_layers", None))
   where = [probe.kernel_path(l, module) for l in lays]
   methods.edited_layers(params, lambda p, _: p in where)
   name = model_dir.resolve().name
