@@ -4,7 +4,8 @@ Each module in ``SUBCOMMANDS`` defines ``add_parser(subparsers)`` (which sets
 ``func`` on its parser) and raises ``ValueError``/``OSError`` (missing files,
 existing outputs, permissions, full disks) on bad input; ``main`` turns every
 such error into one line on stderr naming the file/tensor/parameter, exit code
-2. Ctrl-C at any moment (start-up included) prints one line, exit code 130.
+2. Ctrl-C (SIGINT) or SIGTERM at any moment (start-up included) prints one line, exit code 130
+(143), and no temporary folder is left.
 """
 
 from __future__ import annotations
@@ -130,6 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   """
   in_main_thread = threading.current_thread() is threading.main_thread()
   command = "jaxparams"
+  args = None
   try:
     words = sys.argv[1:] if argv is None else list(argv)
     # One sub-command's imports, not all (jax comes with them): still under the start-up
@@ -147,7 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   except USER_ERRORS as e:
     if isinstance(e, KeyError) and ": " not in error_line(e):
       raise  # a KeyError of ours names the file; any other is a bug: keep its traceback
-    line = _disk_full_hint(e, error_line(e))
+    line = _disk_full_hint(e, error_line(e), _output_of(args))
     if len(line) > _MAX_LINE:  # a message quoting a hostile input (a 100 MB prompt) stays short
       line = f"{line[:_MAX_LINE]}... ({len(line)} characters, cut)"
     print(f"{command}: error: {line}", file=sys.stderr)
@@ -164,14 +166,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 128 + signum
 
 
-def _disk_full_hint(e: BaseException, line: str) -> str:
+def _output_of(args) -> str | None:
+  for name in ("out", "out_dir", "dst"):
+    value = getattr(args, name, None)
+    if isinstance(value, str):
+      return value
+  return None
+
+
+def _disk_full_hint(e: BaseException, line: str, out: str | None = None) -> str:
   """A full disk named as such, also when the error came wrapped (orbax) or without a file."""
-  full = isinstance(e, OSError) and e.errno == errno.ENOSPC
-  full = full or "No space left on device" in str(e) or "ENOSPC" in str(e)
-  if not full:
-    return line
-  return (f"{line.split(chr(10))[0][:300]} (the disk is full: free space or write the output "
-          "elsewhere; nothing was published)")
+  hint = "the disk is full: free space or write the output elsewhere; nothing was published"
+  if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+    named = e.filename is not None or out is None
+    return f"{line if named else f'{out}: {line}'} ({hint})"
+  if "No space left on device" in str(e) or "ENOSPC" in str(e):  # wrapped (orbax, tensorstore)
+    return f"{line[:200]}...: No space left on device ({hint})"
+  return line
 
 
 if __name__ == "__main__":

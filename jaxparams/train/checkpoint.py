@@ -21,19 +21,19 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import os
 import pathlib
-import sys
 import time
 from typing import Any, Callable
 
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
+
+from jaxparams.io.orbax_io import quiet_orbax_errors
 
 __all__ = ["RUN_CONTROL_FIELDS", "fingerprint", "config_fields", "open_manager", "save",
            "restore_meta", "restore_state", "check_fingerprint", "restore_newest_intact",
@@ -145,25 +145,8 @@ def restore_newest_intact(manager: ocp.CheckpointManager,
   steps = sorted(manager.all_steps(), reverse=True)
   if not steps:
     return None
-  with _quiet_closed_loop():
+  with quiet_orbax_errors():
     return _restore_first(manager, restore, steps)
-
-
-@contextlib.contextmanager
-def _quiet_closed_loop():
-  """Drops the ``RuntimeError: Event loop is closed`` that orbax's reader reports (as an
-  unraisable exception, a 6-line traceback) after a failed read: the warning says it all."""
-  previous = sys.unraisablehook
-
-  def hook(unraisable):
-    if not (isinstance(unraisable.exc_value, RuntimeError)
-            and "Event loop is closed" in str(unraisable.exc_value)):
-      previous(unraisable)
-  sys.unraisablehook = hook
-  try:
-    yield
-  finally:
-    sys.unraisablehook = previous
 
 
 def _restore_first(manager, restore, steps):

@@ -92,7 +92,7 @@ def _wait_for_temp(folder: pathlib.Path, proc: subprocess.Popen, timeout: float 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_signal_during_merge_one_line_no_leftovers(tmp_path, signum):
   paths = _models(tmp_path)
-  proc = subprocess.Popen([sys.executable, "-m", "jaxparams.cli.main", "merge",
+  proc = subprocess.Popen([sys.executable, "-W", "ignore", "-m", "jaxparams.cli.main", "-q", "merge",
                            str(paths["recipe"]), str(tmp_path / "out"), "--compile-cache",
                            "none"], cwd=tmp_path, env=_env(), preexec_fn=_cap,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -162,7 +162,7 @@ def test_disk_full_is_one_line(tmp_path, monkeypatch, capsys):
   for i, e in enumerate(errors):
     def boom(*a, e=e, **k):
       raise e
-    monkeypatch.setattr(jio.SafetensorsWriter, "_flush", boom)
+    monkeypatch.setattr("jaxparams.io.convert.save_orbax", boom)  # safetensors -> orbax
     rc = cli_main(["convert", str(tmp_path / "m"), str(tmp_path / f"o{i}")])
     err = capsys.readouterr().err
     lines = [ln for ln in err.splitlines() if ln.strip()]
