@@ -36,9 +36,11 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from jaxparams.io.text_files import read_text
@@ -47,7 +49,7 @@ __all__ = ["read_recipe_yaml", "parse_recipe_yaml", "MAX_RECIPE_BYTES", "MAX_REC
            "MAX_RECIPE_DEPTH"]
 
 #: Default size limit of a recipe file (bytes); real recipes are a few KiB.
-MAX_RECIPE_BYTES = 4 * 2**20
+MAX_RECIPE_BYTES = 2**20
 #: Default limit of values in the document once aliases are expanded.
 MAX_RECIPE_VALUES = 100_000
 #: Default nesting limit.
@@ -94,7 +96,18 @@ def _expanded_size(root: yaml.Node, where: str, max_values: int, max_depth: int)
   return visit(root, 0)
 
 
+_QUOTED_OR_COMMENT = re.compile(r'"(?:[^"\\\n]|\\.)*"|\'(?:[^\'\n]|\'\')*\'|(?:^|(?<=\s))#[^\n]*',
+                                re.MULTILINE)
+
+
 def _check_depth(text: str, where: str, max_depth: int) -> None:
+  """Refuses nesting deeper than ``max_depth``: flow brackets counted on the raw text first
+  (PyYAML's scanner takes seconds on thousands of nested ``[``), then the parser's events."""
+  brackets = re.findall(r"[\[\]{}]", _QUOTED_OR_COMMENT.sub("", text))
+  if brackets:
+    steps = np.fromiter((1 if b in "[{" else -1 for b in brackets), np.int64, len(brackets))
+    if int(np.cumsum(steps).max()) > max_depth:
+      raise ValueError(f"{where}: nested deeper than {max_depth} levels.")
   depth = 0
   for event in yaml.parse(text, Loader=yaml.SafeLoader):
     if isinstance(event, yaml.CollectionStartEvent):

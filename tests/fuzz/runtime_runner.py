@@ -2,7 +2,7 @@
 
 Run by ``tests/fuzz/test_fuzz_runtime.py`` in a subprocess under a memory cap
 (``RLIMIT_AS``), so a regression that allocates without bound fails the build instead of
-swapping the machine: ``python -m tests.fuzz.runtime_runner CATEGORY SEED N``.
+swapping the machine: ``python -m tests.fuzz.runtime_runner SEED CATEGORY:N ...``.
 
 A case *holds* when the input is refused with one ``ValueError``/``FileNotFoundError`` line
 that names where (or, for checkpoints, the newest intact step is restored with one warning);
@@ -135,7 +135,10 @@ def _edit_model(d: pathlib.Path) -> pathlib.Path:
   facts_lm.prepare_data(d / "data")
   cfg = LlamaConfig(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                     num_attention_heads=4, max_position_embeddings=64)
-  p = jax.jit(Llama(cfg).init)(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"]
+  shapes = jax.eval_shape(Llama(cfg).init, jax.random.key(0), jnp.zeros((1, 4), jnp.int32))
+  rng = np.random.default_rng(0)  # random weights without compiling init (seconds saved)
+  p = jax.tree.map(lambda s: (0.02 * rng.standard_normal(s.shape)).astype(s.dtype),
+                   shapes["params"])
   to_hf(p, cfg, d / "hf", copy_from=d / "data")
   return d / "hf"
 
@@ -171,11 +174,10 @@ def limits(seed: int, n: int) -> Tally:
   # The command line: --layers far beyond the model, a 200k-word prompt (one line, exit 2).
   model = _edit_model(tmp / "m")
   (tmp / "stats.txt").write_text("some text\n")
-  words = " ".join(["the"] * 200_000)  # in the tiny tokenizer's vocabulary
+  words = " ".join(["the"] * 20_000)  # in the tiny tokenizer's vocabulary; the model takes 64
   for i, (req, layers) in enumerate([
       ({"prompt": "{} plays the", "subject": "Jorah", "target_new": "harp"}, "0-1000000000"),
-      ({"prompt": words + " {} plays the", "subject": "Jorah", "target_new": "harp"}, "1"),
-      ({"prompt": "{} plays the", "subject": "Jorah", "target_new": words}, "1")]):
+      ({"prompt": words + " {} plays the", "subject": "Jorah", "target_new": "harp"}, "1")]):
     rq = tmp / f"req-{i}.jsonl"
     rq.write_text(json.dumps(req) + "\n")
 
@@ -322,11 +324,11 @@ def checkpoints(seed: int, n: int) -> Tally:
     work = pathlib.Path(tempfile.mkdtemp())
     mgr = ck.open_manager(work, keep=3)
     states = {}
-    for step in (1, 2, 3):
+    for step in (1, 2):
       states[step] = {"w": rng.normal(size=(16, 8)).astype(np.float32),
                       "rng": np.array([step, 7], np.uint32)}
       ck.save(mgr, step, states[step], {"step": step, "model_config": {}})
-    _damage(kind, work / "checkpoints" / "3", rng)
+    _damage(kind, work / "checkpoints" / "2", rng)
     records.clear()
     mgr = ck.open_manager(work, keep=3)
     target = {"w": jax_struct((16, 8), jnp.float32), "rng": jax_struct((2,), jnp.uint32)}
@@ -343,15 +345,15 @@ def checkpoints(seed: int, n: int) -> Tally:
         return "nothing restored"
       step, state = found
       warnings = [r for r in records if r.levelno >= logging.WARNING]
-      if step != 2:
+      if step != 1:
         return f"restored step {step}"
-      if not np.array_equal(np.asarray(state["w"]), states[2]["w"]):
-        return "step 2 restored with other values"
+      if not np.array_equal(np.asarray(state["w"]), states[1]["w"]):
+        return "step 1 restored with other values"
       if len(warnings) != 1 or "\n" in warnings[0].getMessage():
         return f"{len(warnings)} warnings: {[w.getMessage()[:100] for w in warnings]}"
       # the run can save step 3 again
-      ck.save(mgr, 3, states[3], {"step": 3, "model_config": {}})
-      if mgr.latest_step() != 3:
+      ck.save(mgr, 2, states[2], {"step": 2, "model_config": {}})
+      if mgr.latest_step() != 2:
         return "cannot save the damaged step again"
       return None
     t.check(f"{kind} #{i}", run)
@@ -368,13 +370,16 @@ CATEGORIES = {"recipes": recipes, "limits": limits, "tree_api": tree_api,
 
 
 def main(argv: list[str]) -> int:
-  category, seed, n = argv[0], int(argv[1]), int(argv[2])
+  """``SEED CATEGORY:N [CATEGORY:N ...]``: one ``RESULT {json}`` line per category."""
+  seed = int(argv[0])
   logging.basicConfig(level=logging.ERROR)
-  t0 = time.perf_counter()
-  tally = CATEGORIES[category](seed, n)
-  out = tally.report()
-  out["seconds"] = round(time.perf_counter() - t0, 1)
-  print("RESULT " + json.dumps(out))
+  for spec in argv[1:]:
+    category, _, n = spec.partition(":")
+    t0 = time.perf_counter()
+    out = CATEGORIES[category](seed, int(n or 0)).report()
+    out["key"] = category
+    out["seconds"] = round(time.perf_counter() - t0, 1)
+    print("RESULT " + json.dumps(out), flush=True)
   return 0
 
 

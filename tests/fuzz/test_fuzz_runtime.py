@@ -45,23 +45,32 @@ def _env():
   return env
 
 
-def _run_category(category: str, n: int) -> dict:
-  proc = subprocess.run([sys.executable, "-m", "tests.fuzz.runtime_runner", category, str(SEED),
-                         str(n)], cwd=REPO, env=_env(), preexec_fn=_cap, capture_output=True,
-                        text=True, timeout=300)
-  lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-  assert proc.returncode == 0 and lines, (proc.returncode, proc.stdout[-2000:],
-                                          proc.stderr[-4000:])
-  assert "Traceback" not in proc.stderr, proc.stderr[-4000:]
-  return json.loads(lines[-1][len("RESULT "):])
+CI_CASES = {"recipes": 24, "limits": 16, "tree_api": 0, "concurrency": 2, "checkpoints": 6}
 
 
-@pytest.mark.parametrize("category,n", [("recipes", 24), ("limits", 16), ("tree_api", 0),
-                                        ("concurrency", 4), ("checkpoints", 6)])
-def test_category_holds_under_memory_cap(category, n):
-  result = _run_category(category, n)
-  assert result["tried"] >= max(n, 1)
+@pytest.fixture(scope="module")
+def results():
+  """Every category in one capped subprocess (one jax start-up), seeded."""
+  proc = subprocess.run([sys.executable, "-m", "tests.fuzz.runtime_runner", str(SEED)]
+                        + [f"{k}:{n}" for k, n in CI_CASES.items()], cwd=REPO, env=_env(),
+                        preexec_fn=_cap, capture_output=True, text=True, timeout=600)
+  found = {}
+  for ln in proc.stdout.splitlines():
+    if ln.startswith("RESULT "):
+      r = json.loads(ln[len("RESULT "):])
+      found[r["key"]] = r
+  assert proc.returncode == 0 and len(found) == len(CI_CASES), (
+      proc.returncode, proc.stdout[-2000:], proc.stderr[-4000:])
+  return found, proc.stderr
+
+
+@pytest.mark.parametrize("category", list(CI_CASES))
+def test_category_holds_under_memory_cap(results, category):
+  found, stderr = results
+  result = found[category]
+  assert result["tried"] >= max(CI_CASES[category], 1)
   assert result["failed"] == 0, result["failures"]
+  assert "Traceback" not in stderr, stderr[-4000:]
 
 
 # -- signals ------------------------------------------------------------------------------------
