@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import json
 import pathlib
 import typing
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence

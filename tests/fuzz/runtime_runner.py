@@ -306,7 +306,6 @@ def _damage(kind: str, step_dir: pathlib.Path, rng: np.random.Generator) -> None
 
 def checkpoints(seed: int, n: int) -> Tally:
   import jax.numpy as jnp
-  import orbax.checkpoint as ocp
   from jaxparams.train import checkpoint as ck
   t = Tally("training checkpoints")
   rng = np.random.default_rng(seed)
