@@ -30,11 +30,11 @@ from jaxparams.edit import requests as req_lib
 __all__ = ["edit_checkpoint", "apply_delta_checkpoint", "METHODS", "parse_layers", "edit_params"]
 
 METHODS = tuple(registry.checkpoint_names())
+"""Names of the methods :func:`edit_checkpoint` runs (read from :mod:`jaxparams.edit.registry`)."""
 #: Largest requests file read (bytes): a MEMIT batch of 10,000 requests is about 2 MB.
 MAX_REQUESTS_BYTES = 16 * 2**20
 #: Tokens a context template adds before a prompt (ROME's longest: 10, plus BOS and a space).
 CONTEXT_TOKENS = 12
-"""Names of the methods :func:`edit_checkpoint` runs (read from :mod:`jaxparams.edit.registry`)."""
 
 
 def _checkpoint_method(method: str) -> registry.EditMethod:
