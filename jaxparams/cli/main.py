@@ -4,13 +4,15 @@ Each module in ``SUBCOMMANDS`` defines ``add_parser(subparsers)`` (which sets
 ``func`` on its parser) and raises ``ValueError``/``OSError`` (missing files,
 existing outputs, permissions, full disks) on bad input; ``main`` turns every
 such error into one line on stderr naming the file/tensor/parameter, exit code
-2. Ctrl-C at any moment (start-up included) prints one line, exit code 130.
+2. Ctrl-C (SIGINT) or SIGTERM at any moment (start-up included) prints one line, exit code 130
+(143), and no temporary folder is left.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import importlib
 import logging
 import os
@@ -152,6 +154,7 @@ def log_to_stderr(verbose: int = 0, quiet: bool = False):
 
 
 # What a bad input raises: one line and exit 2. Anything else is a bug: traceback.
+_MAX_LINE = 2000
 USER_ERRORS = (ValueError, OSError, re.error, KeyError, RecursionError, OverflowError,
                UnicodeError, MemoryError)
 
@@ -164,6 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   """
   in_main_thread = threading.current_thread() is threading.main_thread()
   command = "jaxparams"
+  args = None
   try:
     words = sys.argv[1:] if argv is None else list(argv)
     # One sub-command's imports, not all (jax comes with them): still under the start-up
@@ -176,20 +180,46 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = f"jaxparams {args.command}"
     if args.log_quiet and hasattr(args, "quiet"):
       args.quiet = True  # the sub-command's own --quiet (progress bars, summaries)
-    with log_to_stderr(args.log_verbose, args.log_quiet):
+    from jaxparams.io.interrupt import catch_signals  # pylint: disable=import-outside-toplevel
+    with log_to_stderr(args.log_verbose, args.log_quiet), catch_signals():
       return int(args.func(args) or 0)
   except USER_ERRORS as e:
     if isinstance(e, KeyError) and ": " not in error_line(e):
       raise  # a KeyError of ours names the file; any other is a bug: keep its traceback
-    print(f"{command}: error: {error_line(e)}", file=sys.stderr)
+    line = _disk_full_hint(e, error_line(e), _output_of(args))
+    if len(line) > _MAX_LINE:  # a message quoting a hostile input (a 100 MB prompt) stays short
+      line = f"{line[:_MAX_LINE]}... ({len(line)} characters, cut)"
+    print(f"{command}: error: {line}", file=sys.stderr)
     return 2
-  except KeyboardInterrupt:
-    print(f"{command}: interrupted; no partial output was left.", file=sys.stderr)
+  except KeyboardInterrupt as e:
+    # SIGINT or SIGTERM (jaxparams.io.interrupt.Interrupted): one line, exit 128 + signal.
+    signum = getattr(e, "signum", signal.SIGINT)
+    what = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
+    print(f"{command}: {what}; no partial output was left.", file=sys.stderr)
     if argv is None and in_main_thread:  # the real command: exit now, skipping the shutdown
       sys.stdout.flush()                 # of jax/orbax threads that a Ctrl-C may have upset
       sys.stderr.flush()
-      os._exit(130)  # pylint: disable=protected-access
-    return 130
+      os._exit(128 + signum)  # pylint: disable=protected-access
+    return 128 + signum
+
+
+def _output_of(args) -> str | None:
+  for name in ("out", "out_dir", "dst"):
+    value = getattr(args, name, None)
+    if isinstance(value, str):
+      return value
+  return None
+
+
+def _disk_full_hint(e: BaseException, line: str, out: str | None = None) -> str:
+  """A full disk named as such, also when the error came wrapped (orbax) or without a file."""
+  hint = "the disk is full: free space or write the output elsewhere; nothing was published"
+  if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+    named = e.filename is not None or out is None
+    return f"{line if named else f'{out}: {line}'} ({hint})"
+  if "No space left on device" in str(e) or "ENOSPC" in str(e):  # wrapped (orbax, tensorstore)
+    return f"{line[:200]}...: No space left on device ({hint})"
+  return line
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Ctrl-C while the ``jaxparams`` command is still importing: one line, exit 130, no traceback.
+"""Ctrl-C (or SIGTERM) while the ``jaxparams`` command is still importing: one line, exit 130
+(143), no traceback.
 
 ``jaxparams/__init__.py`` calls :func:`quiet_interrupt_at_startup` before its
 heavy imports (jax, flax, orbax). It does something only when the process is
@@ -36,9 +37,10 @@ def is_cli_process() -> bool:
 
 def _exit_quietly(signum, frame):  # pylint: disable=unused-argument
   try:
-    os.write(2, b"jaxparams: interrupted during start-up.\n")
+    what = b"interrupted" if signum == signal.SIGINT else b"stopped by SIGTERM"
+    os.write(2, b"jaxparams: " + what + b" during start-up.\n")
   finally:
-    os._exit(130)  # pylint: disable=protected-access
+    os._exit(128 + signum)  # pylint: disable=protected-access
 
 
 def quiet_interrupt_at_startup() -> None:
@@ -46,3 +48,5 @@ def quiet_interrupt_at_startup() -> None:
   if is_cli_process() and threading.current_thread() is threading.main_thread():
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
       signal.signal(signal.SIGINT, _exit_quietly)
+    if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:  # SIGTERM: a line too, exit 143
+      signal.signal(signal.SIGTERM, _exit_quietly)

@@ -24,6 +24,7 @@ from typing import Any, Sequence
 import jax
 
 from jaxparams import io as jio
+from jaxparams.io import limits
 from jaxparams.edit import delta as delta_lib
 from jaxparams.edit import fingerprint as fp_lib
 from jaxparams.edit import methods, probe, registry, sites, stats
@@ -33,6 +34,10 @@ __all__ = ["edit_checkpoint", "apply_delta_checkpoint", "METHODS", "parse_layers
 
 METHODS = tuple(registry.checkpoint_names())
 """Names of the methods :func:`edit_checkpoint` runs (read from :mod:`jaxparams.edit.registry`)."""
+#: Largest requests file read (bytes): a MEMIT batch of 10,000 requests is about 2 MB.
+MAX_REQUESTS_BYTES = 16 * 2**20
+#: Tokens a context template adds before a prompt (ROME's longest: 10, plus BOS and a space).
+CONTEXT_TOKENS = 12
 
 
 def _checkpoint_method(method: str) -> registry.EditMethod:
@@ -163,7 +168,13 @@ def edit_checkpoint(model_dir: str | pathlib.Path, requests_file: str | pathlib.
   if stats_text is None and stats_dir is None:
     raise ValueError("edit needs key statistics: --stats DIR (saved) or --stats-text FILE")
   module, params, config, tok = _load(model_dir)
+  limits.check_file_size(requests_file, MAX_REQUESTS_BYTES, what="requests file")
   reqs = req_lib.read_requests(requests_file, tok)
+  for r in reqs:  # the longest sequence an edit runs: context + prompt + target (issue 25)
+    n = (len(req_lib.encode_text(tok, r.prompt.replace("{}", r.subject)))
+         + len(req_lib.encode_text(tok, r.target_new)) + CONTEXT_TOKENS)
+    limits.check_token_count(n, limits.max_positions(config),
+                             what=f"{r.where or requests_file}: prompt + target (+ context)")
   if not rec.batch and len(reqs) != 1:
     raise ValueError(f"{requests_file}: {method.upper()} edits one request at a time, found "
                      f"{len(reqs)} (use --method "

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import json
 import pathlib
 import typing
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
@@ -326,15 +325,11 @@ def read_params(path: str | pathlib.Path) -> dict[str, Any]:
     ValueError: the file is not a mapping or does not parse (naming the file).
   """
   path = pathlib.Path(path)
-  text = jio.read_text(path, what="parameters file")
-  try:
-    if path.suffix.lower() == ".json":
-      data = json.loads(text)
-    else:
-      import yaml  # pylint: disable=g-import-not-at-top
-      data = yaml.safe_load(text)
-  except Exception as e:  # pylint: disable=broad-except
-    raise ValueError(f"{path}: cannot parse the parameters file: {e}") from None
+  if path.suffix.lower() == ".json":
+    data = jio.read_json(path, what="parameters file")
+  else:  # YAML (JSON too): strict types, size and alias expansion bounded
+    from jaxparams.io.recipe_yaml import read_recipe_yaml  # pylint: disable=g-import-not-at-top
+    data = read_recipe_yaml(path, what="parameters file")
   if data is None:
     return {}
   if not isinstance(data, Mapping):

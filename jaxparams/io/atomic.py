@@ -29,6 +29,8 @@ import time
 from pathlib import Path
 from typing import Iterator
 
+from jaxparams.io.interrupt import raise_if_interrupted
+
 __all__ = ["atomic_dir", "check_output_dir", "check_writable", "publish_dir", "sweep_stale"]
 
 _log = logging.getLogger(__name__)
@@ -265,6 +267,7 @@ def atomic_dir(out_dir: str | Path, *, overwrite: bool = False) -> Iterator[Path
       except FileExistsError:
         continue
     yield tmp
+    raise_if_interrupted()  # a signal Python swallowed (gc callback): never publish after it
   except BaseException:
     if tmp is not None:
       _remove_tree(tmp)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import jax
 import numpy as np
@@ -11,7 +14,41 @@ import numpy as np
 from jaxparams.io.atomic import check_output_dir
 from jaxparams.io.interrupt import finish_before_interrupt
 
-__all__ = ["save_orbax", "restore_orbax"]
+__all__ = ["save_orbax", "restore_orbax", "quiet_orbax_errors"]
+
+
+@contextlib.contextmanager
+def quiet_orbax_errors() -> Iterator[None]:
+  """Keeps a failed orbax read or write to the one exception it raises.
+
+  When a write fails (a full disk) or a read does (a damaged checkpoint), orbax's threads also
+  log the error with its traceback (``ERROR:absl: ... raised an exception``) and its asyncio
+  callbacks report ``RuntimeError: Event loop is closed`` as unraisable exceptions: 240 lines
+  of stderr for one full disk. Inside this block both are dropped; the exception itself still
+  reaches the caller, which reports it in one line.
+
+  Example:
+    >>> with quiet_orbax_errors():
+    ...   pass
+  """
+  previous = sys.unraisablehook
+
+  def hook(unraisable):
+    if not (isinstance(unraisable.exc_value, RuntimeError)
+            and "Event loop is closed" in str(unraisable.exc_value)):
+      previous(unraisable)
+
+  def drop_thread_errors(record: logging.LogRecord) -> bool:
+    return record.levelno < logging.ERROR
+
+  absl = logging.getLogger("absl")
+  sys.unraisablehook = hook
+  absl.addFilter(drop_thread_errors)
+  try:
+    yield
+  finally:
+    absl.removeFilter(drop_thread_errors)
+    sys.unraisablehook = previous
 
 
 def save_orbax(tree: Any, path: str | Path, *, overwrite: bool = False) -> None:
@@ -31,7 +68,8 @@ def save_orbax(tree: Any, path: str | Path, *, overwrite: bool = False) -> None:
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   path = check_output_dir(path, overwrite).absolute()
   tree = jax.tree.map(lambda x: x if isinstance(x, jax.Array) else np.asarray(x), tree)
-  with finish_before_interrupt("the orbax write"), ocp.StandardCheckpointer() as ckptr:
+  with (quiet_orbax_errors(), finish_before_interrupt("the orbax write"),
+        ocp.StandardCheckpointer() as ckptr):
     ckptr.save(path, tree, force=overwrite)
     ckptr.wait_until_finished()
 

@@ -13,6 +13,7 @@ import numpy as np
 
 from jaxparams.io.atomic import atomic_dir
 from jaxparams.io.dtypes import to_safetensors_dtype
+from jaxparams.io.interrupt import raise_if_interrupted
 from jaxparams.io.paths import resolve_inside
 from jaxparams.io.safetensors_reader import INDEX_NAME
 from jaxparams.io.sizes import parse_size
@@ -124,6 +125,7 @@ class SafetensorsWriter:
 
   def add(self, name: str, array: Any) -> None:
     """Queues one tensor (any array-like; jax arrays are copied to host)."""
+    raise_if_interrupted()  # a safe point: a recorded SIGINT/SIGTERM stops the run here
     if self.folder_tmp is None:
       raise ValueError("SafetensorsWriter.add called outside its `with` block.")
     if name in self._names:

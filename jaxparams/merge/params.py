@@ -103,6 +103,32 @@ def _is_sequence(x: Any) -> bool:
   return hasattr(x, "shape") and np.ndim(x) >= 1
 
 
+_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+
+
+def _check_type(method: str, kind: str, pname: str, annotation: Any, v: Any, where: str) -> Any:
+  """A recipe value against the field's declared type: numbers are not booleans or words, and a
+  boolean is a boolean (or mergekit's spellings ``true``/``yes``/``1``...); arrays and tracers
+  (the tree API's weights) pass through."""
+  ann = str(annotation).replace(" ", "")
+  bad = (f"merge method {method!r}: {kind} parameter {pname!r}{where}: expected "
+         "{}, found {!r}")
+  if ann == "bool":
+    if isinstance(v, (bool, np.bool_)):
+      return bool(v)
+    if isinstance(v, (int, np.integer)) and v in (0, 1):
+      return bool(v)
+    if isinstance(v, str) and v.strip().lower() in _TRUE + _FALSE:
+      return v.strip().lower() in _TRUE
+    if isinstance(v, (str, int, float)):
+      raise ValueError(bad.format("true or false", v))
+    return v
+  if ann in ("float", "int", "tuple"):
+    if isinstance(v, (bool, np.bool_)) or isinstance(v, (str, bytes)):
+      raise ValueError(bad.format("a number", v))
+  return v
+
+
 def resolve_config(method: str, config_cls: type, n_models: int,
                    model_params: Mapping[str, Any] | None = None,
                    global_params: Mapping[str, Any] | None = None, *, name: str = "") -> Any:
@@ -142,6 +168,7 @@ def resolve_config(method: str, config_cls: type, n_models: int,
     if any(v is REQUIRED for v in value):
       raise ValueError(f"merge method {method!r}: model parameter {pname!r} is required"
                        f"{where} for every model")
+    value = [_check_type(method, "model", pname, f.type, v, where) for v in value]
     values[f.name] = tuple(value)
   for f in gfields:
     pname, default = _mk(f), _default(f)
@@ -149,6 +176,8 @@ def resolve_config(method: str, config_cls: type, n_models: int,
     if value is REQUIRED:
       raise ValueError(f"merge method {method!r}: global parameter {pname!r} is "
                        f"required{where}")
+    if not isinstance(value, list):
+      value = _check_type(method, "global", pname, f.type, value, where)
     values[f.name] = tuple(value) if isinstance(value, list) else value
   return config_cls(**values)
 

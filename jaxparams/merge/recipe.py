@@ -45,9 +45,8 @@ import math
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import yaml
-
-from jaxparams.io.text_files import read_text
+from jaxparams.io.limits import check_pad_to_multiple_of
+from jaxparams.io.recipe_yaml import read_recipe_yaml
 from jaxparams.merge.hub import is_hub_id, resolve_hub_model
 
 __all__ = [
@@ -66,6 +65,9 @@ DTYPE_NAMES = {
     "bfloat16": "bfloat16", "bf16": "bfloat16", "torch.bfloat16": "bfloat16",
     "float64": "float64", "fp64": "float64", "torch.float64": "float64",
 }
+
+
+_MAX_INT = 2**53  # integers beyond this lose precision as floats (and 10**400 has none)
 
 
 class _Unset:
@@ -200,6 +202,10 @@ def _check_setting(setting: Any, where: str) -> Any:
   """Validates one parameter value's structure and normalizes it."""
   if _is_scalar(setting):
     v = _coerce_scalar(setting)
+    if isinstance(v, int) and not isinstance(v, bool) and abs(v) > _MAX_INT:
+      digits = len(str(abs(v))) if abs(v) < 10**4000 else "over 4000"
+      raise ValueError(f"{where}: integer of {digits} digits is out of range (at most "
+                       f"{_MAX_INT}).")
     if _is_number(v) and not math.isfinite(v):
       raise ValueError(f"{where}: value {setting!r} is not finite.")
     return v
@@ -293,11 +299,8 @@ def parse_recipe(data: Mapping[str, Any], *, source: str | None = None) -> Recip
                               "supported; use tokenizer.source and pad_to_multiple_of."))
     if data.get("tokenizer_source") is not None:
       raise ValueError(_where(source, "give either 'tokenizer_source' or 'tokenizer', not both."))
-    pad_to = tok_block.get("pad_to_multiple_of")
-    if pad_to is not None and (not isinstance(pad_to, int) or isinstance(pad_to, bool)
-                               or pad_to < 1):
-      raise ValueError(_where(source, f"tokenizer.pad_to_multiple_of must be a positive integer, "
-                              f"found {pad_to!r}."))
+    pad_to = check_pad_to_multiple_of(tok_block.get("pad_to_multiple_of"),
+                                      where=_where(source, "tokenizer.pad_to_multiple_of"))
     data = dict(data, tokenizer_source=tok_block.get("source") or "union")
   method = data.get("merge_method")
   if not isinstance(method, str) or not method:
@@ -408,11 +411,7 @@ def load_recipe(recipe: str | Path | Mapping[str, Any] | Recipe) -> Recipe:
       if not hasattr(mod, "get_config"):
         raise ValueError(f"{path}: an ml-collections config file must define get_config().")
       return parse_recipe(mod.get_config(), source=str(path))
-    try:
-      data = yaml.safe_load(read_text(path, what="recipe"))
-    except yaml.YAMLError as e:
-      raise ValueError(f"{path}: invalid YAML ({e}).") from None
-    return parse_recipe(data, source=str(path))
+    return parse_recipe(read_recipe_yaml(path, what="recipe"), source=str(path))
   return parse_recipe(recipe)
 
 

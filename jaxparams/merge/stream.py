@@ -46,6 +46,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxparams.io import check_output_dir, open_checkpoint, parse_size
+from jaxparams.io.input_guard import check_unchanged, snapshot_inputs
 from jaxparams.merge.model_card import model_card, recipe_yaml
 from jaxparams.merge.plan import TensorTask, count_layers, plan_merge
 from jaxparams.merge.progress import progress_bar
@@ -218,6 +219,9 @@ def merge_checkpoints(recipe: str | Path | Mapping[str, Any] | Recipe, out_dir: 
   if key is None:
     key = jax.random.key(seed)
   folders = {ref: recipe.resolve_model(ref) for ref in recipe.model_names()}
+  # Every input file stamped before the first read, compared before publishing (a checkpoint
+  # rewritten in place meanwhile would give mixed old/new tensors).
+  stamps = snapshot_inputs(list(folders.values()) + list((extra_sources or {}).values()))
   with contextlib.ExitStack() as stack:
     readers = {ref: stack.enter_context(open_checkpoint(p)) for ref, p in folders.items()}
     tasks = plan_merge(recipe, readers, method)
@@ -245,6 +249,7 @@ def merge_checkpoints(recipe: str | Path | Mapping[str, Any] | Recipe, out_dir: 
       return {(m, n): by_model[m] for m, n in job.inputs}
 
     def finalize(writer) -> None:
+      check_unchanged(stamps, context=where)
       write_side_files(writer, recipe, folders, align, n_layers, copy_tokenizer, config)
       if write_model_card:
         shown = recipe if card is None else load_recipe(card)

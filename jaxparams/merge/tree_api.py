@@ -99,6 +99,9 @@ def merge_trees(method: str, base: PyTree | None, models: Sequence[PyTree], *,
   m = get_method(method)
   rec = m.record
   models = list(models)
+  if not models:  # the streaming driver's base-only recipes keep mergekit's rule; here it is a slip
+    raise ValueError(f"merge method {method!r}: no models to merge (models is empty); the "
+                     "result would be the base unchanged. Pass at least one model.")
   if rec.base == "ignored":
     base = None
   m.validate_inputs(base, models)

@@ -22,6 +22,8 @@ overrides are not.
 
 Example:
   >>> import numpy as np
+
+from jaxparams.io.limits import check_pad_to_multiple_of
   >>> a = VocabAlignment(vocab={'x': 0, 'y': 1, 'z': 2}, size=3,
   ...                    perms={'base': np.array([0, 1, -1]), 'ft': np.array([1, -1, 0])},
   ...                    tokenizer=None)
@@ -39,6 +41,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from jaxparams import io as jio
+from jaxparams.io.limits import check_pad_to_multiple_of
 
 __all__ = ["VocabAlignment", "build_alignment", "load_vocab"]
 
@@ -196,6 +199,7 @@ def build_alignment(source: str, folders: Mapping[str, Path], base: str | None,
         p[i] = j
     perms[m] = p
   padded = None
+  check_pad_to_multiple_of(pad_to_multiple_of, where="tokenizer.pad_to_multiple_of", rows=size)
   if pad_to_multiple_of and size % pad_to_multiple_of:
     padded = (size // pad_to_multiple_of + 1) * pad_to_multiple_of
   return VocabAlignment(vocab=vocab_out, size=size, perms=perms, tokenizer=out_tok,

@@ -94,11 +94,11 @@ def read_rules(path: str | Path, default_method: str, default_fields: dict[str, 
     ValueError: not a non-empty list of mappings with ``pattern``; unknown methods or
       fields (listing the valid ones).
   """
-  import yaml  # pylint: disable=g-import-not-at-top
+  from jaxparams.io.recipe_yaml import read_recipe_yaml  # pylint: disable=g-import-not-at-top
   path = Path(path)
   if not path.is_file():
     raise FileNotFoundError(f"{path}: no such rules file")
-  data = yaml.safe_load(path.read_text())
+  data = read_recipe_yaml(path, what="rules file")
   if isinstance(data, dict) and "rules" in data:
     data = data["rules"]
   if not isinstance(data, list) or not data:

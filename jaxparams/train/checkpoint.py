@@ -23,15 +23,23 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import os
 import pathlib
-from typing import Any
+import time
+from typing import Any, Callable
 
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
+from jaxparams.io.orbax_io import quiet_orbax_errors
+
 __all__ = ["RUN_CONTROL_FIELDS", "fingerprint", "config_fields", "open_manager", "save",
-           "restore_meta", "restore_state", "check_fingerprint"]
+           "restore_meta", "restore_state", "check_fingerprint", "restore_newest_intact",
+           "CheckpointRefused"]
+
+_log = logging.getLogger(__name__)
 
 RUN_CONTROL_FIELDS = ("log_every", "checkpoint_every", "keep_checkpoints", "stop_at_step", "plot",
                       "snapshot")
@@ -107,3 +115,61 @@ def abstract_like(tree: Any, shardings: Any) -> Any:
   """``jax.ShapeDtypeStruct`` tree with the given shardings (a restore target)."""
   return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree,
                       shardings)
+
+
+class CheckpointRefused(Exception):
+  """Raised by a restore callback for a checkpoint that must not be skipped (another config)."""
+
+
+def _one_line(e: BaseException) -> str:
+  lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+  return f"{type(e).__name__}: {lines[0][:200] if lines else ''}".rstrip(": ")
+
+
+def restore_newest_intact(manager: ocp.CheckpointManager,
+                          restore: Callable[[int], Any]) -> tuple[int, Any] | None:
+  """Restores the newest checkpoint ``restore(step)`` can read; falls back past damaged ones.
+
+  Each damaged step (truncated data, empty or missing metadata, a missing ``state/``...)
+  costs one warning line, and its folder is moved aside to ``<step>.damaged-<time>`` (kept
+  for inspection, out of orbax's way so the run can save that step again). ``restore`` raising
+  :class:`CheckpointRefused` (e.g. a checkpoint of another config) stops the search: its
+  ``__cause__`` is raised.
+
+  Returns:
+    ``(step, restored)``, or ``None`` when there is no checkpoint at all.
+
+  Raises:
+    ValueError: checkpoints exist but none is intact (naming each and why).
+  """
+  steps = sorted(manager.all_steps(), reverse=True)
+  if not steps:
+    return None
+  with quiet_orbax_errors():
+    return _restore_first(manager, restore, steps)
+
+
+def _restore_first(manager, restore, steps):
+  damaged = []
+  for step in steps:
+    try:
+      restored = restore(step)
+      if damaged:
+        manager.reload()  # the damaged steps moved aside: saving them again is allowed
+      return step, restored
+    except CheckpointRefused as e:
+      raise e.__cause__ from None
+    except Exception as e:  # pylint: disable=broad-except  (orbax raises many kinds)
+      folder = pathlib.Path(manager.directory) / str(step)
+      aside = folder.with_name(f"{step}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+      try:
+        os.rename(folder, aside)
+        where = f"moved to {aside.name}"
+      except OSError:
+        where = "left in place"
+      damaged.append(f"step {step} ({_one_line(e)})")
+      _log.warning("checkpoint step %d in %s is damaged (%s); %s; trying the previous one.",
+                   step, manager.directory, _one_line(e), where)
+  manager.reload()
+  raise ValueError(f"{manager.directory}: no intact checkpoint: " + "; ".join(damaged)
+                   + ". Remove the folder to start afresh.")

@@ -221,9 +221,40 @@ class _Log:
 
 def _start(config: ml_collections.ConfigDict, family: families.Family, build, mesh: Mesh,
            manager: Any, workdir: pathlib.Path) -> tuple[_State, int]:
-  """A fresh run, or the latest checkpoint's; returns ``(state, records kept up to step)``."""
-  latest = manager.latest_step()
-  if latest is None:
+  """A fresh run, or the newest intact checkpoint's; returns ``(state, records kept up to step)``.
+
+  A damaged checkpoint (truncated data, empty or missing metadata, missing ``state/``) is
+  skipped with one warning line and the previous step is restored
+  (:func:`ckpt_lib.restore_newest_intact`); one of another config is refused.
+  """
+
+  def restore(step: int) -> _State:
+    meta = ckpt_lib.restore_meta(manager, step)
+    if not isinstance(meta, dict) or "step" not in meta or "model_config" not in meta:
+      raise ValueError(f"metadata holds {type(meta).__name__}, not the run's meta record")
+    try:
+      ckpt_lib.check_fingerprint(meta, config, f"{workdir}/checkpoints/{step}")
+    except ValueError as e:
+      raise ckpt_lib.CheckpointRefused() from ConfigError(str(e))
+    model = build(families.model_config_from_json(family, meta["model_config"]))
+    abstract_params = jax.eval_shape(model.init_params, jax.random.PRNGKey(0))
+    abstract = {
+        "params": ckpt_lib.abstract_like(abstract_params, model.param_shardings),
+        "opt_state": ckpt_lib.abstract_like(jax.eval_shape(model.init_opt, abstract_params),
+                                            model.opt_shardings),
+        "rng": jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=NamedSharding(mesh, P())),
+    }
+    state = ckpt_lib.restore_state(manager, step, abstract)
+    bad = [jax.tree_util.keystr(k) for k, v in jax.tree_util.tree_leaves_with_path(state)
+           if jax.process_count() == 1 and jnp.issubdtype(v.dtype, jnp.floating)
+           and not bool(jnp.all(jnp.isfinite(v)))]
+    if bad:
+      raise ValueError(f"non-finite values in {bad[:3]}")
+    rng = np.asarray(jax.device_get(state["rng"]))
+    return _State(int(meta["step"]), model, state["params"], state["opt_state"], rng)
+
+  found = ckpt_lib.restore_newest_intact(manager, restore)
+  if found is None:
     model_config = families.model_config_from(family, config.model)
     model = build(model_config)
     rng = np.asarray(jax.random.PRNGKey(int(config.seed)))
@@ -232,23 +263,8 @@ def _start(config: ml_collections.ConfigDict, family: families.Family, build, me
       params = jax.device_put(prune.gg_reinit(params, jax.random.fold_in(rng, 1),
                                               nu=float(config.init.gg_nu)), model.param_shardings)
     return _State(0, model, params, model.init_opt(params), rng), -1
-  meta = ckpt_lib.restore_meta(manager, latest)
-  try:
-    ckpt_lib.check_fingerprint(meta, config, f"{workdir}/checkpoints/{latest}")
-  except ValueError as e:
-    raise ConfigError(str(e)) from None
-  step = int(meta["step"])
-  model = build(families.model_config_from_json(family, meta["model_config"]))
-  abstract_params = jax.eval_shape(model.init_params, jax.random.PRNGKey(0))
-  abstract = {
-      "params": ckpt_lib.abstract_like(abstract_params, model.param_shardings),
-      "opt_state": ckpt_lib.abstract_like(jax.eval_shape(model.init_opt, abstract_params),
-                                          model.opt_shardings),
-      "rng": jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=NamedSharding(mesh, P())),
-  }
-  state = ckpt_lib.restore_state(manager, latest, abstract)
-  rng = np.asarray(jax.device_get(state["rng"]))
-  return _State(step, model, state["params"], state["opt_state"], rng), step
+  _, state = found
+  return state, state.step
 
 
 def _save(manager: Any, config: ml_collections.ConfigDict, family: families.Family, mesh: Mesh,
