@@ -53,7 +53,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                      "through safetensors and orbax, merges digits classifiers, quantizes and "
                      "prunes MiniLM, trains and extracts a LoRA, and edits a fact in a small "
                      "facts LM; writes PNG plots of the numbers to a report folder. "
-                     "Takes about 3-4 minutes (about 4 CPU-minutes) on 2 CPU cores; "
+                     "Costs about 170 CPU-seconds (measured on 2 cores: GPTQ and the "
+                     "compilations are most of it), so 2-4 minutes on an idle 2-core machine, "
+                     "longer on a busy one (16 min measured beside ~8 other busy processes); "
                      "--only STEP runs one step.")
   p.add_argument("--only", choices=[_step_key(m) for _, m in STEPS], default=None,
                  help="run one step only")

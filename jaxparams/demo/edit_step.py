@@ -80,12 +80,13 @@ def run(console: Any, status: Any = None) -> dict[str, Any]:
               f"{row.p_old_before:.3f}", f"{row.p_old_after:.3f}")
   console.print(t)
   rec = r["recall_others"]
-  console.print(f"The edit took where P({e.target_new}) rises above P({r['old']}): on the edit "
-                f"prompt and on the paraphrases whose subject comes last (ROME writes the new "
-                f"fact at the subject's last token; a phrasing with words after the name must "
-                f"carry it further through attention); the other {r['n_others']} facts' recall "
-                f"went {rec['before']:.3f} -> {rec['after']:.3f} over all their phrasings "
-                f"(locality).")
+  took = [row.p_new_after > row.p_old_after for row in rows]
+  console.print(f"The edit took where P({e.target_new}) after the edit exceeds P({r['old']}): "
+                f"on the edit prompt: {took[0]}, on {sum(took[1:])} of {len(took) - 1} "
+                f"paraphrases (ROME writes the new fact at the last token of the name, from "
+                f"the edit prompt and context prefixes only); the other {r['n_others']} facts' "
+                f"recall went {rec['before']:.3f} -> {rec['after']:.3f} over all their "
+                f"phrasings (locality: 1.0 = untouched).")
   back = delta_lib.rollback(r["new"], r["delta"])
   exact = all(bool(jnp.array_equal(a, b)) for a, b in
               zip(jax.tree.leaves(back), jax.tree.leaves(r["lm"].params)))

@@ -85,10 +85,11 @@ def _edit(ax, r: dict[str, Any]) -> None:
   ax.set_xticks(x, [("prompt: " if row["kind"] == "prompt" else "") + row["text"]
                     .replace(r["edit"]["subject"], "S") for row in rows], fontsize=7,
                 rotation=12, ha="right")
-  ax.set_ylim(0, 1.05)
+  ax.set_ylim(0, 1.3)
+  ax.set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
   ax.set_ylabel("probability of the answer")
   ax.set_title(f"ROME edit of S = {r['edit']['subject']}: {old} -> {new}", fontsize=9)
-  ax.legend(fontsize=7, ncol=2)
+  ax.legend(fontsize=7, ncol=4, loc="upper center", frameon=False)
 
 
 _PLOTS = (("merge", "merge_accuracy.png", _merge, (6, 3.2)),
