@@ -14,9 +14,13 @@ uses); :mod:`jaxparams.adapt.peft_tree` converts it to and from the adapter tree
 :mod:`jaxparams.adapt.tree_api` for a :mod:`jaxparams.models` config.
 
 ``bias='all'`` / ``'lora_only'`` adapters carry trained biases: they are read as replacement
-tensors (like ``modules_to_save``). Fields of ``adapter_config.json`` that change what the
-tensors mean and that are not supported (PiSSA/OLoRA/LoftQ/EVA/CorDA inits, QALoRA, ...)
-raise ``ValueError`` naming the field, and so do unknown fields: nothing is silently ignored.
+tensors (like ``modules_to_save``). ``adapter_config.json`` is read by the strict
+:func:`jaxparams.io.read_adapter_config` (types, ranges, the file inside the adapter folder);
+fields that change what the tensors mean and that are not supported (PiSSA/OLoRA/LoftQ/EVA/CorDA
+inits, QALoRA, ...) raise ``ValueError`` naming the field, and so do unknown fields: nothing is
+silently ignored. Every adapter tensor must be floating-point, every LoRA module named by
+``target_modules``, ``lora_embedding_A/B`` only on embedding modules, and an adapter must hold
+at least one tensor.
 ``fan_in_fan_out`` is accepted and has no effect: our models' layers are ``nn.Linear`` for which
 PEFT itself resets it to False. Pickle adapters (``adapter_model.bin``) are refused.
 
@@ -52,24 +56,6 @@ __all__ = ["PeftAdapter", "read_peft", "write_peft", "make_config", "pattern_val
 PREFIX = "base_model.model."
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
-
-# Fields read (their meaning is implemented) or pure metadata / injection-time settings that do not
-# change what the saved tensors mean.
-_HANDLED = {"peft_type", "r", "lora_alpha", "use_rslora", "use_dora", "rank_pattern",
-            "alpha_pattern", "fan_in_fan_out", "bias", "lora_bias", "modules_to_save",
-            "init_lora_weights", "target_modules"}
-_METADATA = {"task_type", "auto_mapping", "peft_version", "base_model_name_or_path", "revision",
-             "inference_mode", "lora_dropout", "exclude_modules", "layers_to_transform",
-             "layers_pattern", "megatron_core", "runtime_config", "ensure_weight_tying"}
-# Fields supported only at these (PEFT default) values.
-_DEFAULT_ONLY = {"megatron_config": (None,), "trainable_token_indices": (None,),
-                 "loftq_config": ({}, None), "eva_config": (None,), "corda_config": (None,),
-                 "lora_ga_config": (None,), "velora_config": (None,),
-                 "alora_invocation_tokens": (None,), "use_qalora": (False,),
-                 "qalora_group_size": (16, None), "monteclora_config": (None,),
-                 "layer_replication": (None,), "target_parameters": (None, []),
-                 "use_bdlora": (None, False), "arrow_config": (None,), "kasa_config": (None,)}
-
 
 @dataclasses.dataclass
 class PeftAdapter:
@@ -116,27 +102,25 @@ def pattern_value(patterns: Mapping[str, Any] | None, module: str, default: Any)
   return default
 
 
-def _check_config(cfg: Mapping[str, Any], where: str) -> None:
-  if cfg.get("peft_type", "LORA") != "LORA":
-    raise ValueError(f"{where}: peft_type {cfg.get('peft_type')!r} is not supported; only 'LORA'")
-  for k, v in cfg.items():
-    if k in _HANDLED or k in _METADATA:
-      continue
-    if k in _DEFAULT_ONLY:
-      if v not in _DEFAULT_ONLY[k]:
-        raise ValueError(f"{where}: adapter_config field {k}={v!r} is not supported (only "
-                         f"{_DEFAULT_ONLY[k][0]!r}); the tensors would be misread")
-      continue
-    raise ValueError(f"{where}: unknown adapter_config field {k!r}={v!r}; known fields: "
-                     f"{sorted(_HANDLED | _METADATA | set(_DEFAULT_ONLY))}")
-  if cfg.get("bias", "none") not in ("none", "all", "lora_only"):
-    raise ValueError(f"{where}: bias={cfg['bias']!r} is not supported; valid: 'none', 'all', "
-                     "'lora_only'")
-  init = cfg.get("init_lora_weights", True)
-  if init not in (True, False, "gaussian"):
-    raise ValueError(f"{where}: init_lora_weights={init!r} is not supported: {init} changes the "
-                     "base weights, so the adapter is not a plain LoRA on them; supported: true, "
-                     "false, 'gaussian'")
+def _check_config(cfg: Mapping[str, Any], where: str) -> jio.AdapterConfig:
+  return jio.check_adapter_config(cfg, where)
+
+
+# Module names PEFT wraps as ``nn.Embedding`` in the HF families (its LoRA tensors are then
+# ``lora_embedding_A/B``; a Linear's are ``lora_A/B``).
+_EMBEDDING_NAMES = ("embed_tokens", "word_embeddings", "wte", "wpe", "position_embeddings",
+                    "token_type_embeddings", "embed_positions", "tok_embeddings", "shared",
+                    "embeddings", "embed_in")
+
+
+def is_embedding_module(module: str) -> bool:
+  """Whether an HF module name is an embedding table (PEFT's ``Embedding`` LoRA layer).
+
+  Example:
+    >>> is_embedding_module('model.embed_tokens'), is_embedding_module('model.layers.0.self_attn.q_proj')
+    (True, False)
+  """
+  return module.rsplit(".", 1)[-1] in _EMBEDDING_NAMES
 
 
 _SUFFIXES = {".lora_A.weight": "A", ".lora_B.weight": "B", ".lora_B.bias": "bias",
@@ -153,25 +137,32 @@ def read_peft(path: str | Path) -> PeftAdapter:
       shape disagrees with the config's rank; an unexpected key.
   """
   path = Path(path)
-  cfg_file = path / CONFIG_NAME
-  if not cfg_file.is_file():
-    raise FileNotFoundError(f"{path}: no {CONFIG_NAME}; expected a PEFT adapter folder")
+  if not path.is_dir():
+    raise FileNotFoundError(f"{path}: no such adapter folder")
+  ac = jio.read_adapter_config(path)  # strict: types, ranges, inside the folder, size-bounded
+  cfg, cfg_file = dict(ac.raw), ac.where
   weights = path / WEIGHTS_NAME
-  if not weights.is_file():
+  if not weights.is_file() and not weights.is_symlink():
     for name in ("adapter_model.bin", "adapter_model.pt", "adapter_model.pth"):
       if (path / name).exists():
         jio.refuse_pickle(path / name)
     raise FileNotFoundError(f"{path}: no {WEIGHTS_NAME}")
-  cfg = json.loads(cfg_file.read_text())
-  _check_config(cfg, str(cfg_file))
+  jio.resolve_inside(path, WEIGHTS_NAME, where=str(path), what="adapter weights")
   modules: dict[str, dict[str, Any]] = collections.defaultdict(dict)
   mts: dict[str, Any] = {}
   stored: dict[str, str] = {}
-  mts_names = cfg.get("modules_to_save") or []
+  mts_names = ac.modules_to_save
   with jio.open_checkpoint(weights) as reader:
-    for key in reader.names():
+    names = list(reader.names())
+    if not names:
+      raise ValueError(f"{weights}: the adapter holds no tensors; nothing to merge")
+    for key in names:
       if not key.startswith(PREFIX):
         raise ValueError(f"{weights}: tensor {key!r} does not start with {PREFIX!r}")
+      dt = np.dtype(reader.spec(key).dtype)
+      if dt.kind in "iubcOSU":  # bfloat16/float8 are kind 'V' (ml_dtypes) and accepted
+        raise ValueError(f"{weights}: tensor {key!r} has dtype {dt.name}; adapter tensors must "
+                         "be floating-point")
       name = key[len(PREFIX):]
       for suf, field in _SUFFIXES.items():
         if name.endswith(suf):
@@ -186,31 +177,44 @@ def read_peft(path: str | Path) -> PeftAdapter:
           stored[name.replace(".base_layer.", ".")] = key
           continue
         owner = name.rsplit(".", 1)[0]
-        if name.endswith(".bias") and cfg.get("bias", "none") != "none":
+        if name.endswith(".bias") and ac.bias != "none":
           mts[name] = np.asarray(reader.read(key))  # bias='all'/'lora_only': trained biases
         elif any(owner == m or owner.endswith("." + m) for m in mts_names):
           mts[name] = np.asarray(reader.read(key))
         else:
           raise ValueError(f"{weights}: tensor {key!r} is neither a LoRA tensor nor in "
-                           f"modules_to_save {mts_names}")
-  r0, alpha0, rs = cfg.get("r", 8), cfg.get("lora_alpha", 8), bool(cfg.get("use_rslora", False))
+                           f"modules_to_save {list(mts_names)}")
   out = {}
   for mod, m in modules.items():
     if "A" not in m or "B" not in m:
       raise ValueError(f"{weights}: module {mod!r} has {sorted(m)} but needs lora_A and lora_B")
-    r = int(pattern_value(cfg.get("rank_pattern"), mod, r0))
-    alpha = pattern_value(cfg.get("alpha_pattern"), mod, alpha0)
+    if not ac.targets(mod):
+      raise ValueError(f"{weights}: module {mod!r} has LoRA tensors but {cfg_file}'s "
+                       f"target_modules {ac.target_modules!r} does not name it (PEFT would not "
+                       "load them)")
+    if m.get("embedding") and not is_embedding_module(mod):
+      raise ValueError(f"{weights}: module {mod!r} has lora_embedding_A/B but is not an "
+                       "embedding (PEFT stores lora_A/lora_B for a Linear); refusing to merge "
+                       "it with the embedding orientation")
+    if m["A"].ndim != 2 or m["B"].ndim != 2:
+      raise ValueError(f"{weights}: module {mod!r} has lora_A {m['A'].shape} and lora_B "
+                       f"{m['B'].shape}; both must be 2-D")
+    r = pattern_value(ac.rank_pattern, mod, ac.r)
+    alpha = pattern_value(ac.alpha_pattern, mod, ac.lora_alpha)
     if m["A"].shape[0] != r or m["B"].shape[1] != r:
       raise ValueError(f"{weights}: module {mod!r} has lora_A {m['A'].shape} and lora_B "
                        f"{m['B'].shape} but the config gives rank {r}")
-    if "magnitude" in m and not cfg.get("use_dora"):
+    if "magnitude" in m and not ac.use_dora:
       raise ValueError(f"{weights}: module {mod!r} has a DoRA magnitude but use_dora is false")
-    if cfg.get("use_dora") and "magnitude" not in m:
+    if ac.use_dora and "magnitude" not in m:
       raise ValueError(f"{weights}: use_dora is true but module {mod!r} has no magnitude")
-    if "bias" in m and not cfg.get("lora_bias"):
+    if "bias" in m and not ac.lora_bias:
       raise ValueError(f"{weights}: module {mod!r} has lora_B.bias but lora_bias is false")
-    m["scale"] = L.scaling(r, alpha, rs)
+    m["scale"] = L.scaling(r, alpha, ac.use_rslora)
     out[mod] = dict(m)
+  if not out and not mts:
+    raise ValueError(f"{weights}: the adapter holds no LoRA module and no modules_to_save "
+                     "tensor; nothing to merge")
   return PeftAdapter(modules=out, modules_to_save=mts, config=cfg, stored_keys=stored)
 
 

@@ -8,6 +8,8 @@
   ``lora_embedding_A[r, vocab]``, ``lora_embedding_B[dim, r]``).
 * ``lora_unmerge``: the inverse (DoRA needs the stored norm as a 4th model).
 * ``lora_bias_merge``: ``bias + scale * lora_B.bias`` (PEFT's ``lora_bias``).
+* ``lora_replace``: a ``modules_to_save`` tensor replacing the base's: same shape as the base
+  tensor, floating-point, finite, written in the base's dtype (checked before publishing).
 * ``lora_extract``: ``base + (finetuned,)`` -> the truncated-SVD factors of the delta (run
   eagerly: the rank is chosen from the singular values on the host).
 * ``peft_ties``, ``peft_dare_linear``, ``peft_dare_ties``, ``peft_magnitude_prune``: PEFT's merge
@@ -39,6 +41,7 @@ from jaxparams.adapt.merge_utils import peft_merge
 from jaxparams.adapt.svd import factorize
 
 __all__ = ["LoraMergeConfig", "LORA_MERGE", "LORA_UNMERGE", "LORA_BIAS_MERGE", "RECORDS",
+           "ReplaceConfig", "LORA_REPLACE",
            "to_flax", "PeftMergeConfig", "PEFT_MERGES", "LoraExtractConfig", "LORA_EXTRACT"]
 
 
@@ -125,6 +128,22 @@ LORA_BIAS_MERGE = jt.Transform(
     max_models=1, description="bias + scale * lora_B.bias")
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ReplaceConfig:
+  """No parameters: the replacement is taken as is (cast to the base tensor's dtype)."""
+
+
+def _replace(base, models, c):
+  del c
+  return models[0].astype(base.dtype)
+
+
+LORA_REPLACE = jt.Transform(
+    name="lora_replace", fn=_replace, config=ReplaceConfig,
+    checks=(jt.same_shapes, jt.float_inputs, jt.finite), inputs="base+models", base="required",
+    min_models=1, max_models=1,
+    description="a modules_to_save tensor replacing the base's (same shape, float, finite)")
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class PeftMergeConfig:
@@ -206,5 +225,5 @@ LORA_EXTRACT = jt.Transform(
 PEFT_MERGES = {k: _peft_record(k) for k in ("ties", "dare_linear", "dare_ties",
                                             "magnitude_prune")}
 
-RECORDS = jt.Registry("adapter transform", [LORA_MERGE, LORA_UNMERGE, LORA_BIAS_MERGE,
+RECORDS = jt.Registry("adapter transform", [LORA_MERGE, LORA_UNMERGE, LORA_BIAS_MERGE, LORA_REPLACE,
                                             LORA_EXTRACT, *PEFT_MERGES.values()])

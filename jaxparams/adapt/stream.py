@@ -24,14 +24,14 @@ Example:
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Callable
 
 from jaxparams import io as jio
 from jaxparams import transform as jt
 from jaxparams.adapt import peft_io
-from jaxparams.adapt.records import LORA_BIAS_MERGE, LORA_MERGE, LoraMergeConfig
+from jaxparams.adapt.records import (LORA_BIAS_MERGE, LORA_MERGE, LORA_REPLACE, LoraMergeConfig,
+                                     ReplaceConfig)
 
 __all__ = ["merge_checkpoint"]
 
@@ -62,17 +62,22 @@ def merge_checkpoint(base_dir: str | Path, adapter_dir: str | Path, out_dir: str
 
   Raises:
     ValueError: an adapter module or ``modules_to_save`` tensor without a base tensor; shapes
-      that do not fit; NaN/Inf; the adapter errors of :func:`~jaxparams.adapt.read_peft`.
+      that do not fit (``modules_to_save`` tensors: the base tensor's shape); a non-float or
+      NaN/Inf tensor (any adapter tensor, checked by the records before publishing); the base's
+      ``config.json`` failing :func:`~jaxparams.io.read_model_config` (e.g. a symlink outside
+      the base folder); the adapter errors of :func:`~jaxparams.adapt.read_peft`.
   """
   base_dir, adapter_dir = Path(base_dir), Path(adapter_dir)
   jio.refuse_pickle(base_dir)
   jio.check_output_dir(out_dir, overwrite)
   ad = peft_io.read_peft(adapter_dir)  # validates the config, computes each module's scaling
-  with jio.open_checkpoint(base_dir) as rb, \
-      jio.open_checkpoint(adapter_dir / peft_io.WEIGHTS_NAME) as ra:
-    cfg = rb.config()
-    if cfg is None and (base_dir / "config.json").is_file():
-      cfg = json.loads((base_dir / "config.json").read_text())
+  weights = jio.resolve_inside(adapter_dir, peft_io.WEIGHTS_NAME, where=str(adapter_dir),
+                               what="adapter weights")
+  cfg = None  # copied into the output: read strictly, never from outside the base folder
+  folder = base_dir if base_dir.is_dir() else base_dir.parent
+  if (folder / "config.json").exists() or (folder / "config.json").is_symlink():
+    cfg = jio.read_model_config(folder)
+  with jio.open_checkpoint(base_dir) as rb, jio.open_checkpoint(weights) as ra:
     by_norm = {_norm(n): n for n in rb.names()}
     tasks, used = [], set()
     mods = {_norm(m): (m, e) for m, e in ad.modules.items()}
@@ -83,7 +88,10 @@ def merge_checkpoint(base_dir: str | Path, adapter_dir: str | Path, out_dir: str
       out_dtype = dtype
       if key in mts and not (key.endswith(".weight") and mod in mods):
         src = mts[key]
-        tasks.append(jt.StreamTask(name, (("adapter", ad.stored_key(src)),), out_dtype=out_dtype))
+        tasks.append(jt.StreamTask(
+            name, (("base", name), ("adapter", ad.stored_key(src))), LORA_REPLACE,
+            ReplaceConfig(), has_base=True, labels=("base", "modules_to_save tensor"),
+            out_dtype=out_dtype or rb.spec(name).dtype))
         used.add(("mts", key))
       elif key.endswith(".weight") and mod in mods:
         m, e = mods[mod]
@@ -94,6 +102,7 @@ def merge_checkpoint(base_dir: str | Path, adapter_dir: str | Path, out_dir: str
         first = ("adapter", ad.stored_key(mts[key])) if key in mts else ("base", name)
         if key in mts:
           used.add(("mts", key))
+          _same_spec(rb.spec(name), ra.spec(ad.stored_key(mts[key])), adapter_dir)
         inputs = [first, ("adapter", peft_io.PREFIX + m + ka),
                   ("adapter", peft_io.PREFIX + m + kb)]
         if "magnitude" in e:
@@ -130,6 +139,13 @@ def merge_checkpoint(base_dir: str | Path, adapter_dir: str | Path, out_dir: str
   return {"merged": sum(1 for k, _ in used if k == "mod"),
           "replaced": sum(1 for k, _ in used if k == "mts"),
           "copied": len(tasks) - len(used)}
+
+
+def _same_spec(base, new, adapter_dir) -> None:
+  """A saved copy of a table that is the base of a merge must match the base tensor."""
+  if tuple(base.shape) != tuple(new.shape):
+    raise ValueError(f"{adapter_dir}: tensor {new.name!r} has shape {tuple(new.shape)} but the "
+                     f"base tensor {base.name!r} has {tuple(base.shape)}")
 
 
 def _magnitude_key(reader, module: str) -> str:

@@ -23,6 +23,7 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
+from jaxparams import io as jio
 from jaxparams.edit import facts as facts_lib
 
 __all__ = ["FactsLM", "load_facts_lm", "prepare_data", "recall"]
@@ -85,11 +86,10 @@ def _load_dir(root: str) -> facts_lib.FactsSet:
 def load_facts_lm(hf_dir: str | pathlib.Path, data_dir: str | pathlib.Path | None = None
                   ) -> FactsLM:
   """Loads an exported facts LM (and its facts set from ``data_dir``, default the packaged)."""
-  from tokenizers import Tokenizer  # pylint: disable=g-import-not-at-top
   from jaxparams.models import hf  # pylint: disable=g-import-not-at-top
   hf_dir = pathlib.Path(hf_dir)
   module, params, config = hf.from_hf(hf_dir)
-  tok = Tokenizer.from_file(str(hf_dir / "tokenizer.json"))
+  tok = jio.load_tokenizer_file(hf_dir, vocab_size=config.vocab_size)
   fs = _load_dir(str(data_dir) if data_dir is not None else "")
   return FactsLM(module, params, config, tok, fs, hf_dir)
 

@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxparams import io as jio
 from jaxparams.edit import mlm
 from jaxparams.edit import sites as arch
 from jaxparams.edit import facts as facts_lib
@@ -206,13 +207,12 @@ def load_facts_mlm(hf_dir: str | pathlib.Path, data_dir: str | pathlib.Path | No
                    ) -> FactsMLM:
   """Loads an exported facts BERT-MLM (and its facts set from ``data_dir``, default the
   packaged one)."""
-  from tokenizers import Tokenizer  # pylint: disable=g-import-not-at-top
   from jaxparams.models import from_hf  # pylint: disable=g-import-not-at-top
   hf_dir = pathlib.Path(hf_dir)
   module, params, config = from_hf(hf_dir)
   if not config.mlm_head:
     raise ValueError(f"{hf_dir}: not a masked-LM checkpoint (no cls.predictions head)")
-  tok = Tokenizer.from_file(str(hf_dir / "tokenizer.json"))
+  tok = jio.load_tokenizer_file(hf_dir, vocab_size=config.vocab_size)
   fs = facts_lm._load_dir(str(data_dir) if data_dir is not None else "")  # pylint: disable=protected-access
   return FactsMLM(module, params, config, tok, fs, hf_dir)
 

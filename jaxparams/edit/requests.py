@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import pathlib
 from typing import Any, Sequence
 
@@ -25,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxparams import io as jio
 from jaxparams.edit import facts as facts_lib
 from jaxparams.edit import mlm, sites
 
@@ -73,45 +73,26 @@ def read_requests(path: str | pathlib.Path, tokenizer: Any | None = None) -> lis
   accepts ``"target_new": {"str": ...}`` (ROME/MEMIT's form) and a prompt with the subject
   written out instead of ``{}`` (it is replaced by ``{}``).
 
+  The file is read by :func:`jaxparams.io.read_request_rows` (size-bounded, inside its folder,
+  UTF-8, every field a string).
+
   Raises:
-    ValueError: naming the file and line of a bad request (missing key, subject not in the
-      prompt, empty target, words the tokenizer cannot encode).
+    FileNotFoundError: no such file.
+    ValueError: naming the file and line of a bad request (invalid JSON, missing key, a field
+      of the wrong type, subject not in the prompt, empty target, words the tokenizer cannot
+      encode).
   """
-  path = pathlib.Path(path)
-  if not path.is_file():
-    raise FileNotFoundError(f"{path}: no such file")
-  text = path.read_text()
-  if text.lstrip().startswith("["):
-    rows = [(i + 1, r) for i, r in enumerate(json.loads(text))]
-  else:
-    rows = []
-    for i, line in enumerate(text.splitlines(), 1):
-      if line.strip():
-        try:
-          rows.append((i, json.loads(line)))
-        except json.JSONDecodeError as e:
-          raise ValueError(f"{path}:{i}: not valid JSON ({e})") from None
   out = []
-  for i, row in rows:
-    where = f"{path}:{i}"
-    if not isinstance(row, dict):
-      raise ValueError(f"{where}: expected an object, found {type(row).__name__}")
-    miss = [k for k in ("prompt", "subject", "target_new") if k not in row]
-    if miss:
-      raise ValueError(f"{where}: request lacks {miss} (needs prompt, subject, target_new)")
-    tgt = row["target_new"]
-    if isinstance(tgt, dict):
-      tgt = tgt.get("str", "")
-    prompt, subject = str(row["prompt"]), str(row["subject"])
+  for row in jio.read_request_rows(path):  # the strict reader: size, folder, types, lines
+    prompt, subject, where = row.prompt, row.subject, row.where
     if "{}" not in prompt:
       if subject not in prompt or not subject:
-        raise ValueError(f"{where}: subject {subject!r} is not in the prompt {prompt!r}")
+        raise ValueError(f"{where}: subject {subject!r:.200} is not in the prompt "
+                         f"{prompt!r:.200}")
       prompt = prompt.replace(subject, "{}", 1)
-    req = EditRequest(prompt, subject, str(tgt), where)
+    req = EditRequest(prompt, subject, row.target_new, where)
     req.check(tokenizer)
     out.append(req)
-  if not out:
-    raise ValueError(f"{path}: no requests")
   return out
 
 

@@ -119,6 +119,26 @@ def save_stats(stats: dict[int, KeyStats], folder: str | pathlib.Path, model_nam
         {"model": model_name, "layer": str(l), "what": "sum k k^T of mlp down_proj inputs"})
 
 
+def _check_stats_file(f: pathlib.Path, d: dict) -> None:
+  """A saved key-statistics file holds ``xtx [k, k]``, ``count [1]`` (``abs_sum [k]``), finite."""
+  if "xtx" not in d or "count" not in d:
+    raise ValueError(f"{f}: not a key-statistics file: needs tensors 'xtx' and 'count', found "
+                     f"{sorted(d)[:5]}")
+  xtx, count = np.asarray(d["xtx"]), np.asarray(d["count"])
+  k = xtx.shape[0] if xtx.ndim == 2 else -1
+  if xtx.shape != (k, k) or count.size != 1 or (
+      "abs_sum" in d and np.asarray(d["abs_sum"]).shape != (k,)):
+    raise ValueError(f"{f}: key statistics of inconsistent shapes: xtx {xtx.shape}, count "
+                     f"{count.shape}, abs_sum {np.asarray(d.get('abs_sum', xtx[:0])).shape}; "
+                     "expected xtx [k, k], count [1], abs_sum [k]")
+  for name in ("xtx", "count", "abs_sum"):
+    if name in d and (np.asarray(d[name]).dtype.kind in "bcOSU"
+                      or not np.all(np.isfinite(np.asarray(d[name], np.float64)))):
+      raise ValueError(f"{f}: key statistics tensor {name!r} is not finite numbers")
+  if not float(count.reshape(-1)[0]) > 0:
+    raise ValueError(f"{f}: key statistics count is {float(count.reshape(-1)[0])}; expected > 0")
+
+
 def load_stats(folder: str | pathlib.Path, model_name: str, layers: Sequence[int]
                ) -> dict[int, KeyStats]:
   """Reads stats saved by :func:`save_stats`; FileNotFoundError names a missing layer file."""
@@ -130,6 +150,7 @@ def load_stats(folder: str | pathlib.Path, model_name: str, layers: Sequence[int
     if not f.is_file():
       raise FileNotFoundError(f"{f}: no key statistics for model {model_name!r} layer {l}")
     d = jio.load_safetensors(f)
+    _check_stats_file(f, d)
     xtx = jnp.asarray(d["xtx"], jnp.float32)
     abs_sum = (jnp.asarray(d["abs_sum"], jnp.float32) if "abs_sum" in d
                else jnp.zeros(xtx.shape[:1], jnp.float32))

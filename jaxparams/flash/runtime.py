@@ -49,7 +49,7 @@ from jaxparams.flash.bundle import bundle, bundled_layers
 from jaxparams.flash.neurons import NeuronMatrix, Window
 from jaxparams.flash.predictor import LayerPredictor, load_predictors
 from jaxparams.flash.reads import ChunkReader, aligned_empty
-from jaxparams.io import open_checkpoint, parse_size, read_json
+from jaxparams.io import open_checkpoint, parse_size, read_model_config
 from jaxparams.models import LlamaConfig
 from jaxparams.models.attention import gqa_attention
 from jaxparams.models.layers import RMSNorm
@@ -204,7 +204,7 @@ class FlashModel:
     self.path = prepare_layout(path, Path(self._tmp.name) / "m" if self._tmp else path,
                                bundled=bundled)
     self.bundled = bundled
-    cfg_json = read_json(self.path / "config.json")
+    cfg_json = read_model_config(self.path)  # the one strict config.json reader
     self.mc = LlamaConfig.from_hf_dict(cfg_json)
     c = self.mc
     if c.fused_projections or c.qk_norm or c.sliding_window or c.mlp_bias:

@@ -27,7 +27,11 @@ from jaxparams.io.safetensors_header import DTYPE_BITS, parse_header
 from jaxparams.io.safetensors_reader import (INDEX_NAME, SafetensorsFile, SafetensorsReader,
                                              TensorSpec, open_checkpoint)
 from jaxparams.io.sizes import parse_size
-from jaxparams.io.text_files import read_json, read_text
+from jaxparams.io.text_files import read_bytes, read_json, read_text
+from jaxparams.io.adapter_config import AdapterConfig, check_adapter_config, read_adapter_config
+from jaxparams.io.model_config import check_model_config, read_model_config
+from jaxparams.io.requests_file import RequestRow, read_request_rows
+from jaxparams.io.tokenizer_file import load_tokenizer_file, read_tokenizer_json
 from jaxparams.io.safetensors_writer import (SENTENCE_TRANSFORMERS_FILES, TOKENIZER_FILES,
                                              SafetensorsWriter, save_safetensors,
                                              write_safetensors_file)
@@ -57,5 +61,7 @@ __all__ = [
     "publish_dir", "read_calibration_text", "read_json", "read_text", "refuse_pickle",
     "resolve_inside", "restore_orbax",
     "save_orbax", "save_safetensors", "sweep_stale", "to_numpy_dtype", "to_safetensors_dtype",
-    "write_safetensors_file",
+    "write_safetensors_file", "read_bytes", "AdapterConfig", "check_adapter_config",
+    "read_adapter_config", "check_model_config", "read_model_config", "RequestRow",
+    "read_request_rows", "load_tokenizer_file", "read_tokenizer_json",
 ]

@@ -208,8 +208,9 @@ class SafetensorsReader:
     """The ``config.json`` beside the weights, if any."""
     if self.folder is None or not (self.folder / "config.json").is_file():
       return None
-    path = resolve_inside(self.folder, "config.json", where=str(self.folder))
-    return read_json(path, what="config.json")
+    resolve_inside(self.folder, "config.json", where=str(self.folder))
+    from jaxparams.io.model_config import read_model_config  # pylint: disable=import-outside-toplevel
+    return read_model_config(self.folder)  # the one strict reader of config.json
 
   def close(self) -> None:
     for f in self._files.values():

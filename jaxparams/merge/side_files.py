@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from jaxparams.io import SafetensorsWriter, read_json
+from jaxparams.io import SafetensorsWriter, read_json, read_model_config
 from jaxparams.io.safetensors_writer import TOKENIZER_FILES
 from jaxparams.merge.recipe import Recipe
 
@@ -30,13 +29,10 @@ def read_source_config(recipe: Recipe, folders) -> dict | None:
   if recipe.slices:
     cfg_src = recipe.slices[0].base_model or recipe.base_model or recipe.slices[0].sources[0].model
   cfg_path = Path(folders[cfg_src]) / "config.json"
-  if not (Path(folders[cfg_src]).is_dir() and cfg_path.is_file()):
+  if not (Path(folders[cfg_src]).is_dir() and (cfg_path.exists() or cfg_path.is_symlink())):
     return None
-  cfg = read_json(cfg_path, what=f"config.json of model {cfg_src!r}")
-  if not isinstance(cfg, dict):
-    raise ValueError(f"{cfg_path}: config.json of model {cfg_src!r} must be a JSON object, "
-                     f"found {type(cfg).__name__}.")
-  return cfg
+  # Copied into the output: the strict reader (a symlink outside the model folder is refused).
+  return read_model_config(folders[cfg_src], what=f"config.json of model {cfg_src!r}")
 
 
 def write_side_files(writer: SafetensorsWriter, recipe: Recipe, folders, align, n_layers: int,
@@ -73,6 +69,8 @@ def write_side_files(writer: SafetensorsWriter, recipe: Recipe, folders, align, 
     align.tokenizer.save(str(writer.folder_tmp / "tokenizer.json"))
   if recipe.chat_template:
     tc_path = writer.folder_tmp / "tokenizer_config.json"
-    tc = json.loads(tc_path.read_text()) if tc_path.is_file() else {}
+    tc = read_json(tc_path, what="tokenizer_config.json") if tc_path.is_file() else {}
+    if not isinstance(tc, dict):
+      raise ValueError(f"{tc_path}: tokenizer_config.json must be a JSON object")
     tc["chat_template"] = recipe.chat_template
     writer.write_json("tokenizer_config.json", tc)

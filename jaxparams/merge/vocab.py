@@ -33,11 +33,12 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
+
+from jaxparams import io as jio
 
 __all__ = ["VocabAlignment", "build_alignment", "load_vocab"]
 
@@ -110,12 +111,11 @@ def load_vocab(folder: str | Path, vocab_size: int | None = None) -> tuple[dict[
   Raises:
     ValueError: when the folder has no ``tokenizer.json``.
   """
-  import tokenizers  # pylint: disable=import-outside-toplevel
   path = Path(folder) / "tokenizer.json"
-  if not path.is_file():
+  if not path.is_file() and not path.is_symlink():
     raise ValueError(f"{folder}: no tokenizer.json; tokenizer_source needs HF fast tokenizers "
                      "(tokenizer.json) for every model.")
-  tok = tokenizers.Tokenizer.from_file(str(path))
+  tok = jio.load_tokenizer_file(folder)
   vocab = tok.get_vocab(with_added_tokens=True)
   if vocab_size is not None:
     vocab = {t: i for t, i in vocab.items() if i < vocab_size}
@@ -124,9 +124,8 @@ def load_vocab(folder: str | Path, vocab_size: int | None = None) -> tuple[dict[
 
 def _config_vocab_size(folder: Path) -> int | None:
   cfg = folder / "config.json"
-  if cfg.is_file():
-    v = json.loads(cfg.read_text()).get("vocab_size")
-    return int(v) if v is not None else None
+  if cfg.is_file() or cfg.is_symlink():
+    return jio.read_model_config(folder).get("vocab_size")
   return None
 
 

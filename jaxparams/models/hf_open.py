@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
-import os
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -40,7 +38,7 @@ from jaxparams.models.families import FAMILIES, Family, family, model_types
 __all__ = ["HFCheckpoint", "open_hf", "hf_tokenizer", "MAX_TOKENIZER_BYTES"]
 
 #: Size limit of a ``tokenizer.json`` (the largest public ones are ~35 MB).
-MAX_TOKENIZER_BYTES = 512 * 2**20
+MAX_TOKENIZER_BYTES = jio.tokenizer_file.MAX_TOKENIZER_BYTES
 
 _CONFIG_ERRORS = (TypeError, ValueError, KeyError, ZeroDivisionError, OverflowError)
 
@@ -106,13 +104,11 @@ class HFCheckpoint:
 
 def _read_config(reader: Any, path: Path, folder: Path, purpose: str) -> Any:
   file = folder / "config.json"
-  if not file.is_file():
+  if not file.is_file() and not file.is_symlink():
     raise ValueError(f"{path}: no config.json next to the weights; {purpose} needs the HF config "
                      "to know the architecture (model_type).")
-  cfg = reader.config()
-  if cfg is None:
-    cfg = jio.read_json(file, what="config.json")
-  return cfg
+  del reader
+  return jio.read_model_config(folder)
 
 
 @contextlib.contextmanager
@@ -153,17 +149,22 @@ def open_hf(path: str | Path, *, purpose: str = "reading the checkpoint"
 
 
 def hf_tokenizer(folder: str | Path, *, purpose: str = "the text cannot be tokenized",
-                 max_bytes: int = MAX_TOKENIZER_BYTES) -> Any:
+                 max_bytes: int = MAX_TOKENIZER_BYTES, vocab_size: int | None = None) -> Any:
   """The ``tokenizers.Tokenizer`` of ``folder/tokenizer.json``, as stored (no padding set).
+
+  Read by the one strict reader, :func:`jaxparams.io.load_tokenizer_file`.
 
   Args:
     folder: the model folder.
     purpose: why it is needed, for the message when it is missing.
     max_bytes: refuse a larger file.
+    vocab_size: the model's embedding rows; a tokenizer with an id ``>= vocab_size`` is
+      refused (default: ``vocab_size`` of the folder's ``config.json`` when there is one), so
+      an out-of-vocabulary id never reaches a gather (where it becomes NaN, not an error).
 
   Raises:
     ValueError: no ``tokenizer.json``; a symlink leading outside ``folder``; too large; not a
-      valid tokenizer (the file named).
+      valid tokenizer; an id beyond ``vocab_size`` (the file named).
 
   Example:
     >>> import os, tempfile
@@ -174,19 +175,9 @@ def hf_tokenizer(folder: str | Path, *, purpose: str = "the text cannot be token
   """
   folder = Path(folder)
   file = folder / "tokenizer.json"
-  if not file.is_file():
+  if not file.exists() and not file.is_symlink():
     raise ValueError(f"{folder}: no tokenizer.json; {purpose}")
-  jio.resolve_inside(folder, "tokenizer.json", where=str(folder), what="tokenizer")
-  size = os.stat(file).st_size
-  if size > max_bytes:
-    raise ValueError(f"{file}: {size} bytes, more than the limit of {max_bytes} for a tokenizer")
-  text = jio.read_text(file, what="tokenizer.json")
-  from tokenizers import Tokenizer  # pylint: disable=import-outside-toplevel
-  try:
-    return Tokenizer.from_str(text)
-  except Exception as e:  # pylint: disable=broad-except  (the Rust parser's errors vary)
-    try:
-      json.loads(text)
-    except ValueError as je:
-      raise ValueError(f"{file}: not valid JSON ({je}).") from None
-    raise ValueError(f"{file}: not a valid tokenizers tokenizer.json ({str(e)[:200]}).") from None
+  if vocab_size is None and ((folder / "config.json").is_file()
+                             or (folder / "config.json").is_symlink()):
+    vocab_size = jio.read_model_config(folder).get("vocab_size")
+  return jio.load_tokenizer_file(folder, vocab_size=vocab_size, max_bytes=max_bytes)

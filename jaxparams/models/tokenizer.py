@@ -18,7 +18,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 __all__ = ["load_tokenizer"]
@@ -29,23 +28,28 @@ _PAD_NAMES = ("<pad>", "[PAD]", "<|endoftext|>", "</s>", "<eos>")
 def load_tokenizer(path: str | Path, *, max_length: int | None = None):
   """``tokenizers.Tokenizer`` from ``path/tokenizer.json`` with padding (and truncation) on.
 
+  Both files are read by the strict io readers (:func:`jaxparams.io.load_tokenizer_file`,
+  :func:`jaxparams.io.read_model_config`): inside the folder, size-bounded, checked.
+
   Raises:
     FileNotFoundError: the folder has no ``tokenizer.json``.
+    ValueError: either file fails its reader's checks, or the tokenizer has ids beyond
+      ``vocab_size``.
   """
-  from tokenizers import Tokenizer  # pylint: disable=g-import-not-at-top
+  from jaxparams import io as jio  # pylint: disable=g-import-not-at-top
   path = Path(path)
   file = path / "tokenizer.json" if path.is_dir() else path
-  if not file.is_file():
+  if not file.is_file() and not file.is_symlink():
     raise FileNotFoundError(f"{file}: no tokenizer.json (only fast tokenizers are supported)")
-  tok = Tokenizer.from_file(str(file))
-  pad_id = None
-  cfg = file.parent / "config.json"
-  if cfg.is_file():
-    try:
-      v = json.loads(cfg.read_text()).get("pad_token_id")
-      pad_id = v if isinstance(v, int) and not isinstance(v, bool) else None
-    except (ValueError, AttributeError):
-      pad_id = None
+  if file.name != "tokenizer.json":
+    raise ValueError(f"{file}: expected a folder holding tokenizer.json, or that file")
+  pad_id, vocab_size = None, None
+  if (file.parent / "config.json").is_file() or (file.parent / "config.json").is_symlink():
+    cfg = jio.read_model_config(file.parent)
+    v = cfg.get("pad_token_id")
+    pad_id = v if isinstance(v, int) else None
+    vocab_size = cfg.get("vocab_size")
+  tok = jio.load_tokenizer_file(file.parent, vocab_size=vocab_size)
   if pad_id is None or tok.id_to_token(pad_id) is None:
     pad_id = next((tok.token_to_id(t) for t in _PAD_NAMES if tok.token_to_id(t) is not None), 0)
   tok.enable_padding(pad_id=pad_id, pad_token=tok.id_to_token(pad_id) or "<pad>")

@@ -35,7 +35,8 @@ def save(hypernet: Hypernet, out_dir: str | Path, *, overwrite: bool = False) ->
 
 def load(path: str | Path) -> Hypernet:
   """Reads a folder written by :func:`save`; a missing or extra tensor raises naming it."""
-  meta = jio.read_json(Path(path) / "config.json", what="hypernetwork config.json")
+  meta = jio.read_json(Path(path) / "config.json", what="hypernetwork config.json",
+                       folder=path)
   if not isinstance(meta, dict) or "hypernet" not in meta:
     raise ValueError(f"{path}/config.json: expected a 'hypernet' entry (a folder written by "
                      f"jaxparams.predict.save), found keys {sorted(meta) if isinstance(meta, dict) else meta}")

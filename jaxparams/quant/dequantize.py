@@ -17,7 +17,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -79,7 +78,7 @@ def dequantize_checkpoint(qdir: str | Path, out: str | Path, *, dtype: Any = Non
       n += 1
     cfg_file = qdir / "config.json"
     if cfg_file.is_file():
-      cfg = json.loads(cfg_file.read_text())
+      cfg = dict(jio.read_model_config(qdir))  # copied into the output: the strict reader
       cfg.pop("quantization_config", None)
       if dtype is not None:
         cfg["torch_dtype"] = str(np.dtype(dtype))

@@ -20,7 +20,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -256,7 +255,10 @@ def _gptq_config_of(folder: Path) -> dict[str, Any]:
     raise FileNotFoundError(f"{folder}: no such folder")
   cfg_file = folder / GPTQ_CONFIG_FILE
   if cfg_file.is_file():
-    qcfg = json.loads(cfg_file.read_text())
+    qcfg = jio.read_json(cfg_file, what=GPTQ_CONFIG_FILE, folder=folder, max_bytes=2**20)
+    if not isinstance(qcfg, dict):
+      raise ValueError(f"{cfg_file}: {GPTQ_CONFIG_FILE} must be a JSON object, found "
+                       f"{jio.text_files.describe(qcfg)}")
   else:
     qcfg = config_quant(folder)
     if qcfg is None:

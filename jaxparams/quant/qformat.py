@@ -7,7 +7,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +28,9 @@ def config_quant(folder: Path) -> dict | None:
   """The ``quantization_config`` of ``folder/config.json`` when it is GPTQ, else None."""
   cfg = folder / "config.json"
   if cfg.is_file():
+    from jaxparams.io import read_model_config  # pylint: disable=g-import-not-at-top
     try:
-      q = json.loads(cfg.read_text()).get("quantization_config")
+      q = read_model_config(folder).get("quantization_config")
     except ValueError:
       return None
     if isinstance(q, dict) and q.get("quant_method") == "gptq":

@@ -185,7 +185,7 @@ def dequantize_outliers_checkpoint(qdir: str | Path, out: str | Path, *, dtype: 
       else:
         arr = np.asarray(leaf)
       w.add(name, np.ascontiguousarray(arr))
-    cfg = json.loads((folder / "config.json").read_text())
+    cfg = dict(jio.read_model_config(folder))  # copied into the output: the strict reader
     cfg.pop("quantization_config", None)
     w.write_json("config.json", cfg)
     w.copy_from(folder)
@@ -200,7 +200,7 @@ def load_outliers_checkpoint(qdir: str | Path) -> tuple[Any, Any, Any]:
   from jaxparams.models.hf import hf_name_map  # pylint: disable=g-import-not-at-top
   folder = Path(qdir)
   flat, _, rot = _read(folder)
-  raw = json.loads((folder / "config.json").read_text())
+  raw = dict(jio.read_model_config(folder))
   raw.pop("quantization_config", None)
   fam = family(raw.get("model_type", "?"))
   config = fam.config_cls.from_hf_dict(raw)

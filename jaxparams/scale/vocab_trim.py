@@ -270,7 +270,12 @@ def trim_vocab(params: Any, tokenizer_json: Mapping[str, Any] | str | Path, text
   from tokenizers import Tokenizer  # optional dependency (jaxparams[demo])
 
   if isinstance(tokenizer_json, (str, Path)):
-    tokenizer_json = json.loads(Path(tokenizer_json).read_text())
+    from jaxparams import io as jio  # pylint: disable=import-outside-toplevel
+    p = Path(tokenizer_json)
+    if p.is_dir() or p.name == "tokenizer.json":  # the strict reader (size, folder, ids)
+      tokenizer_json = jio.read_tokenizer_json(p if p.is_dir() else p.parent)[0]
+    else:
+      tokenizer_json = jio.read_json(p, what="tokenizer file")
   tok = Tokenizer.from_str(json.dumps(tokenizer_json))
   tok.no_truncation()
   tok.no_padding()

@@ -111,7 +111,7 @@ def _copy(tmp_path, name="llama_lora"):
 
 @pytest.mark.parametrize("field,value,match", [
     ("init_lora_weights", "pissa", "init_lora_weights"),
-    ("bias", "some", "bias=.some."),
+    ("bias", "some", "field .bias. must be one of"),
     ("use_qalora", True, "use_qalora"),
     ("layer_replication", [[0, 1]], "layer_replication"),
     ("brand_new_field", 1, "unknown adapter_config field"),

@@ -29,7 +29,9 @@ def test_open_hf_gives_family_names_and_config(tmp_path):
 
 @pytest.mark.parametrize("edit, msg", [
     (lambda c: c.update(num_hidden_layers=10**9), "num_hidden_layers"),
-    (lambda c: c.update(intermediate_size=10**9), "intermediate_size is 1000000000 but no tensor"),
+    (lambda c: c.update(intermediate_size=10**6), "intermediate_size is 1000000 but no tensor"),
+    (lambda c: c.update(intermediate_size=10**9), r"field 'intermediate_size' must be an integer "
+     r"in \[1, 4194304\], found integer 1000000000"),
     (lambda c: c.update(rms_norm_eps="big"), "field 'rms_norm_eps' must be"),
     (lambda c: c.update(model_type="gpt9"), "model_type 'gpt9' is not supported"),
 ])
@@ -61,10 +63,14 @@ def test_tokenizer_guards(tmp_path):
   with pytest.raises(ValueError, match="no tokenizer.json; calibration"):
     hf_tokenizer(d, purpose="calibration")
   (d / "tokenizer.json").write_text("[]")
+  with pytest.raises(ValueError, match=r"tokenizer.json: tokenizer.json must be a JSON object, "
+                                       r"found list \[\]"):
+    hf_tokenizer(d)
+  (d / "tokenizer.json").write_text('{"model": {"type": "Nope"}}')
   with pytest.raises(ValueError, match=r"tokenizer.json: not a valid tokenizers tokenizer.json"):
     hf_tokenizer(d)
   (d / "tokenizer.json").write_text("{not json")
-  with pytest.raises(ValueError, match=r"tokenizer.json: not valid JSON"):
+  with pytest.raises(ValueError, match=r"tokenizer.json: tokenizer.json is not valid JSON"):
     hf_tokenizer(d)
   (d / "tokenizer.json").write_bytes(b"\xff\xfe")
   with pytest.raises(ValueError, match=r"tokenizer.json is not valid UTF-8"):
@@ -72,5 +78,5 @@ def test_tokenizer_guards(tmp_path):
   os.remove(d / "tokenizer.json")
   (tmp_path / "outside.json").write_text("{}")
   os.symlink(tmp_path / "outside.json", d / "tokenizer.json")
-  with pytest.raises(ValueError, match=r"symlink to .*outside.json, outside the model folder"):
+  with pytest.raises(ValueError, match=r"symlink to .*outside.json, outside its folder"):
     hf_tokenizer(d)

@@ -84,23 +84,27 @@ def read_calibration(path: str | Path, recipe: Recipe | None = None, *,
                      max_texts: int | None = None) -> list[str]:
   """The non-empty lines of a calibration text file.
 
-  Relative paths are taken from the current directory, then from the recipe's folder.
+  A recipe read from a file names its calibration text relative to the recipe's folder, and the
+  file must stay inside that folder (absolute paths, ``..`` and symlinks leading outside are
+  refused, :func:`jaxparams.io.resolve_inside`): a recipe from elsewhere cannot make the merge
+  read ``/etc/shadow``. A recipe built in code (no source file) names it as the caller chose
+  (relative to the current directory). The text is read by
+  :func:`jaxparams.io.read_calibration_text` (size-bounded, UTF-8, no binary).
 
   Raises:
     FileNotFoundError: the file is missing (naming it and where it was looked for).
-    ValueError: the file has no non-empty line.
+    ValueError: the path leads outside the recipe's folder; the text fails the reader's checks.
   """
-  from jaxparams.io import read_calibration_text  # pylint: disable=import-outside-toplevel
-  p = Path(path).expanduser()
-  tried = [str(p)]
-  if not p.is_file() and recipe is not None and recipe.source and not p.is_absolute():
-    q = Path(recipe.source).parent / p
-    tried.append(str(q))
-    p = q
+  from jaxparams.io import read_calibration_text, resolve_inside  # pylint: disable=import-outside-toplevel
+  where = (recipe.source if recipe is not None else None) or "recipe"
+  if recipe is not None and recipe.source:
+    folder = Path(recipe.source).parent
+    p = resolve_inside(folder, str(path), where=str(recipe.source), what="calibration file")
+  else:
+    p = Path(path).expanduser()
   if not p.is_file():
-    where = (recipe.source if recipe is not None else None) or "recipe"
     raise FileNotFoundError(f"{where}: calibration file {str(path)!r} not found (looked for "
-                            f"{', '.join(tried)}); it must be a text file with one calibration "
+                            f"{p}); it must be a text file with one calibration "
                             "text per line")
   return read_calibration_text(p, what="calibration file", max_lines=max_texts or None)
 
