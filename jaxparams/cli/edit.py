@@ -60,6 +60,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
   p.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it exists")
   from jaxparams.cli.common import add_quiet  # pylint: disable=g-import-not-at-top
   add_quiet(p)
+  p.add_argument("--paraphrase", default=None, metavar="TEMPLATE",
+                 help="a rephrased prompt ({} = the subject) also scored before/after, e.g. "
+                      "'The home town of {} is'")
+  p.add_argument("--show", type=int, default=5, metavar="N",
+                 help="print before/after probabilities for the first N requests (default 5; "
+                      "0: none)")
   p.set_defaults(func=run)
 
 
@@ -99,7 +105,34 @@ def run(args: argparse.Namespace) -> int:
                                       assignments=args.assign)
   print(f"{info['method']}: {info['n_requests']} request(s) into layer(s) {info['layers']} in "
         f"{info['seconds']:.1f} s -> {info['out']} (delta in {info['out']}/delta)")
+  if args.show > 0:
+    _print_scores(args.model, args.rest[0], info["out"], args.show, args.paraphrase)
   return 0
+
+
+def _print_scores(model_dir: str, requests_file: str, out_dir: str, n: int,
+                  paraphrase: str | None) -> None:
+  """Prints P(new target) and P(old answer) before -> after for the first ``n`` requests."""
+  # pylint: disable=g-import-not-at-top
+  from jaxparams.edit import report, sites
+  from jaxparams.edit import requests as req_lib
+  from jaxparams.models import hf
+  from jaxparams.models.hf_open import hf_tokenizer
+  module, before, _ = hf.from_hf(model_dir)
+  if sites.of(module).masked:
+    print("(before/after scores are printed for causal LMs; score a masked LM with "
+          "jaxparams.edit.evaluate)")
+    return
+  _, after, _ = hf.from_hf(out_dir)
+  tok = hf_tokenizer(model_dir, purpose="scoring the edit")
+  reqs = req_lib.read_requests(requests_file, tok)[:n]
+  rows = report.before_after(module, before, after, tok, reqs,
+                             paraphrases=[paraphrase] * len(reqs) if paraphrase else None)
+  print(report.format_rows(rows))
+  print("P(new) is the probability of target_new after the prompt, P(old) that of the model's "
+        "answer before the edit; the edit took when P(new) rises above P(old), and generalises "
+        "when the paraphrase follows" + ("" if paraphrase else " (give one with --paraphrase)")
+        + ".")
 
 
 def _describe(method: str, hp) -> str:

@@ -4,7 +4,12 @@
 * :mod:`jaxparams.demo.example`: :func:`write_example`, a tiny base + two fine-tunes + a
   mergekit recipe on disk (``jaxparams demo --example DIR``).
 
-The merge and quantization steps of the demo live here too (one module each).
+* :mod:`jaxparams.demo.facts_example`: the small facts LM shipped for ``jaxparams edit`` (written
+  into the example folder with its request and statistics text).
+* :mod:`jaxparams.demo.report`: the report folder of PNG plots of ``jaxparams demo``.
+
+The merge, quantization, pruning, adapter and edit steps of the demo live here too (one module
+each).
 
 Example:
   >>> from jaxparams.demo import write_example

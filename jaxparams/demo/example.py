@@ -5,6 +5,9 @@ one line on a fresh install (no downloads)::
 
   jaxparams demo --example ex && jaxparams merge ex/recipe.yml ex/merged
 
+It also writes the editable example of :mod:`jaxparams.demo.facts_example` (``facts-lm/``, a
+small facts LM with its tokenizer, ``requests.jsonl`` and ``stats.txt``) for ``jaxparams edit``.
+
 The models are random ``LlamaForCausalLM`` checkpoints (HF safetensors + ``config.json``, loadable
 by transformers); each fine-tune is the base plus a small random task vector. The recipe names
 them by paths relative to its own folder, so it works from any current directory.
@@ -12,8 +15,9 @@ them by paths relative to its own folder, so it works from any current directory
 Example:
   >>> import tempfile, os
   >>> d = write_example(os.path.join(tempfile.mkdtemp(), 'ex'))
-  >>> sorted(os.listdir(d))
-  ['README.md', 'recipe.yml', 'tiny-llama-base', 'tiny-llama-ft-a', 'tiny-llama-ft-b']
+  >>> sorted(os.listdir(d))  # doctest: +NORMALIZE_WHITESPACE
+  ['README.md', 'facts-lm', 'recipe.yml', 'requests.jsonl', 'stats.txt', 'tiny-llama-base',
+   'tiny-llama-ft-a', 'tiny-llama-ft-b']
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxparams import models
+from jaxparams.demo import facts_example
 from jaxparams.io import atomic_dir
 
 __all__ = ["BASE", "FINE_TUNES", "RECIPE", "write_example"]
@@ -58,6 +63,12 @@ _README = """\
 `{base}` is a random tiny `LlamaForCausalLM`; `{a}` and `{b}` are the base plus small random
 task vectors. `recipe.yml` merges them with TIES. Run `jaxparams merge recipe.yml merged` here,
 then `jaxparams inspect merged` or load `merged` with `jaxparams.models.from_hf`.
+
+`facts-lm` is a small Llama that knows {n} invented people's facts (with its `tokenizer.json`);
+`requests.jsonl` asks to change one of them and `stats.txt` holds the other people's facts (the
+text the key statistics come from). Edit it with ROME and see the probabilities move:
+
+    jaxparams edit facts-lm requests.jsonl edited --layers 0 --stats-text stats.txt --paraphrase "{para}"
 """
 
 _CONFIG = models.LlamaConfig(vocab_size=128, hidden_size=32, intermediate_size=64,
@@ -96,5 +107,8 @@ def write_example(out_dir: str | Path, *, seed: int = 0, overwrite: bool = False
     for name, params in trees.items():
       models.to_hf(params, _CONFIG, tmp / name)
     (tmp / "recipe.yml").write_text(RECIPE)
-    (tmp / "README.md").write_text(_README.format(base=BASE, a=FINE_TUNES[0], b=FINE_TUNES[1]))
+    (tmp / "README.md").write_text(_README.format(base=BASE, a=FINE_TUNES[0], b=FINE_TUNES[1],
+                                                  n=facts_example.N_SUBJECTS,
+                                                  para=facts_example.PARAPHRASE))
+    facts_example.write_facts_example(tmp)
   return Path(out_dir)

@@ -79,8 +79,12 @@ def quantize_minilm(model: tuple, method: str, fields: dict[str, Any],
   return q, report, time.perf_counter() - t0
 
 
-def run(console) -> dict:
-  """Quantizes MiniLM with RTN and GPTQ (4 bits, group 128) and prints size and cosine."""
+SWEEP_BITS = (2, 3, 4, 8)
+
+
+def run(console, status: Any = None) -> dict:
+  """Quantizes MiniLM with RTN (2, 3, 4, 8 bits) and GPTQ (4 bits), group 128, and prints size
+  and cosine of the 4-bit ones (the sweep goes to the report's cosine-vs-bits plot)."""
   # pylint: disable=g-import-not-at-top
   from rich.table import Table
   from jaxparams.models.minilm import load_minilm
@@ -95,11 +99,19 @@ def run(console) -> dict:
   for c in ("method", "bits", "group", "Linear bytes", "whole model", "mean cos", "min cos",
             "seconds"):
     t.add_column(c, justify="left" if c == "method" else "right")
-  out: dict[str, Any] = {"sentences": len(evals)}
-  for method, fields, use_calib in (("rtn", {"bits": 4, "group_size": 128}, False),
-                                    ("gptq", {"bits": 4, "group_size": 128}, True)):
+  out: dict[str, Any] = {"sentences": len(evals), "sweep": []}
+  runs = [("rtn", b, False) for b in SWEEP_BITS] + [("gptq", 4, True)]
+  for method, bits, use_calib in runs:
+    fields = {"bits": bits, "group_size": 128}
+    if status is not None:
+      status.update(f"quantizing MiniLM: {method} at {bits} bits"
+                    + (" (GPTQ: block by block, about a minute)" if method == "gptq" else ""))
     q, report, secs = quantize_minilm(model, method, fields, calib if use_calib else None)
     _, cos = embed_cosines(model, q, evals, ref)
+    out["sweep"].append({"method": method, "bits": bits, "mean_cosine": float(cos.mean()),
+                         "min_cosine": float(cos.min())})
+    if bits != 4:
+      continue
     lin_before = sum(e.bytes_before for e in report.quantized())
     lin_after = sum(e.bytes_after for e in report.quantized())
     out[method] = {"bits": 4, "group_size": 128, "linear_bytes_before": lin_before,
@@ -111,7 +123,10 @@ def run(console) -> dict:
               f"{human_bytes(report.bytes_before)} -> {human_bytes(report.bytes_after)}",
               f"{cos.mean():.4f}", f"{cos.min():.4f}", f"{secs:.1f}")
   console.print(t)
-  console.print("Embeddings and the word-piece table stay float32, so the whole model shrinks "
+  console.print("RTN cosine by bits: " + ", ".join(
+      f"{r['bits']}: {r['mean_cosine']:.4f}" for r in out["sweep"] if r["method"] == "rtn"))
+  console.print("A cosine near 1 means the quantized model embeds sentences as the original "
+                "does. Embeddings and the word-piece table stay float32, so the whole model shrinks "
                 "less than its Linear layers; GPTQ uses the calibration inputs of each layer to "
                 "spread the rounding error where the next layers are least sensitive.")
   return out

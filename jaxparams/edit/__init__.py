@@ -13,6 +13,8 @@
 * :mod:`.wise`: side memory beside one value matrix, activation routing through ``dot=``,
   knowledge shards with random masks merged with the TIES record of :mod:`jaxparams.merge`.
 * :mod:`.facts`, :mod:`.facts_lm`: facts/relations/edits files and the facts LM trained here.
+* :mod:`.report`: P(new target) and P(old answer) before/after an edit, on the prompt and a
+  paraphrase (what ``jaxparams edit`` prints).
 * :mod:`.arch`: Llama and BERT masked-LM edit sites (BERT: the FFN output dense
   ``layers_{l}/mlp/output/kernel``, cloze targets at ``[MASK]``); :mod:`.facts_mlm`: a facts
   BERT-MLM trained here.

@@ -16,6 +16,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import pathlib
 from typing import Any, Sequence
 
@@ -155,14 +156,23 @@ def context_templates(module: Any, params: Any, tokenizer: Any, *,
   out = ["{}"]
   key = jax.random.key(seed)
   for length, n in length_params:
-    ids = jnp.full((n, 1), bos, jnp.int32)
-    for _ in range(length):
+    # A fixed [n, 1 + length] buffer: under causal attention the tokens not sampled yet do not
+    # change the logits at position t, so the forward pass compiles once per (n, length).
+    ids = jnp.full((n, 1 + length), bos, jnp.int32)
+    for t in range(length):
       key, sub = jax.random.split(key)
-      logits = module.apply({"params": params}, ids)[:, -1].astype(jnp.float32)
-      nxt = jax.random.categorical(sub, logits)[:, None].astype(jnp.int32)
-      ids = jnp.concatenate([ids, nxt], 1)
+      nxt = _sample_at(module, params, ids, jnp.int32(t), sub)
+      ids = ids.at[:, t + 1].set(nxt)
     for row in np.asarray(ids)[:, 1:]:
       words = [tokenizer.id_to_token(int(i)) or facts_lib.UNK for i in row]
       words = [w for w in words if w not in (facts_lib.PAD, facts_lib.EOS, facts_lib.UNK)]
       out.append(" ".join(words) + f" {facts_lib.BOS} {{}}")
   return out
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _sample_at(module, params, ids, t, key):
+  """A token sampled from the model's next-token distribution at position ``t``."""
+  logits = module.apply({"params": params}, ids)
+  logits = jax.lax.dynamic_index_in_dim(logits, t, axis=1, keepdims=False).astype(jnp.float32)
+  return jax.random.categorical(key, logits).astype(jnp.int32)
