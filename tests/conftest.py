@@ -1,4 +1,14 @@
-"""Test session setup: 8 fake CPU devices so sharding tests run anywhere."""
+"""Test session setup: 8 fake CPU devices so sharding tests run anywhere.
+
+Speed (issue 22 item 8): jax's persistent compilation cache is on in the test processes, in a
+folder of its own (``$JAXPARAMS_TEST_COMPILE_CACHE``, default ``~/.cache/jaxparams/test-xla``;
+``none`` turns it off), so a program compiled by one test module -- or by the other pytest-xdist
+worker -- is loaded, not compiled again, after the per-module ``jax.clear_caches()`` below; a
+second run of the suite starts warm. Only these test processes write there (their XLA flags are
+the ones set below; the cache key holds the flags, the jax version and the devices), never the
+command-line tools' cache. Under pytest-xdist (``-n 2 --dist loadfile``) each test file is one
+unit of work, tests/edit one unit, each notebook one (``pytest_xdist_make_scheduler``).
+"""
 
 import os
 
@@ -8,22 +18,73 @@ if "xla_force_host_platform_device_count" not in _flags:
   os.environ["XLA_FLAGS"] = (_flags + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # The merge CLI turns jax's persistent compilation cache on by default (~/.cache/jaxparams/xla).
-# In the test process that would leak into every later test, and reading executables that other
-# processes (other XLA flags, the multi-process tests) wrote can crash XLA: keep it off here.
+# In the test process that would point this process at a cache that other processes (other XLA
+# flags, the multi-process tests) wrote, and reading those crashed XLA once: keep it off (the
+# tests' own cache is set below, restored after each test).
 os.environ["JAXPARAMS_COMPILE_CACHE"] = "none"
 
 import pytest  # noqa: E402
 
+# Programs faster to compile than this are not written (a read costs about as much).
+_CACHE_MIN_COMPILE_S = 0.2
+
+
+def _test_compile_cache() -> str | None:
+  folder = os.environ.get("JAXPARAMS_TEST_COMPILE_CACHE") or os.path.join(
+      os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"),
+      "jaxparams", "test-xla")
+  return None if folder.lower() == "none" else folder
+
+
+def _use_compile_cache(folder: str | None) -> None:
+  import jax  # pylint: disable=import-outside-toplevel
+  from jax._src import compilation_cache  # pylint: disable=import-outside-toplevel
+  jax.config.update("jax_compilation_cache_dir", folder)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", _CACHE_MIN_COMPILE_S)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+  compilation_cache.reset_cache()
+
+
+def _work_unit(nodeid: str) -> str:
+  """The pytest-xdist unit of work of a test: its file, all of tests/edit, or one notebook."""
+  path = nodeid.split("::", 1)[0]
+  if path.endswith("tests/test_notebooks.py"):
+    return nodeid  # independent, each a kernel of its own for up to a minute
+  if "tests/edit/" in path:
+    return "tests/edit"  # one worker trains the session-scoped facts LM of tests/edit/conftest.py
+  return path  # a file's module-scoped fixtures (a model built and compiled once) on one worker
+
+
+@pytest.hookimpl(tryfirst=True, optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+  """``--dist loadfile`` (the README's command) with the units of :func:`_work_unit`."""
+  if config.getvalue("dist") != "loadfile":
+    return None
+  from xdist.scheduler import LoadFileScheduling  # pylint: disable=import-outside-toplevel
+
+  class _Units(LoadFileScheduling):
+
+    def _split_scope(self, nodeid: str) -> str:
+      return _work_unit(nodeid)
+
+  return _Units(config, log)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _session_compile_cache():
+  """The tests' persistent compilation cache, set in the process that runs tests (the worker)."""
+  _use_compile_cache(_test_compile_cache())
+
 
 @pytest.fixture(autouse=True)
-def _no_persistent_compile_cache():
-  """A test that turns the cache on (e.g. ``--compile-cache DIR``) turns it off again after."""
+def _restore_compile_cache(_session_compile_cache):  # pylint: disable=unused-argument
+  """A test that changes the cache (e.g. ``--compile-cache DIR``) is undone after."""
   yield
   import jax  # pylint: disable=import-outside-toplevel
-  if jax.config.jax_compilation_cache_dir is not None:
-    jax.config.update("jax_compilation_cache_dir", None)
-    from jax._src import compilation_cache  # pylint: disable=import-outside-toplevel
-    compilation_cache.reset_cache()
+  folder = _test_compile_cache()
+  if (jax.config.jax_compilation_cache_dir != folder
+      or jax.config.jax_persistent_cache_min_compile_time_secs != _CACHE_MIN_COMPILE_S):
+    _use_compile_cache(folder)
 
 
 @pytest.fixture(autouse=True, scope="module")

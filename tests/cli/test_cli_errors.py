@@ -167,15 +167,39 @@ def test_inspect_large_header_and_totals(tmp_path, capsys):
 # ---- item 4: Ctrl-C during start-up ----------------------------------------------------------
 
 
+def _wait_until_importing_jax(p, timeout=120.0) -> None:
+  """Returns once process ``p`` has begun loading jaxlib (or exited).
+
+  jax is imported by the sub-command after ``jaxparams/__init__.py`` installed its start-up
+  Ctrl-C handler, so a SIGINT sent from here on lands in the start-up being tested, however
+  loaded the machine is; a fixed sleep from ``Popen`` could land before Python's own handler
+  (killed by the signal) on a busy machine. Without ``/proc`` (not Linux) it returns at once.
+  """
+  maps = Path(f"/proc/{p.pid}/maps")
+  t0 = time.monotonic()
+  while p.poll() is None and time.monotonic() - t0 < timeout:
+    try:
+      if "/jaxlib/" in maps.read_text():
+        return
+    except FileNotFoundError:
+      return  # no /proc here, or the process is gone
+    except OSError:
+      pass
+    time.sleep(0.01)
+  assert p.poll() is not None or time.monotonic() - t0 < timeout, "jaxlib never loaded"
+
+
 def _sigint_after(argv, delay, **kw):
+  """SIGINT ``delay`` seconds after the command began importing jax (its start-up)."""
   p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+  _wait_until_importing_jax(p)
   time.sleep(delay)
   p.send_signal(signal.SIGINT)
   out, err = p.communicate(timeout=120)
   return p.returncode, out, err
 
 
-@pytest.mark.parametrize("delay", [0.3, 1.0])
+@pytest.mark.parametrize("delay", [0.0, 0.7])
 def test_ctrl_c_during_start_up_is_one_line_130(ck, delay):
   code, _, err = _sigint_after(JAXPARAMS + ["inspect", str(ck)], delay)
   lines = err.strip().splitlines()
@@ -185,5 +209,5 @@ def test_ctrl_c_during_start_up_is_one_line_130(ck, delay):
 
 def test_module_entry_ctrl_c_during_start_up(ck):
   code, _, err = _sigint_after([sys.executable, "-W", "ignore", "-m", "jaxparams.cli.main",
-                                "inspect", str(ck)], 0.5)
+                                "inspect", str(ck)], 0.0)
   assert code == 130 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
