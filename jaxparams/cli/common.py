@@ -174,14 +174,14 @@ def status_line(text: str, *, quiet: bool = False) -> Iterator[None]:
     >>> with status_line('edit: rome', quiet=True):
     ...   pass
   """
-  if quiet:
+  if quiet or not sys.stderr.isatty():  # a spinner in a log is noise; errors stay one line
     yield
     return
   from rich.console import Console  # pylint: disable=import-outside-toplevel
   from rich.progress import (Progress, SpinnerColumn, TextColumn,  # pylint: disable=import-outside-toplevel
                              TimeElapsedColumn)
   bar = Progress(SpinnerColumn(), TextColumn(text, markup=False), TimeElapsedColumn(),
-                 console=Console(stderr=True), transient=False)
+                 console=Console(stderr=True), transient=True)
   with bar:
     bar.add_task(text, total=None)
     yield

@@ -76,7 +76,10 @@ def expect_str(where: str, name: str, value: Any, *, choices: tuple[str, ...] | 
   """``value`` if it is a string (one of ``choices``); ``None`` allowed when ``optional``."""
   if value is None and optional:
     return None
-  if not isinstance(value, str) or len(value) > max_len or (choices and value not in choices):
+  if isinstance(value, str) and len(value) > max_len:
+    raise ValueError(f"{where}: field {name!r} must be a string of at most {max_len:,} "
+                     f"characters, found one of {len(value):,}")
+  if not isinstance(value, str) or (choices and value not in choices):
     exp = f"one of {list(choices)}" if choices else "a string"
     if optional:
       exp += " or null"

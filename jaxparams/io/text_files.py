@@ -140,6 +140,11 @@ def parse_json(text: str, where: str, what: str = "JSON file") -> Any:
     return json.loads(text, parse_constant=_no_constant, object_pairs_hook=_no_duplicates)
   except RecursionError:
     raise ValueError(f"{where}: {what}: JSON nested too deeply.") from None
+  except json.JSONDecodeError as e:
+    if "\n" in text.strip():  # a multi-line file: name the line, as an editor would
+      raise ValueError(f"{where}:{e.lineno}: {what} is not valid JSON ({e.msg}, column "
+                       f"{e.colno}).") from None
+    raise ValueError(f"{where}: {what} is not valid JSON ({e}).") from None
   except ValueError as e:
     raise ValueError(f"{where}: {what} is not valid JSON ({e}).") from None
 

@@ -165,7 +165,7 @@ def test_layers_and_requests_errors_named(model_dir, tmp_path, capsys):
   req.write_text('[{"prompt": "{} plays the", "subject": "Jorah Wexgrave",\n "target_new": }]')
   base = ["edit", str(model_dir / "hf"), str(req), str(tmp_path / "o"), "--stats-text",
           str(model_dir / "stats.txt")]
-  _refused(base + ["--layers", "1"], capsys, "req.json:2: not valid JSON")
+  _refused(base + ["--layers", "1"], capsys, "req.json:2: requests file is not valid JSON")
   _refused(base + ["--layers", "a-b"], capsys, "--layers 'a-b'", "not a layer index")
   req.write_text(json.dumps({"prompt": "{} plays the", "subject": "Jorah Wexgrave",
                              "target_new": "harp"}))

@@ -189,7 +189,7 @@ def limits(seed: int, n: int) -> Tally:
       lines = err.getvalue().strip().splitlines()
       if rc != 2 or len(lines) != 1:
         return f"rc {rc}, stderr {err.getvalue()[-300:]!r}"
-      if "--layers" not in lines[0] and "tokens" not in lines[0]:
+      if not any(w in lines[0] for w in ("--layers", "tokens", "at most 20,000 characters")):
         return f"message {lines[0][:200]!r}"
       return None
     t.check(f"edit cli #{i} ({'layers' if i == 0 else 'long prompt'})", run)
