@@ -227,7 +227,8 @@ def _write(params, config, out_dir, copy_from, d, overwrite):
   (:func:`jaxparams.io.atomic_dir`): a killed run leaves ``out_dir`` as it was."""
   from jaxparams.models import hf  # pylint: disable=g-import-not-at-top
   with jio.atomic_dir(out_dir, overwrite=overwrite) as tmp:
-    hf.to_hf(jax.device_get(params), config, tmp, copy_from=copy_from, overwrite=True)
+    hf.to_hf(jax.device_get(params), config, tmp, copy_from=copy_from, overwrite=True,
+             check_outputs=True)
     if d is not None:
       delta_lib.save_delta(d, tmp / "delta")
 

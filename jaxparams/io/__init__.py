@@ -33,8 +33,8 @@ from jaxparams.io.model_config import check_model_config, read_model_config
 from jaxparams.io.requests_file import RequestRow, read_request_rows
 from jaxparams.io.tokenizer_file import load_tokenizer_file, read_tokenizer_json
 from jaxparams.io.safetensors_writer import (SENTENCE_TRANSFORMERS_FILES, TOKENIZER_FILES,
-                                             SafetensorsWriter, save_safetensors,
-                                             write_safetensors_file)
+                                             SafetensorsWriter, check_output_tensor,
+                                             save_safetensors, write_safetensors_file)
 
 
 def load_safetensors(path):
@@ -56,6 +56,7 @@ def load_safetensors(path):
 __all__ = [
     "DTYPE_BITS", "INDEX_NAME", "SENTENCE_TRANSFORMERS_FILES", "TOKENIZER_FILES",
     "SafetensorsFile", "SafetensorsReader", "SafetensorsWriter", "TensorSpec", "atomic_dir",
+    "check_output_tensor",
     "check_output_dir", "check_writable", "checkpoint_rows", "convert_checkpoint", "finish_before_interrupt", "is_orbax_dir", "load_any",
     "load_safetensors", "open_checkpoint", "parse_dtype", "parse_header", "parse_size",
     "publish_dir", "read_calibration_text", "read_json", "read_text", "refuse_pickle",

@@ -21,7 +21,7 @@ from jaxparams.io.sizes import parse_size
 _log = logging.getLogger(__name__)
 
 __all__ = ["SafetensorsWriter", "save_safetensors", "write_safetensors_file", "TOKENIZER_FILES",
-           "SENTENCE_TRANSFORMERS_FILES"]
+           "SENTENCE_TRANSFORMERS_FILES", "check_output_tensor"]
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "vocab.txt", "tokenizer.model", "merges.txt", "vocab.json",
@@ -67,6 +67,75 @@ def write_safetensors_file(path: str | Path, tensors: Mapping[str, np.ndarray],
   return offset
 
 
+# Exponent bits per floating width: all set = Inf or NaN (IEEE 754, bfloat16 and float16 alike).
+_EXPONENT = {2: {"float16": 0x7C00, "bfloat16": 0x7F80}, 4: 0x7F800000, 8: 0x7FF0000000000000}
+_CHUNK = 1 << 24  # elements per pass: a bounded temporary, whatever the tensor's size
+
+
+def _nonfinite_at(a: np.ndarray) -> int:
+  """Index (flat) of the first NaN/Inf of a floating array, or -1; integer arrays: -1."""
+  if a.dtype.kind not in "fV" and a.dtype.name not in ("bfloat16", "float16"):
+    return -1
+  size = a.dtype.itemsize
+  if size == 2:
+    mask = _EXPONENT[2].get(a.dtype.name)
+  else:
+    mask = _EXPONENT.get(size)
+  if mask is None:  # float8 and other narrow types: ml_dtypes' isfinite
+    flat = np.ravel(a)
+    bad = np.flatnonzero(~np.isfinite(flat.astype(np.float32)))
+    return int(bad[0]) if bad.size else -1
+  bits = np.ascontiguousarray(a).reshape(-1).view(np.dtype(f"u{size}"))
+  for start in range(0, bits.size, _CHUNK):
+    part = bits[start:start + _CHUNK]
+    bad = (part & np.array(mask, part.dtype)) == np.array(mask, part.dtype)
+    if bad.any():
+      return start + int(np.argmax(bad))
+  return -1
+
+
+def check_output_tensor(name: str, array: Any, *, where: str = "", shape: Any = None,
+                        dtype: Any = None) -> None:
+  """Refuses an output tensor that is not finite, or not of the expected shape/dtype.
+
+  What every writer of a transformed checkpoint runs on each tensor before the folder is
+  published (:class:`SafetensorsWriter` with ``check_outputs=True``): a NaN/Inf (e.g. a
+  float32 result beyond the float16/bfloat16 range once cast) is an error naming the tensor.
+  Integer tensors (packed quantized codes) have no finiteness to check.
+
+  Args:
+    name: the output tensor's name.
+    array: its value.
+    where: prefix of the message (the output folder).
+    shape: the expected shape, or ``None``.
+    dtype: the expected dtype, or ``None``.
+
+  Raises:
+    ValueError: one line naming the tensor, expected and found.
+
+  Example:
+    >>> check_output_tensor('w', np.ones(2, np.float16))
+    >>> check_output_tensor('w', np.array([1e5], np.float32).astype(np.float16), where='out')
+    Traceback (most recent call last):
+    ...
+    ValueError: out: output tensor 'w' (float16, shape (1,)) contains NaN or Inf (element 0 is inf: a value beyond the float16 range, or a degenerate input); nothing was written
+  """
+  at = f"{where}: " if where else ""
+  a = np.asarray(array)
+  if shape is not None and tuple(a.shape) != tuple(shape):
+    raise ValueError(f"{at}output tensor {name!r} has shape {tuple(a.shape)}, expected "
+                     f"{tuple(shape)}; nothing was written")
+  if dtype is not None and np.dtype(a.dtype) != np.dtype(dtype):
+    raise ValueError(f"{at}output tensor {name!r} has dtype {a.dtype.name}, expected "
+                     f"{np.dtype(dtype).name}; nothing was written")
+  i = _nonfinite_at(a)
+  if i >= 0:
+    v = np.ravel(a)[i]
+    raise ValueError(f"{at}output tensor {name!r} ({a.dtype.name}, shape {tuple(a.shape)}) "
+                     f"contains NaN or Inf (element {i} is {float(v)}: a value beyond the "
+                     f"{a.dtype.name} range, or a degenerate input); nothing was written")
+
+
 class SafetensorsWriter:
   """Writes a checkpoint folder tensor by tensor, atomically, sharded.
 
@@ -89,6 +158,9 @@ class SafetensorsWriter:
       that size that the shard's header fills at the end, padded with spaces
       as the safetensors format allows; a header that does not fit moves the
       data once (correct, slower). The streaming drivers use this.
+    check_outputs: run :func:`check_output_tensor` on every tensor added (NaN/Inf refused,
+      naming the tensor; nothing is published). The writers of merge, lora merge, quantize
+      and edit turn it on; conversions (which must keep a source as it is) do not.
 
   Example:
     >>> import tempfile, os
@@ -102,8 +174,9 @@ class SafetensorsWriter:
   def __init__(self, out_dir: str | Path, *, max_shard_bytes: float | str = 5e9,
                overwrite: bool = False,
                metadata: Mapping[str, str] | None = None,
-               header_reserve: int | None = None):
+               header_reserve: int | None = None, check_outputs: bool = False):
     self.out_dir = Path(out_dir)
+    self.check_outputs = check_outputs
     self.header_reserve = (None if header_reserve is None
                            else max(8, -(-int(header_reserve) // 8) * 8))
     self._file: Any = None  # write-through: the open shard file, its header entries, its size
@@ -131,6 +204,8 @@ class SafetensorsWriter:
     if name in self._names:
       raise ValueError(f"{self.out_dir}: tensor {name!r} written twice.")
     a = np.asarray(array)
+    if self.check_outputs:
+      check_output_tensor(name, a, where=str(self.out_dir))
     if self.header_reserve is not None:
       self._write_through(name, a)
       return

@@ -153,7 +153,7 @@ def from_hf(path: str | Path, *, dtype: Any = None, strict: bool = True,
 
 def to_hf(params: Any, config: Any, out_dir: str | Path, *,
           max_shard_bytes: float = 5e9, copy_from: str | Path | None = None,
-          overwrite: bool = False, dtype: Any = None) -> None:
+          overwrite: bool = False, dtype: Any = None, check_outputs: bool = False) -> None:
   """Writes Flax params as an HF checkpoint folder (safetensors + ``config.json``).
 
   Args:
@@ -168,6 +168,8 @@ def to_hf(params: Any, config: Any, out_dir: str | Path, *,
       ``lm_head.weight`` of a tied model) is written with the new value of the tensor it copies.
     overwrite: replace an existing ``out_dir``.
     dtype: cast every tensor to this dtype before writing (``None`` keeps dtypes).
+    check_outputs: refuse a tensor with NaN/Inf (after the cast), naming it, before anything
+      is published (:func:`jaxparams.io.check_output_tensor`; ``edit`` turns it on).
 
   Raises:
     ValueError: a parameter is missing, extra, not a plain array (e.g. a quantized ``QArray``:
@@ -197,7 +199,7 @@ def to_hf(params: Any, config: Any, out_dir: str | Path, *,
       raise ValueError(f"to_hf({out_dir}): leaf {p!r} (HF {hf!r}) has shape "
                        f"{tuple(np.shape(flat[p]))}, expected {tuple(expected[p].shape)}")
   with jio.SafetensorsWriter(out_dir, max_shard_bytes=max_shard_bytes,
-                             overwrite=overwrite) as w:
+                             overwrite=overwrite, check_outputs=check_outputs) as w:
     for p, (hf, transpose) in nmap.items():
       a = np.asarray(jax.device_get(flat[p]))
       if dtype is not None:

@@ -21,6 +21,7 @@ import numpy as np
 from jaxparams import io as jio
 from jaxparams.quant import card as qcard
 from jaxparams.quant import checkpoint as qckpt
+from jaxparams.quant import qentry
 from jaxparams.quant import rules as qrules
 
 __all__ = ["LayoutWriter", "gptq_format", "write_side_files"]
@@ -56,7 +57,18 @@ class LayoutWriter:
       return
     meta = qckpt.layout_entry(leaf, transpose=True, method=method)
     self.entries[hf] = meta
-    for part, arr in qckpt.encode_parts(leaf).items():
+    parts = qckpt.encode_parts(leaf)
+    # Packed outputs hold no source dtype: their shapes must agree with the layout entry (what
+    # a reader checks), before anything is published; scales/zeros are checked finite by the
+    # writer (check_outputs).
+    want = qentry.expected_shapes(meta)
+    for part, arr in parts.items():
+      if part in want and tuple(np.shape(arr)) != want[part]:
+        raise ValueError(f"{self.w.out_dir}: output tensor {hf}.{part} has shape "
+                         f"{tuple(np.shape(arr))}, expected {want[part]} for a {meta['bits']}-bit "
+                         f"{meta['kind']} tensor of shape {tuple(meta['shape'])}; nothing was "
+                         "written")
+    for part, arr in parts.items():
       self.w.add(f"{hf}.{part}", arr)
 
 

@@ -195,6 +195,7 @@ def _decode(name: str, m: Mapping[str, Any], parts: Mapping[str, np.ndarray], wh
 
 
 decode_entry = _decode
+expected_shapes = _expected_shapes
 
 
 def dequantize_leaf(leaf: Any, meta: Mapping[str, Any], dtype: Any = None) -> np.ndarray:

@@ -156,7 +156,7 @@ def _quantize(src: Path, out: Path, m: _Model, rules: Any, *, calibration, fmt, 
   # four outputs per source tensor (qweight, scales, zeros, g_idx).
   kw["header_reserve"] = 2048 + sum(4 * (len(n) + 100) for n in reader.names())
   with jio.SafetensorsWriter(out, overwrite=overwrite, max_shard_bytes=max_shard_bytes,
-                             **kw) as w:
+                             check_outputs=True, **kw) as w:
     sink = LayoutWriter(w, fmt, m)
     # v1 'gptq' stores zero - 1, so a zero point of 0 (asymmetric groups) cannot be written
     sink.gptq_format = gptq_format(plan)

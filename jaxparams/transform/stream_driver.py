@@ -302,8 +302,11 @@ def stream_checkpoints(tasks: Sequence[StreamTask], sources: Mapping[str, Any],
   compiled = _Compiled(tasks, skip)
   prefix = f"{context}: " if context else ""
   bytes_read = done = 0
+  # Every written tensor (results cast to their output dtype, and copies) is checked finite
+  # before the folder is published, unless the caller allows NaN/Inf (skip=('finite',)).
   writer_kwargs: dict[str, Any] = {"max_shard_bytes": int(max_shard_bytes),
                                    "overwrite": overwrite,
+                                   "check_outputs": "finite" not in skip,
                                    "header_reserve": header_reserve(tasks, metadata)}
   if metadata is not None:
     writer_kwargs["metadata"] = metadata
@@ -337,8 +340,12 @@ def stream_checkpoints(tasks: Sequence[StreamTask], sources: Mapping[str, Any],
           _drain(inflight)
           raise
         del arrays, inputs
-        for name, value in outs:
-          writer.add(name, value)  # written through to the file: nothing keeps `value`
+        try:
+          for name, value in outs:
+            writer.add(name, value)  # written through to the file: nothing keeps `value`
+        except BaseException:  # e.g. a NaN output: the dispatched task finishes first
+          _drain(inflight)
+          raise
         outs = value = None
         # The previous task is computed and written: its input buffers take later reads
         # (a fresh buffer per tensor costs page faults). Not while a writer queues arrays.
