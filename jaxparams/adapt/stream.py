@@ -91,7 +91,8 @@ def merge_checkpoint(base_dir: str | Path, adapter_dir: str | Path, out_dir: str
         tasks.append(jt.StreamTask(
             name, (("base", name), ("adapter", ad.stored_key(src))), LORA_REPLACE,
             ReplaceConfig(), has_base=True, labels=("base", "modules_to_save tensor"),
-            out_dtype=out_dtype or rb.spec(name).dtype))
+            out_dtype=out_dtype or rb.spec(name).dtype,
+            out_shape=tuple(rb.spec(name).shape)))
         used.add(("mts", key))
       elif key.endswith(".weight") and mod in mods:
         m, e = mods[mod]
@@ -111,7 +112,8 @@ def merge_checkpoint(base_dir: str | Path, adapter_dir: str | Path, out_dir: str
             name, tuple(inputs), LORA_MERGE,
             LoraMergeConfig(scale=float(e["scale"]) * weight, layout="hf", embedding=emb),
             has_base=True, labels=("base", "lora_A", "lora_B", "magnitude")[:len(inputs)],
-            compute_dtype="float32", out_dtype=out_dtype or rb.spec(name).dtype))
+            compute_dtype="float32", out_dtype=out_dtype or rb.spec(name).dtype,
+            out_shape=tuple(rb.spec(name).shape)))
         used.add(("mod", mod))
       elif key.endswith(".bias") and mod in mods and "bias" in mods[mod][1]:
         m, e = mods[mod]
@@ -119,7 +121,8 @@ def merge_checkpoint(base_dir: str | Path, adapter_dir: str | Path, out_dir: str
             name, (("base", name), ("adapter", peft_io.PREFIX + m + ".lora_B.bias")),
             LORA_BIAS_MERGE, LoraMergeConfig(scale=float(e["scale"]) * weight), has_base=True,
             labels=("base", "lora_B.bias"), compute_dtype="float32",
-            out_dtype=out_dtype or rb.spec(name).dtype))
+            out_dtype=out_dtype or rb.spec(name).dtype,
+            out_shape=tuple(rb.spec(name).shape)))
       else:
         tasks.append(jt.StreamTask(name, (("base", name),), out_dtype=out_dtype))
     missing = sorted(m for m in mods if ("mod", m) not in used)

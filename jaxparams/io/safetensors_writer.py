@@ -95,7 +95,7 @@ def _nonfinite_at(a: np.ndarray) -> int:
 
 
 def check_output_tensor(name: str, array: Any, *, where: str = "", shape: Any = None,
-                        dtype: Any = None) -> None:
+                        dtype: Any = None, finite: bool = True) -> None:
   """Refuses an output tensor that is not finite, or not of the expected shape/dtype.
 
   What every writer of a transformed checkpoint runs on each tensor before the folder is
@@ -109,6 +109,7 @@ def check_output_tensor(name: str, array: Any, *, where: str = "", shape: Any = 
     where: prefix of the message (the output folder).
     shape: the expected shape, or ``None``.
     dtype: the expected dtype, or ``None``.
+    finite: check for NaN/Inf.
 
   Raises:
     ValueError: one line naming the tensor, expected and found.
@@ -128,7 +129,7 @@ def check_output_tensor(name: str, array: Any, *, where: str = "", shape: Any = 
   if dtype is not None and np.dtype(a.dtype) != np.dtype(dtype):
     raise ValueError(f"{at}output tensor {name!r} has dtype {a.dtype.name}, expected "
                      f"{np.dtype(dtype).name}; nothing was written")
-  i = _nonfinite_at(a)
+  i = _nonfinite_at(a) if finite else -1
   if i >= 0:
     v = np.ravel(a)[i]
     raise ValueError(f"{at}output tensor {name!r} ({a.dtype.name}, shape {tuple(a.shape)}) "

@@ -131,7 +131,10 @@ def stream_tasks(tasks: list[TensorTask], method: MergeMethod, readers: Mapping[
     out.append(StreamTask(name=t.name, inputs=t.inputs, record=method.record, config=cfg,
                           has_base=t.base is not None,
                           labels=tuple(f"model {m!r}" for m, _ in t.inputs),
-                          compute_dtype=compute, out_dtype=out_dtype, meta=t))
+                          compute_dtype=compute, out_dtype=out_dtype, meta=t,
+                          # vocabulary rows are aligned in the reader thread: other shapes
+                          out_shape=None if t.vocab else
+                          tuple(readers[t.inputs[0][0]].spec(t.inputs[0][1]).shape)))
   return out
 
 

@@ -53,7 +53,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxparams.io import SafetensorsWriter, check_output_dir
+from jaxparams.io import SafetensorsWriter, check_output_dir, check_output_tensor
 from jaxparams.transform.keys import tensor_key
 from jaxparams.transform.prefetch import Prefetcher
 from jaxparams.transform.record import Transform
@@ -84,6 +84,8 @@ class StreamTask:
     outputs: for dict results, suffix -> output tensor name (default
       :meth:`output_name`).
     meta: anything the area wants to keep with the task.
+    out_shape: the shape an array result must have (e.g. the base tensor's, or the
+      config's), checked before it is written; ``None``: not checked.
   """
 
   name: str
@@ -97,6 +99,7 @@ class StreamTask:
   options: Mapping[str, Any] | None = None
   outputs: Mapping[str, str] | None = None
   meta: Any = None
+  out_shape: tuple[int, ...] | None = None
 
   def output_name(self, suffix: str) -> str:
     """Name of the output ``suffix`` of a dict result.
@@ -457,4 +460,9 @@ def _finish_task(started: tuple, compiled: _Compiled) -> list[tuple[str, np.ndar
     task.record.verify(np.asarray(flags), ctx, compiled.skip)
   if isinstance(out, Mapping):
     return [(task.output_name(s), np.asarray(v)) for s, v in out.items()]
-  return [(task.name, np.asarray(out))]
+  out = np.asarray(out)
+  # The result's shape against what the area expects (base / config), its dtype against the
+  # requested output dtype; finiteness is the writer's (check_outputs), after this cast.
+  check_output_tensor(task.name, out, where=f"{task.record.name}", shape=task.out_shape,
+                      dtype=task.out_dtype, finite=False)
+  return [(task.name, out)]

@@ -364,8 +364,19 @@ def jax_struct(shape, dtype):
   return jax.ShapeDtypeStruct(shape, dtype)
 
 
+def _from_outputs_module(name: str) -> Callable[[int, int], Tally]:
+  """A category of ``tests/fuzz/runtime_outputs.py`` (outputs, permissions, edit text)."""
+  def run(seed: int, n: int) -> Tally:
+    from tests.fuzz import runtime_outputs
+    return getattr(runtime_outputs, name)(seed, n, Tally, _edit_model)
+  return run
+
+
 CATEGORIES = {"recipes": recipes, "limits": limits, "tree_api": tree_api,
-              "concurrency": concurrency, "checkpoints": checkpoints}
+              "concurrency": concurrency, "checkpoints": checkpoints,
+              "outputs": _from_outputs_module("outputs"),
+              "permissions": _from_outputs_module("permissions"),
+              "edit_text": _from_outputs_module("edit_text")}
 
 
 def main(argv: list[str]) -> int:
