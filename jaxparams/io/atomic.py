@@ -158,7 +158,9 @@ def check_writable(out_dir: str | Path) -> Path:
     anc = anc.parent
   if not anc.is_dir():
     raise NotADirectoryError(f"{anc}: is a file, so the output folder {out} cannot be created.")
-  if not os.access(anc, os.W_OK | os.X_OK):
+  # the effective ids decide what the process may create (real ids differ under seteuid/sudo)
+  if not os.access(anc, os.W_OK | os.X_OK,
+                   effective_ids=os.access in os.supports_effective_ids):
     raise PermissionError(f"{anc}: not writable, so the output folder {out} cannot be created "
                           "there (check its permissions or choose another output).")
   return out

@@ -244,23 +244,43 @@ def permissions(seed: int, n: int, tally: Callable[[str], Any], edit_model: Call
   t = tally("permissions")
   rng = np.random.default_rng(seed)
   tmp = pathlib.Path(tempfile.mkdtemp())
-  root = os.geteuid() == 0  # root reads and writes whatever the modes say: only 'is a file'
+  # root reads and writes whatever the modes say: each command then runs with the effective
+  # user and group 'nobody' (65534), on a work tree it owns; the modules it needs are imported
+  # (and its programs compiled) by a first, valid merge.
+  root = os.geteuid() == 0
+  tmp.chmod(0o755)
   for m in ("a", "b"):
     jio.save_safetensors({UP.format(k): rng.normal(size=(4, 4)).astype(np.float32)
                           for k in range(2)}, tmp / m)
-  kinds = ["output_is_file", "output_parent_is_file"] + ([] if root else
-                                                          ["unreadable_shard", "unreadable_folder",
-                                                           "unwritable_parent"])
+  kinds = ["output_is_file", "output_parent_is_file", "unreadable_shard", "unreadable_folder",
+           "unwritable_parent"]
+  warm = {"merge_method": "linear", "models": [{"model": str(tmp / m), "parameters":
+                                                {"weight": 0.5}} for m in ("a", "b")]}
+  rc, _, raw = _cli_merge(tmp, warm, tmp / "warm-out")
+  if rc != 0:
+    t.tried += 1
+    t.failures.append(f"a valid merge failed: {raw[-300:]!r}")
+    return t
+  model = edit_model(tmp / "m")
+  quant = ["quantize", "--method", "rtn", "--group-size", "32", "-q", "--compile-cache", "none"]
+  rc, _, raw = _cli([quant[0], str(model), str(tmp / "warm-q")] + quant[1:])
+  if rc != 0:
+    t.tried += 1
+    t.failures.append(f"a valid quantize failed: {raw[-300:]!r}")
+    return t
   for i in range(n):
     kind = kinds[i % len(kinds)]
+    command = ("merge", "quantize")[i % 2]
     work = tmp / f"run-{i}"
     work.mkdir()
-    for m in ("a", "b"):
-      (work / m).mkdir()
-      for f in (tmp / m).iterdir():
-        (work / m / f.name).write_bytes(f.read_bytes())
+    sources = {"merge": [tmp / "a", tmp / "b"], "quantize": [model]}[command]
+    for src in sources:
+      (work / src.name).mkdir()
+      for f in src.iterdir():
+        if f.is_file():
+          (work / src.name / f.name).write_bytes(f.read_bytes())
     out = work / "out"
-    victim = work / ["a", "b"][int(rng.integers(0, 2))]
+    victim = work / sources[int(rng.integers(0, len(sources)))].name
     restore: list = []
     if kind == "output_is_file":
       out.write_text("a user's file\n")
@@ -268,7 +288,8 @@ def permissions(seed: int, n: int, tally: Callable[[str], Any], edit_model: Call
       (work / "file").write_text("x")
       out = work / "file" / "out"
     elif kind == "unreadable_shard":
-      f = next(victim.glob("*.safetensors"))
+      f = sorted(victim.glob("*.safetensors")) + sorted(victim.glob("config.json"))
+      f = f[int(rng.integers(0, len(f)))]
       f.chmod(0)
       restore.append((f, 0o644))
     elif kind == "unreadable_folder":
@@ -283,9 +304,14 @@ def permissions(seed: int, n: int, tally: Callable[[str], Any], edit_model: Call
     recipe = {"merge_method": "linear", "models": [{"model": str(work / m), "parameters":
                                                     {"weight": 0.5}} for m in ("a", "b")]}
 
-    def run(recipe=recipe, out=out, work=work, kind=kind, restore=restore):
+    def run(recipe=recipe, out=out, work=work, kind=kind, restore=restore, command=command,
+            src=work / sources[0].name):
       try:
-        rc, lines, raw = _cli_merge(work, recipe, out)
+        with _as_nobody(work, root):
+          if command == "merge":
+            rc, lines, raw = _cli_merge(work, recipe, out)
+          else:
+            rc, lines, raw = _cli([quant[0], str(src), str(out)] + quant[1:])
       finally:
         for p, mode in restore:
           p.chmod(mode)
@@ -301,8 +327,26 @@ def permissions(seed: int, n: int, tally: Callable[[str], Any], edit_model: Call
       left = [p.name for p in out.parent.iterdir() if p.name.startswith(".out")] \
           if out.parent.is_dir() else []
       return f"left behind: {left}" if left else None
-    t.check(f"{kind} #{i}", run)
+    t.check(f"{command} {kind} #{i}", run)
   return t
+
+
+@contextlib.contextmanager
+def _as_nobody(work: pathlib.Path, root: bool):
+  """As root: ``work`` given to user/group 65534, who is the effective user inside."""
+  if not root:
+    yield
+    return
+  for dirpath, dirnames, filenames in os.walk(work):
+    for name in [dirpath] + [os.path.join(dirpath, f) for f in dirnames + filenames]:
+      os.chown(name, 65534, 65534, follow_symlinks=False)
+  os.setegid(65534)
+  os.seteuid(65534)
+  try:
+    yield
+  finally:
+    os.seteuid(0)
+    os.setegid(0)
 
 
 def _recipe_file(work: pathlib.Path, recipe: dict) -> str:
@@ -312,7 +356,7 @@ def _recipe_file(work: pathlib.Path, recipe: dict) -> str:
 
 
 def _cli_merge(work: pathlib.Path, recipe: dict, out: pathlib.Path) -> tuple[int, list[str], str]:
-  return _cli(["merge", _recipe_file(work, recipe), str(out)])
+  return _cli(["merge", _recipe_file(work, recipe), str(out), "--compile-cache", "none"])
 
 
 # -- edit / calibration text --------------------------------------------------------------------

@@ -45,7 +45,8 @@ def _env():
   return env
 
 
-CI_CASES = {"recipes": 24, "limits": 16, "tree_api": 0, "concurrency": 2, "checkpoints": 6}
+CI_CASES = {"recipes": 24, "limits": 16, "tree_api": 0, "concurrency": 2, "checkpoints": 6,
+            "outputs": 4, "permissions": 5, "edit_text": 7}
 
 
 @pytest.fixture(scope="module")
