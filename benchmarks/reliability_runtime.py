@@ -1,7 +1,7 @@
 """Issue 25, runtime categories at a larger seed/count than CI: tried / held / failed per category.
 
 Runs ``tests/fuzz/runtime_runner.py`` (recipes, limits, tree API, concurrency, training
-checkpoints) in one subprocess under a 3 GB address-space cap, then ``--signal-trials`` SIGINT
+checkpoints, outputs, permissions, edit/calibration text) in one subprocess under a 3 GB address-space cap, then ``--signal-trials`` SIGINT
 and as many SIGTERM trials against ``jaxparams merge`` (signal sent once the temporary folder
 exists, after a random extra delay of 0-300 ms so it lands at different moments), and writes
 the table as JSON to ``--out``.
@@ -90,12 +90,17 @@ def main() -> None:
   ap.add_argument("--limits", type=int, default=60)
   ap.add_argument("--concurrency", type=int, default=8)
   ap.add_argument("--checkpoints", type=int, default=12)
+  ap.add_argument("--outputs", type=int, default=16)
+  ap.add_argument("--permissions", type=int, default=30)
+  ap.add_argument("--edit-text", type=int, default=42)
   ap.add_argument("--signal-trials", type=int, default=10)
   ap.add_argument("--out", required=True)
   a = ap.parse_args()
   t0 = time.time()
   rows = categories(a.seed, {"recipes": a.recipes, "limits": a.limits, "tree_api": 0,
-                             "concurrency": a.concurrency, "checkpoints": a.checkpoints})
+                             "concurrency": a.concurrency, "checkpoints": a.checkpoints,
+                             "outputs": a.outputs, "permissions": a.permissions,
+                             "edit_text": a.edit_text})
   rows.append(signal_trials(a.seed, a.signal_trials))
   result = {"seed": a.seed, "memory_cap_bytes": CAP, "rows": rows,
             "seconds": round(time.time() - t0, 1)}

@@ -189,6 +189,7 @@ def edit_checkpoint(model_dir: str | pathlib.Path, requests_file: str | pathlib.
   t0 = time.perf_counter()
   new, d = rec.run(module, params, tok, reqs, cov=cov, where=sel, templates=tpl, hp=hp)
   seconds = time.perf_counter() - t0
+  _same_as_source(new, params, out_dir)
   d.meta.update(params=dataclasses.asdict(hp), model_dir=str(model_dir))
   _write(new, config, out_dir, model_dir, d, overwrite)
   return {"method": method, "layers": lays, "n_requests": len(reqs), "seconds": seconds,
@@ -220,6 +221,17 @@ def _key_stats(module, params, tok, model_dir, lays, stats_dir, stats_text):
     stats.save_stats(st, stats_dir, fps, {"model_dir": str(model_dir), "text_sha256": sha,
                                           "text": str(stats_text)})
   return st
+
+
+def _same_as_source(new, old, out_dir) -> None:
+  """Every edited parameter keeps the source's shape and dtype (issue 25: outputs checked
+  before publishing; finiteness is checked as they are written)."""
+  from jaxparams import tree as jtree  # pylint: disable=g-import-not-at-top
+  before = jtree.flatten(old)
+  for p, v in jtree.flatten(new).items():
+    if p in before:
+      jio.check_output_tensor(p, v, where=str(out_dir), shape=before[p].shape,
+                              dtype=before[p].dtype, finite=False)
 
 
 def _write(params, config, out_dir, copy_from, d, overwrite):

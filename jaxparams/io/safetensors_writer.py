@@ -122,12 +122,14 @@ def check_output_tensor(name: str, array: Any, *, where: str = "", shape: Any = 
     ValueError: out: output tensor 'w' (float16, shape (1,)) contains NaN or Inf (element 0 is inf: a value beyond the float16 range, or a degenerate input); nothing was written
   """
   at = f"{where}: " if where else ""
-  a = np.asarray(array)
+  # shape/dtype only: an array-like's attributes suffice (a device array is not copied)
+  a = array if not finite and hasattr(array, "shape") and hasattr(array, "dtype") else (
+      np.asarray(array))
   if shape is not None and tuple(a.shape) != tuple(shape):
     raise ValueError(f"{at}output tensor {name!r} has shape {tuple(a.shape)}, expected "
                      f"{tuple(shape)}; nothing was written")
   if dtype is not None and np.dtype(a.dtype) != np.dtype(dtype):
-    raise ValueError(f"{at}output tensor {name!r} has dtype {a.dtype.name}, expected "
+    raise ValueError(f"{at}output tensor {name!r} has dtype {np.dtype(a.dtype).name}, expected "
                      f"{np.dtype(dtype).name}; nothing was written")
   i = _nonfinite_at(a) if finite else -1
   if i >= 0:

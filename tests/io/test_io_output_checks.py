@@ -86,3 +86,20 @@ def test_stream_driver_copy_of_nan_refused_unless_allowed(tmp_path):
     stream_checkpoints([StreamTask("a", (("in", "a"),))], {"in": r}, tmp_path / "out",
                        skip=("finite",))
   assert np.isnan(jio.load_safetensors(tmp_path / "out")["a"][0])
+
+
+def test_stream_driver_checks_result_shape(tmp_path):
+  """A record whose result has another shape than the task's out_shape: refused."""
+  jio.save_safetensors({"a": np.ones((2, 3), np.float32)}, tmp_path / "in")
+  import dataclasses  # pylint: disable=g-import-not-at-top
+
+  @dataclasses.dataclass(frozen=True, kw_only=True)
+  class C:
+    pass
+  rec = Transform(name="transpose", fn=lambda x, c: x.T, config=C)
+  with jio.open_checkpoint(tmp_path / "in") as r:
+    with pytest.raises(ValueError, match=r"output tensor 'a' has shape \(3, 2\), expected "
+                                         r"\(2, 3\)"):
+      stream_checkpoints([StreamTask("a", (("in", "a"),), rec, C(), out_shape=(2, 3))],
+                         {"in": r}, tmp_path / "out")
+  assert sorted(os.listdir(tmp_path)) == ["in"]
