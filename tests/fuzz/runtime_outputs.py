@@ -92,11 +92,12 @@ def outputs(seed: int, n: int, tally: Callable[[str], Any], edit_model: Callable
       recipe = {"merge_method": "linear", "parameters": {"normalize": False},
                 "models": [{"model": str(work / m), "parameters": {"weight": w}}
                            for m, w in (("a", 0.5), ("b", factor - 0.5))]}
-    else:  # base big, model -big, weight w: big + w (-2 big) = -factor big
-      jio.save_safetensors({k: (-v.astype(np.float32)).astype(dt) for k, v in
-                            jio.load_safetensors(work / "b").items()}, work / "b", overwrite=True)
+    else:  # base big/2, model big, weight w: big/2 + w big/2 = factor big (no float32 overflow)
+      base = jio.load_safetensors(work / "a")
+      base[UP.format(hot)][0, 0] = dt(big / 2)
+      jio.save_safetensors(base, work / "a", overwrite=True)
       recipe = {"merge_method": "task_arithmetic", "base_model": str(work / "a"),
-                "models": [{"model": str(work / "b"), "parameters": {"weight": (1 + factor) / 2}}]}
+                "models": [{"model": str(work / "b"), "parameters": {"weight": 2 * factor - 1}}]}
     # computed in float32 (mergekit's `dtype`), written in the models' dtype: only the cast
     # overflows (the writer's check); computed in the models' dtype: the record's check
     f32 = i % 4 < 2
