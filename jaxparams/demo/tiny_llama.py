@@ -22,7 +22,7 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
-from jaxparams.io import load_safetensors, save_safetensors
+from jaxparams.io import load_safetensors, read_json, save_safetensors
 
 __all__ = ["llama_config", "llama_tensors", "write_llama"]
 
@@ -86,9 +86,8 @@ def write_llama(out_dir: str | Path, *, cfg: dict[str, Any] | None = None, seed:
     tensors: explicit tensors (overrides the random ones).
     **save_kwargs: passed to :func:`jaxparams.io.save_safetensors`.
   """
-  import json  # pylint: disable=import-outside-toplevel
   if like is not None:
-    cfg = cfg or json.loads((Path(like) / "config.json").read_text())
+    cfg = cfg or read_json(Path(like) / "config.json", what="model config", folder=like)
     base = {k: np.asarray(v, np.float32) for k, v in load_safetensors(like).items()}
   else:
     cfg = dict(cfg or llama_config())

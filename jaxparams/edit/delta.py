@@ -27,7 +27,6 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import json
 import pathlib
 from typing import Any
 
@@ -193,10 +192,7 @@ def load_delta(path: str | pathlib.Path) -> Delta:
   info_path = path / "delta.json"
   if not info_path.is_file():
     raise FileNotFoundError(f"{path}: no delta.json (not a delta folder written by jaxparams edit)")
-  try:
-    info = json.loads(jio.read_text(info_path, what="delta description"))
-  except json.JSONDecodeError as e:
-    raise ValueError(f"{info_path}:{e.lineno}: not valid JSON ({e.msg})") from None
+  info = jio.read_json(info_path, what="delta description", folder=path)
   if (not isinstance(info, dict) or not isinstance(info.get("paths"), list)
       or not all(isinstance(p, str) for p in info["paths"])):
     raise ValueError(f"{info_path}: expected an object with a 'paths' list of tensor names")

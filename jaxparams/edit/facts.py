@@ -22,11 +22,12 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import json
 import pathlib
 from typing import Any
 
 import numpy as np
+
+from jaxparams import io as jio
 
 __all__ = ["Fact", "Edit", "FactsSet", "load_facts_set", "default_paths", "build_tokenizer",
            "sentence", "encode_words", "build_corpus", "stats_sentences", "STATS_SOURCES",
@@ -81,13 +82,10 @@ def _read_jsonl(path: pathlib.Path, keys: tuple[str, ...]) -> list[dict[str, str
   if not path.is_file():
     raise FileNotFoundError(f"{path}: no such file")
   rows = []
-  for i, line in enumerate(path.read_text().splitlines(), 1):
+  for i, line in enumerate(jio.read_text(path, what="facts file").splitlines(), 1):
     if not line.strip():
       continue
-    try:
-      row = json.loads(line)
-    except json.JSONDecodeError as e:
-      raise ValueError(f"{path}:{i}: not valid JSON ({e})") from None
+    row = jio.parse_json(line, f"{path}:{i}", "line")
     if not isinstance(row, dict) or sorted(row) != sorted(keys):
       found = sorted(row) if isinstance(row, dict) else type(row).__name__
       raise ValueError(f"{path}:{i}: expected an object with keys {list(keys)}, found {found}")
@@ -103,10 +101,7 @@ def _read_jsonl(path: pathlib.Path, keys: tuple[str, ...]) -> list[dict[str, str
 def _read_relations(path: pathlib.Path) -> dict[str, tuple[str, ...]]:
   if not path.is_file():
     raise FileNotFoundError(f"{path}: no such file")
-  try:
-    raw = json.loads(path.read_text())
-  except json.JSONDecodeError as e:
-    raise ValueError(f"{path}: not valid JSON ({e})") from None
+  raw = jio.read_json(path, what="relations file")
   if not isinstance(raw, dict) or not raw:
     raise ValueError(f"{path}: expected a non-empty object {{relation: {{'prompts': [...]}}}}")
   out = {}

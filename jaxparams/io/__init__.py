@@ -27,7 +27,7 @@ from jaxparams.io.safetensors_header import DTYPE_BITS, parse_header
 from jaxparams.io.safetensors_reader import (INDEX_NAME, SafetensorsFile, SafetensorsReader,
                                              TensorSpec, open_checkpoint)
 from jaxparams.io.sizes import parse_size
-from jaxparams.io.text_files import read_bytes, read_json, read_text
+from jaxparams.io.text_files import parse_json, read_bytes, read_json, read_text
 from jaxparams.io.adapter_config import AdapterConfig, check_adapter_config, read_adapter_config
 from jaxparams.io.model_config import check_model_config, read_model_config
 from jaxparams.io.requests_file import RequestRow, read_request_rows
@@ -59,7 +59,7 @@ __all__ = [
     "check_output_tensor",
     "check_output_dir", "check_writable", "checkpoint_rows", "convert_checkpoint", "finish_before_interrupt", "is_orbax_dir", "load_any",
     "load_safetensors", "open_checkpoint", "parse_dtype", "parse_header", "parse_size",
-    "publish_dir", "read_calibration_text", "read_json", "read_text", "refuse_pickle",
+    "parse_json", "publish_dir", "read_calibration_text", "read_json", "read_text", "refuse_pickle",
     "resolve_inside", "restore_orbax",
     "save_orbax", "save_safetensors", "sweep_stale", "to_numpy_dtype", "to_safetensors_dtype",
     "write_safetensors_file", "read_bytes", "AdapterConfig", "check_adapter_config",

@@ -17,7 +17,6 @@ from __future__ import annotations
 import functools
 import importlib.resources
 import importlib.util
-import json
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -55,7 +54,13 @@ def minilm_path() -> Path:
 def _max_seq_length(folder: Path) -> int:
   cfg = folder / "sentence_bert_config.json"
   if cfg.is_file():
-    return int(json.loads(cfg.read_text()).get("max_seq_length", MAX_SEQ_LENGTH))
+    from jaxparams import io as jio  # pylint: disable=g-import-not-at-top
+    raw = jio.read_json(cfg, what="sentence-transformers config", folder=folder)
+    n = raw.get("max_seq_length", MAX_SEQ_LENGTH) if isinstance(raw, dict) else None
+    if isinstance(n, bool) or not isinstance(n, int) or not 0 < n <= 1_000_000:
+      raise ValueError(f"{cfg}: field 'max_seq_length' must be an integer in [1, 1000000], "
+                       f"found {n!r:.50}")
+    return n
   return MAX_SEQ_LENGTH
 
 

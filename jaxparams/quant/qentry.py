@@ -20,7 +20,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -217,10 +216,8 @@ def read_layout(folder: Path) -> dict[str, Any]:
       raise ValueError(f"{folder}: this is an HF GPTQ checkpoint ({GPTQ_CONFIG_FILE}), not the "
                        f"jaxparams layout; read it with jaxparams.quant.import_gptq")
     raise ValueError(f"{folder}: no {LAYOUT_FILE}; not a jaxparams quantized checkpoint")
-  try:
-    layout = json.loads(f.read_text())
-  except ValueError as e:
-    raise ValueError(f"{f}: not valid JSON ({e})") from None
+  from jaxparams import io as jio  # pylint: disable=g-import-not-at-top
+  layout = jio.read_json(f, what="quantized layout", folder=folder)
   if not isinstance(layout, dict):
     raise ValueError(f"{f}: must be a JSON object")
   if layout.get("format") != FORMAT or not isinstance(layout.get("tensors"), dict):

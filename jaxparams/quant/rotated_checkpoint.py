@@ -26,7 +26,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -133,8 +132,8 @@ def quantize_outliers_checkpoint(src: str | Path, out: str | Path, rules: Any,
 
 
 def _read(folder: Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-  meta = json.loads((folder / ROTATION_FILE).read_text())
-  if meta.get("format") != "jaxparams.rotation" or not isinstance(meta.get("tensors"), dict):
+  meta = jio.read_json(folder / ROTATION_FILE, what="rotation file", folder=folder)
+  if not isinstance(meta, dict) or meta.get("format") != "jaxparams.rotation" or not isinstance(meta.get("tensors"), dict):
     raise ValueError(f"{folder}/{ROTATION_FILE}: not a jaxparams rotation file (format "
                      f"{meta.get('format')!r})")
   flat, layout = qckpt.load_quantized_flat(folder)
