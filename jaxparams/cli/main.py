@@ -159,8 +159,14 @@ USER_ERRORS = (ValueError, OSError, re.error, KeyError, RecursionError, Overflow
                UnicodeError, MemoryError)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, exit_on_interrupt: bool | None = None) -> int:
   """Entry point of the ``jaxparams`` console script.
+
+  Args:
+    argv: the words after ``jaxparams``; ``None`` reads ``sys.argv``.
+    exit_on_interrupt: on SIGINT/SIGTERM, leave the process at once (``os._exit``) after the
+      one-line message, skipping an interpreter shutdown that live jax/orbax threads can crash.
+      Default: when ``argv`` is ``None`` (the real command), never for calls from Python.
 
   Example:
     >>> main(['--help'])  # doctest: +SKIP
@@ -196,7 +202,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     signum = getattr(e, "signum", signal.SIGINT)
     what = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
     print(f"{command}: {what}; no partial output was left.", file=sys.stderr)
-    if argv is None and in_main_thread:  # the real command: exit now, skipping the shutdown
+    if exit_on_interrupt is None:
+      exit_on_interrupt = argv is None
+    if exit_on_interrupt and in_main_thread:  # the real command: exit now, skipping the shutdown
       sys.stdout.flush()                 # of jax/orbax threads that a Ctrl-C may have upset
       sys.stderr.flush()
       os._exit(128 + signum)  # pylint: disable=protected-access

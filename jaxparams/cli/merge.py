@@ -136,7 +136,8 @@ def _dry_run(recipe: str) -> int:
 def main(argv: list[str] | None = None) -> int:
   """Runs ``jaxparams merge`` alone (``python -m jaxparams.cli.merge``), same error handling."""
   from jaxparams.cli.main import main as jaxparams_main  # pylint: disable=import-outside-toplevel
-  return jaxparams_main(["merge"] + list(sys.argv[1:] if argv is None else argv))
+  return jaxparams_main(["merge"] + list(sys.argv[1:] if argv is None else argv),
+                        exit_on_interrupt=argv is None)  # a process of its own, as `jaxparams`
 
 
 if __name__ == "__main__":

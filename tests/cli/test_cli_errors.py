@@ -76,7 +76,7 @@ def test_unwritable_output_refused_before_loading(ck, tmp_path, capsys, monkeypa
   out_parent = tmp_path / "ro"
   out_parent.mkdir()
   real = os.access
-  monkeypatch.setattr(os, "access", lambda p, m: False if str(p) == str(out_parent) else real(p, m))
+  monkeypatch.setattr(os, "access", lambda p, m, **kw: False if str(p) == str(out_parent) else real(p, m, **kw))
   monkeypatch.setattr(jp.io, "load_any", lambda *a: pytest.fail("loaded before checking"))
   _one_line(capsys, 2, ["convert", str(ck), str(out_parent / "o")],
             f"{out_parent}: not writable, so the output folder")

@@ -126,7 +126,8 @@ def test_unwritable_output_is_refused_before_any_work(tmp_path, monkeypatch):
     jp.io.check_output_dir(blocker / "out", overwrite=False)
   real_access = os.access
   monkeypatch.setattr(os, "access",
-                      lambda p, mode: False if str(p) == str(tmp_path) else real_access(p, mode))
+                      lambda p, mode, **kw: (False if str(p) == str(tmp_path)
+                                                 else real_access(p, mode, **kw)))
   with pytest.raises(PermissionError, match=rf"{tmp_path}: not writable, so the output folder "):
     jp.io.check_output_dir(tmp_path / "a" / "out", overwrite=False)
 
