@@ -28,7 +28,9 @@ Top-k thresholds never sort: :func:`kth_largest_key` finds the exact k-th
 largest ``uint32`` key with 8 counting passes (4 bits per pass, 15 candidate
 thresholds counted at once) -- the algorithm of the Pallas ``count`` kernel;
 :func:`kth_largest_key_histogram` gets the same key with two 65536-bin
-histogram passes (the XLA path; 10x faster than the counting form on CPU).
+histogram passes (the XLA path; 10x faster than the counting form on CPU);
+:func:`key_cut_sorted` gets the same key and tie cut by one sort (the XLA
+path for small tensors, where compiling dominates).
 
 Example:
   >>> import jax.numpy as jnp
@@ -49,7 +51,7 @@ import numpy as np
 
 __all__ = [
     "KEY_MAX", "magnitude_bits", "float_keys", "key_to_float", "kth_largest_key",
-    "kth_largest_key_histogram", "tie_cut", "key_cut_chunked", "in_top", "candidate_keys",
+    "kth_largest_key_histogram", "key_cut_sorted", "tie_cut", "key_cut_chunked", "in_top", "candidate_keys",
     "hash_uniform", "della_probabilities", "sparsify_merge_reference", "keep_mask",
 ]
 
@@ -154,6 +156,39 @@ def kth_largest_key_histogram(keys: jax.Array | Sequence[jax.Array], k) -> jax.A
   kk = jnp.clip(k, 1, max(n, 1))
   b1, above = _pick_high(_hist_high(keys), kk)
   return _pick_low(_hist_low(keys, b1), kk, k, n, b1, above)
+
+
+def key_cut_sorted(keys: jax.Array, k) -> tuple[jax.Array, jax.Array]:
+  """``(kth_largest_key_histogram(keys, k), tie_cut(keys, t, k))`` by one sort (small tensors).
+
+  Sorting ``(key descending, flat index ascending)`` puts the top-k set first, so the k-th
+  element gives both the threshold key and, when the next element ties with it, the tie cut.
+  XLA compiles one sort in a few tens of milliseconds on CPU; the histogram search and the
+  reductions of :func:`tie_cut` take about a second: on a small tensor (a tiny model has many
+  shapes, each compiled once) this is the cheaper way to the same exact pair, also for ``k``
+  outside ``1..n``.
+
+  Example:
+    >>> keys = jnp.array([3, 1, 3, 3], jnp.uint32)
+    >>> [int(v) for v in key_cut_sorted(keys, 2)]  # threshold 3, ties taken up to index 2
+    [3, 2]
+  """
+  keys = jnp.ravel(keys)
+  n = keys.size
+  k = jnp.asarray(k, jnp.int32)
+  if not n:
+    t = kth_largest_key_histogram(keys, k)
+    return t, jnp.uint32(KEY_MAX)
+  neg, idx = jax.lax.sort((~keys, jnp.arange(n, dtype=jnp.uint32)), num_keys=2)
+  kk = jnp.clip(k, 1, n)
+  t = ~neg[kk - 1]
+  tie_after = (kk < n) & (~neg[jnp.minimum(kk, n - 1)] == t)
+  cut = jnp.where(tie_after, idx[kk - 1], KEY_MAX)
+  # k outside 1..n, as the histogram search and tie_cut define them
+  t = jnp.where(k > n, jnp.uint32(0), t)
+  cut = jnp.where(k > n, KEY_MAX, cut)
+  low_cut = jnp.where((k < 0) | (~neg[0] == KEY_MAX), jnp.uint32(0), KEY_MAX)
+  return jnp.where(k <= 0, KEY_MAX, t), jnp.where(k <= 0, low_cut, cut)
 
 
 def _tie_width(n: int) -> int:

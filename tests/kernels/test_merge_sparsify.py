@@ -174,6 +174,21 @@ def test_histogram_select_edge_cases():
   np.testing.assert_array_equal(np.asarray(hist)[2:6], srt[np.array([1, 7, 25, 50]) - 1])
 
 
+@pytest.mark.parametrize("n", [1, 50, 4097])
+def test_sorted_select_equals_histogram_search_and_tie_cut(n):
+  """The small-tensor XLA path (one sort) gives the histogram search's key and tie_cut's index
+  exactly: many ties, keys at 0xFFFFFFFF, k from below 1 to above n."""
+  srt = jax.jit(jax.vmap(ref.key_cut_sorted, in_axes=(None, 0)))
+  hist = jax.jit(jax.vmap(lambda x, kk: (lambda t: (t, ref.tie_cut(x, t, kk)))(
+      ref.kth_largest_key_histogram(x, kk)), in_axes=(None, 0)))
+  ks = jnp.array(sorted({-1, 0, 1, 2, n // 3, n // 2, n - 1, n, n + 1}))
+  for distinct, top in ((1, 1), (3, 3), (n, n), (6, 65536)):  # 65535 * 65537 = 0xFFFFFFFF
+    keys = jnp.asarray(RNG.integers(top - distinct, top, n).astype(np.uint32) * np.uint32(65537))
+    got, want = srt(keys, ks), hist(keys, ks)
+    for g, w in zip(got, want):
+      np.testing.assert_array_equal(np.asarray(g), np.asarray(w), err_msg=f"{distinct}")
+
+
 def test_dare_keep_fraction_and_uniforms():
   u = np.asarray(ref.hash_uniform(jnp.uint32(9), jnp.arange(100_000, dtype=jnp.uint32)))
   assert abs(u.mean() - 0.5) < 0.01 and u.min() >= 0 and u.max() < 1
@@ -210,11 +225,14 @@ def test_delta_topk_cuts_equals_topk_cuts_of_the_differences():
             for _ in range(2)]
   k = jnp.array([n // 2, n // 5])
   got = jax.jit(lambda b, ms, kk: api.delta_topk_cuts(b, ms, kk, implementation="xla",
-                                                      chunk=4096))(base, models, k)
+                                                      chunk=4096, sort_max=0))(base, models, k)
+  small = jax.jit(lambda b, ms, kk: api.delta_topk_cuts(b, ms, kk, implementation="xla"))(
+      base, models, k)  # n <= SORT_MAX: searched whole by sorting
   stacked = jnp.stack([m.astype(jnp.float32) - base.astype(jnp.float32) for m in models])
   want = api.topk_cuts(stacked, k, implementation="xla")
-  for g, w in zip(got, want):
+  for g, s, w in zip(got, small, want):
     np.testing.assert_array_equal(np.asarray(g), np.asarray(w))
+    np.testing.assert_array_equal(np.asarray(s), np.asarray(w))
   big = jax.ShapeDtypeStruct((1 << 21,), jnp.bfloat16)
   f = jax.jit(lambda b, ms, kk: api.delta_topk_cuts(b, ms, kk, implementation="xla",
                                                     chunk=1 << 16))
