@@ -61,7 +61,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
   from jaxparams.cli.common import add_quiet  # pylint: disable=g-import-not-at-top
   add_quiet(p)
   p.add_argument("--paraphrase", default=None, metavar="TEMPLATE",
-                 help="a rephrased prompt ({} = the subject) also scored before/after, e.g. "
+                 help="a rephrased prompt ({} = the subject) also scored before/after, for every "
+                      "request (default: each request's rephrase_prompt), e.g. "
                       "'The home town of {} is'")
   p.add_argument("--show", type=int, default=5, metavar="N",
                  help="print before/after probabilities for the first N requests (default 5; "
@@ -126,13 +127,16 @@ def _print_scores(model_dir: str, requests_file: str, out_dir: str, n: int,
   _, after, _ = hf.from_hf(out_dir)
   tok = hf_tokenizer(model_dir, purpose="scoring the edit")
   reqs = req_lib.read_requests(requests_file, tok)[:n]
-  rows = report.before_after(module, before, after, tok, reqs,
-                             paraphrases=[paraphrase] * len(reqs) if paraphrase else None)
+  # --paraphrase for every request, else each request's own rephrase_prompt (EasyEdit's field)
+  paraphrases = [paraphrase or r.rephrase for r in reqs]
+  rows = report.before_after(module, before, after, tok, reqs, paraphrases=paraphrases)
   print(report.format_rows(rows))
-  print("P(new) is the probability of target_new after the prompt, P(old) that of the model's "
-        "answer before the edit; the edit took when P(new) rises above P(old), and generalises "
-        "when the paraphrase follows" + ("" if paraphrase else " (give one with --paraphrase)")
-        + ".")
+  old = ("the request's ground_truth (else the model's answer before the edit)"
+         if any(r.ground_truth for r in reqs) else "the model's answer before the edit")
+  print(f"P(new) is the probability of target_new after the prompt, P(old) that of {old}; the "
+        "edit took when P(new) rises above P(old), and generalises when the paraphrase follows"
+        + ("" if any(paraphrases) else
+           " (give one with --paraphrase or rephrase_prompt in the requests)") + ".")
 
 
 def _describe(method: str, hp) -> str:

@@ -66,9 +66,10 @@ then `jaxparams inspect merged` or load `merged` with `jaxparams.models.from_hf`
 
 `facts-lm` is a small Llama that knows {n} invented people's facts (with its `tokenizer.json`);
 `requests.jsonl` asks to change one of them and `stats.txt` holds the other people's facts (the
-text the key statistics come from). Edit it with ROME and see the probabilities move:
+text the key statistics come from). Edit it with ROME and see the probabilities move, on the
+prompt and on the request's `rephrase_prompt`:
 
-    jaxparams edit facts-lm requests.jsonl edited --layers 0 --stats-text stats.txt --paraphrase "{para}"
+    jaxparams edit facts-lm requests.jsonl edited --layers 0 --stats-text stats.txt
 """
 
 _CONFIG = models.LlamaConfig(vocab_size=128, hidden_size=32, intermediate_size=64,
@@ -108,7 +109,6 @@ def write_example(out_dir: str | Path, *, seed: int = 0, overwrite: bool = False
       models.to_hf(params, _CONFIG, tmp / name)
     (tmp / "recipe.yml").write_text(RECIPE)
     (tmp / "README.md").write_text(_README.format(base=BASE, a=FINE_TUNES[0], b=FINE_TUNES[1],
-                                                  n=facts_example.N_SUBJECTS,
-                                                  para=facts_example.PARAPHRASE))
+                                                  n=facts_example.N_SUBJECTS))
     facts_example.write_facts_example(tmp)
   return Path(out_dir)

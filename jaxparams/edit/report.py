@@ -78,7 +78,8 @@ def before_after(module: Any, before: Any, after: Any, tokenizer: Any,
     tokenizer: The tokenizer.
     requests: The edit requests.
     paraphrases: One template (``{}`` = subject) per request, or None; or None for none.
-    old: The old answer per request (default: :func:`old_answers` of ``before``).
+    old: The old answer per request (default: each request's ``ground_truth``, else
+      :func:`old_answers` of ``before``).
 
   Raises:
     ValueError: a paraphrase without ``{}``, or one per request missing.
@@ -87,7 +88,11 @@ def before_after(module: Any, before: Any, after: Any, tokenizer: Any,
   paraphrases = list(paraphrases) if paraphrases is not None else [None] * len(requests)
   if len(paraphrases) != len(requests):
     raise ValueError(f"{len(paraphrases)} paraphrase(s) for {len(requests)} request(s)")
-  old = list(old) if old is not None else old_answers(module, before, tokenizer, requests)
+  if old is None:
+    missing = [r for r in requests if not r.ground_truth]
+    answers = iter(old_answers(module, before, tokenizer, missing) if missing else ())
+    old = [r.ground_truth or next(answers) for r in requests]
+  old = list(old)
   items = []
   for i, (r, para, o) in enumerate(zip(requests, paraphrases, old)):
     items.append((i, "prompt", facts_lib.sentence(r.prompt, r.subject), r.target_new, o))

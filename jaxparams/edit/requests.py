@@ -41,17 +41,25 @@ class EditRequest:
     subject: The subject.
     target_new: The new object.
     where: Where the request came from (e.g. ``requests.jsonl:3``) for error messages.
+    rephrase: A paraphrase of the prompt with ``{}`` exactly once (EasyEdit's
+      ``rephrase_prompt``), scored before/after; not used by the edit itself.
+    ground_truth: The old answer (EasyEdit's ``ground_truth``), scored before/after.
   """
   prompt: str
   subject: str
   target_new: str
   where: str = ""
+  rephrase: str | None = None
+  ground_truth: str | None = None
 
   def check(self, tokenizer: Any | None = None) -> None:
     """Raises ValueError naming the request when it cannot be edited."""
     at = f"{self.where}: " if self.where else ""
     if self.prompt.count("{}") != 1:
       raise ValueError(f"{at}prompt {self.prompt!r} must contain '{{}}' exactly once "
+                       "(where the subject goes)")
+    if self.rephrase is not None and self.rephrase.count("{}") != 1:
+      raise ValueError(f"{at}rephrase_prompt {self.rephrase!r} must contain '{{}}' exactly once "
                        "(where the subject goes)")
     if not self.subject.strip():
       raise ValueError(f"{at}empty subject")
@@ -66,12 +74,22 @@ class EditRequest:
         raise ValueError(f"{at}{e}") from None
 
 
+def _template(text: str, subject: str, where: str, field: str) -> str:
+  # A prompt with {} for the subject; the subject written out is replaced by {} (once).
+  if "{}" not in text:
+    if subject not in text or not subject:
+      raise ValueError(f"{where}: subject {subject!r:.200} is not in the {field} {text!r:.200}")
+    text = text.replace(subject, "{}", 1)
+  return text
+
+
 def read_requests(path: str | pathlib.Path, tokenizer: Any | None = None) -> list[EditRequest]:
   """Reads EasyEdit-style requests (JSONL, or a JSON list); checks each one.
 
   ``{"prompt": "The capital of {} is", "subject": "France", "target_new": "Lyon"}``; also
   accepts ``"target_new": {"str": ...}`` (ROME/MEMIT's form) and a prompt with the subject
-  written out instead of ``{}`` (it is replaced by ``{}``).
+  written out instead of ``{}`` (it is replaced by ``{}``). EasyEdit's ``rephrase_prompt``
+  and ``ground_truth`` (CounterFact's ``target_true``) are kept on the request for scoring.
 
   The file is read by :func:`jaxparams.io.read_request_rows` (size-bounded, inside its folder,
   UTF-8, every field a string).
@@ -84,13 +102,12 @@ def read_requests(path: str | pathlib.Path, tokenizer: Any | None = None) -> lis
   """
   out = []
   for row in jio.read_request_rows(path):  # the strict reader: size, folder, types, lines
-    prompt, subject, where = row.prompt, row.subject, row.where
-    if "{}" not in prompt:
-      if subject not in prompt or not subject:
-        raise ValueError(f"{where}: subject {subject!r:.200} is not in the prompt "
-                         f"{prompt!r:.200}")
-      prompt = prompt.replace(subject, "{}", 1)
-    req = EditRequest(prompt, subject, row.target_new, where)
+    subject, where = row.subject, row.where
+    prompt = _template(row.prompt, subject, where, "prompt")
+    rephrase = (None if row.rephrase_prompt is None
+                else _template(row.rephrase_prompt, subject, where, "rephrase_prompt"))
+    req = EditRequest(prompt, subject, row.target_new, where, rephrase=rephrase,
+                      ground_truth=row.ground_truth)
     req.check(tokenizer)
     out.append(req)
   return out

@@ -4,7 +4,8 @@
 with ``os.stat`` before reading, a symlink leading outside its own folder refused, as for
 calibration text, UTF-8) and
 returns one :class:`RequestRow` per request, each checked: an object with string ``prompt``,
-``subject`` and ``target_new`` (or ROME/MEMIT's ``{"str": ...}``), each at most
+``subject`` and ``target_new`` (or ROME/MEMIT's ``{"str": ...}``), optional string
+``rephrase_prompt`` and ``ground_truth`` (or CounterFact's ``target_true``), each at most
 ``max_chars`` long. Every error names the file and line (or list position), the field, what was
 expected and what was found. Meaning (``{}`` in the prompt, tokenization) is checked by
 :mod:`jaxparams.edit.requests`.
@@ -39,11 +40,24 @@ MAX_REQUEST_CHARS = 20_000
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class RequestRow:
   """One checked request: ``prompt`` (may hold ``{}``), ``subject``, ``target_new``, and
-  ``where`` (``file:line``)."""
+  ``where`` (``file:line``); optional EasyEdit fields ``rephrase_prompt`` (a paraphrase of the
+  prompt) and ``ground_truth`` (the old answer; CounterFact's ``target_true`` also read)."""
   prompt: str
   subject: str
   target_new: str
   where: str
+  rephrase_prompt: str | None = None
+  ground_truth: str | None = None
+
+
+def _target(where: str, name: str, value: object) -> tuple[str, object]:
+  # A target is a string or ROME/MEMIT's {"str": ...}: (the field's name for errors, the value).
+  if isinstance(value, dict):
+    if "str" not in value:
+      raise ValueError(f"{where}: field {name!r} must be a string or {{\"str\": ...}}, "
+                       f"found {describe(value)}")
+    return f"{name}.str", value["str"]
+  return name, value
 
 
 def read_request_rows(path: str | Path, *, max_bytes: int = MAX_REQUESTS_BYTES,
@@ -71,18 +85,22 @@ def read_request_rows(path: str | Path, *, max_bytes: int = MAX_REQUESTS_BYTES,
     miss = [k for k in ("prompt", "subject", "target_new") if k not in row]
     if miss:
       raise ValueError(f"{where}: request lacks {miss} (needs prompt, subject, target_new)")
-    tgt = row["target_new"]
-    if isinstance(tgt, dict):
-      if "str" not in tgt:
-        raise ValueError(f"{where}: field 'target_new' must be a string or {{\"str\": ...}}, "
-                         f"found {describe(tgt)}")
-      tgt = tgt["str"]
-      name_t = "target_new.str"
-    else:
-      name_t = "target_new"
-    vals = [F.expect_str(where, k, v, max_len=max_chars)
-            for k, v in (("prompt", row["prompt"]), ("subject", row["subject"]), (name_t, tgt))]
-    out.append(RequestRow(prompt=vals[0], subject=vals[1], target_new=vals[2], where=where))
+    fields = [("prompt", row["prompt"]), ("subject", row["subject"]),
+              _target(where, "target_new", row["target_new"])]
+    optional = {"rephrase_prompt": None, "ground_truth": None}
+    rephrase = row.get("rephrase_prompt")
+    if isinstance(rephrase, list) and rephrase:  # EasyEdit also gives a list: the first is used
+      rephrase = rephrase[0]
+    if rephrase is not None:
+      optional["rephrase_prompt"] = F.expect_str(where, "rephrase_prompt", rephrase,
+                                                 max_len=max_chars)
+    truth = "ground_truth" if "ground_truth" in row else "target_true"
+    if row.get(truth) is not None:
+      optional["ground_truth"] = F.expect_str(where, *_target(where, truth, row[truth]),
+                                              max_len=max_chars)
+    vals = [F.expect_str(where, k, v, max_len=max_chars) for k, v in fields]
+    out.append(RequestRow(prompt=vals[0], subject=vals[1], target_new=vals[2], where=where,
+                          **optional))
   if not out:
     raise ValueError(f"{path}: requests file holds no requests")
   return out

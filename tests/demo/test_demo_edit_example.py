@@ -36,8 +36,8 @@ def test_readme_edit_line_edits_the_example(tmp_path, monkeypatch, capsys):
   assert main(shlex.split(_readme_line("jaxparams edit "))[1:]) == 0
   out = capsys.readouterr().out
   req = facts_example.edit_request()
-  assert f"new {req['target_new']!r}, old {req['ground_truth']!r}" in out  # old = greedy answer
-  assert re.search(r"paraphrase\s+The home town of", out)
+  assert f"new {req['target_new']!r}, old {req['ground_truth']!r}" in out  # the file's old answer
+  assert re.search(r"paraphrase\s+The home town of", out)  # the request's rephrase_prompt
   # The edited checkpoint, scored independently of the printed table.
   from jaxparams.edit import evaluate
   from jaxparams.models.hf_open import hf_tokenizer

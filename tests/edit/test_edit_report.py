@@ -44,3 +44,26 @@ def test_paraphrase_without_subject_slot_is_refused(lm):
   r = req_lib.EditRequest("{} plays the", "Jorah Wexgrave", "harp")
   with pytest.raises(ValueError, match="exactly once"):
     report.before_after(m, p, q, tok, [r], paraphrases=["no slot"], old=["harp"])
+
+
+def test_requests_file_rephrase_and_ground_truth_are_scored(lm, tmp_path):
+  """A request's rephrase_prompt (subject written out or {}) and ground_truth reach the table:
+  the paraphrase row scores the rephrased sentence, P(old) is the file's old answer."""
+  m, p, q, tok = lm
+  f = tmp_path / "r.jsonl"
+  f.write_text('{"prompt": "{} plays the", "subject": "Jorah Wexgrave", "target_new": "harp", '
+               '"rephrase_prompt": "The instrument of Jorah Wexgrave is the", '
+               '"ground_truth": "cello"}\n')
+  (r,) = req_lib.read_requests(f, tok)
+  assert (r.rephrase, r.ground_truth) == ("The instrument of {} is the", "cello")
+  rows = report.before_after(m, p, q, tok, [r], paraphrases=[r.rephrase])
+  assert [(x.kind, x.text, x.old) for x in rows] == [
+      ("prompt", "Jorah Wexgrave plays the", "cello"),
+      ("paraphrase", "The instrument of Jorah Wexgrave is the", "cello")]
+  lp = evaluate.target_logprobs(m, q, tok, ["The instrument of Jorah Wexgrave is the"], ["cello"])
+  np.testing.assert_allclose(rows[1].p_old_after, float(np.exp(np.asarray(lp)[0])), rtol=1e-4)
+  f.write_text('{"prompt": "{} plays the", "subject": "Jorah Wexgrave", "target_new": "harp", '
+               '"rephrase_prompt": "Someone else plays the"}\n')
+  with pytest.raises(ValueError, match=r"r.jsonl:1: subject 'Jorah Wexgrave' is not in the "
+                                       r"rephrase_prompt"):
+    req_lib.read_requests(f, tok)

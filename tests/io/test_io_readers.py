@@ -107,6 +107,27 @@ def test_requests_rows(tmp_path):
     jio.read_request_rows(p)
 
 
+def test_requests_rows_easyedit_fields(tmp_path):
+  """EasyEdit's rephrase_prompt (a string or a list) and ground_truth, CounterFact's
+  target_true {"str": ...}: kept, typed; absent ones are None."""
+  p = tmp_path / "r.jsonl"
+  p.write_text('{"prompt": "{} is in", "subject": "Paris", "target_new": "Rome", '
+               '"rephrase_prompt": ["Paris lies in", "x"], "ground_truth": "France"}\n'
+               '{"prompt": "{} is in", "subject": "Oslo", "target_new": "Rome", '
+               '"target_true": {"str": "Norway"}}\n'
+               '{"prompt": "{} is in", "subject": "Bern", "target_new": "Rome"}\n')
+  rows = jio.read_request_rows(p)
+  assert [(r.rephrase_prompt, r.ground_truth) for r in rows] == [
+      ("Paris lies in", "France"), (None, "Norway"), (None, None)]
+  for extra, msg in [('"rephrase_prompt": 3', r":1: field 'rephrase_prompt' must be a string"),
+                     ('"ground_truth": ["a"]', r":1: field 'ground_truth' must be a string"),
+                     ('"target_true": {"s": 1}', r":1: field 'target_true' must be a string or")]:
+    p.write_text('{"prompt": "{} is in", "subject": "Paris", "target_new": "Rome", '
+                 f'{extra}}}\n')
+    with pytest.raises(ValueError, match=msg):
+      jio.read_request_rows(p)
+
+
 def test_lora_merge_modules_to_save_written_in_base_dtype(tmp_path):
   """A valid modules_to_save tensor replaces the base's, cast to the base dtype (bf16 here)."""
   import ml_dtypes
