@@ -124,7 +124,8 @@ def merge_checkpoint(base_dir: str | Path, adapter_dir: str | Path, out_dir: str
             out_dtype=out_dtype or rb.spec(name).dtype,
             out_shape=tuple(rb.spec(name).shape)))
       else:
-        tasks.append(jt.StreamTask(name, (("base", name),), out_dtype=out_dtype))
+        # copied as stored (the driver checks a copy's out_dtype, it does not cast it)
+        tasks.append(jt.StreamTask(name, (("base", name),)))
     missing = sorted(m for m in mods if ("mod", m) not in used)
     missing += sorted(n for n in mts if ("mts", n) not in used)
     if missing:

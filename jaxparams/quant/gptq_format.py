@@ -119,7 +119,7 @@ def gptq_summary(name: str, qa: Any) -> dict[str, Any]:
   k = qa.shape[0]
   desc = qa.g_idx is not None and not np.array_equal(np.asarray(qa.g_idx),
                                                      np.arange(k) // qa.group_size)
-  return {"bits": qa.bits, "kind": qa.kind,
+  return {"bits": qa.bits, "kind": qa.kind, "k": k,
           "group": qa.group_size if qa.group_size != k else -1,
           "sym": bool(np.all(_gptq_zero(qa) == 2 ** (qa.bits - 1))), "desc_act": bool(desc)}
 
@@ -175,16 +175,38 @@ def gptq_config(summaries: Mapping[str, Mapping[str, Any]], *, checkpoint_format
   bits = {s["bits"] for s in summaries.values()}
   if len(bits) != 1:
     raise ValueError(f"export_gptq: all tensors must share bits, got {sorted(bits)}")
-  groups = {s["group"] for s in summaries.values()}
-  if len(groups) != 1:
-    raise ValueError(f"export_gptq: all tensors must share group_size, got {sorted(groups)}")
-  return {"bits": bits.pop(), "group_size": groups.pop(),
+  return {"bits": bits.pop(), "group_size": _group_size(summaries),
           "desc_act": any(s["desc_act"] for s in summaries.values()),
           "sym": all(s["sym"] for s in summaries.values()),
           "true_sequential": true_sequential, "damp_percent": damp_percent,
           "static_groups": False, "checkpoint_format": checkpoint_format,
           "format": checkpoint_format, "quant_method": "gptq", "pack_dtype": "int32",
           **block_names(list(summaries))}
+
+
+def _group_size(summaries: Mapping[str, Mapping[str, Any]]) -> int:
+  """The one ``group_size`` of the checkpoint: that of the tensors holding several groups.
+
+  A tensor quantized as one group over its whole input axis (summary group ``-1``, e.g. a
+  ``K=32`` weight at group size 32) is read the same under any ``group_size >= K``: GPTQ
+  loaders give it ``ceil(K / group_size) = 1`` group, ``g_idx`` all zeros. Only when every
+  tensor is one group is the checkpoint per-channel (``-1``).
+
+  Raises:
+    ValueError: tensors with different group sizes, or a per-channel tensor wider than the
+      others' group size.
+  """
+  groups = sorted({s["group"] for s in summaries.values() if s["group"] != -1})
+  if len(groups) > 1:
+    raise ValueError(f"export_gptq: all tensors must share group_size, got {groups}")
+  if not groups:
+    return -1
+  wide = sorted(n for n, s in summaries.items() if s["group"] == -1 and s["k"] > groups[0])
+  if wide:
+    raise ValueError(f"export_gptq: all tensors must share group_size, got [-1, {groups[0]}]: "
+                     f"{wide[:3]} are quantized per channel over K > {groups[0]}; quantize "
+                     f"them with group_size {groups[0]} too")
+  return groups[0]
 
 
 def export_gptq(flat: Mapping[str, Any], out_dir: str | Path, *, config: Mapping[str, Any] | None
@@ -318,7 +340,7 @@ def _iter_gptq(folder: Path, *, dtype: str | None = None, copy: bool = False):
                          f"{qweight.shape}")
       k, n = qweight.shape[0] * 32 // b, qweight.shape[1]
       group = int(qcfg.get("group_size", -1))
-      g = k if group in (-1, 0) else group
+      g = k if group in (-1, 0) or group >= k else group   # K <= group_size: one group
       if k % g:
         raise ValueError(f"{folder}: {p}: group_size {g} does not divide K={k} (from qweight "
                          f"{qweight.shape} at {b} bits)")

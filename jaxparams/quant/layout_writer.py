@@ -43,21 +43,36 @@ class LayoutWriter:
     self.w.add(hf, a.T if tr else a)
 
   def add(self, path: str, leaf: Any, method: str | None) -> None:
-    hf, tr = self.m.nmap[path]
+    """Writes one tensor: kept (``method`` ``None``, read from the source) or quantized."""
     if method is None:
+      hf, _ = self.m.nmap[path]
       self.w.add(hf, self.m.read_hf(hf))
       return
+    for name, arr in self.parts(path, leaf, method):
+      self.w.add(name, arr)
+
+  def parts(self, path: str, leaf: Any, method: str) -> list[tuple[str, Any]]:
+    """The output tensors of one quantized leaf, in this layout (its entry or summary kept).
+
+    Raises:
+      ValueError: ``path`` is not a Linear weight; the packed parts disagree with the layout
+        entry; the GPTQ layout cannot hold ``leaf``.
+    """
+    hf, tr = self.m.nmap[path]
     if not tr:
       raise ValueError(f"{path}: quantized tensor {hf!r} is not a Linear weight; keep it in full "
                        "precision")
     if self.fmt == "gptq":
-      for name, arr in qckpt.gptq_encode(hf, leaf, checkpoint_format=self.gptq_format).items():
-        self.w.add(name, arr)
+      out = list(qckpt.gptq_encode(hf, leaf, checkpoint_format=self.gptq_format).items())
       self.gptq_tensors[hf] = qckpt.gptq_summary(hf, leaf)
-      return
+      return out
     meta = qckpt.layout_entry(leaf, transpose=True, method=method)
     self.entries[hf] = meta
     parts = qckpt.encode_parts(leaf)
+    self._check_parts(hf, meta, parts)
+    return [(f"{hf}.{part}", arr) for part, arr in parts.items()]
+
+  def _check_parts(self, hf: str, meta: Mapping[str, Any], parts: Mapping[str, Any]) -> None:
     # Packed outputs hold no source dtype: their shapes must agree with the layout entry (what
     # a reader checks), before anything is published; scales/zeros are checked finite by the
     # writer (check_outputs).
@@ -68,8 +83,6 @@ class LayoutWriter:
                          f"{tuple(np.shape(arr))}, expected {want[part]} for a {meta['bits']}-bit "
                          f"{meta['kind']} tensor of shape {tuple(meta['shape'])}; nothing was "
                          "written")
-    for part, arr in parts.items():
-      self.w.add(f"{hf}.{part}", arr)
 
 
 def gptq_format(plan: Mapping[str, Any]) -> str:

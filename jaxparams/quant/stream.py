@@ -4,8 +4,11 @@
 from disk and writes the quantized checkpoint (the jaxparams layout of
 :mod:`jaxparams.quant.checkpoint`, or the HF GPTQ layout):
 
-* **data-free methods** (RTN, NF4, FP8, HQQ) and kept tensors go tensor by tensor:
-  read (memory-mapped), quantize, write, drop;
+* **data-free methods** (RTN, NF4, FP8, HQQ) and kept tensors go tensor by tensor through
+  the shared streaming driver (:func:`jaxparams.transform.run_tasks`): read ahead in a
+  background thread, quantized on the host by the method's record, packed into the layout
+  (its ``emit``), written, dropped; kept tensors are copies checked to keep the source's
+  shape and dtype;
 * **calibrated methods** (GPTQ, AWQ, decoupleQ) go block by block, as GPTQ's own
   sequential procedure: the calibration batches are embedded once, then for each
   transformer block ``layers_i`` its weights are read, its layer-input statistics
@@ -13,8 +16,9 @@ from disk and writes the quantized checkpoint (the jaxparams layout of
   its Linear weights quantized, the block re-run with the dequantized weights to
   give the next block's inputs, and everything of the block written and dropped.
 
-Peak memory is about one block (plus the embedding, the calibration activations
-and the output shard buffer ``max_shard_bytes``). The per-tensor quantization is
+Peak memory is about one block (plus the embedding, the calibration activations,
+the driver's read-ahead of at most two tensors or 2 GB, and the output shard buffer
+``max_shard_bytes``). The per-tensor quantization is
 :func:`jaxparams.quant.rules.quantize_leaf`, the same function the tree API runs.
 One job per file:
 
@@ -62,7 +66,7 @@ from jaxparams.quant.dequantize import dequantize_checkpoint
 from jaxparams.quant.layout_writer import LayoutWriter, gptq_format, write_side_files
 from jaxparams.quant.stream_model import StreamModel as _Model
 from jaxparams.quant.stream_model import open_model as _open_model
-from jaxparams.transform.prefetch import read_tensor
+from jaxparams.transform.stream_driver import StreamTask, run_tasks
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +138,46 @@ def quantize_checkpoint(src: str | Path, out: str | Path, rules: Any, *,
       m.close()
 
 
+def _rest_tasks(m: _Model, plan: Mapping[str, Any], done: set[str]) -> list[StreamTask]:
+  """Driver tasks of the tensors not written block by block, in checkpoint order.
+
+  Kept tensors and the ones the model does not use are copies, checked to keep the
+  source's shape and dtype; a planned tensor's task carries its flax path (``meta``) and is
+  quantized by :func:`_quantize_emit`.
+  """
+  tasks = []
+  for path, spec in m.abstract.items():
+    if path in done:
+      continue
+    hf, tr = m.nmap[path]
+    read = (("src", m.src_names[hf]),)
+    if plan[path] is not None:
+      tasks.append(StreamTask(hf, read, meta=path))
+    else:
+      shape = tuple(spec.shape[::-1]) if tr else tuple(spec.shape)
+      tasks.append(StreamTask(hf, read, out_shape=shape, out_dtype=spec.dtype))
+  for name, fname in m.extra.items():
+    spec = m.reader.spec(fname)
+    dtype = jio.to_numpy_dtype(spec.dtype) if isinstance(spec.dtype, str) else spec.dtype
+    tasks.append(StreamTask(name, (("src", fname),), out_shape=tuple(spec.shape), out_dtype=dtype))
+  return tasks
+
+
+def _quantize_emit(m: _Model, plan: Mapping[str, Any], sink: LayoutWriter,
+                   quantize: Callable) -> Callable:
+  """The driver's ``emit``: a planned tensor (as read) quantized into the layout's parts."""
+
+  def emit(task: StreamTask, outs: list) -> list:
+    path = task.meta
+    if path is None:                # a copy, already checked
+      return outs
+    (_, stored), = outs
+    w_ = jnp.asarray(m.flax_view(path, stored))
+    return sink.parts(path, quantize(path, w_), plan[path][0])
+
+  return emit
+
+
 def _quantize(src: Path, out: Path, m: _Model, rules: Any, *, calibration, fmt, keep,
               max_length, batch_size, overwrite, max_shard_bytes, progress,
               true_sequential=False):
@@ -175,17 +219,9 @@ def _quantize(src: Path, out: Path, m: _Model, rules: Any, *, calibration, fmt, 
     done: set[str] = set()
     if batches:       # sequential, block by block (data-free layers get output errors too)
       done = _calibrated_blocks(m, plan, batches, sink, quantize, true_sequential)
-    for path in m.abstract:                       # everything else: tensor by tensor
-      if path in done:
-        continue
-      if plan[path] is None:
-        sink.add(path, None, None)
-      else:
-        w_ = jnp.asarray(m.read(path))
-        sink.add(path, quantize(path, w_), plan[path][0])
-        del w_
-    for name, fname in m.extra.items():     # tensors the model does not use, kept as they are
-      w.add(name, read_tensor(reader, fname, m.files))
+    # everything else, and tensors the model does not use: through the streaming driver
+    run_tasks(_rest_tasks(m, plan, done), {"src": reader}, w,
+              emit=_quantize_emit(m, plan, sink, quantize))
     report = qrules.finish_report(m.abstract, report, reasons)
     write_side_files(w, sink, src, src_cfg, report)
   log.info("wrote %s", out)

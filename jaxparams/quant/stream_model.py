@@ -52,9 +52,11 @@ class StreamModel:
 
   def read(self, path: str) -> np.ndarray:
     """One parameter in flax layout."""
-    hf, tr = self.nmap[path]
-    a = self.read_hf(hf)
-    return a.T if tr else a
+    return self.flax_view(path, self.read_hf(self.nmap[path][0]))
+
+  def flax_view(self, path: str, stored: np.ndarray) -> np.ndarray:
+    """The tensor of ``path`` as stored (HF layout) seen in flax layout (a view)."""
+    return stored.T if self.nmap[path][1] else stored
 
   def close(self) -> None:
     for f in self.files.values():

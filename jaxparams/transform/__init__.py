@@ -7,7 +7,8 @@
 * :func:`apply_tree` (``tree_driver.py``): over in-memory pytrees with
   ``where=`` (jit/vmap/grad-able, sharding kept).
 * :func:`stream_checkpoints` (``stream_driver.py``): over safetensors on disk,
-  tensor by tensor, prefetching (``prefetch.py``), atomic sharded output.
+  tensor by tensor, prefetching (``prefetch.py``), atomic sharded output; :func:`run_tasks`
+  runs the same task loop into a writer the caller owns (quantization's layouts).
 * ``checks.py``: :data:`same_shapes`, :data:`finite`, :data:`float_inputs`,
   :func:`in_range`.
 
@@ -30,12 +31,13 @@ from jaxparams.transform.keys import tensor_key
 from jaxparams.transform.prefetch import Prefetcher, read_tensor
 from jaxparams.transform.record import Transform, param_fields
 from jaxparams.transform.registry import Registry
-from jaxparams.transform.stream_driver import StreamTask, make_sharding, stream_checkpoints
+from jaxparams.transform.stream_driver import (StreamTask, make_sharding, run_tasks,
+                                               stream_checkpoints)
 from jaxparams.transform.tree_driver import apply_tree, check_same_leaves
 
 __all__ = [
     "Check", "CheckContext", "NonFiniteError", "Prefetcher", "Registry", "StreamTask", "Transform",
     "apply_tree",
     "check_same_leaves", "finite", "float_inputs", "in_range", "is_traced", "make_sharding",
-    "param_fields", "read_tensor", "same_shapes", "stream_checkpoints", "tensor_key",
+    "param_fields", "read_tensor", "run_tasks", "same_shapes", "stream_checkpoints", "tensor_key",
 ]

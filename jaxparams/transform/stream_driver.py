@@ -58,7 +58,7 @@ from jaxparams.transform.keys import tensor_key
 from jaxparams.transform.prefetch import Prefetcher
 from jaxparams.transform.record import Transform
 
-__all__ = ["StreamTask", "stream_checkpoints", "make_sharding", "TRACE_ERRORS"]
+__all__ = ["StreamTask", "stream_checkpoints", "run_tasks", "make_sharding", "TRACE_ERRORS"]
 
 _log = logging.getLogger(__name__)
 
@@ -79,13 +79,14 @@ class StreamTask:
     has_base: the first input is the base.
     labels: one label per input for error messages (default: the sources).
     compute_dtype: inputs are cast to it before the record runs (inside jit).
-    out_dtype: array outputs are cast to it.
+    out_dtype: array outputs are cast to it; a copy (no record) is not cast but checked
+      to have it.
     options: keyword options of the record's function.
     outputs: for dict results, suffix -> output tensor name (default
       :meth:`output_name`).
     meta: anything the area wants to keep with the task.
-    out_shape: the shape an array result must have (e.g. the base tensor's, or the
-      config's), checked before it is written; ``None``: not checked.
+    out_shape: the shape an array result (or a copy) must have (e.g. the base tensor's, or
+      the config's), checked before it is written; ``None``: not checked.
   """
 
   name: str
@@ -302,9 +303,6 @@ def stream_checkpoints(tasks: Sequence[StreamTask], sources: Mapping[str, Any],
   t0 = time.perf_counter()
   out_dir = Path(out_dir)
   check_output_dir(out_dir, overwrite)
-  compiled = _Compiled(tasks, skip)
-  prefix = f"{context}: " if context else ""
-  bytes_read = done = 0
   # Every written tensor (results cast to their output dtype, and copies) is checked finite
   # before the folder is published, unless the caller allows NaN/Inf (skip=('finite',)).
   writer_kwargs: dict[str, Any] = {"max_shard_bytes": int(max_shard_bytes),
@@ -314,69 +312,130 @@ def stream_checkpoints(tasks: Sequence[StreamTask], sources: Mapping[str, Any],
   if metadata is not None:
     writer_kwargs["metadata"] = metadata
   with _DeferredInterrupt() as interrupt, SafetensorsWriter(out_dir, **writer_kwargs) as writer:
-    # The prefetcher is stopped and joined before the writer cleans up (inner `with`).
-    with Prefetcher(tasks, sources, max_items=prefetch, max_bytes=int(prefetch_bytes),
-                    prepare=prepare) as reader:
-      inflight: list = []
-      pending = None  # the previous task, dispatched (XLA computes it) but not yet written
-      pending_inputs: list = []  # its input arrays: read buffers to reuse once it is written
-      for task, arrays, nbytes in reader:
-        interrupt.check()
-        _log.debug("%s%s: %s from %d inputs (%d bytes)", prefix, task.name,
-                   task.record.name if task.record is not None else "copy", len(task.inputs),
-                   nbytes)
-        try:
-          # Dispatch this task, then fetch, check and write the previous one while XLA
-          # computes this one (jax calls are asynchronous).
-          inputs = [arrays[i] for i in task.inputs]
-          started = _start_task(task, inputs, compiled, key, shard)
-          inflight[:] = [started[1]] + ([pending[1]] if pending is not None else [])
-          outs = _finish_task(pending, compiled) if pending is not None else []
-          pending, done_inputs, pending_inputs = started, pending_inputs, inputs
-        except ValueError as e:
-          _drain(inflight)
-          raise type(e)(f"{prefix}{e}") from None
-        except BaseException:
-          # Ctrl-C while XLA still computes: let the computation finish (its inputs alive)
-          # before anything is torn down; an interpreter exit under a running computation
-          # can crash the process.
-          _drain(inflight)
-          raise
-        del arrays, inputs
-        try:
-          for name, value in outs:
-            writer.add(name, value)  # written through to the file: nothing keeps `value`
-        except BaseException:  # e.g. a NaN output: the dispatched task finishes first
-          _drain(inflight)
-          raise
-        outs = value = None
-        # The previous task is computed and written: its input buffers take later reads
-        # (a fresh buffer per tensor costs page faults). Not while a writer queues arrays.
-        if writer.header_reserve is not None:
-          reader.recycle(done_inputs)
-        del done_inputs
-        bytes_read += nbytes
-        done += 1
-        interrupt.check()
-        if progress is not None:
-          progress(done, len(tasks), bytes_read)
-      if pending is not None:
-        try:
-          outs = _finish_task(pending, compiled)
-          inflight.clear()
-        except ValueError as e:
-          _drain(inflight)
-          raise type(e)(f"{prefix}{e}") from None
-        except BaseException:
-          _drain(inflight)
-          raise
-        for name, value in outs:
-          writer.add(name, value)
+    done, bytes_read = _run(tasks, sources, writer, interrupt, key=key, prefetch=prefetch,
+                            prefetch_bytes=prefetch_bytes, prepare=prepare, skip=skip,
+                            shard=shard, progress=progress, context=context, emit=None)
     interrupt.check()
     if finalize is not None:
       finalize(writer)
   return {"tensors": done, "bytes_read": bytes_read, "bytes_written": writer.total_bytes,
           "seconds": time.perf_counter() - t0, "out_dir": str(out_dir)}
+
+
+Emit = Callable[[StreamTask, list], Sequence[tuple[str, Any]]]
+"""``emit(task, outputs) -> outputs``: a task's checked ``[(name, array)]`` before writing."""
+
+
+def run_tasks(tasks: Sequence[StreamTask], sources: Mapping[str, Any], writer: SafetensorsWriter,
+              *, emit: Emit | None = None, key: jax.Array | None = None, prefetch: int = 2,
+              prefetch_bytes: int | float = 2e9,
+              prepare: Callable[[StreamTask, dict], dict] | None = None,
+              skip: Collection[str] = (), shard: Any = None,
+              progress: Callable[[int, int, int], None] | None = None,
+              context: str = "") -> dict[str, int]:
+  """Runs ``tasks`` as :func:`stream_checkpoints` does, into a writer the caller owns.
+
+  For an area that writes more than the tasks into the same output (tensors computed
+  before, a layout of its own): the caller opens the
+  :class:`~jaxparams.io.SafetensorsWriter` (its shards, header room, metadata) and
+  commits it; this runs the tasks between. ``emit`` turns each task's checked outputs
+  (the record's results, or the input of a copy task) into the tensors to write, on
+  the host, in task order (e.g. quantization: one weight into its packed parts).
+
+  Args:
+    tasks: what to compute, in output order.
+    sources: source name -> open reader.
+    writer: an open writer; every output is added to it.
+    emit: ``(task, [(name, array)]) -> [(name, array)]``, run after the task's checks;
+      ``None`` writes the outputs as they are.
+    key, prefetch, prefetch_bytes, prepare, skip, shard, progress, context: as for
+      :func:`stream_checkpoints`.
+
+  Returns:
+    ``{'tensors', 'bytes_read'}``.
+
+  Raises:
+    ValueError: a failing check, or one raised by ``emit`` (prefixed by ``context``).
+  """
+  with _DeferredInterrupt() as interrupt:
+    done, bytes_read = _run(tasks, sources, writer, interrupt, key=key, prefetch=prefetch,
+                            prefetch_bytes=prefetch_bytes, prepare=prepare, skip=skip,
+                            shard=shard, progress=progress, context=context, emit=emit)
+    interrupt.check()
+  return {"tensors": done, "bytes_read": bytes_read}
+
+
+def _run(tasks: Sequence[StreamTask], sources: Mapping[str, Any], writer: SafetensorsWriter,
+         interrupt: "_DeferredInterrupt", *, key, prefetch, prefetch_bytes, prepare, skip, shard,
+         progress, context, emit: Emit | None) -> tuple[int, int]:
+  """The task loop: read ahead, dispatch, then check and write the previous task."""
+  compiled = _Compiled(tasks, skip)
+  prefix = f"{context}: " if context else ""
+  bytes_read = done = 0
+
+  def finish(started: tuple) -> list:
+    outs = _finish_task(started, compiled)
+    return outs if emit is None else list(emit(started[0], outs))
+
+  # The prefetcher is stopped and joined before the writer cleans up (inner `with`).
+  with Prefetcher(tasks, sources, max_items=prefetch, max_bytes=int(prefetch_bytes),
+                  prepare=prepare) as reader:
+    inflight: list = []
+    pending = None  # the previous task, dispatched (XLA computes it) but not yet written
+    pending_inputs: list = []  # its input arrays: read buffers to reuse once it is written
+    for task, arrays, nbytes in reader:
+      interrupt.check()
+      _log.debug("%s%s: %s from %d inputs (%d bytes)", prefix, task.name,
+                 task.record.name if task.record is not None else "copy", len(task.inputs),
+                 nbytes)
+      try:
+        # Dispatch this task, then fetch, check and write the previous one while XLA
+        # computes this one (jax calls are asynchronous).
+        inputs = [arrays[i] for i in task.inputs]
+        started = _start_task(task, inputs, compiled, key, shard)
+        inflight[:] = [started[1]] + ([pending[1]] if pending is not None else [])
+        outs = finish(pending) if pending is not None else []
+        pending, done_inputs, pending_inputs = started, pending_inputs, inputs
+      except ValueError as e:
+        _drain(inflight)
+        raise type(e)(f"{prefix}{e}") from None
+      except BaseException:
+        # Ctrl-C while XLA still computes: let the computation finish (its inputs alive)
+        # before anything is torn down; an interpreter exit under a running computation
+        # can crash the process.
+        _drain(inflight)
+        raise
+      del arrays, inputs
+      try:
+        for name, value in outs:
+          writer.add(name, value)  # written through to the file: nothing keeps `value`
+      except BaseException:  # e.g. a NaN output: the dispatched task finishes first
+        _drain(inflight)
+        raise
+      outs = value = None
+      # The previous task is computed and written: its input buffers take later reads
+      # (a fresh buffer per tensor costs page faults). Not while a writer queues arrays.
+      if writer.header_reserve is not None:
+        reader.recycle(done_inputs)
+      del done_inputs
+      bytes_read += nbytes
+      done += 1
+      interrupt.check()
+      if progress is not None:
+        progress(done, len(tasks), bytes_read)
+    if pending is not None:
+      try:
+        outs = finish(pending)
+        inflight.clear()
+      except ValueError as e:
+        _drain(inflight)
+        raise type(e)(f"{prefix}{e}") from None
+      except BaseException:
+        _drain(inflight)
+        raise
+      for name, value in outs:
+        writer.add(name, value)
+  return done, bytes_read
 
 
 def header_reserve(tasks: Sequence[StreamTask], metadata: Mapping[str, str] | None = None
@@ -454,6 +513,10 @@ def _finish_task(started: tuple, compiled: _Compiled) -> list[tuple[str, np.ndar
   """Waits for a dispatched task, runs its value checks, returns its named host arrays."""
   task, value, ctx = started
   if task.record is None:
+    # A copy is written as read: its shape and dtype against what the area expects of it
+    # (e.g. the source tensor's), when it says; finiteness is the writer's.
+    check_output_tensor(task.name, value, where="copy", shape=task.out_shape,
+                        dtype=task.out_dtype, finite=False)
     return [(task.name, value)]
   _, out, flags = value
   if flags.shape[0]:

@@ -129,3 +129,70 @@ def test_cli_rules_keep_words_and_fp8(tmp_path):
   with pytest.raises(ValueError, match="bitz"):
     _cli(["quantize", str(tmp_path / "src"), str(tmp_path / "o"), "--rules", str(bad)])
   assert not (tmp_path / "o").exists()
+
+
+def test_cli_gptq_group_size_equal_to_the_width(tmp_path):
+  """Issue 25: ``--group-size 32`` on the 32-wide Llama: its K=32 weights are one group, the
+  K=64 ones two; quantize_config holds the one group_size a GPTQ loader reads them with."""
+  _tiny_hf(tmp_path, layers=1)
+  flags = ["--group-size", "32", "--no-progress"]
+  assert _cli(["quantize", str(tmp_path / "src"), str(tmp_path / "g"), "--format", "gptq",
+               *flags]) == 0
+  assert _cli(["quantize", str(tmp_path / "src"), str(tmp_path / "j"), *flags]) == 0
+  qc = json.loads((tmp_path / "g" / C.GPTQ_CONFIG_FILE).read_text())
+  assert qc["group_size"] == 32
+  assert json.loads((tmp_path / "g" / "config.json").read_text())[
+      "quantization_config"]["group_size"] == 32
+  stored = jio.load_safetensors(tmp_path / "g")
+  ks = {n[:-len(".g_idx")]: len(a) for n, a in stored.items() if n.endswith(".g_idx")}
+  assert sorted(set(ks.values())) == [32, 64]
+  for p, k in ks.items():   # what a GPTQ loader expects of group_size 32
+    assert stored[p + ".scales"].shape[0] == -(-k // 32), p
+    np.testing.assert_array_equal(stored[p + ".g_idx"], np.arange(k) // 32, err_msg=p)
+  stream.dequantize_checkpoint(tmp_path / "g", tmp_path / "gd")
+  stream.dequantize_checkpoint(tmp_path / "j", tmp_path / "jd", dtype="float32")
+  got, want = jio.load_safetensors(tmp_path / "gd"), jio.load_safetensors(tmp_path / "jd")
+  for p in ks:
+    tol = 16 * np.abs(stored[p + ".scales"].astype(np.float64)).max() * 2.0 ** -10
+    np.testing.assert_allclose(got[p + ".weight"], want[p + ".weight"], rtol=0, atol=tol)
+
+
+def test_gptq_config_has_one_group_size():
+  from jaxparams.quant.rtn import RTNConfig, rtn
+  w = jax.random.normal(jax.random.key(0), (64, 8))
+
+  def summary(x, g):
+    return C.gptq_summary("w.weight", rtn(x, RTNConfig(bits=4, group_size=g)))
+
+  one_group = summary(w[:32], 32)        # K=32 at group size 32: a single group
+  assert C.gptq_config({"l.0.a.weight": one_group,
+                        "l.0.b.weight": summary(w, 32)})["group_size"] == 32
+  assert C.gptq_config({"l.0.a.weight": summary(w[:32], -1),
+                        "l.0.b.weight": summary(w, -1)})["group_size"] == -1
+  with pytest.raises(ValueError, match=r"\['l.0.a.weight'\] are quantized per channel over K > 32"):
+    C.gptq_config({"l.0.a.weight": summary(w, -1), "l.0.b.weight": summary(w, 32)})
+  with pytest.raises(ValueError, match=r"share group_size, got \[16, 32\]"):
+    C.gptq_config({"l.0.a.weight": summary(w, 16), "l.0.b.weight": summary(w, 32)})
+
+
+def test_kept_tensors_keep_the_source_shape_and_dtype(tmp_path, monkeypatch):
+  """Issue 25: a tensor kept in full precision is checked for the source's shape and dtype
+  (the streaming driver's copy check), not only for finiteness."""
+  from jaxparams.transform import prefetch
+  _tiny_hf(tmp_path, layers=1)
+  rules = [("**", ("rtn", {"bits": 4, "group_size": 16}))]
+  real = prefetch.read_tensor
+
+  def bad_read(reader, name, *a, **kw):   # a reader that hands back one norm as float16
+    x = real(reader, name, *a, **kw)
+    return x.astype(np.float16) if name == "model.norm.weight" else x
+
+  monkeypatch.setattr(prefetch, "read_tensor", bad_read)
+  with pytest.raises(ValueError, match="'model.norm.weight' has dtype float16, expected float32"):
+    stream.quantize_checkpoint(tmp_path / "src", tmp_path / "q", rules)
+  assert not (tmp_path / "q").exists()
+  monkeypatch.setattr(prefetch, "read_tensor", real)
+  stream.quantize_checkpoint(tmp_path / "src", tmp_path / "q", rules)
+  src, out = jio.load_safetensors(tmp_path / "src"), jio.load_safetensors(tmp_path / "q")
+  for name in ("model.norm.weight", "model.embed_tokens.weight", "lm_head.weight"):
+    assert out[name].shape == src[name].shape and out[name].dtype == src[name].dtype

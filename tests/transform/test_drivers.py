@@ -189,6 +189,39 @@ def test_multi_output_and_copies(tmp_path):
   np.testing.assert_array_equal(np.asarray(tree["layer.bias"]), trees[0]["layer.bias"])
 
 
+@pytest.mark.parametrize("kw,match", [
+    ({"out_shape": (6, 4)}, r"has shape \(4, 6\), expected \(6, 4\)"),
+    ({"out_dtype": np.float16}, "has dtype float32, expected float16")])
+def test_copies_are_checked_against_out_shape_and_dtype(tmp_path, kw, match):
+  _save(tmp_path, _trees())
+  ok = jt.StreamTask("w1", (("m0", "w1"),), out_shape=(4, 6), out_dtype=np.float32)
+  assert sorted(_stream(tmp_path, [ok], out="ok")) == ["w1"]
+  with pytest.raises(ValueError, match=match):
+    _stream(tmp_path, [jt.StreamTask("w2", (("m0", "w2"),), **kw)])
+  assert not (tmp_path / "out").exists()
+
+
+def test_run_tasks_into_the_callers_writer_with_emit(tmp_path):
+  from jaxparams.io import SafetensorsWriter
+  trees = _trees(names=("layer.weight", "layer.bias"))
+  _save(tmp_path, trees)
+  tasks = [jt.StreamTask("layer.weight", (("m0", "layer.weight"),), QUANT, None),
+           jt.StreamTask("layer.bias", (("m0", "layer.bias"),))]
+  seen = []
+
+  def emit(task, outs):
+    seen.append((task.name, [n for n, _ in outs]))
+    return [(n, v) for n, v in outs if not n.endswith("scales")]
+
+  with open_checkpoint(tmp_path / "m0") as r, SafetensorsWriter(tmp_path / "out") as w:
+    w.add("first", np.zeros(2, np.float32))       # the caller's own tensors, before the tasks
+    info = jt.run_tasks(tasks, {"m0": r}, w, emit=emit)
+  assert info["tensors"] == 2
+  assert seen == [("layer.weight", ["layer.qweight", "layer.scales"]),
+                  ("layer.bias", ["layer.bias"])]
+  assert sorted(load_safetensors(tmp_path / "out")) == ["first", "layer.bias", "layer.qweight"]
+
+
 def test_tree_driver_where_vmap_grad_jit():
   trees = _trees()
   out = jt.apply_tree(MIX, trees[0], trees[1:], where="w2")
