@@ -4,7 +4,9 @@ One layer for every calibrated method (GPTQ, AWQ, decoupleQ, AutoRound, OmniQuan
 Wanda, the data-aware merges, ROME/MEMIT/AlphaEdit's key statistics):
 
 * :mod:`~jaxparams.calib.capture`: what every Dense-like layer of a flax model sees
-  (method interception; kernel paths ``layers_0/attn/q_proj/kernel``).
+  (method interception; kernel paths ``layers_0/attn/q_proj/kernel``), and the input/output
+  of any module by its path, optionally steered (:func:`capture_calls`, on the one
+  interception primitive :func:`intercept`): the only place layer inputs are captured.
 * :mod:`~jaxparams.calib.stats`: :class:`InputStats`, the one statistics type
   (fp32 sums ``X^T X``, ``sum |x|``, row count; ``.hessian = 2 X^T X / n`` for GPTQ,
   ``.abs_mean`` for AWQ); mergeable, shardable, savable.
@@ -29,8 +31,8 @@ Example:
 """
 
 from jaxparams.calib import capture, corpus, fisher, obs, sequential, stats
-from jaxparams.calib.capture import (block_of, capture_inputs, collect_stats, linear_order,
-                                     stats_runner)
+from jaxparams.calib.capture import (block_of, capture_calls, capture_inputs, collect_stats,
+                                     intercept, linear_order, module_path, stats_runner)
 from jaxparams.calib.corpus import (docstring_sentences, reference_sentences, sklearn_sentences,
                                     text_batches)
 from jaxparams.calib.sequential import block_groups, run_block_chain, run_groups
@@ -38,7 +40,8 @@ from jaxparams.calib.stats import InputStats, accumulate, accumulate_gram, as_he
 
 __all__ = [
     "InputStats", "accumulate", "accumulate_gram", "as_hessian", "block_groups", "block_of",
-    "capture", "capture_inputs", "collect_stats", "corpus", "docstring_sentences", "fisher",
-    "linear_order", "obs", "reference_sentences", "run_block_chain", "run_groups", "sequential",
-    "sklearn_sentences", "stats", "stats_runner", "text_batches",
+    "capture", "capture_calls", "capture_inputs", "collect_stats", "corpus",
+    "docstring_sentences", "fisher", "intercept", "linear_order", "module_path", "obs",
+    "reference_sentences", "run_block_chain", "run_groups", "sequential", "sklearn_sentences",
+    "stats", "stats_runner", "text_batches",
 ]

@@ -13,6 +13,11 @@ addressed by the kernel's path in the project's ``a/b/c`` form
   (layers sharing one input, e.g. q/k/v, share one ``X^T X``).
 * :func:`linear_order`: the layers in execution order (abstract trace, nothing computed).
 * :func:`block_of`: the transformer block a kernel path belongs to.
+* :func:`capture_calls`: the input and output of chosen modules (any kind, addressed by
+  module path ``'layers_1/mlp/down_proj'``) in one call of the model, optionally steered
+  (an input or output replaced), inside the caller's ``jit``/``grad``.
+* :func:`intercept`: the interception primitive under all of these: run a hook instead of
+  the ``__call__`` of the modules at given paths (:func:`module_path`).
 
 Example:
   >>> import jax, jax.numpy as jnp
@@ -31,8 +36,9 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import re
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -42,7 +48,22 @@ from flax import linen as nn
 from jaxparams.calib.stats import InputStats, accumulate
 
 __all__ = ["capture_inputs", "collect_stats", "stats_runner", "linear_order", "block_of",
-           "as_call", "check_batches", "linear_path", "input_abs_max"]
+           "as_call", "check_batches", "linear_path", "input_abs_max", "module_path", "intercept",
+           "capture_calls"]
+
+
+def module_path(module: Any) -> str | None:
+  """The path ``'layers_1/mlp/down_proj'`` of a bound flax module (as seen inside an
+  interceptor; ``''`` for the root module), None for anything else.
+
+  Example:
+    >>> module_path(object()) is None
+    True
+  """
+  try:
+    return "/".join(module.scope.path)
+  except Exception:  # pylint: disable=broad-except
+    return None
 
 
 def _linear_path(module: nn.Module, args: tuple) -> str | None:
@@ -58,7 +79,7 @@ def _linear_path(module: nn.Module, args: tuple) -> str | None:
     return None
   if args[0].shape[-1] != shape[0]:
     return None
-  return "/".join(module.scope.path) + "/kernel"
+  return module_path(module) + "/kernel"
 
 
 def linear_path(module: nn.Module, args: tuple) -> str | None:
@@ -322,6 +343,141 @@ def input_abs_max(module: nn.Module, params: Any, states: Sequence, paths: Itera
     for k, v in run(params, a, kw).items():
       acc[k] = v if k not in acc else jnp.maximum(acc[k], v)
   return acc
+
+
+Hook = Callable[[str, Callable, tuple, dict], Any]
+
+
+@contextlib.contextmanager
+def intercept(hooks: Mapping[Any, Hook], *, kinds: Mapping[Any, Any] | None = None
+              ) -> Iterator[None]:
+  """Within the context, a ``__call__`` of a module at a path of ``hooks`` runs
+  ``hooks[key](path, next_fun, args, kwargs)`` instead (``next_fun(*args, **kwargs)`` is the
+  module's own call); every other method call runs unchanged.
+
+  Args:
+    hooks: keys are module paths (:func:`module_path`, ``'layers_1/mlp/down_proj'``) or
+      compiled regular expressions matched against the whole path (an exact path wins).
+    kinds: optional ``{key: type or tuple of types}``: the module at that key's paths must
+      also be an instance of it (others run unchanged).
+
+  Raises:
+    ValueError: a key that is neither a string nor a compiled pattern.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> import jaxparams as jp
+    >>> mlp = jp.models.MLP(features=(4, 2))
+    >>> x = jnp.ones((1, 3))
+    >>> p = mlp.init(jax.random.key(0), x)['params']
+    >>> double = lambda path, f, a, kw: 2 * f(*a, **kw)
+    >>> with intercept({'layers_1': double}):
+    ...   y = mlp.apply({'params': p}, x)
+    >>> bool(jnp.allclose(y, 2 * mlp.apply({'params': p}, x)))
+    True
+  """
+  bad = [k for k in hooks if not isinstance(k, (str, re.Pattern))]
+  if bad:
+    raise ValueError(f"intercept: hook keys must be module paths ('layers_1/mlp/down_proj') or "
+                     f"compiled patterns, got {bad!r}")
+  exact = {k: h for k, h in hooks.items() if isinstance(k, str)}
+  patterns = [k for k in hooks if isinstance(k, re.Pattern)]
+  kinds = dict(kinds or {})
+
+  def interceptor(next_fun, args, kwargs, context):
+    if context.method_name != "__call__":
+      return next_fun(*args, **kwargs)
+    path = module_path(context.module)
+    if path is None:
+      return next_fun(*args, **kwargs)
+    key = path if path in exact else next((k for k in patterns if k.fullmatch(path)), None)
+    if key is None or (key in kinds and not isinstance(context.module, kinds[key])):
+      return next_fun(*args, **kwargs)
+    return hooks[key](path, next_fun, args, kwargs)
+
+  with nn.intercept_methods(interceptor):
+    yield
+
+
+def _key_of(path: str, keys: Iterable[Any]) -> Any:
+  """The key of ``keys`` addressing ``path``: the path itself, else the first pattern matching
+  it whole, else None."""
+  if path in keys:
+    return path
+  return next((k for k in keys if isinstance(k, re.Pattern) and k.fullmatch(path)), None)
+
+
+def capture_calls(module: nn.Module, params: Any, *args: Any, inputs: Iterable[str] = (),
+                  outputs: Iterable[str] = (),
+                  steer_inputs: Mapping[str, Callable[[Any], Any]] | None = None,
+                  steer_outputs: Mapping[str, Callable[[Any], Any]] | None = None,
+                  kinds: Mapping[str, Any] | None = None, **kwargs: Any
+                  ) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+  """Applies ``module`` once, reading (and optionally steering) the calls of chosen modules.
+
+  Unlike :func:`capture_inputs` this neither compiles nor reshapes: it runs inside the
+  caller's ``jit``/``grad``/``vmap``, addresses any module (a linear, a block, a norm) by its
+  module path, and returns the values whole (``[batch, seq, d]``).
+
+  Every path below may also be a compiled regular expression matched against whole module
+  paths (``re.compile(r'(?:.*/)?mlp/down_proj')``: every layer's); results are keyed by the
+  paths called.
+
+  Args:
+    module: a flax linen module.
+    params: its ``'params'`` collection (or ``{'params': ...}``).
+    *args: positional call arguments.
+    inputs: module paths whose first positional input to return, as the module received
+      it (after ``steer_inputs``).
+    outputs: module paths whose output to return, as the module returned it (before
+      ``steer_outputs``).
+    steer_inputs: ``{path: f}``: the module at ``path`` is called on ``f(x)`` instead of its
+      first positional input ``x``.
+    steer_outputs: ``{path: f}``: the model continues with ``f(y)`` instead of the module's
+      output ``y``.
+    kinds: ``{path or pattern: type}``: only a module of that type there is read or steered.
+    **kwargs: keyword call arguments.
+
+  Returns:
+    ``(model output, {path: input}, {path: output})``; a module called several times keeps
+    its last call, and a path never called is absent.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> import jaxparams as jp
+    >>> mlp = jp.models.MLP(features=(4, 2))
+    >>> x = jnp.ones((1, 3))
+    >>> p = mlp.init(jax.random.key(0), x)['params']
+    >>> y, ins, outs = capture_calls(mlp, p, x, inputs=['layers_1'], outputs=['layers_0'],
+    ...                              steer_outputs={'layers_1': jnp.zeros_like})
+    >>> ins['layers_1'].shape, outs['layers_0'].shape, y.tolist()
+    ((1, 4), (1, 4), [[0.0, 0.0]])
+    >>> sorted(capture_calls(mlp, p, x, inputs=[re.compile('layers_.')])[1])
+    ['layers_0', 'layers_1']
+  """
+  want_in, want_out = frozenset(inputs), frozenset(outputs)
+  steer_in, steer_out = dict(steer_inputs or {}), dict(steer_outputs or {})
+  got_in: dict[str, Any] = {}
+  got_out: dict[str, Any] = {}
+
+  def hook(path, next_fun, a, kw):
+    k = _key_of(path, steer_in)
+    if k is not None:
+      a = (steer_in[k](a[0]),) + tuple(a[1:])
+    if _key_of(path, want_in) is not None:
+      got_in[path] = a[0]
+    y = next_fun(*a, **kw)
+    if _key_of(path, want_out) is not None:
+      got_out[path] = y
+    k = _key_of(path, steer_out)
+    if k is not None:
+      y = steer_out[k](y)
+    return y
+
+  paths = want_in | want_out | set(steer_in) | set(steer_out)
+  with intercept({p: hook for p in paths}, kinds=kinds):
+    result = module.apply(_variables(params), *args, **kwargs)
+  return result, got_in, got_out
 
 
 _BLOCK = re.compile(r"^(.*?(?:layers?|blocks?|h)[_./]?\d+)/")

@@ -279,9 +279,10 @@ def as_hessian(h: Any, *, k: int, name: str = "") -> jax.Array:
 def accumulate_gram(acc: jax.Array | None, x: jax.Array) -> jax.Array:
   """``acc + x^T x`` for rows ``x[n, K]`` (``acc=None``: ``x^T x``), in ``x``'s dtype.
 
-  The plain Gram of keys (no mask, no float32 cast, default matmul precision), e.g.
-  AlphaEdit's cache of preserved keys grown batch by batch; :class:`InputStats` is the
-  float32, masked, highest-precision statistic of layer inputs.
+  The plain Gram of rows (no mask, no float32 cast, default matmul precision) for callers
+  that want ``x``'s dtype; :class:`InputStats` / :func:`accumulate` is the float32, masked,
+  highest-precision statistic of layer inputs (AlphaEdit's cache of preserved keys adds
+  ``accumulate(None, keys).xtx``).
 
   Example:
     >>> import jax.numpy as jnp

@@ -6,9 +6,11 @@
 * ``hidden[l]``: the residual stream after block ``l``;
 
 and can add a vector to layer ``l``'s MLP output (ROME's ``v*``) or block output (MEMIT's ``z``)
-at one position per row. The model code is untouched: the hooks are ``nn.intercept_methods``
-interceptors on ``Linear`` (``layers_{l}/mlp/down_proj``) and ``LlamaBlock`` (``layers_{l}``),
-so everything stays inside ``jit``/``grad``.
+at one position per row. The model code is untouched: reading and steering go through the
+calibration layer's :func:`jaxparams.calib.capture.capture_calls` (flax method interception of
+``Linear`` ``layers_{l}/mlp/down_proj`` and ``LlamaBlock`` ``layers_{l}``, addressed by module
+path), so everything stays inside ``jit``/``grad``. Only the steering (which vector is added
+where) is the probe's own.
 
 Example:
   >>> import jax, jax.numpy as jnp
@@ -30,11 +32,12 @@ from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
-from flax import linen as nn
 
+from jaxparams.calib import capture as calib_capture
 from jaxparams.edit import sites
 
-__all__ = ["ProbeOut", "run", "run_bert", "capture", "kernel_path", "layer_of_path", "MLP_OUT"]
+__all__ = ["ProbeOut", "BlockSite", "run", "run_bert", "capture", "kernel_path", "layer_of_path",
+           "MLP_OUT"]
 
 # Path of the edited kernel of layer l (the MLP output projection; "value matrix").
 MLP_OUT = "layers_{}/mlp/down_proj/kernel"
@@ -105,66 +108,73 @@ def run(module: Any, params: Any, ids: jax.Array, mask: jax.Array | None, *,
     mlp_out: Layers whose MLP outputs (before any ``add_mlp``) to capture.
     add_mlp: ``(layer, vec [d] or [b, d], pos int[b])`` added to that layer's MLP output.
     add_block: ``(layer, vec, pos)`` added to that block's output.
+
+  Raises:
+    ValueError: a layer of ``keys``/``hidden``/``mlp_out`` the model does not have.
   """
   if sites.of(module).masked:  # BERT: its own sites (FFN output dense, pre-LayerNorm sum)
     return run_bert(module, params, ids, mask, keys=keys, hidden=hidden, mlp_out=mlp_out,
                          add_mlp=add_mlp, add_block=add_block)
   from jaxparams.models.llama import LlamaBlock  # pylint: disable=g-import-not-at-top
 
-  def block_site(mod, path, next_fun, args, kwargs):  # the block's output (residual stream)
-    if not (isinstance(mod, LlamaBlock) and len(path) == 1):
-      return None
-    return _layer_of(path[0]), next_fun(*args, **kwargs), lambda out: out
-
-  return capture(module, params, ids, mask, mlp_name="down_proj", block_site=block_site,
+  # The block site: the block's output (the residual stream after block l).
+  return capture(module, params, ids, mask, mlp_name="down_proj",
+                 block=BlockSite("layers_{}", LlamaBlock, at_input=False),
                  keys=keys, hidden=hidden, mlp_out=mlp_out, add_mlp=add_mlp, add_block=add_block)
 
 
-def _layer_of(name: str) -> int:
-  return int(name.split("_")[1])
+@dataclasses.dataclass(frozen=True)
+class BlockSite:
+  """Where an architecture's block site (``hidden``, ``add_block``) is.
+
+  Attributes:
+    path: Module path of layer ``{}``'s site module (``'layers_{}'``).
+    kind: Its type (only a module of this type at that path is the site).
+    at_input: The site is the module's (first) input, else its output.
+  """
+  path: str
+  kind: Any
+  at_input: bool
 
 
 def capture(module: Any, params: Any, ids: jax.Array, mask: jax.Array | None, *, mlp_name: str,
-            block_site: Any, keys: Sequence[int] = (), hidden: Sequence[int] = (),
+            block: BlockSite, keys: Sequence[int] = (), hidden: Sequence[int] = (),
             mlp_out: Sequence[int] = (), add_mlp: tuple[int, jax.Array, jax.Array] | None = None,
             add_block: tuple[int, jax.Array, jax.Array] | None = None) -> ProbeOut:
-  """The interception shared by every architecture: keys/outputs of ``layers_{l}/mlp/<mlp_name>``
-  and the block site ``block_site(mod, path, next_fun, args, kwargs) -> (layer, value, finish)
-  | None``: ``value`` receives ``add_block`` and is captured in ``hidden``, ``finish(value)`` is
-  what the intercepted call returns (see :func:`run`)."""
+  """The probe shared by every architecture, on the calibration layer's
+  :func:`jaxparams.calib.capture.capture_calls`: keys/outputs of the linear
+  ``layers_{l}/mlp/<mlp_name>`` and the block site ``block`` (``add_block`` adds there and
+  ``hidden`` reads it after the addition; see :func:`run`)."""
   from jaxparams.models.layers import Linear  # pylint: disable=g-import-not-at-top
-  got_keys: dict[int, jax.Array] = {}
-  got_hidden: dict[int, jax.Array] = {}
-  got_out: dict[int, jax.Array] = {}
   keys, hidden, mlp_out = set(keys), set(hidden), set(mlp_out)
-
-  def interceptor(next_fun, args, kwargs, context):
-    mod = context.module
-    if context.method_name != "__call__":
-      return next_fun(*args, **kwargs)
-    path = mod.path
-    if isinstance(mod, Linear) and len(path) == 3 and path[1:] == ("mlp", mlp_name):
-      layer = _layer_of(path[0])
-      if layer in keys:
-        got_keys[layer] = args[0]
-      out = next_fun(*args, **kwargs)
-      if layer in mlp_out:
-        got_out[layer] = out
-      if add_mlp is not None and add_mlp[0] == layer:
-        out = _add_at(out, add_mlp[1], add_mlp[2])
-      return out
-    site = block_site(mod, path, next_fun, args, kwargs)
-    if site is None:
-      return next_fun(*args, **kwargs)
-    layer, out, finish = site
-    if add_block is not None and add_block[0] == layer:
-      out = _add_at(out, add_block[1], add_block[2])
-    if layer in hidden:
-      got_hidden[layer] = out
-    return finish(out)
-
-  with nn.intercept_methods(interceptor):
-    logits = module.apply({"params": params}, ids, attention_mask=mask)
+  mlp_path = ("layers_{}/mlp/" + mlp_name).format
+  block_path = block.path.format
+  kinds = {mlp_path(l): Linear for l in keys | mlp_out}
+  kinds.update({block_path(l): block.kind for l in hidden})
+  steer_mlp, steer_block = {}, {}
+  if add_mlp is not None:
+    steer_mlp[mlp_path(add_mlp[0])] = lambda y: _add_at(y, add_mlp[1], add_mlp[2])
+    kinds[mlp_path(add_mlp[0])] = Linear
+  if add_block is not None:
+    steer_block[block_path(add_block[0])] = lambda h: _add_at(h, add_block[1], add_block[2])
+    kinds[block_path(add_block[0])] = block.kind
+  block_reads = [block_path(l) for l in hidden]
+  logits, ins, outs = calib_capture.capture_calls(
+      module, params, ids, attention_mask=mask,
+      inputs=[mlp_path(l) for l in keys] + (block_reads if block.at_input else []),
+      outputs=[mlp_path(l) for l in mlp_out] + ([] if block.at_input else block_reads),
+      steer_inputs=steer_block if block.at_input else {},
+      steer_outputs={**steer_mlp, **({} if block.at_input else steer_block)}, kinds=kinds)
+  got_keys = {l: ins[mlp_path(l)] for l in keys if mlp_path(l) in ins}
+  got_out = {l: outs[mlp_path(l)] for l in mlp_out if mlp_path(l) in outs}
+  got_hidden = {}
+  for l in hidden:
+    p = block_path(l)
+    if block.at_input and p in ins:  # read after the steering, as the module received it
+      got_hidden[l] = ins[p]
+    elif not block.at_input and p in outs:  # the output as returned; add what the model gets
+      h = outs[p]
+      got_hidden[l] = steer_block[p](h) if p in steer_block else h
   missing = sorted((keys - set(got_keys)) | (hidden - set(got_hidden))
                    | (mlp_out - set(got_out)))
   if missing:
@@ -182,12 +192,8 @@ def run_bert(module: Any, params: Any, ids: jax.Array, mask: jax.Array | None, *
   there); ``logits`` are the masked-LM logits (the hidden states without a head)."""
   from jaxparams.models.layers import LayerNorm  # pylint: disable=g-import-not-at-top
 
-  def block_site(mod, path, next_fun, args, kwargs):  # the sum entering the FFN's LayerNorm
-    if not (isinstance(mod, LayerNorm) and len(path) == 2 and path[1] == "mlp_norm"):
-      return None
-    return (int(path[0].split("_")[1]), args[0],
-            lambda x: next_fun(x, *args[1:], **kwargs))
-
-  return capture(module, params, ids, mask, mlp_name="output", block_site=block_site,
-                       keys=keys, hidden=hidden, mlp_out=mlp_out, add_mlp=add_mlp,
-                       add_block=add_block)
+  # The block site: the sum entering the FFN's LayerNorm.
+  return capture(module, params, ids, mask, mlp_name="output",
+                 block=BlockSite("layers_{}/mlp_norm", LayerNorm, at_input=True),
+                 keys=keys, hidden=hidden, mlp_out=mlp_out, add_mlp=add_mlp,
+                 add_block=add_block)

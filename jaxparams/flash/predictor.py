@@ -22,6 +22,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 from typing import Sequence
 
@@ -30,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxparams.calib.capture import intercept
 from jaxparams.io import open_checkpoint, save_safetensors
 
 __all__ = ["LayerPredictor", "train_predictors", "predictor_metrics", "save_predictors",
@@ -147,6 +149,8 @@ def save_predictors(preds: Sequence[LayerPredictor], out_dir: str | Path, *,
 
 
 _PARTS = ("a", "b", "bias", "threshold")
+# Module paths of any layer's FFN gate and output projections (``layers_3/mlp/gate_proj``).
+_FFN = re.compile(r"(?:.*/)?[^/]+/mlp/(?:gate_proj|down_proj)")
 
 
 def load_predictors(path: str | Path) -> list[LayerPredictor]:
@@ -174,26 +178,24 @@ def predicted_loss(module, params, preds: Sequence[LayerPredictor], ids: jax.Arr
 
   Exact sparse inference with the learned predictors, in memory (without the runtime's
   window, which only adds neurons back): the input of ``down_proj`` is masked by
-  ``score(x) > threshold`` of the FFN input ``x`` (flax method interception).
+  ``score(x) > threshold`` of the FFN input ``x`` (flax method interception through
+  :func:`jaxparams.calib.capture.intercept`).
   """
-  import flax.linen as nn  # pylint: disable=import-outside-toplevel
-
   def run(p, x):
     seen: dict[str, jax.Array] = {}
 
-    def interceptor(next_fun, a, kw, context):
-      path = getattr(context.module, "path", ())
-      if context.method_name == "__call__" and len(path) >= 3 and path[-2] == "mlp":
-        layer = int(path[-3].split("_")[-1])
-        if path[-1] == "gate_proj":
-          seen[path[-3]] = a[0]
-        elif path[-1] == "down_proj":
-          pr = preds[layer]
-          keep = pr.scores(seen[path[-3]].astype(jnp.float32)) > pr.threshold
-          a = (a[0] * keep.astype(a[0].dtype),) + tuple(a[1:])
+    def hook(path, next_fun, a, kw):  # path: '<block>/mlp/gate_proj' or '<block>/mlp/down_proj'
+      *_, block, _, name = path.split("/")
+      layer = int(block.split("_")[-1])
+      if name == "gate_proj":
+        seen[block] = a[0]
+      else:
+        pr = preds[layer]
+        keep = pr.scores(seen[block].astype(jnp.float32)) > pr.threshold
+        a = (a[0] * keep.astype(a[0].dtype),) + tuple(a[1:])
       return next_fun(*a, **kw)
 
-    with nn.intercept_methods(interceptor):
+    with intercept({_FFN: hook}):
       logits = module.apply({"params": p}, x[:, :-1]).astype(jnp.float32)
     return optax.softmax_cross_entropy_with_integer_labels(logits, x[:, 1:]).mean()
 

@@ -27,6 +27,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any, Iterable, Sequence
 
 import jax
@@ -35,9 +36,14 @@ import numpy as np
 import optax
 
 from jaxparams.calib import capture_inputs
+from jaxparams.calib.capture import capture_calls
 
 __all__ = ["relufy", "finetune", "ffn_inputs", "active_neurons", "ffn_sparsity", "lm_loss",
            "perplexity", "byte_ids"]
+
+
+# Module path of any layer's FFN output projection (``layers_3/mlp/down_proj``).
+_DOWN_PROJ = re.compile(r"(?:.*/)?mlp/down_proj")
 
 
 def relufy(config: Any) -> Any:
@@ -71,17 +77,10 @@ def lm_loss(module: Any, params: Any, ids: jax.Array, activation_l1: float = 0.0
   if not activation_l1:
     logits = module.apply({"params": params}, ids[:, :-1]).astype(jnp.float32)
     return optax.softmax_cross_entropy_with_integer_labels(logits, ids[:, 1:]).mean()
-  import flax.linen as nn  # pylint: disable=import-outside-toplevel
-  acts = []
-
-  def interceptor(next_fun, a, kw, context):
-    path = getattr(context.module, "path", ())
-    if context.method_name == "__call__" and path[-2:-1] == ("mlp",) and path[-1] == "down_proj":
-      acts.append(jnp.abs(a[0].astype(jnp.float32)).mean())
-    return next_fun(*a, **kw)
-
-  with nn.intercept_methods(interceptor):
-    logits = module.apply({"params": params}, ids[:, :-1]).astype(jnp.float32)
+  # The input of every FFN's down_proj, read by the calibration layer's capture.
+  logits, ins, _ = capture_calls(module, params, ids[:, :-1], inputs=[_DOWN_PROJ])
+  logits = logits.astype(jnp.float32)
+  acts = [jnp.abs(x.astype(jnp.float32)).mean() for x in ins.values()]
   ce = optax.softmax_cross_entropy_with_integer_labels(logits, ids[:, 1:]).mean()
   return ce + activation_l1 * jnp.mean(jnp.stack(acts))
 

@@ -1,11 +1,11 @@
 """The demonstrations' key/value states, read from the frozen base model, split into chunks.
 
 The base Llama runs once over the context ``[BOS, demos...]``; the outputs of every layer's
-``k_proj`` and ``v_proj`` (before RoPE, so position-free) are captured through flax's
-``capture_intermediates``, with no change to the model. Each demonstration token ``t`` of layer
-``l`` gets the feature ``[k_t, v_t, k_{t-1}, v_{t-1}]`` (its own key/value and its left
-neighbour's: the neighbour binds an output token to the input it answers; the BOS token only serves
-as the first neighbour). The tokens are then cut into chunks of ``chunk_size`` (the last one padded
+``k_proj`` and ``v_proj`` (before RoPE, so position-free) are captured by the calibration layer's
+:func:`jaxparams.calib.capture.capture_calls`, with no change to the model. Each demonstration
+token ``t`` of layer ``l`` gets the feature ``[k_t, v_t, k_{t-1}, v_{t-1}]`` (its own key/value
+and its left neighbour's: the neighbour binds an output token to the input it answers; the BOS
+token only serves as the first neighbour). The tokens are then cut into chunks of ``chunk_size`` (the last one padded
 and masked).
 
 Example:
@@ -29,6 +29,8 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+
+from jaxparams.calib.capture import capture_calls
 
 __all__ = ["kv_features", "chunk", "feature_dim"]
 
@@ -54,14 +56,16 @@ def kv_features(model: Any, params: Any, context_ids: jax.Array) -> jax.Array:
     raise ValueError("StreamAdapter reads k_proj/v_proj outputs; config.fused_projections=True "
                      "models (one qkv_proj) are not supported")
   params = jax.lax.stop_gradient(params)
-  _, state = model.apply({"params": params}, context_ids,
-                         capture_intermediates=lambda mdl, _: mdl.name in ("k_proj", "v_proj"),
-                         mutable=["intermediates"])
-  inter = state["intermediates"]
+  names = [f"layers_{i}/attn/{n}" for i in range(c.num_hidden_layers)
+           for n in ("k_proj", "v_proj")]
+  _, _, outs = capture_calls(model, params, context_ids, outputs=names)
+  missing = [n for n in names if n not in outs]
+  if missing:
+    raise ValueError(f"StreamAdapter reads the outputs of {missing[:2]}..., which the model never "
+                     f"called (a Llama with {c.num_hidden_layers} layers of unfused projections)")
   per_layer = []
   for i in range(c.num_hidden_layers):
-    attn = inter[f"layers_{i}"]["attn"]
-    k, v = attn["k_proj"]["__call__"][0], attn["v_proj"]["__call__"][0]
+    k, v = outs[f"layers_{i}/attn/k_proj"], outs[f"layers_{i}/attn/v_proj"]
     kv = jnp.concatenate([k, v], axis=-1).astype(jnp.float32)      # [b, t, 2 kv_dim]
     per_layer.append(jnp.concatenate([kv[:, 1:], kv[:, :-1]], axis=-1))
   return jax.lax.stop_gradient(jnp.stack(per_layer, axis=1))
