@@ -117,15 +117,14 @@ def pytest_collection_modifyitems(config, items):
   tests keep their order, so module fixtures are built once)."""
   if config.getoption("dist", None) != "loadfile":
     return
+  units = {id(item): _work_unit(item.nodeid) for item in items}
   counts: dict[str, int] = {}
-  for item in items:
-    unit = _work_unit(item.nodeid)
+  first: dict[str, int] = {}
+  for i, unit in enumerate(units.values()):
     counts[unit] = counts.get(unit, 0) + 1
-  first = {}
-  for i, item in enumerate(items):
-    first.setdefault(_work_unit(item.nodeid), i)
-  items.sort(key=lambda it: (-_unit_cost(_work_unit(it.nodeid), counts[_work_unit(it.nodeid)]),
-                             first[_work_unit(it.nodeid)]))
+    first.setdefault(unit, i)
+  items.sort(key=lambda it: (-_unit_cost(units[id(it)], counts[units[id(it)]]),
+                             first[units[id(it)]]))
 
 
 @pytest.hookimpl(tryfirst=True, optionalhook=True)

@@ -41,6 +41,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import signal
@@ -388,7 +389,7 @@ def _run(tasks: Sequence[StreamTask], sources: Mapping[str, Any], writer: Safete
       _log.debug("%s%s: %s from %d inputs (%d bytes)", prefix, task.name,
                  task.record.name if task.record is not None else "copy", len(task.inputs),
                  nbytes)
-      try:
+      with _drained_on_error(inflight, prefix):
         # Dispatch this task, then fetch, check and write the previous one while XLA
         # computes this one (jax calls are asynchronous).
         inputs = [arrays[i] for i in task.inputs]
@@ -396,22 +397,10 @@ def _run(tasks: Sequence[StreamTask], sources: Mapping[str, Any], writer: Safete
         inflight[:] = [started[1]] + ([pending[1]] if pending is not None else [])
         outs = finish(pending) if pending is not None else []
         pending, done_inputs, pending_inputs = started, pending_inputs, inputs
-      except ValueError as e:
-        _drain(inflight)
-        raise type(e)(f"{prefix}{e}") from None
-      except BaseException:
-        # Ctrl-C while XLA still computes: let the computation finish (its inputs alive)
-        # before anything is torn down; an interpreter exit under a running computation
-        # can crash the process.
-        _drain(inflight)
-        raise
       del arrays, inputs
-      try:
+      with _drained_on_error(inflight):  # e.g. a NaN output: the dispatched task finishes first
         for name, value in outs:
           writer.add(name, value)  # written through to the file: nothing keeps `value`
-      except BaseException:  # e.g. a NaN output: the dispatched task finishes first
-        _drain(inflight)
-        raise
       outs = value = None
       # The previous task is computed and written: its input buffers take later reads
       # (a fresh buffer per tensor costs page faults). Not while a writer queues arrays.
@@ -424,15 +413,9 @@ def _run(tasks: Sequence[StreamTask], sources: Mapping[str, Any], writer: Safete
       if progress is not None:
         progress(done, len(tasks), bytes_read)
     if pending is not None:
-      try:
+      with _drained_on_error(inflight, prefix):
         outs = finish(pending)
         inflight.clear()
-      except ValueError as e:
-        _drain(inflight)
-        raise type(e)(f"{prefix}{e}") from None
-      except BaseException:
-        _drain(inflight)
-        raise
       for name, value in outs:
         writer.add(name, value)
   return done, bytes_read
@@ -488,6 +471,23 @@ class _DeferredInterrupt:
     if self._previous is not None:
       signal.signal(signal.SIGINT, self._previous)
       self._previous = None
+
+
+@contextlib.contextmanager
+def _drained_on_error(inflight: list, prefix: str | None = None):
+  """On any exception, first let the dispatched computations finish (Ctrl-C while XLA still
+  computes: tearing down or exiting under a running computation can crash the process); a
+  ``ValueError`` is raised again with ``prefix`` when one is given."""
+  try:
+    yield
+  except ValueError as e:
+    _drain(inflight)
+    if prefix is None:
+      raise
+    raise type(e)(f"{prefix}{e}") from None
+  except BaseException:
+    _drain(inflight)
+    raise
 
 
 def _drain(inflight: list) -> None:
