@@ -102,17 +102,17 @@ def key_thresholds(keys: jax.Array, k: jax.Array, *, implementation: str | None 
 
 def key_threshold(keys: jax.Array | Sequence[jax.Array], k, *, implementation: str | None = None
                   ) -> jax.Array:
-  """The k-th largest uint32 key (no sort): histogram radix select on XLA,
-  the 8-pass counting kernel on Pallas; see :mod:`reference`."""
+  """The k-th largest uint32 key: on XLA one sort for at most ``SORT_MAX`` keys, else the
+  histogram radix select; the 8-pass counting kernel on Pallas; see :mod:`reference`."""
   choice = KTH_LARGEST_KEYS.choose(implementation)
-  if choice.implementation == "xla":  # the XLA search takes the parts as they are (no concat)
-    parts = list(keys) if isinstance(keys, (list, tuple)) else [keys]
-    if sum(p.size for p in parts) <= SORT_MAX:
-      return ref.key_cut_sorted(jnp.concatenate([jnp.ravel(p) for p in parts]), k)[0]
-    return ref.kth_largest_key_histogram(keys, k)
   parts = list(keys) if isinstance(keys, (list, tuple)) else [keys]
-  flat = jnp.concatenate([jnp.ravel(p) for p in parts])[None]
-  return KTH_LARGEST_KEYS.bind(choice)(flat, jnp.reshape(k, (1,)))[0]
+  small = sum(p.size for p in parts) <= SORT_MAX
+  if choice.implementation == "xla" and not small:  # the parts as they are (no concat)
+    return ref.kth_largest_key_histogram(keys, k)
+  flat = jnp.concatenate([jnp.ravel(p) for p in parts])
+  if choice.implementation == "xla":
+    return ref.key_cut_sorted(flat, k)[0]
+  return KTH_LARGEST_KEYS.bind(choice)(flat[None], jnp.reshape(k, (1,)))[0]
 
 
 def topk_threshold(x: jax.Array | Sequence[jax.Array], k, *, implementation: str | None = None
