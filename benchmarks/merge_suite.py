@@ -49,6 +49,7 @@ VARIANTS = {
     "adamerging_layer_lr1e-2": ("adamerging_layer", {"ada_lr": 1e-2}),
     "adamerging_layer_moredata": ("adamerging_layer", {"ada_split": "test+train"}),
     "adamerging_layer_t0.2": ("adamerging_layer", {"ada_temperature": 0.2}),
+    "adamerging_ties_layer_init0.3": ("adamerging_ties_layer", {"ada_ties_start": False}),
 }
 
 
@@ -199,7 +200,30 @@ def summarize(paths) -> str:
     lines.append(f"| {m} | {a.mean():.1f} +- {sd:.1f} | " + " / ".join(f"{v:.1f}" for v in a)
                  + f" | {runs[0][m].get('evaluations', '')} | {cpu:.0f} | "
                  f"{FUSIONBENCH.get(m, '')} |")
-  return "\n".join(lines)
+  return "\n".join(lines + [""] + goals(runs))
+
+
+def goals(runs) -> list[str]:
+  """Issue 23's goals 1-2 checked on each run (lines of markdown)."""
+  out = []
+  acc = lambda r, m: 100 * r[m]["average"]
+  chain = ("pretrained", "simple_average", "task_arithmetic", "ties")
+  for r in runs:
+    order = all(acc(r, a) < acc(r, b) for a, b in zip(chain, chain[1:]))
+    fr = acc(r, "fisher") < acc(r, "regmean")
+    top = all(acc(r, "expert") > acc(r, m) for m in r if not m.startswith("_") and m != "expert")
+    out.append(f"- seed {r['_meta']['seed']}: goal 1 " + ("holds" if order and fr and top else
+               "FAILS") + f" (pretrained < average < TA < TIES: {order}; Fisher < RegMean: "
+               f"{fr}; experts above all: {top})")
+  for m in ("adamerging_layer", "adamerging_task", "adamerging_ties_layer",
+            "adamerging_ties_task"):
+    if not all(m in r for r in runs):
+      continue
+    gap = np.array([acc(r, m) - acc(r, "task_arithmetic") for r in runs])
+    ok = gap.mean() >= 2 and (gap > 0).all()
+    out.append(f"- goal 2, {m} - task arithmetic: mean {gap.mean():+.1f}, per seed "
+               + " / ".join(f"{g:+.1f}" for g in gap) + (" (met)" if ok else " (not met)"))
+  return out
 
 
 def main(argv=None):

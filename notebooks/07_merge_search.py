@@ -19,7 +19,12 @@
 # pretraining head, one expert backbone fine-tuned per task. Merges combine the backbones.
 #
 # This notebook plots the committed results of `benchmarks/merge_suite.py` (seeds 0, 1, 2,
-# plus seed 7 that nothing was tuned on): it runs in seconds and trains nothing.
+# plus seeds 7 and 13 that nothing was tuned on): it runs in seconds and trains nothing.
+#
+# AdaMerging++ (`adamerging_ties_*`) starts from the TIES merge picked on validation (its
+# merge function and `lam`) and learns the coefficients of TIES's trimmed, sign-elected
+# vectors by entropy minimisation; plain AdaMerging (`adamerging_task/layer`) starts at 0.3 on
+# the raw task vectors, as FusionBench.
 
 # %%
 import json
@@ -39,17 +44,18 @@ def sd(a):
   return float(np.std(a, ddof=1)) if len(a) > 1 else 0.0
 
 
-held_out = (json.loads((RES / "merge_suite_s7.json").read_text())
-            if (RES / "merge_suite_s7.json").exists() else None)
+held_out = {s: json.loads((RES / f"merge_suite_s{s}.json").read_text()) for s in (7, 13)
+            if (RES / f"merge_suite_s{s}.json").exists()}
 # Seeds 1 and 2 ran the core rows only (`--core`); the black-box searches ran on seed 0.
 methods = [m for m in runs[0] if not m.startswith("_") and all(m in r for r in runs.values())]
 acc = {m: np.array([100 * runs[s][m]["average"] for s in runs]) for m in methods}
 print(f"{'method':30s} {'mean':>6s} {'sd':>5s}   per seed {'/'.join(map(str, runs))}"
-      + ("   seed 7" if held_out else ""))
+      + (f"   held out {'/'.join(map(str, held_out))}" if held_out else ""))
 for m in methods:
   a = acc[m]
   print(f"{m:30s} {a.mean():6.1f} {sd(a):5.1f}   " + " / ".join(f"{v:.1f}" for v in a)
-        + (f"   {100 * held_out[m]['average']:.1f}" if held_out and m in held_out else ""))
+        + "   " + " / ".join(f"{100 * r[m]['average']:.1f}" for r in held_out.values()
+                             if m in r))
 print("\nseed 0 only (black-box searches; evaluations of the validation error):")
 for m in ("cmaes_task", "cmaes_layer", "m2n2"):
   if m in runs[0]:
@@ -64,10 +70,10 @@ for m in ("cmaes_task", "cmaes_layer", "m2n2"):
 # %%
 FB = {"pretrained": 48.2, "simple_average": 66.5, "task_arithmetic": 68.0, "ties": 72.2,
       "fisher": 70.6, "regmean": 82.4, "adamerging_task": 68.7, "adamerging_layer": 82.6,
-      "adamerging_ties_layer": 83.4, "expert": 90.3}
+      "adamerging_ties_task": 70.6, "adamerging_ties_layer": 83.4, "expert": 90.3}
 show = [m for m in ("pretrained", "simple_average", "task_arithmetic", "ties", "fisher",
-                    "regmean", "adamerging_task", "adamerging_layer", "adamerging_ties_layer",
-                    "expert") if m in acc]
+                    "regmean", "adamerging_task", "adamerging_layer", "adamerging_ties_task",
+                    "adamerging_ties_layer", "expert") if m in acc]
 fig, ax = plt.subplots(figsize=(9, 3.8))
 x = np.arange(len(show))
 ax.bar(x, [acc[m].mean() for m in show], yerr=[sd(acc[m]) for m in show], capsize=3,

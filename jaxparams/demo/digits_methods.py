@@ -45,7 +45,7 @@ def merge_table(suite: ds.DigitsSuite, methods: Sequence[str] = TABLE_METHODS, *
                 ada_init: float = 0.3, ada_clamp: tuple[float, float] | None = None,
                 ada_split: str = "test",
                 ada_temperature: float | None = None, ada_batch: int | None = 16,
-                ada_trace_every: int = 100,
+                ada_trace_every: int = 100, ada_ties_start: bool = True,
                 cma_generations: int = 30, cma_population: int = 16,
                 m2n2_steps: int = 500, n_stats: int = 256, seed: int = 0
                 ) -> dict[str, dict[str, Any]]:
@@ -62,9 +62,12 @@ def merge_table(suite: ds.DigitsSuite, methods: Sequence[str] = TABLE_METHODS, *
     clipped (``clamp_weights: false``; ``ada_clamp=(0, 1)`` as the paper's code), Adam
     ``ada_lr`` (1e-3), ``ada_steps`` (1000) steps on the summed entropy of
     each task's own head on ``ada_batch`` of its unlabelled inputs per step (``ada_split``,
-    ``ada_temperature``: see :func:`~jaxparams.demo.digits_suite.entropy_objective`); ``adamerging_ties_*`` learns
-    the coefficients of TIES's trimmed, sign-elected vectors (AdaMerging++); ``trace``
-    holds entropy and test accuracy every ``ada_trace_every`` steps.
+    ``ada_temperature``: see :func:`~jaxparams.demo.digits_suite.entropy_objective`);
+    ``adamerging_ties_*`` learns the coefficients of TIES's trimmed, sign-elected vectors
+    (AdaMerging++) and, with ``ada_ties_start`` (default), starts from the TIES merge picked
+    on validation (its merge function, ``sum`` or the disjoint ``mean``, and its ``lam`` as
+    the initial coefficient; ``False``: summed vectors from ``ada_init``, as the paper's
+    code); ``trace`` holds entropy and test accuracy every ``ada_trace_every`` steps.
   * CMA-ES (evosax) over task-arithmetic coefficients, ``cma_population x
     cma_generations`` evaluations of the validation error.
   * M2N2 over the experts' backbones themselves (archive = the experts, per-example
@@ -83,6 +86,10 @@ def merge_table(suite: ds.DigitsSuite, methods: Sequence[str] = TABLE_METHODS, *
   cache: dict[str, Any] = {}
 
   def ada(gran, ties=False):
+    init, ties_mean = ada_init, False
+    if ties and ada_ties_start:
+      picked = ties_best()[1]  # start from the TIES merge picked on validation
+      init, ties_mean = picked["lam"], picked["merge_func"] == "mean"
     ent = ds.entropy_objective(suite, ada_split, temperature=ada_temperature,
                                batch_size=ada_batch)
     full = ds.entropy_objective(suite, ada_split, temperature=ada_temperature)
@@ -97,15 +104,17 @@ def merge_table(suite: ds.DigitsSuite, methods: Sequence[str] = TABLE_METHODS, *
 
     every = ada_trace_every if ada_trace_every else 0
     m, lam, hist = learned.adamerging(
-        base, ex, ent, granularity=gran, steps=ada_steps, lr=ada_lr, init=ada_init,
+        base, ex, ent, granularity=gran, steps=ada_steps, lr=ada_lr, init=init,
         clamp=ada_clamp,
-        ties_density=density if ties else None, ties_scope="model",
+        ties_density=density if ties else None, ties_scope="model", ties_mean=ties_mean,
         callback_every=every, callback=record if every else None,
         key=None if ada_batch is None else jax.random.key(seed))
     w = max(1, len(hist) // 10)  # minibatch entropies: mean of the first / last 10%
     return m, {"entropy_start": float(jnp.mean(hist[:w])),
                "entropy_end": float(jnp.mean(hist[-w:])),
                "coef_mean": float(jnp.mean(lam)), "coefficients": np.asarray(lam).tolist(),
+               "init": float(init), **({"ties_merge_func": "mean" if ties_mean else "sum"}
+                                       if ties else {}),
                "evaluations": 0, "trace": trace}
 
   def ta():

@@ -109,6 +109,19 @@ def test_merging_touches_only_the_backbone(tiny):
     dm.merge_table(tiny, ("bogus",))
 
 
+def test_adamerging_over_ties_starts_from_the_picked_ties_merge(tiny):
+  res = dm.merge_table(tiny, ("ties", "adamerging_ties_task", "adamerging_ties_layer"),
+                       ada_steps=0, ada_batch=None, ada_trace_every=0)
+  picked = res["ties"]
+  for m in ("adamerging_ties_task", "adamerging_ties_layer"):
+    assert res[m]["init"] == picked["lam"], m
+    assert res[m]["ties_merge_func"] == picked["merge_func"], m
+    assert res[m]["acc"] == picked["acc"], m  # no step taken: the TIES merge itself
+  code = dm.merge_table(tiny, ("adamerging_ties_task",), ada_steps=0, ada_batch=None,
+                        ada_trace_every=0, ada_ties_start=False)["adamerging_ties_task"]
+  assert (code["init"], code["ties_merge_func"]) == (0.3, "sum")
+
+
 def test_ties_vectors_reproduce_ties_merges(tiny):
   base, ex = tiny.pretrained, tiny.experts
   for mean in (False, True):
