@@ -33,7 +33,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
       num_key_value_heads=4, max_position_embeddings=128))
   c.base = ml_collections.ConfigDict(dict(steps=2000, batch_size=64, lr=3e-3, warmup_steps=100,
                                           max_k=32))
-  c.adapter = ml_collections.ConfigDict(dict(steps=1500, batch_size=32, lr=3e-3, warmup_steps=50,
+  c.adapter = ml_collections.ConfigDict(dict(steps=3000, batch_size=32, lr=3e-3, warmup_steps=50,
                                              max_k=32, n_train_tasks=int(arg.tasks)))
   c.streamadapter = ml_collections.ConfigDict(dict(
       num_queries=int(arg.queries), state_dim=64, chunk_size=16,
@@ -43,7 +43,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
   if arg.quick:
     c.model.update(dict(hidden_size=32, intermediate_size=64))
     c.base.update(dict(steps=800))
-    c.adapter.update(dict(steps=400))
+    c.adapter.update(dict(steps=1200))
     c.streamadapter.update(dict(state_dim=32))
     c.eval.n_tasks = 128
   if arg.adapter_steps:
