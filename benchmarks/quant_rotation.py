@@ -82,6 +82,7 @@ def autoround_blockwise(module, params, batches, row: dict):
   rotation plus online ``R`` at o_proj/down_proj); an online Linear learns the rounding of
   ``W' = R^T W`` and the block runs with ``R qdq(W')``. Returns ``(params, config)``: stock
   full-precision params (rotations multiplied back, dequantized) of the (rotated) config.
+  Measured on MiniLM (BERT); the Llama (``--part lm``) path has not produced a row yet.
   """
   # pylint: disable=g-import-not-at-top
   import jax
