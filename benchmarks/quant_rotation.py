@@ -11,8 +11,10 @@ Two models, the protocols of the existing benchmarks so numbers compare with the
   into ``--work``), its 14 block Linears quantized, perplexity on 128 x 128-byte held-out
   windows; calibration 32 x 128-byte training windows.
 
-Each row: weight method (rtn / gptq / autoround, layer-wise from the calibration Gram), bits /
-group, activation bits, rotation (none / hadamard / learned), smoothing alpha. Quantization
+Each row: weight method (rtn / gptq / autoround, layer-wise from the calibration Gram; or
+``autoround-block``: AutoRound block-wise, the reference's and ``quant_quality.py``'s form, see
+:func:`autoround_blockwise`; MiniLM weight-only rows), bits / group, activation bits, rotation
+(none / hadamard / learned), smoothing alpha. Quantization
 runs :func:`jaxparams.quant.outliers.quantize_outliers` (block by block, sequential); weight-only
 rows are evaluated on the *stock* weights of :func:`jaxparams.quant.rotate.to_stock` (rotations
 multiplied back: what ``jaxparams dequantize`` writes), activation rows through
@@ -63,9 +65,99 @@ def _fields(row: dict) -> dict:
     f["act_order"] = True
   if row["method"] == "rtn" and row["group_size"] == -1:
     f["symmetric"] = True
-  if row["method"] == "autoround":
+  if row["method"] in ("autoround", "autoround-block"):
     f["iters"] = 200
   return f
+
+
+def autoround_blockwise(module, params, batches, row: dict):
+  """Block-wise AutoRound (``autoround-block`` rows), optionally on Hadamard-rotated weights.
+
+  The streaming driver's algorithm (``jaxparams.quant.block_calibration``: all Linears of a
+  block learned jointly against the full-precision chain's block output, the block running on
+  the already quantized blocks' outputs; 200 signed-gradient steps, 8 samples per step) run in
+  memory on :func:`jaxparams.calib.sequential.run_block_chain`. With ``rotate='hadamard'`` the
+  model is first rotated by :func:`jaxparams.quant.rotate.rotate` (the rotation of the other
+  rows: BERT gets an online ``R`` on every Linear, the Llama family the folded residual
+  rotation plus online ``R`` at o_proj/down_proj); an online Linear learns the rounding of
+  ``W' = R^T W`` and the block runs with ``R qdq(W')``. Returns ``(params, config)``: stock
+  full-precision params (rotations multiplied back, dequantized) of the (rotated) config.
+  Measured on MiniLM (BERT); the Llama (``--part lm``) path has not produced a row yet.
+  """
+  # pylint: disable=g-import-not-at-top
+  import jax
+  import jax.numpy as jnp
+  from jaxparams import tree as jtree
+  from jaxparams.calib.sequential import pad_batches, run_block_chain, stack_calls
+  from jaxparams.quant import common
+  from jaxparams.quant.autoround import AutoRoundConfig, autoround_block, qdq
+  from jaxparams.quant.online import is_online
+  from jaxparams.quant.rotate import RotateConfig, rotate
+  if row["act_bits"] or row["smooth"] is not None or row["rotate"] not in (None, "hadamard"):
+    raise ValueError(f"autoround-block rows are weight-only, rotation none/hadamard: {row}")
+  config = module.config
+  rots: dict[str, np.ndarray] = {}
+  rotated: dict[str, np.ndarray] = {}    # W' of the online Linears
+  if row["rotate"] == "hadamard":
+    rot = rotate(params, config, RotateConfig(mode="hadamard"))
+    config = rot.config
+    # the chains (fp targets, quantized inputs) run the stock weights R W' (= W up to fp32
+    # rounding); only the learned rounding sees W'
+    flat = {}
+    for p, v in jtree.flatten(rot.params, is_leaf=lambda v: is_online(v) or
+                              not isinstance(v, dict)).items():
+      if is_online(v):
+        if v.smooth is not None:
+          raise ValueError(f"unexpected smoothing scales at {p}")
+        rots[p], rotated[p] = v.rotation(), np.asarray(v.w)
+        flat[p] = np.asarray(v.dequantize(np.float32), np.float32)
+      else:
+        flat[p] = np.asarray(v)
+  else:
+    flat = {p: np.asarray(v) for p, v in jtree.flatten(params).items()}
+  run_module = type(module)(config)
+  todo = {p for p in flat if p.endswith("/kernel") and p.startswith("layers_")}
+  cfg = AutoRoundConfig(bits=row["bits"], group_size=row["group_size"], iters=200)
+  out: dict[str, np.ndarray] = {}
+
+  def step(b):
+    n = len(b.name) + 1
+    ks = [p for p in b.paths if p in todo]
+    rel = {p[n:]: jnp.asarray(rotated[p] if p in rotated and p in ks else v)
+           for p, v in b.flat.items()}
+    rmat = {p[n:]: jnp.asarray(rots[p], jnp.float32) for p in ks if p in rots}
+
+    def apply(rel_flat, x):
+      a, kw = x
+      cur = dict(rel_flat)
+      for k, r in rmat.items():     # the stock weight R W~' the block computes with
+        cur[k] = jnp.matmul(r, cur[k], precision=jax.lax.Precision.HIGHEST)
+      return b.module.apply({"params": jtree.unflatten(cur)}, *a, **kw)
+
+    inputs = stack_calls([(tuple(a), {k: v for k, v in kw.items() if v is not None})
+                          for a, kw in b.states])
+    targets = jnp.concatenate([a[0] for a, _ in b.fp_next], axis=0)
+    mask = None if any(m is None for m in b.masks) else jnp.concatenate(b.masks, axis=0)
+    learned, losses = autoround_block(apply, rel, {p[n:]: cfg for p in ks}, inputs, targets,
+                                      mask, name=b.name)
+    print(f"  {b.name}: block loss {float(losses[0]):.3e} -> best {float(losses.min()):.3e}",
+          flush=True)
+    new = {}
+    for p in ks:
+      g = common.resolve_group_size(rel[p[n:]].shape[0], cfg.group_size, name=p)
+      wq = np.asarray(qdq(rel[p[n:]], jax.lax.stop_gradient(learned[p[n:]]), bits=cfg.bits,
+                          group=g, sym=cfg.symmetric), np.float64)
+      w = (rots[p] @ wq) if p in rots else wq
+      out[p] = w.astype(np.float32)
+      new[p] = jnp.asarray(out[p])
+    return new
+
+  run_block_chain(run_module, flat, flat.__getitem__, pad_batches(batches), step,
+                  fp_chain=True)
+  if set(out) != todo:
+    raise ValueError(f"blocks missed {sorted(todo - set(out))[:3]}")
+  flat.update(out)
+  return jtree.unflatten(flat), config
 
 
 def _append(out: Path, row: dict) -> None:
@@ -98,6 +190,17 @@ def minilm(args) -> None:
   for spec in [s for s in args.rows.split(",") if s]:
     row = _parse(spec)
     t0, c0 = time.perf_counter(), _cpu()
+    if row["method"] == "autoround-block":
+      stock, _ = autoround_blockwise(module, params, batches, row)   # BERT: same config
+      jax.block_until_ready(jax.tree.leaves(stock))
+      secs, cpu = time.perf_counter() - t0, _cpu() - c0
+      _, cos = embed_cosines(model, stock, evals, ref)
+      row.update(model="minilm", mean_cos=float(cos.mean()), min_cos=float(cos.min()),
+                 seconds=secs, cpu_seconds=cpu, eval=len(evals), calib=len(calib))
+      _append(Path(args.out), row)
+      print(json.dumps(row), flush=True)
+      jax.clear_caches()
+      continue
     cfg = OutlierConfig(rotate=row["rotate"], smooth=row["smooth"], act_bits=row["act_bits"],
                         learn=LearnConfig(steps=args.learn_steps, rows=args.learn_rows))
     res = quantize_outliers(module, params, [("**/kernel", (row["method"], _fields(row)))],
@@ -155,6 +258,15 @@ def lm(args) -> None:
         row["smooth"]) in done:
       continue
     t0, c0 = time.perf_counter(), _cpu()
+    if row["method"] == "autoround-block":
+      p, config = autoround_blockwise(module, params, batches, row)
+      jax.block_until_ready(jax.tree.leaves(p))
+      secs, cpu = time.perf_counter() - t0, _cpu() - c0
+      row.update(model="lm", ppl=ppl(type(module)(config), p), seconds=secs, cpu_seconds=cpu)
+      _append(out, row)
+      print(json.dumps(row), flush=True)
+      jax.clear_caches()
+      continue
     cfg = OutlierConfig(rotate=row["rotate"], smooth=row["smooth"], act_bits=row["act_bits"],
                         learn=LearnConfig(steps=args.learn_steps, rows=args.learn_rows))
     res = quantize_outliers(module, params, [("**", (row["method"], _fields(row)))], batches,
