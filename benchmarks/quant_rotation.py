@@ -166,26 +166,39 @@ def _append(out: Path, row: dict) -> None:
   out.write_text(json.dumps(rows, indent=1))
 
 
-def minilm(args) -> None:
+def minilm_setup(args):
+  """MiniLM, its held-out sentences' reference embeddings and the calibration batch.
+
+  Returns ``(model, calib, evals, ref, batches)`` for ``args.calib`` calibration and ``args.eval``
+  held-out sentences (the protocol of ``quant_quality.py``).
+  """
   # pylint: disable=g-import-not-at-top
-  import jax
   from jaxparams.calib import corpus
   from jaxparams.calib.corpus import text_batches
   from jaxparams.demo.quant_minilm import embed_cosines
-  from jaxparams.models.bert import Bert
   from jaxparams.models.minilm import load_minilm
+  model = load_minilm()
+  tok = model[3]
+  calib = corpus.docstring_sentences(args.calib)
+  evals = corpus.sklearn_sentences() + corpus.reference_sentences()
+  evals = [s for s in evals if s not in set(calib)][:args.eval]
+  ref, _ = embed_cosines(model, model[1], evals)
+  # one batch (one shape): one compilation per block capture on this shared CPU
+  batches = text_batches(tok, sorted(calib, key=len), batch_size=len(calib), max_length=64)
+  return model, calib, evals, ref, batches
+
+
+def minilm(args) -> None:
+  # pylint: disable=g-import-not-at-top
+  import jax
+  from jaxparams.demo.quant_minilm import embed_cosines
+  from jaxparams.models.bert import Bert
   from jaxparams.quant.online import online_dot
   from jaxparams.quant.outliers import OutlierConfig, quantize_outliers
   from jaxparams.quant.rotate import to_stock
   from jaxparams.quant.spinquant import LearnConfig
-  model = load_minilm()
-  module, params, _, tok = model
-  calib = corpus.docstring_sentences(args.calib)
-  evals = corpus.sklearn_sentences() + corpus.reference_sentences()
-  evals = [s for s in evals if s not in set(calib)][:args.eval]
-  ref, _ = embed_cosines(model, params, evals)
-  # one batch (one shape): one compilation per block capture on this shared CPU
-  batches = text_batches(tok, sorted(calib, key=len), batch_size=len(calib), max_length=64)
+  model, calib, evals, ref, batches = minilm_setup(args)
+  module, params = model[0], model[1]
   online_model = (Bert(module.config, dot=online_dot), *model[1:])
   for spec in [s for s in args.rows.split(",") if s]:
     row = _parse(spec)

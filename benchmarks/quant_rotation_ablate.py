@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from quant_rotation import _cpu, _fields, _parse, autoround_blockwise  # pylint: disable=g-import-not-at-top,wrong-import-position
+from quant_rotation import _cpu, _fields, _parse, autoround_blockwise, minilm_setup  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def main() -> int:
@@ -45,23 +45,15 @@ def main() -> int:
     jax.config.update("jax_compilation_cache_dir", args.xla_cache)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   from jaxparams import tree as jtree
-  from jaxparams.calib import corpus
   from jaxparams.calib.capture import as_call, capture_inputs
-  from jaxparams.calib.corpus import text_batches
   from jaxparams.demo.quant_minilm import embed_cosines
-  from jaxparams.models.minilm import load_minilm
   from jaxparams.quant.outliers import OutlierConfig, quantize_outliers
   from jaxparams.quant.rotate import to_stock
   row = _parse(args.row)
   if row["act_bits"]:
     raise SystemExit("weight-only rows only (act_bits 0)")
-  model = load_minilm()
-  module, params, _, tok = model
-  calib = corpus.docstring_sentences(args.calib)
-  evals = corpus.sklearn_sentences() + corpus.reference_sentences()
-  evals = [s for s in evals if s not in set(calib)][:args.eval]
-  ref, _ = embed_cosines(model, params, evals)
-  batches = text_batches(tok, sorted(calib, key=len), batch_size=len(calib), max_length=64)
+  model, _, evals, ref, batches = minilm_setup(args)
+  module, params = model[0], model[1]
   t0, c0 = time.perf_counter(), _cpu()
   if row["method"] == "autoround-block":
     stock, _ = autoround_blockwise(module, params, batches, row)
