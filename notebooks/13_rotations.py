@@ -96,11 +96,11 @@ print("Hadamard factor of 48 and 96:", hadamard.split_pow2(48), hadamard.split_p
 rows_path = RES / "quant_rotation.json"
 rows = json.loads(rows_path.read_text()) if rows_path.is_file() else []
 mini = [r for r in rows if r.get("model") == "minilm"]
-fig, ax = plt.subplots(figsize=(9, 3.2))
+fig, ax = plt.subplots(figsize=(12, 3.8))
 labels = [f"{r['method']} W{r['bits']}A{r['act_bits'] or 16}\n{r['rotate'] or 'no rot'}"
           + (f" sq{r['smooth']}" if r.get("smooth") is not None else "") for r in mini]
 ax.bar(np.arange(len(mini)), [r["mean_cos"] for r in mini])
-ax.set_xticks(np.arange(len(mini)), labels, fontsize=7)
+ax.set_xticks(np.arange(len(mini)), labels, fontsize=7, rotation=45, ha="right")
 if mini:
   ax.set_ylim(min(r["mean_cos"] for r in mini) - 0.01, 1.0)
 ax.set_ylabel("mean cosine to fp")
