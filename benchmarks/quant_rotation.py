@@ -117,7 +117,8 @@ def autoround_blockwise(module, params, batches, row: dict):
     flat = {p: np.asarray(v) for p, v in jtree.flatten(params).items()}
   run_module = type(module)(config)
   todo = {p for p in flat if p.endswith("/kernel") and p.startswith("layers_")}
-  cfg = AutoRoundConfig(bits=row["bits"], group_size=row["group_size"], iters=200)
+  cfg = AutoRoundConfig(bits=row["bits"], group_size=row["group_size"],
+                        iters=int(row.get("iters", 200)))
   out: dict[str, np.ndarray] = {}
 
   def step(b):
@@ -204,6 +205,7 @@ def minilm(args) -> None:
     row = _parse(spec)
     t0, c0 = time.perf_counter(), _cpu()
     if row["method"] == "autoround-block":
+      row["iters"] = args.autoround_iters
       stock, _ = autoround_blockwise(module, params, batches, row)   # BERT: same config
       jax.block_until_ready(jax.tree.leaves(stock))
       secs, cpu = time.perf_counter() - t0, _cpu() - c0
@@ -261,7 +263,8 @@ def lm(args) -> None:
 
   out = Path(args.out)
   done = {(r["method"], r["bits"], r["group_size"], r["act_bits"], r["rotate"], r["smooth"])
-          for r in (json.loads(out.read_text()) if out.is_file() else [])}
+          for r in (json.loads(out.read_text()) if out.is_file() else [])
+          if r.get("model") == "lm"}  # a MiniLM row of the same setting is not this row
   if ("fp", 32, 0, 0, None, None) not in done:
     _append(out, {"model": "lm", "method": "fp", "bits": 32, "group_size": 0, "act_bits": 0,
                   "rotate": None, "smooth": None, "ppl": ppl(module, params)})
@@ -365,6 +368,9 @@ def main() -> int:
                   help="method:bits:group:act_bits:rotation[:smooth] specs, comma-separated")
   ap.add_argument("--calib", type=int, default=190)
   ap.add_argument("--eval", type=int, default=256)
+  ap.add_argument("--autoround-iters", type=int, default=200,
+                  help="signed-gradient steps per block of autoround-block rows (auto-round's "
+                  "default 200; its 'best' recipe 1000)")
   ap.add_argument("--learn-steps", type=int, default=30)
   ap.add_argument("--learn-rows", type=int, default=512)
   ap.add_argument("--work", default="/tmp/jaxparams_quant_ppl")
