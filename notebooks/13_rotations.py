@@ -98,7 +98,8 @@ rows = json.loads(rows_path.read_text()) if rows_path.is_file() else []
 mini = [r for r in rows if r.get("model") == "minilm"]
 fig, ax = plt.subplots(figsize=(12, 3.8))
 labels = [f"{r['method']} W{r['bits']}A{r['act_bits'] or 16}\n{r['rotate'] or 'no rot'}"
-          + (f" sq{r['smooth']}" if r.get("smooth") is not None else "") for r in mini]
+          + (f" sq{r['smooth']}" if r.get("smooth") is not None else "")
+          + (f" {r['iters']} steps" if r.get("iters") else "") for r in mini]
 ax.bar(np.arange(len(mini)), [r["mean_cos"] for r in mini])
 ax.set_xticks(np.arange(len(mini)), labels, fontsize=7, rotation=45, ha="right")
 if mini:
