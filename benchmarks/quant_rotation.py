@@ -70,12 +70,12 @@ def _fields(row: dict) -> dict:
   return f
 
 
-def autoround_blockwise(module, params, batches, row: dict):
+def autoround_blockwise(module, params, batches, row: dict, iters: int = 200):
   """Block-wise AutoRound (``autoround-block`` rows), optionally on Hadamard-rotated weights.
 
   The streaming driver's algorithm (``jaxparams.quant.block_calibration``: all Linears of a
   block learned jointly against the full-precision chain's block output, the block running on
-  the already quantized blocks' outputs; 200 signed-gradient steps, 8 samples per step) run in
+  the already quantized blocks' outputs; ``iters`` signed-gradient steps (200), 8 samples per step) run in
   memory on :func:`jaxparams.calib.sequential.run_block_chain`. With ``rotate='hadamard'`` the
   model is first rotated by :func:`jaxparams.quant.rotate.rotate` (the rotation of the other
   rows: BERT gets an online ``R`` on every Linear, the Llama family the folded residual
@@ -117,8 +117,8 @@ def autoround_blockwise(module, params, batches, row: dict):
     flat = {p: np.asarray(v) for p, v in jtree.flatten(params).items()}
   run_module = type(module)(config)
   todo = {p for p in flat if p.endswith("/kernel") and p.startswith("layers_")}
-  cfg = AutoRoundConfig(bits=row["bits"], group_size=row["group_size"],
-                        iters=int(row.get("iters", 200)))
+  row["iters"] = iters  # recorded with the row's results
+  cfg = AutoRoundConfig(bits=row["bits"], group_size=row["group_size"], iters=iters)
   out: dict[str, np.ndarray] = {}
 
   def step(b):
@@ -205,8 +205,8 @@ def minilm(args) -> None:
     row = _parse(spec)
     t0, c0 = time.perf_counter(), _cpu()
     if row["method"] == "autoround-block":
-      row["iters"] = args.autoround_iters
-      stock, _ = autoround_blockwise(module, params, batches, row)   # BERT: same config
+      stock, _ = autoround_blockwise(module, params, batches, row,   # BERT: same config
+                                     iters=args.autoround_iters)
       jax.block_until_ready(jax.tree.leaves(stock))
       secs, cpu = time.perf_counter() - t0, _cpu() - c0
       _, cos = embed_cosines(model, stock, evals, ref)
@@ -262,20 +262,22 @@ def lm(args) -> None:
     return float(np.exp(tot / (ev.shape[0] * (ev.shape[1] - 1))))
 
   out = Path(args.out)
-  done = {(r["method"], r["bits"], r["group_size"], r["act_bits"], r["rotate"], r["smooth"])
-          for r in (json.loads(out.read_text()) if out.is_file() else [])
+  steps = lambda r: r.get("iters", 200) if r["method"] == "autoround-block" else None
+  key = lambda r: (r["method"], r["bits"], r["group_size"], r["act_bits"], r["rotate"],
+                   r["smooth"], steps(r))
+  done = {key(r) for r in (json.loads(out.read_text()) if out.is_file() else [])
           if r.get("model") == "lm"}  # a MiniLM row of the same setting is not this row
-  if ("fp", 32, 0, 0, None, None) not in done:
-    _append(out, {"model": "lm", "method": "fp", "bits": 32, "group_size": 0, "act_bits": 0,
-                  "rotate": None, "smooth": None, "ppl": ppl(module, params)})
+  fp = {"model": "lm", "method": "fp", "bits": 32, "group_size": 0, "act_bits": 0,
+        "rotate": None, "smooth": None}
+  if key(fp) not in done:
+    _append(out, {**fp, "ppl": ppl(module, params)})
   for spec in [s for s in args.rows.split(",") if s]:
     row = _parse(spec)
-    if (row["method"], row["bits"], row["group_size"], row["act_bits"], row["rotate"],
-        row["smooth"]) in done:
+    if key({**row, "iters": args.autoround_iters}) in done:
       continue
     t0, c0 = time.perf_counter(), _cpu()
     if row["method"] == "autoround-block":
-      p, config = autoround_blockwise(module, params, batches, row)
+      p, config = autoround_blockwise(module, params, batches, row, iters=args.autoround_iters)
       jax.block_until_ready(jax.tree.leaves(p))
       secs, cpu = time.perf_counter() - t0, _cpu() - c0
       row.update(model="lm", ppl=ppl(type(module)(config), p), seconds=secs, cpu_seconds=cpu)
