@@ -40,7 +40,9 @@ def _cap():
 
 def _env():
   env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu",
-             XLA_FLAGS="--xla_force_host_platform_device_count=1")
+             XLA_FLAGS=(
+      "--xla_force_host_platform_device_count=1 "
+      + os.environ.get("JAXPARAMS_TEST_XLA_COMPILE_FLAGS", "")))
   env.pop("PYTEST_CURRENT_TEST", None)
   return env
 
