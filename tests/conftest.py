@@ -15,21 +15,7 @@ import os
 # Must happen before jax is imported anywhere in the test session.
 _flags = os.environ.get("XLA_FLAGS", "")
 if "xla_force_host_platform_device_count" not in _flags:
-  _flags += " --xla_force_host_platform_device_count=8"
-# Compilation is about two thirds of the suite's CPU time, most of it LLVM optimising tiny
-# programs that then run once. The tests (and the processes they start, which inherit XLA_FLAGS:
-# CLI commands, notebook kernels) compile without LLVM's optimisation passes: the same HLO
-# programs, the same buffers and IEEE arithmetic (no fast-math either way), compiled 20-40%
-# faster. ``JAXPARAMS_TEST_XLA_OPT=1`` keeps XLA's defaults (the flags are part of the compile
-# cache key, so the two never share entries).
-# Tests that start a process with XLA_FLAGS of their own (another device count) append
-# ``$JAXPARAMS_TEST_XLA_COMPILE_FLAGS``.
-os.environ["JAXPARAMS_TEST_XLA_COMPILE_FLAGS"] = (
-    "" if os.environ.get("JAXPARAMS_TEST_XLA_OPT") == "1"
-    else "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true")
-if "xla_backend_optimization_level" not in _flags:
-  _flags += " " + os.environ["JAXPARAMS_TEST_XLA_COMPILE_FLAGS"]
-os.environ["XLA_FLAGS"] = _flags.strip()
+  os.environ["XLA_FLAGS"] = (_flags + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # The merge CLI turns jax's persistent compilation cache on by default (~/.cache/jaxparams/xla).
 # In the test process that would point this process at a cache that other processes (other XLA

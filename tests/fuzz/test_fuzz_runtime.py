@@ -40,9 +40,7 @@ def _cap():
 
 def _env():
   env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu",
-             XLA_FLAGS=(
-      "--xla_force_host_platform_device_count=1 "
-      + os.environ.get("JAXPARAMS_TEST_XLA_COMPILE_FLAGS", "")))
+             XLA_FLAGS="--xla_force_host_platform_device_count=1")
   env.pop("PYTEST_CURRENT_TEST", None)
   return env
 

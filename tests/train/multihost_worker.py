@@ -53,8 +53,6 @@ def main(port: str, process_id: str, workdir: str, stop_at: str, out: str, fail:
 if __name__ == "__main__":
   # Read when the backend starts (first use), so setting them here is early enough; not at import
   # time, as the test process imports this module for config() with its own 8 devices.
-  os.environ["XLA_FLAGS"] = (
-      "--xla_force_host_platform_device_count=4 "
-      + os.environ.get("JAXPARAMS_TEST_XLA_COMPILE_FLAGS", ""))
+  os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
   os.environ["JAX_PLATFORMS"] = "cpu"
   main(*sys.argv[1:])

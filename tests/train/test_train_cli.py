@@ -88,9 +88,7 @@ def test_signal_saves_a_checkpoint_and_returns(tmp_path, sig):
 
 def test_ctrl_c_in_the_cli_exits_cleanly(tmp_path):
   """`python -m jaxparams.train` + SIGINT: no traceback, exit 130, checkpoint at that step."""
-  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=(
-      "--xla_force_host_platform_device_count=1 "
-      + os.environ.get("JAXPARAMS_TEST_XLA_COMPILE_FLAGS", "")))
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1")
   proc = subprocess.Popen(
       [sys.executable, "-m", "jaxparams.train", "--config=configs/tokenformer_lm.py:runlocal,grow=0",
        f"--workdir={tmp_path}", "--config.num_steps=100000", "--config.checkpoint_every=100000",
