@@ -7,7 +7,9 @@ worker -- is loaded, not compiled again, after the per-module ``jax.clear_caches
 second run of the suite starts warm. Only these test processes write there (their XLA flags are
 the ones set below; the cache key holds the flags, the jax version and the devices), never the
 command-line tools' cache. Under pytest-xdist (``-n 2 --dist loadfile``) each test file is one
-unit of work, tests/edit one unit, each notebook one (``pytest_xdist_make_scheduler``).
+unit of work, the two tests/edit files that share the trained facts LM one unit, each notebook
+one (``pytest_xdist_make_scheduler``). Notebook kernels use the same cache
+(``test_compile_cache_env``).
 """
 
 import os
@@ -46,16 +48,16 @@ def _use_compile_cache(folder: str | None) -> None:
 
 
 def _work_unit(nodeid: str) -> str:
-  """The pytest-xdist unit of work of a test: its file, all of tests/edit, one notebook, or the
-  doctests of one area (``tests/test_docstrings.py::jaxparams.quant``)."""
+  """The pytest-xdist unit of work of a test: its file, the facts-LM files of tests/edit, one
+  notebook, or the doctests of one area (``tests/test_docstrings.py::jaxparams.quant``)."""
   path = nodeid.split("::", 1)[0]
   if path.endswith("tests/test_notebooks.py"):
     return nodeid  # independent, each a kernel of its own for up to a minute
   if path.endswith("tests/test_docstrings.py") and "[" in nodeid:
     module = nodeid.split("[", 1)[1].rstrip("]")  # independent modules; ~15 min in all
     return f"{path}::{'.'.join(module.split('.')[:2])}"
-  if "tests/edit/" in path:
-    return "tests/edit"  # one worker trains the session-scoped facts LM of tests/edit/conftest.py
+  if path.endswith(("tests/edit/test_facts_lm.py", "tests/edit/test_wise.py")):
+    return "tests/edit/tiny_lm"  # one worker trains the session-scoped LM of tests/edit/conftest.py
   return path  # a file's module-scoped fixtures (a model built and compiled once) on one worker
 
 
@@ -65,7 +67,7 @@ def _work_unit(nodeid: str) -> str:
 # together instead of one running a long unit alone at the end (xdist's own order, by number
 # of tests, left the two slowest notebooks to the last minutes).
 _UNIT_SECONDS = {
-    "edit": 684,
+    "edit/tiny_lm": 300,  # was "edit" (all of tests/edit, 684 s) until it was split
     "kernels/test_dequant_matmul.py": 267,
     "test_notebooks.py::test_notebook_runs_and_draws_its_figures[09_training.py]": 196,
     "test_notebooks.py::test_notebook_runs_and_draws_its_figures[08_sparsity.py]": 190,
@@ -142,6 +144,17 @@ def pytest_xdist_make_scheduler(config, log):
       return _work_unit(nodeid)
 
   return _Units(config, log)
+
+
+@pytest.fixture(scope="session")
+def test_compile_cache_env() -> dict[str, str]:
+  """Environment that gives a child process (a notebook kernel) the tests' compilation cache."""
+  folder = _test_compile_cache()
+  if folder is None:
+    return {}
+  return {"JAX_COMPILATION_CACHE_DIR": folder,
+          "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": str(_CACHE_MIN_COMPILE_S),
+          "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -32,13 +32,15 @@ def test_there_are_notebooks():
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
-def test_notebook_runs_and_draws_its_figures(path, tmp_path, monkeypatch):
+def test_notebook_runs_and_draws_its_figures(path, tmp_path, monkeypatch, test_compile_cache_env):
   import jupytext
   import nbclient
   import nbformat
   # The inline backend (what a reader's Jupyter uses) turns each figure into a PNG output.
   monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
   monkeypatch.setenv("JAXPARAMS_NOTEBOOK_TMP", str(tmp_path))
+  for name, value in test_compile_cache_env.items():  # the kernel compiles into the tests' cache
+    monkeypatch.setenv(name, value)
   nb = jupytext.read(path) if path.suffix == ".py" else nbformat.read(path, as_version=4)
   client = nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
                                    resources={"metadata": {"path": str(tmp_path)}})
