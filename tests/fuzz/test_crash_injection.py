@@ -45,6 +45,7 @@ def test_kill_at_random_moments_loses_nothing_and_leaves_no_temp(tmp_path, targe
   for trial in range(6):
     had_output = out.exists()
     sig = signal.SIGINT if trial % 2 == 0 else signal.SIGKILL
+    started = time.time()
     p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     delay = rng.uniform(0.2, full * 1.1)
     time.sleep(delay)
@@ -58,7 +59,11 @@ def test_kill_at_random_moments_loses_nothing_and_leaves_no_temp(tmp_path, targe
       # -SIGINT: the signal came before the interpreter installed its handler (start-up of a
       # loaded machine); nothing can have been written then.
       early = p.returncode == -signal.SIGINT and delay < 2.0 and not err
-      assert p.returncode in (0, 130) or early, (p.returncode, delay, err)
+      # -SIGINT after its output is in place: the run had finished and the interpreter was
+      # shutting down (Python gives SIGINT back to the default action while it finalizes).
+      late = (p.returncode == -signal.SIGINT and not err and out.exists()
+              and out.stat().st_mtime >= started)
+      assert p.returncode in (0, 130) or early or late, (p.returncode, delay, err)
       assert "Traceback" not in err and len(err.strip().splitlines()) <= 1, err
       time.sleep(1.0)  # a background writer still running would write here
       left = [q.name for q in tmp_path.iterdir() if q.name.startswith(".out.")]
