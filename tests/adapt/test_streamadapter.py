@@ -151,9 +151,10 @@ def test_config_errors_name_the_field():
 
 
 @pytest.mark.slow
-def test_config_runs_with_the_trainer_on_8_devices(tmp_path):
+def test_config_runs_with_the_trainer_on_8_devices(tmp_path, test_compile_cache_env):
+  # The trainer process loads its programs from the tests' cache (it is never killed).
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-             JAX_PLATFORMS="cpu")
+             JAX_PLATFORMS="cpu", **test_compile_cache_env)
   out = subprocess.run(
       [sys.executable, "-m", "jaxparams.train",
        f"--config={ROOT / 'configs' / 'streamadapter.py'}:runlocal", f"--workdir={tmp_path}"],

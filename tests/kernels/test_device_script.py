@@ -19,9 +19,10 @@ def _run(*args, env=None, timeout=900):
                         text=True, timeout=timeout)
 
 
-def test_device_run_dry_run_writes_every_section(tmp_path):
+def test_device_run_dry_run_writes_every_section(tmp_path, test_compile_cache_env):
   report = tmp_path / "device.md"
-  env = {**os.environ, "PYTHON": sys.executable, "DEVICE_REPORT": str(report)}
+  env = {**os.environ, "PYTHON": sys.executable, "DEVICE_REPORT": str(report),
+         **test_compile_cache_env}  # its processes are never killed: they may share the cache
   env.pop("OUT", None)
   r = _run("--dry-run", env=env)
   assert r.returncode == 0, (r.stdout[-4000:], r.stderr[-4000:])
