@@ -42,12 +42,18 @@ def _test_compile_cache() -> str | None:
   return None if folder.lower() == "none" else folder
 
 
+def _compile_cache_settings(folder: str | None) -> dict:
+  """The jax options of the tests' cache; upper-cased, they are its environment variables."""
+  return {"jax_compilation_cache_dir": folder,
+          "jax_persistent_cache_min_compile_time_secs": _CACHE_MIN_COMPILE_S,
+          "jax_persistent_cache_min_entry_size_bytes": 0}
+
+
 def _use_compile_cache(folder: str | None) -> None:
   import jax  # pylint: disable=import-outside-toplevel
   from jax._src import compilation_cache  # pylint: disable=import-outside-toplevel
-  jax.config.update("jax_compilation_cache_dir", folder)
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", _CACHE_MIN_COMPILE_S)
-  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+  for name, value in _compile_cache_settings(folder).items():
+    jax.config.update(name, value)
   compilation_cache.reset_cache()
 
 
@@ -154,13 +160,13 @@ def pytest_xdist_make_scheduler(config, log):
 
 @pytest.fixture(scope="session")
 def test_compile_cache_env() -> dict[str, str]:
-  """Environment that gives a child process (a notebook kernel) the tests' compilation cache."""
+  """Environment that gives a child process the tests' compilation cache: for processes the
+  tests never kill (notebook kernels, the trainer run, the device script's dry run); jax writes
+  an entry in place, so a killed writer could leave a truncated one."""
   folder = _test_compile_cache()
   if folder is None:
     return {}
-  return {"JAX_COMPILATION_CACHE_DIR": folder,
-          "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": str(_CACHE_MIN_COMPILE_S),
-          "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+  return {name.upper(): str(value) for name, value in _compile_cache_settings(folder).items()}
 
 
 @pytest.fixture(autouse=True, scope="session")
