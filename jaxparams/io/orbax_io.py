@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import sys
 from pathlib import Path
@@ -22,10 +23,13 @@ def quiet_orbax_errors() -> Iterator[None]:
   """Keeps a failed orbax read or write to the one exception it raises.
 
   When a write fails (a full disk) or a read does (a damaged checkpoint), orbax's threads also
-  log the error with its traceback (``ERROR:absl: ... raised an exception``) and its asyncio
-  callbacks report ``RuntimeError: Event loop is closed`` as unraisable exceptions: 240 lines
-  of stderr for one full disk. Inside this block both are dropped; the exception itself still
-  reaches the caller, which reports it in one line.
+  log the error with its traceback (``ERROR:absl: ... raised an exception``), its asyncio
+  callbacks report ``RuntimeError: Event loop is closed`` as unraisable exceptions, and the
+  failed tensorstore tasks, once garbage-collected, log ``Task exception was never retrieved``
+  through asyncio: 240 lines of stderr for one full disk. Inside this block all three are
+  dropped (the block collects garbage before it ends, so the failed tasks are reported while
+  it is still in force); the exception itself still reaches the caller, which reports it in
+  one line.
 
   Example:
     >>> with quiet_orbax_errors():
@@ -41,12 +45,18 @@ def quiet_orbax_errors() -> Iterator[None]:
   def drop_thread_errors(record: logging.LogRecord) -> bool:
     return record.levelno < logging.ERROR
 
-  absl = logging.getLogger("absl")
+  def drop_unretrieved(record: logging.LogRecord) -> bool:
+    return "exception was never retrieved" not in str(record.msg).split("\n", 1)[0]
+
+  absl, aio = logging.getLogger("absl"), logging.getLogger("asyncio")
   sys.unraisablehook = hook
   absl.addFilter(drop_thread_errors)
+  aio.addFilter(drop_unretrieved)
   try:
     yield
   finally:
+    gc.collect()
+    aio.removeFilter(drop_unretrieved)
     absl.removeFilter(drop_thread_errors)
     sys.unraisablehook = previous
 
