@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-from jaxparams.io.interrupt import raise_if_interrupted
+from jaxparams.io.interrupt import finish_before_interrupt, raise_if_interrupted
 
 __all__ = ["atomic_dir", "check_output_dir", "check_writable", "publish_dir", "sweep_stale"]
 
@@ -230,13 +230,16 @@ def publish_dir(tmp: str | Path, out_dir: str | Path, *, overwrite: bool = False
     raise FileExistsError(f"{out}: appeared while this run was writing (another run, or a folder "
                           f"created meanwhile) and was left untouched; the result is in {kept}: "
                           "move it into place, or rerun with --overwrite.")
-  if _renameat2(tmp, out, _RENAME_EXCHANGE):
-    shutil.rmtree(tmp, ignore_errors=True)  # now holds the old output
-    return out
-  old = _temp_path(out, "old")  # no atomic exchange here: a dead run's .old- is restored
-  os.rename(out, old)
-  os.rename(tmp, out)
-  shutil.rmtree(old, ignore_errors=True)
+  # Replacing and removing the old output finish before a Ctrl-C/SIGTERM is raised: an interrupt
+  # in between left the old output half-removed under the temporary name.
+  with finish_before_interrupt("replacing the previous output"):
+    if _renameat2(tmp, out, _RENAME_EXCHANGE):
+      shutil.rmtree(tmp, ignore_errors=True)  # now holds the old output
+      return out
+    old = _temp_path(out, "old")  # no atomic exchange here: a dead run's .old- is restored
+    os.rename(out, old)
+    os.rename(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)
   return out
 
 

@@ -38,7 +38,10 @@ def test_rome_exact_and_matches_reference():
   assert np.linalg.norm(w_new.T @ k_star - v_star) / np.linalg.norm(v_star) <= 1e-5
   want = ref.rome_update(w.T.astype(np.float64), cov.astype(np.float64), k_avg.astype(np.float64),
                          k_star.astype(np.float64), v_star.astype(np.float64))
-  assert _rel(np.asarray(d).T, want) <= 1e-5
+  # float32 against float64: C0 here has condition number 1.4e3, so the solve's error is about
+  # cond * eps32 = 1.7e-4 at worst (1.18e-5 seen on an AMD EPYC, 8e-6 elsewhere); the float32
+  # tolerance of test_memit_matches_reference. A wrong formula is off by O(1).
+  assert _rel(np.asarray(d).T, want) <= 1e-4
 
 
 @pytest.mark.parametrize("x64, tol", [(True, 1e-5), (False, 1e-4)])

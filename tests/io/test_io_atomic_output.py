@@ -3,6 +3,7 @@ umask permissions, dead runs' temporary folders swept, writability checked first
 
 import logging
 import os
+import signal
 import stat
 import subprocess
 import sys
@@ -68,6 +69,31 @@ def test_overwrite_is_one_atomic_exchange(tmp_path, monkeypatch):
                       lambda s, d, flags: calls.append(flags) or real(s, d, flags))
   jp.io.save_safetensors({"b": np.ones(1, np.float32)}, out, overwrite=True)
   assert atomic._RENAME_EXCHANGE in calls  # no moment without an output folder
+  assert jp.io.load_safetensors(out).keys() == {"b"} and _names(tmp_path) == ["out"]
+
+
+@pytest.mark.parametrize("exchange", [True, False], ids=["renameat2", "fallback"])
+def test_ctrl_c_while_the_old_output_is_removed_leaves_nothing_behind(tmp_path, monkeypatch,
+                                                                      exchange):
+  # A Ctrl-C landing while the replaced output was being removed interrupted the removal and
+  # left it, half-deleted, under the temporary name. Now the removal finishes, then the
+  # interrupt is raised: the new output is in place and nothing else is left.
+  out = tmp_path / "out"
+  jp.io.save_safetensors({"a": np.ones(1, np.float32)}, out)
+  real_rmtree = atomic.shutil.rmtree
+
+  def interrupted_rmtree(path, *a, **kw):
+    os.kill(os.getpid(), signal.SIGINT)  # the handler runs at the next bytecode
+    for _ in range(100):
+      time.sleep(0.001)
+    real_rmtree(path, *a, **kw)
+
+  monkeypatch.setattr(atomic.shutil, "rmtree", interrupted_rmtree)
+  if not exchange:
+    monkeypatch.setattr(atomic, "_renameat2", lambda s, d, flags: False)
+  with pytest.raises(KeyboardInterrupt):
+    jp.io.save_safetensors({"b": np.ones(1, np.float32)}, out, overwrite=True)
+  monkeypatch.setattr(atomic.shutil, "rmtree", real_rmtree)
   assert jp.io.load_safetensors(out).keys() == {"b"} and _names(tmp_path) == ["out"]
 
 
