@@ -36,17 +36,20 @@ jp.prune.PRUNERS.names()
 # %% [markdown]
 # ## Cosine to the dense model vs sparsity (one-shot, 36 Linear kernels)
 
+# %% [markdown]
+# One-shot (not sequential) calibration needs the layers' input statistics once: one forward
+# pass gives X^T X of every Linear, and each calibrated method and level reuses it (what
+# `prune_model(..., sequential=False)` computes, bit for bit, in one call per level).
+
 # %%
 levels = [0.3, 0.5, 0.7]
+stats = calib.collect_stats(module, params, batches)   # {kernel path: input statistics}
 curves = {}
 for method in ("magnitude", "wanda", "sparsegpt"):
   curves[method] = []
   for s in levels:
-    if method == "magnitude":
-      pruned, _ = jp.prune.prune_tree(params, method, sparsity=s)
-    else:
-      pruned, _ = jp.prune.prune_model(module, params, batches, method, sparsity=s,
-                                       sequential=False)
+    pruned, _ = jp.prune.prune_tree(params, method, sparsity=s,
+                                    stats=None if method == "magnitude" else stats)
     emb = jp.models.embed(evals, model=(module, pruned, config, tok))
     curves[method].append(float(np.mean(np.sum(emb * ref, -1))))
 fig, ax = plt.subplots(figsize=(5, 3.5))
