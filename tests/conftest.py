@@ -80,7 +80,7 @@ _UNIT_SECONDS = {
     "edit/tiny_lm": 40,  # "edit" (all of tests/edit) was one unit of 684 s until it was split
     "edit/test_edit_bert.py": 100,
     "edit/test_edit_model.py": 60,
-    "kernels/test_dequant_matmul.py": 267,
+    "kernels/test_dequant_matmul.py": 140,  # 267 before its GPU export test took each kernel once
     "test_notebooks.py::test_notebook_runs_and_draws_its_figures[09_training.py]": 196,
     "test_notebooks.py::test_notebook_runs_and_draws_its_figures[08_sparsity.py]": 190,
     "train/test_train_configs.py": 154,

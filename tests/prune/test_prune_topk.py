@@ -53,3 +53,15 @@ def test_row_mask_and_shapes():
 def test_integer_scores_take_the_argsort():
   x = jnp.array([3, 1, 2, 1, 0, 2], jnp.int32)
   np.testing.assert_array_equal(masks.topk_mask(x, 3), _argsort_mask(x, 3))
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.int32])
+def test_traced_count_under_jit(dtype):
+  # optax pruning passes n_prune from its schedule: a traced integer, any value in or out of range
+  rng = np.random.default_rng(2)
+  f = jax.jit(masks.topk_mask)
+  for _ in range(3):
+    x = jnp.asarray(rng.integers(-3, 4, 40)).astype(dtype)
+    for n_prune in (-2, 0, 1, 17, 39, 40, 45):
+      np.testing.assert_array_equal(f(x, jnp.int32(n_prune)), _argsort_mask(x, n_prune),
+                                    err_msg=f"n_prune {n_prune}")
