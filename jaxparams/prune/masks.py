@@ -83,21 +83,16 @@ def topk_mask(scores: jax.Array, n_prune: int) -> jax.Array:
   The mask of a stable ascending argsort (ties: the lower flat index is pruned first; -0 equals
   +0; NaN is the largest) without sorting: for floating scores the ``n_prune``-th smallest
   value is found by a radix select over the bits of an order-preserving integer key (one
-  counting pass per bit), then the ties at that value are pruned in index order. 5 to 17x faster
-  than the argsort on CPU for a 1536 x 384 kernel; other dtypes take the argsort.
-
-  ``n_prune`` may be a traced integer (a pruning schedule under ``jit``); outside ``[0, size]``
-  it keeps everything (below) or nothing (above).
+  counting pass per bit), then the ties at that value are pruned in index order (timings in
+  benchmarks/RESULTS.md, "Test suite time"); other dtypes take the argsort. ``n_prune`` may be
+  a traced integer (a pruning schedule under ``jit``); outside ``[0, size]`` it keeps
+  everything (below) or nothing (above).
 
   Example:
     >>> topk_mask(jnp.array([3., 1., 2., 1.]), 2).tolist()
     [True, False, True, False]
   """
   flat = scores.reshape(-1)
-  if isinstance(n_prune, int) and n_prune <= 0:  # n_prune may also be traced (a schedule)
-    return jnp.ones(scores.shape, bool)
-  if isinstance(n_prune, int) and n_prune >= flat.size:
-    return jnp.zeros(scores.shape, bool)
   if not jnp.issubdtype(flat.dtype, jnp.floating) or flat.dtype.itemsize not in _UINT:
     order = jnp.argsort(flat, stable=True)
     ranks = jnp.zeros(flat.shape, jnp.int32).at[order].set(jnp.arange(flat.size, dtype=jnp.int32))
@@ -112,9 +107,9 @@ def topk_mask(scores: jax.Array, n_prune: int) -> jax.Array:
     return jnp.where(enough, v, v | bit)
 
   kth = jax.lax.fori_loop(0, nbits, settle_bit, jnp.zeros((), keys.dtype))
-  ties = keys == kth
-  ties_pruned = n_prune - jnp.sum(keys < kth, dtype=jnp.int32)
-  prune = (keys < kth) | (ties & (jnp.cumsum(ties, dtype=jnp.int32) <= ties_pruned))
+  below, ties = keys < kth, keys == kth
+  ties_pruned = n_prune - jnp.sum(below, dtype=jnp.int32)
+  prune = below | (ties & (jnp.cumsum(ties, dtype=jnp.int32) <= ties_pruned))
   return (~prune).reshape(scores.shape)
 
 

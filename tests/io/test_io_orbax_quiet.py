@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import threading
 
@@ -40,7 +41,6 @@ def _records_while(fn) -> list[logging.LogRecord]:
   logger.addHandler(handler)
   try:
     fn()
-    import gc  # pylint: disable=import-outside-toplevel
     gc.collect()
   finally:
     logger.removeHandler(handler)
