@@ -11,10 +11,12 @@ Pipeline (everything on real text, nothing random about the sparsity):
 2. Measure the FFN sparsity per layer on held-out text; capture FFN inputs, train
    low-rank predictors, report recall/precision per layer and the held-out
    perplexity with the predicted neurons only.
-3. Grow the trained model to >= 0.5B parameters with ``jaxparams.scale.widen_llama_ffn``
+3. Grow the trained model to >= 0.5B parameters: the residual stream with
+   ``jaxparams.scale.widen_llama_hidden`` (every hidden unit copied 8x, function and FFN
+   pre-activations unchanged), then the FFN with ``jaxparams.scale.widen_llama_ffn``
    (Net2WiderNet, round-robin: every new neuron duplicates a trained one, so the
    activation pattern -- and the sparsity -- is exactly the small model's; checked on the
-   generated tokens). The predictors grow with the same mapping. The big model is
+   generated tokens). The predictors grow with the same mappings. The big model is
    written to a temporary folder outside the repository, in the bundled and the split
    (unbundled, neuron-major) layouts.
 4. Run ``jaxparams flash run`` (one process per setting, page cache dropped before and
@@ -49,23 +51,28 @@ from jaxparams.calib import docstring_sentences, reference_sentences, sklearn_se
 from jaxparams.io import SafetensorsWriter
 from jaxparams.models import Llama, LlamaConfig
 from jaxparams.models.hf_llama import name_map
-from jaxparams.scale import widen_llama_ffn
+from jaxparams.scale import widen_llama_ffn, widen_llama_hidden
 from jaxparams.scale.unit_mapping import wider_mapping
 
+# grow_hidden: the residual stream is widened too (8x), so that a neuron's bundle on disk is
+# 3 x 1024 x 4 B = 12 KiB, the size class of the paper's models (OPT-6.7B: 2 x 4096 x 2 B =
+# 16 KiB) rather than 1.5 KiB: per-read costs then weigh as they do there.
 FULL = dict(hidden=128, layers=4, heads=4, inter=512, seq=64, batch=16, silu_steps=80,
             relu_steps=50, l1=5.0, lr=3e-3, rank=32, pred_steps=400, capture_rows=64,
-            grow_to=327680, new_tokens=12, prompt_bytes=24)
+            grow_hidden=1024, grow_to=40960, new_tokens=12, prompt_bytes=24)
 QUICK = dict(hidden=64, layers=4, heads=4, inter=256, seq=64, batch=16, silu_steps=40,
              relu_steps=30, l1=5.0, lr=3e-3, rank=16, pred_steps=200, capture_rows=32,
-             grow_to=4096, new_tokens=8, prompt_bytes=16)
+             grow_hidden=256, grow_to=4096, new_tokens=8, prompt_bytes=16)
 
 
 def _batches(ids: np.ndarray, batch: int) -> list[np.ndarray]:
   return [ids[i:i + batch] for i in range(0, len(ids) - batch + 1, batch)]
 
 
-def _grow_and_write(params, cfg: LlamaConfig, new_inter: int, out: Path) -> LlamaConfig:
-  """Widens each layer's FFN with the library's Net2WiderNet and writes HF safetensors."""
+def _grow_and_write(params, cfg: LlamaConfig, new_hidden: int, new_inter: int,
+                    out: Path) -> LlamaConfig:
+  """Widens the stream, then each layer's FFN, with the library's Net2WiderNet; HF safetensors."""
+  params, cfg = widen_llama_hidden(params, cfg, new_hidden)
   big_cfg = dataclasses.replace(cfg, intermediate_size=new_inter)
   one = dataclasses.replace(cfg, num_hidden_layers=1)
   nmap = name_map(big_cfg)
@@ -118,6 +125,8 @@ def main() -> None:
   ap.add_argument("--out", required=True, help="result JSON")
   ap.add_argument("--quick", action="store_true", help="small model, whole pipeline, minutes")
   ap.add_argument("--workdir", default=None, help="temporary folder (default: system temp)")
+  ap.add_argument("--keep", action="store_true",
+                  help="keep the temporary folder (models, predictors, reports) for profiling")
   args = ap.parse_args()
   s = QUICK if args.quick else FULL
   t_all = time.perf_counter()
@@ -173,23 +182,28 @@ def main() -> None:
     # 3. Grow, write, bundle.
     t0 = time.perf_counter()
     big = work / "hf"
-    big_cfg = _grow_and_write(params, rcfg, s["grow_to"], big)
+    big_cfg = _grow_and_write(params, rcfg, s["grow_hidden"], s["grow_to"], big)
     g, _ = wider_mapping(s["inter"], s["grow_to"])
-    big_preds = [flash.expand_predictor(p, g) for p in preds]
+    gh, _ = wider_mapping(s["hidden"], s["grow_hidden"])
+    big_preds = [flash.expand_predictor(p, g, gh) for p in preds]
     flash.save_predictors(big_preds, work / "preds")
     bundled, split = work / "bundled", work / "split"
     flash.bundle(big, bundled)
     flash.bundle(big, split, layout="split")
     shutil.rmtree(big)
-    n_params = (big_cfg.vocab_size * big_cfg.hidden_size * 2 + big_cfg.num_hidden_layers * (
-        4 * big_cfg.hidden_size ** 2 + 3 * big_cfg.hidden_size * big_cfg.intermediate_size
-        + 2 * big_cfg.hidden_size) + big_cfg.hidden_size)
+    os.sync()  # written pages are dirty until flushed, and POSIX_FADV_DONTNEED cannot drop them
+    c, hd = big_cfg, big_cfg.head_dim_
+    attn = 2 * c.hidden_size * hd * (c.num_attention_heads + c.num_key_value_heads)
+    n_params = (c.vocab_size * c.hidden_size * 2 + c.num_hidden_layers * (
+        attn + 3 * c.hidden_size * c.intermediate_size + 2 * c.hidden_size) + c.hidden_size)
     result["model"] = {"params": n_params, "grown_from_params": sum(
         x.size for x in jax.tree.leaves(params)), "intermediate_size": s["grow_to"],
-        "grown_from_intermediate": s["inter"], "hidden_size": s["hidden"],
-        "layers": s["layers"], "dtype": "float32", "growth": "Net2WiderNet round robin "
-        "(jaxparams.scale.widen_llama_ffn)", "write_seconds": time.perf_counter() - t0}
-    print(f"3. grown to {n_params / 1e6:.1f}M params (FFN {s['inter']} -> {s['grow_to']}), "
+        "grown_from_intermediate": s["inter"], "hidden_size": s["grow_hidden"],
+        "grown_from_hidden": s["hidden"], "layers": s["layers"], "dtype": "float32",
+        "growth": "Net2WiderNet round robin (jaxparams.scale.widen_llama_hidden, then "
+        "widen_llama_ffn)", "write_seconds": time.perf_counter() - t0}
+    print(f"3. grown to {n_params / 1e6:.1f}M params (hidden {s['hidden']} -> "
+          f"{s['grow_hidden']}, FFN {s['inter']} -> {s['grow_to']}), "
           f"written and bundled in {time.perf_counter() - t0:.0f} s", flush=True)
 
     # 4. Runs.
@@ -208,6 +222,13 @@ def main() -> None:
     result["settings"] = settings
     base = settings["naive"]["tokens_per_s"]
     result["speedup_vs_naive"] = {k: v["tokens_per_s"] / base for k, v in settings.items()}
+    # The page-cache drop after every token is the protocol's way to hold the budget (the
+    # kernel may not keep the model's pages); naive pays for 2 GB of pages, so also report
+    # the ratio with the time inside the drop call taken out of every setting.
+    no_drop = {k: 1 / (v["wall_s_per_token"] - v["cache_drop_s_per_token"])
+               for k, v in settings.items()}
+    result["speedup_vs_naive_excluding_cache_drop"] = {k: v / no_drop["naive"]
+                                                       for k, v in no_drop.items()}
 
     # 5. Oracle == dense, sparsity preserved by growth.
     with flash.FlashModel(bundled, flash.FlashConfig(memory_budget=1.0, naive=True)) as m:
@@ -228,7 +249,10 @@ def main() -> None:
           f"small {np.round(small_active, 4).tolist()} vs grown "
           f"{np.round(oracle['active_fraction_per_layer'], 4).tolist()}", flush=True)
   finally:
-    shutil.rmtree(work, ignore_errors=True)
+    if args.keep:
+      print(f"kept {work}", flush=True)
+    else:
+      shutil.rmtree(work, ignore_errors=True)
   result["total_seconds"] = time.perf_counter() - t_all
   out = Path(args.out)
   out.parent.mkdir(parents=True, exist_ok=True)
@@ -238,7 +262,9 @@ def main() -> None:
     print(f"  {k:10s} {v['tokens_per_s']:8.2f} tok/s  {v['bytes_read_per_token'] / 1e6:9.2f} MB/tok "
           f"({100 * v['bytes_read_fraction_of_ffn']:6.2f}% FFN)  {v['read_calls_per_token']:8.0f} "
           f"calls/tok  chunk {v['avg_chunk_bytes'] / 1024:7.1f} KiB  io {v['io_s_per_token']:.3f} "
-          f"mem {v['mem_s_per_token']:.3f} compute {v['compute_s_per_token']:.3f} s/tok")
+          f"mem {v['mem_s_per_token']:.3f} (drop {v['cache_drop_s_per_token']:.3f}) compute "
+          f"{v['compute_s_per_token']:.3f} s/tok  x{result['speedup_vs_naive'][k]:.2f} naive "
+          f"(x{result['speedup_vs_naive_excluding_cache_drop'][k]:.2f} without the drops)")
 
 
 if __name__ == "__main__":

@@ -123,17 +123,36 @@ def predictor_metrics(preds: Sequence[LayerPredictor], xs: Sequence[np.ndarray],
   return out
 
 
-def expand_predictor(p: LayerPredictor, mapping: np.ndarray) -> LayerPredictor:
-  """The predictor of a layer whose neuron ``j`` copies neuron ``mapping[j]`` (Net2Net widening).
+def expand_predictor(p: LayerPredictor, mapping: np.ndarray,
+                     hidden_mapping: np.ndarray | None = None) -> LayerPredictor:
+  """The predictor of a layer grown by Net2Net widening.
+
+  Args:
+    p: the small layer's predictor.
+    mapping: neuron ``j`` of the grown FFN copies neuron ``mapping[j]``
+      (:func:`jaxparams.scale.widen_llama_ffn`).
+    hidden_mapping: hidden unit ``j`` of the grown residual stream copies unit
+      ``hidden_mapping[j]`` (:func:`jaxparams.scale.widen_llama_hidden`): ``a``'s rows are
+      copied and divided by their replication count, so the scores are unchanged.
 
   Example:
     >>> p = LayerPredictor(np.ones((2, 1), np.float32), np.arange(3, dtype=np.float32)[None],
     ...                    np.zeros(3, np.float32), 0.0)
     >>> expand_predictor(p, np.array([0, 1, 2, 2, 1])).b.tolist()
     [[0.0, 1.0, 2.0, 2.0, 1.0]]
+    >>> expand_predictor(p, np.arange(3), np.array([0, 1, 0, 1])).a.ravel().tolist()
+    [0.5, 0.5, 0.5, 0.5]
   """
   mapping = np.asarray(mapping)
-  return LayerPredictor(p.a, np.ascontiguousarray(p.b[:, mapping]),
+  a = p.a
+  if hidden_mapping is not None:
+    g = np.asarray(hidden_mapping)
+    if g.min(initial=0) < 0 or g.max(initial=0) >= a.shape[0]:
+      raise ValueError(f"expand_predictor: hidden_mapping refers to units outside "
+                       f"[0, {a.shape[0]})")
+    counts = np.bincount(g, minlength=a.shape[0])[g]
+    a = (a[g] / counts[:, None]).astype(p.a.dtype)
+  return LayerPredictor(np.ascontiguousarray(a), np.ascontiguousarray(p.b[:, mapping]),
                         np.ascontiguousarray(p.bias[mapping]), p.threshold)
 
 

@@ -151,12 +151,22 @@ def _attention_step(c: LlamaConfig):
 
 
 def _ffn_fn(act, hidden: int):
+  """The FFN over loaded ``[gate | up | down]`` rows, as two matrix products over whole rows.
+
+  ``rows @ [h on the gate block, h on the up block]`` gives the gate and up pre-activations
+  in one pass, and ``a @ rows`` the output (its gate and up columns dropped after). Reading
+  the down part twice and the gate/up parts once more than needed is cheaper on XLA:CPU
+  than three matrix-vector products over column slices of ``rows`` (4.7x on a 16,384-row,
+  hidden-1024 block here: 17.6 against 84 ms), which are not vectorized as well.
+  """
   def ffn(h, rows, n):
     rows = rows.astype(h.dtype)
-    gate, up, down = rows[:, :hidden], rows[:, hidden:2 * hidden], rows[:, 2 * hidden:]
-    a = act(gate @ h[0]) * (up @ h[0])
+    w = jnp.zeros((3 * hidden, 2), h.dtype)
+    w = w.at[:hidden, 0].set(h[0]).at[hidden:2 * hidden, 1].set(h[0])
+    z = rows @ w
+    a = act(z[:, 0]) * z[:, 1]
     a = jnp.where(jnp.arange(rows.shape[0]) < n, a, 0)
-    return (a @ down)[None]
+    return (a[None] @ rows)[:, 2 * hidden:]
   return jax.jit(ffn)
 
 
@@ -362,25 +372,51 @@ class FlashModel:
 
   # -- I/O --------------------------------------------------------------------------------------
   def _requests(self, layer: int, ids: np.ndarray, rows: np.ndarray, dest: np.ndarray) -> list:
-    """preadv requests bringing neurons ``ids`` (sorted) into ``dest[rows]``."""
-    reqs = []
+    """preadv requests bringing neurons ``ids`` (sorted) into ``dest[rows]``.
+
+    One call per run of consecutive neurons (per part in the split layout), up to
+    ``max_chunk_bytes`` and ``IOV_MAX`` buffers; within a call, one buffer per run of
+    consecutive destination rows (bundled) or per row (split).
+    """
+    ids = np.asarray(ids, np.int64)
+    rows = np.asarray(rows, np.int64)
+    if ids.size == 0:
+      return []
     h_bytes = self.H * self.itemsize
-    max_rows = max(1, self.cfg.max_chunk_bytes // self.row_bytes)
     flat = dest.reshape(dest.shape[0], -1).view(np.uint8)
-    for s, m in _runs(ids):
-      for s2 in range(s, s + m, max_rows):
-        m2 = min(max_rows, s + m - s2)
-        nid, r0 = int(ids[s2]), int(rows[s2])
-        if self.bundled:
-          f, off = self.parts[layer][0]
-          reqs.append((f, off + nid * self.row_bytes, [memoryview(flat[r0:r0 + m2]).cast("B")]))
-        else:
-          for p, (f, off) in enumerate(self.parts[layer]):
-            for s3 in range(0, m2, _IOV_MAX):
-              m3 = min(_IOV_MAX, m2 - s3)
-              bufs = [memoryview(flat[r, p * h_bytes:(p + 1) * h_bytes])
-                      for r in range(r0 + s3, r0 + s3 + m3)]
-              reqs.append((f, off + (nid + s3) * h_bytes, bufs))
+    max_rows = max(1, self.cfg.max_chunk_bytes // self.row_bytes)
+    step = np.diff(ids) != 1                        # a new run of neurons starts after i
+    # Chunk limit: cut runs every max_rows neurons (counted from each run's start).
+    run_id = np.concatenate([[0], np.cumsum(step)])
+    run_start = np.flatnonzero(np.concatenate([[True], step]))
+    in_run = np.arange(ids.size) - run_start[run_id]
+    call_start = np.concatenate([[True], step]) | (in_run % max_rows == 0)
+    reqs = []
+    if self.bundled:
+      f, off = self.parts[layer][0]
+      seg_start = call_start | np.concatenate([[True], np.diff(rows) != 1])
+      starts = np.flatnonzero(seg_start)
+      lens = np.diff(np.concatenate([starts, [ids.size]]))
+      new_call = call_start[starts]
+      bufs: list = []
+      for a, b, c in zip(starts.tolist(), lens.tolist(), new_call.tolist()):
+        if c or len(bufs) == _IOV_MAX:
+          if bufs:
+            reqs.append((f, off + first * self.row_bytes, bufs))
+          bufs, first = [], int(ids[a])
+        r = int(rows[a])
+        bufs.append(memoryview(flat[r:r + b]).cast("B"))
+      reqs.append((f, off + first * self.row_bytes, bufs))
+      return reqs
+    starts = np.flatnonzero(call_start)
+    ends = np.concatenate([starts[1:], [ids.size]])
+    for a, e in zip(starts.tolist(), ends.tolist()):
+      nid = int(ids[a])
+      for p, (f, off) in enumerate(self.parts[layer]):
+        for s3 in range(a, e, _IOV_MAX):
+          rr = rows[s3:min(e, s3 + _IOV_MAX)].tolist()
+          bufs = [memoryview(flat[r, p * h_bytes:(p + 1) * h_bytes]) for r in rr]
+          reqs.append((f, off + (nid + s3 - a) * h_bytes, bufs))
     return reqs
 
   def _bucket(self, n: int, cap: int) -> int:
@@ -416,24 +452,24 @@ class FlashModel:
     t0 = time.perf_counter()
     active = np.flatnonzero(mask)
     m, win = self.matrices[i], self.windows[i]
-    if cfg.window == 0:
+    if cfg.window == 0:  # everything is read afresh: nothing to keep, nothing to move
       m.remove(m.loaded().copy())
-      keep = mask
+      old, new = np.zeros(0, np.int64), active
     else:
       keep = win.update(t, active)
-    loaded = m.loaded()
-    m.remove(loaded[~keep[loaded]].copy())
-    new = active[m.pos[active] < 0]
-    if m.n + new.size > m.capacity:  # over capacity: drop the oldest neurons not needed now
       loaded = m.loaded()
-      spare = loaded[~mask[loaded]]
-      spare = spare[np.argsort(win.last[spare])]
-      m.remove(spare[:m.n + new.size - m.capacity].copy())
-      if m.n + new.size > m.capacity:  # the current set alone is too big: keep the best scores
-        over = m.n + new.size - m.capacity
-        new = np.sort(new[np.argsort(-score[new])][:new.size - over])
-        stats["dropped"] += over
-    rows = m.add(new)
+      old = loaded[~keep[loaded]]
+      new = active[m.pos[active] < 0]
+      over = m.n - old.size + new.size - m.capacity
+      if over > 0:  # over capacity: also drop the oldest kept neurons not needed now
+        spare = loaded[keep[loaded] & ~mask[loaded]]
+        spare = spare[np.argsort(win.last[spare], kind="stable")][:over]
+        old = np.concatenate([old, spare])
+    over = m.n - old.size + new.size - m.capacity
+    if over > 0:  # the current set alone is too big: keep the best scores
+      new = np.sort(new[np.argsort(-score[new], kind="stable")][:new.size - over])
+      stats["dropped"] += over
+    rows = m.replace(old, new)
     reqs = self._requests(i, new, rows, m.rows)
     stats["mem"] += time.perf_counter() - t0
     self.reader.read(reqs)
@@ -465,6 +501,7 @@ class FlashModel:
       t0 = time.perf_counter()
       self.reader.drop_cache()
       stats["mem"] += time.perf_counter() - t0
+      stats["drop"] += time.perf_counter() - t0
     return logits
 
   def generate(self, prompt: Sequence[int], new_tokens: int, *,
@@ -516,6 +553,7 @@ class FlashModel:
         "bytes_read_fraction_of_ffn": nbytes / n / self.ffn_bytes,
         "io_s_per_token": io / n, "mem_s_per_token": stats["mem"] / n,
         "compute_s_per_token": stats["compute"] / n, "wall_s_per_token": wall / n,
+        "cache_drop_s_per_token": stats["drop"] / n,  # part of mem_s_per_token
         "active_fraction_per_layer": [a / n / self.I for a in stats["active"]],
         "loaded_fraction_per_layer": ([v / n / self.I for v in stats["loaded"]]
                                       if not self.cfg.naive else [1.0] * self.L),
@@ -571,4 +609,4 @@ class _Bytes:
 
 
 def _new_stats(layers: int) -> dict:
-  return {"mem": 0.0, "compute": 0.0, "dropped": 0, "active": [0] * layers, "loaded": [0] * layers}
+  return {"mem": 0.0, "drop": 0.0, "compute": 0.0, "dropped": 0, "active": [0] * layers, "loaded": [0] * layers}

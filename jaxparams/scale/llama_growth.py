@@ -1,4 +1,4 @@
-"""Net2Net growth of a `jaxparams.models.Llama`: wider FFNs, more attention heads, identity blocks.
+"""Net2Net growth of a `jaxparams.models.Llama`: wider FFNs, more heads, a wider residual stream, identity blocks.
 
 Net2WiderNet copies whole units (a SwiGLU unit's gate and up columns, a kv group's heads) and
 divides their outgoing rows by the replication count; Net2DeeperNet inserts pre-norm blocks whose
@@ -19,6 +19,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -28,7 +29,7 @@ import numpy as np
 
 from jaxparams.scale.unit_mapping import add_noise, split_units, take_units, wider_mapping
 
-__all__ = ["deepen_llama", "widen_llama_ffn", "widen_llama_heads"]
+__all__ = ["deepen_llama", "widen_llama_ffn", "widen_llama_heads", "widen_llama_hidden"]
 
 
 def _llama_layers(params: Mapping[str, Any], config: Any) -> list[str]:
@@ -202,6 +203,103 @@ def widen_llama_heads(params: Mapping[str, Any], config: Any, new_num_heads: int
   new_config = dataclasses.replace(config, num_attention_heads=new_nh, num_key_value_heads=new_nkv,
                                    head_dim=hd)
   return out, new_config
+
+
+# Where each leaf of a Llama tree meets the residual stream (hidden_size): "out" = the leaf's last
+# axis is the stream (copied), "in" = its first axis reads the stream (rows divided by their
+# replication count), "none" = not on the stream (kept).
+_HIDDEN_ROLES = (
+    (re.compile(r"embed_tokens/embedding"), "out"),
+    (re.compile(r"(?:layers_\d+/(?:input|post_attention)_layernorm|norm)/scale"), "out"),
+    (re.compile(r"layers_\d+/attn/(?:q|k|v|qkv)_proj/kernel"), "in"),
+    (re.compile(r"layers_\d+/attn/(?:q|k|v|qkv)_proj/bias"), "none"),
+    (re.compile(r"layers_\d+/attn/[qk]_norm/scale"), "none"),
+    (re.compile(r"layers_\d+/attn/o_proj/(?:kernel|bias)"), "out"),
+    (re.compile(r"layers_\d+/mlp/(?:gate|up|gate_up)_proj/kernel"), "in"),
+    (re.compile(r"layers_\d+/mlp/(?:gate|up|gate_up)_proj/bias"), "none"),
+    (re.compile(r"layers_\d+/mlp/down_proj/(?:kernel|bias)"), "out"),
+    (re.compile(r"lm_head/kernel"), "in"),
+)
+
+
+def widen_llama_hidden(params: Mapping[str, Any], config: Any, new_hidden_size: int
+                       ) -> tuple[dict[str, Any], Any]:
+  """Net2WiderNet on the residual stream of a `jaxparams.models.Llama` (``hidden_size``).
+
+  Every hidden unit is copied ``k = new_hidden_size / hidden_size`` times: the embedding's
+  columns, the norm scales and the columns of the projections that write the stream
+  (``o_proj``, ``down_proj``) are repeated, and the rows of the projections that read it
+  (q/k/v, gate/up, ``lm_head``) are divided by ``k``. Each copy holds the same value, so RMSNorm
+  sees the same mean square and every projection the same sums: the function (and every FFN
+  neuron's pre-activation) is unchanged. Heads, ``head_dim`` and the FFN width stay as they are
+  (``head_dim`` is written into the config, as it no longer equals ``hidden / heads``).
+
+  Args:
+    params: Llama ``'params'`` tree.
+    config: its `LlamaConfig`.
+    new_hidden_size: a multiple of ``hidden_size`` (a uniform copy count keeps RMSNorm exact).
+
+  Returns:
+    ``(new_params, new_config)``.
+
+  Raises:
+    ValueError: not a multiple of ``hidden_size``, tied embeddings (the head would read the
+      copied embedding ``k`` times over), or a leaf this function does not know (a new switch
+      of the model must be placed on the stream before it can be widened).
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from jaxparams.models.llama import Llama, LlamaConfig
+    >>> cfg = LlamaConfig(vocab_size=16, hidden_size=8, intermediate_size=8,
+    ...                   num_hidden_layers=1, num_attention_heads=2)
+    >>> ids = jnp.zeros((1, 3), jnp.int32)
+    >>> p = Llama(cfg).init(jax.random.key(0), ids)['params']
+    >>> p2, cfg2 = widen_llama_hidden(p, cfg, 24)
+    >>> (cfg2.hidden_size, cfg2.head_dim, p2['layers_0']['attn']['q_proj']['kernel'].shape)
+    (24, 4, (24, 8))
+    >>> bool(jnp.allclose(Llama(cfg).apply({'params': p}, ids),
+    ...                   Llama(cfg2).apply({'params': p2}, ids), atol=1e-5))
+    True
+  """
+  h, q = config.hidden_size, int(new_hidden_size)
+  if q < h or q % h:
+    raise ValueError(f"widen_llama_hidden: new_hidden_size={q} must be a multiple of "
+                     f"hidden_size={h} (every unit copied equally often keeps RMSNorm exact)")
+  if config.tie_word_embeddings:
+    raise ValueError("widen_llama_hidden: tied embeddings cannot be widened exactly (the head "
+                     "would read each copied embedding column k times); untie them first")
+  _llama_layers(params, config)
+  g, counts = wider_mapping(h, q)
+  flat = {"/".join(str(getattr(k, "key", k)) for k in path): leaf
+          for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
+  roles = {}
+  for name in flat:
+    role = next((r for pat, r in _HIDDEN_ROLES if pat.fullmatch(name)), None)
+    if role is None:
+      raise ValueError(f"widen_llama_hidden: unknown leaf {name!r}; known: embedding, norm "
+                       "scales, q/k/v/o, gate/up/down, lm_head (and their biases)")
+    roles[name] = role
+
+  def body(leaves):
+    out = {}
+    for name, x in leaves.items():
+      if roles[name] == "out":
+        out[name] = take_units(x, g, -1)
+      elif roles[name] == "in":
+        out[name] = split_units(x, g, counts, 0)
+      else:
+        out[name] = jnp.asarray(x)
+    return out
+
+  grown = jax.jit(body)(flat)   # one compiled program
+  out: dict[str, Any] = {}
+  for name, x in grown.items():
+    node = out
+    *parents, last = name.split("/")
+    for k in parents:
+      node = node.setdefault(k, {})
+    node[last] = x
+  return out, dataclasses.replace(config, hidden_size=q, head_dim=config.head_dim_)
 
 
 def deepen_llama(params: Mapping[str, Any], config: Any, positions: Sequence[int] | int,

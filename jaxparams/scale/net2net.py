@@ -44,12 +44,13 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxparams.scale.llama_growth import deepen_llama, widen_llama_ffn, widen_llama_heads
+from jaxparams.scale.llama_growth import (deepen_llama, widen_llama_ffn, widen_llama_heads,
+                                          widen_llama_hidden)
 from jaxparams.scale.unit_mapping import add_noise, split_units, take_units, wider_mapping
 
 __all__ = [
     "DEEPER_ACTIVATIONS", "deepen_llama", "mlp_features", "net2deeper_mlp", "net2wider_mlp", "widen_llama_ffn",
-    "widen_llama_heads", "wider_mapping",
+    "widen_llama_heads", "widen_llama_hidden", "wider_mapping",
 ]
 
 DEEPER_ACTIVATIONS = ("relu", "relu6", "identity", "linear", "hard_tanh")

@@ -56,6 +56,24 @@ def test_oracle_equals_dense(relu_model, dense, window, bundled):
   assert 0.3 < frac < 0.7
 
 
+@pytest.mark.parametrize("bundled", [True, False])
+@pytest.mark.parametrize("max_chunk", [1, 1 << 22])
+def test_oracle_equals_dense_with_cut_reads(relu_model, dense, bundled, max_chunk, monkeypatch):
+  """Reads cut at every row (max_chunk_bytes) and at 2 buffers per call (IOV_MAX) still land
+  each neuron in its row, new neurons taking the rows of the ones the window let go."""
+  monkeypatch.setattr(flash.runtime, "_IOV_MAX", 2)
+  cfg = flash.FlashConfig(memory_budget=0.9, oracle=True, window=2, max_chunk_bytes=max_chunk)
+  with flash.FlashModel(relu_model, cfg, bundled=bundled) as m:
+    o = m.generate(PROMPT, 5, keep_logits=True)
+    assert m.matrices[0].n < 256  # the window let neurons go
+  assert o["tokens"] == dense["tokens"]
+  np.testing.assert_allclose(np.stack(o["logits"]), np.stack(dense["logits"]), atol=1e-5, rtol=0)
+  if max_chunk == 1:  # one call per neuron (bundled) or per neuron and part (split)
+    assert o["avg_chunk_bytes"] == (3 * 32 * 4 if bundled else 32 * 4)
+  else:  # at most 2 rows per call
+    assert 32 * 4 * (3 if bundled else 1) < o["avg_chunk_bytes"] <= 2 * 3 * 32 * 4
+
+
 def test_bundling_cuts_read_calls_not_bytes(relu_model):
   reports = {}
   for b in (True, False):

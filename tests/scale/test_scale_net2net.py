@@ -124,6 +124,36 @@ def test_widen_llama_ffn_heads_and_deepen_exact(llama):
     assert rel <= 1e-6, (cfg, rel)
 
 
+def test_widen_llama_hidden_exact_and_neurons_kept(llama):
+  """Residual stream 32 -> 96 (biases, GQA): same logits, same FFN pre-activations, HF config."""
+  ids, params, logits = llama
+  p1, c1 = n2n.widen_llama_hidden(params, CFG, 96)
+  assert (c1.hidden_size, c1.head_dim_, c1.num_attention_heads) == (96, 8, 4)
+  assert p1["embed_tokens"]["embedding"].shape == (64, 96)
+  assert p1["layers_1"]["mlp"]["down_proj"]["kernel"].shape == (48, 96)
+  assert p1["lm_head"]["kernel"].shape == (96, 64)
+  assert LlamaConfig.from_hf_dict(c1.to_hf_dict()) == c1   # head_dim written out
+  assert _rel(logits, _apply(c1, p1, ids)) <= 1e-6
+  # Each FFN neuron sees the same input: the stream's copies hold the same value.
+  x = np.random.default_rng(3).normal(size=(5, 32)).astype(np.float32)
+  gate = lambda p, v: v @ np.asarray(p["layers_0"]["mlp"]["gate_proj"]["kernel"])
+  np.testing.assert_allclose(gate(p1, np.tile(x, 3)), gate(params, x), rtol=1e-5, atol=1e-6)
+  p2, c2 = n2n.widen_llama_ffn(p1, c1, 96)   # composes with FFN growth
+  assert _rel(logits, _apply(c2, p2, ids)) <= 1e-6
+
+
+def test_widen_llama_hidden_errors(llama):
+  _, params, _ = llama
+  with pytest.raises(ValueError, match="must be a multiple of hidden_size=32"):
+    n2n.widen_llama_hidden(params, CFG, 48)
+  tied = LlamaConfig(**{**CFG.__dict__, "tie_word_embeddings": True})
+  with pytest.raises(ValueError, match="tied embeddings"):
+    n2n.widen_llama_hidden({k: v for k, v in params.items() if k != "lm_head"}, tied, 64)
+  odd = {**params, "extra": {"kernel": jnp.zeros((32, 2))}}
+  with pytest.raises(ValueError, match="unknown leaf 'extra/kernel'"):
+    n2n.widen_llama_hidden(odd, CFG, 64)
+
+
 def test_widen_llama_noise_breaks_symmetry(llama):
   ids, params, logits = llama
   p1, c1 = n2n.widen_llama_ffn(params, CFG, 64, jax.random.PRNGKey(5), noise=0.05)
