@@ -13,9 +13,11 @@
 #
 # `benchmarks/flash.py` trains a small byte-level Llama on real text, relufies it, trains
 # low-rank predictors of its active FFN neurons, grows it to >= 0.5B parameters with
-# Net2WiderNet (`jaxparams.scale.widen_llama_ffn`: every new neuron copies a trained one, so
-# the sparsity pattern is the trained model's) and runs `jaxparams flash run` at a memory budget
-# of half the model, page cache dropped, in four settings:
+# Net2WiderNet (`jaxparams.scale.widen_llama_hidden`, residual stream 128 -> 1024, so that a
+# neuron's bundle is 12 KiB as in the paper's models; then `jaxparams.scale.widen_llama_ffn`,
+# FFN 512 -> 40,960: every new neuron copies a trained one, so the sparsity pattern is the
+# trained model's) and runs `jaxparams flash run` at a memory budget of half the model, page
+# cache dropped, in four settings:
 #
 # * **naive**: each layer's FFN read whole when needed;
 # * **predictor**: only the neurons the predictor marks active, reloaded every token;
