@@ -1,14 +1,14 @@
 """Do MEMIT's lambda and AlphaEdit's null space travel across models? One batch per setting.
 
   python benchmarks/edit_thresholds.py --lm DIR [--lm DIR2] [--bert DIR] [--batch 100]
-      [--out RESULT.json]
+      [--layers 0] [--defaults-only] --out RESULT.json
 
 ``--lm``: a facts LM folder (``hf/`` and ``data/``, as ``train_facts_lm`` writes); ``--bert``: a
 facts BERT-MLM work folder (``train_facts_mlm``). For each model, one batch of ``--batch`` edits
-at layer 0 (the benchmark's site) with MEMIT and AlphaEdit under their reference constants
-(``lambda_mode='absolute'`` 15000, the width-scaled 15000 d/16384; ``nullspace_mode='absolute'``
-2e-2 with L2 10) and under the scale-free modes at several values, the record's defaults
-marked. Everything else is the record's default (target optimisation included), so the
+at ``--layers`` (default: layer 0, the benchmark's site; targets at the last) with MEMIT and
+AlphaEdit under their reference constants (``lambda_mode='absolute'`` 15000, the width-scaled
+15000 d/16384; ``nullspace_mode='absolute'`` 2e-2 with L2 10) and under the scale-free modes at
+several values, the record's defaults marked. Everything else is the record's default (target optimisation included), so the
 default rows are what ``jaxparams edit`` does. The target optimisation depends on none of these
 settings: it runs once per method and model (memoised here) and only the closed-form update
 changes between rows. Scores as ``benchmarks/edit_facts.py``. Writes ``--out`` and a markdown
@@ -80,12 +80,29 @@ def _model(kind, path):
   return lm, batches, edit_facts_bert.Scorer(lm), facts_mlm.recall(lm)["accuracy"]
 
 
-def run_model(kind, path, n):
+def parse_layers(text: str) -> tuple[int, ...]:
+  """``'0'``, ``'0-2'`` or ``'0,2,3'`` -> sorted layer indices.
+
+  Example:
+    >>> parse_layers('1-3'), parse_layers('0,2')
+    ((1, 2, 3), (0, 2))
+  """
+  out = set()
+  for part in text.split(","):
+    a, _, b = part.strip().partition("-")
+    if not a.isdigit() or (b and not b.isdigit()):
+      raise ValueError(f"--layers: expected 'i', 'i-j' or 'i,j,...', found {text!r}")
+    out.update(range(int(a), int(b or a) + 1))
+  return tuple(sorted(out))
+
+
+def run_model(kind, path, n, layers=(0,)):
   lm, batches, score, recall = _model(kind, path)
-  layer = 0
-  where = sites.kernel_path(layer, lm.module)
-  st = stats.key_stats(lm.module, lm.params, batches, layers=(layer,))
-  cov = {layer: st[layer].gram}
+  layer = layers[-1]  # the targets' layer (MEMIT/AlphaEdit spread the residual over all)
+  wanted = {sites.kernel_path(i, lm.module) for i in layers}
+  where = lambda p, _leaf: p in wanted
+  st = stats.key_stats(lm.module, lm.params, batches, layers=tuple(layers))
+  cov = {i: st[i].gram for i in layers}
   d_ff = int(cov[layer].shape[0])
   tpl = req_lib.context_templates(lm.module, lm.params, lm.tokenizer)
   groups = [["{}"], tpl[1:6]]
@@ -93,7 +110,8 @@ def run_model(kind, path, n):
   edits = list(lm.facts.edits)[:n]
   call = lambda p: score(p, edits)
   cfg = lm.config
-  out = {"model": {"kind": kind, "path": str(path), "hidden": cfg.hidden_size, "d_ff": d_ff,
+  out = {"layers": list(layers),
+         "model": {"kind": kind, "path": str(path), "hidden": cfg.hidden_size, "d_ff": d_ff,
                    "layers": cfg.num_hidden_layers, "facts": len(lm.facts.facts),
                    "recall": recall, "stats_tokens": int(st[layer].count)},
          "unedited": call(lm.params), "rows": []}
@@ -103,9 +121,11 @@ def run_model(kind, path, n):
   print(out["model"], flush=True)
   for name, rows in SETTINGS.items():
     for row in rows:
-      tgt = row[-1] if isinstance(row[-1], dict) else {}
+      tgt = row[-1] if row and isinstance(row[-1], dict) else {}
       row = row[:-1] if tgt else row
-      if name == "memit":
+      if not row:  # the record's defaults, as `jaxparams edit` uses them
+        hp = edit_registry.make_params(name, {})
+      elif name == "memit":
         mode, w = row
         w = 15000.0 * d_ff / 16384 if w == "width" else w
         hp = edit_registry.make_params("memit", {"lambda_mode": mode, "mom2_update_weight": w,
@@ -136,12 +156,13 @@ def run_model(kind, path, n):
 
 def write_md(results, path):
   lines = ["# Scale-free MEMIT lambda and AlphaEdit null space (benchmarks/edit_thresholds.py)",
-           "", f"Machine: {results['machine']} (shared CPU). One batch of {results['batch']} "
-           "edits at layer 0; everything but the row's setting is the record's default "
-           "(`jaxparams edit`'s). **bold**: the record's default.", ""]
+           "", f"Machine: {results['machine']}. One batch of {results['batch']} "
+           f"edits at layer(s) {results.get('layers', [0])}; everything but the row's setting "
+           "is the record's default (`jaxparams edit`'s). **bold**: the record's default.", ""]
   for m in results["models"]:
     mm = m["model"]
-    lines += [f"## {mm['kind']} `{mm['path']}`: hidden {mm['hidden']}, d_ff {mm['d_ff']}, "
+    lines += [f"## {mm['kind']} `{mm['path']}`, batch of {m.get('batch', results['batch'])}: "
+              f"hidden {mm['hidden']}, d_ff {mm['d_ff']}, "
               f"{mm['layers']} layers, {mm['facts']} facts, recall {mm['recall']:.3f}, C0 from "
               f"{mm['stats_tokens']} tokens", "",
               f"Unedited: efficacy {m['unedited']['efficacy']:.3f}, locality "
@@ -173,21 +194,32 @@ def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   ap.add_argument("--lm", action="append", default=[], help="facts LM folder (hf/, data/)")
   ap.add_argument("--bert", action="append", default=[], help="facts BERT-MLM work folder")
-  ap.add_argument("--batch", type=int, default=100)
+  ap.add_argument("--batch", default="100", help="edits per batch; a comma list runs each size "
+                  "(the first edits of the set), e.g. 10,25,50,100")
+  ap.add_argument("--defaults-only", action="store_true",
+                  help="only the records' default settings (the capacity curve over --batch)")
+  ap.add_argument("--layers", default="0", help="edited layers: 'i', 'i-j' or 'i,j,...' (targets "
+                  "at the last)")
   ap.add_argument("--only", default="", help="comma-separated methods (default: both)")
   ap.add_argument("--out", required=True)
   a = ap.parse_args(argv)
+  if a.defaults_only:
+    for k in SETTINGS:
+      SETTINGS[k] = [()]
   if a.only:
     for k in list(SETTINGS):
       if k not in a.only.split(","):
         del SETTINGS[k]
   _memo_targets()
-  res = {"batch": a.batch, "machine": f"{platform.machine()}, {jax.device_count()} "
+  layers = parse_layers(a.layers)
+  sizes = [int(b) for b in str(a.batch).split(",")]
+  res = {"batch": a.batch, "layers": list(layers), "machine": f"{platform.machine()}, {jax.device_count()} "
                                       f"{jax.devices()[0].platform} device(s)", "models": []}
   out = pathlib.Path(a.out)
   for kind, paths in (("lm", a.lm), ("bert", a.bert)):
     for p in paths:
-      res["models"].append(run_model(kind, p, a.batch))
+      for n in sizes:
+        res["models"].append(dict(run_model(kind, p, n, layers), batch=n))
       out.parent.mkdir(parents=True, exist_ok=True)
       out.write_text(json.dumps(res, indent=1))
       write_md(res, out.with_suffix(".md"))
