@@ -38,7 +38,7 @@ def test_every_field_settable_nested_or_dotted():
   a = registry.make_params("alphaedit", {"target": {"v_num_grad_steps": 7}, "L2": 3,
                                          "target.clamp_norm_factor": 2.0})
   assert a == methods.AlphaEditParams(
-      target=targets.TargetParams(clamp_norm_factor=2.0, v_num_grad_steps=7, v_lr=0.1), L2=3.0)
+      target=targets.TargetParams(clamp_norm_factor=2.0, v_num_grad_steps=7, v_lr=0.5), L2=3.0)
   for name in registry.names():
     rec = registry.get(name)
     for field in rec.param_names():      # each one reachable by its dotted name
@@ -57,8 +57,9 @@ def test_checkpoint_defaults_are_the_former_hard_coded_ones():
   assert checkpoint.edit_params("rome") == methods.RomeParams(target=tp(fact_token="subject_last"))
   assert checkpoint.edit_params("memit") == methods.MemitParams(
       target=tp(clamp_norm_factor=0.75, v_num_grad_steps=25))
+  # AlphaEdit's targets: v_lr 0.5 (the reference's GPT-2-XL/GPT-J value; was its Llama3-8B 0.1).
   assert checkpoint.edit_params("alphaedit", fact_token="last") == methods.AlphaEditParams(
-      target=tp(fact_token="last", clamp_norm_factor=0.75, v_num_grad_steps=25, v_lr=0.1))
+      target=tp(fact_token="last", clamp_norm_factor=0.75, v_num_grad_steps=25, v_lr=0.5))
 
 
 def test_params_file_then_set(tmp_path):
