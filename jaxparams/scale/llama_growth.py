@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxparams import tree as jtree
 from jaxparams.scale.unit_mapping import add_noise, split_units, take_units, wider_mapping
 
 __all__ = ["deepen_llama", "widen_llama_ffn", "widen_llama_heads", "widen_llama_hidden"]
@@ -270,8 +271,7 @@ def widen_llama_hidden(params: Mapping[str, Any], config: Any, new_hidden_size: 
                      "would read each copied embedding column k times); untie them first")
   _llama_layers(params, config)
   g, counts = wider_mapping(h, q)
-  flat = {"/".join(str(getattr(k, "key", k)) for k in path): leaf
-          for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
+  flat = jtree.flatten(params)
   roles = {}
   for name in flat:
     role = next((r for pat, r in _HIDDEN_ROLES if pat.fullmatch(name)), None)
@@ -291,14 +291,7 @@ def widen_llama_hidden(params: Mapping[str, Any], config: Any, new_hidden_size: 
         out[name] = jnp.asarray(x)
     return out
 
-  grown = jax.jit(body)(flat)   # one compiled program
-  out: dict[str, Any] = {}
-  for name, x in grown.items():
-    node = out
-    *parents, last = name.split("/")
-    for k in parents:
-      node = node.setdefault(k, {})
-    node[last] = x
+  out = jtree.unflatten(jax.jit(body)(flat), like=params)   # one compiled program
   return out, dataclasses.replace(config, hidden_size=q, head_dim=config.head_dim_)
 
 
