@@ -6,8 +6,8 @@ preallocated array (never reallocated). Deleting neurons moves the last rows
 into the holes (swap-on-delete, one vectorised copy per token), adding neurons
 appends rows at ``n``; :meth:`NeuronMatrix.replace` deletes and adds in one step,
 giving the new neurons the deleted neurons' rows first, so that only the surplus of
-holes is compacted and a token's reads land in place (no row is copied twice). :class:`Window` keeps, per neuron, the last token at
-which it was predicted active; the neurons to keep are those active in the last
+holes is compacted and a token's reads land in place (no row is copied twice).
+:class:`Window` keeps, per neuron, the last token at which it was predicted active; the neurons to keep are those active in the last
 ``k`` tokens, so only the increment is read.
 
 Example:

@@ -178,16 +178,6 @@ def _scores_fn():
   return scores
 
 
-def _runs(ids: np.ndarray) -> list[tuple[int, int]]:
-  """(start index, length) of runs of consecutive values in sorted ``ids``."""
-  if ids.size == 0:
-    return []
-  breaks = np.flatnonzero(np.diff(ids) != 1) + 1
-  starts = np.concatenate([[0], breaks])
-  ends = np.concatenate([breaks, [ids.size]])
-  return list(zip(starts.tolist(), (ends - starts).tolist()))
-
-
 class FlashModel:
   """A Llama-family model whose FFNs stay on disk (see the module docstring).
 
@@ -500,8 +490,9 @@ class FlashModel:
     if self.cfg.drop_cache_every_token:
       t0 = time.perf_counter()
       self.reader.drop_cache()
-      stats["mem"] += time.perf_counter() - t0
-      stats["drop"] += time.perf_counter() - t0
+      dt = time.perf_counter() - t0
+      stats["mem"] += dt
+      stats["drop"] += dt
     return logits
 
   def generate(self, prompt: Sequence[int], new_tokens: int, *,
@@ -609,4 +600,5 @@ class _Bytes:
 
 
 def _new_stats(layers: int) -> dict:
-  return {"mem": 0.0, "drop": 0.0, "compute": 0.0, "dropped": 0, "active": [0] * layers, "loaded": [0] * layers}
+  return {"mem": 0.0, "drop": 0.0, "compute": 0.0, "dropped": 0, "active": [0] * layers,
+          "loaded": [0] * layers}

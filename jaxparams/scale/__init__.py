@@ -5,7 +5,8 @@ Growth (each ``params, config -> params, config``, the function unchanged):
 - `tokenformer`: `grow` a TokenFormer (append zero-key parameter tokens, τ frozen); the model
   (`Pattention`, `TokenFormer`) is `jaxparams.models.tokenformer`, re-exported here.
 - `net2net`: Net2WiderNet / Net2DeeperNet for Dense stacks; `llama_growth` the same for
-  `jaxparams.models.Llama` (`widen_llama_ffn`, `widen_llama_heads`, `widen_llama_hidden`, `deepen_llama`);
+  `jaxparams.models.Llama` (`widen_llama_ffn`, `widen_llama_heads`, `widen_llama_hidden`,
+  `deepen_llama`);
   `unit_mapping` the unit mappings both use.
 - `upcycle`: dense FFN -> mixture of experts (`upcycle_llama`, `experts_from_models`,
   `extract_expert`); the model (`MoELlama`, `moe_ffn`) is `jaxparams.models.moe_llama`,
@@ -45,5 +46,6 @@ __all__ = [
     "grow", "grow_optimizer_state", "mlp_features", "moe_ffn", "mup", "mup_adam", "mup_adamw", "mup_sgd", "net2deeper_mlp",
     "net2net", "net2wider_mlp", "non_embedding_params", "scale_llama", "step_law", "steplaw",
     "tokenformer", "trim_vocab", "upcycle", "upcycle_ffn", "upcycle_llama", "vocab_trim",
-    "widen_llama_ffn", "widen_llama_heads", "widen_llama_hidden", "wider_mapping", "write_tokenizer",
+    "widen_llama_ffn", "widen_llama_heads", "widen_llama_hidden", "wider_mapping",
+    "write_tokenizer",
 ]

@@ -1,4 +1,4 @@
-"""Net2Net growth of a `jaxparams.models.Llama`: wider FFNs, more heads, a wider residual stream, identity blocks.
+"""Net2Net growth of a `jaxparams.models.Llama`: wider FFN, heads and residual stream; new blocks.
 
 Net2WiderNet copies whole units (a SwiGLU unit's gate and up columns, a kv group's heads) and
 divides their outgoing rows by the replication count; Net2DeeperNet inserts pre-norm blocks whose
