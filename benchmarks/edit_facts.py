@@ -18,17 +18,20 @@ MEMIT/AlphaEdit/GRACE/WISE/FT, and ``--seq-edits`` sequential edits in batches o
 (``<method>_seq`` keys, with a ``curve`` per batch). Writes the JSON and
 ``benchmarks/results/edit.md``. ``--seq-only`` runs only the sequential setting (scores and
 cumulative edit time after every batch) into ``benchmarks/results/edit_seq.{json,md}``;
-``--combine A.json,B.json`` joins the sequential runs of separate processes. Defaults: keys and targets at the subject's last token
-(``fact_token='subject_last'``), ROME at layer 0 with the reference's target optimisation
-(20 steps, lr 0.5, clamp 4), MEMIT/AlphaEdit on layer 0 (25 steps, clamp 4; lambda, null space and L2 the
-records' scale-free defaults: ``--lam width`` / ``--alpha-threshold`` for absolute constants), key statistics from the facts of
+``--combine A.json,B.json`` joins the sequential runs of separate processes.
+
+Defaults are the method records' own (``jaxparams edit``'s), overridden only by the flags
+given: keys and targets at the subject's last token; ROME at layer 0 (targets: 20 steps, lr
+0.5, clamp 4); MEMIT/AlphaEdit at layer 0 (25 steps, lr 0.5, clamp 0.75; lambda, null space and
+L2 scale-free: ``--lam width`` / ``--alpha-threshold`` / ``--alpha-l2`` for the reference's
+absolute constants); GRACE and WISE at the references' depth (layer 27 of 32 scaled: the last
+layer of a 4-layer LM), GRACE's radius 0.3 x the key's norm; key statistics from the facts of
 subjects that no edit of the run names (``--stats-from other_subjects``, the analogue of the
 reference's Wikipedia statistics; ``auto`` falls back to the unedited facts on sets whose edits
-name nearly every subject, as the default set), WISE at layer 2 with margins scaled to the model. For 1000
-sequential edits, generate the 1000-edit set (``benchmarks/make_facts_set.py --subjects 1300
---relations-per-subject 2 --edits 1000 --distinct-subjects --out DIR``), train its LM with
-``train_facts_lm(WORK, ..., size='wide')`` and pass ``--lm WORK --memit-layers 0
---alpha-threshold 0.1 --seq-edits 1000`` (benchmarks/results/edit_batch.md).
+name nearly every subject). For 1000 sequential edits, generate the 1000-edit set
+(``benchmarks/make_facts_set.py --subjects 1300 --relations-per-subject 2 --edits 1000
+--distinct-subjects --out DIR``), train its LM with ``train_facts_lm(WORK, ..., size='xwide')``
+(keys 2048 wide; ``'wide'``: 512) and pass ``--lm WORK --seq-only --seq-edits 1000``.
 """
 
 from __future__ import annotations
@@ -120,11 +123,15 @@ class Scorer:
 
 
 def target_params(a):
-  """(ROME's v*, MEMIT/AlphaEdit's z) target optimisation settings from the command line."""
-  return (targets.TargetParams(fact_token=a.fact_token, v_num_grad_steps=a.v_steps, v_lr=a.v_lr,
-                               clamp_norm_factor=a.clamp),
-          targets.TargetParams(fact_token=a.fact_token, v_num_grad_steps=a.z_steps, v_lr=a.v_lr,
-                               clamp_norm_factor=a.z_clamp))
+  """(ROME's v*, MEMIT/AlphaEdit's z) target optimisation settings: each record's own defaults,
+  with the command line's flags over them where given."""
+  def over(base, **kw):
+    return dataclasses.replace(base, **{k: v for k, v in kw.items() if v is not None})
+  dflt = {n: edit_registry.get(n).defaults() for n in ("rome", "memit")}
+  return (over(dflt["rome"].target, fact_token=a.fact_token, v_num_grad_steps=a.v_steps,
+               v_lr=a.v_lr, clamp_norm_factor=a.clamp),
+          over(dflt["memit"].target, fact_token=a.fact_token, v_num_grad_steps=a.z_steps,
+               v_lr=a.v_lr, clamp_norm_factor=a.z_clamp))
 
 
 def method_params(a, name: str, fields: dict) -> object:
@@ -190,13 +197,15 @@ def main(argv=None):
   ap.add_argument("--alpha-l2", type=float, default=None,
                   help="AlphaEdit absolute L2 (the reference: 10; default: the record's, "
                   "l2_mode='relative')")
-  ap.add_argument("--v-steps", type=int, default=dflt["rome"].target.v_num_grad_steps,
-                  help="target optimisation steps")
-  ap.add_argument("--v-lr", type=float, default=dflt["rome"].target.v_lr)
-  ap.add_argument("--clamp", type=float, default=dflt["rome"].target.clamp_norm_factor,
-                  help="ROME clamp_norm_factor")
+  ap.add_argument("--v-steps", type=int, default=None,
+                  help="ROME target optimisation steps (default: the record's)")
+  ap.add_argument("--v-lr", type=float, default=None,
+                  help="target learning rate of every method (default: each record's)")
+  ap.add_argument("--clamp", type=float, default=None,
+                  help="ROME clamp_norm_factor (default: the record's, 4)")
   # WISE / GRACE / FT-L / sequential settings (see benchmarks/results/edit_seq.md for why).
-  ap.add_argument("--wise-layer", type=int, default=2, help="WISE value matrix (a late layer)")
+  ap.add_argument("--wise-layer", type=int, default=None,
+                  help="WISE value matrix (default: the reference's layer 27 of 32, scaled)")
   ap.add_argument("--wise-iters", type=int, default=dflt["wise"].n_iter)
   ap.add_argument("--wise-lr", type=float, default=dflt["wise"].edit_lr)
   ap.add_argument("--wise-nc", type=float, default=dflt["wise"].norm_constraint,
@@ -205,12 +214,19 @@ def main(argv=None):
                   help="WISE alpha,beta,gamma")
   ap.add_argument("--wise-save", type=int, default=dflt["wise"].save_freq,
                   help="WISE save_freq (merge: 2x)")
+  ap.add_argument("--wise-merge", type=int, default=None,
+                  help="WISE merge_freq (default: 2 x --wise-save, the reference's ratio)")
+  ap.add_argument("--wise-retrieve", action="store_true",
+                  help="WISE-Retrieve: a memory per shard, routed to the farthest (reference "
+                  "retrieve: True)")
   ap.add_argument("--wise-in-scope", default="target", choices=("target", "all"))
   ap.add_argument("--wise-act-ratio", type=float, default=dflt["wise"].act_ratio)
   ap.add_argument("--wise-mask-ratio", type=float, default=dflt["wise"].mask_ratio)
   ap.add_argument("--wise-templates", type=int, default=11,
                   help="edit rows per request: '{}' plus this many - 1 context templates")
-  ap.add_argument("--grace-layer", type=int, default=0)
+  ap.add_argument("--grace-layer", type=int, default=None,
+                  help="GRACE's layer (default: the reference's depth, layer 27 of 32, scaled: "
+                  "the last of a 4-layer LM)")
   ap.add_argument("--ft-layer", type=int, default=0)
   ap.add_argument("--ft-tuned", default="25,5e-4,5e-2",
                   help="steps,lr,norm_constraint of the 'ft_tuned' method (a setting that edits)")
@@ -221,9 +237,10 @@ def main(argv=None):
                   help="markdown table of the sequential runs (default: --seq-out with .md)")
   ap.add_argument("--combine", default="", help="comma-separated --seq-out JSON files of "
                   "separate runs: merge them into --seq-out / --seq-md and exit")
-  ap.add_argument("--z-steps", type=int, default=dflt["memit"].target.v_num_grad_steps,
-                  help="MEMIT/AlphaEdit target steps")
-  ap.add_argument("--z-clamp", type=float, default=4.0, help="MEMIT/AlphaEdit clamp_norm_factor")
+  ap.add_argument("--z-steps", type=int, default=None,
+                  help="MEMIT/AlphaEdit target steps (default: the record's)")
+  ap.add_argument("--z-clamp", type=float, default=None,
+                  help="MEMIT/AlphaEdit clamp_norm_factor (default: the record's, 0.75)")
   ap.add_argument("--set", action="append", default=[], dest="assign",
                   metavar="METHOD.NAME=VALUE",
                   help="set any parameter of a method's record on top of the flags above "
@@ -272,6 +289,9 @@ def main(argv=None):
   edits = list(fs.edits)
   score = Scorer(lm)
   tp, tpm = target_params(a)
+  late = round(27 / 31 * (lm.config.num_hidden_layers - 1))  # the references' llama-7b depth
+  a.grace_layer = late if a.grace_layer is None else a.grace_layer
+  a.wise_layer = late if a.wise_layer is None else a.wise_layer
   memit_where = re.compile("|".join(f"layers_{l}/mlp/down_proj/kernel"
                                     for l in a.memit_layers.split(",")))
   results = {"_setup": {"facts": len(fs.facts), "edits_available": len(edits),
@@ -282,11 +302,14 @@ def main(argv=None):
                         "stats_from": a.stats_from,
                         "memit_layers": a.memit_layers, "lambda": lam, "d_ff": d_ff,
                         "alpha_threshold": a.alpha_threshold or "record", "alpha_l2": a.alpha_l2 or "record",
-                        "target": {"v_steps": a.v_steps, "v_lr": a.v_lr, "rome_clamp": a.clamp,
-                                   "z_steps": a.z_steps, "z_clamp": a.z_clamp},
+                        "target": {"v_steps": tp.v_num_grad_steps, "v_lr": tp.v_lr,
+                                   "rome_clamp": tp.clamp_norm_factor,
+                                   "z_steps": tpm.v_num_grad_steps, "z_lr": tpm.v_lr,
+                                   "z_clamp": tpm.clamp_norm_factor},
                         "wise": {"layer": a.wise_layer, "n_iter": a.wise_iters, "lr": a.wise_lr,
                                  "norm_constraint": a.wise_nc, "act_margin": a.wise_margin,
-                                 "save_freq": a.wise_save},
+                                 "save_freq": a.wise_save, "merge_freq": a.wise_merge,
+                                 "retrieve": a.wise_retrieve},
                         "machine": f"{platform.machine()} {platform.processor()}, "
                                    f"{jax.device_count()} {jax.devices()[0].platform} device(s)"}}
   results["unedited"] = score(lm.params, edits[:a.batch])
@@ -297,7 +320,8 @@ def main(argv=None):
   wise_hp = method_params(a, "wise", dict(
       n_iter=a.wise_iters, edit_lr=a.wise_lr, norm_constraint=a.wise_nc,
       act_margin=tuple(float(x) for x in a.wise_margin.split(",")), save_freq=a.wise_save,
-      merge_freq=2 * a.wise_save, in_scope=a.wise_in_scope, act_ratio=a.wise_act_ratio,
+      merge_freq=a.wise_merge or 2 * a.wise_save, in_scope=a.wise_in_scope,
+      retrieve=a.wise_retrieve, act_ratio=a.wise_act_ratio,
       mask_ratio=a.wise_mask_ratio))
   grace_hp = method_params(a, "grace", {})
   wise_tpl = tuple(tpl[:a.wise_templates])

@@ -101,11 +101,30 @@ def dot(x: jax.Array, kernel: Any) -> jax.Array:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class GraceParams:
-  """GRACE hyperparameters (EasyEdit ``hparams/GRACE/*.yaml``): ``eps`` (initial radius),
-  ``n_iter``, ``edit_lr``, ``eps_expand`` (``'coverage'``)."""
-  eps: float = 1.0
+  """GRACE hyperparameters (EasyEdit ``hparams/GRACE/*.yaml``: ``n_iter``, ``edit_lr``,
+  ``eps_expand='coverage'``) and the initial radius of a new entry.
+
+  ``eps_mode='relative'`` (default): the radius is ``eps`` times the new key's norm, so it
+  follows the layer's scale (on the facts LMs a paraphrase's key lies 0.1-0.27 ||k|| from its
+  edit's key, another subject's at least 0.44 ||k|| at layers 1-3). ``'absolute'``: ``eps`` is the
+  radius itself, the reference's ``init_radius`` (1.0 for its 4096-wide keys).
+  """
+  eps: float = 0.3
+  eps_mode: str = "relative"
   n_iter: int = 50
   edit_lr: float = 1.0
+
+  def __post_init__(self):
+    if self.eps_mode not in ("relative", "absolute"):
+      raise ValueError(f"GraceParams.eps_mode={self.eps_mode!r}; valid: 'relative', 'absolute'")
+    if not self.eps > 0:
+      raise ValueError(f"GraceParams.eps={self.eps!r}: a radius must be > 0")
+
+  def radius(self, key: jax.Array) -> float:
+    """The initial radius of a new entry at ``key``."""
+    if self.eps_mode == "absolute":
+      return float(self.eps)
+    return float(self.eps * jnp.linalg.norm(key.astype(jnp.float32)))
 
 
 def wrap_params(params: Any, layer: int, capacity: int = 16) -> Any:
@@ -166,7 +185,8 @@ def grace_edit(module: Any, params: Any, tokenizer: Any, request: req_lib.EditRe
   value = tgt_lib.optimize_targets(module, params, batch, layer=layer, site="mlp",
                                    hp=thp)["target"][0]
   label = zlib.crc32(request.target_new.encode()) & 0x7FFFFFFF
-  g = update_codebook(g, key, value, label=label, edit_id=edit_id, eps_init=hp.eps)
+  g = update_codebook(g, key, value, label=label, edit_id=edit_id,
+                      eps_init=hp.radius(key))
   return probe.set_kernel(params, layer, g)
 
 

@@ -24,12 +24,22 @@ before inference) the saved shards are merged into ``side`` with the TIES record
 :mod:`jaxparams.merge` (``weights / n_shards`` each, ``density = densities``, normalised; merged
 again with the previous ``side`` at weights ``0.4 / n`` and ``0.6`` once one exists).
 
+Retrieve (``WiseParams(retrieve=True)``, the reference's ``retrieve: True``, WISE-Retrieve):
+every ``save_freq`` edits the shard is kept as its own memory (``mem``) with its own threshold
+(``act_ratio`` x the minimum in-scope distance of *its* edits) instead of being merged; every
+``merge_freq`` edits the last ``merge_freq // save_freq`` memories are TIES-merged into one (their
+threshold the smallest). Routing: the memory whose distance is largest among those above their
+own threshold and above the shard being edited; else the shard being edited when its distance
+reaches its threshold; else the original output.
+
 Departure: routing is per token (the reference routes a whole sequence, prompt and target
 tokens together, on its mean distance, with a batch of one); per-token routing needs no
 attention mask inside ``dot=``, keeps padding from changing any output and is causal (a
 prompt's next-token prediction does not depend on the target being scored). A causal running
 mean over the tokens so far routed almost no edit prompt on the facts LM (the prompt alone stays
-below the threshold its target tokens helped set), so it is not offered.
+below the threshold its target tokens helped set), so it is not offered. The reference's
+whole-sequence mean is not offered either: ``dot=`` sees a padded batch without its mask, so
+padding would move the mean (the reference scores one unpadded sequence at a time).
 
 Example:
   >>> import jax.numpy as jnp
@@ -71,20 +81,47 @@ class WiseKernel:
   thr: jax.Array
   editing: jax.Array
   act: str = "silu"
+  mem: jax.Array | None = None
+  mem_thr: jax.Array | None = None
 
   @classmethod
-  def wrap(cls, w: jax.Array, act: str = "silu") -> "WiseKernel":
+  def wrap(cls, w: jax.Array, act: str = "silu", memories: int = 0) -> "WiseKernel":
+    """``memories``: room for retrieve-mode memories (``mem [memories, d_k, d_v]``, thresholds
+    ``inf`` = empty); 0 for the merge mode."""
     if act not in _ACT:
       raise ValueError(f"unknown activation {act!r}; valid: {', '.join(_ACT)}")
-    return cls(w, w, w, jnp.asarray(jnp.inf, jnp.float32), jnp.asarray(False), act)
+    mem = mem_thr = None
+    if memories:
+      mem = jnp.zeros((memories,) + w.shape, w.dtype)
+      mem_thr = jnp.full((memories,), jnp.inf, jnp.float32)
+    return cls(w, w, w, jnp.asarray(jnp.inf, jnp.float32), jnp.asarray(False), act, mem,
+               mem_thr)
+
+  @property
+  def n_mem(self) -> int:
+    """Retrieve-mode memories stored."""
+    return 0 if self.mem_thr is None else int(jnp.sum(jnp.isfinite(self.mem_thr)))
+
+  def add_memory(self, m: jax.Array, thr: float | jax.Array) -> "WiseKernel":
+    """Stores a memory with its threshold (growing the room when full)."""
+    k, n = self, self.n_mem
+    if k.mem is None or n >= k.mem.shape[0]:
+      extra = max(1, 0 if k.mem is None else k.mem.shape[0])
+      grow = lambda a, v: jnp.concatenate([a, jnp.full((extra,) + a.shape[1:], v, a.dtype)])
+      k = k.replace(mem=grow(k.mem, 0) if k.mem is not None else jnp.zeros((extra,) + m.shape,
+                                                                            m.dtype),
+                    mem_thr=grow(k.mem_thr, jnp.inf) if k.mem_thr is not None
+                    else jnp.full((extra,), jnp.inf, jnp.float32))
+    return k.replace(mem=k.mem.at[n].set(m.astype(k.mem.dtype)),
+                     mem_thr=k.mem_thr.at[n].set(jnp.asarray(thr, jnp.float32)))
 
   def replace(self, **kw) -> "WiseKernel":
     return dataclasses.replace(self, **kw)
 
 
 jax.tree_util.register_pytree_node(
-    WiseKernel, lambda g: ((g.w, g.side, g.new, g.thr, g.editing), g.act),
-    lambda act, ch: WiseKernel(*ch, act=act))
+    WiseKernel, lambda g: ((g.w, g.side, g.new, g.thr, g.editing, g.mem, g.mem_thr), g.act),
+    lambda act, ch: WiseKernel(*ch[:5], act=act, mem=ch[5], mem_thr=ch[6]))
 
 
 def _dist(act, y, y0, *, safe: bool = False):
@@ -107,6 +144,14 @@ def dot(x: jax.Array, kernel: Any) -> jax.Array:
   ds, dn = _dist(kernel.act, ys, y0), _dist(kernel.act, yn, y0)
   keep = (ds < kernel.thr) & (dn < kernel.thr)
   routed = jnp.where(keep[..., None], y0, jnp.where((ds > dn)[..., None], ys, yn))
+  if kernel.mem is not None:  # retrieve: the farthest memory past its own threshold and dn
+    ym = jnp.einsum("...k,mkv->...mv", x, kernel.mem.astype(x.dtype))
+    dm = _dist(kernel.act, ym, y0[..., None, :])
+    ok = (dm > kernel.mem_thr) & (dm > jnp.maximum(ds, dn)[..., None])
+    dm = jnp.where(ok, dm, -jnp.inf)
+    j = jnp.argmax(dm, axis=-1)
+    pick = jnp.take_along_axis(ym, j[..., None, None], axis=-2)[..., 0, :]
+    routed = jnp.where(jnp.any(ok, axis=-1)[..., None], pick, routed)
   return jnp.where(kernel.editing, yn, routed)
 
 
@@ -130,10 +175,14 @@ class WiseParams:
   weights: float = 1.0
   weight_decay: float = 1e-5
   in_scope: str = "all"
+  retrieve: bool = False
 
   def __post_init__(self):
     if self.in_scope not in ("all", "target"):
       raise ValueError(f"WiseParams.in_scope={self.in_scope!r}; valid: 'all', 'target'")
+    if self.save_freq < 1 or self.merge_freq < self.save_freq:
+      raise ValueError(f"WiseParams: save_freq={self.save_freq}, merge_freq={self.merge_freq}: "
+                       "need 1 <= save_freq <= merge_freq")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,13 +198,14 @@ class WiseState:
 
 
 
-def wrap_params(params: Any, layer: int, act: str = "silu") -> Any:
-  """Replaces layer ``layer``'s MLP output kernel by a :class:`WiseKernel` without edits."""
+def wrap_params(params: Any, layer: int, act: str = "silu", memories: int = 0) -> Any:
+  """Replaces layer ``layer``'s MLP output kernel by a :class:`WiseKernel` without edits
+  (``memories``: room for the retrieve mode's memories, grown when full)."""
   try:
     w = probe.get_kernel(params, layer)
   except (KeyError, TypeError):
     raise ValueError(f"params have no leaf {probe.kernel_path(layer)!r}") from None
-  return probe.set_kernel(params, layer, WiseKernel.wrap(w, act))
+  return probe.set_kernel(params, layer, WiseKernel.wrap(w, act, memories))
 
 
 def merge_shards(w: jax.Array, shards: Sequence[jax.Array], side: jax.Array | None,
@@ -264,11 +314,22 @@ def wise_edit(module: Any, params: Any, tokenizer: Any, request: req_lib.EditReq
     key = jax.random.fold_in(jax.random.key(state.seed), state.count // hp.save_freq)
     mask = jax.random.bernoulli(key, hp.mask_ratio, k.w.shape).astype(jnp.float32)
   ids, am, tm, is_edit = _rows(tokenizer, request, templates, loc_prompt)
-  nw, nll, in_mean = _train(module, params, jnp.asarray(ids), jnp.asarray(am), jnp.asarray(tm),
+  bare = probe.set_kernel(params, layer, k.replace(mem=None, mem_thr=None))  # one compile
+  nw, nll, in_mean = _train(module, bare, jnp.asarray(ids), jnp.asarray(am), jnp.asarray(tm),
                             jnp.asarray(is_edit), mask, layer=layer, hp=hp)
   min_act = min(state.min_act, float(in_mean))
   k = k.replace(new=nw, thr=jnp.asarray(hp.act_ratio * min_act, jnp.float32))
   count, shards = state.count + 1, state.shards
+  if hp.retrieve:  # the shard becomes a memory of its own; its threshold starts again
+    if count % hp.save_freq == 0:
+      k = k.add_memory(nw, hp.act_ratio * min_act).replace(
+          new=k.w, thr=jnp.asarray(jnp.inf, jnp.float32))
+      min_act = float("inf")
+    if count % hp.merge_freq == 0:
+      k = _merge_memories(k, hp.merge_freq // hp.save_freq, hp)
+    params = probe.set_kernel(params, layer, k)
+    return (params, WiseState(count, min_act, (), mask, state.seed),
+            {"nll": float(nll), "act": float(in_mean)})
   if count % hp.save_freq == 0:
     shards = shards + (nw,)
     k = k.replace(new=k.w)
@@ -279,10 +340,27 @@ def wise_edit(module: Any, params: Any, tokenizer: Any, request: req_lib.EditReq
   return params, new_state, {"nll": float(nll), "act": float(in_mean)}
 
 
+def _merge_memories(k: WiseKernel, n: int, hp: WiseParams) -> WiseKernel:
+  """Retrieve mode: TIES-merges the last ``n`` memories into one (``weights / n`` each), whose
+  threshold is the smallest of theirs (the reference's ``merge_weight`` with ``retrieve``)."""
+  have = k.n_mem
+  if have < n:
+    raise ValueError(f"WISE retrieve: {have} memories stored, cannot merge the last {n}")
+  idx = list(range(have - n, have))
+  merged = merge_shards(k.w, [k.mem[i] for i in idx], None, hp)
+  thr = jnp.min(k.mem_thr[jnp.asarray(idx)])
+  mem = k.mem.at[have - n + 1:have].set(0).at[have - n].set(merged.astype(k.mem.dtype))
+  mem_thr = k.mem_thr.at[have - n + 1:have].set(jnp.inf).at[have - n].set(thr)
+  return k.replace(mem=mem, mem_thr=mem_thr)
+
+
 def finalize(params: Any, layer: int, state: WiseState, hp: WiseParams = WiseParams()
              ) -> tuple[Any, WiseState]:
   """Merges the saved shards (and the current one, once ``save_freq`` edits were made, as the
-  reference does before inference) into the side memory with TIES; no-op otherwise."""
+  reference does before inference) into the side memory with TIES; no-op otherwise and in the
+  retrieve mode (the reference routes to the shard being edited there)."""
+  if hp.retrieve:
+    return params, state
   k = probe.get_kernel(params, layer)
   shards = state.shards
   if state.count >= hp.save_freq and not bool(jnp.array_equal(k.new, k.w)):

@@ -38,6 +38,10 @@ SIZES = {
     # 512 wide (d_ff = 4 x hidden, twice the default's), ~40 passes over the corpus.
     "wide": dict(hidden_size=128, intermediate_size=512, num_hidden_layers=4,
                  num_attention_heads=4, steps=3000, batch_size=32, seq_len=48, lr=3e-3),
+    # Wide enough that 1000 sequential edits at one layer stay below AlphaEdit's null space
+    # (keys 2048 wide; issue 24): same set and depth as "wide", fewer passes suffice.
+    "xwide": dict(hidden_size=128, intermediate_size=2048, num_hidden_layers=4,
+                  num_attention_heads=4, steps=2000, batch_size=32, seq_len=48, lr=3e-3),
     "tiny": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                  num_attention_heads=2, steps=150, batch_size=16, seq_len=24, lr=1e-2),
 }

@@ -21,3 +21,15 @@ def test_radius_grows_never_shrinks_and_conflicts_split():
   assert abs(float(g.eps[0]) - (0.5 - 1e-5)) < 1e-6 and float(g.eps[1]) == 0.5
   g = _up(g, 20.0, 7, 4)              # far from everything: a new entry with eps_init
   assert g.n == 3 and float(g.eps[2]) == 2.0
+
+
+def test_initial_radius_follows_the_key_scale():
+  import pytest
+  key = jnp.array([3.0, 4.0])                        # ||k|| = 5
+  assert grace.GraceParams().radius(key) == pytest.approx(0.3 * 5.0)
+  assert grace.GraceParams().radius(100 * key) == pytest.approx(0.3 * 500.0)   # scale-free
+  assert grace.GraceParams(eps=1.0, eps_mode="absolute").radius(100 * key) == 1.0  # reference
+  with pytest.raises(ValueError, match="eps_mode='norm'; valid: 'relative', 'absolute'"):
+    grace.GraceParams(eps_mode="norm")
+  with pytest.raises(ValueError, match="must be > 0"):
+    grace.GraceParams(eps=0.0)

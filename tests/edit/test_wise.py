@@ -143,3 +143,51 @@ def test_edit_rows_with_context_templates(setup):
   assert is_edit.tolist() == [True, True, False]
   with pytest.raises(ValueError, match="in_scope"):
     wise.WiseParams(in_scope="subject")
+
+
+def test_retrieve_routes_to_the_farthest_memory_past_its_threshold():
+  """WISE-Retrieve: each input takes the memory whose activation distance is largest among
+  those above their own threshold; below every threshold the original output, exactly."""
+  w = jnp.zeros((3, 2))
+  k = wise.WiseKernel.wrap(w, act="relu", memories=1)
+  m1 = w.at[0].set(jnp.array([1.0, 0.0]))               # fires on x[0]: distance |x0|
+  m2 = w.at[1].set(jnp.array([0.0, 2.0]))               # fires on x[1]: distance 2|x1|
+  k = k.add_memory(m1, 0.5).add_memory(m2, 3.0)          # grew past its room of 1
+  assert k.n_mem == 2 and k.mem.shape[0] == 2
+  x = jnp.array([[1.0, 0.0, 0.0],      # m1: 1 > 0.5 -> m1
+                 [0.0, 1.0, 0.0],      # m2: 2 < its threshold 3 -> original
+                 [0.0, 2.0, 0.0],      # m2: 4 > 3 -> m2
+                 [1.0, 2.0, 0.0],      # both eligible (1, 4): the farther, m2
+                 [0.3, 0.0, 5.0]])     # m1: 0.3 < 0.5 -> original
+  want = jnp.stack([x[0] @ m1, x[1] @ w, x[2] @ m2, x[3] @ m2, x[4] @ w])
+  np.testing.assert_array_equal(np.asarray(wise.dot(x, k)), np.asarray(want))
+
+
+@pytest.mark.slow
+def test_retrieve_keeps_a_memory_per_shard_and_merges_them(tiny_lm, tiny_files):
+  lm = tiny_lm
+  fs = facts.load_facts_set(*tiny_files)
+  m = Llama(lm.config, dot=wise.dot)
+  reqs = requests.requests_from_edits(fs)[:1]
+  f = next(f for f in fs.facts if f.subject != reqs[0].subject)   # a second edit of our own
+  new = next(o.object for o in fs.facts if o.relation == f.relation and o.object != f.object)
+  reqs.append(requests.EditRequest(prompt=fs.relations[f.relation][0], subject=f.subject,
+                                   target_new=new))
+  others = [f for f in fs.facts if f.subject not in {r.subject for r in reqs}]
+  loc = facts.sentence(fs.relations[others[0].relation][0], others[0].subject)
+  prompts = [r.prompt.replace("{}", r.subject) for r in reqs]
+  tg = [r.target_new for r in reqs]
+  before = evaluate.target_logprobs(m, lm.params, lm.tokenizer, prompts, tg)
+  for merge_freq, n_mem in ((4, 2), (2, 1)):
+    hp = wise.WiseParams(n_iter=40, edit_lr=5.0, norm_constraint=0.5, act_margin=(0.5, 2.0, 1.0),
+                         save_freq=1, merge_freq=merge_freq, retrieve=True, in_scope="target")
+    params, state = wise.wrap_params(lm.params, 1), wise.WiseState()
+    for r in reqs:
+      params, state, _ = wise.wise_edit(m, params, lm.tokenizer, r, layer=1, loc_prompt=loc,
+                                        state=state, hp=hp)
+    k = params["layers_1"]["mlp"]["down_proj"]["kernel"]
+    assert k.n_mem == n_mem and bool(jnp.array_equal(k.side, k.w))   # nothing merged into w
+    assert bool(jnp.array_equal(k.new, k.w)) and not np.isfinite(float(k.thr))
+    if n_mem == 2:
+      after = evaluate.target_logprobs(m, params, lm.tokenizer, prompts, tg)
+      assert float(jnp.min(after - before)) > 1.0, (before, after)
