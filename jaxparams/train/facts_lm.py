@@ -11,7 +11,7 @@ Example (trains for a minute, so skipped in doctests; tests/edit train a tiny on
   >>> facts_lm.recall(lm)['accuracy'] > 0.99  # doctest: +SKIP
   True
   >>> sorted(SIZES)
-  ['default', 'tiny', 'wide']
+  ['default', 'tiny', 'wide', 'xwide']
 """
 
 from __future__ import annotations
