@@ -69,13 +69,13 @@ def _pairs(fs, edits, which):
   return prompts, new, old
 
 
-def _neighbours(fs, edits, k=5, seed=0):
+def _neighbours(fs, edits, k=5, seed=0, only=None):
   rng = np.random.default_rng(seed)
   edited = {e.subject for e in edits}
   prompts, true, new = [], [], []
   by_rel = {}
   for f in fs.facts:
-    if f.subject not in edited:
+    if f.subject not in edited and (only is None or f.subject in only):
       by_rel.setdefault(f.relation, []).append(f)
   for e in edits:
     pool = [f for f in by_rel.get(e.relation, []) if f.object != e.target_new]
@@ -90,10 +90,11 @@ def _neighbours(fs, edits, k=5, seed=0):
 class Scorer:
   """Scores params on a set of edits (everything batched and jitted)."""
 
-  def __init__(self, lm, n_fixed=300):
-    self.lm = lm
+  def __init__(self, lm, n_fixed=300, only=None):
+    self.lm, self.only = lm, only
     fs = lm.facts
-    self.fixed = [f for f in fs.facts][:: max(1, len(fs.facts) // n_fixed)][:n_fixed]
+    pool = [f for f in fs.facts if only is None or f.subject in only]
+    self.fixed = pool[:: max(1, len(pool) // n_fixed)][:n_fixed]
     self.fixed_enc = evaluate.encode_prompts(
         lm.tokenizer, [facts.sentence(fs.relations[f.relation][0], f.subject) for f in self.fixed])
     self.base_argmax = np.asarray(jnp.argmax(
@@ -112,7 +113,7 @@ class Scorer:
       m = self._lp(params, p, n, module) - self._lp(params, p, o, module)
       out[key] = float(np.mean(m > 0))
       out[f"margin_{key}"] = float(np.mean(m))
-    p, t, n = _neighbours(fs, edits)
+    p, t, n = _neighbours(fs, edits, only=self.only)
     out["locality"] = float(np.mean(self._lp(params, p, t, module) > self._lp(params, p, n,
                                                                                    module)))
     edited = {e.subject for e in edits}
@@ -230,6 +231,10 @@ def main(argv=None):
   ap.add_argument("--ft-layer", type=int, default=0)
   ap.add_argument("--ft-tuned", default="25,5e-4,5e-2",
                   help="steps,lr,norm_constraint of the 'ft_tuned' method (a setting that edits)")
+  ap.add_argument("--heldout-locality", action="store_true",
+                  help="split the never-edited subjects: half give the key statistics, locality "
+                  "is scored on the other half only (disjoint from C0, as CounterFact's "
+                  "neighbourhood is from the reference's Wikipedia statistics)")
   ap.add_argument("--seq-only", action="store_true",
                   help="only the sequential runs, written to --seq-out / --seq-md")
   ap.add_argument("--seq-out", default=str(RESULTS / "edit_seq.json"))
@@ -273,6 +278,11 @@ def main(argv=None):
     a.stats_from = ("other_subjects" if sum(f.subject not in named for f in fs.facts)
                     >= 0.2 * len(fs.facts) else "unedited")
   texts = facts.stats_sentences(fs, a.stats_from, fs.edits[:n_used])
+  heldout = None
+  if a.heldout_locality:  # every other never-edited subject: out of C0, the locality sets' own
+    named = {e.subject for e in fs.edits[:n_used]}
+    heldout = set(sorted({f.subject for f in fs.facts} - named)[1::2])
+    texts = [t for t in texts if not any(h in t for h in heldout)]
   d_ff = int(lm.config.intermediate_size)
   lam = (a.lam if a.lam == "record" else 15000.0 * d_ff / 16384 if a.lam == "width"
          else float(a.lam))
@@ -287,7 +297,7 @@ def main(argv=None):
   groups = [["{}"], tpl[1:6]]
   reqs = req_lib.requests_from_edits(fs)
   edits = list(fs.edits)
-  score = Scorer(lm)
+  score = Scorer(lm, only=heldout)
   tp, tpm = target_params(a)
   late = round(27 / 31 * (lm.config.num_hidden_layers - 1))  # the references' llama-7b depth
   a.grace_layer = late if a.grace_layer is None else a.grace_layer
@@ -299,7 +309,7 @@ def main(argv=None):
                         "stats_tokens": n_tok, "stats_seconds": t_stats,
                         "stats_seconds_per_million_tokens": t_stats / n_tok * 1e6,
                         "fact_token": a.fact_token, "rome_layer": a.rome_layer,
-                        "stats_from": a.stats_from,
+                        "stats_from": a.stats_from, "heldout_locality": a.heldout_locality,
                         "memit_layers": a.memit_layers, "lambda": lam, "d_ff": d_ff,
                         "alpha_threshold": a.alpha_threshold or "record", "alpha_l2": a.alpha_l2 or "record",
                         "target": {"v_steps": tp.v_num_grad_steps, "v_lr": tp.v_lr,
