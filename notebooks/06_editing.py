@@ -101,3 +101,37 @@ if res_file is not None:
             + f", edit time {v.get('seconds_total', float('nan')):.0f} s")
 else:
   print("run benchmarks/edit_facts.py --seq-only to produce", results / "edit_seq.json")
+
+# %% [markdown]
+# ## 4. A thousand sequential edits on the 2048-wide facts LM, locality held out
+#
+# The `xwide` facts LM (keys 2048 wide, so AlphaEdit's null space holds 1,963 directions) edited
+# 1,000 times in batches of 100 with the records' defaults. MEMIT and AlphaEdit are scored with
+# `--heldout-locality` (locality on never-edited subjects kept out of the key statistics C0);
+# GRACE and WISE-Retrieve edit the last layer and need no C0. `benchmarks/RESULTS.md` discusses
+# the curves: MEMIT's locality falls, AlphaEdit's falls less, GRACE holds.
+
+# %%
+runs = {"MEMIT": "edit_seq_xwide_heldout_memit.json",
+        "AlphaEdit": "edit_seq_xwide_heldout_alphaedit.json",
+        "AlphaEdit, 100 target steps": "edit_seq_xwide_heldout_alphaedit_z100.json",
+        "GRACE (layer 3)": "edit_seq_xwide_grace.json",
+        "WISE-Retrieve (layer 3)": "edit_seq_xwide_wise_retrieve.json"}
+curves = {}
+for label, name in runs.items():
+  if (results / name).exists():
+    d = json.loads((results / name).read_text())
+    curves[label] = next(v["curve"] for k, v in d.items() if k.endswith("_seq"))
+if curves:
+  metrics = ("efficacy", "generalization", "locality", "locality_argmax")
+  fig, axes = plt.subplots(1, 4, figsize=(16, 3.6), sharey=True)
+  for ax, metric in zip(axes, metrics):
+    for label, curve in curves.items():
+      ax.plot([c["n_edits"] for c in curve], [c[metric] for c in curve], marker="o", label=label)
+    ax.set_title(metric); ax.set_xlabel("sequential edits"); ax.set_ylim(-0.02, 1.02)
+  axes[0].legend(fontsize=8); plt.tight_layout(); plt.show()
+  for label, curve in curves.items():
+    print(f"{label:28s} after {curve[-1]['n_edits']}: " + ", ".join(
+        f"{m} {curve[-1][m]:.2f}" for m in metrics))
+else:
+  print("run benchmarks/edit_facts.py --seq-only --heldout-locality on the xwide LM first")
