@@ -6,7 +6,11 @@ N edits (default 50) with WiseParams(retrieve=True, in_scope="target") at layer 
 SAVE_FREQ (default 25) merged in pairs; prints the memories, the in-scope distance against the
 beta margin, and the share of edit and unrelated prompts routed at the last token. Writes
 nothing."""
-import json, sys, numpy as np, jax, jax.numpy as jnp
+import sys
+
+import jax.numpy as jnp
+import numpy as np
+
 from jaxparams.edit import facts_lm, facts, wise, evaluate, probe
 from jaxparams.edit import requests as R
 from jaxparams.models import Llama

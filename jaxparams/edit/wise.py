@@ -103,17 +103,16 @@ class WiseKernel:
     return 0 if self.mem_thr is None else int(jnp.sum(jnp.isfinite(self.mem_thr)))
 
   def add_memory(self, m: jax.Array, thr: float | jax.Array) -> "WiseKernel":
-    """Stores a memory with its threshold (growing the room when full)."""
-    k, n = self, self.n_mem
-    if k.mem is None or n >= k.mem.shape[0]:
-      extra = max(1, 0 if k.mem is None else k.mem.shape[0])
-      grow = lambda a, v: jnp.concatenate([a, jnp.full((extra,) + a.shape[1:], v, a.dtype)])
-      k = k.replace(mem=grow(k.mem, 0) if k.mem is not None else jnp.zeros((extra,) + m.shape,
-                                                                            m.dtype),
-                    mem_thr=grow(k.mem_thr, jnp.inf) if k.mem_thr is not None
-                    else jnp.full((extra,), jnp.inf, jnp.float32))
-    return k.replace(mem=k.mem.at[n].set(m.astype(k.mem.dtype)),
-                     mem_thr=k.mem_thr.at[n].set(jnp.asarray(thr, jnp.float32)))
+    """Stores a memory with its threshold (doubling the room when full)."""
+    n = self.n_mem
+    mem = self.mem if self.mem is not None else jnp.zeros((0,) + m.shape, m.dtype)
+    mem_thr = self.mem_thr if self.mem_thr is not None else jnp.zeros((0,), jnp.float32)
+    if n == mem.shape[0]:
+      extra = max(1, n)
+      mem = jnp.concatenate([mem, jnp.zeros((extra,) + mem.shape[1:], mem.dtype)])
+      mem_thr = jnp.concatenate([mem_thr, jnp.full((extra,), jnp.inf, jnp.float32)])
+    return self.replace(mem=mem.at[n].set(m.astype(mem.dtype)),
+                        mem_thr=mem_thr.at[n].set(jnp.asarray(thr, jnp.float32)))
 
   def replace(self, **kw) -> "WiseKernel":
     return dataclasses.replace(self, **kw)
